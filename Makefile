@@ -1,0 +1,109 @@
+# doneshot - GPTQ post-training quantization with MPI, in C11 (+ optional CUDA).
+# Variables can be overridden: make CUDA=0, make DEBUG=1, make SANITIZE=address,undefined
+VERSION    = 0.1.0
+MPICC     ?= mpicc
+NVCC      ?= nvcc
+CUDA      ?= auto
+CUDA_ARCH ?= 80 90
+CUDA_HOME ?= /usr/local/cuda
+DEBUG     ?= 0
+SANITIZE  ?=
+BUILD     ?= build
+PREFIX    ?= /usr/local
+MANPREFIX ?= $(PREFIX)/share/man
+MPIRUN    ?= mpirun --oversubscribe $(if $(filter 0,$(shell id -u)),--allow-run-as-root,)
+PYTHON    ?= python3
+
+ifeq ($(CUDA),auto)
+  CUDA := $(if $(shell command -v $(NVCC) 2>/dev/null),1,0)
+endif
+
+WARN    = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wpointer-arith
+CFLAGS  = -std=c11 -D_GNU_SOURCE -g $(WARN) -MMD -MP -Isrc -Icuda -DDS_VERSION='"$(VERSION)"'
+CFLAGS += $(shell pkg-config --cflags libcjson 2>/dev/null) -I/usr/include/openblas
+LDLIBS  = -lcjson -lz -lopenblas -llapacke -lpcre2-8 -lutf8proc -lpthread -lm
+ifeq ($(DEBUG),1)
+  CFLAGS += -O0 -g3 -DDS_DEBUG
+else
+  CFLAGS += -O2
+endif
+ifneq ($(SANITIZE),)
+  CFLAGS  += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
+  LDFLAGS += -fsanitize=$(SANITIZE)
+endif
+
+SRC     := $(filter-out src/main.c src/%_cuda.c,$(wildcard src/*.c))
+CU_SRC  :=
+ifeq ($(CUDA),1)
+  SRC    += $(wildcard src/*_cuda.c)
+  CU_SRC := $(wildcard cuda/*.cu)
+  CFLAGS += -DDS_CUDA -I$(CUDA_HOME)/include
+  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcusolver -lstdc++
+  NVFLAGS = -std=c++17 -O3 -Icuda -Isrc $(foreach a,$(CUDA_ARCH),-gencode arch=compute_$(a),code=sm_$(a)) \
+            -Xcompiler -Wall,-Wextra -Werror all-warnings -MMD -MP
+endif
+OBJ     := $(SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.o)
+LIB     := $(BUILD)/libdoneshot.a
+TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
+
+.PHONY: all test check asan valgrind install uninstall clean man-lint deps run bench
+all: $(BUILD)/doneshot $(TESTS)
+	@echo "built $(BUILD)/doneshot (CUDA=$(CUDA)). Hint: run 'make test'"
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "CC $<"
+	@$(MPICC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	@echo "NVCC $<"
+	@$(NVCC) $(NVFLAGS) -c $< -o $@
+
+$(LIB): $(OBJ)
+	@rm -f $@
+	@ar rcs $@ $^
+
+$(BUILD)/doneshot: $(BUILD)/src/main.o $(LIB)
+	@echo "LD $@"
+	@$(MPICC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
+	@echo "LD $@"
+	@$(MPICC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+# Unit tests, MPI tests at -np 1/2/4, end-to-end CLI tests, man-page lint.
+test: all
+	@BUILD=$(BUILD) MPIRUN="$(MPIRUN)" PYTHON=$(PYTHON) sh tests/run_tests.sh
+
+# test + the Python interop/parity tests (creates a venv under .venv/).
+check: test
+	@BUILD=$(BUILD) MPIRUN="$(MPIRUN)" sh tests/interop/run.sh
+
+asan:
+	@$(MAKE) --no-print-directory BUILD=build/asan CUDA=0 SANITIZE=address,undefined test
+
+valgrind: all
+	@for t in $(TESTS); do valgrind -q --error-exitcode=1 $$t || exit 1; done
+
+man-lint:
+	@mandoc -Tlint -W warning doneshot.1 && echo "doneshot.1: lint clean"
+
+deps:
+	@sh .ci/deps.sh
+
+run: all
+	@$(MPIRUN) -np 2 $(BUILD)/doneshot --recipe recipes/stories260k-w4a16-g32.json
+
+install: $(BUILD)/doneshot
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(MANPREFIX)/man1
+	install -m 755 $(BUILD)/doneshot $(DESTDIR)$(PREFIX)/bin
+	install -m 644 doneshot.1 $(DESTDIR)$(MANPREFIX)/man1
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/doneshot $(DESTDIR)$(MANPREFIX)/man1/doneshot.1
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,39 @@
+/*
+ * comm.h - the only interface to MPI. comm.c is the only file that includes
+ * <mpi.h>. Every collective here must be called by all ranks in the same order
+ * (reference-llm-compressor.md §2.7, #2733); a failure on one rank either
+ * aborts the job (comm_abort) or is combined with comm_allreduce_max_int at a
+ * stage boundary so all ranks stop together.
+ *
+ * Works without mpirun too (singleton MPI init), so `doneshot ...` alone is
+ * a world of size 1.
+ */
+#ifndef DS_COMM_H
+#define DS_COMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+void comm_init(int *argc, char ***argv);
+void comm_finalize(void);
+int comm_rank(void);
+int comm_size(void);
+int comm_local_rank(void);       /* rank within the node (MPI_COMM_TYPE_SHARED) */
+int comm_initialized(void);
+/* MPI_Abort(code) when MPI is initialized, exit(code) otherwise. */
+_Noreturn void comm_abort(int code);
+void comm_barrier(void);
+
+/* In-place sums over all ranks. */
+void comm_allreduce_sum_f64(double *buf, size_t n);
+void comm_allreduce_sum_i64(int64_t *buf, size_t n);
+/* In-place sum to `root` only (buf is undefined on other ranks afterwards). */
+void comm_reduce_sum_f64(double *buf, size_t n, int root);
+int comm_allreduce_max_int(int v);
+double comm_allreduce_max_f64(double v);
+/* Gather one double per rank to every rank (out has comm_size() entries). */
+void comm_allgather_f64(double v, double *out);
+/* Broadcast nbytes from root (chunked internally past INT_MAX). */
+void comm_bcast(void *buf, size_t nbytes, int root);
+
+#endif

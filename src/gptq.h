@@ -1,0 +1,44 @@
+/*
+ * gptq.h - GPTQ (Frantar et al. 2023, Alg. 1 with lazy batch updates §3.4) as
+ * llm-compressor's quantize_weight implements it (modifiers/gptq/
+ * gptq_quantize.py; ../shared/docs/reference-llm-compressor.md §1.4-1.5):
+ * fp32 throughout; scales from the ORIGINAL weight (min-max, all groups up
+ * front); actorder static = process columns by descending diag(H) (stable
+ * order) while each column keeps its original group's scale; dead columns
+ * (H_ii == 0) get H_ii = 1 and W[:,i] = 0; damp = dampening_frac *
+ * mean(diag H) added to the diagonal; U = upper Cholesky of (cholesky_inverse
+ * of chol(H)); column loop with intra-block and lazy inter-block updates; on
+ * Cholesky failure, warn and use U = I (round-to-nearest for this module).
+ */
+#ifndef DS_GPTQ_H
+#define DS_GPTQ_H
+
+#include "quant.h"
+
+typedef struct gptq_result {
+    float *wq;        /* [out, in] dequantized (fake-quant) weight, values exact in model dtype */
+    int8_t *q;        /* [out, in] integer codes */
+    float *scale;     /* [out, ngroups] (model-dtype values) */
+    int *zp;          /* [out, ngroups] (0 when symmetric) */
+    int *g_idx;       /* [in] group of each column (actorder=group only; else NULL) */
+    double loss;      /* sum of (w-q)^2/d^2 / 2, for logging */
+    int rtn_fallback; /* 1 if Cholesky failed and RTN was used */
+} gptq_result;
+
+/* Quantize W [out, in] (f32 values of the model-dtype weight) given the
+ * normalized Hessian H [in, in] (= H_sum / num_samples, f32, symmetric; it is
+ * modified in place as scratch). model_dtype is the dtype the scales are
+ * rounded to and the dequantized weights are representable in.
+ * Returns DS_OK or DS_ERR_USAGE (e.g. group_size not dividing in).
+ * Caller frees with gptq_result_free. */
+ds_status gptq_quantize(const quant_args *a, const float *W, int out, int in, float *H,
+                        int block_size, double dampening_frac, ds_dtype model_dtype,
+                        gptq_result *res);
+
+/* Round-to-nearest with the same qparams (no Hessian), same result layout. */
+ds_status rtn_quantize(const quant_args *a, const float *W, int out, int in, ds_dtype model_dtype,
+                       gptq_result *res);
+
+void gptq_result_free(gptq_result *res);
+
+#endif

@@ -1,0 +1,60 @@
+/*
+ * recipe.h - the JSON recipe: a mirror of llm-compressor's recipe schema
+ * (../shared/docs/reference-llm-compressor.md §4) plus doneshot's run
+ * settings. Accepted forms:
+ *   {"modifiers": [{"GPTQModifier": {...}}], <run keys>}
+ *   {"<x>_stage": {"<y>_modifiers": {"GPTQModifier": {...}}}, <run keys>}
+ *   {"GPTQModifier": {...}}  (bare)
+ * Run keys (all optional, overridden by CLI flags): "model", "dataset",
+ * "output", "num_calibration_samples", "max_seq_length", "seed",
+ * "text_field", "max_shard_size" (bytes or "5GB"-style string).
+ * GPTQModifier keys: targets, ignore, scheme (preset name or {PRESET:[targets]}),
+ * config_groups, block_size, dampening_frac, actorder, offload_hessians,
+ * bypass_divisibility_checks. Unknown keys and invalid values are
+ * DS_ERR_USAGE errors naming the key and the allowed values.
+ * Exactly one GPTQModifier (doneshot v1 runs GPTQ only; other modifiers are
+ * rejected with a clear error).
+ */
+#ifndef DS_RECIPE_H
+#define DS_RECIPE_H
+
+#include "quant.h"
+
+typedef struct recipe {
+    /* run settings; NULL / -1 when the recipe does not set them */
+    char *model, *dataset, *output, *text_field;
+    long num_samples, max_seq_len, seed;
+    int64_t max_shard_size;       /* bytes, -1 unset */
+    /* GPTQModifier */
+    char *scheme_name;            /* preset name ("W4A16") or NULL for config_groups */
+    quant_args w;                 /* weight quantization (one config group in v1) */
+    char **targets; int ntargets; /* default ["Linear"] */
+    char **ignore; int nignore;   /* default [] */
+    int block_size;               /* default 128 */
+    double dampening_frac;        /* default 0.01 */
+    int offload_hessians;         /* accepted, no effect on CPU */
+    int bypass_divisibility;      /* default 0 */
+    char *applied_json;           /* normalized recipe text to store with the output */
+} recipe;
+
+/* Parse a recipe file / JSON text. On error returns DS_ERR_USAGE with a
+ * message naming the file, the key path (e.g. modifiers[0].GPTQModifier.actorder),
+ * expected vs got. */
+ds_status recipe_load(const char *path, recipe *out);
+ds_status recipe_parse(const char *json, const char *origin, recipe *out);
+void recipe_free(recipe *r);
+
+/* 1 if module `name` of class `cls` (e.g. "Linear") is quantized: it matches
+ * a target and no ignore entry. Entries are class names, exact module names,
+ * or "re:<regex>" (Python re.match semantics: anchored at the start). */
+int recipe_module_targeted(const recipe *r, const char *name, const char *cls);
+
+/* The config.json "quantization_config" object as compact JSON text
+ * (malloc'd), exactly as compressed-tensors writes it (§3.7): config_groups
+ * group_0 with format pack-quantized and the weights args, format,
+ * global_compression_ratio null, ignore (the given explicit names), kv_cache_scheme
+ * null, quant_method, quantization_status "compressed", sparsity_config {},
+ * transform_config {}, version. */
+char *recipe_quantization_config_json(const recipe *r, const char *const *ignore, int nignore);
+
+#endif

@@ -1,0 +1,38 @@
+/*
+ * st_writer.h - streaming safetensors writer with sharding.
+ *
+ * Two phases, so a checkpoint of any size is written with O(one tensor) of
+ * memory and tensors can be written in any order as soon as they are ready:
+ *   1. stw_plan() every tensor (name, dtype, shape);
+ *   2. stw_begin() assigns shards (greedy in plan order, a new shard when the
+ *      next tensor would pass max_shard_bytes), lays tensors out in each shard
+ *      sorted by descending dtype size then name (as the safetensors writer),
+ *      writes each shard's header (padded with spaces to a multiple of 8,
+ *      {"__metadata__":{"format":"pt"}}), and pre-sizes the files;
+ *   3. stw_write() copies one tensor's bytes to its place (pwrite);
+ *   4. stw_finish() checks every planned tensor was written, fsyncs, and if
+ *      there is more than one shard writes model.safetensors.index.json
+ *      ({"metadata":{"total_size":N},"weight_map":{...}}).
+ * File names: model.safetensors, or model-00001-of-0000N.safetensors.
+ */
+#ifndef DS_ST_WRITER_H
+#define DS_ST_WRITER_H
+
+#include "common.h"
+
+typedef struct st_writer st_writer;
+
+/* dir must exist. max_shard_bytes 0 = unlimited. */
+st_writer *stw_open(const char *dir, uint64_t max_shard_bytes);
+/* Plan a tensor; error (DS_ERR_RUNTIME) on duplicate name or after begin. */
+ds_status stw_plan(st_writer *w, const char *name, ds_dtype dt, int ndim, const int64_t *shape);
+ds_status stw_begin(st_writer *w);
+/* nbytes must equal the planned size; each tensor exactly once. */
+ds_status stw_write(st_writer *w, const char *name, const void *data, size_t nbytes);
+ds_status stw_finish(st_writer *w);
+int stw_num_shards(const st_writer *w);
+uint64_t stw_total_bytes(const st_writer *w);
+/* Frees; if not finished, leaves partial files for the caller's cleanup. */
+void stw_close(st_writer *w);
+
+#endif

@@ -1,0 +1,33 @@
+/*
+ * tokenizer.h - Hugging Face tokenizer.json in C: BPE models (byte-level and
+ * SentencePiece-style with byte fallback), normalizers, pre-tokenizers,
+ * added/special tokens, post-processor BOS/EOS, decode
+ * (../shared/docs/model-and-tokenizer.md §4). Produces exactly the ids of
+ * HF tokenizers' encode(). Loading never aborts: malformed or unsupported
+ * files give DS_ERR_INPUT naming the component.
+ */
+#ifndef DS_TOKENIZER_H
+#define DS_TOKENIZER_H
+
+#include "common.h"
+
+typedef struct tokenizer tokenizer;
+
+/* Load tokenizer.json (and tokenizer_config.json when present) from a model
+ * directory. */
+ds_status tokenizer_load(const char *dir, tokenizer **out);
+void tokenizer_free(tokenizer *t);
+
+/* Encode UTF-8 text (len bytes). add_special: 1 = as HF add_special_tokens=True
+ * (post-processor / add_bos_token), 0 = none. *ids is malloc'd (caller frees).
+ * Invalid UTF-8 is handled as HF does (lossy) and never crashes. */
+ds_status tokenizer_encode(const tokenizer *t, const char *text, size_t len, int add_special,
+                           int32_t **ids, size_t *n);
+/* Decode ids to malloc'd UTF-8 text (skip_special: drop special tokens). */
+ds_status tokenizer_decode(const tokenizer *t, const int32_t *ids, size_t n, int skip_special,
+                           char **text);
+int tokenizer_vocab_size(const tokenizer *t);
+int32_t tokenizer_bos_id(const tokenizer *t); /* -1 if none */
+int32_t tokenizer_eos_id(const tokenizer *t); /* -1 if none */
+
+#endif

@@ -1,0 +1,263 @@
+/*
+ * util.c - error buffer, logging, checked allocation, timers, dtype
+ * conversion and small file helpers (see common.h for contracts).
+ */
+#include "common.h"
+#include "comm.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- error buffer ---- */
+
+static _Thread_local char g_err[4096];
+
+ds_status ds_error(ds_status st, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+void ds_error_prefix(const char *fmt, ...) {
+    char pre[1024], old[sizeof g_err];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(pre, sizeof pre, fmt, ap);
+    va_end(ap);
+    memcpy(old, g_err, sizeof old);
+    size_t n = strlen(pre);
+    if (n > sizeof g_err - 3) n = sizeof g_err - 3;
+    memcpy(g_err, pre, n);
+    memcpy(g_err + n, ": ", 2);
+    size_t m = strlen(old);
+    if (m > sizeof g_err - n - 3) m = sizeof g_err - n - 3;
+    memcpy(g_err + n + 2, old, m);
+    g_err[n + 2 + m] = 0;
+}
+
+const char *ds_errmsg(void) { return g_err[0] ? g_err : "unknown error"; }
+
+/* ---- logging ---- */
+
+static int g_level = DS_LOG_INFO;
+static int g_rank = 0, g_size = 1;
+
+void ds_log_set_level(int level) { g_level = level; }
+int ds_log_level(void) { return g_level; }
+void ds_log_set_rank(int rank, int size) { g_rank = rank; g_size = size; }
+
+void ds_log(int level, const char *fmt, ...) {
+    if (level > g_level) return;
+    if (level >= DS_LOG_INFO && g_rank != 0) return;
+    char buf[8192];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    const char *tag = level == DS_LOG_ERROR ? "error: " : level == DS_LOG_WARN ? "warning: " : "";
+    if (g_size > 1 && level <= DS_LOG_WARN)
+        fprintf(stderr, "doneshot: [rank %d] %s%s\n", g_rank, tag, buf);
+    else
+        fprintf(stderr, "doneshot: %s%s\n", tag, buf);
+    fflush(stderr);
+}
+
+void ds_fatal(int code, const char *file, int line, const char *func, const char *fmt, ...) {
+    char buf[4096], host[256] = "?";
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    gethostname(host, sizeof host - 1);
+    fprintf(stderr, "doneshot: [rank %d %s] %s:%d %s: %s\n", g_rank, host, file, line, func, buf);
+    fflush(stderr);
+    comm_abort(code);
+}
+
+/* ---- allocation ---- */
+
+void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) DS_DIE(1, "out of memory allocating %zu bytes", n);
+    return p;
+}
+
+void *xcalloc(size_t count, size_t size) {
+    void *p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) DS_DIE(1, "out of memory allocating %zu x %zu bytes", count, size);
+    return p;
+}
+
+void *xrealloc(void *p, size_t n) {
+    void *q = realloc(p, n ? n : 1);
+    if (!q) DS_DIE(1, "out of memory reallocating %zu bytes", n);
+    return q;
+}
+
+char *xstrdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    return memcpy(xmalloc(n), s, n);
+}
+
+char *xasprintf(const char *fmt, ...) {
+    va_list ap, ap2;
+    va_start(ap, fmt);
+    va_copy(ap2, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    DS_ASSERT(n >= 0);
+    char *s = xmalloc((size_t)n + 1);
+    vsnprintf(s, (size_t)n + 1, fmt, ap2);
+    va_end(ap2);
+    return s;
+}
+
+/* ---- time and memory ---- */
+
+double ds_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+size_t ds_peak_rss_bytes(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return 0;
+    char line[256];
+    size_t kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %zu kB", &kb) == 1) break;
+    fclose(f);
+    return kb * 1024;
+}
+
+/* ---- dtypes ---- */
+
+static const struct { const char *st, *torch; size_t size; } g_dtypes[DS_DTYPE_COUNT] = {
+    [DS_DTYPE_F32] = {"F32", "float32", 4},    [DS_DTYPE_BF16] = {"BF16", "bfloat16", 2},
+    [DS_DTYPE_F16] = {"F16", "float16", 2},    [DS_DTYPE_F64] = {"F64", "float64", 8},
+    [DS_DTYPE_I64] = {"I64", "int64", 8},      [DS_DTYPE_I32] = {"I32", "int32", 4},
+    [DS_DTYPE_I16] = {"I16", "int16", 2},      [DS_DTYPE_I8] = {"I8", "int8", 1},
+    [DS_DTYPE_U8] = {"U8", "uint8", 1},        [DS_DTYPE_BOOL] = {"BOOL", "bool", 1},
+    [DS_DTYPE_U16] = {"U16", "uint16", 2},     [DS_DTYPE_U32] = {"U32", "uint32", 4},
+    [DS_DTYPE_U64] = {"U64", "uint64", 8},
+    [DS_DTYPE_F8_E4M3] = {"F8_E4M3", "float8_e4m3fn", 1},
+    [DS_DTYPE_F8_E5M2] = {"F8_E5M2", "float8_e5m2", 1},
+};
+
+size_t ds_dtype_size(ds_dtype dt) { return (unsigned)dt < DS_DTYPE_COUNT ? g_dtypes[dt].size : 0; }
+const char *ds_dtype_name(ds_dtype dt) { return (unsigned)dt < DS_DTYPE_COUNT ? g_dtypes[dt].st : "?"; }
+const char *ds_dtype_torch_name(ds_dtype dt) { return (unsigned)dt < DS_DTYPE_COUNT ? g_dtypes[dt].torch : "?"; }
+
+int ds_dtype_from_name(const char *name, ds_dtype *out) {
+    for (int i = 0; i < DS_DTYPE_COUNT; i++)
+        if (strcmp(name, g_dtypes[i].st) == 0) { *out = (ds_dtype)i; return 0; }
+    return -1;
+}
+
+float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
+    if (exp == 0) {
+        if (man == 0) u = sign;
+        else { /* subnormal: normalise */
+            int e = -1;
+            do { man <<= 1; e++; } while (!(man & 0x400));
+            u = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) u = sign | 0x7f800000u | (man << 13);
+    else u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    union { uint32_t u; float f; } v; v.u = u; return v.f;
+}
+
+uint16_t f32_to_f16(float f) {
+    union { uint32_t u; float f; } v; v.f = f;
+    uint32_t u = v.u, sign = (u >> 16) & 0x8000, a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00);          /* NaN */
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00);         /* overflow -> inf */
+    if (a < 0x38800000u) {                                          /* subnormal or zero */
+        if (a < 0x33000000u) return (uint16_t)sign;                 /* < half of min subnormal */
+        uint32_t e = a >> 23, m = (a & 0x7fffff) | 0x800000;
+        /* value = m * 2^(e-150); half subnormal unit = 2^-24 -> q = m * 2^(e-126) */
+        uint32_t sh = 126 - e; /* number of bits to drop, 14..24 */
+        uint32_t q = m >> sh, rem = m & ((1u << sh) - 1), half = 1u << (sh - 1);
+        if (rem > half || (rem == half && (q & 1))) q++;
+        return (uint16_t)(sign | q);
+    }
+    uint32_t r = a - 0x38000000u; /* rebias exponent: (e-112)<<23 */
+    uint32_t q = r >> 13, rem = r & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (q & 1))) q++;
+    return (uint16_t)(sign | q);
+}
+
+void ds_round_array(float *x, size_t n, ds_dtype dt) {
+    if (dt == DS_DTYPE_F32) return;
+    for (size_t i = 0; i < n; i++) x[i] = ds_round_to(x[i], dt);
+}
+
+ds_status ds_convert_to_f32(float *dst, const void *src, ds_dtype dt, size_t n) {
+    const unsigned char *s = src;
+    switch (dt) {
+    case DS_DTYPE_F32: memcpy(dst, src, n * 4); return DS_OK;
+    case DS_DTYPE_BF16:
+        for (size_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, s + 2 * i, 2); dst[i] = bf16_to_f32(h); }
+        return DS_OK;
+    case DS_DTYPE_F16:
+        for (size_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, s + 2 * i, 2); dst[i] = f16_to_f32(h); }
+        return DS_OK;
+    default:
+        return ds_error(DS_ERR_INPUT, "unsupported tensor dtype %s (expected F32, BF16 or F16)",
+                        ds_dtype_name(dt));
+    }
+}
+
+void ds_convert_from_f32(void *dst, const float *src, ds_dtype dt, size_t n) {
+    unsigned char *d = dst;
+    switch (dt) {
+    case DS_DTYPE_F32: memcpy(dst, src, n * 4); return;
+    case DS_DTYPE_BF16:
+        for (size_t i = 0; i < n; i++) { uint16_t h = f32_to_bf16(src[i]); memcpy(d + 2 * i, &h, 2); }
+        return;
+    case DS_DTYPE_F16:
+        for (size_t i = 0; i < n; i++) { uint16_t h = f32_to_f16(src[i]); memcpy(d + 2 * i, &h, 2); }
+        return;
+    default: DS_DIE(1, "ds_convert_from_f32: unsupported dtype %s", ds_dtype_name(dt));
+    }
+}
+
+/* ---- files ---- */
+
+ds_status ds_read_file(const char *path, char **out, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return ds_error(DS_ERR_INPUT, "%s: cannot open: %s", path, strerror(errno));
+    size_t cap = 1 << 16, n = 0;
+    char *buf = xmalloc(cap);
+    for (;;) {
+        if (n + 1 >= cap) buf = xrealloc(buf, cap *= 2);
+        size_t got = fread(buf + n, 1, cap - n - 1, f);
+        n += got;
+        if (got == 0) break;
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (err) { free(buf); return ds_error(DS_ERR_INPUT, "%s: read error", path); }
+    buf[n] = 0;
+    *out = buf;
+    if (len) *len = n;
+    return DS_OK;
+}
+
+int ds_file_exists(const char *path) { struct stat st; return stat(path, &st) == 0 && S_ISREG(st.st_mode); }
+int ds_is_dir(const char *path) { struct stat st; return stat(path, &st) == 0 && S_ISDIR(st.st_mode); }
+
+char *ds_path_join(const char *dir, const char *name) {
+    size_t n = strlen(dir);
+    if (n && dir[n - 1] == '/') return xasprintf("%s%s", dir, name);
+    return xasprintf("%s/%s", dir, name);
+}

@@ -1,0 +1,36 @@
+#!/bin/sh
+# Runs every test program and shell test; prints the per-suite closing lines
+# and a total "N passed, N failed, N skipped" line. Exit 1 if anything failed.
+BUILD=${BUILD:-build}
+MPIRUN=${MPIRUN:-mpirun --oversubscribe}
+export BUILD MPIRUN
+P=0; F=0; S=0
+tally() { # $1 = output file of a suite
+    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$1" | tail -1)
+    if [ -z "$line" ]; then echo "  (no result line: counted as 1 failure)"; F=$((F + 1)); return; fi
+    p=$(echo "$line" | sed -E 's/^([0-9]+) passed.*/\1/')
+    f=$(echo "$line" | sed -E 's/^[0-9]+ passed, ([0-9]+) failed.*/\1/')
+    s=$(echo "$line" | sed -nE 's/.*, ([0-9]+) skipped.*/\1/p'); s=${s:-0}
+    P=$((P + p)); F=$((F + f)); S=$((S + s))
+}
+tmp=$(mktemp)
+for t in "$BUILD"/tests/test_*; do
+    case "$t" in *.o|*.d) continue;; esac
+    [ -x "$t" ] || continue
+    echo "== $(basename "$t")"
+    "$t" >"$tmp" 2>&1; rc=$?
+    grep -E '^(FAIL|SKIP)' "$tmp"; tail -1 "$tmp"
+    tally "$tmp"
+    if [ $rc -ne 0 ] && ! grep -qE '^[0-9]+ passed, [1-9]' "$tmp"; then echo "  exit $rc"; F=$((F + 1)); fi
+done
+for t in tests/*.sh; do
+    case "$t" in tests/run_tests.sh) continue;; esac
+    echo "== $t"
+    sh "$t" >"$tmp" 2>&1; rc=$?
+    grep -E '^(FAIL|SKIP)' "$tmp"; tail -1 "$tmp"
+    tally "$tmp"
+    if [ $rc -ne 0 ] && ! grep -qE '^[0-9]+ passed, [1-9]' "$tmp"; then echo "  exit $rc"; sed -n '1,40p' "$tmp"; F=$((F + 1)); fi
+done
+rm -f "$tmp"
+echo "$P passed, $F failed, $S skipped"
+[ "$F" -eq 0 ]
