@@ -1,0 +1,55 @@
+/*
+ * ops_cpu.h - CPU reference ops of the decoder forward pass and Hessian
+ * accumulation (the CPU twins of cuda/). Layout conventions (model.h):
+ * activations are row-major [T, C] f32 arrays whose values are rounded to the
+ * activation dtype `act` (BF16/F16 for such checkpoints, F32 = no rounding) at
+ * the points where Hugging Face rounds (../shared/docs/model-and-tokenizer.md
+ * §2-3); Linear weights are row-major [out, in] f32 (y = x W^T + b).
+ * Dimension names: T tokens, C hidden, NH heads, NKV kv heads, HS head size.
+ */
+#ifndef DS_OPS_CPU_H
+#define DS_OPS_CPU_H
+
+#include "common.h"
+
+/* y[T,out] = round_act(x[T,in] W[out,in]^T + b[out]) (b may be NULL).
+ * f32 accumulation (OpenBLAS sgemm); the bias is added before the rounding. */
+void matmul_forward_cpu(float *y, const float *x, const float *w, const float *b, int T, int in,
+                        int out, ds_dtype act);
+
+/* RMSNorm per row (HF LlamaRMSNorm): r = x * rsqrt(mean(x^2) + eps) in f32,
+ * r = round_act(r), y = round_act(w * r). x and y may alias. */
+void rmsnorm_forward_cpu(float *y, const float *x, const float *w, int T, int C, float eps,
+                         ds_dtype act);
+
+/* RoPE tables for positions 0..T-1: cos/sin [T, HS] (HF: emb = cat(f, f)),
+ * computed in f32 from inv_freq[HS/2] and rounded to act. */
+void rope_tables_cpu(float *cos_t, float *sin_t, const float *inv_freq, int T, int HS, ds_dtype act);
+
+/* In-place rotate_half RoPE on x [T, NH*HS] (NH heads of HS): for j < HS/2,
+ * x'[j] = x[j]cos[j] - x[j+HS/2]sin[j], x'[j+HS/2] = x[j+HS/2]cos + x[j]sin,
+ * each product and the sum rounded to act (HF bf16 elementwise). */
+void rope_forward_cpu(float *x, const float *cos_t, const float *sin_t, int T, int NH, int HS,
+                      ds_dtype act);
+
+/* Causal GQA attention: out[T, NH*HS] from q[T, NH*HS], k,v [T, NKV*HS];
+ * head h uses kv head h / (NH/NKV); scores f32 scaled by HS^-0.5, f32
+ * softmax, P rounded to act, P@V accumulated in f32, output rounded to act.
+ * scratch: at least T floats. */
+void attention_forward_cpu(float *out, const float *q, const float *k, const float *v, int T,
+                           int NH, int NKV, int HS, ds_dtype act, float *scratch);
+
+/* out[n] = round_act(round_act(silu(gate)) * up), silu(z) = z/(1+exp(-z)) in f32. */
+void swiglu_forward_cpu(float *out, const float *gate, const float *up, size_t n, ds_dtype act);
+
+/* x[n] = round_act(x + y) (residual add). */
+void residual_forward_cpu(float *x, const float *y, size_t n, ds_dtype act);
+
+/* Hessian sum: H[n,n] (f64, full symmetric) += 2 * X^T X for X [rows, n] f32.
+ * X^T X is computed in f32 (ssyrk, products of the activation values, exact
+ * inputs) per call and added in f64, so sums over many calls are independent
+ * of how rows are split across ranks (up to f64 rounding).
+ * scratch: n*n floats. */
+void hessian_accum_cpu(double *H, const float *X, int rows, int n, float *scratch);
+
+#endif
