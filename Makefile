@@ -20,7 +20,7 @@ endif
 
 WARN    = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wpointer-arith
 CFLAGS  = -std=c11 -D_GNU_SOURCE -g $(WARN) -MMD -MP -Isrc -Icuda -DDS_VERSION='"$(VERSION)"'
-CFLAGS += $(shell pkg-config --cflags libcjson 2>/dev/null) -I/usr/include/openblas
+CFLAGS += -I/usr/include/cjson
 LDLIBS  = -lcjson -lz -lopenblas -llapacke -lpcre2-8 -lutf8proc -lpthread -lm
 ifeq ($(DEBUG),1)
   CFLAGS += -O0 -g3 -DDS_DEBUG
@@ -47,15 +47,25 @@ LIB     := $(BUILD)/libdoneshot.a
 TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 
 .PHONY: all test check asan valgrind install uninstall clean man-lint deps run bench
-all: $(BUILD)/doneshot $(TESTS)
+all: $(BUILD)/doneshot $(TESTS) $(BUILD)/gen_model
 	@echo "built $(BUILD)/doneshot (CUDA=$(CUDA)). Hint: run 'make test'"
 
-$(BUILD)/%.o: %.c
+# Install the Debian packages once if any header or tool is missing (fresh machine).
+DEPS_STAMP := $(BUILD)/.deps-ok
+$(DEPS_STAMP):
+	@mkdir -p $(BUILD)
+	@for h in cjson/cJSON.h lapacke.h pcre2.h utf8proc.h zlib.h x86_64-linux-gnu/cblas.h; do \
+	    [ -e /usr/include/$$h ] || missing=1; done; \
+	command -v $(MPICC) >/dev/null 2>&1 && command -v mpirun >/dev/null 2>&1 || missing=1; \
+	if [ -n "$$missing" ]; then echo "installing dependencies (.ci/deps.sh)"; sh .ci/deps.sh; fi
+	@touch $@
+
+$(BUILD)/%.o: %.c | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	@echo "CC $<"
 	@$(MPICC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/%.o: %.cu
+$(BUILD)/%.o: %.cu | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	@echo "NVCC $<"
 	@$(NVCC) $(NVFLAGS) -c $< -o $@
@@ -69,6 +79,10 @@ $(BUILD)/doneshot: $(BUILD)/src/main.o $(LIB)
 	@$(MPICC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
+	@echo "LD $@"
+	@$(MPICC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/gen_model: $(BUILD)/bench/gen_model.o $(LIB)
 	@echo "LD $@"
 	@$(MPICC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
@@ -93,7 +107,7 @@ deps:
 	@sh .ci/deps.sh
 
 run: all
-	@$(MPIRUN) -np 2 $(BUILD)/doneshot --recipe recipes/stories260k-w4a16-g32.json
+	@$(MPIRUN) -np 2 $(BUILD)/doneshot --recipe recipes/stories260k-w4a16.json
 
 install: $(BUILD)/doneshot
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(MANPREFIX)/man1

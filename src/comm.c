@@ -10,7 +10,7 @@
 
 #define CHUNK ((size_t)1 << 27) /* elements per collective call */
 
-static int g_rank = 0, g_size = 1, g_local = 0, g_init = 0;
+static int g_rank = 0, g_size = 1, g_local = 0, g_local_size = 1, g_init = 0;
 
 #define MPI_CHECK(call)                                                         \
     do {                                                                        \
@@ -32,6 +32,7 @@ void comm_init(int *argc, char ***argv) {
     MPI_Comm node;
     MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, g_rank, MPI_INFO_NULL, &node));
     MPI_CHECK(MPI_Comm_rank(node, &g_local));
+    MPI_CHECK(MPI_Comm_size(node, &g_local_size));
     MPI_Comm_free(&node);
     g_init = 1;
     ds_log_set_rank(g_rank, g_size);
@@ -44,6 +45,7 @@ void comm_finalize(void) {
 int comm_rank(void) { return g_rank; }
 int comm_size(void) { return g_size; }
 int comm_local_rank(void) { return g_local; }
+int comm_local_size(void) { return g_local_size; }
 int comm_initialized(void) { return g_init; }
 
 void comm_abort(int code) {

@@ -19,6 +19,7 @@ void comm_finalize(void);
 int comm_rank(void);
 int comm_size(void);
 int comm_local_rank(void);       /* rank within the node (MPI_COMM_TYPE_SHARED) */
+int comm_local_size(void);       /* ranks on this node */
 int comm_initialized(void);
 /* MPI_Abort(code) when MPI is initialized, exit(code) otherwise. */
 _Noreturn void comm_abort(int code);

@@ -37,4 +37,12 @@ void dataset_free(ds_dataset *d);
  * stream), then keep the first n rows (n > size keeps all, with no error). */
 void dataset_shuffle_take(ds_dataset *d, uint64_t seed, size_t n);
 
+/* Render a JSON array of {role, content} messages with the model's chat
+ * template (tokenizer_config.json chat_template of tok, else of model_dir)
+ * as transformers' apply_chat_template(tokenize=False,
+ * add_generation_prompt=False) does for the supported families. *out is
+ * malloc'd. DS_ERR_INPUT for unrecognised templates or bad messages. */
+ds_status dataset_render_chat(const tokenizer *tok, const char *model_dir, const char *messages_json,
+                              char **out);
+
 #endif

@@ -41,4 +41,9 @@ ds_status rtn_quantize(const quant_args *a, const float *W, int out, int in, ds_
 
 void gptq_result_free(gptq_result *res);
 
+/* perm = torch.argsort(x, descending=True) as torch 2.14 computes it on the
+ * CPU (not stable: libstdc++ std::sort on (value, index) pairs, NaN first).
+ * Used for actorder static; exposed for tests. */
+void gptq_argsort_desc(const float *x, int64_t n, int64_t *perm);
+
 #endif

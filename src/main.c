@@ -1,3 +1,289 @@
-#include "common.h"
+/*
+ * main.c - the doneshot command line: `doneshot [quantize] --recipe FILE ...`
+ * (GPTQ over MPI ranks), `doneshot tokenize ...`, `doneshot eval ...`.
+ * Reads like the algorithm: parse -> recipe -> model -> calibration data
+ * (this rank's slice) -> pipeline -> summary. Every rank takes the same path;
+ * a failure on any rank is combined at each stage boundary so all ranks exit
+ * with the same documented code (doneshot.1, EXIT STATUS).
+ */
+#include "cmd_tokenize.h"
 #include "comm.h"
-int main(int argc, char **argv) { comm_init(&argc, &argv); comm_finalize(); return 0; }
+#include "common.h"
+#include "dataset.h"
+#include "eval.h"
+#include "model.h"
+#include "pipeline.h"
+#include "recipe.h"
+#include "summary.h"
+#include "tokenizer.h"
+
+#include <cblas.h>
+#include <getopt.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct cli {
+    const char *recipe, *model, *dataset, *output, *summary, *device, *text_field;
+    long num_samples, max_seq_len, seed, threads;
+    int64_t max_shard;
+    int overwrite, verbosity;
+} cli;
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: doneshot [quantize] --recipe FILE [options]\n"
+            "       doneshot tokenize --model DIR [--input FILE] [--bos|--no-bos] [--decode]\n"
+            "       doneshot eval --model DIR --dataset FILE [--seq-len T] [--max-windows K] [--json]\n"
+            "\n"
+            "GPTQ post-training quantization of a Hugging Face model directory into a\n"
+            "compressed-tensors checkpoint; run under mpirun/srun for several ranks.\n"
+            "\n"
+            "options (flags override the recipe):\n"
+            "  --recipe FILE         JSON recipe (GPTQModifier and run settings); required\n"
+            "  --model DIR           model directory (config.json, safetensors, tokenizer.json)\n"
+            "  --dataset FILE        calibration data: .txt, .jsonl, .jsonl.gz, optionally gzipped\n"
+            "  --output DIR          output checkpoint directory (default: <model>-W<bits>A16)\n"
+            "  --num-samples N       calibration samples (default 512)\n"
+            "  --max-seq-len T       tokens per sample (default 2048, capped by max_position_embeddings)\n"
+            "  --seed S              shuffle seed for the calibration rows (default 42)\n"
+            "  --text-field NAME     JSONL text field (default text)\n"
+            "  --max-shard-size SIZE output shard size, bytes or e.g. 5GB (default 20GB)\n"
+            "  --device cpu|cuda     compute device (default: cpu)\n"
+            "  --threads K           BLAS threads per rank (default: cores / ranks on the node)\n"
+            "  --overwrite           replace an existing output checkpoint\n"
+            "  --summary FILE        write a machine-readable JSON run summary\n"
+            "  -q, --quiet           only warnings and errors\n"
+            "  -v, --verbose         debug output\n"
+            "  -h, --help            this help\n"
+            "  -V, --version         print the version\n"
+            "\n"
+            "exit status: 0 ok, 1 runtime failure, 2 usage or recipe error, 3 bad model or data\n");
+}
+
+/* "20GB", "500MB", "2GiB", "123" -> bytes; -1 on error. */
+static int64_t parse_size(const char *s) {
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || v < 0) return -1;
+    static const struct { const char *suf; double mul; } u[] = {
+        {"", 1}, {"B", 1}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
+        {"KiB", 1024.0}, {"MiB", 1048576.0}, {"GiB", 1073741824.0}, {"TiB", 1099511627776.0}};
+    for (size_t i = 0; i < DS_ARRAY_LEN(u); i++)
+        if (strcasecmp(end, u[i].suf) == 0) return (int64_t)(v * u[i].mul);
+    return -1;
+}
+
+static long parse_long(const char *opt, const char *s, long lo, ds_status *st) {
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*s == 0 || *end != 0 || v < lo) {
+        *st = ds_error(DS_ERR_USAGE, "%s: invalid value '%s' (expected an integer >= %ld)", opt, s, lo);
+        return 0;
+    }
+    return v;
+}
+
+static ds_status parse_cli(int argc, char **argv, cli *c) {
+    static const struct option opts[] = {
+        {"recipe", required_argument, 0, 'r'},  {"model", required_argument, 0, 'm'},
+        {"dataset", required_argument, 0, 'd'}, {"output", required_argument, 0, 'o'},
+        {"num-samples", required_argument, 0, 'n'}, {"max-seq-len", required_argument, 0, 't'},
+        {"seed", required_argument, 0, 's'},    {"device", required_argument, 0, 'D'},
+        {"threads", required_argument, 0, 'j'}, {"text-field", required_argument, 0, 'f'},
+        {"max-shard-size", required_argument, 0, 'S'}, {"overwrite", no_argument, 0, 'O'},
+        {"summary", required_argument, 0, 'J'}, {"quiet", no_argument, 0, 'q'},
+        {"verbose", no_argument, 0, 'v'},       {"help", no_argument, 0, 'h'},
+        {"version", no_argument, 0, 'V'},       {0, 0, 0, 0}};
+    ds_status st = DS_OK;
+    memset(c, 0, sizeof *c);
+    c->num_samples = c->max_seq_len = c->seed = c->threads = -1;
+    c->max_shard = -1;
+    opterr = 0;
+    optind = 1;
+    int ch;
+    while (st == DS_OK && (ch = getopt_long(argc, argv, ":qvhV", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'r': c->recipe = optarg; break;
+        case 'm': c->model = optarg; break;
+        case 'd': c->dataset = optarg; break;
+        case 'o': c->output = optarg; break;
+        case 'n': c->num_samples = parse_long("--num-samples", optarg, 1, &st); break;
+        case 't': c->max_seq_len = parse_long("--max-seq-len", optarg, 1, &st); break;
+        case 's': c->seed = parse_long("--seed", optarg, 0, &st); break;
+        case 'j': c->threads = parse_long("--threads", optarg, 1, &st); break;
+        case 'f': c->text_field = optarg; break;
+        case 'D':
+            if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda"))
+                st = ds_error(DS_ERR_USAGE, "--device: invalid value '%s' (allowed: cpu, cuda)", optarg);
+            c->device = optarg;
+            break;
+        case 'S':
+            if ((c->max_shard = parse_size(optarg)) <= 0)
+                st = ds_error(DS_ERR_USAGE, "--max-shard-size: invalid size '%s' (expected e.g. 5GB, 500MB, 1073741824)", optarg);
+            break;
+        case 'O': c->overwrite = 1; break;
+        case 'J': c->summary = optarg; break;
+        case 'q': c->verbosity--; break;
+        case 'v': c->verbosity++; break;
+        case 'h': return DS_OK + 100;
+        case 'V': return DS_OK + 101;
+        case ':': st = ds_error(DS_ERR_USAGE, "option %s needs a value", argv[optind - 1]); break;
+        default: st = ds_error(DS_ERR_USAGE, "unknown option '%s'\nhint: doneshot --help lists the options", argv[optind - 1]);
+        }
+    }
+    if (st == DS_OK && optind < argc)
+        st = ds_error(DS_ERR_USAGE, "unexpected argument '%s'\nhint: doneshot --help lists the options", argv[optind]);
+    if (st == DS_OK && !c->recipe)
+        st = ds_error(DS_ERR_USAGE, "--recipe FILE is required\nhint: try --recipe recipes/stories260k-w4a16.json");
+    return st;
+}
+
+/* Combine a per-rank status: every rank returns the worst; the message is
+ * printed by rank 0, or by a failing rank when rank 0 itself succeeded. */
+static ds_status sync_status(ds_status st) {
+    int st0 = (int)st;
+    comm_bcast(&st0, sizeof st0, 0);
+    int worst = comm_allreduce_max_int((int)st);
+    if (st != DS_OK && (comm_rank() == 0 || st0 == 0)) ds_log(DS_LOG_ERROR, "%s", ds_errmsg());
+    return (ds_status)worst;
+}
+
+static char *default_output(const char *model_dir, const recipe *r) {
+    char *d = xstrdup(model_dir);
+    size_t n = strlen(d);
+    while (n > 1 && d[n - 1] == '/') d[--n] = 0;
+    char *out = xasprintf("%s-W%dA16", d, r->w.num_bits);
+    free(d);
+    return out;
+}
+
+/* Load the calibration rows, shuffle with the seed, keep N, take this rank's
+ * slice [floor(N*r/R), floor(N*(r+1)/R)) (reference-llm-compressor.md §2.1). */
+static ds_status load_calibration(const char *path, const char *model_dir, const recipe *r, long max_seq,
+                                  long num_samples, uint64_t seed, ds_dataset *data, size_t *first,
+                                  size_t *count) {
+    tokenizer *tok = NULL;
+    ds_status st = tokenizer_load(model_dir, &tok);
+    if (st) return st;
+    dataset_opts o = {.text_field = r->text_field, .max_seq_len = max_seq, .add_special = 1,
+                      .model_dir = model_dir};
+    st = dataset_load(path, tok, &o, data);
+    tokenizer_free(tok);
+    if (st) return st;
+    if (data->n == 0)
+        return ds_error(DS_ERR_INPUT, "%s: no usable calibration rows (%zu skipped)", path, data->skipped);
+    if ((size_t)num_samples > data->n)
+        ds_warn("%s has %zu usable rows, fewer than the %ld calibration samples asked for; using %zu",
+                path, data->n, num_samples, data->n);
+    dataset_shuffle_take(data, seed, (size_t)num_samples);
+    size_t N = data->n, R = (size_t)comm_size(), k = (size_t)comm_rank();
+    *first = N * k / R;
+    *count = N * (k + 1) / R - *first;
+    return DS_OK;
+}
+
+static int cmd_quantize(int argc, char **argv) {
+    cli c;
+    recipe r;
+    model m;
+    ds_dataset data = {0};
+    run_stats stats = {0};
+    char *output = NULL;
+    int have_recipe = 0, have_model = 0;
+    const double t_start = ds_now();
+
+    ds_status st = parse_cli(argc, argv, &c);
+    if ((int)st == 100 || (int)st == 101) {
+        if (comm_rank() == 0) {
+            if ((int)st == 100) usage(stdout);
+            else printf("doneshot %s\n", DS_VERSION);
+        }
+        return 0;
+    }
+    ds_log_set_level(DS_LOG_INFO + c.verbosity);
+    if ((st = sync_status(st))) {
+        if (comm_rank() == 0) fprintf(stderr, "usage: doneshot --recipe FILE [options]; see doneshot --help\n");
+        return st;
+    }
+    st = recipe_load(c.recipe, &r);
+    have_recipe = st == DS_OK;
+    if ((st = sync_status(st))) goto done;
+
+    /* flags override the recipe; then defaults as the reference */
+    const char *model_dir = c.model ? c.model : r.model;
+    const char *dataset = c.dataset ? c.dataset : r.dataset;
+    if (c.text_field) { free(r.text_field); r.text_field = xstrdup(c.text_field); }
+    long num_samples = c.num_samples > 0 ? c.num_samples : r.num_samples > 0 ? r.num_samples : 512;
+    long max_seq = c.max_seq_len > 0 ? c.max_seq_len : r.max_seq_len > 0 ? r.max_seq_len : 2048;
+    long seed = c.seed >= 0 ? c.seed : r.seed >= 0 ? r.seed : 42;
+    int64_t max_shard = c.max_shard > 0 ? c.max_shard : r.max_shard_size > 0 ? r.max_shard_size : (int64_t)20e9;
+    if (!model_dir)
+        st = ds_error(DS_ERR_USAGE, "no model given\nhint: pass --model DIR or set \"model\" in %s", c.recipe);
+    else if (!dataset)
+        st = ds_error(DS_ERR_USAGE, "no calibration dataset given\nhint: pass --dataset FILE or set \"dataset\" in %s", c.recipe);
+    else if (c.device && strcmp(c.device, "cuda") == 0) {
+#ifdef DS_CUDA
+        st = ds_error(DS_ERR_USAGE, "--device cuda: the CUDA pipeline is not enabled in this version "
+                      "(the kernels are built but the pipeline runs on the CPU)\nhint: use --device cpu");
+#else
+        st = ds_error(DS_ERR_USAGE, "--device cuda: this doneshot was built without CUDA\n"
+                      "hint: use --device cpu, or rebuild with nvcc installed (make CUDA=1)");
+#endif
+    }
+    if ((st = sync_status(st))) goto done;
+
+    st = model_open(model_dir, &m);
+    have_model = st == DS_OK;
+    if (st == DS_OK) st = pipeline_validate(&m, &r);
+    if ((st = sync_status(st))) goto done;
+    if (max_seq > m.cfg.max_pos) max_seq = m.cfg.max_pos;
+
+    int threads = c.threads > 0 ? (int)c.threads
+                                : DS_MAX(1, (int)sysconf(_SC_NPROCESSORS_ONLN) / comm_local_size());
+    openblas_set_num_threads(threads);
+
+    size_t first = 0, count = 0;
+    double t_data = ds_now();
+    st = load_calibration(dataset, model_dir, &r, max_seq, num_samples, (uint64_t)seed, &data, &first, &count);
+    if ((st = sync_status(st))) goto done;
+    output = c.output ? xstrdup(c.output) : r.output ? xstrdup(r.output) : default_output(model_dir, &r);
+
+    char gs[32] = "";
+    if (r.w.strategy == QS_GROUP) snprintf(gs, sizeof gs, " %d", r.w.group_size);
+    ds_info("doneshot %s | model %s (%s, %d layers, %s) | scheme W%dA16 %s %s%s | ranks %d | threads/rank %d",
+            DS_VERSION, model_dir, m.cfg.arch_name, m.cfg.L, ds_dtype_torch_name(m.cfg.dtype), r.w.num_bits,
+            r.w.symmetric ? "sym" : "asym",
+            r.w.strategy == QS_GROUP ? "group" : r.w.strategy == QS_CHANNEL ? "channel" : "tensor", gs,
+            comm_size(), threads);
+    ds_info("calibration: %s | %zu samples (max %ld tokens each, seed %ld) | rank 0 holds %zu | data %.2fs",
+            dataset, data.n, max_seq, seed, count, ds_now() - t_data);
+
+    run_opts ro = {.out_dir = output, .overwrite = c.overwrite, .max_shard_bytes = (uint64_t)max_shard};
+    st = pipeline_quantize(&m, &r, data.rows + first, count, &ro, &stats);
+    if ((st = sync_status(st))) goto done;
+    summary_report(&stats, &m, &r, model_dir, dataset, output, c.summary, ds_now() - t_start);
+
+done:
+    run_stats_free(&stats);
+    dataset_free(&data);
+    if (have_model) model_close(&m);
+    if (have_recipe) recipe_free(&r);
+    free(output);
+    return (int)st;
+}
+
+int main(int argc, char **argv) {
+    comm_init(&argc, &argv);
+    int rc;
+    if (argc > 1 && strcmp(argv[1], "tokenize") == 0)
+        rc = comm_rank() == 0 ? cmd_tokenize(argc - 1, argv + 1) : 0;
+    else if (argc > 1 && strcmp(argv[1], "eval") == 0)
+        rc = cmd_eval(argc - 1, argv + 1);
+    else if (argc > 1 && strcmp(argv[1], "quantize") == 0)
+        rc = cmd_quantize(argc - 1, argv + 1);
+    else
+        rc = cmd_quantize(argc, argv);
+    comm_finalize(); /* every rank reaches here with the same rc */
+    return rc;
+}

@@ -45,11 +45,14 @@ void swiglu_forward_cpu(float *out, const float *gate, const float *up, size_t n
 /* x[n] = round_act(x + y) (residual add). */
 void residual_forward_cpu(float *x, const float *y, size_t n, ds_dtype act);
 
-/* Hessian sum: H[n,n] (f64, full symmetric) += 2 * X^T X for X [rows, n] f32.
+/* Hessian sum: H[n,n] (f64; only the upper triangle j >= i is accumulated,
+ * call hessian_mirror_cpu once before use) += 2 * X^T X for X [rows, n] f32.
  * X^T X is computed in f32 (ssyrk, products of the activation values, exact
  * inputs) per call and added in f64, so sums over many calls are independent
  * of how rows are split across ranks (up to f64 rounding).
  * scratch: n*n floats. */
 void hessian_accum_cpu(double *H, const float *X, int rows, int n, float *scratch);
+/* Copy the upper triangle of H [n,n] into the lower one. */
+void hessian_mirror_cpu(double *H, int n);
 
 #endif

@@ -10,7 +10,10 @@
  * "text_field", "max_shard_size" (bytes or "5GB"-style string).
  * GPTQModifier keys: targets, ignore, scheme (preset name or {PRESET:[targets]}),
  * config_groups, block_size, dampening_frac, actorder, offload_hessians,
- * bypass_divisibility_checks. Unknown keys and invalid values are
+ * bypass_divisibility_checks (batched_quantization is accepted and ignored).
+ * Relative paths in run keys are kept as written (relative to the working
+ * directory, like CLI flags). applied_json holds only the modifier part:
+ * {"modifiers":[{"GPTQModifier":{...resolved...}}]}. Unknown keys and invalid values are
  * DS_ERR_USAGE errors naming the key and the allowed values.
  * Exactly one GPTQModifier (doneshot v1 runs GPTQ only; other modifiers are
  * rejected with a clear error).
@@ -35,14 +38,27 @@ typedef struct recipe {
     int offload_hessians;         /* accepted, no effect on CPU */
     int bypass_divisibility;      /* default 0 */
     char *applied_json;           /* normalized recipe text to store with the output */
+    const char *observer;         /* weight observer name: "memoryless_minmax" (default) or "minmax"; points into priv */
+    struct recipe_priv *priv;     /* private to recipe.c: compiled "re:" patterns etc. */
 } recipe;
+
+/* compressed-tensors version written as quantization_config.version (the
+ * version installed in the interop venv; the reference doc's example shows
+ * 0.18.0). */
+#define RECIPE_CT_VERSION "0.19.0"
 
 /* Parse a recipe file / JSON text. On error returns DS_ERR_USAGE with a
  * message naming the file, the key path (e.g. modifiers[0].GPTQModifier.actorder),
  * expected vs got. */
 ds_status recipe_load(const char *path, recipe *out);
 ds_status recipe_parse(const char *json, const char *origin, recipe *out);
+/* Frees everything and zeroes *r; a zeroed recipe is a no-op. */
 void recipe_free(recipe *r);
+
+/* Parse a size: a non-negative integer of bytes or "5GB", "500MB", "2GiB",
+ * "1.5 GB", "100KB", "4096B", "20kib" (decimal KB/MB/GB/TB = 10^3k, binary
+ * KiB/MiB/GiB/TiB = 2^10k; case-insensitive). 0 on success, -1 if invalid. */
+int recipe_parse_size(const char *s, int64_t *out);
 
 /* 1 if module `name` of class `cls` (e.g. "Linear") is quantized: it matches
  * a target and no ignore entry. Entries are class names, exact module names,

@@ -36,6 +36,8 @@ const st_tensor *st_find(const st_model *m, const char *name);
 size_t st_count(const st_model *m);
 const st_tensor *st_get(const st_model *m, size_t i); /* i < st_count; sorted by name */
 const char *st_shard_path(const st_model *m, int shard);
+/* Number of shard files (1 for a single file). */
+int st_num_shards(const st_model *m);
 /* Value of a "__metadata__" key of the first shard, or NULL. */
 const char *st_metadata(const st_model *m, const char *key);
 void st_close(st_model *m);

@@ -29,10 +29,20 @@ ds_status stw_plan(st_writer *w, const char *name, ds_dtype dt, int ndim, const 
 ds_status stw_begin(st_writer *w);
 /* nbytes must equal the planned size; each tensor exactly once. */
 ds_status stw_write(st_writer *w, const char *name, const void *data, size_t nbytes);
+/* Write bytes [offset, offset+nbytes) of a planned tensor, for tensors
+ * produced in pieces (e.g. a 1 GB embedding generated in chunks). The caller
+ * writes disjoint ranges; the tensor counts as written once the byte total
+ * reaches its planned size (an empty tensor: after one call with nbytes 0).
+ * Errors (DS_ERR_RUNTIME): unknown name, range outside the tensor, I/O. */
+ds_status stw_write_range(st_writer *w, const char *name, uint64_t offset, const void *data, size_t nbytes);
 ds_status stw_finish(st_writer *w);
+/* After stw_begin: the shard file name holding `tensor` (borrowed), or NULL. */
+const char *stw_shard_name(const st_writer *w, const char *tensor);
 int stw_num_shards(const st_writer *w);
 uint64_t stw_total_bytes(const st_writer *w);
-/* Frees; if not finished, leaves partial files for the caller's cleanup. */
+/* Frees; if not finished, leaves partial files for the caller's cleanup.
+ * (Shards are written as "<name>.tmp" and renamed by stw_finish, so an
+ * unfinished run never leaves a plausible-looking checkpoint.) */
 void stw_close(st_writer *w);
 
 #endif

@@ -30,4 +30,15 @@ int tokenizer_vocab_size(const tokenizer *t);
 int32_t tokenizer_bos_id(const tokenizer *t); /* -1 if none */
 int32_t tokenizer_eos_id(const tokenizer *t); /* -1 if none */
 
+/* tokenizer_config.json chat_template (the "default" one of a list), NULL if
+ * none; BOS/EOS token texts (e.g. "<s>"), NULL if none. Borrowed strings. */
+const char *tokenizer_chat_template(const tokenizer *t);
+const char *tokenizer_bos_text(const tokenizer *t);
+const char *tokenizer_eos_text(const tokenizer *t);
+/* Id of an added token or vocab entry given as text (byte-level vocabularies
+ * take the raw text, e.g. " the"); -1 if absent. */
+int32_t tokenizer_token_to_id(const tokenizer *t, const char *s);
+/* Number of ids add_special=1 puts before the text (0 or 1 for BOS). */
+int tokenizer_prefix_count(const tokenizer *t);
+
 #endif

@@ -1,0 +1,77 @@
+/*
+ * cuda_common.cuh - shared helpers for the cuda/ launchers: error-check
+ * macros that abort through ds_fatal (src/common.h), bf16 <-> f32 device
+ * conversions that round exactly like src/common.h's f32_to_bf16 (round to
+ * nearest even, NaN -> 0x7FC0), CEIL_DIV, and the shared context accessors
+ * (cuBLAS / cuSOLVER handles) implemented in context.cu.
+ * Included only by .cu files; src/ sees cuda/kernels.h.
+ */
+#ifndef DS_CUDA_COMMON_CUH
+#define DS_CUDA_COMMON_CUH
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cusolverDn.h>
+#include <stdint.h>
+
+#ifndef _Noreturn
+#define _Noreturn [[noreturn]] /* common.h is C11 */
+#endif
+extern "C" {
+#include "common.h"
+#include "kernels.h"
+}
+
+#define CEIL_DIV(a, b) (((a) + (b) - 1) / (b))
+
+#define CUDA_CHECK(call)                                                              \
+    do {                                                                              \
+        cudaError_t e_ = (call);                                                      \
+        if (e_ != cudaSuccess)                                                        \
+            ds_fatal(1, __FILE__, __LINE__, __func__, "CUDA error %s: %s (%s)",       \
+                     cudaGetErrorName(e_), cudaGetErrorString(e_), #call);            \
+    } while (0)
+
+#define CUBLAS_CHECK(call)                                                            \
+    do {                                                                              \
+        cublasStatus_t s_ = (call);                                                   \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                              \
+            ds_fatal(1, __FILE__, __LINE__, __func__, "cuBLAS error %d: %s (%s)",     \
+                     (int)s_, cublasGetStatusString(s_), #call);                      \
+    } while (0)
+
+#define CUSOLVER_CHECK(call)                                                          \
+    do {                                                                              \
+        cusolverStatus_t s_ = (call);                                                 \
+        if (s_ != CUSOLVER_STATUS_SUCCESS)                                            \
+            ds_fatal(1, __FILE__, __LINE__, __func__, "cuSOLVER error %d (%s)",       \
+                     (int)s_, #call);                                                 \
+    } while (0)
+
+/* After every <<<>>>: launch errors at once; with -DDS_DEBUG also execution
+ * errors (synchronize, so the failing kernel is the one named). */
+#ifdef DS_DEBUG
+#define CUDA_LAUNCH_CHECK()                                                           \
+    do { CUDA_CHECK(cudaGetLastError()); CUDA_CHECK(cudaDeviceSynchronize()); } while (0)
+#else
+#define CUDA_LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+#endif
+
+#define DS_STREAM(s) ((cudaStream_t)(s))
+
+/* Context (context.cu): lazily created handles bound to `stream`. */
+cublasHandle_t ds_cublas_get(void *stream);
+cusolverDnHandle_t ds_cusolver_get(void *stream);
+
+/* ---- device dtype helpers (bit-identical to src/common.h) ---- */
+__device__ __forceinline__ float bf16_to_f32_dev(uint16_t h) {
+    return __uint_as_float((uint32_t)h << 16);
+}
+__device__ __forceinline__ uint16_t f32_to_bf16_dev(float f) {
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+__device__ __forceinline__ float round_bf16_dev(float f) { return bf16_to_f32_dev(f32_to_bf16_dev(f)); }
+
+#endif

@@ -1,0 +1,411 @@
+/*
+ * gptq.cu - GPTQ on the GPU; twin of gptq_quantize (src/gptq.h), same
+ * numerics as llm-compressor's quantize_weight:
+ *   1. qparams (min-max, model-dtype scales) from the ORIGINAL weight, all
+ *      groups up front (actorder=group: from the permuted weight);
+ *   2. actorder: perm = torch.argsort(diag H, descending) with torch's tie
+ *      order (gptq_argsort_desc, shared with the CPU twin, host side); each column keeps its original group's scale
+ *      (static) - the kernels see a per-column group table `gcol`;
+ *   3. dead columns (H_ii == 0): H_ii = 1, W[:, i] = 0;
+ *   4. damp = frac * mean(diag H) (after the dead fix) added to the diagonal;
+ *   5. U = upper Cholesky of H^-1: cuSOLVER spotrf(L) -> spotri(L) ->
+ *      spotrf(L) in place, fp32. H is symmetric, so the column-major lower
+ *      factor L read row-major IS U = L^T (U[r][c] = buf[r*n + c], c >= r;
+ *      the other triangle holds stale values and is never read);
+ *      any failure -> warning, U = I (round-to-nearest, rtn_fallback = 1);
+ *   6. column sweep per block of <= 128 columns: gptq_block_kernel, one warp
+ *      per row (a row's 128 block columns live in registers, 4 per lane; the
+ *      block of U in shared memory), with the intra-block update
+ *      w_j -= err * U[c][j] written as __fmul_rn/__fsub_rn (no FMA
+ *      contraction, like the CPU's plain loop); then the lazy update
+ *      W[:, i2:] -= Err @ U[i1:i2, i2:] by cublasSgemm (true fp32, no TF32);
+ *   7. outputs written at the original column positions (undoing the perm).
+ * Differences from the CPU twin come only from fp32 summation orders in
+ * cuSOLVER / sgemm vs LAPACK / OpenBLAS; codes agree except for rare flips
+ * at rounding ties (tests/test_kernels.c reports the flip rate).
+ */
+#include "cuda_common.cuh"
+
+extern "C" {
+#include "gptq.h" /* gptq_argsort_desc */
+}
+#include <cuda_fp16.h>
+#include <float.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define GPTQ_MAX_BLOCK 128
+#define GPTQ_WARPS 8
+#define GPTQ_ROWS_PER_WARP 2
+#define GPTQ_ROWS_PER_CTA (GPTQ_WARPS * GPTQ_ROWS_PER_WARP)
+
+/* ---- grow-only workspace ---- */
+static void *g_ws;
+static size_t g_ws_bytes;
+
+void gptq_cuda_release(void) {
+    if (g_ws) cudaFree(g_ws);
+    g_ws = NULL;
+    g_ws_bytes = 0;
+}
+
+static void *ws_get(size_t n) {
+    if (n > g_ws_bytes) {
+        gptq_cuda_release();
+        g_ws = ds_cuda_malloc(n);
+        g_ws_bytes = n;
+    }
+    return g_ws;
+}
+
+static size_t al(size_t n) { return (n + 255) & ~(size_t)255; }
+
+/* ---- dtype helpers ---- */
+static __device__ __forceinline__ float round_to_dev(float x, int dt) {
+    if (dt == DS_DTYPE_BF16) return round_bf16_dev(x);
+    if (dt == DS_DTYPE_F16) return __half2float(__float2half_rn(x));
+    return x;
+}
+
+static __device__ __forceinline__ float dtype_eps_dev(int dt) {
+    if (dt == DS_DTYPE_BF16) return 0.0078125f;     /* torch.finfo(bfloat16).eps */
+    if (dt == DS_DTYPE_F16) return 0.0009765625f;   /* torch.finfo(float16).eps */
+    return FLT_EPSILON;
+}
+
+/* ---- qparams ---- */
+/* One warp per (row, group) of `gsz` columns: min and max. */
+static __global__ void minmax_kernel(const float *W, int out, int in, int gsz, int ng, float *mn,
+                                     float *mx) {
+    size_t wid = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (wid >= (size_t)out * ng) return;
+    int r = (int)(wid / ng), g = (int)(wid % ng);
+    const float *p = W + (size_t)r * in + (size_t)g * gsz;
+    float a = INFINITY, b = -INFINITY;
+    for (int j = lane; j < gsz; j += 32) { a = fminf(a, p[j]); b = fmaxf(b, p[j]); }
+    for (int o = 16; o > 0; o >>= 1) {
+        a = fminf(a, __shfl_xor_sync(0xffffffffu, a, o));
+        b = fmaxf(b, __shfl_xor_sync(0xffffffffu, b, o));
+    }
+    if (lane == 0) { mn[wid] = a; mx[wid] = b; }
+}
+
+/* QS_TENSOR: one block folds the per-row values into entry 0. */
+static __global__ void minmax_fold_kernel(float *mn, float *mx, int n) {
+    __shared__ float sa[256], sb[256];
+    float a = INFINITY, b = -INFINITY;
+    for (int i = threadIdx.x; i < n; i += 256) { a = fminf(a, mn[i]); b = fmaxf(b, mx[i]); }
+    sa[threadIdx.x] = a; sb[threadIdx.x] = b;
+    __syncthreads();
+    for (int s = 128; s > 0; s >>= 1) {
+        if ((int)threadIdx.x < s) {
+            sa[threadIdx.x] = fminf(sa[threadIdx.x], sa[threadIdx.x + s]);
+            sb[threadIdx.x] = fmaxf(sb[threadIdx.x], sb[threadIdx.x + s]);
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) { mn[0] = sa[0]; mx[0] = sb[0]; }
+}
+
+/* calculate_qparams, as qparams_one in src/quant.c: every elementwise op is one
+ * f32 op rounded to the model dtype; zp before the eps fix; NaN zp -> 0.
+ * Entry i reads mn/mx[src_all ? 0 : i] (QS_TENSOR broadcasts entry 0). */
+static __global__ void qparams_kernel(const float *mn, const float *mx, size_t n, int src_all, int sym,
+                                      int qmin, int qmax, int dt, float *scale, int32_t *zp) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    size_t k = src_all ? 0 : i;
+    const float lo = fminf(mn[k], 0.0f), hi = fmaxf(mx[k], 0.0f);
+    const float range = round_to_dev((float)(qmax - qmin), dt);
+    float s;
+    int z = 0;
+    if (sym) {
+        float absmax = fabsf(lo) > fabsf(hi) ? fabsf(lo) : fabsf(hi);
+        float half = round_to_dev(__fdiv_rn(range, 2.0f), dt);
+        s = round_to_dev(__fdiv_rn(absmax, half), dt);
+    } else {
+        s = round_to_dev(__fdiv_rn(round_to_dev(__fsub_rn(hi, lo), dt), range), dt);
+        float t = round_to_dev(__fdiv_rn(lo, s), dt); /* 0/0 = NaN for an all-zero group */
+        float zf = round_to_dev(__fsub_rn((float)qmin, t), dt);
+        if (isnan(zf)) z = 0;
+        else z = (int)rintf(fminf(fmaxf(zf, (float)qmin), (float)qmax));
+    }
+    if (s == 0.0f) s = dtype_eps_dev(dt);
+    scale[i] = s;
+    zp[i] = z;
+}
+
+/* ---- preparation ---- */
+/* Wp[r][i] = W[r][perm[i]] (perm NULL: identity). */
+static __global__ void permute_cols_kernel(float *Wp, const float *W, const int *perm, int out, int in) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= (size_t)out * in) return;
+    size_t r = i / in;
+    int c = (int)(i % in);
+    Wp[i] = W[r * in + (perm ? perm[c] : c)];
+}
+
+/* Zero the dead columns (flags in permuted order). */
+static __global__ void zero_dead_kernel(float *Wp, const uint8_t *deadp, int out, int in) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= (size_t)out * in) return;
+    if (deadp[i % in]) Wp[i] = 0.0f;
+}
+
+/* H_ii == 0 -> 1, then + damp, on the original (unpermuted) H. */
+static __global__ void fix_diag_kernel(float *H, int n, float damp) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float d = H[(size_t)i * n + i];
+    H[(size_t)i * n + i] = __fadd_rn(d == 0.0f ? 1.0f : d, damp);
+}
+
+/* Hp[i][j] = H[perm[i]][perm[j]]. */
+static __global__ void permute_sym_kernel(float *Hp, const float *H, const int *perm, int n) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x, i = blockIdx.y;
+    if (j < n) Hp[(size_t)i * n + j] = H[(size_t)perm[i] * n + perm[j]];
+}
+
+static __global__ void identity_kernel(float *U, int n) {
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i < (size_t)n * n) U[i] = (i / n == i % n) ? 1.0f : 0.0f;
+}
+
+/* ---- the column sweep of one block [i1, i1+nb) ---- */
+struct sweep_args {
+    float *Wp;            /* [out, in] working weight, permuted order */
+    const float *U;       /* [in, in] row-major upper factor */
+    float *Err;           /* [out, ldE] */
+    int ldE;
+    const float *scale;   /* [out, ng] */
+    const int32_t *zp;    /* [out, ng] */
+    const int *gcol;      /* [in] group of each permuted column */
+    const int *perm;      /* [in] original column of each permuted column, NULL = identity */
+    float *wq;            /* [out, in] original order */
+    int8_t *q;            /* [out, in] original order */
+    double *rowloss;      /* [out] */
+    int out, in, ng, qmin, qmax, dt, i1, nb;
+};
+
+static __global__ void __launch_bounds__(GPTQ_WARPS * 32)
+gptq_block_kernel(sweep_args a) {
+    extern __shared__ float Us[]; /* [nb][nb] */
+    const int nb = a.nb, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int idx = threadIdx.x; idx < nb * nb; idx += blockDim.x) {
+        int c = idx / nb, j = idx % nb;
+        Us[idx] = a.U[(size_t)(a.i1 + c) * a.in + a.i1 + j];
+    }
+    __syncthreads();
+    for (int rr = 0; rr < GPTQ_ROWS_PER_WARP; rr++) {
+        const int r = blockIdx.x * GPTQ_ROWS_PER_CTA + rr * GPTQ_WARPS + warp;
+        if (r >= a.out) break; /* warp-uniform */
+        float *wrow = a.Wp + (size_t)r * a.in + a.i1;
+        float w[4], qv[4], dq[4], ev[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            int j = lane + 32 * k;
+            w[k] = j < nb ? wrow[j] : 0.0f;
+            qv[k] = dq[k] = ev[k] = 0.0f;
+        }
+        double loss = 0.0;
+        for (int c = 0; c < nb; c++) {
+            const int owner = c & 31, slot = c >> 5;
+            float mine = 0.0f;
+#pragma unroll
+            for (int k = 0; k < 4; k++) if (k == slot) mine = w[k];
+            const float wc = __shfl_sync(0xffffffffu, mine, owner);
+            const int g = a.gcol[a.i1 + c];
+            const float sc = a.scale[(size_t)r * a.ng + g];
+            const int z = a.zp[(size_t)r * a.ng + g];
+            float x = __fdiv_rn(wc, sc);
+            if (z != 0) x = __fadd_rn(x, (float)z);
+            const float qf = isnan(x) ? 0.0f /* as quant_fake */
+                                      : rintf(fminf(fmaxf(x, (float)a.qmin), (float)a.qmax)); /* half-even */
+            const float deq = round_to_dev(__fmul_rn(qf - (float)z, sc), a.dt);
+            const float d = Us[c * nb + c];
+            const float diff = __fsub_rn(wc, deq);
+            const float err = __fdiv_rn(diff, d);
+            loss += (double)err * err;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const int j = lane + 32 * k;
+                if (j > c && j < nb) w[k] = __fsub_rn(w[k], __fmul_rn(err, Us[c * nb + j]));
+                if (k == slot && lane == owner) { qv[k] = qf; dq[k] = deq; ev[k] = err; }
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const int j = lane + 32 * k;
+            if (j < nb) {
+                const int col = a.i1 + j;
+                const size_t o = (size_t)r * a.in + (a.perm ? a.perm[col] : col);
+                a.q[o] = (int8_t)(int)qv[k];
+                a.wq[o] = dq[k];
+                a.Err[(size_t)r * a.ldE + j] = ev[k];
+            }
+        }
+        if (lane == 0) a.rowloss[r] += loss;
+    }
+}
+
+/* ---- host side ---- */
+extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, int out, int in,
+                                        float *H, int block_size, double dampening_frac,
+                                        ds_dtype model_dtype, gptq_cuda_out *o, void *stream) {
+    if (qa->num_bits < 2 || qa->num_bits > 8)
+        return ds_error(DS_ERR_USAGE, "gptq (cuda): num_bits %d, expected 2..8", qa->num_bits);
+    if (qa->strategy == QS_GROUP && (qa->group_size <= 0 || in % qa->group_size != 0))
+        return ds_error(DS_ERR_USAGE, "gptq (cuda): group_size %d does not divide in_features %d",
+                        qa->group_size, in);
+    if (block_size <= 0 || block_size > GPTQ_MAX_BLOCK)
+        return ds_error(DS_ERR_USAGE, "gptq (cuda): block_size %d, expected 1..%d", block_size,
+                        GPTQ_MAX_BLOCK);
+    if (model_dtype != DS_DTYPE_BF16 && model_dtype != DS_DTYPE_F16 && model_dtype != DS_DTYPE_F32)
+        return ds_error(DS_ERR_USAGE, "gptq (cuda): model dtype %s unsupported",
+                        ds_dtype_name(model_dtype));
+    DS_ASSERT(out > 0 && in > 0);
+    cudaStream_t st = DS_STREAM(stream);
+    const int qmin = -(1 << (qa->num_bits - 1)), qmax = (1 << (qa->num_bits - 1)) - 1;
+    const int gs = qa->strategy == QS_GROUP ? qa->group_size : in;
+    const int ng = qa->strategy == QS_GROUP ? in / gs : 1;
+    /* as gptq.c: any actorder permutes; "group" re-observes only for QS_GROUP */
+    const int use_perm = qa->actorder != QA_NONE;
+    const int group_act = qa->actorder == QA_GROUP && qa->strategy == QS_GROUP;
+    const size_t n2 = (size_t)in * in, ow = (size_t)out * in;
+    const int BS = block_size;
+
+    /* workspace layout */
+    size_t off_Wp = 0, off_Err = off_Wp + al(ow * 4), off_Hp = off_Err + al((size_t)out * BS * 4);
+    size_t off_loss = off_Hp + (use_perm ? al(n2 * 4) : 0);
+    size_t off_mn = off_loss + al((size_t)out * 8), off_mx = off_mn + al((size_t)out * ng * 4);
+    size_t off_perm = off_mx + al((size_t)out * ng * 4), off_gcol = off_perm + al((size_t)in * 4);
+    size_t off_dead = off_gcol + al((size_t)in * 4), off_info = off_dead + al((size_t)in);
+    size_t off_work = off_info + 256;
+    cusolverDnHandle_t sh = ds_cusolver_get(stream);
+    int lw1 = 0, lw2 = 0;
+    CUSOLVER_CHECK(cusolverDnSpotrf_bufferSize(sh, CUBLAS_FILL_MODE_LOWER, in, H, in, &lw1));
+    CUSOLVER_CHECK(cusolverDnSpotri_bufferSize(sh, CUBLAS_FILL_MODE_LOWER, in, H, in, &lw2));
+    int lwork = lw1 > lw2 ? lw1 : lw2;
+    char *ws = (char *)ws_get(off_work + al((size_t)lwork * 4));
+    float *Wp = (float *)(ws + off_Wp), *Err = (float *)(ws + off_Err);
+    float *Hp = use_perm ? (float *)(ws + off_Hp) : H;
+    double *rowloss = (double *)(ws + off_loss);
+    float *mn = (float *)(ws + off_mn), *mx = (float *)(ws + off_mx);
+    int *d_perm = (int *)(ws + off_perm), *d_gcol = (int *)(ws + off_gcol);
+    uint8_t *d_dead = (uint8_t *)(ws + off_dead);
+    int *d_info = (int *)(ws + off_info);
+    float *work = (float *)(ws + off_work);
+
+    /* host tables from the original diagonal */
+    float *diag = (float *)xmalloc(sizeof(float) * in);
+    CUDA_CHECK(cudaMemcpy2DAsync(diag, sizeof(float), H, sizeof(float) * (in + 1), sizeof(float), in,
+                                 cudaMemcpyDeviceToHost, st));
+    CUDA_CHECK(cudaStreamSynchronize(st));
+    int *perm = (int *)xmalloc(sizeof(int) * in), *gcol = (int *)xmalloc(sizeof(int) * in);
+    uint8_t *deadp = (uint8_t *)xmalloc((size_t)in);
+    if (use_perm) { /* torch.argsort(descending=True) tie order, shared with the CPU twin */
+        int64_t *p64 = (int64_t *)xmalloc(sizeof(int64_t) * in);
+        gptq_argsort_desc(diag, in, p64);
+        for (int i = 0; i < in; i++) perm[i] = (int)p64[i];
+        free(p64);
+    } else {
+        for (int i = 0; i < in; i++) perm[i] = i;
+    }
+    double dsum = 0;
+    for (int i = 0; i < in; i++) {
+        deadp[i] = diag[perm[i]] == 0.0f;
+        dsum += diag[perm[i]] == 0.0f ? 1.0 : (double)diag[perm[i]]; /* CPU order */
+        if (qa->strategy != QS_GROUP) gcol[i] = 0;
+        else gcol[i] = (group_act ? i : perm[i]) / gs;
+    }
+    const float mean = (float)(dsum / in);
+    const float damp = (float)dampening_frac * mean; /* as gptq.c */
+    if (group_act && o->g_idx) {
+        int *gi = (int *)xmalloc(sizeof(int) * in);
+        for (int i = 0; i < in; i++) gi[perm[i]] = i / gs;
+        CUDA_CHECK(cudaMemcpyAsync(o->g_idx, gi, sizeof(int) * in, cudaMemcpyHostToDevice, st));
+        CUDA_CHECK(cudaStreamSynchronize(st));
+        free(gi);
+    }
+    CUDA_CHECK(cudaMemcpyAsync(d_perm, perm, sizeof(int) * in, cudaMemcpyHostToDevice, st));
+    CUDA_CHECK(cudaMemcpyAsync(d_gcol, gcol, sizeof(int) * in, cudaMemcpyHostToDevice, st));
+    CUDA_CHECK(cudaMemcpyAsync(d_dead, deadp, (size_t)in, cudaMemcpyHostToDevice, st));
+
+    /* 1. working copy (permuted) and qparams */
+    const unsigned eb = (unsigned)CEIL_DIV(ow, (size_t)256);
+    permute_cols_kernel<<<eb, 256, 0, st>>>(Wp, W, use_perm ? d_perm : NULL, out, in);
+    CUDA_LAUNCH_CHECK();
+    {
+        const float *src = group_act ? Wp : W;
+        size_t nw = (size_t)out * ng;
+        minmax_kernel<<<(unsigned)CEIL_DIV(nw * 32, (size_t)256), 256, 0, st>>>(src, out, in, gs, ng, mn, mx);
+        CUDA_LAUNCH_CHECK();
+        int tensor = qa->strategy == QS_TENSOR;
+        if (tensor) {
+            minmax_fold_kernel<<<1, 256, 0, st>>>(mn, mx, out);
+            CUDA_LAUNCH_CHECK();
+        }
+        qparams_kernel<<<(unsigned)CEIL_DIV(nw, (size_t)256), 256, 0, st>>>(
+            mn, mx, nw, tensor, qa->symmetric, qmin, qmax, (int)model_dtype, o->scale, o->zp);
+        CUDA_LAUNCH_CHECK();
+    }
+    /* 2. dead columns, damp, permuted Hessian */
+    zero_dead_kernel<<<eb, 256, 0, st>>>(Wp, d_dead, out, in);
+    CUDA_LAUNCH_CHECK();
+    fix_diag_kernel<<<CEIL_DIV(in, 256), 256, 0, st>>>(H, in, damp);
+    CUDA_LAUNCH_CHECK();
+    if (use_perm) {
+        permute_sym_kernel<<<dim3(CEIL_DIV(in, 256), in), 256, 0, st>>>(Hp, H, d_perm, in);
+        CUDA_LAUNCH_CHECK();
+    }
+    /* 3. U = chol(chol_inverse(chol(H)))^T, fallback U = I */
+    int info = 0, step = 0;
+    const char *what[3] = {"Cholesky of H", "inverse of H", "Cholesky of H^-1"};
+    for (step = 0; step < 3 && info == 0; step++) {
+        if (step == 1)
+            CUSOLVER_CHECK(cusolverDnSpotri(sh, CUBLAS_FILL_MODE_LOWER, in, Hp, in, work, lwork, d_info));
+        else
+            CUSOLVER_CHECK(cusolverDnSpotrf(sh, CUBLAS_FILL_MODE_LOWER, in, Hp, in, work, lwork, d_info));
+        CUDA_CHECK(cudaMemcpyAsync(&info, d_info, sizeof(int), cudaMemcpyDeviceToHost, st));
+        CUDA_CHECK(cudaStreamSynchronize(st));
+    }
+    if (info == 0) { /* U must be finite (a NaN/inf Hessian can factor "successfully") */
+        CUDA_CHECK(cudaMemcpy2DAsync(diag, sizeof(float), Hp, sizeof(float) * (in + 1), sizeof(float),
+                                     in, cudaMemcpyDeviceToHost, st));
+        CUDA_CHECK(cudaStreamSynchronize(st));
+        for (int i = 0; i < in && info == 0; i++)
+            if (!isfinite(diag[i])) info = -1, step = 3;
+    }
+    o->rtn_fallback = info != 0;
+    if (info != 0) {
+        ds_warn("gptq (cuda): %s failed (info %d) for a [%d, %d] weight; using round-to-nearest",
+                what[step - 1], info, out, in);
+        identity_kernel<<<(unsigned)CEIL_DIV(n2, (size_t)256), 256, 0, st>>>(Hp, in);
+        CUDA_LAUNCH_CHECK();
+    }
+    /* 4. column sweep, block by block */
+    CUDA_CHECK(cudaMemsetAsync(rowloss, 0, sizeof(double) * out, st));
+    const int smem = BS * BS * (int)sizeof(float);
+    CUDA_CHECK(cudaFuncSetAttribute(gptq_block_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    cublasHandle_t bh = ds_cublas_get(stream);
+    const float m1 = -1.0f, p1 = 1.0f;
+    for (int i1 = 0; i1 < in; i1 += BS) {
+        const int nb = in - i1 < BS ? in - i1 : BS, i2 = i1 + nb;
+        sweep_args sa = {Wp, Hp, Err, BS, o->scale, o->zp, d_gcol, use_perm ? d_perm : NULL,
+                         o->wq, o->q, rowloss, out, in, ng, qmin, qmax, (int)model_dtype, i1, nb};
+        gptq_block_kernel<<<CEIL_DIV(out, GPTQ_ROWS_PER_CTA), GPTQ_WARPS * 32, nb * nb * sizeof(float), st>>>(sa);
+        CUDA_LAUNCH_CHECK();
+        if (i2 < in && !o->rtn_fallback) /* Wp[:, i2:] -= Err[:, :nb] @ U[i1:i2, i2:]  (column-major view, see matmul.cu) */
+            CUBLAS_CHECK(cublasSgemm(bh, CUBLAS_OP_N, CUBLAS_OP_N, in - i2, out, nb, &m1,
+                                     Hp + (size_t)i1 * in + i2, in, Err, BS, &p1, Wp + i2, in));
+    }
+    double *hl = (double *)xmalloc(sizeof(double) * out);
+    CUDA_CHECK(cudaMemcpyAsync(hl, rowloss, sizeof(double) * out, cudaMemcpyDeviceToHost, st));
+    CUDA_CHECK(cudaStreamSynchronize(st));
+    double loss = 0;
+    for (int r = 0; r < out; r++) loss += hl[r];
+    o->loss = loss / 2;
+    free(hl); free(diag); free(perm); free(gcol); free(deadp);
+    return DS_OK;
+}

@@ -1,0 +1,148 @@
+/*
+ * kernels.h - the CUDA backend as seen from C: context helpers and the
+ * launchers of the cuda/ .cu files. Plain C (extern "C"), the only CUDA header src/
+ * includes. All array arguments of launchers are DEVICE pointers; `stream`
+ * is a cudaStream_t passed as void* (NULL = legacy default stream).
+ *
+ * Activation storage on the GPU: bf16 (uint16_t bit patterns, HF rounding
+ * points reproduced in the kernels: see each launcher). Hessians: f32 or f64.
+ * GPTQ and weights-for-GPTQ: f32. Each launcher twins the CPU function of the
+ * same stem in src/ops_cpu.h / src/quant.h / src/gptq.h, with act = BF16.
+ * Dimension names: T tokens, C hidden, NH heads, NKV kv heads, HS head size.
+ * Layouts: activations row-major [T, C]; Linear weights row-major [out, in].
+ * Errors: CUDA/cuBLAS/cuSOLVER failures abort the job through ds_fatal
+ * (tier (b) of common.h); shape errors are DS_ASSERTs.
+ */
+#ifndef DS_KERNELS_H
+#define DS_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__cplusplus) && !defined(_Noreturn)
+#define _Noreturn [[noreturn]] /* common.h is C11 */
+#endif
+#ifdef __cplusplus
+extern "C" {
+#endif
+#include "quant.h"
+
+/* ---------------- context (context.cu) ---------------- */
+/* Number of usable devices; 0 when there is no driver or no device (never aborts). */
+int ds_cuda_device_count(void);
+/* Select device local_rank % count, create the cuBLAS/cuSOLVER handles.
+ * Returns the device index, or -1 when no device is usable (no abort). */
+int ds_cuda_init(int local_rank);
+/* "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)"; "none" before init. */
+const char *ds_cuda_device_name(void);
+void ds_cuda_mem_info(size_t *free_b, size_t *total_b);
+void ds_cuda_shutdown(void); /* destroy handles and workspaces */
+void *ds_cuda_malloc(size_t n); /* aborts with a clear message on OOM; n = 0 -> NULL */
+void ds_cuda_free(void *p);
+void *ds_cuda_malloc_host(size_t n); /* pinned host memory */
+void ds_cuda_free_host(void *p);
+void ds_cuda_memcpy_h2d(void *dst, const void *src, size_t n, void *stream);
+void ds_cuda_memcpy_d2h(void *dst, const void *src, size_t n, void *stream); /* synchronous */
+void ds_cuda_memcpy_d2d(void *dst, const void *src, size_t n, void *stream);
+void ds_cuda_memset(void *p, int byte, size_t n, void *stream);
+void *ds_cuda_stream_create(void);
+void ds_cuda_stream_destroy(void *stream);
+void ds_cuda_sync(void *stream); /* stream sync; NULL: device sync */
+/* Events for timing (bench): elapsed ms between two recorded events. */
+void *ds_cuda_event_create(void);
+void ds_cuda_event_destroy(void *ev);
+void ds_cuda_event_record(void *ev, void *stream);
+float ds_cuda_event_ms(void *start, void *stop); /* synchronizes on stop */
+
+/* ---------------- conversions (context.cu) ---------------- */
+void f32_to_bf16_cuda(uint16_t *dst, const float *src, size_t n, void *stream); /* RNE, NaN->0x7FC0 */
+void bf16_to_f32_cuda(float *dst, const uint16_t *src, size_t n, void *stream);
+
+/* ---------------- forward ops ---------------- */
+/* embed.cu: out[t, :] = table[ids[t], :] (bf16 rows; ids in [0, V), checked with
+ * a device-side clamp + error flag is not done: callers validate ids on host). */
+void embed_forward_cuda(uint16_t *out, const uint16_t *table, const int32_t *ids, int T, int C,
+                        void *stream);
+
+/* matmul.cu: y[T,out] = bf16(x[T,in] W[out,in]^T + b) with fp32 accumulation on
+ * tensor cores (cublasGemmEx, CUBLAS_COMPUTE_32F); b [out] bf16 or NULL (added
+ * in f32 before the single rounding, as matmul_forward_cpu). */
+void matmul_forward_cuda(uint16_t *y, const uint16_t *x, const uint16_t *w, const uint16_t *b,
+                         int T, int in, int out, void *stream);
+
+/* rmsnorm.cu: as rmsnorm_forward_cpu (f32 statistics, two bf16 roundings). y may alias x. */
+void rmsnorm_forward_cuda(uint16_t *y, const uint16_t *x, const uint16_t *w, int T, int C,
+                          float eps, void *stream);
+
+/* rope.cu: cos/sin tables [T, HS] bf16 from inv_freq[HS/2] (f32 device array),
+ * as rope_tables_cpu; and the in-place rotate_half on x [T, NH*HS] with row
+ * stride `ld` elements (ld = NH*HS for a packed tensor) as rope_forward_cpu. */
+void rope_tables_cuda(uint16_t *cos_t, uint16_t *sin_t, const float *inv_freq, int T, int HS,
+                      void *stream);
+void rope_forward_cuda(uint16_t *x, const uint16_t *cos_t, const uint16_t *sin_t, int T, int NH,
+                       int HS, int ld, void *stream);
+
+/* attention.cu: causal GQA attention for B sequences of T tokens each
+ * (q [B*T, NH*HS], k,v [B*T, NKV*HS], out [B*T, NH*HS], bf16), as
+ * attention_forward_cpu per sequence: f32 scores via batched GemmEx
+ * (fp32 accumulate), f32 causal softmax, P rounded to bf16, P@V fp32
+ * accumulate, bf16 out. ws: attention_ws_bytes(T, NH/NKV) device bytes. */
+size_t attention_ws_bytes(int T, int rep);
+void attention_forward_cuda(uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                            int B, int T, int NH, int NKV, int HS, void *ws, void *stream);
+
+/* swiglu.cu: out = bf16(bf16(silu(gate)) * up) and x = bf16(x + y). */
+void swiglu_forward_cuda(uint16_t *out, const uint16_t *gate, const uint16_t *up, size_t n,
+                         void *stream);
+void residual_forward_cuda(uint16_t *x, const uint16_t *y, size_t n, void *stream);
+
+/* ---------------- Hessians (hessian.cu) ---------------- */
+/* H[n,n] f32 += 2 X^T X for X [rows, n] bf16 (GemmEx, bf16 products exact in
+ * f32, fp32 accumulate). Full matrix written (both triangles; tensor-core
+ * summation order may leave H[i][j] and H[j][i] a rounding apart: call
+ * hessian_symmetrize_cuda before a solve if exact symmetry matters). */
+void hessian_accum_cuda(float *H, const uint16_t *X, int rows, int n, void *stream);
+/* The twin of hessian_accum_cpu: scratch[n,n] f32 = 2 X^T X for this call, then
+ * H (f64) += scratch, so sums over calls are independent of the row split. */
+void hessian_accum_f64_cuda(double *H, const uint16_t *X, int rows, int n, float *scratch,
+                            void *stream);
+/* Copy the upper triangle (row-major i<j) onto the lower. */
+void hessian_symmetrize_cuda(float *H, int n, void *stream);
+/* Hf[i] = (float)(Hd[i] * scale), e.g. scale = 1/num_samples. */
+void hessian_to_f32_cuda(float *Hf, const double *Hd, size_t n, double scale, void *stream);
+
+/* ---------------- GPTQ (gptq.cu) ---------------- */
+/* Outputs of gptq_quantize_cuda, DEVICE arrays allocated by the caller:
+ * wq [out,in] f32 (dequantized, exact in model dtype), q [out,in] int8 codes,
+ * scale [out,ngroups] f32 (model-dtype values), zp [out,ngroups] int32
+ * (0 when symmetric), g_idx [in] int32 (only for actorder=group; may be NULL
+ * otherwise). ngroups = quant_num_groups(a, in). */
+typedef struct gptq_cuda_out {
+    float *wq;
+    int8_t *q;
+    float *scale;
+    int32_t *zp;
+    int32_t *g_idx;
+    double loss;      /* host: sum (w-q)^2/d^2 / 2 */
+    int rtn_fallback; /* host: 1 when Cholesky failed and U = I was used */
+} gptq_cuda_out;
+/* Same numerics as gptq_quantize (src/gptq.h): W [out,in] f32 device (not
+ * modified), H [in,in] f32 device (normalized Hessian, used as scratch:
+ * destroyed). fp32 throughout (no TF32), Cholesky / inverse / Cholesky by
+ * cuSOLVER, column sweep per block in a kernel (one warp per row, block <= 128
+ * columns), lazy updates by cublasSgemm. Returns DS_ERR_USAGE for unsupported
+ * arguments (message in ds_errmsg()). */
+ds_status gptq_quantize_cuda(const quant_args *a, const float *W, int out, int in, float *H,
+                             int block_size, double dampening_frac, ds_dtype model_dtype,
+                             gptq_cuda_out *o, void *stream);
+
+/* quant_pack.cu: the twins of quant_pack_rows / quant_pack_cols (bitwise). */
+void quant_pack_rows_cuda(const int8_t *q, int rows, int cols, int bits, int32_t *packed,
+                          void *stream);
+void quant_pack_cols_cuda(const int32_t *zp, int rows, int g, int bits, int32_t *packed,
+                          void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

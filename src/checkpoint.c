@@ -1,0 +1,354 @@
+/*
+ * checkpoint.c - compressed-tensors "pack-quantized" checkpoint writer (see
+ * checkpoint.h). Tensor layout and config follow compressed-tensors
+ * compressors/pack_quantized and ModelCompressor.update_config.
+ */
+#include "checkpoint.h"
+#include "quant.h"
+#include "st_writer.h"
+
+#include <cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct ckpt_writer {
+    const model *m;
+    const recipe *r;
+    char *out_dir, *tmp_dir;
+    int overwrite;
+    st_writer *w;
+    uint64_t bytes;
+};
+
+int ckpt_module_quantized(const recipe *r, const char *name) {
+    return recipe_module_targeted(r, name, "Linear");
+}
+
+/* ---- small file helpers ---- */
+
+static ds_status fsync_path(const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return ds_error(DS_ERR_RUNTIME, "%s: cannot open for fsync: %s", path, strerror(errno));
+    int rc = fsync(fd);
+    close(fd);
+    if (rc != 0 && errno != EINVAL)
+        return ds_error(DS_ERR_RUNTIME, "%s: fsync failed: %s", path, strerror(errno));
+    return DS_OK;
+}
+
+static ds_status write_file(const char *path, const char *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return ds_error(DS_ERR_RUNTIME, "%s: cannot create: %s", path, strerror(errno));
+    size_t put = fwrite(data, 1, n, f);
+    int ok = put == n && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    int e = errno;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok) return ds_error(DS_ERR_RUNTIME, "%s: write failed: %s", path, strerror(e));
+    return DS_OK;
+}
+
+static ds_status copy_file(const char *src, const char *dst) {
+    char *buf;
+    size_t n;
+    ds_status st = ds_read_file(src, &buf, &n);
+    if (st) return st;
+    st = write_file(dst, buf, n);
+    free(buf);
+    return st;
+}
+
+static int rm_rf(const char *path) {
+    char *cmd = xasprintf("rm -rf -- '%s'", path);
+    int rc = system(cmd);
+    free(cmd);
+    return rc;
+}
+
+/* ---- planning ---- */
+
+static int ngroups(const quant_args *a, int in) { return quant_num_groups(a, in); }
+
+/* Parse "model.layers.N.<suffix>.weight" of a quantized module; returns the
+ * module name length or 0. */
+static size_t quantized_weight(const ckpt_writer *c, const char *tensor, char *module, size_t cap) {
+    size_t n = strlen(tensor);
+    if (n < 8 || strcmp(tensor + n - 7, ".weight") != 0 || n - 7 >= cap) return 0;
+    if (strncmp(tensor, "model.layers.", 13) != 0) return 0;
+    memcpy(module, tensor, n - 7);
+    module[n - 7] = 0;
+    for (int k = 0; k < LIN_COUNT; k++) {
+        const char *suf = model_lin_suffix(k);
+        size_t ls = strlen(suf), ml = n - 7;
+        if (ml > ls && strcmp(module + ml - ls, suf) == 0 && module[ml - ls - 1] == '.')
+            return ckpt_module_quantized(c->r, module) ? ml : 0;
+    }
+    return 0;
+}
+
+static ds_status plan_module(ckpt_writer *c, const char *module, int out, int in) {
+    const quant_args *a = &c->r->w;
+    char name[600];
+    int64_t shp[2];
+    ds_status st;
+    snprintf(name, sizeof name, "%s.weight_packed", module);
+    shp[0] = out; shp[1] = quant_packed_cols(in, a->num_bits);
+    if ((st = stw_plan(c->w, name, DS_DTYPE_I32, 2, shp))) return st;
+    snprintf(name, sizeof name, "%s.weight_scale", module);
+    shp[0] = out; shp[1] = ngroups(a, in);
+    if ((st = stw_plan(c->w, name, c->m->cfg.dtype, 2, shp))) return st;
+    snprintf(name, sizeof name, "%s.weight_shape", module);
+    shp[0] = 2;
+    if ((st = stw_plan(c->w, name, DS_DTYPE_I64, 1, shp))) return st;
+    if (!a->symmetric) {
+        snprintf(name, sizeof name, "%s.weight_zero_point", module);
+        shp[0] = quant_packed_cols(out, a->num_bits); shp[1] = ngroups(a, in);
+        if ((st = stw_plan(c->w, name, DS_DTYPE_I32, 2, shp))) return st;
+    }
+    if (a->actorder == QA_GROUP) {
+        snprintf(name, sizeof name, "%s.weight_g_idx", module);
+        shp[0] = in;
+        if ((st = stw_plan(c->w, name, DS_DTYPE_I32, 1, shp))) return st;
+    }
+    return DS_OK;
+}
+
+ds_status ckpt_begin(const model *m, const recipe *r, const char *out_dir, int overwrite,
+                     uint64_t max_shard_bytes, ckpt_writer **out) {
+    ckpt_writer *c = xcalloc(1, sizeof *c);
+    ds_status st = DS_OK;
+    c->m = m;
+    c->r = r;
+    c->overwrite = overwrite;
+    c->out_dir = xstrdup(out_dir);
+    size_t n = strlen(c->out_dir);
+    while (n > 1 && c->out_dir[n - 1] == '/') c->out_dir[--n] = 0;
+    if (ds_is_dir(c->out_dir) && !overwrite) {
+        char *probe = ds_path_join(c->out_dir, "config.json");
+        int exists = ds_file_exists(probe);
+        free(probe);
+        if (exists) {
+            st = ds_error(DS_ERR_USAGE, "output directory '%s' already holds a checkpoint\n"
+                          "hint: pass --overwrite to replace it, or choose another --output", c->out_dir);
+            goto fail;
+        }
+    } else if (ds_file_exists(c->out_dir)) {
+        st = ds_error(DS_ERR_USAGE, "output path '%s' exists and is not a directory", c->out_dir);
+        goto fail;
+    }
+    /* mkdir -p the parent of the output */
+    for (char *sl = strchr(c->out_dir + 1, '/'); sl; sl = strchr(sl + 1, '/')) {
+        *sl = 0;
+        if (!ds_is_dir(c->out_dir)) mkdir(c->out_dir, 0755);
+        *sl = '/';
+    }
+    c->tmp_dir = xasprintf("%s.tmp-%ld", c->out_dir, (long)getpid());
+    rm_rf(c->tmp_dir);
+    if (mkdir(c->tmp_dir, 0755) != 0) {
+        st = ds_error(DS_ERR_RUNTIME, "cannot create '%s': %s\nhint: check that the parent directory of "
+                      "--output exists and is writable", c->tmp_dir, strerror(errno));
+        free(c->tmp_dir);
+        c->tmp_dir = NULL;
+        goto fail;
+    }
+    c->w = stw_open(c->tmp_dir, max_shard_bytes);
+    char module[512];
+    for (size_t i = 0; i < st_count(m->st); i++) {
+        const st_tensor *t = st_get(m->st, i);
+        if (quantized_weight(c, t->name, module, sizeof module))
+            st = plan_module(c, module, (int)t->shape[0], (int)t->shape[1]);
+        else
+            st = stw_plan(c->w, t->name, t->dtype, t->ndim, t->shape);
+        if (st) goto fail;
+    }
+    if ((st = stw_begin(c->w))) goto fail;
+    for (size_t i = 0; i < st_count(m->st); i++) {
+        const st_tensor *t = st_get(m->st, i);
+        if (quantized_weight(c, t->name, module, sizeof module)) continue;
+        if ((st = stw_write(c->w, t->name, t->data, t->nbytes))) goto fail;
+    }
+    *out = c;
+    return DS_OK;
+fail:
+    ckpt_abort(c);
+    return st;
+}
+
+ds_status ckpt_write_module(ckpt_writer *c, const char *module, const int8_t *q, const float *scale,
+                            const int *zp, const int *g_idx, int out, int in) {
+    const quant_args *a = &c->r->w;
+    const int g = ngroups(a, in), pc = quant_packed_cols(in, a->num_bits);
+    const ds_dtype dt = c->m->cfg.dtype;
+    char name[600];
+    ds_status st;
+    int32_t *packed = xmalloc(sizeof(int32_t) * (size_t)out * pc);
+    quant_pack_rows(q, out, in, a->num_bits, packed);
+    snprintf(name, sizeof name, "%s.weight_packed", module);
+    st = stw_write(c->w, name, packed, sizeof(int32_t) * (size_t)out * pc);
+    free(packed);
+    if (st) return st;
+    void *sbuf = xmalloc(ds_dtype_size(dt) * (size_t)out * g);
+    ds_convert_from_f32(sbuf, scale, dt, (size_t)out * g);
+    snprintf(name, sizeof name, "%s.weight_scale", module);
+    st = stw_write(c->w, name, sbuf, ds_dtype_size(dt) * (size_t)out * g);
+    free(sbuf);
+    if (st) return st;
+    int64_t shape[2] = {out, in};
+    snprintf(name, sizeof name, "%s.weight_shape", module);
+    if ((st = stw_write(c->w, name, shape, sizeof shape))) return st;
+    if (!a->symmetric) {
+        int zr = quant_packed_cols(out, a->num_bits);
+        int8_t *z8 = xmalloc((size_t)out * g);
+        for (size_t i = 0; i < (size_t)out * g; i++) z8[i] = (int8_t)zp[i];
+        int32_t *zpk = xmalloc(sizeof(int32_t) * (size_t)zr * g);
+        quant_pack_cols(z8, out, g, a->num_bits, zpk);
+        snprintf(name, sizeof name, "%s.weight_zero_point", module);
+        st = stw_write(c->w, name, zpk, sizeof(int32_t) * (size_t)zr * g);
+        free(z8);
+        free(zpk);
+        if (st) return st;
+    }
+    if (a->actorder == QA_GROUP) {
+        int32_t *gi = xmalloc(sizeof(int32_t) * (size_t)in);
+        for (int i = 0; i < in; i++) gi[i] = g_idx[i];
+        snprintf(name, sizeof name, "%s.weight_g_idx", module);
+        st = stw_write(c->w, name, gi, sizeof(int32_t) * (size_t)in);
+        free(gi);
+        if (st) return st;
+    }
+    return DS_OK;
+}
+
+/* ---- config.json ---- */
+
+static int key_cmp(const void *a, const void *b) {
+    const cJSON *x = *(cJSON *const *)a, *y = *(cJSON *const *)b;
+    return strcmp(x->string, y->string);
+}
+
+/* Sort object keys recursively, as json.dump(sort_keys=True). */
+static void sort_keys(cJSON *j) {
+    if (!j) return;
+    for (cJSON *ch = j->child; ch; ch = ch->next) sort_keys(ch);
+    if (!cJSON_IsObject(j) || !j->child) return;
+    size_t n = 0;
+    for (cJSON *ch = j->child; ch; ch = ch->next) n++;
+    cJSON **v = xmalloc(n * sizeof *v);
+    n = 0;
+    for (cJSON *ch = j->child; ch; ch = ch->next) v[n++] = ch;
+    qsort(v, n, sizeof *v, key_cmp);
+    for (size_t i = 0; i < n; i++) {
+        v[i]->prev = i ? v[i - 1] : v[n - 1]; /* cJSON: child->prev is the last item */
+        v[i]->next = i + 1 < n ? v[i + 1] : NULL;
+    }
+    j->child = v[0];
+    free(v);
+}
+
+static ds_status write_config(ckpt_writer *c) {
+    const model *m = c->m;
+    char *src = ds_path_join(m->dir, "config.json"), *text = NULL;
+    ds_status st = ds_read_file(src, &text, NULL);
+    free(src);
+    if (st) return st;
+    cJSON *j = cJSON_Parse(text);
+    free(text);
+    if (!j) return ds_error(DS_ERR_INPUT, "%s/config.json: not valid JSON", m->dir);
+    /* Unquantized Linear modules, by name, in model order (compressed-tensors
+     * rebuilds the ignore list from the model at save time). */
+    int cap = m->cfg.L * LIN_COUNT + 1, n = 0;
+    char **ign = xmalloc(sizeof(char *) * (size_t)cap);
+    for (int l = 0; l < m->cfg.L; l++)
+        for (int k = 0; k < LIN_COUNT; k++) {
+            char *name = xasprintf("model.layers.%d.%s", l, model_lin_suffix(k));
+            if (ckpt_module_quantized(c->r, name)) free(name);
+            else ign[n++] = name;
+        }
+    ign[n++] = xstrdup("lm_head");
+    char *qc = recipe_quantization_config_json(c->r, (const char *const *)ign, n);
+    for (int i = 0; i < n; i++) free(ign[i]);
+    free(ign);
+    cJSON *qj = cJSON_Parse(qc);
+    free(qc);
+    DS_ASSERT(qj);
+    cJSON_DeleteItemFromObjectCaseSensitive(j, "quantization_config");
+    cJSON_AddItemToObject(j, "quantization_config", qj);
+    sort_keys(j);
+    char *out = cJSON_Print(j);
+    cJSON_Delete(j);
+    char *path = ds_path_join(c->tmp_dir, "config.json");
+    size_t len = strlen(out);
+    out = xrealloc(out, len + 2);
+    out[len] = '\n';
+    out[len + 1] = 0;
+    st = write_file(path, out, len + 1);
+    free(path);
+    free(out);
+    return st;
+}
+
+ds_status ckpt_finish(ckpt_writer *c, uint64_t *bytes, int *nshards) {
+    static const char *extra[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                  "generation_config.json", "tokenizer.model", "vocab.json", "merges.txt",
+                                  "added_tokens.json", "chat_template.jinja", "chat_template.json"};
+    ds_status st = stw_finish(c->w);
+    if (st) return st;
+    if (bytes) *bytes = stw_total_bytes(c->w);
+    if (nshards) *nshards = stw_num_shards(c->w);
+    for (size_t i = 0; i < DS_ARRAY_LEN(extra); i++) {
+        char *src = ds_path_join(c->m->dir, extra[i]);
+        if (ds_file_exists(src)) {
+            char *dst = ds_path_join(c->tmp_dir, extra[i]);
+            st = copy_file(src, dst);
+            free(dst);
+        }
+        free(src);
+        if (st) return st;
+    }
+    char *rp = ds_path_join(c->tmp_dir, "recipe.yaml");
+    st = write_file(rp, c->r->applied_json, strlen(c->r->applied_json));
+    free(rp);
+    if (st) return st;
+    if ((st = write_config(c))) return st; /* last: marks the checkpoint complete */
+    if ((st = fsync_path(c->tmp_dir))) return st;
+    char *old = NULL;
+    if (ds_is_dir(c->out_dir)) { /* --overwrite or an empty dir: move it aside first */
+        old = xasprintf("%s.old-%ld", c->out_dir, (long)getpid());
+        if (rename(c->out_dir, old) != 0) {
+            st = ds_error(DS_ERR_RUNTIME, "cannot move '%s' aside: %s", c->out_dir, strerror(errno));
+            free(old);
+            return st;
+        }
+    }
+    if (rename(c->tmp_dir, c->out_dir) != 0) {
+        st = ds_error(DS_ERR_RUNTIME, "cannot rename '%s' to '%s': %s", c->tmp_dir, c->out_dir, strerror(errno));
+        if (old) rename(old, c->out_dir);
+        free(old);
+        return st;
+    }
+    if (old) { rm_rf(old); free(old); }
+    char *parent = xstrdup(c->out_dir), *slash = strrchr(parent, '/');
+    if (slash) { if (slash == parent) slash[1] = 0; else *slash = 0; }
+    else { free(parent); parent = xstrdup("."); }
+    fsync_path(parent);
+    free(parent);
+    free(c->tmp_dir);
+    c->tmp_dir = NULL;
+    stw_close(c->w);
+    c->w = NULL;
+    free(c->out_dir);
+    free(c);
+    return DS_OK;
+}
+
+void ckpt_abort(ckpt_writer *c) {
+    if (!c) return;
+    stw_close(c->w);
+    if (c->tmp_dir) rm_rf(c->tmp_dir);
+    free(c->tmp_dir);
+    free(c->out_dir);
+    free(c);
+}

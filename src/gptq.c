@@ -1,0 +1,436 @@
+/*
+ * gptq.c - GPTQ as llm-compressor's quantize_weight does it, on the CPU.
+ *
+ * Followed from the installed reference stack (the goldens in
+ * tests/golden/gptq/ were made with it): llmcompressor 0.14.0.1
+ * (modifiers/gptq/gptq_quantize.py quantize_weight + gptq_block_update,
+ * modifiers/gptq/helpers.py apply_activation_ordering, factorize_hessian,
+ * column_scale_window), compressed-tensors 0.19.0, torch 2.14.0.
+ *
+ * Order of operations (all f32, like GPTQ_PRECISION):
+ *  1. qparams: min-max of the ORIGINAL weight per (row, group), computed in the
+ *     model dtype (quant_minmax_qparams).
+ *  2. actorder static/weight: perm = torch.argsort(diag(H), descending=True).
+ *     That call is NOT stable on CPU: torch sorts (value, index) pairs with
+ *     libstdc++ std::sort (introsort, median-of-3, insertion sort below 16,
+ *     heapsort past depth 2*lg n) and the comparator
+ *     (isnan(a) && !isnan(b)) || a > b. torch_argsort_desc below replays that
+ *     algorithm step by step, so ties come out in torch's order.
+ *     g_idx = (arange(in) // gs)[perm]: each column keeps its original group.
+ *  3. dead columns: diag(H) == 0 -> H_ii = 1, W[:, i] = 0 (after the perm).
+ *  4. damp = f32(percdamp) * mean(diag H) added to the diagonal.
+ *  5. L = chol(H); Hinv = cholesky_inverse(L); U = chol(Hinv, upper). On a
+ *     failed Cholesky (or a non-finite H) U = I: round-to-nearest, flagged.
+ *  6. per block [i1,i2): per column i: q = fake_quant(w) with the column's
+ *     group scale; the dequantized value is rounded to the SCALE dtype (bf16
+ *     for a bf16 model: _quantize_dequantize does x_q.to(scale.dtype) * scale);
+ *     err = (w - q) / U_ii; loss += err^2; W1[:, i:] -= err * U[i, i:]
+ *     (product rounded, then the subtraction: no FMA). After the block
+ *     W[:, i2:] -= Err1 @ U[i1:i2, i2:] (sgemm).
+ *  7. undo the permutation.
+ * actorder=group ("dynamic") was removed from compressed-tensors (0.19 rejects
+ * it); QA_GROUP here keeps the llm-compressor 0.13 semantics (re-observe the
+ * permuted weight, contiguous groups in permuted order, g_idx = (arange //
+ * gs)[invperm]) for old recipes, without a golden.
+ *
+ * Layout: the working weight is kept transposed, Wt [in, out], so column i of
+ * W is the contiguous row i of Wt; the rank-1 intra-block updates then stream
+ * through memory and the lazy update is a single sgemm.
+ *
+ * NB: the bitwise match of the per-element updates relies on no FP
+ * contraction (-std=c11 implies -ffp-contract=off in GCC).
+ */
+#include "gptq.h"
+
+#include <cblas.h>
+#include <lapacke.h>
+#include <math.h>
+#include <string.h>
+
+/* ---- torch.argsort(x, descending=True) on CPU (libstdc++ std::sort) ---- */
+
+typedef struct { float key; int64_t idx; } kv;
+
+static int desc_less(const kv *a, const kv *b) {
+    return (isnan(a->key) && !isnan(b->key)) || a->key > b->key;
+}
+static void kv_swap(kv *a, kv *b) { kv t = *a; *a = *b; *b = t; }
+
+static void move_median_to_first(kv *result, kv *a, kv *b, kv *c) {
+    if (desc_less(a, b)) {
+        if (desc_less(b, c)) kv_swap(result, b);
+        else if (desc_less(a, c)) kv_swap(result, c);
+        else kv_swap(result, a);
+    } else if (desc_less(a, c)) kv_swap(result, a);
+    else if (desc_less(b, c)) kv_swap(result, c);
+    else kv_swap(result, b);
+}
+
+static kv *unguarded_partition(kv *first, kv *last, kv *pivot) {
+    for (;;) {
+        while (desc_less(first, pivot)) ++first;
+        --last;
+        while (desc_less(pivot, last)) --last;
+        if (!(first < last)) return first;
+        kv_swap(first, last);
+        ++first;
+    }
+}
+
+static void push_heap_kv(kv *first, ptrdiff_t hole, ptrdiff_t top, kv value) {
+    ptrdiff_t parent = (hole - 1) / 2;
+    while (hole > top && desc_less(first + parent, &value)) {
+        first[hole] = first[parent];
+        hole = parent;
+        parent = (hole - 1) / 2;
+    }
+    first[hole] = value;
+}
+
+static void adjust_heap(kv *first, ptrdiff_t hole, ptrdiff_t len, kv value) {
+    ptrdiff_t top = hole, child = hole;
+    while (child < (len - 1) / 2) {
+        child = 2 * (child + 1);
+        if (desc_less(first + child, first + (child - 1))) child--;
+        first[hole] = first[child];
+        hole = child;
+    }
+    if ((len & 1) == 0 && child == (len - 2) / 2) {
+        child = 2 * (child + 1);
+        first[hole] = first[child - 1];
+        hole = child - 1;
+    }
+    push_heap_kv(first, hole, top, value);
+}
+
+static void heap_sort_kv(kv *first, kv *last) {
+    ptrdiff_t len = last - first;
+    if (len >= 2) {
+        for (ptrdiff_t parent = (len - 2) / 2;; parent--) {
+            adjust_heap(first, parent, len, first[parent]);
+            if (parent == 0) break;
+        }
+    }
+    while (last - first > 1) {
+        --last;
+        kv value = *last;
+        *last = *first;
+        adjust_heap(first, 0, last - first, value);
+    }
+}
+
+static void introsort_loop(kv *first, kv *last, int depth) {
+    while (last - first > 16) {
+        if (depth == 0) {
+            heap_sort_kv(first, last);
+            return;
+        }
+        --depth;
+        kv *mid = first + (last - first) / 2;
+        move_median_to_first(first, first + 1, mid, last - 1);
+        kv *cut = unguarded_partition(first + 1, last, first);
+        introsort_loop(cut, last, depth);
+        last = cut;
+    }
+}
+
+static void unguarded_linear_insert(kv *last) {
+    kv val = *last;
+    kv *next = last - 1;
+    while (desc_less(&val, next)) {
+        *last = *next;
+        last = next;
+        --next;
+    }
+    *last = val;
+}
+
+static void insertion_sort(kv *first, kv *last) {
+    if (first == last) return;
+    for (kv *i = first + 1; i != last; ++i) {
+        if (desc_less(i, first)) {
+            kv val = *i;
+            memmove(first + 1, first, (size_t)(i - first) * sizeof(kv));
+            *first = val;
+        } else {
+            unguarded_linear_insert(i);
+        }
+    }
+}
+
+void gptq_argsort_desc(const float *x, int64_t n, int64_t *perm) {
+    kv *a = xmalloc((size_t)DS_MAX(n, 1) * sizeof(kv));
+    for (int64_t i = 0; i < n; i++) { a[i].key = x[i]; a[i].idx = i; }
+    if (n > 1) {
+        int lg = 0;
+        for (int64_t t = n; t > 1; t >>= 1) lg++;
+        introsort_loop(a, a + n, 2 * lg);
+        if (n > 16) {
+            insertion_sort(a, a + 16);
+            for (kv *i = a + 16; i != a + n; ++i) unguarded_linear_insert(i);
+        } else {
+            insertion_sort(a, a + n);
+        }
+    }
+    for (int64_t i = 0; i < n; i++) perm[i] = a[i].idx;
+    free(a);
+}
+
+/* ---- helpers ---- */
+
+static ds_status check_args(const quant_args *a, int out, int in, int block_size) {
+    if (out <= 0 || in <= 0) return ds_error(DS_ERR_USAGE, "gptq: bad weight shape [%d, %d]", out, in);
+    if (a->num_bits < 1 || a->num_bits > 8)
+        return ds_error(DS_ERR_USAGE, "gptq: num_bits must be 1..8, got %d", a->num_bits);
+    if (block_size <= 0) return ds_error(DS_ERR_USAGE, "gptq: block_size must be > 0, got %d", block_size);
+    if (a->strategy == QS_GROUP) {
+        if (a->group_size <= 0)
+            return ds_error(DS_ERR_USAGE, "gptq: group strategy needs group_size > 0, got %d",
+                            a->group_size);
+        if (in % a->group_size != 0)
+            return ds_error(DS_ERR_USAGE,
+                            "gptq: group_size %d does not divide in_features %d\n"
+                            "hint: pick a group size that divides every targeted layer's input width",
+                            a->group_size, in);
+    }
+    return DS_OK;
+}
+
+static void result_alloc(gptq_result *res, const quant_args *a, int out, int in) {
+    int ng = quant_num_groups(a, in);
+    memset(res, 0, sizeof(*res));
+    res->wq = xmalloc((size_t)out * in * sizeof(float));
+    res->q = xmalloc((size_t)out * in);
+    res->scale = xmalloc((size_t)out * ng * sizeof(float));
+    res->zp = xcalloc((size_t)out * ng, sizeof(int));
+}
+
+void gptq_result_free(gptq_result *res) {
+    if (!res) return;
+    free(res->wq);
+    free(res->q);
+    free(res->scale);
+    free(res->zp);
+    free(res->g_idx);
+    memset(res, 0, sizeof(*res));
+}
+
+/* Transpose src [rows, cols] -> dst [cols, rows], cache-blocked. */
+static void transpose(const float *src, int rows, int cols, float *dst) {
+    const int B = 64;
+    for (int r0 = 0; r0 < rows; r0 += B)
+        for (int c0 = 0; c0 < cols; c0 += B) {
+            int r1 = DS_MIN(rows, r0 + B), c1 = DS_MIN(cols, c0 + B);
+            for (int r = r0; r < r1; r++)
+                for (int c = c0; c < c1; c++) dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
+        }
+}
+
+ds_status rtn_quantize(const quant_args *a, const float *W, int out, int in, ds_dtype model_dtype,
+                       gptq_result *res) {
+    ds_status st = check_args(a, out, in, 1);
+    if (st != DS_OK) return st;
+    result_alloc(res, a, out, in);
+    int ng = quant_num_groups(a, in);
+    int gs = a->strategy == QS_GROUP ? a->group_size : in;
+    int qmin, qmax;
+    quant_range(a, &qmin, &qmax);
+    quant_minmax_qparams(a, W, out, in, model_dtype, res->scale, a->symmetric ? NULL : res->zp);
+    double loss = 0;
+    for (int r = 0; r < out; r++)
+        for (int c = 0; c < in; c++) {
+            size_t k = (size_t)r * in + c;
+            int g = a->strategy == QS_GROUP ? c / gs : 0;
+            float s = res->scale[(size_t)r * ng + g];
+            int z = res->zp[(size_t)r * ng + g];
+            float dq;
+            res->q[k] = (int8_t)quant_fake(W[k], s, z, qmin, qmax, model_dtype, &dq);
+            res->wq[k] = dq;
+            float e = W[k] - dq;
+            loss += (double)e * e;
+        }
+    res->loss = loss / 2;
+    return DS_OK;
+}
+
+/* Factor H (n x n, symmetric, row-major == column-major) in place into the
+ * upper factor U of H^-1, stored row-major upper (U[i][j] at i*n+j, j >= i).
+ * Column-major 'L' calls: L lower (col-major) -> inverse in lower (col-major)
+ * -> lower Cholesky L2 of H^-1 (col-major), whose row-major view is
+ * L2^T = U (torch's cholesky(upper=True)). No LAPACKE transposition copies.
+ * Returns 0 on success, else the failing LAPACK info. */
+static int factor_hinv(float *H, int n) {
+    lapack_int info = LAPACKE_spotrf_work(LAPACK_COL_MAJOR, 'L', n, H, n);
+    if (info != 0) return (int)info;
+    info = LAPACKE_spotri_work(LAPACK_COL_MAJOR, 'L', n, H, n);
+    if (info != 0) return (int)info;
+    info = LAPACKE_spotrf_work(LAPACK_COL_MAJOR, 'L', n, H, n);
+    if (info != 0) return (int)info;
+    /* U must be finite for the updates to mean anything. */
+    for (int i = 0; i < n; i++)
+        if (!isfinite(H[(size_t)i * n + i])) return -1;
+    return 0;
+}
+
+ds_status gptq_quantize(const quant_args *a, const float *W, int out, int in, float *H,
+                        int block_size, double dampening_frac, ds_dtype model_dtype,
+                        gptq_result *res) {
+    ds_status st = check_args(a, out, in, block_size);
+    if (st != DS_OK) return st;
+    result_alloc(res, a, out, in);
+    const int n = in;
+    const int ng = quant_num_groups(a, in);
+    const int gs = a->strategy == QS_GROUP ? a->group_size : in;
+    int qmin, qmax;
+    quant_range(a, &qmin, &qmax);
+    const int use_perm = a->actorder != QA_NONE;
+    const int group_act = a->actorder == QA_GROUP && a->strategy == QS_GROUP;
+
+    /* 1-2. permutation (descending diag(H), torch's tie order) */
+    int64_t *perm = xmalloc((size_t)n * sizeof(int64_t));
+    if (use_perm) {
+        float *d = xmalloc((size_t)n * sizeof(float));
+        for (int i = 0; i < n; i++) d[i] = H[(size_t)i * n + i];
+        gptq_argsort_desc(d, n, perm);
+        free(d);
+    } else {
+        for (int i = 0; i < n; i++) perm[i] = i;
+    }
+
+    /* Wt [n, out]: permuted, transposed working weight. */
+    float *Wt = xmalloc((size_t)n * out * sizeof(float));
+    {
+        float *tmp = xmalloc((size_t)n * out * sizeof(float));
+        transpose(W, out, in, tmp);
+        for (int j = 0; j < n; j++)
+            memcpy(Wt + (size_t)j * out, tmp + (size_t)perm[j] * out, (size_t)out * sizeof(float));
+        free(tmp);
+    }
+
+    /* qparams: original weight (none/static) or permuted weight (group). */
+    int *zp_out = a->symmetric ? NULL : res->zp;
+    int *gcol = xmalloc((size_t)n * sizeof(int)); /* group of permuted column j */
+    if (group_act) {
+        float *Wp = xmalloc((size_t)n * out * sizeof(float));
+        transpose(Wt, n, out, Wp);
+        quant_minmax_qparams(a, Wp, out, in, model_dtype, res->scale, zp_out);
+        free(Wp);
+        res->g_idx = xmalloc((size_t)n * sizeof(int));
+        for (int j = 0; j < n; j++) {
+            gcol[j] = j / gs;
+            res->g_idx[perm[j]] = j / gs;
+        }
+    } else {
+        quant_minmax_qparams(a, W, out, in, model_dtype, res->scale, zp_out);
+        for (int j = 0; j < n; j++) gcol[j] = a->strategy == QS_GROUP ? (int)(perm[j] / gs) : 0;
+    }
+
+    /* permute H in place of a copy (H[perm][:, perm]) */
+    if (use_perm) {
+        float *Hp = xmalloc((size_t)n * n * sizeof(float));
+        for (int i = 0; i < n; i++) {
+            const float *src = H + (size_t)perm[i] * n;
+            float *dst = Hp + (size_t)i * n;
+            for (int j = 0; j < n; j++) dst[j] = src[perm[j]];
+        }
+        memcpy(H, Hp, (size_t)n * n * sizeof(float));
+        free(Hp);
+    }
+
+    /* 3. dead columns, 4. dampening */
+    int finite = 1;
+    for (size_t k = 0; k < (size_t)n * n && finite; k++)
+        if (!isfinite(H[k])) finite = 0;
+    double dsum = 0;
+    for (int i = 0; i < n; i++) {
+        float *hii = &H[(size_t)i * n + i];
+        if (*hii == 0.0f) {
+            *hii = 1.0f;
+            memset(Wt + (size_t)i * out, 0, (size_t)out * sizeof(float));
+        }
+        dsum += *hii;
+    }
+    float mean = (float)(dsum / n);
+    float damp = (float)dampening_frac * mean;
+    for (int i = 0; i < n; i++) H[(size_t)i * n + i] += damp;
+
+    /* 5. U = chol(chol_inverse(chol(H)), upper) or the RTN fallback */
+    int info = finite ? factor_hinv(H, n) : -1;
+    if (info != 0) {
+        res->rtn_fallback = 1;
+        if (finite)
+            ds_warn("gptq: Cholesky of the Hessian failed (info %d); using round-to-nearest for this "
+                    "module (hint: raise dampening_frac or add calibration samples)", info);
+        else
+            ds_warn("gptq: Hessian has NaN/inf entries; using round-to-nearest for this module");
+    }
+    const float *U = H;
+
+    /* 6. block loop */
+    const int bs = block_size;
+    float *Err1 = xmalloc((size_t)bs * out * sizeof(float));
+    float *Ub = xmalloc((size_t)bs * bs * sizeof(float));
+    int8_t *qt = xmalloc((size_t)n * out); /* codes, permuted + transposed */
+    const float *sc = res->scale;
+    const int *zz = res->zp;
+    double loss = 0;
+    for (int i1 = 0; i1 < n; i1 += bs) {
+        int i2 = DS_MIN(i1 + bs, n), count = i2 - i1;
+        /* U[i1:i2, i1:i2] (upper part), or I */
+        for (int i = 0; i < count; i++)
+            for (int j = 0; j < count; j++)
+                Ub[(size_t)i * bs + j] = res->rtn_fallback ? (i == j ? 1.0f : 0.0f)
+                                         : (j >= i ? U[(size_t)(i1 + i) * n + (i1 + j)] : 0.0f);
+        for (int i = 0; i < count; i++) {
+            float *w = Wt + (size_t)(i1 + i) * out;
+            float *err = Err1 + (size_t)i * out;
+            int8_t *qr = qt + (size_t)(i1 + i) * out;
+            const float d = Ub[(size_t)i * bs + i];
+            const int g = gcol[i1 + i];
+            double lsum = 0;
+            for (int r = 0; r < out; r++) {
+                size_t k = (size_t)r * ng + g;
+                float dq;
+                int q = quant_fake(w[r], sc[k], zz[k], qmin, qmax, model_dtype, &dq);
+                float e = (w[r] - dq) / d;
+                qr[r] = (int8_t)q;
+                err[r] = e;
+                lsum += (double)e * e;
+                w[r] = dq; /* Q1[:, i] */
+            }
+            loss += lsum;
+            if (res->rtn_fallback) continue;
+            for (int j = i + 1; j < count; j++) {
+                const float h = Ub[(size_t)i * bs + j];
+                float *wj = Wt + (size_t)(i1 + j) * out;
+                for (int r = 0; r < out; r++) {
+                    float p = err[r] * h;
+                    wj[r] = wj[r] - p;
+                }
+            }
+        }
+        /* W[:, i2:] -= Err1 @ U[i1:i2, i2:]  <=>  Wt[i2:, :] -= U[i1:i2, i2:]^T @ Err1 */
+        if (i2 < n && !res->rtn_fallback)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n - i2, out, count, -1.0f,
+                        U + (size_t)i1 * n + i2, n, Err1, out, 1.0f, Wt + (size_t)i2 * out, out);
+    }
+    res->loss = loss / 2;
+
+    /* 7. undo the permutation, back to [out, in] */
+    for (int j = 0; j < n; j++) {
+        const float *w = Wt + (size_t)j * out;
+        const int8_t *qr = qt + (size_t)j * out;
+        int64_t c = perm[j];
+        for (int r = 0; r < out; r++) {
+            res->wq[(size_t)r * in + c] = w[r];
+            res->q[(size_t)r * in + c] = qr[r];
+        }
+    }
+    free(qt);
+    free(Ub);
+    free(Err1);
+    free(gcol);
+    free(Wt);
+    free(perm);
+    return DS_OK;
+}

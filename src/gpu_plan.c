@@ -1,0 +1,98 @@
+/*
+ * gpu_plan.c - GPU memory plan of the layer-by-layer calibration driver
+ * (see gpu_plan.h for what is counted).
+ */
+#include "gpu_plan.h"
+
+static const size_t BF16 = 2, F32 = 4, MIB = (size_t)1 << 20;
+
+static size_t layer_weight_params(const gpu_plan_dims *d) {
+    size_t C = (size_t)d->C, F = (size_t)d->F, qo = (size_t)d->NH * d->HS, kv = (size_t)d->NKV * d->HS;
+    return C * qo /* q */ + 2 * C * kv /* k, v */ + qo * C /* o */ + 3 * C * F /* gate, up, down */
+           + 2 * C /* norms */;
+}
+
+size_t gpu_plan_forward_bytes(const gpu_plan_dims *d, int mb) {
+    size_t T = (size_t)mb * d->seq_len, C = (size_t)d->C, F = (size_t)d->F;
+    size_t qo = (size_t)d->NH * d->HS, kv = (size_t)d->NKV * d->HS;
+    /* norm out, q, k, v, ctx, attn/mlp out, gate, up, act */
+    size_t t = T * (C + qo + 2 * kv + qo + C + 3 * F) * BF16;
+    /* attention workspace for the rep heads of one kv head of one sequence */
+    size_t tt = (size_t)d->seq_len * d->seq_len * (size_t)(d->NH / d->NKV);
+    size_t a = ((tt * F32 + 255) & ~(size_t)255) + tt * BF16;
+    /* rope tables */
+    t += 2 * (size_t)d->seq_len * d->HS * BF16;
+    return t + a;
+}
+
+static size_t gptq_bytes(const gpu_plan_dims *d, const gpu_plan_opts *o) {
+    size_t C = (size_t)d->C, F = (size_t)d->F, qo = (size_t)d->NH * d->HS;
+    /* (out, in) of the solves: q (qo, C), o (C, qo), gate/up (F, C), down (C, F) */
+    size_t shapes[4][2] = {{qo, C}, {C, qo}, {F, C}, {C, F}};
+    size_t best = 0, bs = (size_t)(o->gptq_block > 0 ? o->gptq_block : 128);
+    for (int i = 0; i < 4; i++) {
+        size_t out = shapes[i][0], in = shapes[i][1];
+        size_t b = out * in * F32 * 2        /* W f32 + working copy */
+                   + out * in * (F32 + 1)    /* wq f32 + q int8 */
+                   + in * in * F32           /* H copy (shared Hessian consumed by the solve) */
+                   + (o->actorder ? in * in * F32 : 0)
+                   + out * bs * F32          /* error block */
+                   + in * 128 * F32          /* cuSOLVER workspace (estimate) */
+                   + out * (in / 32 + 1) * 12; /* scales, zp, packed words */
+        if (b > best) best = b;
+    }
+    return best;
+}
+
+ds_status gpu_plan_make(const gpu_plan_dims *d, const gpu_plan_opts *o, gpu_plan *p) {
+    *p = (gpu_plan){0};
+    if (d->C <= 0 || d->F <= 0 || d->NH <= 0 || d->NKV <= 0 || d->HS <= 0 || d->seq_len <= 0 ||
+        d->n_tokens < 0 || d->NH % d->NKV != 0)
+        return ds_error(DS_ERR_USAGE,
+                        "gpu_plan: bad dims C=%d F=%d NH=%d NKV=%d HS=%d T=%d tokens=%ld", d->C, d->F,
+                        d->NH, d->NKV, d->HS, d->seq_len, d->n_tokens);
+    const size_t C = (size_t)d->C, F = (size_t)d->F, qo = (size_t)d->NH * d->HS;
+    const size_t hb = o->hessian_f64 ? 8 : 4;
+    p->n_seq = (d->n_tokens + d->seq_len - 1) / d->seq_len;
+    p->weights = layer_weight_params(d) * BF16;
+    p->acts = o->offload_acts ? 0 : 2 * (size_t)d->n_tokens * C * BF16;
+    p->hessians = (2 * C * C + qo * qo + F * F) * hb; /* qkv, gate/up: C; o: qo; down: F */
+    if (o->hessian_f64) p->hessians += F * F * F32;   /* f32 scratch of the f64 accumulate */
+    p->gptq = gptq_bytes(d, o);
+    p->cublas_ws = 32 * MIB;
+    const size_t fixed = p->weights + p->acts + p->hessians + p->cublas_ws;
+    int maxmb = o->max_micro_batch > 0 ? o->max_micro_batch : 64;
+    if (p->n_seq > 0 && maxmb > p->n_seq) maxmb = (int)p->n_seq;
+    if (maxmb < 1) maxmb = 1;
+    for (int mb = maxmb; mb >= 1; mb--) {
+        size_t fwd = gpu_plan_forward_bytes(d, mb);
+        size_t stage = o->offload_acts ? 2 * 2 * (size_t)mb * d->seq_len * C * BF16 : 0;
+        size_t peak = fixed + stage + (fwd > p->gptq ? fwd : p->gptq);
+        if (peak <= o->budget_bytes || mb == 1) {
+            size_t tt = (size_t)d->seq_len * d->seq_len * (size_t)(d->NH / d->NKV);
+            p->attn_ws = ((tt * F32 + 255) & ~(size_t)255) + tt * BF16;
+            p->transients = fwd - p->attn_ws;
+            p->staging = stage;
+            p->peak = peak;
+            p->micro_batch = mb;
+            if (peak <= o->budget_bytes) return DS_OK;
+        }
+    }
+    double gib = (double)((size_t)1 << 30);
+    return ds_error(DS_ERR_USAGE,
+                    "GPU memory plan needs %.2f GiB at micro-batch 1, budget %.2f GiB\n"
+                    "hint: %s", (double)p->peak / gib, (double)o->budget_bytes / gib,
+                    o->offload_acts ? "use more ranks (tokens per rank) or a larger GPU"
+                                    : "offload activations to host memory");
+}
+
+void gpu_plan_print(const gpu_plan *p, FILE *f) {
+    const double m = (double)MIB;
+    fprintf(f, "gpu plan: micro-batch %d of %ld sequences, peak %.1f MiB\n", p->micro_batch, p->n_seq,
+            (double)p->peak / m);
+    fprintf(f, "  weights %.1f  acts %.1f  staging %.1f  hessians %.1f  transients %.1f  "
+               "attn_ws %.1f  gptq %.1f  cublas_ws %.1f (MiB)\n",
+            (double)p->weights / m, (double)p->acts / m, (double)p->staging / m,
+            (double)p->hessians / m, (double)p->transients / m, (double)p->attn_ws / m,
+            (double)p->gptq / m, (double)p->cublas_ws / m);
+}

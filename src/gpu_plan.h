@@ -1,0 +1,66 @@
+/*
+ * gpu_plan.h - GPU memory planning for layer-by-layer calibration (host-side,
+ * no CUDA needed, unit-tested on CPU). Given model dims and the rank's token
+ * count, size every device buffer of the layer driver and pick the largest
+ * micro-batch (sequences per forward chunk) whose peak fits the budget.
+ * Accounting follows ../shared/docs/model-and-tokenizer.md §5.3:
+ *   weights      one layer's linears + norms, bf16
+ *   acts         residual stream inps + outs for all local tokens, bf16
+ *                (0 when offloaded to pinned host memory; then a
+ *                double-buffered staging area of 2 x (in + out) micro-batches)
+ *   hessians     one per distinct linear input (qkv, o, gate/up, down), f32
+ *                or f64 accumulators
+ *   transients   per micro-batch: norm out, q, k, v, ctx, gate, up, act
+ *   attn_ws      scores f32 + P bf16 for the rep query heads of one kv head
+ *                (attention_ws_bytes in cuda/kernels.h)
+ *   gptq         the largest solve: f32 weight copy + working copy, outputs
+ *                (wq f32, q int8), Hessian copy (H is consumed; q/k/v and
+ *                gate/up share one), permuted copy (actorder), error block,
+ *                cuSOLVER workspace (~ n * 128 floats, estimated)
+ *   cublas_ws    fixed cuBLAS workspace (32 MiB)
+ * Peak = weights + acts + staging + hessians + cublas_ws
+ *        + max(forward transients + attn_ws, gptq).
+ * The forward and the solves never overlap in time.
+ */
+#ifndef DS_GPU_PLAN_H
+#define DS_GPU_PLAN_H
+
+#include "common.h"
+
+typedef struct gpu_plan_dims {
+    int C, F, NH, NKV, HS; /* hidden, ffn hidden, heads, kv heads, head size */
+    int V;                 /* vocab (embedding / lm_head stay on the host: not counted) */
+    long n_tokens;         /* calibration tokens on this rank */
+    int seq_len;           /* tokens per sequence (T) */
+} gpu_plan_dims;
+
+typedef struct gpu_plan_opts {
+    int offload_acts;      /* 1: inps/outs in pinned host memory, streamed per micro-batch */
+    size_t budget_bytes;   /* device memory the plan may use */
+    int hessian_f64;       /* 1: f64 Hessian accumulators (hessian_accum_f64_cuda) */
+    int gptq_block;        /* GPTQ block size (128) */
+    int actorder;          /* 1: permuted Hessian copy needed */
+    int max_micro_batch;   /* upper bound on sequences per chunk (0: 64) */
+} gpu_plan_opts;
+
+typedef struct gpu_plan {
+    size_t weights, acts, staging, hessians, transients, attn_ws, gptq, cublas_ws;
+    size_t peak;           /* bytes at the chosen micro-batch */
+    int micro_batch;       /* sequences per forward chunk (>= 1 when it fits) */
+    long n_seq;            /* ceil(n_tokens / seq_len) */
+} gpu_plan;
+
+/* Fill *p. DS_OK when a micro-batch >= 1 fits the budget; DS_ERR_USAGE with a
+ * message ("needs X GiB at micro-batch 1, budget Y GiB" + hint) when not, in
+ * which case *p still holds the micro-batch-1 figures. DS_ERR_USAGE too for
+ * bad dims (NH % NKV != 0, non-positive sizes). */
+ds_status gpu_plan_make(const gpu_plan_dims *d, const gpu_plan_opts *o, gpu_plan *p);
+
+/* Bytes of the per-micro-batch transients and attention workspace for mb
+ * sequences (exposed for tests and the bench). */
+size_t gpu_plan_forward_bytes(const gpu_plan_dims *d, int mb);
+
+/* One line per component, in MiB, to f (for --verbose and the bench). */
+void gpu_plan_print(const gpu_plan *p, FILE *f);
+
+#endif

@@ -1,0 +1,480 @@
+/*
+ * model.c - config.json parsing, weight binding and the decoder-layer
+ * forward pass (HF transformers modeling_llama.py / modeling_qwen2.py /
+ * modeling_qwen3.py; ../shared/docs/model-and-tokenizer.md §1.3-2.7, §3).
+ * Deliberately not here: MoE blocks, the lm_head/loss (eval), GPU code.
+ */
+#include "model.h"
+#include "ops_cpu.h"
+#include "quant.h"
+
+#include <cJSON.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const struct { const char *name; model_arch arch; } g_archs[] = {
+    {"LlamaForCausalLM", ARCH_LLAMA},
+    {"MistralForCausalLM", ARCH_MISTRAL},
+    {"Qwen2ForCausalLM", ARCH_QWEN2},
+    {"Qwen3ForCausalLM", ARCH_QWEN3},
+};
+
+static const char *g_lin_suffix[LIN_COUNT] = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj",
+};
+
+const char *model_lin_suffix(int lin) { return g_lin_suffix[lin]; }
+
+/* ---- config.json ---- */
+
+static ds_status get_int(const cJSON *j, const char *path, const char *key, int required, int def,
+                         int *out) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
+    if (!v || cJSON_IsNull(v)) {
+        if (required)
+            return ds_error(DS_ERR_INPUT, "%s: missing required key \"%s\" (expected a positive integer)",
+                            path, key);
+        *out = def;
+        return DS_OK;
+    }
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < 0 ||
+        v->valuedouble > 1e9)
+        return ds_error(DS_ERR_INPUT, "%s: key \"%s\": expected a non-negative integer", path, key);
+    *out = (int)v->valuedouble;
+    return DS_OK;
+}
+
+static double get_num(const cJSON *j, const char *key, double def) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : def;
+}
+
+static int get_bool(const cJSON *j, const char *key, int def) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
+    return cJSON_IsBool(v) ? cJSON_IsTrue(v) : def;
+}
+
+/* RoPE inverse frequencies with optional rope_scaling (default, linear, llama3). */
+static ds_status rope_setup(const cJSON *j, const char *path, model *m) {
+    int HS = m->cfg.HS, half = HS / 2;
+    const cJSON *rp = cJSON_GetObjectItemCaseSensitive(j, "rope_parameters");
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(j, "rope_scaling");
+    if (cJSON_IsObject(rp) && !cJSON_IsObject(rs)) rs = rp;
+    double theta = get_num(j, "rope_theta", cJSON_IsObject(rp) ? get_num(rp, "rope_theta", 10000.0) : 10000.0);
+    m->inv_freq = xmalloc(sizeof(float) * (size_t)half);
+    for (int k = 0; k < half; k++)
+        m->inv_freq[k] = (float)(1.0 / pow(theta, (double)(2 * k) / (double)HS));
+    if (!cJSON_IsObject(rs)) return DS_OK;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(rs, "rope_type");
+    if (!cJSON_IsString(t)) t = cJSON_GetObjectItemCaseSensitive(rs, "type");
+    const char *type = cJSON_IsString(t) ? t->valuestring : "default";
+    if (strcmp(type, "default") == 0) return DS_OK;
+    double factor = get_num(rs, "factor", 1.0);
+    if (strcmp(type, "linear") == 0) {
+        for (int k = 0; k < half; k++) m->inv_freq[k] = (float)(m->inv_freq[k] / factor);
+        return DS_OK;
+    }
+    if (strcmp(type, "llama3") == 0) {
+        double lo = get_num(rs, "low_freq_factor", 1.0), hi = get_num(rs, "high_freq_factor", 4.0);
+        double orig = get_num(rs, "original_max_position_embeddings", 8192);
+        float low_wl = (float)(orig / lo), high_wl = (float)(orig / hi);
+        for (int k = 0; k < half; k++) {
+            float f = m->inv_freq[k], wl = 2.0f * (float)M_PI / f;
+            if (wl < high_wl) continue;
+            if (wl > low_wl) { m->inv_freq[k] = (float)(f / factor); continue; }
+            float s = (float)(((float)orig / wl - lo) / (hi - lo));
+            m->inv_freq[k] = (1.0f - s) * (float)(f / factor) + s * f;
+        }
+        return DS_OK;
+    }
+    return ds_error(DS_ERR_INPUT, "%s: rope_scaling type \"%s\" is not supported (supported: default, linear, llama3)",
+                    path, type);
+}
+
+static ds_status parse_config(const char *path, const char *text, model *m, int allow_quantized) {
+    model_config *c = &m->cfg;
+    ds_status st = DS_OK;
+    cJSON *j = cJSON_Parse(text);
+    if (!j || !cJSON_IsObject(j)) {
+        st = ds_error(DS_ERR_INPUT, "%s: not a valid JSON object", path);
+        goto done;
+    }
+    const cJSON *archs = cJSON_GetObjectItemCaseSensitive(j, "architectures");
+    const cJSON *a0 = cJSON_IsArray(archs) ? cJSON_GetArrayItem(archs, 0) : NULL;
+    if (!cJSON_IsString(a0)) {
+        st = ds_error(DS_ERR_INPUT, "%s: missing \"architectures\" (expected e.g. [\"LlamaForCausalLM\"])", path);
+        goto done;
+    }
+    snprintf(c->arch_name, sizeof c->arch_name, "%s", a0->valuestring);
+    size_t k;
+    for (k = 0; k < DS_ARRAY_LEN(g_archs); k++)
+        if (strcmp(g_archs[k].name, a0->valuestring) == 0) break;
+    if (k == DS_ARRAY_LEN(g_archs)) {
+        st = ds_error(DS_ERR_INPUT,
+                      "%s: unsupported architecture %s (supported: LlamaForCausalLM, MistralForCausalLM, "
+                      "Qwen2ForCausalLM, Qwen3ForCausalLM)", path, a0->valuestring);
+        goto done;
+    }
+    c->arch = g_archs[k].arch;
+    if ((st = get_int(j, path, "hidden_size", 1, 0, &c->C)) ||
+        (st = get_int(j, path, "intermediate_size", 1, 0, &c->F)) ||
+        (st = get_int(j, path, "num_hidden_layers", 1, 0, &c->L)) ||
+        (st = get_int(j, path, "num_attention_heads", 1, 0, &c->NH)) ||
+        (st = get_int(j, path, "num_key_value_heads", 0, c->NH, &c->NKV)) ||
+        (st = get_int(j, path, "vocab_size", 1, 0, &c->V)) ||
+        (st = get_int(j, path, "max_position_embeddings", 0, 2048, &c->max_pos)) ||
+        (st = get_int(j, path, "head_dim", 0, c->NH ? c->C / c->NH : 0, &c->HS)))
+        goto done;
+    if (c->C <= 0 || c->F <= 0 || c->L <= 0 || c->NH <= 0 || c->NKV <= 0 || c->HS <= 0 || c->V <= 0 ||
+        c->NH % c->NKV != 0 || c->HS % 2 != 0) {
+        st = ds_error(DS_ERR_INPUT,
+                      "%s: inconsistent dimensions (hidden_size %d, intermediate_size %d, layers %d, "
+                      "heads %d, kv heads %d, head_dim %d, vocab %d): expected positive values, heads "
+                      "divisible by kv heads and an even head_dim", path, c->C, c->F, c->L, c->NH,
+                      c->NKV, c->HS, c->V);
+        goto done;
+    }
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(j, "hidden_act");
+    if (cJSON_IsString(act) && strcmp(act->valuestring, "silu") != 0) {
+        st = ds_error(DS_ERR_INPUT, "%s: hidden_act \"%s\" is not supported (expected \"silu\")", path,
+                      act->valuestring);
+        goto done;
+    }
+    c->eps = (float)get_num(j, "rms_norm_eps", 1e-6);
+    c->tie = get_bool(j, "tie_word_embeddings", 0);
+    c->qkv_bias = c->arch == ARCH_QWEN2 ? 1 : get_bool(j, "attention_bias", 0);
+    c->o_bias = c->arch == ARCH_QWEN2 ? 0 : get_bool(j, "attention_bias", 0);
+    c->mlp_bias = get_bool(j, "mlp_bias", 0);
+    c->qk_norm = c->arch == ARCH_QWEN3;
+    c->bos_id = -1;
+    c->eos_id = -1;
+    int v;
+    if (get_int(j, path, "bos_token_id", 0, -1, &v) == DS_OK) c->bos_id = v;
+    if (get_int(j, path, "eos_token_id", 0, -1, &v) == DS_OK) c->eos_id = v;
+    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(j, "torch_dtype");
+    if (!cJSON_IsString(dt)) dt = cJSON_GetObjectItemCaseSensitive(j, "dtype");
+    c->dtype = DS_DTYPE_F32;
+    if (cJSON_IsString(dt)) {
+        if (strcmp(dt->valuestring, "bfloat16") == 0) c->dtype = DS_DTYPE_BF16;
+        else if (strcmp(dt->valuestring, "float16") == 0) c->dtype = DS_DTYPE_F16;
+        else if (strcmp(dt->valuestring, "float32") == 0) c->dtype = DS_DTYPE_F32;
+        else {
+            st = ds_error(DS_ERR_INPUT, "%s: torch_dtype \"%s\" is not supported (expected bfloat16, float16 or float32)",
+                          path, dt->valuestring);
+            goto done;
+        }
+    }
+    const cJSON *qc = cJSON_GetObjectItemCaseSensitive(j, "quantization_config");
+    if (qc && !cJSON_IsNull(qc) && allow_quantized) {
+        const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(qc, "format");
+        const cJSON *qm = cJSON_GetObjectItemCaseSensitive(qc, "quant_method");
+        if (!cJSON_IsString(qm) || strcmp(qm->valuestring, "compressed-tensors") != 0 || !cJSON_IsString(fmt) ||
+            strcmp(fmt->valuestring, "pack-quantized") != 0) {
+            st = ds_error(DS_ERR_INPUT, "%s: quantization_config is not compressed-tensors pack-quantized "
+                          "(the only quantized format doneshot reads)", path);
+            goto done;
+        }
+        m->quantized = 1;
+    } else if (qc && !cJSON_IsNull(qc)) {
+        st = ds_error(DS_ERR_INPUT, "%s: the model is already quantized (config.json has quantization_config)\n"
+                      "hint: quantize the original (unquantized) checkpoint", path);
+        goto done;
+    }
+    st = rope_setup(j, path, m);
+done:
+    cJSON_Delete(j);
+    return st;
+}
+
+/* ---- tensors ---- */
+
+static ds_status expect_tensor(const model *m, const char *name, int64_t d0, int64_t d1) {
+    const st_tensor *t = st_find(m->st, name);
+    if (!t)
+        return ds_error(DS_ERR_INPUT, "%s: tensor '%s' not found in the checkpoint", m->dir, name);
+    int ndim = d1 < 0 ? 1 : 2;
+    if (t->ndim != ndim || t->shape[0] != d0 || (ndim == 2 && t->shape[1] != d1))
+        return ds_error(DS_ERR_INPUT, "%s: tensor '%s' has shape [%lld%s%lld], expected [%lld%s%lld]",
+                        st_shard_path(m->st, t->shard), name, (long long)t->shape[0], t->ndim > 1 ? ", " : "",
+                        t->ndim > 1 ? (long long)t->shape[1] : 0LL, (long long)d0, ndim > 1 ? ", " : "",
+                        ndim > 1 ? (long long)d1 : 0LL);
+    if (t->dtype != DS_DTYPE_F32 && t->dtype != DS_DTYPE_BF16 && t->dtype != DS_DTYPE_F16)
+        return ds_error(DS_ERR_INPUT, "%s: tensor '%s' has dtype %s, expected F32, BF16 or F16",
+                        st_shard_path(m->st, t->shard), name, ds_dtype_name(t->dtype));
+    return DS_OK;
+}
+
+int model_input_dim(const model_config *c, int input_id) {
+    switch (input_id) {
+    case INP_ATTN: case INP_MLP: return c->C;
+    case INP_O: return c->NH * c->HS;
+    default: return c->F;
+    }
+}
+
+static void lin_dims(const model_config *c, int lin, int *in, int *out, int *inp) {
+    int qd = c->NH * c->HS, kvd = c->NKV * c->HS;
+    static const int inputs[LIN_COUNT] = {INP_ATTN, INP_ATTN, INP_ATTN, INP_O, INP_MLP, INP_MLP, INP_DOWN};
+    const int outs[LIN_COUNT] = {qd, kvd, kvd, c->C, c->F, c->F, c->C};
+    *inp = inputs[lin];
+    *in = model_input_dim(c, *inp);
+    *out = outs[lin];
+}
+
+static int lin_has_bias(const model_config *c, int lin) {
+    if (lin <= LIN_V) return c->qkv_bias;
+    if (lin == LIN_O) return c->o_bias;
+    return c->mlp_bias;
+}
+
+static ds_status check_tensors(const model *m) {
+    const model_config *c = &m->cfg;
+    char name[256];
+    ds_status st;
+    if ((st = expect_tensor(m, "model.embed_tokens.weight", c->V, c->C))) return st;
+    if ((st = expect_tensor(m, "model.norm.weight", c->C, -1))) return st;
+    if (!c->tie && (st = expect_tensor(m, "lm_head.weight", c->V, c->C))) {
+        ds_error_prefix("tie_word_embeddings is false");
+        return st;
+    }
+    for (int l = 0; l < c->L; l++) {
+        snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
+        if ((st = expect_tensor(m, name, c->C, -1))) return st;
+        snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+        if ((st = expect_tensor(m, name, c->C, -1))) return st;
+        if (c->qk_norm) {
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.q_norm.weight", l);
+            if ((st = expect_tensor(m, name, c->HS, -1))) return st;
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", l);
+            if ((st = expect_tensor(m, name, c->HS, -1))) return st;
+        }
+        for (int k = 0; k < LIN_COUNT; k++) {
+            int in, out, inp;
+            lin_dims(c, k, &in, &out, &inp);
+            snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, g_lin_suffix[k]);
+            if (m->quantized && !st_find(m->st, name)) {
+                snprintf(name, sizeof name, "model.layers.%d.%s.weight_packed", l, g_lin_suffix[k]);
+                const st_tensor *p = st_find(m->st, name);
+                snprintf(name, sizeof name, "model.layers.%d.%s.weight_scale", l, g_lin_suffix[k]);
+                const st_tensor *sc = st_find(m->st, name);
+                if (!p || !sc || p->dtype != DS_DTYPE_I32 || p->ndim != 2 || p->shape[0] != out ||
+                    (p->shape[1] * 32) % in != 0 || sc->ndim != 2 || sc->shape[0] != out || sc->shape[1] < 1 ||
+                    in % sc->shape[1] != 0)
+                    return ds_error(DS_ERR_INPUT, "%s: model.layers.%d.%s: expected weight or a valid "
+                                    "weight_packed [%d, in*bits/32] int32 + weight_scale [%d, groups]",
+                                    m->dir, l, g_lin_suffix[k], out, out);
+            } else if ((st = expect_tensor(m, name, out, in))) return st;
+            if (lin_has_bias(c, k)) {
+                snprintf(name, sizeof name, "model.layers.%d.%s.bias", l, g_lin_suffix[k]);
+                if ((st = expect_tensor(m, name, out, -1))) return st;
+            }
+        }
+    }
+    return DS_OK;
+}
+
+static ds_status open_impl(const char *dir, model *m, int allow_quantized) {
+    memset(m, 0, sizeof *m);
+    if (!ds_is_dir(dir))
+        return ds_error(DS_ERR_INPUT, "model directory '%s' does not exist\n"
+                        "hint: pass --model DIR or set \"model\" in the recipe", dir);
+    m->dir = xstrdup(dir);
+    char *path = ds_path_join(dir, "config.json"), *text = NULL;
+    ds_status st = ds_read_file(path, &text, NULL);
+    if (st == DS_OK) st = parse_config(path, text, m, allow_quantized);
+    free(text);
+    free(path);
+    if (st == DS_OK) st = st_open_dir(dir, &m->st);
+    if (st == DS_OK) st = check_tensors(m);
+    if (st != DS_OK) model_close(m);
+    return st;
+}
+
+ds_status model_open(const char *dir, model *m) { return open_impl(dir, m, 0); }
+ds_status model_open_quantized_ok(const char *dir, model *m) { return open_impl(dir, m, 1); }
+
+void model_close(model *m) {
+    if (!m) return;
+    st_close(m->st);
+    free(m->dir);
+    free(m->inv_freq);
+    memset(m, 0, sizeof *m);
+}
+
+static float *load_f32(const model *m, const char *name) {
+    const st_tensor *t = st_find(m->st, name);
+    DS_ASSERT(t); /* checked by model_open */
+    float *p = xmalloc(sizeof(float) * (size_t)st_numel(t));
+    if (st_to_f32(t, p) != DS_OK) DS_DIE(3, "%s", ds_errmsg());
+    return p;
+}
+
+/* Dequantize a pack-quantized Linear: W[o,i] = round_dtype((q - zp) * scale[o, g(i)]),
+ * g(i) = g_idx[i] when present, else i / (in / groups). */
+static float *load_packed(const model *m, const char *module, int out, int in) {
+    char name[300];
+    snprintf(name, sizeof name, "%s.weight_packed", module);
+    const st_tensor *p = st_find(m->st, name);
+    snprintf(name, sizeof name, "%s.weight_scale", module);
+    const st_tensor *sc = st_find(m->st, name);
+    int bits = (int)(p->shape[1] * 32 / in), ng = (int)sc->shape[1], gs = in / ng;
+    while (bits > 1 && quant_packed_cols(in, bits - 1) == p->shape[1]) bits--;
+    float *scale = load_f32(m, name);
+    int8_t *q = xmalloc((size_t)out * in);
+    int32_t *packed = xmalloc(p->nbytes);
+    memcpy(packed, p->data, p->nbytes);
+    quant_unpack_rows(packed, out, in, bits, q);
+    free(packed);
+    int8_t *zp = NULL;
+    int32_t *gidx = NULL;
+    snprintf(name, sizeof name, "%s.weight_zero_point", module);
+    const st_tensor *z = st_find(m->st, name);
+    if (z) {
+        int32_t *zpk = xmalloc(z->nbytes);
+        memcpy(zpk, z->data, z->nbytes);
+        zp = xmalloc((size_t)out * ng);
+        quant_unpack_cols(zpk, out, ng, bits, zp);
+        free(zpk);
+    }
+    snprintf(name, sizeof name, "%s.weight_g_idx", module);
+    const st_tensor *gi = st_find(m->st, name);
+    if (gi && gi->dtype == DS_DTYPE_I32 && st_numel(gi) == in) {
+        gidx = xmalloc(gi->nbytes);
+        memcpy(gidx, gi->data, gi->nbytes);
+    }
+    float *w = xmalloc(sizeof(float) * (size_t)out * in);
+    for (int o = 0; o < out; o++)
+        for (int i = 0; i < in; i++) {
+            int g = gidx ? gidx[i] : i / gs;
+            if (g < 0 || g >= ng) g = 0;
+            int zz = zp ? zp[(size_t)o * ng + g] : 0;
+            w[(size_t)o * in + i] = ds_round_to((float)(q[(size_t)o * in + i] - zz) * scale[(size_t)o * ng + g],
+                                                m->cfg.dtype);
+        }
+    free(scale); free(q); free(zp); free(gidx);
+    return w;
+}
+
+ds_status layer_load(const model *m, int l, layer_weights *lw) {
+    const model_config *c = &m->cfg;
+    char name[256];
+    memset(lw, 0, sizeof *lw);
+    lw->layer = l;
+    snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
+    lw->in_norm = load_f32(m, name);
+    snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+    lw->post_norm = load_f32(m, name);
+    if (c->qk_norm) {
+        snprintf(name, sizeof name, "model.layers.%d.self_attn.q_norm.weight", l);
+        lw->q_norm = load_f32(m, name);
+        snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", l);
+        lw->k_norm = load_f32(m, name);
+    }
+    for (int k = 0; k < LIN_COUNT; k++) {
+        layer_linear *li = &lw->lin[k];
+        lin_dims(c, k, &li->in, &li->out, &li->input_id);
+        snprintf(li->name, sizeof li->name, "model.layers.%d.%s", l, g_lin_suffix[k]);
+        snprintf(name, sizeof name, "%s.weight", li->name);
+        li->w = m->quantized && !st_find(m->st, name) ? load_packed(m, li->name, li->out, li->in)
+                                                       : load_f32(m, name);
+        if (lin_has_bias(c, k)) {
+            snprintf(name, sizeof name, "%s.bias", li->name);
+            li->b = load_f32(m, name);
+        }
+    }
+    return DS_OK;
+}
+
+void layer_free(layer_weights *lw) {
+    if (!lw) return;
+    free(lw->in_norm);
+    free(lw->post_norm);
+    free(lw->q_norm);
+    free(lw->k_norm);
+    for (int k = 0; k < LIN_COUNT; k++) { free(lw->lin[k].w); free(lw->lin[k].b); }
+    memset(lw, 0, sizeof *lw);
+}
+
+/* ---- forward ---- */
+
+void layer_scratch_init(layer_scratch *s, const model_config *c, int max_T) {
+    size_t T = (size_t)(max_T > 0 ? max_T : 1);
+    size_t qd = (size_t)c->NH * c->HS, kvd = (size_t)c->NKV * c->HS;
+    memset(s, 0, sizeof *s);
+    s->max_T = (int)T;
+    s->a = xmalloc(sizeof(float) * T * c->C);
+    s->q = xmalloc(sizeof(float) * T * qd);
+    s->k = xmalloc(sizeof(float) * T * kvd);
+    s->v = xmalloc(sizeof(float) * T * kvd);
+    s->ctx = xmalloc(sizeof(float) * T * qd);
+    s->o = xmalloc(sizeof(float) * T * c->C);
+    s->g = xmalloc(sizeof(float) * T * c->F);
+    s->u = xmalloc(sizeof(float) * T * c->F);
+    s->att = xmalloc(sizeof(float) * T);
+    s->cos_t = xmalloc(sizeof(float) * T * c->HS);
+    s->sin_t = xmalloc(sizeof(float) * T * c->HS);
+}
+
+void layer_scratch_free(layer_scratch *s) {
+    if (!s) return;
+    float **p[] = {&s->a, &s->q, &s->k, &s->v, &s->ctx, &s->o, &s->g, &s->u, &s->att, &s->cos_t, &s->sin_t};
+    for (size_t i = 0; i < DS_ARRAY_LEN(p); i++) { free(*p[i]); *p[i] = NULL; }
+    s->rope_T = 0;
+}
+
+void layer_forward(const model *m, const layer_weights *lw, float *x, int T, layer_scratch *s,
+                   capture_fn cap, void *cap_ctx) {
+    const model_config *c = &m->cfg;
+    const ds_dtype act = c->dtype;
+    const int qd = c->NH * c->HS, kvd = c->NKV * c->HS;
+    const layer_linear *L = lw->lin;
+    DS_ASSERT(T <= s->max_T);
+    if (T <= 0) return;
+    if (s->rope_T < s->max_T) { /* positions restart at 0 for every sequence */
+        rope_tables_cpu(s->cos_t, s->sin_t, m->inv_freq, s->max_T, c->HS, act);
+        s->rope_T = s->max_T;
+    }
+    /* attention block */
+    rmsnorm_forward_cpu(s->a, x, lw->in_norm, T, c->C, c->eps, act);
+    if (cap) cap(cap_ctx, INP_ATTN, s->a, T, c->C);
+    matmul_forward_cpu(s->q, s->a, L[LIN_Q].w, L[LIN_Q].b, T, c->C, qd, act);
+    matmul_forward_cpu(s->k, s->a, L[LIN_K].w, L[LIN_K].b, T, c->C, kvd, act);
+    matmul_forward_cpu(s->v, s->a, L[LIN_V].w, L[LIN_V].b, T, c->C, kvd, act);
+    if (c->qk_norm) {
+        rmsnorm_forward_cpu(s->q, s->q, lw->q_norm, T * c->NH, c->HS, c->eps, act);
+        rmsnorm_forward_cpu(s->k, s->k, lw->k_norm, T * c->NKV, c->HS, c->eps, act);
+    }
+    rope_forward_cpu(s->q, s->cos_t, s->sin_t, T, c->NH, c->HS, act);
+    rope_forward_cpu(s->k, s->cos_t, s->sin_t, T, c->NKV, c->HS, act);
+    attention_forward_cpu(s->ctx, s->q, s->k, s->v, T, c->NH, c->NKV, c->HS, act, s->att);
+    if (cap) cap(cap_ctx, INP_O, s->ctx, T, qd);
+    matmul_forward_cpu(s->o, s->ctx, L[LIN_O].w, L[LIN_O].b, T, qd, c->C, act);
+    residual_forward_cpu(x, s->o, (size_t)T * c->C, act);
+    /* MLP block */
+    rmsnorm_forward_cpu(s->a, x, lw->post_norm, T, c->C, c->eps, act);
+    if (cap) cap(cap_ctx, INP_MLP, s->a, T, c->C);
+    matmul_forward_cpu(s->g, s->a, L[LIN_GATE].w, L[LIN_GATE].b, T, c->C, c->F, act);
+    matmul_forward_cpu(s->u, s->a, L[LIN_UP].w, L[LIN_UP].b, T, c->C, c->F, act);
+    swiglu_forward_cpu(s->g, s->g, s->u, (size_t)T * c->F, act);
+    if (cap) cap(cap_ctx, INP_DOWN, s->g, T, c->F);
+    matmul_forward_cpu(s->o, s->g, L[LIN_DOWN].w, L[LIN_DOWN].b, T, c->F, c->C, act);
+    residual_forward_cpu(x, s->o, (size_t)T * c->C, act);
+}
+
+ds_status model_embed(const model *m, const int32_t *ids, int T, float *x) {
+    const st_tensor *e = st_find(m->st, "model.embed_tokens.weight");
+    const int C = m->cfg.C;
+    size_t es = ds_dtype_size(e->dtype);
+    for (int t = 0; t < T; t++) {
+        if (ids[t] < 0 || ids[t] >= m->cfg.V)
+            return ds_error(DS_ERR_INPUT, "token id %d at position %d is outside the vocabulary [0, %d)",
+                            ids[t], t, m->cfg.V);
+        ds_status st = ds_convert_to_f32(x + (size_t)t * C,
+                                         (const unsigned char *)e->data + (size_t)ids[t] * C * es, e->dtype,
+                                         (size_t)C);
+        if (st) return st;
+    }
+    return DS_OK;
+}

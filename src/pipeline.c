@@ -1,0 +1,333 @@
+/*
+ * pipeline.c - distributed sequential GPTQ (see pipeline.h).
+ */
+#include "pipeline.h"
+#include "checkpoint.h"
+#include "comm.h"
+#include "gptq.h"
+#include "ops_cpu.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- validation ---- */
+
+ds_status pipeline_validate(const model *m, const recipe *r) {
+    const model_config *c = &m->cfg;
+    int nq = 0;
+    if (recipe_module_targeted(r, "lm_head", "Linear"))
+        return ds_error(DS_ERR_USAGE, "the recipe targets lm_head, which doneshot does not quantize\n"
+                        "hint: add \"lm_head\" to the GPTQModifier's \"ignore\" list");
+    for (int l = 0; l < c->L; l++)
+        for (int k = 0; k < LIN_COUNT; k++) {
+            char name[160];
+            snprintf(name, sizeof name, "model.layers.%d.%s", l, model_lin_suffix(k));
+            if (!ckpt_module_quantized(r, name)) continue;
+            nq++;
+            int in = model_input_dim(c, k == LIN_O ? INP_O : k == LIN_DOWN ? INP_DOWN : INP_ATTN);
+            if (r->w.strategy == QS_GROUP && !r->bypass_divisibility && in % r->w.group_size != 0)
+                return ds_error(DS_ERR_USAGE,
+                                "group_size %d does not divide in_features %d of %s\n"
+                                "hint: use a group_size that divides every in_features (this model: %d, %d, %d), "
+                                "strategy \"channel\", or a recipe made for this model",
+                                r->w.group_size, in, name, c->C, c->NH * c->HS, c->F);
+        }
+    if (nq == 0)
+        return ds_error(DS_ERR_USAGE, "the recipe's targets match no Linear module of this model "
+                        "(targets apply to e.g. model.layers.0.self_attn.q_proj)");
+    return DS_OK;
+}
+
+/* ---- module assignment ---- */
+
+void pipeline_assign(const double *cost, int n, int nranks, int *owner) {
+    int *order = xmalloc(sizeof(int) * (size_t)(n ? n : 1));
+    double *load = xcalloc((size_t)nranks, sizeof(double));
+    for (int i = 0; i < n; i++) order[i] = i;
+    for (int i = 1; i < n; i++) { /* stable insertion sort, descending cost */
+        int v = order[i], j = i - 1;
+        while (j >= 0 && cost[order[j]] < cost[v]) { order[j + 1] = order[j]; j--; }
+        order[j + 1] = v;
+    }
+    for (int i = 0; i < n; i++) {
+        int best = 0;
+        for (int r = 1; r < nranks; r++)
+            if (load[r] < load[best]) best = r;
+        owner[order[i]] = best;
+        load[best] += cost[order[i]];
+    }
+    free(order);
+    free(load);
+}
+
+/* ---- Hessian capture ---- */
+
+typedef struct capture_ctx {
+    double *H[INP_COUNT];  /* [n, n] upper-triangle sums, NULL if unused */
+    float *scratch;        /* [nmax, nmax] */
+    double seconds;
+} capture_ctx;
+
+static void capture_hessian(void *p, int input_id, const float *X, int T, int n) {
+    capture_ctx *c = p;
+    if (!c->H[input_id]) return;
+    double t0 = ds_now();
+    hessian_accum_cpu(c->H[input_id], X, T, n, c->scratch);
+    c->seconds += ds_now() - t0;
+}
+
+/* ---- result exchange ---- */
+
+static int column_group(const quant_args *a, const int *g_idx, int col) {
+    if (a->strategy != QS_GROUP) return 0;
+    if (a->actorder == QA_GROUP && g_idx) return g_idx[col];
+    return col / a->group_size;
+}
+
+/* W = round_dtype((q - zp) * scale), the fake-quantized weight GPTQ produced. */
+static void dequantize(const quant_args *a, const int8_t *q, const float *scale, const int *zp,
+                       const int *g_idx, int out, int in, ds_dtype dt, float *W) {
+    int ng = quant_num_groups(a, in);
+    for (int o = 0; o < out; o++)
+        for (int i = 0; i < in; i++) {
+            int g = column_group(a, g_idx, i);
+            float s = scale[(size_t)o * ng + g];
+            int z = zp ? zp[(size_t)o * ng + g] : 0;
+            W[(size_t)o * in + i] = ds_round_to((float)(q[(size_t)o * in + i] - z) * s, dt);
+        }
+}
+
+typedef struct packed_result {
+    unsigned char *buf;
+    size_t size;
+    int8_t *q;
+    float *scale;
+    int32_t *zp, *g_idx;
+    double *meta; /* loss, rtn_fallback, seconds */
+} packed_result;
+
+static void packed_layout(packed_result *p, const quant_args *a, int out, int in) {
+    size_t ng = (size_t)quant_num_groups(a, in);
+    size_t off_meta = 0, off_scale = off_meta + 3 * sizeof(double);
+    size_t off_zp = off_scale + sizeof(float) * out * ng;
+    size_t off_gi = off_zp + sizeof(int32_t) * out * ng;
+    size_t off_q = off_gi + sizeof(int32_t) * in;
+    p->size = off_q + (size_t)out * in;
+    p->buf = xcalloc(1, p->size);
+    p->meta = (double *)(void *)(p->buf + off_meta);
+    p->scale = (float *)(void *)(p->buf + off_scale);
+    p->zp = (int32_t *)(void *)(p->buf + off_zp);
+    p->g_idx = (int32_t *)(void *)(p->buf + off_gi);
+    p->q = (int8_t *)(p->buf + off_q);
+}
+
+/* ---- the pipeline ---- */
+
+static void log_layer(const model *m, int l, const stage_times *lt, double loss, int nmods, double t_start) {
+    double elapsed = ds_now() - t_start;
+    double eta = elapsed / (l + 1) * (m->cfg.L - l - 1);
+    ds_info("layer %d/%d | fwd %.2fs | hess %.2fs | reduce %.2fs | gptq %.2fs | bcast %.2fs | prop %.2fs | "
+            "loss %.3e | rss %.0f MB | eta %.1fs",
+            l + 1, m->cfg.L, lt->forward, lt->hessian, lt->reduce, lt->gptq, lt->bcast, lt->propagate,
+            nmods ? loss / nmods : 0.0, (double)ds_peak_rss_bytes() / 1048576.0, eta);
+}
+
+ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *local, size_t nlocal,
+                            const run_opts *o, run_stats *stats) {
+    const model_config *c = &m->cfg;
+    const int rank = comm_rank(), nranks = comm_size();
+    const double t_start = ds_now();
+    ckpt_writer *ck = NULL;
+    ds_status st = DS_OK;
+    memset(stats, 0, sizeof *stats);
+
+    /* output first: fail before hours of work, not after */
+    double t0 = ds_now();
+    if (rank == 0) st = ckpt_begin(m, r, o->out_dir, o->overwrite, o->max_shard_bytes, &ck);
+    int worst = comm_allreduce_max_int((int)st);
+    stats->t.save += ds_now() - t0;
+    if (worst) {
+        if (rank == 0) return st;
+        return ds_error((ds_status)worst, "rank 0 could not create the output checkpoint");
+    }
+
+    /* embeddings of the local samples: x[s] [T_s, C] */
+    int max_T = 1;
+    int64_t counts[2] = {(int64_t)nlocal, 0};
+    for (size_t s = 0; s < nlocal; s++) { max_T = DS_MAX(max_T, local[s].n); counts[1] += local[s].n; }
+    comm_allreduce_sum_i64(counts, 2);
+    stats->samples_total = (size_t)counts[0];
+    stats->tokens_total = (size_t)counts[1];
+    float **x = xcalloc(nlocal ? nlocal : 1, sizeof(float *));
+    for (size_t s = 0; s < nlocal && st == DS_OK; s++) {
+        x[s] = xmalloc(sizeof(float) * (size_t)local[s].n * c->C);
+        st = model_embed(m, local[s].ids, local[s].n, x[s]);
+    }
+    worst = comm_allreduce_max_int((int)st);
+    if (worst) {
+        if (st == DS_OK) st = ds_error((ds_status)worst, "another rank failed while embedding its samples");
+        goto done;
+    }
+
+    /* module list: every targeted Linear, in forward order, same on all ranks */
+    stats->mods = xcalloc((size_t)c->L * LIN_COUNT, sizeof(module_record));
+    int nmax = 0;
+    for (int inp = 0; inp < INP_COUNT; inp++) nmax = DS_MAX(nmax, model_input_dim(c, inp));
+    float *y = xmalloc(sizeof(float) * (size_t)max_T * c->C);
+    float *Hf = NULL;
+    capture_ctx cap = {.scratch = xmalloc(sizeof(float) * (size_t)nmax * nmax)};
+    layer_scratch ls;
+    layer_scratch_init(&ls, c, max_T);
+
+    for (int l = 0; l < c->L; l++) {
+        stage_times lt = {0};
+        layer_weights lw;
+        double t = ds_now();
+        layer_load(m, l, &lw);
+        lt.load = ds_now() - t;
+
+        int mods[LIN_COUNT], nm = 0, owner[LIN_COUNT];
+        double cost[LIN_COUNT];
+        for (int k = 0; k < LIN_COUNT; k++)
+            if (ckpt_module_quantized(r, lw.lin[k].name)) {
+                const layer_linear *li = &lw.lin[k];
+                cost[nm] = 2.0 * li->out * (double)li->in * li->in + (double)li->in * li->in * li->in;
+                mods[nm++] = k;
+            }
+        pipeline_assign(cost, nm, nranks, owner);
+        for (int inp = 0; inp < INP_COUNT; inp++) {
+            int n = model_input_dim(c, inp), used = 0;
+            for (int i = 0; i < nm; i++) used |= lw.lin[mods[i]].input_id == inp;
+            cap.H[inp] = used ? xcalloc((size_t)n * n, sizeof(double)) : NULL;
+        }
+
+        /* calibration pass (outputs discarded: propagate_error=True) */
+        t = ds_now();
+        cap.seconds = 0;
+        for (size_t s = 0; s < nlocal; s++) {
+            memcpy(y, x[s], sizeof(float) * (size_t)local[s].n * c->C);
+            layer_forward(m, &lw, y, local[s].n, &ls, capture_hessian, &cap);
+        }
+        lt.hessian = cap.seconds;
+        lt.forward = ds_now() - t - cap.seconds;
+
+        /* reduce each Hessian to the rank(s) that solve modules using it */
+        t = ds_now();
+        for (int inp = 0; inp < INP_COUNT; inp++) {
+            if (!cap.H[inp]) continue;
+            int n = model_input_dim(c, inp), first = -1, multi = 0, mine = 0;
+            for (int i = 0; i < nm; i++) {
+                if (lw.lin[mods[i]].input_id != inp) continue;
+                if (first < 0) first = owner[i];
+                else if (owner[i] != first) multi = 1;
+                mine |= owner[i] == rank;
+            }
+            if (multi) comm_allreduce_sum_f64(cap.H[inp], (size_t)n * n);
+            else comm_reduce_sum_f64(cap.H[inp], (size_t)n * n, first);
+            if (!mine) { free(cap.H[inp]); cap.H[inp] = NULL; }
+        }
+        lt.reduce = ds_now() - t;
+
+        /* owners solve; every module's result is broadcast from its owner */
+        double layer_loss = 0;
+        for (int i = 0; i < nm; i++) {
+            layer_linear *li = &lw.lin[mods[i]];
+            packed_result pr;
+            packed_layout(&pr, &r->w, li->out, li->in);
+            if (owner[i] == rank) {
+                t = ds_now();
+                int n = li->in;
+                const double *H = cap.H[li->input_id];
+                Hf = xrealloc(Hf, sizeof(float) * (size_t)n * n);
+                for (int a = 0; a < n; a++)
+                    for (int b = a; b < n; b++)
+                        Hf[(size_t)a * n + b] = Hf[(size_t)b * n + a] =
+                            (float)(H[(size_t)a * n + b] / (double)stats->samples_total);
+                gptq_result res;
+                ds_status gs = gptq_quantize(&r->w, li->w, li->out, li->in, Hf, r->block_size,
+                                             r->dampening_frac, c->dtype, &res);
+                if (gs) DS_DIE(1, "GPTQ failed on %s: %s", li->name, ds_errmsg());
+                size_t ng = (size_t)quant_num_groups(&r->w, li->in);
+                memcpy(pr.q, res.q, (size_t)li->out * li->in);
+                memcpy(pr.scale, res.scale, sizeof(float) * li->out * ng);
+                for (size_t e = 0; e < li->out * ng; e++) pr.zp[e] = res.zp ? res.zp[e] : 0;
+                for (int e = 0; e < li->in; e++) pr.g_idx[e] = res.g_idx ? res.g_idx[e] : 0;
+                pr.meta[0] = res.loss;
+                pr.meta[1] = res.rtn_fallback;
+                pr.meta[2] = ds_now() - t;
+                gptq_result_free(&res);
+                lt.gptq += ds_now() - t;
+            }
+            t = ds_now();
+            comm_bcast(pr.buf, pr.size, owner[i]);
+            lt.bcast += ds_now() - t;
+            const int *zp = r->w.symmetric ? NULL : pr.zp;
+            const int *gi = r->w.actorder == QA_GROUP ? pr.g_idx : NULL;
+            dequantize(&r->w, pr.q, pr.scale, zp, gi, li->out, li->in, c->dtype, li->w);
+            module_record *mr = &stats->mods[stats->nmods++];
+            snprintf(mr->name, sizeof mr->name, "%s", li->name);
+            mr->owner = owner[i];
+            mr->in = li->in;
+            mr->out = li->out;
+            mr->loss = pr.meta[0];
+            mr->rtn_fallback = pr.meta[1] != 0;
+            mr->seconds = pr.meta[2];
+            stats->n_rtn += mr->rtn_fallback;
+            if (mr->rtn_fallback && rank == 0)
+                ds_warn("%s: Cholesky of the Hessian failed; used round-to-nearest for this module "
+                        "(hint: raise dampening_frac or use more calibration samples)", li->name);
+            layer_loss += pr.meta[0];
+            if (rank == 0 && st == DS_OK) {
+                t = ds_now();
+                st = ckpt_write_module(ck, li->name, pr.q, pr.scale, zp, gi, li->out, li->in);
+                lt.save += ds_now() - t;
+            }
+            free(pr.buf);
+        }
+        for (int inp = 0; inp < INP_COUNT; inp++) { free(cap.H[inp]); cap.H[inp] = NULL; }
+
+        /* propagation pass with the quantized weights */
+        t = ds_now();
+        for (size_t s = 0; s < nlocal; s++) layer_forward(m, &lw, x[s], local[s].n, &ls, NULL, NULL);
+        lt.propagate = ds_now() - t;
+        layer_free(&lw);
+
+        stats->t.load += lt.load; stats->t.forward += lt.forward; stats->t.hessian += lt.hessian;
+        stats->t.reduce += lt.reduce; stats->t.gptq += lt.gptq; stats->t.bcast += lt.bcast;
+        stats->t.propagate += lt.propagate; stats->t.save += lt.save;
+        log_layer(m, l, &lt, layer_loss, nm, t_start);
+        /* a save failure on rank 0 stops everyone at the layer boundary */
+        worst = comm_allreduce_max_int((int)st);
+        if (worst) {
+            if (st == DS_OK) st = ds_error((ds_status)worst, "rank 0 failed writing the checkpoint");
+            break;
+        }
+    }
+    layer_scratch_free(&ls);
+    free(cap.scratch);
+    free(y);
+    free(Hf);
+
+    if (st == DS_OK) {
+        double t = ds_now();
+        if (rank == 0) {
+            st = ckpt_finish(ck, &stats->bytes_written, &stats->nshards);
+            if (st == DS_OK) ck = NULL; /* freed by ckpt_finish; on failure ckpt_abort cleans up */
+        }
+        stats->t.save += ds_now() - t;
+        worst = comm_allreduce_max_int((int)st);
+        if (worst && st == DS_OK) st = ds_error((ds_status)worst, "rank 0 failed finishing the checkpoint");
+    }
+done:
+    if (ck) ckpt_abort(ck);
+    for (size_t s = 0; s < nlocal; s++) free(x[s]);
+    free(x);
+    stats->total_s = ds_now() - t_start;
+    return st;
+}
+
+void run_stats_free(run_stats *s) {
+    if (!s) return;
+    free(s->mods);
+    s->mods = NULL;
+}

@@ -1,0 +1,64 @@
+/*
+ * pipeline.h - the distributed sequential GPTQ pipeline (llm-compressor's
+ * sequential pipeline + GPTQ DDP, ../shared/docs/reference-llm-compressor.md
+ * §1.7, §2.2), one decoder layer resident at a time:
+ *   for each layer:
+ *     calibration pass over this rank's samples, capturing each targeted
+ *       Linear's input -> Hessian sums 2·XᵀX (f64) + sequence counts
+ *     assign modules to owner ranks (greedy bin packing by solve cost)
+ *     reduce each Hessian to its owner(s)
+ *     owners run GPTQ; codes + scales broadcast from each owner
+ *     every rank installs the dequantized weights and re-runs the layer
+ *       (propagation pass: layer i+1 is calibrated on quantized layer i)
+ *     rank 0 streams the layer's quantized tensors into the checkpoint
+ * All collectives are issued in one deterministic order on every rank.
+ */
+#ifndef DS_PIPELINE_H
+#define DS_PIPELINE_H
+
+#include "dataset.h"
+#include "model.h"
+#include "recipe.h"
+
+typedef struct stage_times {
+    double load, forward, hessian, reduce, gptq, bcast, propagate, save;
+} stage_times;
+
+typedef struct module_record {
+    char name[160];
+    int owner, in, out, rtn_fallback;
+    double loss, seconds;
+} module_record;
+
+typedef struct run_stats {
+    stage_times t;              /* this rank's totals */
+    double total_s;             /* wall time of pipeline_quantize */
+    size_t samples_total, tokens_total;
+    module_record *mods;        /* all quantized modules (every rank has them) */
+    int nmods, n_rtn;
+    uint64_t bytes_written;
+    int nshards;
+} run_stats;
+
+typedef struct run_opts {
+    const char *out_dir;
+    int overwrite;
+    uint64_t max_shard_bytes;   /* 0 = unlimited */
+} run_opts;
+
+/* Check the recipe against the model before any work: group size divides
+ * every quantized module's in_features (unless bypassed), at least one
+ * module is targeted, lm_head not targeted (unsupported). DS_ERR_USAGE. */
+ds_status pipeline_validate(const model *m, const recipe *r);
+
+/* Run the whole job on this rank's samples. Collective: every rank calls it.
+ * Returns the same status on every rank. */
+ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *local, size_t nlocal,
+                            const run_opts *o, run_stats *stats);
+void run_stats_free(run_stats *s);
+
+/* Owner of each of n modules with the given costs: sort by cost descending
+ * (stable), give each to the least-loaded rank (lowest index on ties). */
+void pipeline_assign(const double *cost, int n, int nranks, int *owner);
+
+#endif

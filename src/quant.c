@@ -1,0 +1,187 @@
+/*
+ * quant.c - integer weight quantization as compressed-tensors does it.
+ *
+ * Followed line by line from the installed reference stack (the versions the
+ * goldens in tests/golden/gptq/ were made with):
+ *   compressed-tensors 0.19.0  quantization/utils/helpers.py (calculate_qparams,
+ *                              _calculate_range, _get_dtype_eps),
+ *                              quantization/lifecycle/forward_helpers.py
+ *                              (_quantize_dequantize), quant_args.py
+ *                              (round_to_quantized_type_*),
+ *                              compressors/pack_quantized/helpers.py (pack_to_int32)
+ *   llmcompressor 0.14.0.1     observers/min_max.py (memoryless_minmax)
+ *   torch 2.14.0               (CPU bf16/f16 elementwise ops compute in f32 and
+ *                              round once to the storage dtype)
+ *
+ * Numerics (all confirmed against the sources above and the goldens):
+ *  - qparams are computed in the observed weight's dtype (bf16 for a bf16
+ *    model): every elementwise op is one f32 op rounded to that dtype.
+ *      sym:  scale = rd(absmax / rd(rd(qmax-qmin) / 2))          (int4: /7.5)
+ *      asym: scale = rd(rd(max-min) / rd(qmax-qmin))
+ *            zp    = round_half_even(clamp(rd(qmin - rd(min/scale)), qmin, qmax))
+ *    then scale == 0 -> finfo(dtype).eps. zp is computed before the eps fix.
+ *  - fake quant (_quantize_dequantize): t = x/scale (f32), t += zp (f32),
+ *    clamp to [qmin,qmax], round half to even, dequant in the SCALE dtype:
+ *    rd(rd(q - zp) * scale). q - zp is exact in bf16/f16 for |q - zp| <= 256.
+ */
+#include "quant.h"
+
+#include <math.h>
+#include <string.h>
+
+void quant_range(const quant_args *a, int *qmin, int *qmax) {
+    DS_ASSERT(a->num_bits >= 1 && a->num_bits <= 8);
+    *qmin = -(1 << (a->num_bits - 1));
+    *qmax = (1 << (a->num_bits - 1)) - 1;
+}
+
+int quant_num_groups(const quant_args *a, int in) {
+    if (a->strategy == QS_GROUP) {
+        DS_ASSERT(a->group_size > 0);
+        return (in + a->group_size - 1) / a->group_size;
+    }
+    return 1;
+}
+
+/* finfo(dtype).eps, used by calculate_qparams for zero scales. */
+static float dtype_eps(ds_dtype dt) {
+    if (dt == DS_DTYPE_BF16) return 0x1p-7f;
+    if (dt == DS_DTYPE_F16) return 0x1p-10f;
+    return 0x1p-23f;
+}
+
+/* One (row, group) of calculate_qparams; mn <= 0 <= mx already. */
+static void qparams_one(const quant_args *a, float mn, float mx, ds_dtype dt, int qmin, int qmax,
+                        float *scale, int *zp) {
+    float range = ds_round_to((float)(qmax - qmin), dt);
+    float s;
+    int z = 0;
+    if (a->symmetric) {
+        float absmax = fabsf(mn) > fabsf(mx) ? fabsf(mn) : fabsf(mx);
+        float half = ds_round_to(range / 2.0f, dt);
+        s = ds_round_to(absmax / half, dt);
+    } else {
+        s = ds_round_to(ds_round_to(mx - mn, dt) / range, dt);
+        float t = ds_round_to(mn / s, dt);          /* 0/0 = NaN for an all-zero group */
+        float zf = ds_round_to((float)qmin - t, dt);
+        if (isnan(zf)) {
+            /* torch: NaN.round().to(int8) == 0 on x86 (cvttss2si gives INT_MIN,
+             * truncated to int8 -> 0). All-zero groups only. */
+            z = 0;
+        } else {
+            if (zf < (float)qmin) zf = (float)qmin;
+            if (zf > (float)qmax) zf = (float)qmax;
+            z = (int)nearbyintf(zf);
+        }
+    }
+    if (s == 0.0f) s = dtype_eps(dt);
+    *scale = s;
+    if (zp) *zp = z;
+}
+
+void quant_minmax_qparams(const quant_args *a, const float *W, int out, int in,
+                          ds_dtype scale_dtype, float *scale, int *zp) {
+    int qmin, qmax;
+    quant_range(a, &qmin, &qmax);
+    if (a->strategy == QS_TENSOR) {
+        float mn = 0.0f, mx = 0.0f;
+        for (size_t i = 0; i < (size_t)out * (size_t)in; i++) {
+            if (W[i] < mn) mn = W[i];
+            if (W[i] > mx) mx = W[i];
+        }
+        float s;
+        int z;
+        qparams_one(a, mn, mx, scale_dtype, qmin, qmax, &s, &z);
+        for (int r = 0; r < out; r++) {
+            scale[r] = s;
+            if (zp) zp[r] = z;
+        }
+        return;
+    }
+    int ng = quant_num_groups(a, in);
+    int gs = a->strategy == QS_GROUP ? a->group_size : in;
+    for (int r = 0; r < out; r++) {
+        const float *w = W + (size_t)r * in;
+        for (int g = 0; g < ng; g++) {
+            int c0 = g * gs, c1 = DS_MIN(in, c0 + gs);
+            float mn = 0.0f, mx = 0.0f; /* min(amin, 0), max(amax, 0) */
+            for (int c = c0; c < c1; c++) {
+                if (w[c] < mn) mn = w[c];
+                if (w[c] > mx) mx = w[c];
+            }
+            qparams_one(a, mn, mx, scale_dtype, qmin, qmax, &scale[(size_t)r * ng + g],
+                        zp ? &zp[(size_t)r * ng + g] : NULL);
+        }
+    }
+}
+
+int quant_fake(float x, float scale, int zp, int qmin, int qmax, ds_dtype scale_dtype, float *deq) {
+    float t = x / scale;
+    if (zp != 0) t += (float)zp;
+    if (t < (float)qmin) t = (float)qmin;
+    if (t > (float)qmax) t = (float)qmax;
+    int q = isnan(t) ? 0 : (int)nearbyintf(t); /* default FE_TONEAREST: half to even */
+    if (deq) *deq = ds_round_to((float)(q - zp) * scale, scale_dtype);
+    return q;
+}
+
+int quant_packed_cols(int cols, int bits) {
+    return (int)(((int64_t)cols * bits + 31) / 32);
+}
+
+/* Dense pack of one strided vector of n codes into nw words (stride ws). */
+static void pack_vec(const int8_t *q, size_t qs, int n, int bits, int32_t *out, size_t ws) {
+    int nw = quant_packed_cols(n, bits);
+    uint32_t off = 1u << (bits - 1);
+    uint32_t mask = (1u << bits) - 1u;
+    for (int w = 0; w < nw; w++) out[(size_t)w * ws] = 0;
+    for (int i = 0; i < n; i++) {
+        uint32_t u = ((uint32_t)((int32_t)q[(size_t)i * qs] + (int32_t)off)) & mask;
+        uint64_t bit = (uint64_t)i * (uint64_t)bits;
+        size_t w = (size_t)(bit >> 5);
+        unsigned sh = (unsigned)(bit & 31u);
+        uint32_t lo = (uint32_t)out[w * ws] | (u << sh);
+        out[w * ws] = (int32_t)lo;
+        if (sh + (unsigned)bits > 32u) {
+            uint32_t hi = (uint32_t)out[(w + 1) * ws] | (u >> (32u - sh));
+            out[(w + 1) * ws] = (int32_t)hi;
+        }
+    }
+}
+
+static void unpack_vec(const int32_t *in, size_t ws, int n, int bits, int8_t *q, size_t qs) {
+    int32_t off = 1 << (bits - 1);
+    uint32_t mask = (1u << bits) - 1u;
+    for (int i = 0; i < n; i++) {
+        uint64_t bit = (uint64_t)i * (uint64_t)bits;
+        size_t w = (size_t)(bit >> 5);
+        unsigned sh = (unsigned)(bit & 31u);
+        uint32_t u = (uint32_t)in[w * ws] >> sh;
+        if (sh + (unsigned)bits > 32u) u |= (uint32_t)in[(w + 1) * ws] << (32u - sh);
+        q[(size_t)i * qs] = (int8_t)((int32_t)(u & mask) - off);
+    }
+}
+
+void quant_pack_rows(const int8_t *q, int rows, int cols, int bits, int32_t *packed) {
+    DS_ASSERT(bits >= 1 && bits <= 8);
+    int pc = quant_packed_cols(cols, bits);
+    for (int r = 0; r < rows; r++)
+        pack_vec(q + (size_t)r * cols, 1, cols, bits, packed + (size_t)r * pc, 1);
+}
+
+void quant_unpack_rows(const int32_t *packed, int rows, int cols, int bits, int8_t *q) {
+    DS_ASSERT(bits >= 1 && bits <= 8);
+    int pc = quant_packed_cols(cols, bits);
+    for (int r = 0; r < rows; r++)
+        unpack_vec(packed + (size_t)r * pc, 1, cols, bits, q + (size_t)r * cols, 1);
+}
+
+void quant_pack_cols(const int8_t *zp, int rows, int g, int bits, int32_t *packed) {
+    DS_ASSERT(bits >= 1 && bits <= 8);
+    for (int c = 0; c < g; c++) pack_vec(zp + c, (size_t)g, rows, bits, packed + c, (size_t)g);
+}
+
+void quant_unpack_cols(const int32_t *packed, int rows, int g, int bits, int8_t *zp) {
+    DS_ASSERT(bits >= 1 && bits <= 8);
+    for (int c = 0; c < g; c++) unpack_vec(packed + c, (size_t)g, rows, bits, zp + c, (size_t)g);
+}

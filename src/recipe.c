@@ -1,0 +1,929 @@
+/*
+ * recipe.c - JSON recipe -> struct recipe, with validation, target matching
+ * and the config.json "quantization_config" block.
+ *
+ * Follows llm-compressor's recipe schema and GPTQModifier/QuantizationMixin
+ * semantics (../shared/docs/reference-llm-compressor.md §1.5, §1.6, §4) and
+ * compressed-tensors' QuantizationArgs validation and serialization (§3.7).
+ * Deliberately not supported (clear DS_ERR_USAGE errors): YAML, modifiers
+ * other than GPTQModifier, more than one config group, activation or float
+ * quantization presets, the "mse" observer, dynamic weights.
+ *
+ * The cJSON tree never leaves this file: values are copied into the struct
+ * and the tree is deleted. "re:" target/ignore entries are compiled once with
+ * PCRE2 (anchored at the start, like Python's re.match) and cached in priv.
+ */
+#include "recipe.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <cJSON.h>
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+
+struct recipe_priv {
+    pcre2_code **target_re; /* [ntargets], NULL where the entry is not "re:" */
+    pcre2_code **ignore_re; /* [nignore] */
+    char observer[32];
+    int group_size_m1; /* channel strategy given as "group_size": -1 (serialized as -1, not null) */
+};
+
+/* ---- presets (compressed-tensors PRESET_SCHEMES, §4.4) ---- */
+
+typedef struct preset { const char *name; int bits, sym; } preset;
+static const preset PRESETS[] = {
+    {"W4A16", 4, 1}, {"W4A16_ASYM", 4, 0}, {"W8A16", 8, 1}, {"W2A16", 2, 1},
+    {"W3A16", 3, 1}, {"W5A16", 5, 1},      {"W6A16", 6, 1}, {"W7A16", 7, 1},
+};
+#define SUPPORTED_PRESETS "W4A16, W4A16_ASYM, W8A16, W2A16, W3A16, W5A16, W6A16, W7A16"
+static const char *const UNSUPPORTED_PRESETS[] = {
+    "W8A8", "INT8", "W4A8", "W4A4", "W2A4", "W2A8", "W3A4", "W3A8", "W5A8", "W6A8",
+    "W7A8", "W4AFP8", "FP8", "FP8_DYNAMIC", "FP8_BLOCK", "NVFP4A16", "NVFP4",
+    "MXFP4A16", "MXFP4", "MXFP8A16", "MXFP8", "UNQUANTIZED",
+};
+
+#define RUN_KEYS "model, dataset, output, num_calibration_samples, max_seq_length, seed, text_field, max_shard_size"
+#define GPTQ_KEYS "targets, ignore, scheme, config_groups, block_size, dampening_frac, actorder, offload_hessians, bypass_divisibility_checks, batched_quantization"
+#define GROUP_KEYS "targets, weights, input_activations, output_activations, format"
+#define WEIGHT_KEYS "num_bits, type, symmetric, strategy, group_size, actorder, observer, observer_kwargs, dynamic, block_structure, scale_dtype, zp_dtype"
+
+/* ---- parse context and error helpers ---- */
+
+typedef struct pctx {
+    const char *origin;
+} pctx;
+
+/* Short JSON rendering of a value for messages: strings quoted, others as JSON,
+ * truncated to ~60 chars. */
+static void describe(const cJSON *v, char *buf, size_t n) {
+    if (!v) { snprintf(buf, n, "nothing"); return; }
+    char *txt = cJSON_PrintUnformatted(v);
+    if (!txt) { snprintf(buf, n, "?"); return; }
+    if (strlen(txt) > 60) snprintf(buf, n, "%.57s...", txt);
+    else snprintf(buf, n, "%s", txt);
+    cJSON_free(txt);
+}
+
+static ds_status err_at(const pctx *c, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static ds_status err_at(const pctx *c, const char *path, const char *fmt, ...) {
+    char msg[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (path && *path) return ds_error(DS_ERR_USAGE, "%s: %s: %s", c->origin, path, msg);
+    return ds_error(DS_ERR_USAGE, "%s: %s", c->origin, msg);
+}
+
+static ds_status err_type(const pctx *c, const char *path, const char *want, const cJSON *v) {
+    char d[80];
+    describe(v, d, sizeof d);
+    return err_at(c, path, "expected %s, got %s", want, d);
+}
+
+static ds_status err_value(const pctx *c, const char *path, const cJSON *v, const char *allowed) {
+    char d[80];
+    describe(v, d, sizeof d);
+    return err_at(c, path, "invalid value %s (allowed: %s)", d, allowed);
+}
+
+/* snprintf for key paths (truncation is harmless: paths only go into messages). */
+static void pathf(char *buf, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void pathf(char *buf, size_t n, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, n, fmt, ap);
+    va_end(ap);
+}
+
+static void join_path(char *buf, size_t n, const char *base, const char *key) {
+    if (base && *base) pathf(buf, n, "%s.%s", base, key);
+    else pathf(buf, n, "%s", key);
+}
+
+/* Reject duplicate keys in an object (cJSON keeps both; the first would win). */
+static ds_status check_dups(const pctx *c, const char *path, const cJSON *obj) {
+    for (const cJSON *a = obj->child; a; a = a->next)
+        for (const cJSON *b = a->next; b; b = b->next)
+            if (strcmp(a->string, b->string) == 0)
+                return err_at(c, path, "duplicate key \"%s\"", a->string);
+    return DS_OK;
+}
+
+static int ends_with(const char *s, const char *suf) {
+    size_t n = strlen(s), m = strlen(suf);
+    return n >= m && strcmp(s + n - m, suf) == 0;
+}
+
+/* ---- typed getters ---- */
+
+static ds_status get_int(const pctx *c, const char *path, const cJSON *v, long lo, long hi,
+                         const char *what, long *out) {
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble != floor(v->valuedouble))
+        return err_type(c, path, what, v);
+    double d = v->valuedouble;
+    if (d < (double)lo || d > (double)hi) {
+        char dd[80];
+        describe(v, dd, sizeof dd);
+        return err_at(c, path, "expected %s, got %s", what, dd);
+    }
+    *out = (long)d;
+    return DS_OK;
+}
+
+static ds_status get_bool(const pctx *c, const char *path, const cJSON *v, int *out) {
+    if (!cJSON_IsBool(v)) return err_type(c, path, "true or false", v);
+    *out = cJSON_IsTrue(v) ? 1 : 0;
+    return DS_OK;
+}
+
+static ds_status get_str(const pctx *c, const char *path, const cJSON *v, char **out) {
+    if (!cJSON_IsString(v) || !v->valuestring[0]) return err_type(c, path, "a non-empty string", v);
+    free(*out);
+    *out = xstrdup(v->valuestring);
+    return DS_OK;
+}
+
+static void free_list(char **l, int n) {
+    if (!l) return;
+    for (int i = 0; i < n; i++) free(l[i]);
+    free(l);
+}
+
+/* A string or a list of non-empty strings. */
+static ds_status get_str_list(const pctx *c, const char *path, const cJSON *v, char ***out, int *nout) {
+    char **l = NULL;
+    int n = 0;
+    if (cJSON_IsString(v)) {
+        if (!v->valuestring[0]) return err_type(c, path, "a non-empty string or a list of strings", v);
+        l = xmalloc(sizeof *l);
+        l[n++] = xstrdup(v->valuestring);
+    } else if (cJSON_IsArray(v)) {
+        int cnt = cJSON_GetArraySize(v);
+        if (cnt == 0) return err_type(c, path, "a non-empty list of strings", v);
+        l = xcalloc((size_t)DS_MAX(cnt, 1), sizeof *l);
+        const cJSON *e;
+        cJSON_ArrayForEach(e, v) {
+            if (!cJSON_IsString(e) || !e->valuestring[0]) {
+                char p[512];
+                pathf(p, sizeof p, "%s[%d]", path, n);
+                free_list(l, n);
+                return err_type(c, p, "a non-empty string", e);
+            }
+            l[n++] = xstrdup(e->valuestring);
+        }
+    } else {
+        return err_type(c, path, "a string or a list of strings", v);
+    }
+    *out = l;
+    *nout = n;
+    return DS_OK;
+}
+
+static int lists_equal(char **a, int na, char **b, int nb) {
+    if (na != nb) return 0;
+    for (int i = 0; i < na; i++)
+        if (strcmp(a[i], b[i]) != 0) return 0;
+    return 1;
+}
+
+/* ---- sizes ---- */
+
+int recipe_parse_size(const char *s, int64_t *out) {
+    if (!s) return -1;
+    while (isspace((unsigned char)*s)) s++;
+    if (!isdigit((unsigned char)*s) && *s != '.') return -1;
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || !isfinite(v) || v < 0) return -1;
+    while (isspace((unsigned char)*end)) end++;
+    static const struct { const char *suf; double mul; } units[] = {
+        {"", 1}, {"b", 1}, {"kb", 1e3}, {"mb", 1e6}, {"gb", 1e9}, {"tb", 1e12},
+        {"kib", 1024.0}, {"mib", 1048576.0}, {"gib", 1073741824.0}, {"tib", 1099511627776.0},
+    };
+    for (size_t i = 0; i < DS_ARRAY_LEN(units); i++) {
+        if (strcasecmp(end, units[i].suf) == 0) {
+            double b = v * units[i].mul;
+            if (b >= 9.2e18) return -1;
+            if (units[i].mul == 1 && v != floor(v)) return -1; /* fractional bytes */
+            *out = (int64_t)b;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* ---- quantization args (config_groups.*.weights, §3.7) ---- */
+
+typedef struct wparse {
+    quant_args a;
+    int actorder_set; /* scheme-level actorder given and not null */
+    int group_size_m1; /* "group_size": -1 given */
+    char observer[32];
+} wparse;
+
+static const char *strategy_name(quant_strategy s) {
+    switch (s) {
+    case QS_GROUP: return "group";
+    case QS_CHANNEL: return "channel";
+    default: return "tensor";
+    }
+}
+
+static const char *actorder_name(quant_actorder a) {
+    switch (a) {
+    case QA_STATIC: return "static";
+    case QA_GROUP: return "group";
+    default: return NULL;
+    }
+}
+
+/* actorder value: "static"|"weight"|"group"|"dynamic" (any case), true
+ * (group), false/null (none). *set = 0 for false/null. */
+static ds_status parse_actorder(const pctx *c, const char *path, const cJSON *v, quant_actorder *out,
+                                int *set) {
+    *set = 1;
+    if (cJSON_IsNull(v) || cJSON_IsFalse(v)) { *out = QA_NONE; *set = 0; return DS_OK; }
+    if (cJSON_IsTrue(v)) { *out = QA_GROUP; return DS_OK; }
+    if (cJSON_IsString(v)) {
+        const char *s = v->valuestring;
+        if (!strcasecmp(s, "static") || !strcasecmp(s, "weight")) { *out = QA_STATIC; return DS_OK; }
+        if (!strcasecmp(s, "group") || !strcasecmp(s, "dynamic")) { *out = QA_GROUP; return DS_OK; }
+    }
+    return err_value(c, path, v, "static, weight, group, dynamic, null");
+}
+
+static ds_status parse_weights(const pctx *c, const char *path, const cJSON *w, wparse *out) {
+    char p[512];
+    ds_status st;
+    if (!cJSON_IsObject(w)) return err_type(c, path, "an object (quantization args)", w);
+    if ((st = check_dups(c, path, w))) return st;
+    long bits = 8; /* QuantizationArgs defaults */
+    int sym = 1, has_strategy = 0, has_gs = 0, dynamic = 0;
+    long gs = -1;
+    quant_strategy strat = QS_TENSOR;
+    quant_actorder ao = QA_NONE;
+    int ao_set = 0;
+    snprintf(out->observer, sizeof out->observer, "memoryless_minmax");
+    for (const cJSON *it = w->child; it; it = it->next) {
+        const char *k = it->string;
+        join_path(p, sizeof p, path, k);
+        if (!strcmp(k, "num_bits")) {
+            if ((st = get_int(c, p, it, 2, 8, "an integer in 2..8", &bits))) return st;
+        } else if (!strcmp(k, "type")) {
+            if (!cJSON_IsString(it)) return err_type(c, p, "a string", it);
+            if (!strcasecmp(it->valuestring, "float"))
+                return err_at(c, p, "type \"float\" is not supported by doneshot v1 (supported: int)");
+            if (strcasecmp(it->valuestring, "int")) return err_value(c, p, it, "int");
+        } else if (!strcmp(k, "symmetric")) {
+            if ((st = get_bool(c, p, it, &sym))) return st;
+        } else if (!strcmp(k, "strategy")) {
+            if (cJSON_IsNull(it)) continue;
+            if (!cJSON_IsString(it)) return err_type(c, p, "a string", it);
+            const char *s = it->valuestring;
+            if (!strcasecmp(s, "group")) strat = QS_GROUP;
+            else if (!strcasecmp(s, "channel")) strat = QS_CHANNEL;
+            else if (!strcasecmp(s, "tensor")) strat = QS_TENSOR;
+            else if (!strcasecmp(s, "token") || !strcasecmp(s, "block") || !strcasecmp(s, "tensor_group") ||
+                     !strcasecmp(s, "attn_head"))
+                return err_at(c, p, "strategy \"%s\" is not supported by doneshot v1 (supported: group, channel, tensor)", s);
+            else return err_value(c, p, it, "group, channel, tensor");
+            has_strategy = 1;
+        } else if (!strcmp(k, "group_size")) {
+            if (cJSON_IsNull(it)) continue;
+            if ((st = get_int(c, p, it, -1, 1L << 30, "a positive integer (or -1 or null)", &gs))) return st;
+            if (gs == 0) return err_at(c, p, "expected a positive integer (or -1 or null), got 0");
+            has_gs = 1;
+        } else if (!strcmp(k, "actorder")) {
+            if ((st = parse_actorder(c, p, it, &ao, &ao_set))) return st;
+        } else if (!strcmp(k, "observer")) {
+            if (cJSON_IsNull(it)) continue;
+            if (!cJSON_IsString(it)) return err_type(c, p, "a string", it);
+            const char *s = it->valuestring;
+            if (!strcmp(s, "mse") || !strcmp(s, "memoryless_mse") || !strcmp(s, "imatrix_mse"))
+                return err_at(c, p, "observer \"%s\" is not supported by doneshot v1 (supported: minmax, memoryless_minmax)", s);
+            if (strcmp(s, "minmax") && strcmp(s, "memoryless_minmax"))
+                return err_value(c, p, it, "minmax, memoryless_minmax");
+            snprintf(out->observer, sizeof out->observer, "%s", s);
+        } else if (!strcmp(k, "observer_kwargs")) {
+            if (cJSON_IsNull(it)) continue;
+            if (!cJSON_IsObject(it)) return err_type(c, p, "an object", it);
+            if (it->child) return err_at(c, p, "observer_kwargs are not supported by doneshot v1 (expected {})");
+        } else if (!strcmp(k, "dynamic")) {
+            if (cJSON_IsString(it) && !strcmp(it->valuestring, "local"))
+                return err_at(c, p, "dynamic weights are not supported by doneshot v1 (expected false)");
+            if ((st = get_bool(c, p, it, &dynamic))) return st;
+            if (dynamic) return err_at(c, p, "dynamic weights are not supported by doneshot v1 (expected false)");
+        } else if (!strcmp(k, "block_structure") || !strcmp(k, "scale_dtype")) {
+            if (!cJSON_IsNull(it)) return err_at(c, p, "only null is supported by doneshot v1");
+        } else if (!strcmp(k, "zp_dtype")) {
+            if (!cJSON_IsNull(it) && !(cJSON_IsString(it) && !strcmp(it->valuestring, "torch.int8")))
+                return err_value(c, p, it, "null, \"torch.int8\"");
+        } else {
+            return err_at(c, path, "unknown key \"%s\" (allowed: " WEIGHT_KEYS ")", k);
+        }
+    }
+    /* strategy / group_size consistency, as compressed-tensors validates */
+    if (!has_strategy) {
+        if (has_gs && gs > 0) strat = QS_GROUP;
+        else if (has_gs && gs == -1) strat = QS_CHANNEL;
+        else strat = QS_TENSOR;
+    }
+    join_path(p, sizeof p, path, "group_size");
+    if (strat == QS_GROUP) {
+        if (!has_gs || gs <= 0)
+            return err_at(c, p, "strategy \"group\" needs a positive group_size, got %s",
+                          has_gs ? "-1" : "none");
+    } else {
+        if (has_gs && gs > 0)
+            return err_at(c, p, "group_size %ld needs strategy \"group\" (got strategy \"%s\")", gs,
+                          strategy_name(strat));
+        gs = -1;
+    }
+    if (ao_set && ao == QA_GROUP && strat != QS_GROUP) {
+        join_path(p, sizeof p, path, "actorder");
+        return err_at(c, p, "actorder \"group\" needs strategy \"group\" (got \"%s\")", strategy_name(strat));
+    }
+    out->a.num_bits = (int)bits;
+    out->a.symmetric = sym;
+    out->a.strategy = strat;
+    out->a.group_size = (int)gs;
+    out->a.actorder = ao;
+    out->actorder_set = ao_set;
+    out->group_size_m1 = has_gs && gs == -1;
+    return DS_OK;
+}
+
+static const preset *find_preset(const char *name) {
+    for (size_t i = 0; i < DS_ARRAY_LEN(PRESETS); i++)
+        if (!strcasecmp(PRESETS[i].name, name)) return &PRESETS[i];
+    return NULL;
+}
+
+static ds_status preset_args(const pctx *c, const char *path, const char *name, wparse *out,
+                             const char **canon) {
+    const preset *ps = find_preset(name);
+    if (!ps) {
+        for (size_t i = 0; i < DS_ARRAY_LEN(UNSUPPORTED_PRESETS); i++)
+            if (!strcasecmp(UNSUPPORTED_PRESETS[i], name))
+                return err_at(c, path, "scheme %s is not supported by doneshot v1 (supported: " SUPPORTED_PRESETS ")",
+                              UNSUPPORTED_PRESETS[i]);
+        return err_at(c, path, "unknown scheme \"%s\" (supported: " SUPPORTED_PRESETS ")", name);
+    }
+    memset(out, 0, sizeof *out);
+    out->a.num_bits = ps->bits;
+    out->a.symmetric = ps->sym;
+    out->a.strategy = QS_GROUP;
+    out->a.group_size = 128;
+    out->a.actorder = QA_NONE;
+    out->actorder_set = 0;
+    snprintf(out->observer, sizeof out->observer, "memoryless_minmax");
+    *canon = ps->name;
+    return DS_OK;
+}
+
+/* ---- regex ---- */
+
+static ds_status compile_entries(const pctx *c, const char *path, char **l, int n, pcre2_code ***out) {
+    pcre2_code **re = xcalloc((size_t)DS_MAX(n, 1), sizeof *re);
+    for (int i = 0; i < n; i++) {
+        if (strncmp(l[i], "re:", 3) != 0) continue;
+        int ec;
+        PCRE2_SIZE off;
+        re[i] = pcre2_compile((PCRE2_SPTR)(l[i] + 3), PCRE2_ZERO_TERMINATED, PCRE2_ANCHORED, &ec, &off, NULL);
+        if (!re[i]) {
+            PCRE2_UCHAR emsg[256];
+            pcre2_get_error_message(ec, emsg, sizeof emsg);
+            for (int j = 0; j < i; j++) pcre2_code_free(re[j]);
+            free(re);
+            char p[512];
+            pathf(p, sizeof p, "%s[%d]", path, i);
+            return err_at(c, p, "invalid regex \"%s\": %s at offset %zu", l[i] + 3, (const char *)emsg, (size_t)off);
+        }
+    }
+    *out = re;
+    return DS_OK;
+}
+
+static void free_re(pcre2_code **re, int n) {
+    if (!re) return;
+    for (int i = 0; i < n; i++) pcre2_code_free(re[i]);
+    free(re);
+}
+
+/* ---- GPTQModifier ---- */
+
+static ds_status parse_gptq(const pctx *c, const char *path, const cJSON *m, recipe *r) {
+    char p[512];
+    ds_status st = DS_OK;
+    if (!cJSON_IsObject(m)) return err_type(c, path, "an object (GPTQModifier arguments)", m);
+    if ((st = check_dups(c, path, m))) return st;
+    char **mtargets = NULL; int nmt = 0, has_mt = 0;
+    const cJSON *scheme = NULL, *groups = NULL;
+    quant_actorder mao = QA_STATIC;
+    int mao_explicit = 0, mao_set = 0;
+    long bs = 128;
+    double damp = 0.01;
+    int offload = 0, bypass = 0;
+    wparse w;
+    memset(&w, 0, sizeof w);
+    char **gtargets = NULL; int ngt = 0;
+    const char *canon = NULL;
+
+    for (const cJSON *it = m->child; it; it = it->next) {
+        const char *k = it->string;
+        join_path(p, sizeof p, path, k);
+        if (!strcmp(k, "targets")) {
+            if (has_mt) free_list(mtargets, nmt);
+            if ((st = get_str_list(c, p, it, &mtargets, &nmt))) goto fail;
+            has_mt = 1;
+        } else if (!strcmp(k, "ignore")) {
+            if (cJSON_IsNull(it)) continue;
+            free_list(r->ignore, r->nignore); r->ignore = NULL; r->nignore = 0;
+            if (cJSON_IsArray(it) && cJSON_GetArraySize(it) == 0) continue;
+            if ((st = get_str_list(c, p, it, &r->ignore, &r->nignore))) goto fail;
+        } else if (!strcmp(k, "scheme")) {
+            if (!cJSON_IsNull(it)) scheme = it;
+        } else if (!strcmp(k, "config_groups")) {
+            if (!cJSON_IsNull(it)) groups = it;
+        } else if (!strcmp(k, "block_size")) {
+            if ((st = get_int(c, p, it, 1, 1L << 20, "a positive integer", &bs))) goto fail;
+        } else if (!strcmp(k, "dampening_frac")) {
+            if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) || it->valuedouble < 0) {
+                st = err_type(c, p, "a non-negative number", it);
+                goto fail;
+            }
+            damp = it->valuedouble;
+        } else if (!strcmp(k, "actorder")) {
+            if ((st = parse_actorder(c, p, it, &mao, &mao_set))) goto fail;
+            mao_explicit = 1;
+        } else if (!strcmp(k, "offload_hessians")) {
+            if ((st = get_bool(c, p, it, &offload))) goto fail;
+        } else if (!strcmp(k, "bypass_divisibility_checks")) {
+            if ((st = get_bool(c, p, it, &bypass))) goto fail;
+        } else if (!strcmp(k, "batched_quantization")) {
+            /* llm-compressor >= 0.14 GPU batching knob: accepted, no effect */
+            long b;
+            if (cJSON_IsNull(it) || (cJSON_IsString(it) && !strcmp(it->valuestring, "auto"))) continue;
+            if ((st = get_int(c, p, it, 1, 1L << 30, "\"auto\", null or a positive integer", &b))) goto fail;
+        } else {
+            st = err_at(c, path, "unknown key \"%s\" (allowed: " GPTQ_KEYS ")", k);
+            goto fail;
+        }
+    }
+    (void)mao_set;
+
+    if (scheme && groups) {
+        st = err_at(c, path, "give either \"scheme\" or \"config_groups\", not both");
+        goto fail;
+    }
+    if (!scheme && !groups) {
+        st = err_at(c, path, "missing \"scheme\" or \"config_groups\"\nhint: add \"scheme\": \"W4A16\"");
+        goto fail;
+    }
+    if (scheme) {
+        join_path(p, sizeof p, path, "scheme");
+        if (cJSON_IsString(scheme)) {
+            if ((st = preset_args(c, p, scheme->valuestring, &w, &canon))) goto fail;
+        } else if (cJSON_IsObject(scheme)) {
+            if (cJSON_GetArraySize(scheme) != 1) {
+                st = err_at(c, p, "expected exactly one {PRESET: [targets]} entry (doneshot v1 supports one scheme), got %d",
+                            cJSON_GetArraySize(scheme));
+                goto fail;
+            }
+            const cJSON *e = scheme->child;
+            if (!strcmp(e->string, "weights") || !strcmp(e->string, "input_activations")) {
+                st = err_at(c, p, "inline scheme objects are not supported by doneshot v1\nhint: use a preset name, {PRESET: [targets]} or config_groups");
+                goto fail;
+            }
+            if ((st = preset_args(c, p, e->string, &w, &canon))) goto fail;
+            char pp[512];
+            pathf(pp, sizeof pp, "%s.%s", p, e->string);
+            if ((st = get_str_list(c, pp, e, &gtargets, &ngt))) goto fail;
+        } else {
+            st = err_type(c, p, "a preset name or {PRESET: [targets]}", scheme);
+            goto fail;
+        }
+    } else {
+        join_path(p, sizeof p, path, "config_groups");
+        if (!cJSON_IsObject(groups)) { st = err_type(c, p, "an object", groups); goto fail; }
+        if (cJSON_GetArraySize(groups) != 1) {
+            st = err_at(c, p, "expected exactly one config group (doneshot v1 supports one), got %d",
+                        cJSON_GetArraySize(groups));
+            goto fail;
+        }
+        const cJSON *g = groups->child;
+        char gp[512];
+        pathf(gp, sizeof gp, "%s.%s", p, g->string);
+        if (!cJSON_IsObject(g)) { st = err_type(c, gp, "an object (quantization scheme)", g); goto fail; }
+        if ((st = check_dups(c, gp, g))) goto fail;
+        const cJSON *gw = NULL;
+        for (const cJSON *it = g->child; it; it = it->next) {
+            const char *k = it->string;
+            char kp[512];
+            pathf(kp, sizeof kp, "%s.%s", gp, k);
+            if (!strcmp(k, "targets")) {
+                free_list(gtargets, ngt); gtargets = NULL; ngt = 0;
+                if ((st = get_str_list(c, kp, it, &gtargets, &ngt))) goto fail;
+            } else if (!strcmp(k, "weights")) {
+                gw = it;
+            } else if (!strcmp(k, "input_activations") || !strcmp(k, "output_activations")) {
+                if (!cJSON_IsNull(it)) {
+                    st = err_at(c, kp, "activation quantization is not supported by doneshot v1 (expected null)");
+                    goto fail;
+                }
+            } else if (!strcmp(k, "format")) {
+                if (!cJSON_IsNull(it) && !(cJSON_IsString(it) && !strcmp(it->valuestring, "pack-quantized"))) {
+                    st = err_value(c, kp, it, "null, \"pack-quantized\"");
+                    goto fail;
+                }
+            } else {
+                st = err_at(c, gp, "unknown key \"%s\" (allowed: " GROUP_KEYS ")", k);
+                goto fail;
+            }
+        }
+        if (!gtargets) { st = err_at(c, gp, "missing \"targets\""); goto fail; }
+        char wp[512];
+        pathf(wp, sizeof wp, "%s.weights", gp);
+        if (!gw || cJSON_IsNull(gw)) { st = err_at(c, gp, "missing \"weights\""); goto fail; }
+        if ((st = parse_weights(c, wp, gw, &w))) goto fail;
+    }
+
+    /* effective targets: the scheme's own targets win; the modifier's must agree */
+    if (gtargets) {
+        if (has_mt && !lists_equal(mtargets, nmt, gtargets, ngt)) {
+            join_path(p, sizeof p, path, "targets");
+            st = err_at(c, p, "conflicts with the targets of the %s", scheme ? "scheme" : "config group");
+            goto fail;
+        }
+        free_list(mtargets, nmt);
+        r->targets = gtargets; r->ntargets = ngt;
+        gtargets = NULL; ngt = 0;
+    } else if (has_mt) {
+        r->targets = mtargets; r->ntargets = nmt;
+    } else {
+        r->targets = xmalloc(sizeof *r->targets);
+        r->targets[0] = xstrdup("Linear");
+        r->ntargets = 1;
+    }
+    mtargets = NULL; nmt = 0;
+
+    /* actorder (§1.5): the modifier's default "static" fills an unset scheme
+     * value; explicit modifier and scheme values must agree. */
+    quant_actorder res;
+    if (!mao_explicit) res = w.actorder_set ? w.a.actorder : QA_STATIC;
+    else if (!w.actorder_set || w.a.actorder == mao) res = mao;
+    else {
+        join_path(p, sizeof p, path, "actorder");
+        st = err_at(c, p, "\"%s\" conflicts with the scheme's actorder \"%s\"",
+                    actorder_name(mao) ? actorder_name(mao) : "null", actorder_name(w.a.actorder));
+        goto fail;
+    }
+    if (res == QA_GROUP && w.a.strategy != QS_GROUP) res = QA_NONE; /* falls back to None */
+    w.a.actorder = res;
+
+    r->w = w.a;
+    r->scheme_name = canon ? xstrdup(canon) : NULL;
+    r->block_size = (int)bs;
+    r->dampening_frac = damp;
+    r->offload_hessians = offload;
+    r->bypass_divisibility = bypass;
+    snprintf(r->priv->observer, sizeof r->priv->observer, "%s", w.observer);
+    r->priv->group_size_m1 = w.group_size_m1;
+    r->observer = r->priv->observer;
+
+    join_path(p, sizeof p, path, "targets");
+    if ((st = compile_entries(c, p, r->targets, r->ntargets, &r->priv->target_re))) return st;
+    join_path(p, sizeof p, path, "ignore");
+    if ((st = compile_entries(c, p, r->ignore, r->nignore, &r->priv->ignore_re))) return st;
+    return DS_OK;
+fail:
+    free_list(mtargets, nmt);
+    free_list(gtargets, ngt);
+    return st;
+}
+
+/* ---- top level ---- */
+
+typedef struct modref { const cJSON *args; char path[512]; } modref;
+
+static ds_status add_modifier(const pctx *c, const char *path, const cJSON *m, modref *gptq) {
+    if (strcmp(m->string, "GPTQModifier") != 0) {
+        if (ends_with(m->string, "Modifier"))
+            return err_at(c, path, "modifier %s is not supported: doneshot v1 runs GPTQModifier only", m->string);
+        return err_at(c, path, "unknown modifier \"%s\" (allowed: GPTQModifier)", m->string);
+    }
+    if (gptq->args) return err_at(c, path, "a second GPTQModifier (doneshot v1 runs exactly one; first at %s)", gptq->path);
+    gptq->args = m;
+    pathf(gptq->path, sizeof gptq->path, "%s", path);
+    return DS_OK;
+}
+
+static ds_status parse_run_key(const pctx *c, const cJSON *it, recipe *r, int *handled) {
+    const char *k = it->string;
+    *handled = 1;
+    if (!strcmp(k, "model")) return get_str(c, k, it, &r->model);
+    if (!strcmp(k, "dataset")) return get_str(c, k, it, &r->dataset);
+    if (!strcmp(k, "output")) return get_str(c, k, it, &r->output);
+    if (!strcmp(k, "text_field")) return get_str(c, k, it, &r->text_field);
+    if (!strcmp(k, "num_calibration_samples"))
+        return get_int(c, k, it, 1, 1L << 40, "a positive integer", &r->num_samples);
+    if (!strcmp(k, "max_seq_length"))
+        return get_int(c, k, it, 1, 1L << 40, "a positive integer", &r->max_seq_len);
+    if (!strcmp(k, "seed")) return get_int(c, k, it, 0, 1L << 53, "a non-negative integer", &r->seed);
+    if (!strcmp(k, "max_shard_size")) {
+        if (cJSON_IsNumber(it)) {
+            long v;
+            ds_status st = get_int(c, k, it, 1, 1L << 53, "a positive number of bytes or a size like \"5GB\"", &v);
+            if (st) return st;
+            r->max_shard_size = v;
+            return DS_OK;
+        }
+        int64_t v;
+        if (!cJSON_IsString(it) || recipe_parse_size(it->valuestring, &v) != 0 || v <= 0)
+            return err_type(c, k, "a positive number of bytes or a size like \"5GB\", \"500MB\", \"2GiB\"", it);
+        r->max_shard_size = v;
+        return DS_OK;
+    }
+    *handled = 0;
+    return DS_OK;
+}
+
+static ds_status walk_top(const pctx *c, const cJSON *root, recipe *r, modref *gptq) {
+    ds_status st;
+    if (!cJSON_IsObject(root)) return err_type(c, "", "a JSON object at the top level", root);
+    if ((st = check_dups(c, "", root))) return st;
+    for (const cJSON *it = root->child; it; it = it->next) {
+        const char *k = it->string;
+        int handled;
+        if ((st = parse_run_key(c, it, r, &handled))) return st;
+        if (handled) continue;
+        if (!strcmp(k, "modifiers")) {
+            if (!cJSON_IsArray(it)) return err_type(c, k, "a list of {ModifierName: {...}}", it);
+            int i = 0;
+            for (const cJSON *e = it->child; e; e = e->next, i++) {
+                char p[512];
+                pathf(p, sizeof p, "modifiers[%d]", i);
+                if (!cJSON_IsObject(e) || cJSON_GetArraySize(e) != 1)
+                    return err_type(c, p, "an object with one key, like {\"GPTQModifier\": {...}}", e);
+                char mp[512];
+                pathf(mp, sizeof mp, "%s.%s", p, e->child->string);
+                if ((st = add_modifier(c, mp, e->child, gptq))) return st;
+            }
+        } else if (ends_with(k, "_stage")) {
+            if (!cJSON_IsObject(it)) return err_type(c, k, "an object of <name>_modifiers groups", it);
+            if ((st = check_dups(c, k, it))) return st;
+            for (const cJSON *g = it->child; g; g = g->next) {
+                char gp[512];
+                pathf(gp, sizeof gp, "%s.%s", k, g->string);
+                if (!ends_with(g->string, "_modifiers"))
+                    return err_at(c, k, "unknown key \"%s\" (allowed: <name>_modifiers)", g->string);
+                if (!cJSON_IsObject(g)) return err_type(c, gp, "an object of {ModifierName: {...}}", g);
+                if ((st = check_dups(c, gp, g))) return st;
+                for (const cJSON *m = g->child; m; m = m->next) {
+                    char mp[512];
+                    pathf(mp, sizeof mp, "%s.%s", gp, m->string);
+                    if ((st = add_modifier(c, mp, m, gptq))) return st;
+                }
+            }
+        } else if (ends_with(k, "Modifier")) {
+            if ((st = add_modifier(c, k, it, gptq))) return st;
+        } else {
+            return err_at(c, "", "unknown key \"%s\" (allowed: " RUN_KEYS ", modifiers, <name>_stage, GPTQModifier)", k);
+        }
+    }
+    if (!gptq->args)
+        return err_at(c, "", "no GPTQModifier found\nhint: {\"modifiers\": [{\"GPTQModifier\": {\"scheme\": \"W4A16\", \"ignore\": [\"lm_head\"]}}]}");
+    return DS_OK;
+}
+
+static cJSON *str_array(char **l, int n) {
+    cJSON *a = cJSON_CreateArray();
+    for (int i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateString(l[i]));
+    return a;
+}
+
+static void add_actorder(cJSON *o, quant_actorder a) {
+    const char *s = actorder_name(a);
+    if (s) cJSON_AddStringToObject(o, "actorder", s);
+    else cJSON_AddNullToObject(o, "actorder");
+}
+
+/* Normalized recipe: what will be applied, defaults resolved, re-parseable. */
+static char *build_applied(const recipe *r) {
+    cJSON *root = cJSON_CreateObject();
+    cJSON *mods = cJSON_AddArrayToObject(root, "modifiers");
+    cJSON *wrap = cJSON_CreateObject();
+    cJSON_AddItemToArray(mods, wrap);
+    cJSON *g = cJSON_AddObjectToObject(wrap, "GPTQModifier");
+    cJSON_AddItemToObject(g, "targets", str_array(r->targets, r->ntargets));
+    cJSON_AddItemToObject(g, "ignore", str_array(r->ignore, r->nignore));
+    cJSON *cg = cJSON_AddObjectToObject(g, "config_groups");
+    cJSON *g0 = cJSON_AddObjectToObject(cg, "group_0");
+    cJSON_AddItemToObject(g0, "targets", str_array(r->targets, r->ntargets));
+    cJSON *w = cJSON_AddObjectToObject(g0, "weights");
+    cJSON_AddNumberToObject(w, "num_bits", r->w.num_bits);
+    cJSON_AddStringToObject(w, "type", "int");
+    cJSON_AddBoolToObject(w, "symmetric", r->w.symmetric);
+    cJSON_AddStringToObject(w, "strategy", strategy_name(r->w.strategy));
+    if (r->w.strategy == QS_GROUP) cJSON_AddNumberToObject(w, "group_size", r->w.group_size);
+    else if (r->priv && r->priv->group_size_m1) cJSON_AddNumberToObject(w, "group_size", -1);
+    else cJSON_AddNullToObject(w, "group_size");
+    add_actorder(w, r->w.actorder);
+    cJSON_AddStringToObject(w, "observer", r->observer);
+    cJSON_AddBoolToObject(w, "dynamic", 0);
+    cJSON_AddNullToObject(g0, "input_activations");
+    cJSON_AddNullToObject(g0, "output_activations");
+    cJSON_AddNumberToObject(g, "block_size", r->block_size);
+    cJSON_AddNumberToObject(g, "dampening_frac", r->dampening_frac);
+    add_actorder(g, r->w.actorder);
+    cJSON_AddBoolToObject(g, "offload_hessians", r->offload_hessians);
+    cJSON_AddBoolToObject(g, "bypass_divisibility_checks", r->bypass_divisibility);
+    char *txt = cJSON_PrintUnformatted(root);
+    DS_ASSERT(txt);
+    cJSON_Delete(root);
+    char *out = xstrdup(txt);
+    cJSON_free(txt);
+    return out;
+}
+
+static void json_error_pos(const char *json, const char *at, int *line, int *col) {
+    *line = 1;
+    *col = 1;
+    if (!at) return;
+    for (const char *s = json; s < at && *s; s++) {
+        if (*s == '\n') { (*line)++; *col = 1; }
+        else (*col)++;
+    }
+}
+
+ds_status recipe_parse(const char *json, const char *origin, recipe *out) {
+    pctx c = {origin ? origin : "recipe"};
+    memset(out, 0, sizeof *out);
+    out->num_samples = out->max_seq_len = out->seed = -1;
+    out->max_shard_size = -1;
+    out->priv = xcalloc(1, sizeof *out->priv);
+    if (!json) json = "";
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithOpts(json, &end, 1);
+    if (!root) {
+        int line, col;
+        const char *at = end ? end : cJSON_GetErrorPtr();
+        /* cJSON often reports the position after the bad token: point at the
+         * last non-blank character instead of the end of the input */
+        if (at && !*at) {
+            while (at > json && isspace((unsigned char)at[-1])) at--;
+            if (at > json) at--;
+        }
+        json_error_pos(json, at, &line, &col);
+        char near[24] = "";
+        if (at && *at) {
+            size_t i = 0;
+            for (; i < 16 && at[i] && at[i] != '\n'; i++) near[i] = at[i];
+            near[i] = 0;
+        }
+        recipe_free(out);
+        if (near[0])
+            return ds_error(DS_ERR_USAGE, "%s:%d:%d: invalid JSON near \"%s\"", c.origin, line, col, near);
+        return ds_error(DS_ERR_USAGE, "%s:%d:%d: invalid JSON (unexpected end of input)", c.origin, line, col);
+    }
+    modref gptq;
+    memset(&gptq, 0, sizeof gptq);
+    ds_status st = walk_top(&c, root, out, &gptq);
+    if (!st) st = parse_gptq(&c, gptq.path, gptq.args, out);
+    cJSON_Delete(root);
+    if (st) { recipe_free(out); return st; }
+    out->applied_json = build_applied(out);
+    return DS_OK;
+}
+
+ds_status recipe_load(const char *path, recipe *out) {
+    memset(out, 0, sizeof *out);
+    if (ends_with(path, ".yaml") || ends_with(path, ".yml"))
+        return ds_error(DS_ERR_USAGE, "%s: YAML recipes are not supported\nhint: write the same structure as JSON (see recipes/w4a16.json)", path);
+    char *txt = NULL;
+    ds_status st = ds_read_file(path, &txt, NULL);
+    if (st) {
+        char *msg = xstrdup(ds_errmsg());
+        ds_error(DS_ERR_USAGE, "recipe %s", msg);
+        free(msg);
+        return DS_ERR_USAGE;
+    }
+    st = recipe_parse(txt, path, out);
+    free(txt);
+    return st;
+}
+
+void recipe_free(recipe *r) {
+    if (!r) return;
+    free(r->model); free(r->dataset); free(r->output); free(r->text_field);
+    free(r->scheme_name);
+    if (r->priv) {
+        free_re(r->priv->target_re, r->ntargets);
+        free_re(r->priv->ignore_re, r->nignore);
+        free(r->priv);
+    }
+    free_list(r->targets, r->ntargets);
+    free_list(r->ignore, r->nignore);
+    free(r->applied_json);
+    memset(r, 0, sizeof *r);
+}
+
+/* ---- matching (compressed-tensors is_match: name or class; "re:" on names) ---- */
+
+static int entry_match(const char *e, const pcre2_code *re, const char *name, const char *cls) {
+    if (re) {
+        pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
+        DS_ASSERT(md);
+        int rc = pcre2_match(re, (PCRE2_SPTR)name, PCRE2_ZERO_TERMINATED, 0, 0, md, NULL);
+        pcre2_match_data_free(md);
+        return rc >= 0;
+    }
+    return !strcmp(e, name) || (cls && !strcmp(e, cls));
+}
+
+int recipe_module_targeted(const recipe *r, const char *name, const char *cls) {
+    if (!r || !r->priv || !name) return 0;
+    int hit = 0;
+    for (int i = 0; i < r->ntargets && !hit; i++)
+        hit = entry_match(r->targets[i], r->priv->target_re ? r->priv->target_re[i] : NULL, name, cls);
+    if (!hit) return 0;
+    for (int i = 0; i < r->nignore; i++)
+        if (entry_match(r->ignore[i], r->priv->ignore_re ? r->priv->ignore_re[i] : NULL, name, cls)) return 0;
+    return 1;
+}
+
+/* ---- quantization_config ---- */
+
+static int cmp_items(const void *a, const void *b) {
+    return strcmp((*(cJSON *const *)a)->string, (*(cJSON *const *)b)->string);
+}
+
+/* Recursively sort object keys by code point (json.dump(sort_keys=True)). */
+static void sort_keys(cJSON *o) {
+    if (!o) return;
+    for (cJSON *c = o->child; c; c = c->next) sort_keys(c);
+    if (!cJSON_IsObject(o) || !o->child) return;
+    int n = 0;
+    for (cJSON *c = o->child; c; c = c->next) n++;
+    cJSON **v = xmalloc((size_t)n * sizeof *v);
+    n = 0;
+    for (cJSON *c = o->child; c; c = c->next) v[n++] = c;
+    qsort(v, (size_t)n, sizeof *v, cmp_items);
+    for (int i = 0; i < n; i++) {
+        v[i]->prev = i ? v[i - 1] : v[n - 1]; /* cJSON: child->prev is the tail */
+        v[i]->next = i + 1 < n ? v[i + 1] : NULL;
+    }
+    o->child = v[0];
+    free(v);
+}
+
+char *recipe_quantization_config_json(const recipe *r, const char *const *ignore, int nignore) {
+    DS_ASSERT(r);
+    cJSON *q = cJSON_CreateObject();
+    cJSON *cg = cJSON_AddObjectToObject(q, "config_groups");
+    cJSON *g0 = cJSON_AddObjectToObject(cg, "group_0");
+    cJSON_AddStringToObject(g0, "format", "pack-quantized");
+    cJSON_AddNullToObject(g0, "input_activations");
+    cJSON_AddNullToObject(g0, "output_activations");
+    cJSON_AddItemToObject(g0, "targets", str_array(r->targets, r->ntargets));
+    cJSON *w = cJSON_AddObjectToObject(g0, "weights");
+    add_actorder(w, r->w.actorder);
+    cJSON_AddNullToObject(w, "block_structure");
+    cJSON_AddBoolToObject(w, "dynamic", 0);
+    if (r->w.strategy == QS_GROUP) cJSON_AddNumberToObject(w, "group_size", r->w.group_size);
+    else if (r->priv && r->priv->group_size_m1) cJSON_AddNumberToObject(w, "group_size", -1);
+    else cJSON_AddNullToObject(w, "group_size");
+    cJSON_AddNumberToObject(w, "num_bits", r->w.num_bits);
+    cJSON_AddStringToObject(w, "observer", r->observer ? r->observer : "memoryless_minmax");
+    cJSON_AddItemToObject(w, "observer_kwargs", cJSON_CreateObject());
+    cJSON_AddNullToObject(w, "scale_dtype");
+    cJSON_AddStringToObject(w, "strategy", strategy_name(r->w.strategy));
+    cJSON_AddBoolToObject(w, "symmetric", r->w.symmetric);
+    cJSON_AddStringToObject(w, "type", "int");
+    if (r->w.symmetric) cJSON_AddNullToObject(w, "zp_dtype");
+    else cJSON_AddStringToObject(w, "zp_dtype", "torch.int8");
+    cJSON_AddStringToObject(q, "format", "pack-quantized");
+    cJSON_AddNullToObject(q, "global_compression_ratio");
+    cJSON *ig = cJSON_AddArrayToObject(q, "ignore");
+    for (int i = 0; i < nignore; i++) cJSON_AddItemToArray(ig, cJSON_CreateString(ignore[i]));
+    cJSON_AddNullToObject(q, "kv_cache_scheme");
+    cJSON_AddStringToObject(q, "quant_method", "compressed-tensors");
+    cJSON_AddStringToObject(q, "quantization_status", "compressed");
+    cJSON_AddItemToObject(q, "sparsity_config", cJSON_CreateObject());
+    cJSON_AddItemToObject(q, "transform_config", cJSON_CreateObject());
+    cJSON_AddStringToObject(q, "version", RECIPE_CT_VERSION);
+    sort_keys(q);
+    char *txt = cJSON_PrintUnformatted(q);
+    DS_ASSERT(txt);
+    cJSON_Delete(q);
+    char *out = xstrdup(txt);
+    cJSON_free(txt);
+    return out;
+}

@@ -1,0 +1,323 @@
+/*
+ * test_e2e.c - end-to-end tests of `doneshot` under mpirun: the bundled model
+ * quantized at -np 1, 2 and 4 must give the same checkpoint (names, dtypes,
+ * shapes, config.json; >= 99.9 % identical int codes; scales within 1e-3),
+ * dequantized weights close to the originals, and bad inputs must give the
+ * documented exit code on every rank without leaving a checkpoint behind.
+ * Needs build/doneshot (BUILD env) and mpirun (MPIRUN env).
+ */
+#include "quant.h"
+#include "safetensors.h"
+#include "st_writer.h"
+#include "test.h"
+
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char g_tmp[256], g_bin[512], g_mpirun[512];
+
+static int run(const char *cmd) {
+    int rc = system(cmd);
+    if (rc == -1 || !WIFEXITED(rc)) return -1;
+    return WEXITSTATUS(rc);
+}
+
+static int quantize(int np, const char *out, const char *extra) {
+    char cmd[8192];
+    snprintf(cmd, sizeof cmd,
+             "%s -np %d %s --recipe recipes/stories260k-w4a16.json --output %s --summary %s.json -q %s "
+             ">%s.log 2>&1", g_mpirun, np, g_bin, out, out, extra ? extra : "", out);
+    return run(cmd);
+}
+
+/* Run doneshot with args on 2 ranks; every rank records its exit code.
+ * Returns the common code, or -2 if ranks disagree. */
+static int run_bad(const char *args, const char *tag) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd,
+             "%s -np 2 sh -c '%s %s >%s/%s.$OMPI_COMM_WORLD_RANK.log 2>&1; echo $? > %s/%s.rc.$OMPI_COMM_WORLD_RANK' "
+             ">/dev/null 2>&1", g_mpirun, g_bin, args, g_tmp, tag, g_tmp, tag);
+    run(cmd);
+    int rc[2] = {-1, -1};
+    for (int r = 0; r < 2; r++) {
+        char p[512];
+        snprintf(p, sizeof p, "%s/%s.rc.%d", g_tmp, tag, r);
+        FILE *f = fopen(p, "r");
+        if (f) { if (fscanf(f, "%d", &rc[r]) != 1) rc[r] = -1; fclose(f); }
+    }
+    return rc[0] == rc[1] ? rc[0] : -2;
+}
+
+static int log_contains(const char *tag, const char *needle) {
+    char p[512], *buf;
+    snprintf(p, sizeof p, "%s/%s.0.log", g_tmp, tag);
+    if (ds_read_file(p, &buf, NULL) != DS_OK) return 0;
+    int found = strstr(buf, needle) != NULL;
+    free(buf);
+    return found;
+}
+
+typedef struct cmp_result { long codes, same_codes; double max_scale_rel; int structure_ok; } cmp_result;
+
+static int ends_with(const char *s, const char *suf) {
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && strcmp(s + a - b, suf) == 0;
+}
+
+/* Compare two checkpoints of the same model. */
+static cmp_result compare(const char *a_dir, const char *b_dir) {
+    cmp_result r = {0, 0, 0, 0};
+    st_model *a = NULL, *b = NULL;
+    if (st_open_dir(a_dir, &a) || st_open_dir(b_dir, &b)) { st_close(a); return r; }
+    r.structure_ok = st_count(a) == st_count(b);
+    for (size_t i = 0; r.structure_ok && i < st_count(a); i++) {
+        const st_tensor *x = st_get(a, i), *y = st_find(b, x->name);
+        if (!y || x->dtype != y->dtype || x->ndim != y->ndim || x->nbytes != y->nbytes ||
+            memcmp(x->shape, y->shape, sizeof(int64_t) * (size_t)x->ndim) != 0) {
+            fprintf(stderr, "structure differs at %s\n", x->name);
+            r.structure_ok = 0;
+            break;
+        }
+        if (ends_with(x->name, ".weight_packed")) {
+            const st_tensor *shape = NULL;
+            char nm[600];
+            snprintf(nm, sizeof nm, "%.*s.weight_shape", (int)(strlen(x->name) - 14), x->name);
+            shape = st_find(a, nm);
+            if (!shape) { r.structure_ok = 0; break; }
+            int64_t sh[2];
+            memcpy(sh, shape->data, sizeof sh);
+            int out = (int)sh[0], in = (int)sh[1];
+            int8_t *qa = malloc((size_t)out * in), *qb = malloc((size_t)out * in);
+            int32_t *pa = malloc(x->nbytes), *pb = malloc(y->nbytes);
+            memcpy(pa, x->data, x->nbytes);
+            memcpy(pb, y->data, y->nbytes);
+            quant_unpack_rows(pa, out, in, 4, qa);
+            quant_unpack_rows(pb, out, in, 4, qb);
+            for (long k = 0; k < (long)out * in; k++) { r.codes++; r.same_codes += qa[k] == qb[k]; }
+            free(qa); free(qb); free(pa); free(pb);
+        } else if (ends_with(x->name, ".weight_scale")) {
+            long n = (long)st_numel(x);
+            float *fa = malloc(sizeof(float) * (size_t)n), *fb = malloc(sizeof(float) * (size_t)n);
+            st_to_f32(x, fa);
+            st_to_f32(y, fb);
+            for (long k = 0; k < n; k++) {
+                double d = fabs((double)fa[k] - fb[k]) / fmax(fabs((double)fa[k]), 1e-30);
+                if (d > r.max_scale_rel) r.max_scale_rel = d;
+            }
+            free(fa); free(fb);
+        } else if (memcmp(x->data, y->data, x->nbytes) != 0) {
+            fprintf(stderr, "unquantized tensor %s differs\n", x->name);
+            r.structure_ok = 0;
+        }
+    }
+    st_close(a);
+    st_close(b);
+    return r;
+}
+
+static int same_file(const char *a, const char *b) {
+    char *x = NULL, *y = NULL;
+    size_t nx = 0, ny = 0;
+    int ok = ds_read_file(a, &x, &nx) == DS_OK && ds_read_file(b, &y, &ny) == DS_OK && nx == ny &&
+             memcmp(x, y, nx) == 0;
+    free(x);
+    free(y);
+    return ok;
+}
+
+/* Relative Frobenius error of the dequantized weights vs the original model. */
+static double dequant_error(const char *ckpt, const char *orig, int *nmods) {
+    st_model *q = NULL, *o = NULL;
+    double worst = -1;
+    *nmods = 0;
+    if (st_open_dir(ckpt, &q) || st_open_dir(orig, &o)) { st_close(q); return -1; }
+    for (size_t i = 0; i < st_count(q); i++) {
+        const st_tensor *p = st_get(q, i);
+        if (!ends_with(p->name, ".weight_packed")) continue;
+        char base[600], nm[700];
+        snprintf(base, sizeof base, "%.*s", (int)(strlen(p->name) - 14), p->name);
+        snprintf(nm, sizeof nm, "%s.weight_scale", base);
+        const st_tensor *sc = st_find(q, nm);
+        snprintf(nm, sizeof nm, "%s.weight", base);
+        const st_tensor *w = st_find(o, nm);
+        if (!sc || !w) { worst = 1e9; break; }
+        int out = (int)w->shape[0], in = (int)w->shape[1], ng = (int)sc->shape[1];
+        int8_t *qq = malloc((size_t)out * in);
+        int32_t *pk = malloc(p->nbytes);
+        float *s = malloc(sizeof(float) * (size_t)out * ng), *wf = malloc(sizeof(float) * (size_t)out * in);
+        memcpy(pk, p->data, p->nbytes);
+        quant_unpack_rows(pk, out, in, 4, qq);
+        st_to_f32(sc, s);
+        st_to_f32(w, wf);
+        double num = 0, den = 0;
+        for (int r = 0; r < out; r++)
+            for (int c = 0; c < in; c++) {
+                double d = (double)qq[(size_t)r * in + c] * s[(size_t)r * ng + c / (in / ng)] - wf[(size_t)r * in + c];
+                num += d * d;
+                den += (double)wf[(size_t)r * in + c] * wf[(size_t)r * in + c];
+            }
+        double e = sqrt(num / den);
+        if (e > worst) worst = e;
+        (*nmods)++;
+        free(qq); free(pk); free(s); free(wf);
+    }
+    st_close(q);
+    st_close(o);
+    return worst;
+}
+
+int main(void) {
+    const char *build = getenv("BUILD") ? getenv("BUILD") : "build";
+    const char *mpirun = getenv("MPIRUN") ? getenv("MPIRUN") : "mpirun --oversubscribe";
+    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+    setenv("OMPI_MCA_rmaps_base_oversubscribe", "1", 1);
+    snprintf(g_bin, sizeof g_bin, "%s/doneshot", build);
+    snprintf(g_mpirun, sizeof g_mpirun, "%s", mpirun);
+    snprintf(g_tmp, sizeof g_tmp, "/tmp/doneshot-e2e-XXXXXX");
+    if (!mkdtemp(g_tmp)) { perror("mkdtemp"); return 1; }
+    char out[3][512];
+    int nps[3] = {1, 2, 4};
+
+    TEST("quantize bundled model at -np 1, 2, 4") {
+        for (int i = 0; i < 3; i++) {
+            snprintf(out[i], sizeof out[i], "%s/np%d", g_tmp, nps[i]);
+            int rc = quantize(nps[i], out[i], NULL);
+            if (rc != 0) {
+                fprintf(stderr, "np %d exit %d; log %s.log\n", nps[i], rc, out[i]);
+                char cmd[2048];
+                snprintf(cmd, sizeof cmd, "tail -20 %s.log >&2", out[i]);
+                run(cmd);
+            }
+            CHECK_EQ_INT(rc, 0);
+            char p[2048];
+            const char *files[] = {"config.json", "model.safetensors", "recipe.yaml", "tokenizer.json",
+                                   "tokenizer_config.json", "generation_config.json"};
+            for (size_t f = 0; f < DS_ARRAY_LEN(files); f++) {
+                snprintf(p, sizeof p, "%s/%s", out[i], files[f]);
+                CHECK(ds_file_exists(p));
+            }
+            snprintf(p, sizeof p, "%s.json", out[i]);
+            CHECK(ds_file_exists(p)); /* --summary */
+        }
+    }
+
+    TEST("checkpoints agree across world sizes") {
+        for (int i = 1; i < 3; i++) {
+            cmp_result c = compare(out[0], out[i]);
+            CHECK(c.structure_ok);
+            CHECK(c.codes > 0);
+            double frac = c.codes ? (double)c.same_codes / (double)c.codes : 0;
+            printf("np1 vs np%d: %.4f%% identical int4 codes (%ld), max scale rel diff %.2e\n", nps[i],
+                   100 * frac, c.codes, c.max_scale_rel);
+            CHECK(frac >= 0.999);
+            CHECK(c.max_scale_rel <= 1e-3);
+            char a[2048], b[2048];
+            snprintf(a, sizeof a, "%s/config.json", out[0]);
+            snprintf(b, sizeof b, "%s/config.json", out[i]);
+            CHECK(same_file(a, b));
+        }
+    }
+
+    TEST("config.json carries the compressed-tensors quantization_config") {
+        char p[2048], *txt = NULL;
+        snprintf(p, sizeof p, "%s/config.json", out[0]);
+        CHECK(ds_read_file(p, &txt, NULL) == DS_OK);
+        if (txt) {
+            CHECK(strstr(txt, "\"quant_method\":\t\"compressed-tensors\"") || strstr(txt, "\"quant_method\": \"compressed-tensors\""));
+            CHECK(strstr(txt, "pack-quantized") != NULL);
+            CHECK(strstr(txt, "\"lm_head\"") != NULL);
+            CHECK(strstr(txt, "\"quantization_status\"") != NULL);
+        }
+        free(txt);
+    }
+
+    TEST("dequantized weights are close to the originals") {
+        int nmods = 0;
+        double e = dequant_error(out[1], "data/stories260K", &nmods);
+        printf("worst relative Frobenius error of dequantized weights: %.4f over %d modules\n", e, nmods);
+        CHECK_EQ_INT(nmods, 35);
+        CHECK(e >= 0 && e < 0.25);
+    }
+
+    TEST("existing output is refused without --overwrite, replaced with it") {
+        CHECK(quantize(1, out[0], NULL) == 2);
+        CHECK(quantize(1, out[0], "--overwrite") == 0);
+    }
+
+    TEST("bad inputs: documented exit code on every rank, no checkpoint left") {
+        char args[2048], p[1024];
+        snprintf(p, sizeof p, "%s/bad.json", g_tmp);
+        FILE *f = fopen(p, "w");
+        fputs("{\"modifiers\": [{\"GPTQModifier\": {\"scheme\": \"W4A16\",}]}", f);
+        fclose(f);
+        snprintf(p, sizeof p, "%s/unknown_scheme.json", g_tmp);
+        f = fopen(p, "w");
+        fputs("{\"modifiers\": [{\"GPTQModifier\": {\"scheme\": \"W4A99\", \"ignore\": [\"lm_head\"]}}]}", f);
+        fclose(f);
+        struct { const char *args, *tag, *needle; int code; } cases[] = {
+            {"--recipe %s/nope.json --output %s/o1", "missing_recipe", "nope.json", 2},
+            {"--recipe %s/bad.json --output %s/o2", "bad_json", "bad.json", 2},
+            {"--recipe %s/unknown_scheme.json --model data/stories260K --dataset data/tinystories_sample.txt --output %s/o3",
+             "unknown_scheme", "W4A99", 2},
+            {"--recipe recipes/w4a16.json --model data/stories260K --dataset data/tinystories_sample.txt --output %s/o4%s",
+             "group_not_dividing", "does not divide", 2},
+            {"--recipe recipes/stories260k-w4a16.json --model %s/no_model --output %s/o5", "missing_model", "no_model", 3},
+            {"--recipe recipes/stories260k-w4a16.json --dataset %s/none.txt --output %s/o6", "missing_dataset", "none.txt", 3},
+            {"--recipe recipes/stories260k-w4a16.json --bogus-flag%s%s", "unknown_option", "bogus", 2},
+            {"--recipe recipes/stories260k-w4a16.json --model %s/gpt2 --output %s/o8", "unsupported_arch", "GPT2LMHeadModel", 3},
+            {"--recipe recipes/stories260k-w4a16.json --model %s/int_model --output %s/o9", "wrong_dtype", "I32", 3},
+        };
+        /* fixtures: a GPT-2 config and a model whose norm weight is I32 */
+        char d[600];
+        snprintf(d, sizeof d, "%s/gpt2", g_tmp);
+        mkdir(d, 0755);
+        snprintf(p, sizeof p, "%s/config.json", d);
+        f = fopen(p, "w");
+        fputs("{\"architectures\": [\"GPT2LMHeadModel\"], \"n_embd\": 64}", f);
+        fclose(f);
+        snprintf(d, sizeof d, "%s/int_model", g_tmp);
+        mkdir(d, 0755);
+        char cmd[1400];
+        snprintf(cmd, sizeof cmd, "cp data/stories260K/config.json data/stories260K/tokenizer*.json %s/", d);
+        run(cmd);
+        st_model *src = NULL;
+        CHECK(st_open_dir("data/stories260K", &src) == DS_OK);
+        if (src) {
+            st_writer *w = stw_open(d, 0);
+            for (size_t i = 0; i < st_count(src); i++) {
+                const st_tensor *t = st_get(src, i);
+                ds_dtype dt = strcmp(t->name, "model.norm.weight") == 0 ? DS_DTYPE_I32 : t->dtype;
+                stw_plan(w, t->name, dt, t->ndim, t->shape);
+            }
+            CHECK(stw_begin(w) == DS_OK);
+            for (size_t i = 0; i < st_count(src); i++) {
+                const st_tensor *t = st_get(src, i);
+                stw_write(w, t->name, t->data, t->nbytes);
+            }
+            CHECK(stw_finish(w) == DS_OK);
+            stw_close(w);
+            st_close(src);
+        }
+        for (size_t i = 0; i < DS_ARRAY_LEN(cases); i++) {
+            snprintf(args, sizeof args, cases[i].args, g_tmp, g_tmp);
+            int rc = run_bad(args, cases[i].tag);
+            if (rc != cases[i].code || !log_contains(cases[i].tag, cases[i].needle))
+                fprintf(stderr, "case %s: exit %d (want %d on both ranks), message has '%s': %d\n", cases[i].tag,
+                        rc, cases[i].code, cases[i].needle, log_contains(cases[i].tag, cases[i].needle));
+            CHECK_EQ_INT(rc, cases[i].code);
+            CHECK(log_contains(cases[i].tag, cases[i].needle));
+        }
+        /* no output directory (or temp dir) was left by any failed run */
+        snprintf(cmd, sizeof cmd, "ls -d %s/o* 2>/dev/null | grep -q .", g_tmp);
+        CHECK(run(cmd) != 0);
+    }
+
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", g_tmp);
+    if (t_failed == 0) run(cmd);
+    else fprintf(stderr, "kept %s for inspection\n", g_tmp);
+    return TEST_REPORT();
+}

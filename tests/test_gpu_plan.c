@@ -1,0 +1,89 @@
+/* test_gpu_plan.c - GPU memory planner (host-side, runs without a GPU). */
+#include "gpu_plan.h"
+#include "test.h"
+
+static const double GIB = 1073741824.0;
+
+static gpu_plan_dims llama3_8b(void) {
+    return (gpu_plan_dims){.C = 4096, .F = 14336, .NH = 32, .NKV = 8, .HS = 128, .V = 128256,
+                           .n_tokens = 512L * 2048, .seq_len = 2048};
+}
+
+int main(void) {
+    TEST("llama3_8b_offload_fits_8gb") {
+        gpu_plan_dims d = llama3_8b();
+        gpu_plan_opts o = {.offload_acts = 1, .budget_bytes = 8000000000ULL, .gptq_block = 128,
+                           .actorder = 1};
+        gpu_plan p;
+        CHECK_EQ_INT(gpu_plan_make(&d, &o, &p), DS_OK);
+        CHECK(p.peak <= o.budget_bytes);
+        CHECK(p.micro_batch >= 1);
+        CHECK_EQ_INT(p.acts, 0);
+        CHECK(p.staging > 0);
+        CHECK_EQ_INT(p.n_seq, 512);
+        /* one layer's weights: 218.1M params bf16 = 436 MB (doc §5.3) */
+        CHECK(p.weights > 435000000 && p.weights < 437500000);
+        /* distinct f32 Hessians: 3 x 64 MiB + 784 MiB = 976 MiB */
+        CHECK_EQ_INT(p.hessians, (3L * 4096 * 4096 + 14336L * 14336) * 4);
+        gpu_plan_print(&p, stderr);
+    }
+    TEST("llama3_8b_no_offload") {
+        gpu_plan_dims d = llama3_8b();
+        gpu_plan_opts o = {.offload_acts = 0, .budget_bytes = 8000000000ULL, .gptq_block = 128};
+        gpu_plan p;
+        CHECK_EQ_INT(gpu_plan_make(&d, &o, &p), DS_ERR_USAGE); /* 16 GiB of activations */
+        CHECK(strstr(ds_errmsg(), "offload") != NULL);
+        CHECK_EQ_INT(p.acts, 16L << 30); /* inps + outs bf16 = 2 x 8 GiB */
+        o.budget_bytes = (size_t)80 << 30;
+        CHECK_EQ_INT(gpu_plan_make(&d, &o, &p), DS_OK);
+        CHECK(p.peak > (size_t)17 << 30 && p.peak < (size_t)40 << 30);
+        CHECK_EQ_INT(p.micro_batch, 64);
+        gpu_plan_print(&p, stderr);
+        fprintf(stderr, "no offload, 80 GiB: peak %.2f GiB\n", (double)p.peak / GIB);
+    }
+    TEST("micro_batch_monotone_in_budget") {
+        gpu_plan_dims d = llama3_8b();
+        int last = 0;
+        for (size_t b = (size_t)4 << 30; b <= (size_t)64 << 30; b += (size_t)4 << 30) {
+            gpu_plan_opts o = {.offload_acts = 1, .budget_bytes = b, .gptq_block = 128};
+            gpu_plan p;
+            ds_status st = gpu_plan_make(&d, &o, &p);
+            if (st != DS_OK) continue;
+            CHECK(p.micro_batch >= last);
+            CHECK(p.peak <= b);
+            last = p.micro_batch;
+        }
+        CHECK(last >= 32);
+    }
+    TEST("too_small_budget") {
+        gpu_plan_dims d = llama3_8b();
+        gpu_plan_opts o = {.offload_acts = 1, .budget_bytes = (size_t)1 << 30, .gptq_block = 128};
+        gpu_plan p;
+        CHECK_EQ_INT(gpu_plan_make(&d, &o, &p), DS_ERR_USAGE);
+        CHECK_EQ_INT(p.micro_batch, 1);
+        CHECK(p.peak > o.budget_bytes);
+    }
+    TEST("tiny_model_and_bad_dims") {
+        gpu_plan_dims d = {.C = 64, .F = 172, .NH = 4, .NKV = 2, .HS = 16, .V = 512, .n_tokens = 1000,
+                           .seq_len = 256};
+        gpu_plan_opts o = {.offload_acts = 0, .budget_bytes = (size_t)1 << 30, .gptq_block = 128,
+                           .hessian_f64 = 1};
+        gpu_plan p;
+        CHECK_EQ_INT(gpu_plan_make(&d, &o, &p), DS_OK);
+        CHECK_EQ_INT(p.n_seq, 4);
+        CHECK_EQ_INT(p.micro_batch, 4); /* capped by the sequence count */
+        CHECK_EQ_INT(p.acts, 2L * 1000 * 64 * 2);
+        d.NKV = 3;
+        CHECK_EQ_INT(gpu_plan_make(&d, &o, &p), DS_ERR_USAGE);
+        d.NKV = 2; d.seq_len = 0;
+        CHECK_EQ_INT(gpu_plan_make(&d, &o, &p), DS_ERR_USAGE);
+    }
+    TEST("forward_bytes_linear_in_mb") {
+        gpu_plan_dims d = llama3_8b();
+        size_t f1 = gpu_plan_forward_bytes(&d, 1), f2 = gpu_plan_forward_bytes(&d, 2),
+               f8 = gpu_plan_forward_bytes(&d, 8);
+        CHECK(f2 > f1);
+        CHECK_EQ_INT(f8 - f1, 7 * (f2 - f1));
+    }
+    return TEST_REPORT();
+}

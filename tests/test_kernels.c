@@ -1,0 +1,504 @@
+/*
+ * test_kernels.c - every CUDA launcher (cuda/kernels.h) against its CPU twin
+ * (src/ops_cpu.h, src/quant.h, src/gptq.h): deterministic seeded inputs (never
+ * all zero), odd shapes and one realistic shape per op, |got-ref| <= atol +
+ * rtol*|ref| (bf16 outputs: rtol ~1e-2; f32: ~1e-5), NMSE reported, NaN never
+ * passes, sentinel guard regions around every device output.
+ * Without a device (or in a build without -DDS_CUDA) every test is reported
+ * as skipped, never as passed.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "gptq.h"
+#include "ops_cpu.h"
+#include "quant.h"
+#include "test.h"
+#ifdef DS_CUDA
+#include "kernels.h"
+#endif
+
+static const char *const TEST_NAMES[] = {
+    "convert_bf16", "embed_forward", "rmsnorm_forward", "rope_tables", "rope_forward",
+    "matmul_forward", "attention_forward", "swiglu_forward", "residual_forward",
+    "hessian_accum", "hessian_accum_f64", "gptq_quantize", "quant_pack_rows", "quant_pack_cols",
+};
+
+#ifndef DS_CUDA
+int main(void) {
+    for (size_t i = 0; i < DS_ARRAY_LEN(TEST_NAMES); i++)
+        TEST(TEST_NAMES[i]) { SKIP("built without CUDA"); }
+    return TEST_REPORT();
+}
+#else
+
+/* ---- deterministic inputs ---- */
+static uint64_t g_rng = 0x9E3779B97F4A7C15ULL;
+static void seed(uint64_t s) { g_rng = s * 0x9E3779B97F4A7C15ULL + 1; }
+static float urand(void) { /* [-1, 1) */
+    g_rng ^= g_rng << 13; g_rng ^= g_rng >> 7; g_rng ^= g_rng << 17;
+    return (float)((g_rng >> 40) * (1.0 / 8388608.0)) - 1.0f;
+}
+/* n values amp*U(-1,1) + off, rounded to bf16 (activation-dtype values). */
+static float *rand_bf16(size_t n, float amp, float off) {
+    float *x = xmalloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++) x[i] = bf16_to_f32(f32_to_bf16(amp * urand() + off));
+    return x;
+}
+static uint16_t *to_bf16(const float *x, size_t n) {
+    uint16_t *h = xmalloc(sizeof(uint16_t) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++) h[i] = f32_to_bf16(x[i]);
+    return h;
+}
+static float *from_bf16(const uint16_t *h, size_t n) {
+    float *x = xmalloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++) x[i] = bf16_to_f32(h[i]);
+    return x;
+}
+
+/* ---- device buffers with sentinel guards ---- */
+#define GUARD 512
+#define SENT 0xA5
+typedef struct { uint8_t *base; size_t bytes; } dbuf;
+static void *dbuf_new(dbuf *b, size_t bytes) {
+    b->bytes = bytes;
+    b->base = ds_cuda_malloc(bytes + 2 * GUARD);
+    ds_cuda_memset(b->base, SENT, bytes + 2 * GUARD, NULL);
+    return b->base + GUARD;
+}
+static void *dbuf_up(dbuf *b, const void *host, size_t bytes) {
+    void *p = dbuf_new(b, bytes);
+    ds_cuda_memcpy_h2d(p, host, bytes, NULL);
+    return p;
+}
+/* Copy the payload to host; returns 1 when both guards are intact. */
+static int dbuf_get(dbuf *b, void *host) {
+    uint8_t *t = xmalloc(b->bytes + 2 * GUARD);
+    ds_cuda_memcpy_d2h(t, b->base, b->bytes + 2 * GUARD, NULL);
+    memcpy(host, t + GUARD, b->bytes);
+    int ok = 1;
+    for (size_t i = 0; i < GUARD; i++)
+        if (t[i] != SENT || t[GUARD + b->bytes + i] != SENT) { ok = 0; break; }
+    free(t);
+    return ok;
+}
+static void dbuf_free(dbuf *b) { ds_cuda_free(b->base); b->base = NULL; }
+
+static double nmse(const float *got, const float *want, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)got[i] - want[i];
+        num += d * d;
+        den += (double)want[i] * want[i];
+    }
+    return den > 0 ? num / den : num;
+}
+static void report(const char *what, const float *got, const float *want, size_t n) {
+    fprintf(stderr, "  %-28s n=%-9zu nmse %.3e\n", what, n, nmse(got, want, n));
+}
+
+#define BF16_RTOL 1e-2
+#define F32_RTOL 1e-5
+
+/* ---------------- tests ---------------- */
+static void t_convert(void) {
+    const size_t n = 4099;
+    float *x = rand_bf16(n, 100.0f, 0.0f);
+    for (size_t i = 0; i < n; i++) x[i] += urand() * 0.01f; /* not bf16-exact: exercises rounding */
+    union { uint32_t u; float f; } sp[] = {{0x7fc00000u}, {0x7f800000u}, {0xff800000u}, {0x3f808000u},
+                                          {0x3f818000u}, {0x80000000u}, {0x00000001u}, {0x7f7fffffu}};
+    for (size_t i = 0; i < DS_ARRAY_LEN(sp); i++) x[i] = sp[i].f;
+    uint16_t *want = to_bf16(x, n), *got = xmalloc(n * 2);
+    dbuf bx, by, bz;
+    float *dx = dbuf_up(&bx, x, n * 4);
+    uint16_t *dy = dbuf_new(&by, n * 2);
+    f32_to_bf16_cuda(dy, dx, n, NULL);
+    CHECK(dbuf_get(&by, got));
+    CHECK(memcmp(got, want, n * 2) == 0);
+    float *back = xmalloc(n * 4), *wb = from_bf16(want, n);
+    float *dz = dbuf_new(&bz, n * 4);
+    bf16_to_f32_cuda(dz, dy, n, NULL);
+    CHECK(dbuf_get(&bz, back));
+    CHECK(memcmp(back, wb, n * 4) == 0);
+    dbuf_free(&bx); dbuf_free(&by); dbuf_free(&bz);
+    free(x); free(want); free(got); free(back); free(wb);
+}
+
+static void t_embed(int V, int C, int T) {
+    uint16_t *tab = to_bf16(rand_bf16((size_t)V * C, 1.0f, 0.0f), (size_t)V * C);
+    int32_t *ids = xmalloc(sizeof(int32_t) * T);
+    for (int t = 0; t < T; t++) ids[t] = (int32_t)((urand() + 1.0f) * 0.5f * V) % V;
+    ids[0] = V - 1;
+    uint16_t *got = xmalloc((size_t)T * C * 2), *want = xmalloc((size_t)T * C * 2);
+    for (int t = 0; t < T; t++) memcpy(want + (size_t)t * C, tab + (size_t)ids[t] * C, (size_t)C * 2);
+    dbuf bt, bi, bo;
+    uint16_t *dt = dbuf_up(&bt, tab, (size_t)V * C * 2);
+    int32_t *di = dbuf_up(&bi, ids, sizeof(int32_t) * T);
+    uint16_t *dout = dbuf_new(&bo, (size_t)T * C * 2);
+    embed_forward_cuda(dout, dt, di, T, C, NULL);
+    CHECK(dbuf_get(&bo, got));
+    CHECK(memcmp(got, want, (size_t)T * C * 2) == 0);
+    dbuf_free(&bt); dbuf_free(&bi); dbuf_free(&bo);
+    free(tab); free(ids); free(got); free(want);
+}
+
+static void t_rmsnorm(int T, int C) {
+    size_t n = (size_t)T * C;
+    float *x = rand_bf16(n, 3.0f, 0.1f), *w = rand_bf16((size_t)C, 0.5f, 1.0f);
+    float *want = xmalloc(n * 4);
+    rmsnorm_forward_cpu(want, x, w, T, C, 1e-5f, DS_DTYPE_BF16);
+    uint16_t *hx = to_bf16(x, n), *hw = to_bf16(w, (size_t)C), *hy = xmalloc(n * 2);
+    dbuf bx, bw, by;
+    uint16_t *dx = dbuf_up(&bx, hx, n * 2), *dw = dbuf_up(&bw, hw, (size_t)C * 2);
+    uint16_t *dy = dbuf_new(&by, n * 2);
+    rmsnorm_forward_cuda(dy, dx, dw, T, C, 1e-5f, NULL);
+    CHECK(dbuf_get(&by, hy));
+    float *got = from_bf16(hy, n);
+    CHECK_CLOSE(got, want, n, 1e-6, BF16_RTOL);
+    report("rmsnorm", got, want, n);
+    /* in place (y aliases x) */
+    rmsnorm_forward_cuda(dx, dx, dw, T, C, 1e-5f, NULL);
+    CHECK(dbuf_get(&bx, hy));
+    float *got2 = from_bf16(hy, n);
+    CHECK(memcmp(got, got2, n * 4) == 0);
+    dbuf_free(&bx); dbuf_free(&bw); dbuf_free(&by);
+    free(x); free(w); free(want); free(hx); free(hw); free(hy); free(got); free(got2);
+}
+
+static float *inv_freq_for(int HS, double theta) {
+    float *f = xmalloc(sizeof(float) * (HS / 2));
+    for (int k = 0; k < HS / 2; k++) f[k] = (float)(1.0 / pow(theta, (double)(2 * k) / HS));
+    return f;
+}
+
+static void t_rope_tables(int T, int HS) {
+    float *inv = inv_freq_for(HS, 500000.0);
+    size_t n = (size_t)T * HS;
+    float *wc = xmalloc(n * 4), *ws = xmalloc(n * 4);
+    rope_tables_cpu(wc, ws, inv, T, HS, DS_DTYPE_BF16);
+    dbuf bi, bc, bs;
+    float *di = dbuf_up(&bi, inv, sizeof(float) * (HS / 2));
+    uint16_t *dc = dbuf_new(&bc, n * 2), *ds = dbuf_new(&bs, n * 2);
+    rope_tables_cuda(dc, ds, di, T, HS, NULL);
+    uint16_t *hc = xmalloc(n * 2), *hs = xmalloc(n * 2);
+    CHECK(dbuf_get(&bc, hc));
+    CHECK(dbuf_get(&bs, hs));
+    float *gc = from_bf16(hc, n), *gs = from_bf16(hs, n);
+    /* accurate cosf/sinf differ from glibc by <= 2 f32 ulps: <= 1 bf16 ulp after rounding */
+    CHECK_CLOSE(gc, wc, n, 1e-6, BF16_RTOL);
+    CHECK_CLOSE(gs, ws, n, 1e-6, BF16_RTOL);
+    report("rope cos", gc, wc, n);
+    report("rope sin", gs, ws, n);
+    dbuf_free(&bi); dbuf_free(&bc); dbuf_free(&bs);
+    free(inv); free(wc); free(ws); free(hc); free(hs); free(gc); free(gs);
+}
+
+static void t_rope(int T, int NH, int HS) {
+    float *inv = inv_freq_for(HS, 500000.0);
+    size_t nt = (size_t)T * HS, n = (size_t)T * NH * HS;
+    float *ct = xmalloc(nt * 4), *st = xmalloc(nt * 4);
+    rope_tables_cpu(ct, st, inv, T, HS, DS_DTYPE_BF16);
+    float *x = rand_bf16(n, 4.0f, 0.0f), *want = xmalloc(n * 4);
+    memcpy(want, x, n * 4);
+    rope_forward_cpu(want, ct, st, T, NH, HS, DS_DTYPE_BF16);
+    uint16_t *hx = to_bf16(x, n), *hc = to_bf16(ct, nt), *hs = to_bf16(st, nt);
+    dbuf bx, bc, bs;
+    uint16_t *dx = dbuf_up(&bx, hx, n * 2), *dc = dbuf_up(&bc, hc, nt * 2), *ds = dbuf_up(&bs, hs, nt * 2);
+    rope_forward_cuda(dx, dc, ds, T, NH, HS, NH * HS, NULL);
+    CHECK(dbuf_get(&bx, hx));
+    float *got = from_bf16(hx, n);
+    CHECK_CLOSE(got, want, n, 0.0, 0.0); /* same tables, same rounding points: exact */
+    report("rope", got, want, n);
+    dbuf_free(&bx); dbuf_free(&bc); dbuf_free(&bs);
+    free(inv); free(ct); free(st); free(x); free(want); free(hx); free(hc); free(hs); free(got);
+}
+
+static void t_matmul(int T, int in, int out, int bias) {
+    float *x = rand_bf16((size_t)T * in, 1.0f, 0.0f), *w = rand_bf16((size_t)out * in, 0.05f, 0.0f);
+    float *b = bias ? rand_bf16((size_t)out, 0.5f, 0.0f) : NULL;
+    size_t ny = (size_t)T * out;
+    float *want = xmalloc(ny * 4);
+    matmul_forward_cpu(want, x, w, b, T, in, out, DS_DTYPE_BF16);
+    uint16_t *hx = to_bf16(x, (size_t)T * in), *hw = to_bf16(w, (size_t)out * in);
+    uint16_t *hb = b ? to_bf16(b, (size_t)out) : NULL, *hy = xmalloc(ny * 2);
+    dbuf bx, bw, bb = {0}, by;
+    uint16_t *dx = dbuf_up(&bx, hx, (size_t)T * in * 2), *dw = dbuf_up(&bw, hw, (size_t)out * in * 2);
+    uint16_t *db = b ? dbuf_up(&bb, hb, (size_t)out * 2) : NULL, *dy = dbuf_new(&by, ny * 2);
+    matmul_forward_cuda(dy, dx, dw, db, T, in, out, NULL);
+    CHECK(dbuf_get(&by, hy));
+    float *got = from_bf16(hy, ny);
+    /* f32 summation order differs (tensor cores vs OpenBLAS): a bf16 rounding may flip */
+    CHECK_CLOSE(got, want, ny, 1e-3, BF16_RTOL);
+    CHECK(nmse(got, want, ny) < 1e-4);
+    report(bias ? "matmul (bias)" : "matmul", got, want, ny);
+    dbuf_free(&bx); dbuf_free(&bw); if (b) dbuf_free(&bb); dbuf_free(&by);
+    free(x); free(w); free(b); free(want); free(hx); free(hw); free(hb); free(hy); free(got);
+}
+
+static void t_attention(int B, int T, int NH, int NKV, int HS) {
+    size_t nq = (size_t)B * T * NH * HS, nk = (size_t)B * T * NKV * HS;
+    float *q = rand_bf16(nq, 2.0f, 0.0f), *k = rand_bf16(nk, 2.0f, 0.0f), *v = rand_bf16(nk, 1.0f, 0.0f);
+    float *want = xmalloc(nq * 4), *scr = xmalloc(sizeof(float) * T);
+    for (int b = 0; b < B; b++)
+        attention_forward_cpu(want + (size_t)b * T * NH * HS, q + (size_t)b * T * NH * HS,
+                              k + (size_t)b * T * NKV * HS, v + (size_t)b * T * NKV * HS, T, NH, NKV,
+                              HS, DS_DTYPE_BF16, scr);
+    uint16_t *hq = to_bf16(q, nq), *hk = to_bf16(k, nk), *hv = to_bf16(v, nk), *ho = xmalloc(nq * 2);
+    dbuf bq, bk, bv, bo, bw;
+    uint16_t *dq = dbuf_up(&bq, hq, nq * 2), *dk = dbuf_up(&bk, hk, nk * 2), *dv = dbuf_up(&bv, hv, nk * 2);
+    uint16_t *dout = dbuf_new(&bo, nq * 2);
+    void *ws = dbuf_new(&bw, attention_ws_bytes(T, NH / NKV));
+    attention_forward_cuda(dout, dq, dk, dv, B, T, NH, NKV, HS, ws, NULL);
+    CHECK(dbuf_get(&bo, ho));
+    float *got = from_bf16(ho, nq);
+    /* P rounded to bf16 on both sides, but exp/sum orders differ: rare 1-ulp P flips */
+    CHECK_CLOSE(got, want, nq, 4e-3, 2e-2);
+    CHECK(nmse(got, want, nq) < 1e-4);
+    report("attention", got, want, nq);
+    uint8_t *tmp = xmalloc(bw.bytes);
+    CHECK(dbuf_get(&bw, tmp)); /* workspace guards */
+    free(tmp);
+    dbuf_free(&bq); dbuf_free(&bk); dbuf_free(&bv); dbuf_free(&bo); dbuf_free(&bw);
+    free(q); free(k); free(v); free(want); free(scr); free(hq); free(hk); free(hv); free(ho); free(got);
+}
+
+static void t_swiglu(size_t n, size_t off) {
+    float *g = rand_bf16(n + off, 6.0f, 0.0f), *u = rand_bf16(n + off, 2.0f, 0.0f);
+    float *want = xmalloc((n + off) * 4);
+    swiglu_forward_cpu(want, g + off, u + off, n, DS_DTYPE_BF16);
+    uint16_t *hg = to_bf16(g, n + off), *hu = to_bf16(u, n + off), *ho = xmalloc((n + off) * 2);
+    dbuf bg, bu, bo;
+    uint16_t *dg = dbuf_up(&bg, hg, (n + off) * 2), *du = dbuf_up(&bu, hu, (n + off) * 2);
+    uint16_t *dout = dbuf_new(&bo, n * 2);
+    swiglu_forward_cuda(dout, dg + off, du + off, n, NULL); /* off = 1: the unaligned scalar path */
+    CHECK(dbuf_get(&bo, ho));
+    float *got = from_bf16(ho, n);
+    CHECK_CLOSE(got, want, n, 1e-6, BF16_RTOL);
+    report(off ? "swiglu (unaligned)" : "swiglu", got, want, n);
+    dbuf_free(&bg); dbuf_free(&bu); dbuf_free(&bo);
+    free(g); free(u); free(want); free(hg); free(hu); free(ho); free(got);
+}
+
+static void t_residual(size_t n) {
+    float *x = rand_bf16(n, 8.0f, 0.0f), *y = rand_bf16(n, 1.0f, 0.0f);
+    uint16_t *hx = to_bf16(x, n), *hy = to_bf16(y, n);
+    residual_forward_cpu(x, y, n, DS_DTYPE_BF16);
+    dbuf bx, by;
+    uint16_t *dx = dbuf_up(&bx, hx, n * 2), *dy = dbuf_up(&by, hy, n * 2);
+    residual_forward_cuda(dx, dy, n, NULL);
+    CHECK(dbuf_get(&bx, hx));
+    float *got = from_bf16(hx, n);
+    CHECK_CLOSE(got, x, n, 0.0, 0.0); /* one f32 add of bf16 values, one rounding: exact */
+    dbuf_free(&bx); dbuf_free(&by);
+    free(x); free(y); free(hx); free(hy); free(got);
+}
+
+/* CPU reference Hessian, mirrored to full, as f64 and f32. */
+static double *hessian_ref(const float *X, int rows, int n) {
+    double *H = xcalloc((size_t)n * n, sizeof(double));
+    float *scr = xmalloc(sizeof(float) * (size_t)n * n);
+    hessian_accum_cpu(H, X, rows, n, scr);
+    for (int i = 0; i < n; i++)
+        for (int j = i + 1; j < n; j++) H[(size_t)j * n + i] = H[(size_t)i * n + j];
+    free(scr);
+    return H;
+}
+
+static void t_hessian(int rows, int n, int f64) {
+    size_t nn = (size_t)n * n;
+    float *X = rand_bf16((size_t)rows * n, 1.0f, 0.0f);
+    double *Hd = hessian_ref(X, rows, n);
+    float *want = xmalloc(nn * 4), *got = xmalloc(nn * 4);
+    for (size_t i = 0; i < nn; i++) want[i] = (float)Hd[i];
+    uint16_t *hx = to_bf16(X, (size_t)rows * n);
+    dbuf bx, bh, bs = {0};
+    uint16_t *dx = dbuf_up(&bx, hx, (size_t)rows * n * 2);
+    /* two calls with a split of the rows: sums must not depend on it */
+    int r1 = rows / 3;
+    if (f64) {
+        double *dh = dbuf_new(&bh, nn * 8);
+        ds_cuda_memset(dh, 0, nn * 8, NULL);
+        float *scr = dbuf_new(&bs, nn * 4);
+        hessian_accum_f64_cuda(dh, dx, r1, n, scr, NULL);
+        hessian_accum_f64_cuda(dh, dx + (size_t)r1 * n, rows - r1, n, scr, NULL);
+        double *g = xmalloc(nn * 8);
+        CHECK(dbuf_get(&bh, g));
+        for (size_t i = 0; i < nn; i++) got[i] = (float)g[i];
+        free(g);
+    } else {
+        float *dh = dbuf_new(&bh, nn * 4);
+        ds_cuda_memset(dh, 0, nn * 4, NULL);
+        hessian_accum_cuda(dh, dx, r1, n, NULL);
+        hessian_accum_cuda(dh, dx + (size_t)r1 * n, rows - r1, n, NULL);
+        hessian_symmetrize_cuda(dh, n, NULL);
+        CHECK(dbuf_get(&bh, got));
+        int sym = 1;
+        for (int i = 0; i < n && sym; i++)
+            for (int j = 0; j < i; j++)
+                if (got[(size_t)i * n + j] != got[(size_t)j * n + i]) { sym = 0; break; }
+        CHECK(sym);
+    }
+    /* exact products, f32 sums in a different order: error ~ eps * sum |x_i x_j| <= eps * 2 rows */
+    CHECK_CLOSE(got, want, nn, 2e-6 * rows, F32_RTOL);
+    report(f64 ? "hessian f64" : "hessian f32", got, want, nn);
+    dbuf_free(&bx); dbuf_free(&bh); if (f64) dbuf_free(&bs);
+    free(X); free(Hd); free(want); free(got); free(hx);
+}
+
+/* GPTQ: same inputs to gptq_quantize and gptq_quantize_cuda. */
+static void t_gptq(int out, int in, quant_args qa, int dead_col) {
+    int rows = 2 * in + 17;
+    float *X = rand_bf16((size_t)rows * in, 1.0f, 0.0f);
+    for (int c = 0; c < in; c++) { /* uneven channel scales: a meaningful actorder */
+        float s = 0.25f + 2.0f * (float)((c * 37) % in) / in;
+        for (int r = 0; r < rows; r++) X[(size_t)r * in + c] = bf16_to_f32(f32_to_bf16(X[(size_t)r * in + c] * s));
+    }
+    if (dead_col >= 0)
+        for (int r = 0; r < rows; r++) X[(size_t)r * in + dead_col] = 0.0f;
+    double *Hd = hessian_ref(X, rows, in);
+    size_t nn = (size_t)in * in, nw = (size_t)out * in;
+    float *H = xmalloc(nn * 4), *Hc = xmalloc(nn * 4);
+    for (size_t i = 0; i < nn; i++) H[i] = (float)(Hd[i] / rows);
+    memcpy(Hc, H, nn * 4);
+    float *W = rand_bf16(nw, 0.05f, 0.0f);
+    gptq_result ref;
+    ds_status st = gptq_quantize(&qa, W, out, in, Hc, 128, 0.01, DS_DTYPE_BF16, &ref);
+    CHECK_EQ_INT(st, DS_OK);
+    if (st != DS_OK) { free(X); free(Hd); free(H); free(Hc); free(W); return; }
+    int ng = quant_num_groups(&qa, in);
+    dbuf bW, bH, bwq, bq, bs, bz, bg;
+    float *dW = dbuf_up(&bW, W, nw * 4), *dH = dbuf_up(&bH, H, nn * 4);
+    gptq_cuda_out o = {0};
+    o.wq = dbuf_new(&bwq, nw * 4);
+    o.q = dbuf_new(&bq, nw);
+    o.scale = dbuf_new(&bs, (size_t)out * ng * 4);
+    o.zp = dbuf_new(&bz, (size_t)out * ng * 4);
+    o.g_idx = dbuf_new(&bg, (size_t)in * 4);
+    CHECK_EQ_INT(gptq_quantize_cuda(&qa, dW, out, in, dH, 128, 0.01, DS_DTYPE_BF16, &o, NULL), DS_OK);
+    float *wq = xmalloc(nw * 4), *sc = xmalloc((size_t)out * ng * 4);
+    int8_t *q = xmalloc(nw);
+    int32_t *zp = xmalloc((size_t)out * ng * 4), *gi = xmalloc((size_t)in * 4);
+    float *Wback = xmalloc(nw * 4);
+    CHECK(dbuf_get(&bwq, wq)); CHECK(dbuf_get(&bq, q)); CHECK(dbuf_get(&bs, sc));
+    CHECK(dbuf_get(&bz, zp)); CHECK(dbuf_get(&bg, gi)); CHECK(dbuf_get(&bW, Wback));
+    CHECK(memcmp(Wback, W, nw * 4) == 0); /* W not modified */
+    /* scales and zero-points come from the original weight: identical */
+    CHECK(memcmp(sc, ref.scale, (size_t)out * ng * 4) == 0);
+    int zbad = 0;
+    for (size_t i = 0; i < (size_t)out * ng; i++) zbad += zp[i] != ref.zp[i];
+    CHECK_EQ_INT(zbad, 0);
+    CHECK_EQ_INT(o.rtn_fallback, ref.rtn_fallback);
+    size_t flips = 0, bigflips = 0;
+    for (size_t i = 0; i < nw; i++) {
+        if (q[i] != ref.q[i]) flips++;
+        if (abs((int)q[i] - (int)ref.q[i]) > 1) bigflips++;
+    }
+    double rate = (double)flips / nw;
+    fprintf(stderr, "  gptq %dx%d bits=%d strategy=%d actorder=%d: flip rate %.4f%% (%zu/%zu, %zu by >1), "
+            "loss gpu %.6g cpu %.6g\n", out, in, qa.num_bits, (int)qa.strategy, (int)qa.actorder,
+            100 * rate, flips, nw, bigflips, o.loss, ref.loss);
+    CHECK(rate <= 0.01);
+    CHECK(bigflips <= nw / 1000);
+    CHECK(fabs(o.loss - ref.loss) <= 0.02 * fabs(ref.loss) + 1e-9);
+    if (dead_col >= 0) /* dead column: W[:, i] = 0 -> dequantized 0 */
+        for (int r = 0; r < out; r++) CHECK(wq[(size_t)r * in + dead_col] == 0.0f);
+    /* dequantized values agree wherever the codes agree (same scale, same zp) */
+    size_t wbad = 0;
+    for (size_t i = 0; i < nw; i++) wbad += q[i] == ref.q[i] && wq[i] != ref.wq[i];
+    CHECK_EQ_INT(wbad, 0);
+    dbuf_free(&bW); dbuf_free(&bH); dbuf_free(&bwq); dbuf_free(&bq); dbuf_free(&bs); dbuf_free(&bz);
+    dbuf_free(&bg);
+    gptq_result_free(&ref);
+    free(X); free(Hd); free(H); free(Hc); free(W); free(wq); free(sc); free(q); free(zp); free(gi);
+    free(Wback);
+}
+
+static void t_pack_rows(int rows, int cols, int bits) {
+    int qmin = -(1 << (bits - 1)), span = 1 << bits;
+    int8_t *q = xmalloc((size_t)rows * cols);
+    for (size_t i = 0; i < (size_t)rows * cols; i++)
+        q[i] = (int8_t)(qmin + (int)((urand() + 1.0f) * 0.5f * span) % span);
+    q[0] = (int8_t)qmin; q[1] = (int8_t)(qmin + span - 1);
+    int words = quant_packed_cols(cols, bits);
+    size_t np = (size_t)rows * words;
+    int32_t *want = xmalloc(np * 4), *got = xmalloc(np * 4);
+    quant_pack_rows(q, rows, cols, bits, want);
+    dbuf bq, bp;
+    int8_t *dq = dbuf_up(&bq, q, (size_t)rows * cols);
+    int32_t *dp = dbuf_new(&bp, np * 4);
+    quant_pack_rows_cuda(dq, rows, cols, bits, dp, NULL);
+    CHECK(dbuf_get(&bp, got));
+    CHECK(memcmp(got, want, np * 4) == 0);
+    dbuf_free(&bq); dbuf_free(&bp);
+    free(q); free(want); free(got);
+}
+
+static void t_pack_cols(int rows, int g, int bits) {
+    int qmin = -(1 << (bits - 1)), span = 1 << bits;
+    int8_t *z8 = xmalloc((size_t)rows * g);
+    int32_t *z32 = xmalloc((size_t)rows * g * 4);
+    for (size_t i = 0; i < (size_t)rows * g; i++) {
+        z8[i] = (int8_t)(qmin + (int)((urand() + 1.0f) * 0.5f * span) % span);
+        z32[i] = z8[i];
+    }
+    int words = quant_packed_cols(rows, bits);
+    size_t np = (size_t)words * g;
+    int32_t *want = xmalloc(np * 4), *got = xmalloc(np * 4);
+    quant_pack_cols(z8, rows, g, bits, want);
+    dbuf bz, bp;
+    int32_t *dz = dbuf_up(&bz, z32, (size_t)rows * g * 4);
+    int32_t *dp = dbuf_new(&bp, np * 4);
+    quant_pack_cols_cuda(dz, rows, g, bits, dp, NULL);
+    CHECK(dbuf_get(&bp, got));
+    CHECK(memcmp(got, want, np * 4) == 0);
+    dbuf_free(&bz); dbuf_free(&bp);
+    free(z8); free(z32); free(want); free(got);
+}
+
+static void run(int idx) {
+    seed((uint64_t)idx + 1);
+    switch (idx) {
+    case 0: t_convert(); break;
+    case 1: t_embed(1000, 100, 77); t_embed(5003, 4096, 64); break;
+    case 2: t_rmsnorm(37, 1000); t_rmsnorm(5, 4096); t_rmsnorm(512, 4096); break;
+    case 3: t_rope_tables(97, 40); t_rope_tables(8192, 128); break;
+    case 4: t_rope(33, 5, 40); t_rope(2048, 32, 128); break;
+    case 5: t_matmul(37, 200, 75, 1); t_matmul(3, 129, 1, 1); t_matmul(256, 4096, 1024, 0); break;
+    case 6: t_attention(2, 67, 6, 2, 40); t_attention(1, 1, 4, 4, 16); t_attention(1, 512, 32, 8, 128); break;
+    case 7: t_swiglu(1000003, 0); t_swiglu(4099, 1); t_swiglu(2048 * 14336, 0); break;
+    case 8: t_residual(1000003); t_residual(2048 * 4096); break;
+    case 9: t_hessian(300, 77, 0); t_hessian(2048, 1024, 0); break;
+    case 10: t_hessian(301, 131, 1); t_hessian(4096, 512, 1); break;
+    case 11: {
+        quant_args g4 = {4, 0, QS_GROUP, 64, QA_STATIC};  /* asym int4 g64, actorder static */
+        quant_args c8 = {8, 1, QS_CHANNEL, -1, QA_NONE};  /* sym int8 per channel */
+        quant_args g4s = {4, 1, QS_GROUP, 128, QA_STATIC}; /* W4A16 */
+        quant_args t4 = {4, 1, QS_TENSOR, -1, QA_NONE};
+        t_gptq(67, 256, g4, 5);
+        t_gptq(45, 200, c8, -1);
+        t_gptq(33, 160, t4, -1);
+        t_gptq(512, 1024, g4s, 77);
+        break;
+    }
+    case 12: t_pack_rows(13, 301, 4); t_pack_rows(7, 97, 8); t_pack_rows(9, 333, 3);
+             t_pack_rows(4096, 4096, 4); break;
+    case 13: t_pack_cols(67, 5, 4); t_pack_cols(1001, 3, 3); t_pack_cols(4096, 32, 4); break;
+    }
+}
+
+int main(void) {
+    int dev = ds_cuda_device_count() > 0 ? ds_cuda_init(0) : -1;
+    if (dev >= 0) fprintf(stderr, "device: %s\n", ds_cuda_device_name());
+    for (size_t i = 0; i < DS_ARRAY_LEN(TEST_NAMES); i++) {
+        TEST(TEST_NAMES[i]) {
+            if (dev < 0) SKIP("no CUDA device");
+            else run((int)i);
+        }
+    }
+    if (dev >= 0) ds_cuda_shutdown();
+    return TEST_REPORT();
+}
+#endif

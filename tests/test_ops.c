@@ -1,0 +1,154 @@
+/*
+ * test_ops.c - the CPU ops of src/ops_cpu.c against naive double-precision
+ * references written from the HF formulas (../shared/docs/model-and-tokenizer.md
+ * §2), plus the module-to-rank assignment against the worked example of
+ * ../shared/docs/reference-llm-compressor.md §2.3.
+ */
+#include "ops_cpu.h"
+#include "pipeline.h"
+#include "test.h"
+
+#include <stdlib.h>
+
+static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
+static double urand(void) { /* splitmix64 -> [0, 1) */
+    uint64_t z = (g_rng += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return (double)((z ^ (z >> 31)) >> 11) / 9007199254740992.0;
+}
+static float *rnd(size_t n, double scale) {
+    float *p = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) p[i] = (float)((2 * urand() - 1) * scale);
+    return p;
+}
+
+int main(void) {
+    TEST("matmul_forward_cpu matches a double reference (odd shapes, bias)") {
+        int T = 7, in = 37, out = 13;
+        float *x = rnd((size_t)T * in, 1), *w = rnd((size_t)out * in, 0.5), *b = rnd(out, 1);
+        float *y = malloc(sizeof(float) * T * out);
+        double *ref = malloc(sizeof(double) * T * out);
+        matmul_forward_cpu(y, x, w, b, T, in, out, DS_DTYPE_F32);
+        for (int t = 0; t < T; t++)
+            for (int o = 0; o < out; o++) {
+                double s = b[o];
+                for (int i = 0; i < in; i++) s += (double)x[t * in + i] * w[o * in + i];
+                ref[t * out + o] = s;
+            }
+        CHECK_CLOSE(y, ref, T * out, 1e-5, 1e-5);
+        matmul_forward_cpu(y, x, w, b, T, in, out, DS_DTYPE_BF16);
+        for (int i = 0; i < T * out; i++) CHECK(y[i] == ds_round_to(y[i], DS_DTYPE_BF16));
+        CHECK_CLOSE(y, ref, T * out, 1e-4, 8e-3);
+        free(x); free(w); free(b); free(y); free(ref);
+    }
+
+    TEST("rmsnorm_forward_cpu matches x*rsqrt(mean(x^2)+eps)*w") {
+        int T = 5, C = 67;
+        float *x = rnd((size_t)T * C, 3), *w = rnd(C, 1), *y = malloc(sizeof(float) * T * C);
+        double *ref = malloc(sizeof(double) * T * C);
+        rmsnorm_forward_cpu(y, x, w, T, C, 1e-5f, DS_DTYPE_F32);
+        for (int t = 0; t < T; t++) {
+            double ss = 0;
+            for (int c = 0; c < C; c++) ss += (double)x[t * C + c] * x[t * C + c];
+            double r = 1 / sqrt(ss / C + 1e-5);
+            for (int c = 0; c < C; c++) ref[t * C + c] = x[t * C + c] * r * w[c];
+        }
+        CHECK_CLOSE(y, ref, T * C, 1e-6, 1e-5);
+        free(x); free(w); free(y); free(ref);
+    }
+
+    TEST("rope_forward_cpu rotates pairs (j, j+HS/2) by p*theta^(-2j/HS)") {
+        int T = 9, NH = 3, HS = 10;
+        float inv[5], *cs = malloc(sizeof(float) * T * HS), *sn = malloc(sizeof(float) * T * HS);
+        for (int k = 0; k < HS / 2; k++) inv[k] = (float)(1.0 / pow(10000.0, 2.0 * k / HS));
+        rope_tables_cpu(cs, sn, inv, T, HS, DS_DTYPE_F32);
+        float *x = rnd((size_t)T * NH * HS, 1), *x0 = malloc(sizeof(float) * T * NH * HS);
+        memcpy(x0, x, sizeof(float) * T * NH * HS);
+        double *ref = malloc(sizeof(double) * T * NH * HS);
+        rope_forward_cpu(x, cs, sn, T, NH, HS, DS_DTYPE_F32);
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < NH; h++)
+                for (int j = 0; j < HS / 2; j++) {
+                    double a = t * pow(10000.0, -2.0 * j / HS);
+                    const float *v = x0 + (t * NH + h) * HS;
+                    ref[(t * NH + h) * HS + j] = v[j] * cos(a) - v[j + HS / 2] * sin(a);
+                    ref[(t * NH + h) * HS + j + HS / 2] = v[j + HS / 2] * cos(a) + v[j] * sin(a);
+                }
+        CHECK_CLOSE(x, ref, T * NH * HS, 1e-5, 1e-5);
+        free(cs); free(sn); free(x); free(x0); free(ref);
+    }
+
+    TEST("attention_forward_cpu: causal GQA softmax(QK^T/sqrt(HS))V") {
+        int T = 11, NH = 4, NKV = 2, HS = 6;
+        float *q = rnd((size_t)T * NH * HS, 1), *k = rnd((size_t)T * NKV * HS, 1), *v = rnd((size_t)T * NKV * HS, 1);
+        float *o = malloc(sizeof(float) * T * NH * HS), *scr = malloc(sizeof(float) * T);
+        double *ref = calloc((size_t)T * NH * HS, sizeof(double));
+        attention_forward_cpu(o, q, k, v, T, NH, NKV, HS, DS_DTYPE_F32, scr);
+        for (int h = 0; h < NH; h++) {
+            int g = h / (NH / NKV);
+            for (int i = 0; i < T; i++) {
+                double s[64], mx = -1e300, sum = 0;
+                for (int j = 0; j <= i; j++) {
+                    s[j] = 0;
+                    for (int e = 0; e < HS; e++) s[j] += (double)q[(i * NH + h) * HS + e] * k[(j * NKV + g) * HS + e];
+                    s[j] /= sqrt((double)HS);
+                    if (s[j] > mx) mx = s[j];
+                }
+                for (int j = 0; j <= i; j++) sum += exp(s[j] - mx);
+                for (int j = 0; j <= i; j++)
+                    for (int e = 0; e < HS; e++)
+                        ref[(i * NH + h) * HS + e] += exp(s[j] - mx) / sum * v[(j * NKV + g) * HS + e];
+            }
+        }
+        CHECK_CLOSE(o, ref, T * NH * HS, 1e-6, 1e-5);
+        free(q); free(k); free(v); free(o); free(scr); free(ref);
+    }
+
+    TEST("swiglu and residual") {
+        size_t n = 101;
+        float *g = rnd(n, 4), *u = rnd(n, 2), *o = malloc(sizeof(float) * n);
+        double *ref = malloc(sizeof(double) * n);
+        swiglu_forward_cpu(o, g, u, n, DS_DTYPE_F32);
+        for (size_t i = 0; i < n; i++) ref[i] = g[i] / (1 + exp(-(double)g[i])) * u[i];
+        CHECK_CLOSE(o, ref, n, 1e-6, 1e-5);
+        float *x = rnd(n, 1);
+        for (size_t i = 0; i < n; i++) ref[i] = (double)x[i] + o[i];
+        residual_forward_cpu(x, o, n, DS_DTYPE_F32);
+        CHECK_CLOSE(x, ref, n, 1e-6, 1e-6);
+        free(g); free(u); free(o); free(ref); free(x);
+    }
+
+    TEST("hessian_accum_cpu: 2 X^T X, split across calls = one call") {
+        int rows = 23, n = 19;
+        float *X = rnd((size_t)rows * n, 1), *scr = malloc(sizeof(float) * n * n);
+        double *H1 = calloc((size_t)n * n, sizeof(double)), *H2 = calloc((size_t)n * n, sizeof(double));
+        double *ref = calloc((size_t)n * n, sizeof(double));
+        hessian_accum_cpu(H1, X, rows, n, scr);
+        hessian_mirror_cpu(H1, n);
+        hessian_accum_cpu(H2, X, 10, n, scr);
+        hessian_accum_cpu(H2, X + 10 * n, rows - 10, n, scr);
+        hessian_mirror_cpu(H2, n);
+        for (int r = 0; r < rows; r++)
+            for (int i = 0; i < n; i++)
+                for (int j = 0; j < n; j++) ref[i * n + j] += 2.0 * X[r * n + i] * X[r * n + j];
+        CHECK_CLOSE(H1, ref, n * n, 1e-5, 1e-5);
+        CHECK_CLOSE(H2, ref, n * n, 1e-5, 1e-5);
+        free(X); free(scr); free(H1); free(H2); free(ref);
+    }
+
+    TEST("pipeline_assign reproduces llm-compressor's Llama-3-8B bin packing") {
+        /* q k v o gate up down, weight = in_features (reference §2.3) */
+        double cost[7] = {4096, 4096, 4096, 4096, 4096, 4096, 14336};
+        int own[7];
+        pipeline_assign(cost, 7, 2, own);
+        int want2[7] = {1, 1, 1, 1, 0, 1, 0}; /* r0 = {down, gate}; r1 = {q, k, v, o, up} */
+        for (int i = 0; i < 7; i++) CHECK_EQ_INT(own[i], want2[i]);
+        pipeline_assign(cost, 7, 4, own);
+        int want4[7] = {1, 2, 3, 1, 2, 3, 0}; /* r0 = {down}; r1 = {q, o}; r2 = {k, gate}; r3 = {v, up} */
+        for (int i = 0; i < 7; i++) CHECK_EQ_INT(own[i], want4[i]);
+        pipeline_assign(cost, 7, 1, own);
+        for (int i = 0; i < 7; i++) CHECK_EQ_INT(own[i], 0);
+    }
+    return TEST_REPORT();
+}
