@@ -59,8 +59,8 @@ void f32_to_bf16_cuda(uint16_t *dst, const float *src, size_t n, void *stream); 
 void bf16_to_f32_cuda(float *dst, const uint16_t *src, size_t n, void *stream);
 
 /* ---------------- forward ops ---------------- */
-/* embed.cu: out[t, :] = table[ids[t], :] (bf16 rows; ids in [0, V), checked with
- * a device-side clamp + error flag is not done: callers validate ids on host). */
+/* embed.cu: out[t, :] = table[ids[t], :] (bf16 rows). ids must lie in [0, V):
+ * not checked on the device, callers validate token ids on the host. */
 void embed_forward_cuda(uint16_t *out, const uint16_t *table, const int32_t *ids, int T, int C,
                         void *stream);
 

@@ -226,6 +226,9 @@ static void transpose(const float *src, int rows, int cols, float *dst) {
         }
 }
 
+/* RTN as compressed-tensors applies it to a model-dtype weight (the
+ * QuantizationModifier path and the compressor): code = quantize(W) computed in
+ * the model dtype, dequant = (q - zp) * scale in the scale dtype. */
 ds_status rtn_quantize(const quant_args *a, const float *W, int out, int in, ds_dtype model_dtype,
                        gptq_result *res) {
     ds_status st = check_args(a, out, in, 1);
@@ -243,8 +246,9 @@ ds_status rtn_quantize(const quant_args *a, const float *W, int out, int in, ds_
             int g = a->strategy == QS_GROUP ? c / gs : 0;
             float s = res->scale[(size_t)r * ng + g];
             int z = res->zp[(size_t)r * ng + g];
-            float dq;
-            res->q[k] = (int8_t)quant_fake(W[k], s, z, qmin, qmax, model_dtype, &dq);
+            int q = quant_code_from_deq(W[k], s, z, qmin, qmax, model_dtype);
+            float dq = ds_round_to((float)(q - z) * s, model_dtype);
+            res->q[k] = (int8_t)q;
             res->wq[k] = dq;
             float e = W[k] - dq;
             loss += (double)e * e;
@@ -370,7 +374,6 @@ ds_status gptq_quantize(const quant_args *a, const float *W, int out, int in, fl
     const int bs = block_size;
     float *Err1 = xmalloc((size_t)bs * out * sizeof(float));
     float *Ub = xmalloc((size_t)bs * bs * sizeof(float));
-    int8_t *qt = xmalloc((size_t)n * out); /* codes, permuted + transposed */
     const float *sc = res->scale;
     const int *zz = res->zp;
     double loss = 0;
@@ -384,16 +387,14 @@ ds_status gptq_quantize(const quant_args *a, const float *W, int out, int in, fl
         for (int i = 0; i < count; i++) {
             float *w = Wt + (size_t)(i1 + i) * out;
             float *err = Err1 + (size_t)i * out;
-            int8_t *qr = qt + (size_t)(i1 + i) * out;
             const float d = Ub[(size_t)i * bs + i];
             const int g = gcol[i1 + i];
             double lsum = 0;
             for (int r = 0; r < out; r++) {
                 size_t k = (size_t)r * ng + g;
                 float dq;
-                int q = quant_fake(w[r], sc[k], zz[k], qmin, qmax, model_dtype, &dq);
+                (void)quant_fake(w[r], sc[k], zz[k], qmin, qmax, model_dtype, &dq);
                 float e = (w[r] - dq) / d;
-                qr[r] = (int8_t)q;
                 err[r] = e;
                 lsum += (double)e * e;
                 w[r] = dq; /* Q1[:, i] */
@@ -416,17 +417,19 @@ ds_status gptq_quantize(const quant_args *a, const float *W, int out, int in, fl
     }
     res->loss = loss / 2;
 
-    /* 7. undo the permutation, back to [out, in] */
+    /* 7. undo the permutation, back to [out, in]; the stored code is the one
+     * the compressor recomputes from the saved model-dtype weight. */
     for (int j = 0; j < n; j++) {
         const float *w = Wt + (size_t)j * out;
-        const int8_t *qr = qt + (size_t)j * out;
         int64_t c = perm[j];
+        const int g = gcol[j];
         for (int r = 0; r < out; r++) {
+            size_t k = (size_t)r * ng + g;
+            int qc = quant_code_from_deq(w[r], sc[k], zz[k], qmin, qmax, model_dtype);
             res->wq[(size_t)r * in + c] = w[r];
-            res->q[(size_t)r * in + c] = qr[r];
+            res->q[(size_t)r * in + c] = (int8_t)qc;
         }
     }
-    free(qt);
     free(Ub);
     free(Err1);
     free(gcol);

@@ -17,7 +17,9 @@
 
 typedef struct gptq_result {
     float *wq;        /* [out, in] dequantized (fake-quant) weight, values exact in model dtype */
-    int8_t *q;        /* [out, in] integer codes */
+    int8_t *q;        /* [out, in] integer codes as compressed-tensors stores them:
+                         quant_code_from_deq(wq) (== the GPTQ loop's code except
+                         where bf16 rounding of an int8 dequant is ambiguous) */
     float *scale;     /* [out, ngroups] (model-dtype values) */
     int *zp;          /* [out, ngroups] (0 when symmetric) */
     int *g_idx;       /* [in] group of each column (actorder=group only; else NULL) */

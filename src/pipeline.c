@@ -76,7 +76,12 @@ static void capture_hessian(void *p, int input_id, const float *X, int T, int n)
     c->seconds += ds_now() - t0;
 }
 
-/* ---- result exchange ---- */
+/* ---- result exchange ----
+ * The owner broadcasts the fake-quantized weight exactly as GPTQ produced it
+ * (in the model dtype, so no precision is lost), the scales and zero-points.
+ * Every rank installs that weight for the propagation pass (as the reference
+ * writes `weight` = the GPTQ output); rank 0 derives the on-disk codes from it
+ * the way the compressed-tensors compressor re-quantizes the stored weight. */
 
 static int column_group(const quant_args *a, const int *g_idx, int col) {
     if (a->strategy != QS_GROUP) return 0;
@@ -84,41 +89,43 @@ static int column_group(const quant_args *a, const int *g_idx, int col) {
     return col / a->group_size;
 }
 
-/* W = round_dtype((q - zp) * scale), the fake-quantized weight GPTQ produced. */
-static void dequantize(const quant_args *a, const int8_t *q, const float *scale, const int *zp,
-                       const int *g_idx, int out, int in, ds_dtype dt, float *W) {
-    int ng = quant_num_groups(a, in);
+/* q = the code compressed-tensors stores for the dequantized weight W. */
+static void codes_from_weight(const quant_args *a, const float *W, const float *scale, const int *zp,
+                              const int *g_idx, int out, int in, ds_dtype dt, int8_t *q) {
+    int ng = quant_num_groups(a, in), qmin, qmax;
+    quant_range(a, &qmin, &qmax);
     for (int o = 0; o < out; o++)
         for (int i = 0; i < in; i++) {
             int g = column_group(a, g_idx, i);
-            float s = scale[(size_t)o * ng + g];
             int z = zp ? zp[(size_t)o * ng + g] : 0;
-            W[(size_t)o * in + i] = ds_round_to((float)(q[(size_t)o * in + i] - z) * s, dt);
+            q[(size_t)o * in + i] =
+                (int8_t)quant_code_from_deq(W[(size_t)o * in + i], scale[(size_t)o * ng + g], z, qmin, qmax, dt);
         }
 }
 
 typedef struct packed_result {
     unsigned char *buf;
     size_t size;
-    int8_t *q;
-    float *scale;
+    void *w;       /* [out, in] in the model dtype */
+    float *scale;  /* [out, ngroups] */
     int32_t *zp, *g_idx;
-    double *meta; /* loss, rtn_fallback, seconds */
+    double *meta;  /* loss, rtn_fallback, seconds */
 } packed_result;
 
-static void packed_layout(packed_result *p, const quant_args *a, int out, int in) {
+static void packed_layout(packed_result *p, const quant_args *a, int out, int in, ds_dtype dt) {
     size_t ng = (size_t)quant_num_groups(a, in);
     size_t off_meta = 0, off_scale = off_meta + 3 * sizeof(double);
     size_t off_zp = off_scale + sizeof(float) * out * ng;
     size_t off_gi = off_zp + sizeof(int32_t) * out * ng;
-    size_t off_q = off_gi + sizeof(int32_t) * in;
-    p->size = off_q + (size_t)out * in;
+    size_t off_w = off_gi + sizeof(int32_t) * in;
+    off_w = (off_w + 7) & ~(size_t)7;
+    p->size = off_w + ds_dtype_size(dt) * (size_t)out * in;
     p->buf = xcalloc(1, p->size);
     p->meta = (double *)(void *)(p->buf + off_meta);
     p->scale = (float *)(void *)(p->buf + off_scale);
     p->zp = (int32_t *)(void *)(p->buf + off_zp);
     p->g_idx = (int32_t *)(void *)(p->buf + off_gi);
-    p->q = (int8_t *)(p->buf + off_q);
+    p->w = p->buf + off_w;
 }
 
 /* ---- the pipeline ---- */
@@ -233,7 +240,7 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
         for (int i = 0; i < nm; i++) {
             layer_linear *li = &lw.lin[mods[i]];
             packed_result pr;
-            packed_layout(&pr, &r->w, li->out, li->in);
+            packed_layout(&pr, &r->w, li->out, li->in, c->dtype);
             if (owner[i] == rank) {
                 t = ds_now();
                 int n = li->in;
@@ -248,7 +255,7 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
                                              r->dampening_frac, c->dtype, &res);
                 if (gs) DS_DIE(1, "GPTQ failed on %s: %s", li->name, ds_errmsg());
                 size_t ng = (size_t)quant_num_groups(&r->w, li->in);
-                memcpy(pr.q, res.q, (size_t)li->out * li->in);
+                ds_convert_from_f32(pr.w, res.wq, c->dtype, (size_t)li->out * li->in);
                 memcpy(pr.scale, res.scale, sizeof(float) * li->out * ng);
                 for (size_t e = 0; e < li->out * ng; e++) pr.zp[e] = res.zp ? res.zp[e] : 0;
                 for (int e = 0; e < li->in; e++) pr.g_idx[e] = res.g_idx ? res.g_idx[e] : 0;
@@ -263,7 +270,7 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
             lt.bcast += ds_now() - t;
             const int *zp = r->w.symmetric ? NULL : pr.zp;
             const int *gi = r->w.actorder == QA_GROUP ? pr.g_idx : NULL;
-            dequantize(&r->w, pr.q, pr.scale, zp, gi, li->out, li->in, c->dtype, li->w);
+            ds_convert_to_f32(li->w, pr.w, c->dtype, (size_t)li->out * li->in);
             module_record *mr = &stats->mods[stats->nmods++];
             snprintf(mr->name, sizeof mr->name, "%s", li->name);
             mr->owner = owner[i];
@@ -279,7 +286,10 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
             layer_loss += pr.meta[0];
             if (rank == 0 && st == DS_OK) {
                 t = ds_now();
-                st = ckpt_write_module(ck, li->name, pr.q, pr.scale, zp, gi, li->out, li->in);
+                int8_t *q = xmalloc((size_t)li->out * li->in);
+                codes_from_weight(&r->w, li->w, pr.scale, zp, gi, li->out, li->in, c->dtype, q);
+                st = ckpt_write_module(ck, li->name, q, pr.scale, zp, gi, li->out, li->in);
+                free(q);
                 lt.save += ds_now() - t;
             }
             free(pr.buf);

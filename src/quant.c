@@ -125,6 +125,14 @@ int quant_fake(float x, float scale, int zp, int qmin, int qmax, ds_dtype scale_
     return q;
 }
 
+int quant_code_from_deq(float x, float scale, int zp, int qmin, int qmax, ds_dtype dt) {
+    float t = ds_round_to(x / scale, dt);
+    if (zp != 0) t = ds_round_to(t + (float)zp, dt);
+    if (t < (float)qmin) t = (float)qmin;
+    if (t > (float)qmax) t = (float)qmax;
+    return isnan(t) ? 0 : (int)nearbyintf(t);
+}
+
 int quant_packed_cols(int cols, int bits) {
     return (int)(((int64_t)cols * bits + 31) / 32);
 }

@@ -48,6 +48,14 @@ void quant_minmax_qparams(const quant_args *a, const float *W, int out, int in,
  * in the scale's dtype). */
 int quant_fake(float x, float scale, int zp, int qmin, int qmax, ds_dtype scale_dtype, float *deq);
 
+/* The integer code compressed-tensors stores for a model-dtype weight value x
+ * (the pack-quantized compressor re-quantizes the saved dequantized weight:
+ * quantize(weight, scale, zp) with weight and scale in the model dtype, so
+ * x/scale and + zp are each rounded to `dt` before clamp and round half to
+ * even). For int8 in bf16 this can differ from the code used inside GPTQ
+ * (bf16 holds only 8 significant bits), and it is what ends up on disk. */
+int quant_code_from_deq(float x, float scale, int zp, int qmin, int qmax, ds_dtype dt);
+
 /* Dense pack (CT pack_to_int32, "pack-quantized"): element i of each row goes
  * to global bit i*b of that row's int32 words, stored as u = q - qmin (biased
  * unsigned), lowest bits first, last word zero-padded.

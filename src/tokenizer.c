@@ -290,7 +290,8 @@ static void pretok(enc_ctx *c, int level, const char *s, size_t n, int first) {
         size_t rl = strlen(p->repl);
         b->n = 0;
         int pre = p->scheme == SCHEME_ALWAYS || (p->scheme == SCHEME_FIRST && first);
-        if (pre && !(n >= rl && memcmp(s, p->repl, rl) == 0)) tok_buf_put(b, p->repl, rl);
+        /* after the ' ' -> repl replacement: prepend unless it starts with repl */
+        if (pre && s[0] != ' ' && !(n >= rl && memcmp(s, p->repl, rl) == 0)) tok_buf_put(b, p->repl, rl);
         for (size_t i = 0; i < n; i++) {
             if (s[i] == ' ') tok_buf_put(b, p->repl, rl);
             else tok_buf_put(b, s + i, 1);
@@ -1037,16 +1038,20 @@ static ds_status parse_model(tokenizer *t, const cJSON *m, const cJSON *added) {
         a->single_word = jbool(e, "single_word", 0);
         a->len = strlen(c);
         a->content = xstrdup(c);
-        set_token(t, a->id, c, a->len);
         t->tok_special[a->id] = (uint8_t)a->special;
         if (a->normalized && t->n_norm) {
+            /* HF matches and decodes normalized tokens by their normalized
+             * content (llama2: "<s>" is "\u2581<s>") */
             tok_buf nb[2] = {{0}, {0}};
             size_t nn;
             const char *ns = normalize(t, nb, c, a->len, &nn);
             trie_add(&t->trie_norm, ns, nn, k);
+            set_token(t, a->id, ns, nn);
             free(nb[0].p); free(nb[1].p);
-        } else
+        } else {
             trie_add(a->normalized ? &t->trie_norm : &t->trie_raw, c, a->len, k);
+            set_token(t, a->id, c, a->len);
+        }
         k++;
     }
     free(tmp.p);
@@ -1129,7 +1134,11 @@ ds_status tokenizer_load(const char *dir, tokenizer **out) {
         cfg_path = sl ? xasprintf("%.*s/tokenizer_config.json", (int)(sl - dir), dir) : xstrdup("tokenizer_config.json");
     }
     st = ds_read_file(path, &buf, &len);
-    if (st) goto fail;
+    if (st) {
+        free(path);
+        free(cfg_path);
+        return st; /* the message already names the path */
+    }
     root = cJSON_ParseWithLength(buf, len);
     if (!cJSON_IsObject(root)) {
         const char *ep = cJSON_GetErrorPtr();

@@ -36,7 +36,8 @@ static void test_chat_goldens(void) {
             if (!ds_is_dir(dir)) { free(mj); continue; }
             CHECK_EQ_INT(tokenizer_load(dir, &t), DS_OK);
             char *got = NULL;
-            ds_status st = dataset_render_chat(t, NULL, mj, &got);
+            const cJSON *md = cJSON_GetObjectItem(e, "model_dir");
+            ds_status st = dataset_render_chat(t, cJSON_IsString(md) ? md->valuestring : NULL, mj, &got);
             CHECK_EQ_INT(st, DS_OK);
             if (st) fprintf(stderr, "  %s: %s\n", dir, ds_errmsg());
             if (got && strcmp(got, want)) {

@@ -242,6 +242,39 @@ int main(void) {
         CHECK(e >= 0 && e < 0.25);
     }
 
+    TEST("input variants: bf16, sharded, Mistral, Qwen2 (q/k/v bias); sharded == single file") {
+        if (!ds_is_dir("../shared/models")) { SKIP("../shared/models not present"); }
+        else {
+            const char *models[] = {"stories260K-bf16", "stories260K-sharded", "variants/mistral", "variants/qwen2"};
+            char o[4][1024], extra[1200];
+            for (int i = 0; i < 4; i++) {
+                snprintf(o[i], sizeof o[i], "%s/variant%d", g_tmp, i);
+                snprintf(extra, sizeof extra, "--model ../shared/models/%s", models[i]);
+                int rc = quantize(2, o[i], extra);
+                if (rc) fprintf(stderr, "%s: exit %d (log %s.log)\n", models[i], rc, o[i]);
+                CHECK_EQ_INT(rc, 0);
+            }
+            cmp_result c = compare(out[1], o[1]); /* same tensors in 3 shards vs 1 file */
+            CHECK(c.structure_ok);
+            CHECK(c.codes > 0 && c.same_codes == c.codes);
+            /* bf16 checkpoint: scales are stored as BF16 */
+            st_model *b = NULL;
+            CHECK(st_open_dir(o[0], &b) == DS_OK);
+            if (b) {
+                const st_tensor *t = st_find(b, "model.layers.0.self_attn.q_proj.weight_scale");
+                CHECK(t && t->dtype == DS_DTYPE_BF16);
+                st_close(b);
+            }
+            /* Qwen2: q/k/v biases are kept unquantized */
+            st_model *q = NULL;
+            CHECK(st_open_dir(o[3], &q) == DS_OK);
+            if (q) {
+                CHECK(st_find(q, "model.layers.0.self_attn.q_proj.bias") != NULL);
+                st_close(q);
+            }
+        }
+    }
+
     TEST("existing output is refused without --overwrite, replaced with it") {
         CHECK(quantize(1, out[0], NULL) == 2);
         CHECK(quantize(1, out[0], "--overwrite") == 0);

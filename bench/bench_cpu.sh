@@ -1,0 +1,55 @@
+#!/bin/sh
+# CPU benchmark of the main job (issue: performance evidence, docs/BENCHMARKS.md).
+# Generates a synthetic ~100M-parameter Llama (bench/gen_model.c), random
+# calibration token ids, runs doneshot at -np 1 and -np 2, and prints per-stage
+# times, peak RSS per rank, and the calibration GEMM throughput against the
+# OpenBLAS sgemm peak measured in the same run.
+# usage: sh bench/bench_cpu.sh [samples] [seq_len] [layers]
+set -eu
+S=${1:-64}; T=${2:-512}; L=${3:-16}
+BUILD=${BUILD:-build}
+MPIRUN=${MPIRUN:-mpirun --oversubscribe}
+[ "$(id -u)" = 0 ] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+W=${BENCH_DIR:-/tmp/doneshot-bench}
+mkdir -p "$W"
+make -s "$BUILD/doneshot" "$BUILD/gen_model" >/dev/null
+mpicc -std=c11 -O2 -D_GNU_SOURCE -Isrc bench/bench_sgemm.c src/util.c src/comm.c -o "$W/bench_sgemm" -lopenblas -lm
+[ -f "$W/model/config.json" ] || "$BUILD/gen_model" --preset llama-100m --layers "$L" --dtype f32 \
+    --tokenizer-from data/stories260K --out "$W/model" >/dev/null
+python3 - "$W/calib.jsonl" "$S" "$T" <<'PY'
+import json, random, sys
+random.seed(0)
+with open(sys.argv[1], "w") as f:
+    for _ in range(int(sys.argv[2])):
+        f.write(json.dumps({"input_ids": [random.randrange(3, 512) for _ in range(int(sys.argv[3]))]}) + "\n")
+PY
+C=$(python3 -c "import json;print(json.load(open('$W/model/config.json'))['hidden_size'])")
+F=$(python3 -c "import json;print(json.load(open('$W/model/config.json'))['intermediate_size'])")
+echo "model: $W/model (hidden $C, intermediate $F, $L layers); calibration $S x $T tokens"
+for np in 1 2; do
+    $MPIRUN -np $np "$BUILD/doneshot" --recipe recipes/w4a16.json --model "$W/model" --dataset "$W/calib.jsonl" \
+        --num-samples "$S" --max-seq-len "$T" --output "$W/out$np" --overwrite --summary "$W/np$np.json" -q
+done
+P1=$("$W/bench_sgemm" "$T" "$F" "$C" 1); P2=$("$W/bench_sgemm" "$T" "$F" "$C" 2)
+python3 - "$W" "$S" "$T" "$L" "$P1" "$P2" <<'PY'
+import json, sys
+W, S, T, L, p1, p2 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
+cfg = json.load(open(W + "/model/config.json"))
+C, F, NH, NKV = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+HS = C // NH
+params = C * NH * HS * 2 + 2 * C * NKV * HS + 3 * C * F           # linear params per layer
+gemm_flop = 2.0 * params * S * T * L                               # one pass over all layers
+hess_flop = (2 * C * C + (NH * HS) ** 2 + F * F) * S * T * L      # syrk: n^2 per row per distinct input
+runs = {np: json.load(open(f"{W}/np{np}.json")) for np in (1, 2)}
+print(f"sgemm peak (M={T}, N={F}, K={C}): {p1:.1f} GFLOP/s on 1 thread, {p2:.1f} on 2")
+print("| ranks | total s | forward s | hessian s | reduce s | gptq s | bcast s | propagate s | save s | peak RSS/rank MB | fwd GEMM GFLOP/s | % of peak |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+for np, r in runs.items():
+    st = r["stage_time_s"]
+    # forward + propagate are two full passes; per-rank work is 1/np of the tokens
+    fl = gemm_flop * 2 / np / (st["forward"] + st["propagate"])
+    peak = p1 if np == 2 else p2
+    rss = "/".join(f"{x/2**20:.0f}" for x in r["peak_rss_bytes"])
+    print(f"| {np} | {r['total_time_s']:.2f} | {st['forward']:.2f} | {st['hessian']:.2f} | {st['reduce']:.2f} | {st['gptq']:.2f} | {st['broadcast']:.2f} | {st['propagate']:.2f} | {st['save']:.2f} | {rss} | {fl:.1f} | {100*fl/peak:.0f} |")
+print(f"speed-up -np 2 vs -np 1: {runs[1]['total_time_s'] / runs[2]['total_time_s']:.2f}x")
+PY

@@ -1,0 +1,51 @@
+#!/bin/sh
+# bench_gpu.sh - one-command GPU benchmark (needs an NVIDIA GPU, nvcc, MPI).
+#   1. builds doneshot with CUDA and bench/bench_gpu.c against build/libdoneshot.a;
+#   2. per-layer micro-benchmark: build/bench_gpu (Llama-3-8B layer, 512 x 2048
+#      tokens; stage TFLOP/s vs a cuBLAS bf16 8192^3 peak; projected 32 layers);
+#   3. end to end: a synthetic Llama-3-8B (build/gen_model --preset llama3-8b),
+#      512 x 2048 random token ids, doneshot W4A16 at -np 1 on the GPU, timed.
+# Usage: sh bench/bench_gpu.sh [WORKDIR]   (default /tmp/doneshot-bench; needs
+#        ~16 GB of disk for the model). SKIP_E2E=1 runs only the micro-benchmark.
+# Results go to WORKDIR/bench_gpu.txt, WORKDIR/e2e.txt and WORKDIR/summary.json.
+set -eu
+WORK=${1:-/tmp/doneshot-bench}
+BUILD=${BUILD:-build}
+JOBS=${JOBS:-$(nproc)}
+SEQS=${SEQS:-512}
+SEQ_LEN=${SEQ_LEN:-2048}
+MPIRUN=${MPIRUN:-mpirun --oversubscribe $( [ "$(id -u)" = 0 ] && echo --allow-run-as-root )}
+mkdir -p "$WORK"
+
+command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+
+echo "== build (CUDA=1)"
+make -j"$JOBS" CUDA=1 BUILD="$BUILD" all
+LIBS="-L${CUDA_HOME:-/usr/local/cuda}/lib64 -Wl,-rpath,${CUDA_HOME:-/usr/local/cuda}/lib64 -lcudart -lcublas -lcusolver -lstdc++"
+LIBS="$LIBS $(pkg-config --libs libcjson 2>/dev/null || echo -lcjson) -lz -lopenblas -llapacke -lpcre2-8 -lutf8proc -lpthread -lm"
+${MPICC:-mpicc} -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Isrc -Icuda -I/usr/include/openblas -DDS_CUDA \
+    -I"${CUDA_HOME:-/usr/local/cuda}/include" bench/bench_gpu.c "$BUILD/libdoneshot.a" -o "$BUILD/bench_gpu" $LIBS
+
+echo "== per-layer micro-benchmark"
+"$BUILD/bench_gpu" --seqs "$SEQS" --seq-len "$SEQ_LEN" | tee "$WORK/bench_gpu.txt"
+
+[ "${SKIP_E2E:-0}" = 1 ] && exit 0
+
+echo "== synthetic Llama-3-8B model"
+if [ ! -f "$WORK/model/config.json" ]; then
+    "$BUILD/gen_model" --preset llama3-8b --out "$WORK/model"
+fi
+echo "== $SEQS x $SEQ_LEN random calibration tokens (pre-tokenized jsonl)"
+if [ ! -f "$WORK/tokens.jsonl" ]; then
+    awk -v n="$SEQS" -v t="$SEQ_LEN" 'BEGIN { srand(1234);
+        for (i = 0; i < n; i++) { printf "{\"input_ids\":[128000";
+            for (j = 1; j < t; j++) printf ",%d", int(rand() * 128000); print "]}" } }' > "$WORK/tokens.jsonl"
+fi
+echo "== doneshot W4A16, -np 1, --device cuda"
+START=$(date +%s.%N)
+$MPIRUN -np 1 "$BUILD/doneshot" --recipe recipes/w4a16.json --model "$WORK/model" \
+    --dataset "$WORK/tokens.jsonl" --device cuda --output "$WORK/out" --summary "$WORK/summary.json" \
+    2>&1 | tee "$WORK/e2e.txt"
+END=$(date +%s.%N)
+awk -v s="$START" -v e="$END" 'BEGIN { printf "end-to-end wall time: %.1f s (target <= 75 s on one H100)\n", e - s }' \
+    | tee -a "$WORK/e2e.txt"

@@ -1,0 +1,394 @@
+/*
+ * test_quant.c - src/quant.c: pack/unpack layout (bits 1..8, odd column
+ * counts, the reference doc's worked words), packed words / qparams / RTN
+ * codes vs goldens from compressed-tensors 0.19.0 (tests/gen_gptq_golden.py),
+ * fake-quant rounding (half to even, clamp then round) and an RMSE bound.
+ */
+#include "quant.h"
+#include "test.h"
+
+#include <stdlib.h>
+
+/* ---- minimal safetensors reader for the goldens (no dependency on
+ * src/safetensors.c; the files are written by the python safetensors package) ---- */
+typedef struct {
+    char *buf;
+    size_t len;
+    const char *hdr;
+    size_t hlen;
+    const unsigned char *data;
+} gold;
+
+static int gold_open(const char *path, gold *g) {
+    memset(g, 0, sizeof(*g));
+    if (ds_read_file(path, &g->buf, &g->len) != DS_OK || g->len < 8) return -1;
+    uint64_t h = 0;
+    for (int i = 7; i >= 0; i--) h = (h << 8) | (unsigned char)g->buf[i];
+    if (h > g->len - 8) return -1;
+    g->hlen = (size_t)h;
+    g->hdr = g->buf + 8;
+    g->data = (const unsigned char *)g->buf + 8 + h;
+    return 0;
+}
+static void gold_close(gold *g) { free(g->buf); memset(g, 0, sizeof(*g)); }
+
+/* Locate tensor `name`; returns a pointer to its bytes or NULL. */
+static const void *gold_find(const gold *g, const char *name, char dtype[8], int64_t shape[4], int *ndim,
+                             size_t *nbytes) {
+    char key[128];
+    snprintf(key, sizeof key, "\"%s\":{", name);
+    const char *p = strstr(g->hdr, key);
+    if (!p || p > g->hdr + g->hlen) return NULL;
+    const char *d = strstr(p, "\"dtype\":\"");
+    const char *s = strstr(p, "\"shape\":[");
+    const char *o = strstr(p, "\"data_offsets\":[");
+    if (!d || !s || !o) return NULL;
+    d += 9;
+    int k = 0;
+    while (d[k] && d[k] != '"' && k < 7) { dtype[k] = d[k]; k++; }
+    dtype[k] = 0;
+    s += 9;
+    *ndim = 0;
+    while (*s != ']') {
+        char *e;
+        long long v = strtoll(s, &e, 10);
+        if (e == s) break;
+        if (*ndim < 4) shape[(*ndim)++] = v;
+        s = e;
+        if (*s == ',') s++;
+    }
+    o += 16;
+    char *e;
+    unsigned long long a = strtoull(o, &e, 10);
+    unsigned long long b = strtoull(e + 1, NULL, 10);
+    *nbytes = (size_t)(b - a);
+    return g->data + a;
+}
+
+static const char *gold_meta(const gold *g, const char *key, char *out, size_t outn) {
+    char pat[128];
+    snprintf(pat, sizeof pat, "\"%s\":\"", key);
+    const char *m = strstr(g->hdr, "\"__metadata__\"");
+    const char *p = m ? strstr(m, pat) : NULL;
+    if (!p) return NULL;
+    p += strlen(pat);
+    size_t k = 0;
+    while (p[k] && p[k] != '"' && k + 1 < outn) { out[k] = p[k]; k++; }
+    out[k] = 0;
+    return out;
+}
+
+/* Load as f32 (F32/BF16/F16); *n = element count. */
+static float *gold_f32(const gold *g, const char *name, size_t *n) {
+    char dt[8]; int64_t sh[4]; int nd; size_t nb;
+    const void *p = gold_find(g, name, dt, sh, &nd, &nb);
+    if (!p) return NULL;
+    ds_dtype t;
+    if (ds_dtype_from_name(dt, &t) != 0) return NULL;
+    size_t cnt = nb / ds_dtype_size(t);
+    float *o = xmalloc((cnt ? cnt : 1) * sizeof(float));
+    if (ds_convert_to_f32(o, p, t, cnt) != DS_OK) { free(o); return NULL; }
+    if (n) *n = cnt;
+    return o;
+}
+/* Load an integer tensor (I8/I32/I64) as int64. */
+static int64_t *gold_i64(const gold *g, const char *name, size_t *n) {
+    char dt[8]; int64_t sh[4]; int nd; size_t nb;
+    const void *p = gold_find(g, name, dt, sh, &nd, &nb);
+    if (!p) return NULL;
+    size_t es = !strcmp(dt, "I8") ? 1 : !strcmp(dt, "I32") ? 4 : !strcmp(dt, "I64") ? 8 : 0;
+    if (!es) return NULL;
+    size_t cnt = nb / es;
+    int64_t *o = xmalloc((cnt ? cnt : 1) * sizeof(int64_t));
+    const unsigned char *b = p;
+    for (size_t i = 0; i < cnt; i++) {
+        if (es == 1) { int8_t v; memcpy(&v, b + i, 1); o[i] = v; }
+        else if (es == 4) { int32_t v; memcpy(&v, b + 4 * i, 4); o[i] = v; }
+        else { int64_t v; memcpy(&v, b + 8 * i, 8); o[i] = v; }
+    }
+    if (n) *n = cnt;
+    return o;
+}
+static int gold_shape(const gold *g, const char *name, int64_t shape[4]) {
+    char dt[8]; int nd; size_t nb;
+    return gold_find(g, name, dt, shape, &nd, &nb) ? nd : -1;
+}
+
+#define GOLD_DIR "tests/golden/gptq/"
+
+static uint64_t rng_state = 0x243f6a8885a308d3ull;
+static uint64_t rnd(void) {
+    rng_state ^= rng_state << 13; rng_state ^= rng_state >> 7; rng_state ^= rng_state << 17;
+    return rng_state;
+}
+static float nrand(void) {
+    double u = ((rnd() >> 11) + 1.0) / 9007199254740993.0, v = (rnd() >> 11) / 9007199254740992.0;
+    return (float)(sqrt(-2 * log(u)) * cos(6.283185307179586 * v));
+}
+
+static void test_roundtrip(void) {
+    TEST("pack_unpack_roundtrip_bits_1_to_8") {
+        const int colss[] = {1, 3, 7, 8, 9, 31, 32, 33, 37, 64, 101};
+        for (int b = 1; b <= 8; b++)
+            for (size_t ci = 0; ci < DS_ARRAY_LEN(colss); ci++) {
+                int rows = 3, cols = colss[ci];
+                int8_t *q = xmalloc((size_t)rows * cols), *u = xmalloc((size_t)rows * cols);
+                for (int i = 0; i < rows * cols; i++) q[i] = (int8_t)((int)(rnd() % (1u << b)) - (1 << (b - 1)));
+                int pc = quant_packed_cols(cols, b);
+                CHECK_EQ_INT(pc, (cols * b + 31) / 32);
+                int32_t *p = xmalloc((size_t)rows * pc * sizeof(int32_t));
+                quant_pack_rows(q, rows, cols, b, p);
+                quant_unpack_rows(p, rows, cols, b, u);
+                CHECK(memcmp(q, u, (size_t)rows * cols) == 0);
+                /* padding bits of the last word are zero */
+                int used = (cols * b) % 32;
+                if (used) for (int r = 0; r < rows; r++) CHECK(((uint32_t)p[(size_t)r * pc + pc - 1] >> used) == 0);
+                /* zero points along dim 0: [cols, rows] -> [ceil(cols*b/32), rows] */
+                int32_t *pz = xmalloc((size_t)pc * rows * sizeof(int32_t));
+                quant_pack_cols(q, cols, rows, b, pz);
+                quant_unpack_cols(pz, cols, rows, b, u);
+                CHECK(memcmp(q, u, (size_t)rows * cols) == 0);
+                free(q); free(u); free(p); free(pz);
+            }
+    }
+}
+
+static void test_worked_examples(void) {
+    TEST("worked_example_int4_0xD7B0F869") {
+        const int8_t q[8] = {1, -2, 0, 7, -8, 3, -1, 5};
+        int32_t w = 0;
+        quant_pack_rows(q, 1, 8, 4, &w);
+        CHECK_EQ_INT((uint32_t)w, 0xD7B0F869u);
+        CHECK_EQ_INT(w, -676267927);
+    }
+    TEST("worked_example_int8_0x00FF7E81") {
+        const int8_t q[4] = {1, -2, 127, -128};
+        int32_t w = 0;
+        quant_pack_rows(q, 1, 4, 8, &w);
+        CHECK_EQ_INT((uint32_t)w, 0x00FF7E81u);
+    }
+}
+
+static void test_pack_golden(void) {
+    TEST("pack_vs_compressed_tensors_pack_to_int32") {
+        gold g;
+        if (gold_open(GOLD_DIR "pack.safetensors", &g) != 0) { SKIP("no golden"); continue; }
+        for (int b = 1; b <= 8; b++) {
+            char n1[16], n2[16];
+            int64_t sh[4];
+            snprintf(n1, sizeof n1, "q%d", b); snprintf(n2, sizeof n2, "p%d", b);
+            size_t nq, np;
+            int64_t *q = gold_i64(&g, n1, &nq), *p = gold_i64(&g, n2, &np);
+            CHECK(q && p && gold_shape(&g, n1, sh) == 2);
+            if (!q || !p) { free(q); free(p); continue; }
+            int rows = (int)sh[0], cols = (int)sh[1];
+            int8_t *q8 = xmalloc(nq), *u = xmalloc(nq);
+            for (size_t i = 0; i < nq; i++) q8[i] = (int8_t)q[i];
+            CHECK_EQ_INT(np, (size_t)rows * quant_packed_cols(cols, b));
+            int32_t *mine = xmalloc(np * sizeof(int32_t));
+            quant_pack_rows(q8, rows, cols, b, mine);
+            size_t bad = 0;
+            for (size_t i = 0; i < np; i++) bad += mine[i] != (int32_t)p[i];
+            CHECK_EQ_INT(bad, 0);
+            for (size_t i = 0; i < np; i++) mine[i] = (int32_t)p[i];
+            quant_unpack_rows(mine, rows, cols, b, u);
+            CHECK(memcmp(u, q8, nq) == 0);
+            free(q); free(p); free(q8); free(u); free(mine);
+            /* dim-0 packing (zero points) */
+            snprintf(n1, sizeof n1, "zq%d", b); snprintf(n2, sizeof n2, "zp%d", b);
+            q = gold_i64(&g, n1, &nq); p = gold_i64(&g, n2, &np);
+            CHECK(q && p && gold_shape(&g, n1, sh) == 2);
+            if (!q || !p) { free(q); free(p); continue; }
+            rows = (int)sh[0]; cols = (int)sh[1];
+            q8 = xmalloc(nq);
+            for (size_t i = 0; i < nq; i++) q8[i] = (int8_t)q[i];
+            CHECK_EQ_INT(np, (size_t)quant_packed_cols(rows, b) * cols);
+            mine = xmalloc(np * sizeof(int32_t));
+            quant_pack_cols(q8, rows, cols, b, mine);
+            bad = 0;
+            for (size_t i = 0; i < np; i++) bad += mine[i] != (int32_t)p[i];
+            CHECK_EQ_INT(bad, 0);
+            free(q); free(p); free(q8); free(mine);
+        }
+        gold_close(&g);
+    }
+}
+
+static const char *g_cases[] = {
+    "a_bf16_g128_sym_static", "b_bf16_channel_none", "c_bf16_g64_asym_dead",
+    "d_f32_g32_sym_static", "e_bf16_int8_g64_static", "f_bf16_g32_sym_none_block16",
+    "g_bf16_int8_channel_asym_static",
+};
+
+static void test_case_golden(const char *name) {
+    static char tname[160];
+    snprintf(tname, sizeof tname, "qparams_pack_golden_%s", name);
+    TEST(tname) {
+        char path[256], v[64];
+        snprintf(path, sizeof path, GOLD_DIR "%s.safetensors", name);
+        gold g;
+        if (gold_open(path, &g) != 0) { SKIP("no golden"); continue; }
+        quant_args a = {0};
+        a.num_bits = atoi(gold_meta(&g, "num_bits", v, sizeof v));
+        a.symmetric = atoi(gold_meta(&g, "symmetric", v, sizeof v));
+        gold_meta(&g, "strategy", v, sizeof v);
+        a.strategy = !strcmp(v, "group") ? QS_GROUP : !strcmp(v, "channel") ? QS_CHANNEL : QS_TENSOR;
+        a.group_size = atoi(gold_meta(&g, "group_size", v, sizeof v));
+        gold_meta(&g, "dtype", v, sizeof v);
+        ds_dtype dt = !strcmp(v, "bfloat16") ? DS_DTYPE_BF16 : !strcmp(v, "float16") ? DS_DTYPE_F16 : DS_DTYPE_F32;
+        int64_t sh[4];
+        gold_shape(&g, "W", sh);
+        int out = (int)sh[0], in = (int)sh[1], ng = quant_num_groups(&a, in);
+        int gs = a.strategy == QS_GROUP ? a.group_size : in;
+        size_t nW, ns, nz, nc, np, nrc, nrw;
+        float *W = gold_f32(&g, "W", &nW), *scale = gold_f32(&g, "scale", &ns);
+        float *rtn_wq = gold_f32(&g, "rtn_wq", &nrw);
+        int64_t *zp = gold_i64(&g, "zp", &nz), *codes = gold_i64(&g, "codes", &nc);
+        int64_t *packed = gold_i64(&g, "packed", &np), *rtn_codes = gold_i64(&g, "rtn_codes", &nrc);
+        CHECK(W && scale && zp && codes && packed && rtn_codes && rtn_wq);
+        CHECK_EQ_INT(ns, (size_t)out * ng);
+        /* qparams bitwise */
+        float *s = xmalloc(ns * sizeof(float));
+        int *z = xcalloc(ns, sizeof(int));
+        quant_minmax_qparams(&a, W, out, in, dt, s, a.symmetric ? NULL : z);
+        size_t bad_s = 0, bad_z = 0;
+        for (size_t i = 0; i < ns; i++) {
+            bad_s += memcmp(&s[i], &scale[i], sizeof(float)) != 0;
+            bad_z += z[i] != zp[i];
+        }
+        CHECK_EQ_INT(bad_s, 0);
+        CHECK_EQ_INT(bad_z, 0);
+        /* RTN codes and dequant as compressed-tensors quantize()/fake_quantize() of W */
+        int qmin, qmax;
+        quant_range(&a, &qmin, &qmax);
+        size_t bad_c = 0, bad_w = 0;
+        for (int r = 0; r < out; r++)
+            for (int c = 0; c < in; c++) {
+                size_t k = (size_t)r * in + c, kg = (size_t)r * ng + c / gs;
+                int q = quant_code_from_deq(W[k], s[kg], z[kg], qmin, qmax, dt);
+                bad_c += q != rtn_codes[k];
+                bad_w += ds_round_to((float)(q - z[kg]) * s[kg], dt) != rtn_wq[k];
+            }
+        CHECK_EQ_INT(bad_c, 0);
+        CHECK_EQ_INT(bad_w, 0);
+        /* packed words of the golden codes */
+        int8_t *q8 = xmalloc(nc);
+        for (size_t i = 0; i < nc; i++) q8[i] = (int8_t)codes[i];
+        int pc = quant_packed_cols(in, a.num_bits);
+        CHECK_EQ_INT(np, (size_t)out * pc);
+        int32_t *p = xmalloc(np * sizeof(int32_t));
+        quant_pack_rows(q8, out, in, a.num_bits, p);
+        size_t bad_p = 0;
+        for (size_t i = 0; i < np; i++) bad_p += p[i] != (int32_t)packed[i];
+        CHECK_EQ_INT(bad_p, 0);
+        if (!a.symmetric) {
+            size_t nzp;
+            int64_t *zpp = gold_i64(&g, "zp_packed", &nzp);
+            int8_t *z8 = xmalloc(ns);
+            for (size_t i = 0; i < ns; i++) z8[i] = (int8_t)z[i];
+            int32_t *pz = xmalloc(nzp * sizeof(int32_t));
+            CHECK_EQ_INT(nzp, (size_t)quant_packed_cols(out, a.num_bits) * ng);
+            quant_pack_cols(z8, out, ng, a.num_bits, pz);
+            size_t bad_zp = 0;
+            for (size_t i = 0; i < nzp; i++) bad_zp += pz[i] != (int32_t)zpp[i];
+            CHECK_EQ_INT(bad_zp, 0);
+            free(zpp); free(z8); free(pz);
+        }
+        free(W); free(scale); free(rtn_wq); free(zp); free(codes); free(packed); free(rtn_codes);
+        free(s); free(z); free(q8); free(p);
+        gold_close(&g);
+    }
+}
+
+static void test_fake_rounding(void) {
+    TEST("fake_quant_round_half_even") {
+        float d;
+        /* scale 1, int4 */
+        CHECK_EQ_INT(quant_fake(2.5f, 1.0f, 0, -8, 7, DS_DTYPE_F32, &d), 2);
+        CHECK_EQ_INT(quant_fake(3.5f, 1.0f, 0, -8, 7, DS_DTYPE_F32, &d), 4);
+        CHECK_EQ_INT(quant_fake(-2.5f, 1.0f, 0, -8, 7, DS_DTYPE_F32, &d), -2);
+        CHECK_EQ_INT(quant_fake(-3.5f, 1.0f, 0, -8, 7, DS_DTYPE_F32, &d), -4);
+        CHECK_EQ_INT(quant_fake(0.5f, 1.0f, 0, -8, 7, DS_DTYPE_F32, &d), 0);
+        CHECK_EQ_INT(quant_fake(-0.5f, 1.0f, 0, -8, 7, DS_DTYPE_F32, &d), 0);
+        CHECK_EQ_INT(quant_fake(2.5000002f, 1.0f, 0, -8, 7, DS_DTYPE_F32, &d), 3);
+        /* zero point added before clamp/round: 1.5 + 3 = 4.5 -> 4 */
+        CHECK_EQ_INT(quant_fake(1.5f, 1.0f, 3, -8, 7, DS_DTYPE_F32, &d), 4);
+        CHECK(d == 1.0f);
+    }
+    TEST("fake_quant_clamp_then_round") {
+        float d;
+        /* symmetric absmax/7.5: +absmax -> 7.5 clamps to 7, -absmax -> -8 */
+        float s = ds_round_to(0.46875f / 7.5f, DS_DTYPE_BF16); /* exactly 1/16 */
+        CHECK(s == 0.0625f);
+        CHECK_EQ_INT(quant_fake(0.46875f, s, 0, -8, 7, DS_DTYPE_BF16, &d), 7);   /* 7.5 -> clamp 7 */
+        CHECK_EQ_INT(quant_fake(-0.46875f, s, 0, -8, 7, DS_DTYPE_BF16, &d), -8); /* -7.5 -> -8 (even) */
+        CHECK_EQ_INT(quant_fake(7.6f, 1.0f, 0, -8, 7, DS_DTYPE_F32, &d), 7);
+        CHECK_EQ_INT(quant_fake(-9.5f, 1.0f, 0, -8, 7, DS_DTYPE_F32, &d), -8);
+        CHECK_EQ_INT(quant_fake(1e30f, 1.0f, 0, -128, 127, DS_DTYPE_F32, &d), 127);
+        CHECK_EQ_INT(quant_fake(-INFINITY, 1.0f, 0, -128, 127, DS_DTYPE_F32, &d), -128);
+        /* dequant rounded to the scale dtype: 7 * bf16(0.3) rounded to bf16 */
+        float s3 = ds_round_to(0.3f, DS_DTYPE_BF16);
+        CHECK_EQ_INT(quant_fake(7 * s3, s3, 0, -8, 7, DS_DTYPE_BF16, &d), 7);
+        CHECK(d == ds_round_to(7 * s3, DS_DTYPE_BF16));
+    }
+    TEST("qparams_sym_is_absmax_over_7_5_and_zero_scale_eps") {
+        quant_args a = {4, 1, QS_GROUP, 4, QA_NONE};
+        float W[8] = {0.75f, -0.5f, 0.25f, 0.0f, 0, 0, 0, 0};
+        float s[2];
+        quant_minmax_qparams(&a, W, 1, 8, DS_DTYPE_BF16, s, NULL);
+        CHECK(s[0] == ds_round_to(0.75f / 7.5f, DS_DTYPE_BF16));
+        CHECK(s[1] == 0x1p-7f); /* all-zero group -> finfo(bf16).eps */
+        quant_args b = {4, 0, QS_CHANNEL, -1, QA_NONE};
+        float W2[4] = {0.1f, 0.2f, 0.3f, 0.4f};
+        int z;
+        quant_minmax_qparams(&b, W2, 1, 4, DS_DTYPE_F32, s, &z);
+        CHECK(s[0] == 0.4f / 15.0f);
+        CHECK_EQ_INT(z, -8); /* min clamped to 0 -> zp = qmin */
+        quant_args t = {8, 1, QS_TENSOR, -1, QA_NONE};
+        float s2[2];
+        quant_minmax_qparams(&t, W2, 2, 2, DS_DTYPE_F32, s2, NULL);
+        CHECK(s2[0] == s2[1] && s2[0] == 0.4f / 127.5f);
+    }
+}
+
+static void test_rmse(void) {
+    TEST("rtn_rmse_bound") {
+        /* Normal weights, int4 sym group 128 in bf16: every error <= scale/2,
+         * plus the clipped +absmax (absmax/scale = 7.5 up to the bf16 rounding
+         * of the scale, 2^-8 relative) and the bf16 rounding of the dequant;
+         * overall RMSE <= 1.1 * mean(scale)/sqrt(12) (uniform-error model). */
+        const int out = 64, in = 1024;
+        quant_args a = {4, 1, QS_GROUP, 128, QA_NONE};
+        float *W = xmalloc((size_t)out * in * sizeof(float));
+        for (int i = 0; i < out * in; i++) W[i] = ds_round_to(0.02f * nrand(), DS_DTYPE_BF16);
+        int ng = quant_num_groups(&a, in);
+        float *s = xmalloc((size_t)out * ng * sizeof(float));
+        quant_minmax_qparams(&a, W, out, in, DS_DTYPE_BF16, s, NULL);
+        double se = 0, ssum = 0;
+        int over = 0;
+        for (int r = 0; r < out; r++)
+            for (int c = 0; c < in; c++) {
+                float sc = s[(size_t)r * ng + c / 128], d;
+                quant_fake(W[(size_t)r * in + c], sc, 0, -8, 7, DS_DTYPE_BF16, &d);
+                double e = (double)W[(size_t)r * in + c] - d;
+                if (fabs(e) > 0.5 * sc + 8 * sc * 0x1p-8 + fabs(d) * 0x1p-8) over++;
+                se += e * e;
+            }
+        for (int i = 0; i < out * ng; i++) ssum += s[i];
+        double rmse = sqrt(se / ((double)out * in)), bound = 1.1 * (ssum / (out * ng)) / sqrt(12.0);
+        printf("rtn int4 g128 rmse %.6g, bound %.6g\n", rmse, bound);
+        CHECK_EQ_INT(over, 0);
+        CHECK(rmse <= bound);
+        free(W); free(s);
+    }
+}
+
+int main(void) {
+    test_roundtrip();
+    test_worked_examples();
+    test_pack_golden();
+    for (size_t i = 0; i < DS_ARRAY_LEN(g_cases); i++) test_case_golden(g_cases[i]);
+    test_fake_rounding();
+    test_rmse();
+    return TEST_REPORT();
+}
