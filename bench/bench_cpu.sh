@@ -12,7 +12,7 @@ MPIRUN=${MPIRUN:-mpirun --oversubscribe}
 [ "$(id -u)" = 0 ] && export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 W=${BENCH_DIR:-/tmp/doneshot-bench}
 mkdir -p "$W"
-make -s "$BUILD/doneshot" "$BUILD/gen_model" >/dev/null
+[ -n "${SKIP_BUILD:-}" ] || make -s "$BUILD/doneshot" "$BUILD/gen_model" >/dev/null
 mpicc -std=c11 -O2 -D_GNU_SOURCE -Isrc bench/bench_sgemm.c src/util.c src/comm.c -o "$W/bench_sgemm" -lopenblas -lm
 [ -f "$W/model/config.json" ] || "$BUILD/gen_model" --preset llama-100m --layers "$L" --dtype f32 \
     --tokenizer-from data/stories260K --out "$W/model" >/dev/null

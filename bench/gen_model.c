@@ -1,7 +1,8 @@
 /*
  * gen_model.c - synthetic Hugging Face checkpoint generator for benchmarks
  * and tests: writes config.json + safetensors shards (+ tokenizer files
- * copied from another model) for Llama, Qwen3, Qwen3-MoE and Mixtral shapes
+ * copied from another model) for Llama, Qwen3, Qwen3-MoE, Qwen2-MoE (shared
+ * expert, q/k/v bias) and Mixtral shapes
  * with random but realistically scaled weights.
  *
  * Tensor names/shapes follow docs/model-and-tokenizer.md §1.4, config keys
@@ -30,16 +31,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-enum { ARCH_LLAMA, ARCH_QWEN3, ARCH_QWEN3_MOE, ARCH_MIXTRAL };
-static const char *const k_arch_names[] = {"llama", "qwen3", "qwen3_moe", "mixtral"};
+enum { ARCH_LLAMA, ARCH_QWEN3, ARCH_QWEN3_MOE, ARCH_MIXTRAL, ARCH_QWEN2_MOE };
+static const char *const k_arch_names[] = {"llama", "qwen3", "qwen3_moe", "mixtral", "qwen2_moe"};
 static const char *const k_arch_classes[] = {"LlamaForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM",
-                                             "MixtralForCausalLM"};
+                                             "MixtralForCausalLM", "Qwen2MoeForCausalLM"};
 
 typedef struct gen_cfg {
     const char *out, *tok_from, *preset;
     int arch;
     long hidden, inter, layers, heads, kv_heads, head_dim, vocab;
-    long experts, experts_per_tok, moe_inter;
+    long experts, experts_per_tok, moe_inter, shared_inter;
     long bos, eos, max_pos;
     double rope_theta;
     int tie;
@@ -121,22 +122,32 @@ static void plan_tensors(const gen_cfg *c, gen_list *l) {
     const float nstd = 0.02f;
     add(l, 0.02f, 0, 2, c->vocab, H, "model.embed_tokens.weight");
     for (long i = 0; i < c->layers; i++) {
+        const int qb = c->arch == ARCH_QWEN2_MOE; /* q/k/v bias */
         add(l, in_h, 0, 2, q, H, "model.layers.%ld.self_attn.q_proj.weight", i);
+        if (qb) add(l, nstd, 0, 1, q, 0, "model.layers.%ld.self_attn.q_proj.bias", i);
         add(l, in_h, 0, 2, kv, H, "model.layers.%ld.self_attn.k_proj.weight", i);
+        if (qb) add(l, nstd, 0, 1, kv, 0, "model.layers.%ld.self_attn.k_proj.bias", i);
         add(l, in_h, 0, 2, kv, H, "model.layers.%ld.self_attn.v_proj.weight", i);
+        if (qb) add(l, nstd, 0, 1, kv, 0, "model.layers.%ld.self_attn.v_proj.bias", i);
         add(l, resid / sqrtf((float)q), 0, 2, H, q, "model.layers.%ld.self_attn.o_proj.weight", i);
         if (c->arch == ARCH_QWEN3 || c->arch == ARCH_QWEN3_MOE) {
             add(l, nstd, 1, 1, hd, 0, "model.layers.%ld.self_attn.q_norm.weight", i);
             add(l, nstd, 1, 1, hd, 0, "model.layers.%ld.self_attn.k_norm.weight", i);
         }
-        if (c->arch == ARCH_QWEN3_MOE) {
-            const int64_t im = c->moe_inter;
+        if (c->arch == ARCH_QWEN3_MOE || c->arch == ARCH_QWEN2_MOE) {
+            const int64_t im = c->moe_inter, is = c->shared_inter;
             add(l, in_h, 0, 2, c->experts, H, "model.layers.%ld.mlp.gate.weight", i);
             for (long e = 0; e < c->experts; e++) {
                 add(l, in_h, 0, 2, im, H, "model.layers.%ld.mlp.experts.%ld.gate_proj.weight", i, e);
                 add(l, in_h, 0, 2, im, H, "model.layers.%ld.mlp.experts.%ld.up_proj.weight", i, e);
                 add(l, resid / sqrtf((float)im), 0, 2, H, im, "model.layers.%ld.mlp.experts.%ld.down_proj.weight",
                     i, e);
+            }
+            if (c->arch == ARCH_QWEN2_MOE && is > 0) {
+                add(l, in_h, 0, 2, is, H, "model.layers.%ld.mlp.shared_expert.gate_proj.weight", i);
+                add(l, in_h, 0, 2, is, H, "model.layers.%ld.mlp.shared_expert.up_proj.weight", i);
+                add(l, resid / sqrtf((float)is), 0, 2, H, is, "model.layers.%ld.mlp.shared_expert.down_proj.weight", i);
+                add(l, in_h, 0, 2, 1, H, "model.layers.%ld.mlp.shared_expert_gate.weight", i);
             }
         } else if (c->arch == ARCH_MIXTRAL) {
             const int64_t im = c->inter;
@@ -203,11 +214,15 @@ static ds_status write_config(const gen_cfg *c) {
         jkv(&b, "use_sliding_window", "%s", F);
         jkv(&b, "sliding_window", "null");
     }
-    if (c->arch == ARCH_QWEN3_MOE) {
+    if (c->arch == ARCH_QWEN2_MOE) {
+        jkv(&b, "qkv_bias", "%s", T);
+        jkv(&b, "shared_expert_intermediate_size", "%ld", c->shared_inter);
+    }
+    if (c->arch == ARCH_QWEN3_MOE || c->arch == ARCH_QWEN2_MOE) {
         jkv(&b, "decoder_sparse_step", "1");
         jkv(&b, "mlp_only_layers", "[]");
         jkv(&b, "moe_intermediate_size", "%ld", c->moe_inter);
-        jkv(&b, "norm_topk_prob", "%s", T);
+        jkv(&b, "norm_topk_prob", "%s", c->arch == ARCH_QWEN3_MOE ? T : F);
         jkv(&b, "num_experts", "%ld", c->experts);
         jkv(&b, "num_experts_per_tok", "%ld", c->experts_per_tok);
         jkv(&b, "output_router_logits", "%s", F);
@@ -346,8 +361,9 @@ static void usage(FILE *to) {
             "usage: gen_model --out DIR [--preset llama3-8b|llama-100m|qwen3-30b-a3b]\n"
             "                 --hidden H --intermediate I --layers L --heads NH --kv-heads NKV\n"
             "                 [--head-dim HS] [--vocab V] [--dtype bf16|f32|f16]\n"
-            "                 [--arch llama|qwen3|qwen3_moe|mixtral]\n"
+            "                 [--arch llama|qwen3|qwen3_moe|qwen2_moe|mixtral]\n"
             "                 [--experts E --experts-per-tok K --moe-intermediate IM] [--tie]\n"
+            "                 [--shared-intermediate IS (qwen2_moe shared expert; 0 = none)]\n"
             "                 [--seed S] [--max-shard-size BYTES[KB|MB|GB|KiB|MiB|GiB]]\n"
             "                 [--tokenizer-from DIR] [--bos ID] [--eos ID] [--rope-theta X]\n"
             "                 [--threads N (default: online CPUs, at most 16)]\n"
@@ -422,6 +438,7 @@ static ds_status parse_args(int argc, char **argv, gen_cfg *c) {
         {"--vocab", offsetof(gen_cfg, vocab)}, {"--experts", offsetof(gen_cfg, experts)},
         {"--experts-per-tok", offsetof(gen_cfg, experts_per_tok)},
         {"--moe-intermediate", offsetof(gen_cfg, moe_inter)}, {"--bos", offsetof(gen_cfg, bos)},
+        {"--shared-intermediate", offsetof(gen_cfg, shared_inter)},
         {"--eos", offsetof(gen_cfg, eos)}, {"--threads", offsetof(gen_cfg, threads)}, {"--max-position-embeddings", offsetof(gen_cfg, max_pos)}};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -460,7 +477,7 @@ static ds_status parse_args(int argc, char **argv, gen_cfg *c) {
             for (int k = 0; k < (int)DS_ARRAY_LEN(k_arch_names); k++)
                 if (strcmp(v, k_arch_names[k]) == 0) c->arch = k;
             if (c->arch < 0)
-                return ds_error(DS_ERR_USAGE, "--arch: expected llama, qwen3, qwen3_moe or mixtral, got '%s'", v);
+                return ds_error(DS_ERR_USAGE, "--arch: expected llama, qwen3, qwen3_moe, qwen2_moe or mixtral, got '%s'", v);
         } else {
             return ds_error(DS_ERR_USAGE, "unknown option '%s'", a);
         }
@@ -482,18 +499,19 @@ static ds_status parse_args(int argc, char **argv, gen_cfg *c) {
     }
     if (c->head_dim <= 0 || c->head_dim % 2)
         return ds_error(DS_ERR_USAGE, "--head-dim must be positive and even (RoPE pairs), got %ld", c->head_dim);
-    int moe = c->arch == ARCH_QWEN3_MOE || c->arch == ARCH_MIXTRAL;
+    int moe = c->arch == ARCH_QWEN3_MOE || c->arch == ARCH_MIXTRAL || c->arch == ARCH_QWEN2_MOE;
     if (moe) {
         if (c->experts <= 0) return ds_error(DS_ERR_USAGE, "--arch %s needs --experts E", k_arch_names[c->arch]);
         if (!c->experts_per_tok) c->experts_per_tok = DS_MIN(c->experts, c->arch == ARCH_MIXTRAL ? 2 : 8);
         if (c->experts_per_tok <= 0 || c->experts_per_tok > c->experts)
             return ds_error(DS_ERR_USAGE, "--experts-per-tok must be in [1, %ld], got %ld", c->experts,
                             c->experts_per_tok);
-        if (c->arch == ARCH_QWEN3_MOE && c->moe_inter <= 0)
-            return ds_error(DS_ERR_USAGE, "--arch qwen3_moe needs --moe-intermediate IM");
-        if (c->arch == ARCH_QWEN3_MOE && !c->inter) c->inter = c->moe_inter * c->experts_per_tok;
+        int qmoe = c->arch == ARCH_QWEN3_MOE || c->arch == ARCH_QWEN2_MOE;
+        if (qmoe && c->moe_inter <= 0)
+            return ds_error(DS_ERR_USAGE, "--arch %s needs --moe-intermediate IM", k_arch_names[c->arch]);
+        if (qmoe && !c->inter) c->inter = c->moe_inter * c->experts_per_tok;
     } else if (c->experts) {
-        return ds_error(DS_ERR_USAGE, "--experts needs --arch qwen3_moe or mixtral");
+        return ds_error(DS_ERR_USAGE, "--experts needs --arch qwen3_moe, qwen2_moe or mixtral");
     }
     if (c->inter <= 0) return ds_error(DS_ERR_USAGE, "--intermediate must be positive, got %ld", c->inter);
     if (!c->max_pos) c->max_pos = 2048;

@@ -72,21 +72,16 @@ static int rm_rf(const char *path) {
 
 static int ngroups(const quant_args *a, int in) { return quant_num_groups(a, in); }
 
-/* Parse "model.layers.N.<suffix>.weight" of a quantized module; returns the
- * module name length or 0. */
+/* Parse "<module>.weight" of a quantized Linear (attention, dense MLP,
+ * expert or shared expert; never a router); returns the module name length
+ * or 0. O(1) per tensor: no per-module lists. */
 static size_t quantized_weight(const ckpt_writer *c, const char *tensor, char *module, size_t cap) {
     size_t n = strlen(tensor);
     if (n < 8 || strcmp(tensor + n - 7, ".weight") != 0 || n - 7 >= cap) return 0;
     if (strncmp(tensor, "model.layers.", 13) != 0) return 0;
     memcpy(module, tensor, n - 7);
     module[n - 7] = 0;
-    for (int k = 0; k < LIN_COUNT; k++) {
-        const char *suf = model_lin_suffix(k);
-        size_t ls = strlen(suf), ml = n - 7;
-        if (ml > ls && strcmp(module + ml - ls, suf) == 0 && module[ml - ls - 1] == '.')
-            return ckpt_module_quantized(c->r, module) ? ml : 0;
-    }
-    return 0;
+    return model_linear_quantizable(&c->m->cfg, module) && ckpt_module_quantized(c->r, module) ? n - 7 : 0;
 }
 
 static ds_status plan_module(ckpt_writer *c, const char *module, int out, int in) {
@@ -258,18 +253,25 @@ static ds_status write_config(ckpt_writer *c) {
     free(text);
     if (!j) return ds_error(DS_ERR_INPUT, "%s/config.json: not valid JSON", m->dir);
     /* Unquantized Linear modules, by name, in model order (compressed-tensors
-     * rebuilds the ignore list from the model at save time). */
-    int cap = m->cfg.L * LIN_COUNT + 1, n = 0;
-    char **ign = xmalloc(sizeof(char *) * (size_t)cap);
-    for (int l = 0; l < m->cfg.L; l++)
-        for (int k = 0; k < LIN_COUNT; k++) {
-            char *name = xasprintf("model.layers.%d.%s", l, model_lin_suffix(k));
-            if (ckpt_module_quantized(c->r, name)) free(name);
-            else ign[n++] = name;
+     * rebuilds the ignore list from the model at save time): untargeted
+     * Linears, every MoE router (mlp.gate / block_sparse_moe.gate) and
+     * shared_expert_gate, then lm_head. */
+    const model_config *mc = &m->cfg;
+    layer_linear *ll = xmalloc(sizeof(layer_linear) * (size_t)(3 * mc->E + 12));
+    size_t cap = 16, n = 0;
+    char **ign = xmalloc(sizeof(char *) * cap);
+    for (int l = 0; l < mc->L; l++) {
+        int nl = model_layer_linears(mc, l, 1, ll);
+        for (int k = 0; k < nl; k++) {
+            if (ll[k].quantizable && ckpt_module_quantized(c->r, ll[k].name)) continue;
+            if (n + 2 > cap) ign = xrealloc(ign, sizeof(char *) * (cap *= 2));
+            ign[n++] = xstrdup(ll[k].name);
         }
+    }
+    free(ll);
     ign[n++] = xstrdup("lm_head");
-    char *qc = recipe_quantization_config_json(c->r, (const char *const *)ign, n);
-    for (int i = 0; i < n; i++) free(ign[i]);
+    char *qc = recipe_quantization_config_json(c->r, (const char *const *)ign, (int)n);
+    for (size_t i = 0; i < n; i++) free(ign[i]);
     free(ign);
     cJSON *qj = cJSON_Parse(qc);
     free(qc);

@@ -23,9 +23,10 @@
  * exact), then added up in window order: the result is bit-identical for any
  * number of ranks.
  *
- * Hidden option --dump-weights FILE (for the interop tests): rank 0 writes
- * every decoder Linear weight as doneshot uses it (dequantized for a
- * pack-quantized checkpoint) to FILE as F32 safetensors.
+ * Test option --dump-weights FILE (for the interop tests): rank 0 writes
+ * every decoder Linear weight (routers and experts included) as doneshot
+ * uses it (dequantized for a pack-quantized checkpoint) to FILE as F32
+ * safetensors.
  *
  * Deliberately not here: the HF strided sliding-window protocol, batching of
  * windows into one GEMM, the GPU.
@@ -154,6 +155,9 @@ static ds_status tokenize_file(const char *path, const char *model_dir, int32_t 
     tokenizer *tok = NULL;
     ds_status st = ds_read_file(path, &text, &len);
     if (st == DS_OK) st = tokenizer_load(model_dir, &tok);
+    if (st == DS_OK && memmem(text, len, "\r\n", 2))
+        ds_warn("%s has CRLF line endings; they are evaluated as stored ('\\r' is a token)\n"
+                "hint: for the standard WikiText-2 protocol convert to LF first (tr -d '\\r')", path);
     if (st == DS_OK && (st = tokenizer_encode(tok, text, len, 1, ids, n)) != DS_OK)
         ds_error_prefix("%s: tokenizing", path);
     tokenizer_free(tok);
@@ -164,29 +168,32 @@ static ds_status tokenize_file(const char *path, const char *model_dir, int32_t 
 /* ---- --dump-weights ---- */
 
 /* One F32 safetensors file with every decoder Linear weight, streamed layer
- * by layer (only one layer resident); header entries and data in layer order,
- * shapes [out, in] as nn.Linear. */
+ * by layer (only one layer resident); header entries and data in model
+ * order, shapes [out, in] as nn.Linear. */
 static ds_status dump_weights(const model *m, const char *path) {
     const model_config *c = &m->cfg;
     FILE *f = fopen(path, "wb");
     if (!f) return ds_error(DS_ERR_RUNTIME, "%s: cannot create: %s", path, strerror(errno));
-    size_t cap = 256 + (size_t)c->L * LIN_COUNT * 256, hl = 0;
+    size_t total = 0;
+    for (int l = 0; l < c->L; l++) total += (size_t)model_layer_linears(c, l, 1, NULL);
+    size_t cap = 256 + total * 320, hl = 0;
     char *hdr = xmalloc(cap);
     uint64_t off = 0;
     hl += (size_t)snprintf(hdr + hl, cap - hl, "{\"__metadata__\":{\"format\":\"pt\",\"writer\":\"doneshot eval\"}");
-    const int qd = c->NH * c->HS, kvd = c->NKV * c->HS;
-    const int dims[LIN_COUNT][2] = {{qd, c->C}, {kvd, c->C}, {kvd, c->C}, {c->C, qd},
-                                    {c->F, c->C}, {c->F, c->C}, {c->C, c->F}}; /* [out, in] */
-    for (int l = 0; l < c->L; l++)
-        for (int k = 0; k < LIN_COUNT; k++) {
-            uint64_t nb = (uint64_t)dims[k][0] * dims[k][1] * 4;
+    for (int l = 0; l < c->L; l++) {
+        int nl = model_layer_linears(c, l, 1, NULL);
+        layer_linear *ll = xcalloc((size_t)nl, sizeof *ll);
+        model_layer_linears(c, l, 1, ll); /* names and shapes only */
+        for (int k = 0; k < nl; k++) {
+            uint64_t nb = (uint64_t)ll[k].out * ll[k].in * 4;
             hl += (size_t)snprintf(hdr + hl, cap - hl,
-                                   ",\"model.layers.%d.%s.weight\":{\"dtype\":\"F32\",\"shape\":[%d,%d],"
-                                   "\"data_offsets\":[%llu,%llu]}",
-                                   l, model_lin_suffix(k), dims[k][0], dims[k][1], (unsigned long long)off,
+                                   ",\"%s.weight\":{\"dtype\":\"F32\",\"shape\":[%d,%d],\"data_offsets\":[%llu,%llu]}",
+                                   ll[k].name, ll[k].out, ll[k].in, (unsigned long long)off,
                                    (unsigned long long)(off + nb));
             off += nb;
         }
+        free(ll);
+    }
     hl += (size_t)snprintf(hdr + hl, cap - hl, "}");
     DS_ASSERT(hl < cap);
     while (hl % 8) hdr[hl++] = ' ';
@@ -195,17 +202,19 @@ static ds_status dump_weights(const model *m, const char *path) {
     for (int i = 0; i < 8; i++) le[i] = (unsigned char)(n8 >> (8 * i));
     int ok = fwrite(le, 1, 8, f) == 8 && fwrite(hdr, 1, hl, f) == hl;
     free(hdr);
-    for (int l = 0; ok && l < c->L; l++) {
+    ds_status st = DS_OK;
+    for (int l = 0; ok && st == DS_OK && l < c->L; l++) {
         layer_weights lw;
-        layer_load(m, l, &lw);
-        for (int k = 0; ok && k < LIN_COUNT; k++) {
+        if ((st = layer_load(m, l, &lw))) break;
+        DS_ASSERT(lw.nlin == model_layer_linears(c, l, 1, NULL));
+        for (int k = 0; ok && k < lw.nlin; k++) {
             size_t ne = (size_t)lw.lin[k].out * lw.lin[k].in;
-            DS_ASSERT(lw.lin[k].out == dims[k][0] && lw.lin[k].in == dims[k][1]);
             ok = fwrite(lw.lin[k].w, sizeof(float), ne, f) == ne;
         }
         layer_free(&lw);
     }
     if (fclose(f) != 0) ok = 0;
+    if (st) return st;
     if (!ok) return ds_error(DS_ERR_RUNTIME, "%s: write failed: %s", path, strerror(errno));
     return DS_OK;
 }
@@ -238,6 +247,7 @@ static ds_status eval_windows(const model *m, const int32_t *ids, int T, size_t 
         double t0 = ds_now();
         layer_weights lw;
         if ((st = layer_load(m, l, &lw))) goto done;
+        layer_set_all_experts(&lw, 0); /* MoE: route tokens as in inference */
         for (size_t w = 0; w < count; w++) layer_forward(m, &lw, x + w * (size_t)T * C, T, &s, NULL, NULL);
         layer_free(&lw);
         ds_debug("eval layer %d/%d | %.2fs", l + 1, c->L, ds_now() - t0);

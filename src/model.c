@@ -1,8 +1,9 @@
 /*
  * model.c - config.json parsing, weight binding and the decoder-layer
  * forward pass (HF transformers modeling_llama.py / modeling_qwen2.py /
- * modeling_qwen3.py; ../shared/docs/model-and-tokenizer.md §1.3-2.7, §3).
- * Deliberately not here: MoE blocks, the lm_head/loss (eval), GPU code.
+ * modeling_qwen3.py, modeling_qwen2_moe.py, modeling_qwen3_moe.py,
+ * modeling_mixtral.py; ../shared/docs/model-and-tokenizer.md §1.3-2.7, §3).
+ * Deliberately not here: the lm_head/loss (eval), GPU code.
  */
 #include "model.h"
 #include "ops_cpu.h"
@@ -18,7 +19,12 @@ static const struct { const char *name; model_arch arch; } g_archs[] = {
     {"MistralForCausalLM", ARCH_MISTRAL},
     {"Qwen2ForCausalLM", ARCH_QWEN2},
     {"Qwen3ForCausalLM", ARCH_QWEN3},
+    {"Qwen2MoeForCausalLM", ARCH_QWEN2_MOE},
+    {"Qwen3MoeForCausalLM", ARCH_QWEN3_MOE},
+    {"MixtralForCausalLM", ARCH_MIXTRAL},
 };
+#define SUPPORTED_ARCHS "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, " \
+                        "Qwen2MoeForCausalLM, Qwen3MoeForCausalLM, MixtralForCausalLM"
 
 static const char *g_lin_suffix[LIN_COUNT] = {
     "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -62,7 +68,8 @@ static ds_status rope_setup(const cJSON *j, const char *path, model *m) {
     const cJSON *rp = cJSON_GetObjectItemCaseSensitive(j, "rope_parameters");
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(j, "rope_scaling");
     if (cJSON_IsObject(rp) && !cJSON_IsObject(rs)) rs = rp;
-    double theta = get_num(j, "rope_theta", cJSON_IsObject(rp) ? get_num(rp, "rope_theta", 10000.0) : 10000.0);
+    double def = m->cfg.arch == ARCH_MIXTRAL ? 1e6 : 10000.0; /* class defaults */
+    double theta = get_num(j, "rope_theta", cJSON_IsObject(rp) ? get_num(rp, "rope_theta", def) : def);
     m->inv_freq = xmalloc(sizeof(float) * (size_t)half);
     for (int k = 0; k < half; k++)
         m->inv_freq[k] = (float)(1.0 / pow(theta, (double)(2 * k) / (double)HS));
@@ -93,6 +100,51 @@ static ds_status rope_setup(const cJSON *j, const char *path, model *m) {
                     path, type);
 }
 
+/* MoE keys (§1.3): Mixtral num_local_experts (expert width = intermediate_size,
+ * every layer sparse, always renormalised); Qwen2/3-MoE num_experts,
+ * moe_intermediate_size, norm_topk_prob, decoder_sparse_step, mlp_only_layers,
+ * Qwen2-MoE shared_expert_intermediate_size. */
+static ds_status parse_moe(const cJSON *j, const char *path, model_config *c) {
+    ds_status st;
+    c->sparse_step = 1;
+    if (c->arch == ARCH_MIXTRAL) {
+        if ((st = get_int(j, path, "num_local_experts", 1, 0, &c->E)) ||
+            (st = get_int(j, path, "num_experts_per_tok", 0, 2, &c->K)))
+            return st;
+        c->IM = c->F;
+        c->norm_topk = 1;
+    } else if (c->arch == ARCH_QWEN2_MOE || c->arch == ARCH_QWEN3_MOE) {
+        if ((st = get_int(j, path, "num_experts", 1, 0, &c->E)) ||
+            (st = get_int(j, path, "num_experts_per_tok", 1, 0, &c->K)) ||
+            (st = get_int(j, path, "moe_intermediate_size", 1, 0, &c->IM)) ||
+            (st = get_int(j, path, "decoder_sparse_step", 0, 1, &c->sparse_step)))
+            return st;
+        if (c->arch == ARCH_QWEN2_MOE &&
+            (st = get_int(j, path, "shared_expert_intermediate_size", 0, 0, &c->IS)))
+            return st;
+        c->norm_topk = get_bool(j, "norm_topk_prob", 0);
+        const cJSON *mo = cJSON_GetObjectItemCaseSensitive(j, "mlp_only_layers");
+        if (mo && !cJSON_IsNull(mo)) {
+            if (!cJSON_IsArray(mo) || cJSON_GetArraySize(mo) > DS_MAX_MLP_ONLY)
+                return ds_error(DS_ERR_INPUT, "%s: key \"mlp_only_layers\": expected a list of at most %d layer "
+                                "indices", path, DS_MAX_MLP_ONLY);
+            const cJSON *v;
+            cJSON_ArrayForEach(v, mo) {
+                if (!cJSON_IsNumber(v))
+                    return ds_error(DS_ERR_INPUT, "%s: key \"mlp_only_layers\": expected integers", path);
+                c->mlp_only[c->n_mlp_only++] = (int)v->valuedouble;
+            }
+        }
+    } else {
+        return DS_OK;
+    }
+    if (c->E > 0 && (c->K <= 0 || c->K > c->E || c->IM <= 0 || c->sparse_step <= 0))
+        return ds_error(DS_ERR_INPUT, "%s: inconsistent MoE config (experts %d, experts per token %d, expert "
+                        "intermediate size %d, decoder_sparse_step %d): expected 1 <= experts per token <= "
+                        "experts and positive sizes", path, c->E, c->K, c->IM, c->sparse_step);
+    return DS_OK;
+}
+
 static ds_status parse_config(const char *path, const char *text, model *m, int allow_quantized) {
     model_config *c = &m->cfg;
     ds_status st = DS_OK;
@@ -113,8 +165,7 @@ static ds_status parse_config(const char *path, const char *text, model *m, int 
         if (strcmp(g_archs[k].name, a0->valuestring) == 0) break;
     if (k == DS_ARRAY_LEN(g_archs)) {
         st = ds_error(DS_ERR_INPUT,
-                      "%s: unsupported architecture %s (supported: LlamaForCausalLM, MistralForCausalLM, "
-                      "Qwen2ForCausalLM, Qwen3ForCausalLM)", path, a0->valuestring);
+                      "%s: unsupported architecture %s (supported: " SUPPORTED_ARCHS ")", path, a0->valuestring);
         goto done;
     }
     c->arch = g_archs[k].arch;
@@ -144,10 +195,13 @@ static ds_status parse_config(const char *path, const char *text, model *m, int 
     }
     c->eps = (float)get_num(j, "rms_norm_eps", 1e-6);
     c->tie = get_bool(j, "tie_word_embeddings", 0);
-    c->qkv_bias = c->arch == ARCH_QWEN2 ? 1 : get_bool(j, "attention_bias", 0);
-    c->o_bias = c->arch == ARCH_QWEN2 ? 0 : get_bool(j, "attention_bias", 0);
-    c->mlp_bias = get_bool(j, "mlp_bias", 0);
-    c->qk_norm = c->arch == ARCH_QWEN3;
+    c->qkv_bias = c->arch == ARCH_QWEN2       ? 1
+                  : c->arch == ARCH_QWEN2_MOE ? get_bool(j, "qkv_bias", 1)
+                                              : get_bool(j, "attention_bias", 0);
+    c->o_bias = c->arch == ARCH_QWEN2 || c->arch == ARCH_QWEN2_MOE ? 0 : get_bool(j, "attention_bias", 0);
+    c->mlp_bias = c->arch == ARCH_LLAMA ? get_bool(j, "mlp_bias", 0) : 0;
+    c->qk_norm = c->arch == ARCH_QWEN3 || c->arch == ARCH_QWEN3_MOE;
+    if ((st = parse_moe(j, path, c))) goto done;
     c->bos_id = -1;
     c->eos_id = -1;
     int v;
@@ -206,27 +260,118 @@ static ds_status expect_tensor(const model *m, const char *name, int64_t d0, int
     return DS_OK;
 }
 
+int model_num_inputs(const model_config *c) { return INP_EXPERT0 + 2 * c->E; }
+
 int model_input_dim(const model_config *c, int input_id) {
     switch (input_id) {
     case INP_ATTN: case INP_MLP: return c->C;
     case INP_O: return c->NH * c->HS;
-    default: return c->F;
+    case INP_DOWN: return c->F;
+    case INP_SHARED_DOWN: return c->IS;
+    default: return (input_id - INP_EXPERT0) % 2 ? c->IM : c->C;
     }
 }
 
-static void lin_dims(const model_config *c, int lin, int *in, int *out, int *inp) {
-    int qd = c->NH * c->HS, kvd = c->NKV * c->HS;
-    static const int inputs[LIN_COUNT] = {INP_ATTN, INP_ATTN, INP_ATTN, INP_O, INP_MLP, INP_MLP, INP_DOWN};
-    const int outs[LIN_COUNT] = {qd, kvd, kvd, c->C, c->F, c->F, c->C};
-    *inp = inputs[lin];
-    *in = model_input_dim(c, *inp);
-    *out = outs[lin];
+int model_layer_sparse(const model_config *c, int l) {
+    if (c->E <= 0) return 0;
+    for (int i = 0; i < c->n_mlp_only; i++)
+        if (c->mlp_only[i] == l) return 0;
+    return (l + 1) % c->sparse_step == 0;
 }
 
-static int lin_has_bias(const model_config *c, int lin) {
-    if (lin <= LIN_V) return c->qkv_bias;
-    if (lin == LIN_O) return c->o_bias;
-    return c->mlp_bias;
+static int lin_has_bias(const model_config *c, int role) {
+    if (role <= LIN_V) return c->qkv_bias;
+    if (role == LIN_O) return c->o_bias;
+    if (role <= LIN_DOWN) return c->mlp_bias;
+    return 0;
+}
+
+static void put_lin(layer_linear *out, int *n, const char *name, int in, int o, int inp, int role, int expert,
+                    int quantizable) {
+    if (out) {
+        layer_linear *li = &out[*n];
+        memset(li, 0, sizeof *li);
+        snprintf(li->name, sizeof li->name, "%s", name);
+        li->in = in;
+        li->out = o;
+        li->input_id = inp;
+        li->role = role;
+        li->expert = expert;
+        li->quantizable = quantizable;
+    }
+    (*n)++;
+}
+
+int model_layer_linears(const model_config *c, int l, int all_experts, layer_linear *out) {
+    const int qd = c->NH * c->HS, kvd = c->NKV * c->HS, C = c->C;
+    char nm[160];
+    int n = 0;
+    static const char *attn[4] = {"q_proj", "k_proj", "v_proj", "o_proj"};
+    const int aout[4] = {qd, kvd, kvd, C};
+    for (int k = 0; k < 4; k++) {
+        snprintf(nm, sizeof nm, "model.layers.%d.self_attn.%s", l, attn[k]);
+        put_lin(out, &n, nm, k == LIN_O ? qd : C, aout[k], k == LIN_O ? INP_O : INP_ATTN, k, -1, 1);
+    }
+    if (!model_layer_sparse(c, l)) {
+        static const char *mlp[3] = {"gate_proj", "up_proj", "down_proj"};
+        for (int k = 0; k < 3; k++) {
+            snprintf(nm, sizeof nm, "model.layers.%d.mlp.%s", l, mlp[k]);
+            put_lin(out, &n, nm, k == 2 ? c->F : C, k == 2 ? C : c->F, k == 2 ? INP_DOWN : INP_MLP, LIN_GATE + k,
+                    -1, 1);
+        }
+        return n;
+    }
+    const int mix = c->arch == ARCH_MIXTRAL;
+    const char *blk = mix ? "block_sparse_moe" : "mlp";
+    static const char *qn[3] = {"gate_proj", "up_proj", "down_proj"}, *mn[3] = {"w1", "w3", "w2"};
+    snprintf(nm, sizeof nm, "model.layers.%d.%s.gate", l, blk);
+    put_lin(out, &n, nm, C, c->E, INP_MLP, LIN_ROUTER, -1, 0);
+    for (int e = 0; e < c->E; e++)
+        for (int k = 0; k < 3; k++) {
+            snprintf(nm, sizeof nm, "model.layers.%d.%s.experts.%d.%s", l, blk, e, mix ? mn[k] : qn[k]);
+            int inp = k == 2 ? INP_EXPERT_DOWN(e) : all_experts ? INP_MLP : INP_EXPERT_UP(e);
+            put_lin(out, &n, nm, k == 2 ? c->IM : C, k == 2 ? C : c->IM, inp, LIN_GATE + k, e, 1);
+        }
+    if (c->IS > 0) {
+        for (int k = 0; k < 3; k++) {
+            snprintf(nm, sizeof nm, "model.layers.%d.mlp.shared_expert.%s", l, qn[k]);
+            put_lin(out, &n, nm, k == 2 ? c->IS : C, k == 2 ? C : c->IS, k == 2 ? INP_SHARED_DOWN : INP_MLP,
+                    LIN_GATE + k, -2, 1);
+        }
+        snprintf(nm, sizeof nm, "model.layers.%d.mlp.shared_expert_gate", l);
+        put_lin(out, &n, nm, C, 1, INP_MLP, LIN_SHARED_GATE, -2, 0);
+    }
+    return n;
+}
+
+/* Name-based check without building lists: model.layers.N.<suffix>. */
+int model_linear_quantizable(const model_config *c, const char *module) {
+    int l, pos = 0;
+    if (sscanf(module, "model.layers.%d.%n", &l, &pos) != 1 || pos == 0 || l < 0 || l >= c->L) return 0;
+    const char *s = module + pos;
+    static const char *attn[4] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"};
+    for (int k = 0; k < 4; k++)
+        if (strcmp(s, attn[k]) == 0) return 1;
+    int sparse = model_layer_sparse(c, l);
+    static const char *mlp[3] = {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+    for (int k = 0; k < 3; k++)
+        if (strcmp(s, mlp[k]) == 0) return !sparse;
+    if (!sparse) return 0;
+    const int mix = c->arch == ARCH_MIXTRAL;
+    const char *pre = mix ? "block_sparse_moe.experts." : "mlp.experts.";
+    size_t pl = strlen(pre);
+    if (strncmp(s, pre, pl) == 0) {
+        char *end;
+        long e = strtol(s + pl, &end, 10);
+        if (end == s + pl || *end != '.' || e < 0 || e >= c->E) return 0;
+        end++;
+        if (mix) return strcmp(end, "w1") == 0 || strcmp(end, "w2") == 0 || strcmp(end, "w3") == 0;
+        return strcmp(end, "gate_proj") == 0 || strcmp(end, "up_proj") == 0 || strcmp(end, "down_proj") == 0;
+    }
+    if (c->IS > 0)
+        return strcmp(s, "mlp.shared_expert.gate_proj") == 0 || strcmp(s, "mlp.shared_expert.up_proj") == 0 ||
+               strcmp(s, "mlp.shared_expert.down_proj") == 0;
+    return 0;
 }
 
 static ds_status check_tensors(const model *m) {
@@ -239,40 +384,47 @@ static ds_status check_tensors(const model *m) {
         ds_error_prefix("tie_word_embeddings is false");
         return st;
     }
+    layer_linear *ll = xmalloc(sizeof(layer_linear) * (size_t)(3 * c->E + 12));
     for (int l = 0; l < c->L; l++) {
         snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
-        if ((st = expect_tensor(m, name, c->C, -1))) return st;
+        if ((st = expect_tensor(m, name, c->C, -1))) goto out;
         snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
-        if ((st = expect_tensor(m, name, c->C, -1))) return st;
+        if ((st = expect_tensor(m, name, c->C, -1))) goto out;
         if (c->qk_norm) {
             snprintf(name, sizeof name, "model.layers.%d.self_attn.q_norm.weight", l);
-            if ((st = expect_tensor(m, name, c->HS, -1))) return st;
+            if ((st = expect_tensor(m, name, c->HS, -1))) goto out;
             snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", l);
-            if ((st = expect_tensor(m, name, c->HS, -1))) return st;
+            if ((st = expect_tensor(m, name, c->HS, -1))) goto out;
         }
-        for (int k = 0; k < LIN_COUNT; k++) {
-            int in, out, inp;
-            lin_dims(c, k, &in, &out, &inp);
-            snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, g_lin_suffix[k]);
+        int nl = model_layer_linears(c, l, 1, ll);
+        for (int k = 0; k < nl; k++) {
+            const layer_linear *li = &ll[k];
+            int in = li->in, out = li->out;
+            snprintf(name, sizeof name, "%s.weight", li->name);
             if (m->quantized && !st_find(m->st, name)) {
-                snprintf(name, sizeof name, "model.layers.%d.%s.weight_packed", l, g_lin_suffix[k]);
+                snprintf(name, sizeof name, "%s.weight_packed", li->name);
                 const st_tensor *p = st_find(m->st, name);
-                snprintf(name, sizeof name, "model.layers.%d.%s.weight_scale", l, g_lin_suffix[k]);
+                snprintf(name, sizeof name, "%s.weight_scale", li->name);
                 const st_tensor *sc = st_find(m->st, name);
-                if (!p || !sc || p->dtype != DS_DTYPE_I32 || p->ndim != 2 || p->shape[0] != out ||
-                    (p->shape[1] * 32) % in != 0 || sc->ndim != 2 || sc->shape[0] != out || sc->shape[1] < 1 ||
-                    in % sc->shape[1] != 0)
-                    return ds_error(DS_ERR_INPUT, "%s: model.layers.%d.%s: expected weight or a valid "
-                                    "weight_packed [%d, in*bits/32] int32 + weight_scale [%d, groups]",
-                                    m->dir, l, g_lin_suffix[k], out, out);
-            } else if ((st = expect_tensor(m, name, out, in))) return st;
-            if (lin_has_bias(c, k)) {
-                snprintf(name, sizeof name, "model.layers.%d.%s.bias", l, g_lin_suffix[k]);
-                if ((st = expect_tensor(m, name, out, -1))) return st;
+                int bits = p && p->ndim == 2 ? (int)(p->shape[1] * 32 / in) : 0; /* as load_packed */
+                if (!p || !sc || p->dtype != DS_DTYPE_I32 || p->ndim != 2 || p->shape[0] != out || bits < 1 ||
+                    bits > 8 || quant_packed_cols(in, bits) != p->shape[1] || sc->ndim != 2 ||
+                    sc->shape[0] != out || sc->shape[1] < 1 || in % sc->shape[1] != 0) {
+                    st = ds_error(DS_ERR_INPUT, "%s: %s: expected weight or a valid "
+                                  "weight_packed [%d, in*bits/32] int32 + weight_scale [%d, groups]",
+                                  m->dir, li->name, out, out);
+                    goto out;
+                }
+            } else if ((st = expect_tensor(m, name, out, in))) goto out;
+            if (lin_has_bias(c, li->role)) {
+                snprintf(name, sizeof name, "%s.bias", li->name);
+                if ((st = expect_tensor(m, name, out, -1))) goto out;
             }
         }
     }
-    return DS_OK;
+out:
+    free(ll);
+    return st;
 }
 
 static ds_status open_impl(const char *dir, model *m, int allow_quantized) {
@@ -362,6 +514,9 @@ ds_status layer_load(const model *m, int l, layer_weights *lw) {
     char name[256];
     memset(lw, 0, sizeof *lw);
     lw->layer = l;
+    lw->all_experts = 1;
+    lw->sparse = model_layer_sparse(c, l);
+    lw->router = lw->expert0 = lw->shared0 = lw->shared_gate = -1;
     snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
     lw->in_norm = load_f32(m, name);
     snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
@@ -372,19 +527,32 @@ ds_status layer_load(const model *m, int l, layer_weights *lw) {
         snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", l);
         lw->k_norm = load_f32(m, name);
     }
-    for (int k = 0; k < LIN_COUNT; k++) {
+    lw->nlin = model_layer_linears(c, l, 1, NULL);
+    lw->lin = xcalloc((size_t)lw->nlin, sizeof(layer_linear));
+    model_layer_linears(c, l, 1, lw->lin);
+    for (int k = 0; k < lw->nlin; k++) {
         layer_linear *li = &lw->lin[k];
-        lin_dims(c, k, &li->in, &li->out, &li->input_id);
-        snprintf(li->name, sizeof li->name, "model.layers.%d.%s", l, g_lin_suffix[k]);
+        if (li->role == LIN_ROUTER) lw->router = k;
+        else if (li->role == LIN_SHARED_GATE) lw->shared_gate = k;
+        else if (li->expert == 0 && lw->expert0 < 0) lw->expert0 = k;
+        else if (li->expert == -2 && lw->shared0 < 0) lw->shared0 = k;
         snprintf(name, sizeof name, "%s.weight", li->name);
         li->w = m->quantized && !st_find(m->st, name) ? load_packed(m, li->name, li->out, li->in)
                                                        : load_f32(m, name);
-        if (lin_has_bias(c, k)) {
+        if (lin_has_bias(c, li->role)) {
             snprintf(name, sizeof name, "%s.bias", li->name);
             li->b = load_f32(m, name);
         }
     }
     return DS_OK;
+}
+
+void layer_set_all_experts(layer_weights *lw, int on) {
+    lw->all_experts = on;
+    for (int k = 0; k < lw->nlin; k++) {
+        layer_linear *li = &lw->lin[k];
+        if (li->expert >= 0 && li->role != LIN_DOWN) li->input_id = on ? INP_MLP : INP_EXPERT_UP(li->expert);
+    }
 }
 
 void layer_free(layer_weights *lw) {
@@ -393,7 +561,8 @@ void layer_free(layer_weights *lw) {
     free(lw->post_norm);
     free(lw->q_norm);
     free(lw->k_norm);
-    for (int k = 0; k < LIN_COUNT; k++) { free(lw->lin[k].w); free(lw->lin[k].b); }
+    for (int k = 0; k < lw->nlin; k++) { free(lw->lin[k].w); free(lw->lin[k].b); }
+    free(lw->lin);
     memset(lw, 0, sizeof *lw);
 }
 
@@ -402,6 +571,7 @@ void layer_free(layer_weights *lw) {
 void layer_scratch_init(layer_scratch *s, const model_config *c, int max_T) {
     size_t T = (size_t)(max_T > 0 ? max_T : 1);
     size_t qd = (size_t)c->NH * c->HS, kvd = (size_t)c->NKV * c->HS;
+    size_t FF = (size_t)DS_MAX(c->F, DS_MAX(c->IM, c->IS));
     memset(s, 0, sizeof *s);
     s->max_T = (int)T;
     s->a = xmalloc(sizeof(float) * T * c->C);
@@ -410,18 +580,131 @@ void layer_scratch_init(layer_scratch *s, const model_config *c, int max_T) {
     s->v = xmalloc(sizeof(float) * T * kvd);
     s->ctx = xmalloc(sizeof(float) * T * qd);
     s->o = xmalloc(sizeof(float) * T * c->C);
-    s->g = xmalloc(sizeof(float) * T * c->F);
-    s->u = xmalloc(sizeof(float) * T * c->F);
+    s->g = xmalloc(sizeof(float) * T * FF);
+    s->u = xmalloc(sizeof(float) * T * FF);
     s->att = xmalloc(sizeof(float) * T);
     s->cos_t = xmalloc(sizeof(float) * T * c->HS);
     s->sin_t = xmalloc(sizeof(float) * T * c->HS);
+    if (c->E > 0) {
+        s->probs = xmalloc(sizeof(float) * T * (size_t)c->E);
+        s->topw = xmalloc(sizeof(float) * T * (size_t)c->K);
+        s->tope = xmalloc(sizeof(int) * T * (size_t)c->K);
+        s->acc = xmalloc(sizeof(float) * T * c->C);
+        s->xe = xmalloc(sizeof(float) * T * c->C);
+        s->rw = xmalloc(sizeof(float) * T);
+        s->rows = xmalloc(sizeof(int) * T);
+    }
 }
 
 void layer_scratch_free(layer_scratch *s) {
     if (!s) return;
-    float **p[] = {&s->a, &s->q, &s->k, &s->v, &s->ctx, &s->o, &s->g, &s->u, &s->att, &s->cos_t, &s->sin_t};
+    float **p[] = {&s->a, &s->q, &s->k, &s->v, &s->ctx, &s->o, &s->g, &s->u, &s->att, &s->cos_t, &s->sin_t,
+                   &s->probs, &s->topw, &s->acc, &s->xe, &s->rw};
     for (size_t i = 0; i < DS_ARRAY_LEN(p); i++) { free(*p[i]); *p[i] = NULL; }
+    free(s->tope);
+    free(s->rows);
+    s->tope = s->rows = NULL;
     s->rope_T = 0;
+}
+
+/* Router (§2.6): logits z = m Wr^T rounded to the model dtype, p = softmax(z)
+ * in fp32 over all E experts, top-K as torch.topk (descending, ties -> lower
+ * index), renormalised when norm_topk (Mixtral always), then cast to the
+ * model dtype (transformers v4). */
+static void route(const model_config *c, const layer_linear *R, const float *m, int T, layer_scratch *s) {
+    const int E = c->E, K = c->K;
+    matmul_forward_cpu(s->probs, m, R->w, NULL, T, c->C, E, c->dtype);
+    for (int t = 0; t < T; t++) {
+        float *p = s->probs + (size_t)t * E, mx = p[0], sum = 0;
+        for (int e = 1; e < E; e++) mx = p[e] > mx ? p[e] : mx;
+        for (int e = 0; e < E; e++) { p[e] = expf(p[e] - mx); sum += p[e]; }
+        for (int e = 0; e < E; e++) p[e] /= sum;
+        int *te = s->tope + (size_t)t * K;
+        float *tw = s->topw + (size_t)t * K, tsum = 0;
+        for (int k = 0; k < K; k++) {
+            int best = -1;
+            for (int e = 0; e < E; e++) {
+                int taken = 0;
+                for (int j = 0; j < k && !taken; j++) taken = te[j] == e;
+                if (!taken && (best < 0 || p[e] > p[best])) best = e;
+            }
+            te[k] = best;
+            tw[k] = p[best];
+            tsum += p[best];
+        }
+        for (int k = 0; k < K; k++) tw[k] = ds_round_to(c->norm_topk ? tw[k] / tsum : tw[k], c->dtype);
+    }
+}
+
+/* One SiLU-gated MLP (dense, expert or shared expert) on X [T, C] -> s->o [T, C];
+ * down-input capture id down_id (or none if cap is NULL). */
+static void mlp_forward(const model_config *c, const layer_linear *G, const float *X, int T, layer_scratch *s,
+                        capture_fn cap, void *cap_ctx, int down_id) {
+    const ds_dtype act = c->dtype;
+    const int F = G[0].out;
+    matmul_forward_cpu(s->g, X, G[0].w, G[0].b, T, c->C, F, act);
+    matmul_forward_cpu(s->u, X, G[1].w, G[1].b, T, c->C, F, act);
+    swiglu_forward_cpu(s->g, s->g, s->u, (size_t)T * F, act);
+    if (cap && T > 0) cap(cap_ctx, down_id, s->g, T, F);
+    matmul_forward_cpu(s->o, s->g, G[2].w, G[2].b, T, F, c->C, act);
+}
+
+/* MoE block on m = s->a [T, C]; output into s->acc (model-dtype values).
+ * Experts are visited in ascending index; each one's output is scaled by its
+ * routing weight (rounded) and index-added into the dtype accumulator, as
+ * transformers' index_add_. With capture and all-experts calibration, every
+ * expert runs on all T tokens (its down_proj Hessian sees every token) while
+ * only the routed rows enter the output. */
+static void moe_forward(const model *mdl, const layer_weights *lw, int T, layer_scratch *s, capture_fn cap,
+                        void *cap_ctx) {
+    const model_config *c = &mdl->cfg;
+    const ds_dtype act = c->dtype;
+    const int C = c->C, K = c->K;
+    const float *m = s->a;
+    route(c, &lw->lin[lw->router], m, T, s);
+    memset(s->acc, 0, sizeof(float) * (size_t)T * C);
+    const int all = cap && lw->all_experts;
+    for (int e = 0; e < c->E; e++) {
+        const layer_linear *G = &lw->lin[lw->expert0 + 3 * e];
+        int n = 0;
+        for (int t = 0; t < T; t++)
+            for (int k = 0; k < K; k++)
+                if (s->tope[(size_t)t * K + k] == e) {
+                    s->rows[n] = t;
+                    s->rw[n++] = s->topw[(size_t)t * K + k];
+                }
+        if (all) {
+            mlp_forward(c, G, m, T, s, cap, cap_ctx, INP_EXPERT_DOWN(e));
+            for (int i = 0; i < n; i++) {
+                float *a = s->acc + (size_t)s->rows[i] * C;
+                const float *y = s->o + (size_t)s->rows[i] * C;
+                for (int j = 0; j < C; j++) a[j] = ds_round_to(a[j] + ds_round_to(s->rw[i] * y[j], act), act);
+            }
+            continue;
+        }
+        if (n == 0) continue;
+        for (int i = 0; i < n; i++) memcpy(s->xe + (size_t)i * C, m + (size_t)s->rows[i] * C, sizeof(float) * C);
+        if (cap) cap(cap_ctx, INP_EXPERT_UP(e), s->xe, n, C);
+        mlp_forward(c, G, s->xe, n, s, cap, cap_ctx, INP_EXPERT_DOWN(e));
+        for (int i = 0; i < n; i++) {
+            float *a = s->acc + (size_t)s->rows[i] * C;
+            const float *y = s->o + (size_t)i * C;
+            for (int j = 0; j < C; j++) a[j] = ds_round_to(a[j] + ds_round_to(s->rw[i] * y[j], act), act);
+        }
+    }
+    if (lw->shared0 >= 0) { /* Qwen2-MoE: + sigmoid(m . w_sg) * SharedMLP(m) */
+        mlp_forward(c, &lw->lin[lw->shared0], m, T, s, cap, cap_ctx, INP_SHARED_DOWN);
+        const float *wsg = lw->lin[lw->shared_gate].w;
+        for (int t = 0; t < T; t++) {
+            const float *mt = m + (size_t)t * C;
+            float z = 0;
+            for (int j = 0; j < C; j++) z += mt[j] * wsg[j];
+            float g = ds_round_to(1.0f / (1.0f + expf(-ds_round_to(z, act))), act);
+            float *a = s->acc + (size_t)t * C;
+            const float *y = s->o + (size_t)t * C;
+            for (int j = 0; j < C; j++) a[j] = ds_round_to(a[j] + ds_round_to(g * y[j], act), act);
+        }
+    }
 }
 
 void layer_forward(const model *m, const layer_weights *lw, float *x, int T, layer_scratch *s,
@@ -452,15 +735,16 @@ void layer_forward(const model *m, const layer_weights *lw, float *x, int T, lay
     if (cap) cap(cap_ctx, INP_O, s->ctx, T, qd);
     matmul_forward_cpu(s->o, s->ctx, L[LIN_O].w, L[LIN_O].b, T, qd, c->C, act);
     residual_forward_cpu(x, s->o, (size_t)T * c->C, act);
-    /* MLP block */
+    /* MLP / MoE block */
     rmsnorm_forward_cpu(s->a, x, lw->post_norm, T, c->C, c->eps, act);
     if (cap) cap(cap_ctx, INP_MLP, s->a, T, c->C);
-    matmul_forward_cpu(s->g, s->a, L[LIN_GATE].w, L[LIN_GATE].b, T, c->C, c->F, act);
-    matmul_forward_cpu(s->u, s->a, L[LIN_UP].w, L[LIN_UP].b, T, c->C, c->F, act);
-    swiglu_forward_cpu(s->g, s->g, s->u, (size_t)T * c->F, act);
-    if (cap) cap(cap_ctx, INP_DOWN, s->g, T, c->F);
-    matmul_forward_cpu(s->o, s->g, L[LIN_DOWN].w, L[LIN_DOWN].b, T, c->F, c->C, act);
-    residual_forward_cpu(x, s->o, (size_t)T * c->C, act);
+    if (lw->sparse) {
+        moe_forward(m, lw, T, s, cap, cap_ctx);
+        residual_forward_cpu(x, s->acc, (size_t)T * c->C, act);
+    } else {
+        mlp_forward(c, &L[LIN_GATE], s->a, T, s, cap, cap_ctx, INP_DOWN);
+        residual_forward_cpu(x, s->o, (size_t)T * c->C, act);
+    }
 }
 
 ds_status model_embed(const model *m, const int32_t *ids, int T, float *x) {

@@ -8,14 +8,21 @@
  * nn.Linear (y = x W^T + b). Activations are row-major [T, C] f32 arrays whose
  * values are rounded to the model dtype at HF's rounding points.
  * Architectures: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
- * Qwen3ForCausalLM (../shared/docs/model-and-tokenizer.md §1.3-2.7).
+ * Qwen3ForCausalLM and the mixture-of-experts Qwen2MoeForCausalLM,
+ * Qwen3MoeForCausalLM, MixtralForCausalLM (../shared/docs/model-and-tokenizer.md
+ * §1.3-2.7). E experts, K experts per token, IM expert width, IS shared-expert
+ * width (Qwen2-MoE).
  */
 #ifndef DS_MODEL_H
 #define DS_MODEL_H
 
 #include "safetensors.h"
 
-typedef enum { ARCH_LLAMA = 0, ARCH_MISTRAL, ARCH_QWEN2, ARCH_QWEN3 } model_arch;
+typedef enum {
+    ARCH_LLAMA = 0, ARCH_MISTRAL, ARCH_QWEN2, ARCH_QWEN3, ARCH_QWEN2_MOE, ARCH_QWEN3_MOE, ARCH_MIXTRAL
+} model_arch;
+
+#define DS_MAX_MLP_ONLY 256
 
 typedef struct model_config {
     char arch_name[64];     /* architectures[0] */
@@ -27,6 +34,11 @@ typedef struct model_config {
     int qkv_bias, o_bias, mlp_bias, qk_norm;
     ds_dtype dtype;         /* torch_dtype / dtype: the activation dtype */
     int bos_id, eos_id;     /* -1 if absent */
+    /* mixture of experts (E == 0: dense model) */
+    int E, K, IM, IS;       /* experts, experts per token, moe_intermediate_size, shared_expert_intermediate_size */
+    int norm_topk;          /* renormalise the top-k probabilities (Mixtral: always) */
+    int sparse_step;        /* decoder_sparse_step */
+    int n_mlp_only, mlp_only[DS_MAX_MLP_ONLY]; /* mlp_only_layers */
 } model_config;
 
 typedef struct model {
@@ -50,28 +62,58 @@ void model_close(model *m);
 
 /* ---- one decoder layer ---- */
 
-enum { LIN_Q, LIN_K, LIN_V, LIN_O, LIN_GATE, LIN_UP, LIN_DOWN, LIN_COUNT };
-/* Captured Linear inputs ("one Hessian per distinct input"). */
-enum { INP_ATTN = 0, INP_O, INP_MLP, INP_DOWN, INP_COUNT };
+/* Role of a Linear within its layer. The first four Linears of every layer are
+ * q, k, v, o (lin[LIN_Q..LIN_O]); a dense layer continues with gate, up, down
+ * (lin[LIN_GATE..LIN_DOWN]), a sparse (MoE) layer with the router, each
+ * expert's gate, up, down (Mixtral w1, w3, w2), and for Qwen2-MoE the shared
+ * expert's gate, up, down and shared_expert_gate: model (state-dict) order. */
+enum { LIN_Q, LIN_K, LIN_V, LIN_O, LIN_GATE, LIN_UP, LIN_DOWN, LIN_COUNT,
+       LIN_ROUTER = LIN_COUNT, LIN_SHARED_GATE };
+/* Captured Linear inputs ("one Hessian per distinct input"): the fixed ones,
+ * then two per expert (gate/up input of the routed tokens, down input).
+ * With all-experts calibration every expert's gate/up reads INP_MLP. */
+enum { INP_ATTN = 0, INP_O, INP_MLP, INP_DOWN, INP_SHARED_DOWN, INP_EXPERT0 };
+#define INP_EXPERT_UP(e) (INP_EXPERT0 + 2 * (e))
+#define INP_EXPERT_DOWN(e) (INP_EXPERT0 + 2 * (e) + 1)
 
 typedef struct layer_linear {
     char name[160];         /* module name, e.g. model.layers.3.self_attn.q_proj */
     int in, out;
     int input_id;           /* INP_* */
+    int role;               /* LIN_* */
+    int expert;             /* expert index, -1 (attention / dense MLP / router), -2 (shared expert) */
+    int quantizable;        /* 0 for routers and shared_expert_gate (never quantized) */
     float *w;               /* [out, in] owned f32 (values exact in the model dtype) */
     float *b;               /* [out] owned, or NULL */
 } layer_linear;
 
 typedef struct layer_weights {
     int layer;
+    int sparse;                   /* MoE block */
+    int all_experts;              /* calibration: every expert sees every token (default 1) */
     float *in_norm, *post_norm;   /* [C] */
     float *q_norm, *k_norm;       /* [HS] (Qwen3) or NULL */
-    layer_linear lin[LIN_COUNT];
+    int nlin;
+    layer_linear *lin;            /* [nlin], model order (see LIN_*) */
+    int router, expert0, shared0, shared_gate; /* indices into lin (sparse layers), -1 if absent */
 } layer_weights;
 
+/* Number of captured inputs (INP_* ids are < this). */
+int model_num_inputs(const model_config *c);
 /* Input feature count of each captured input. */
 int model_input_dim(const model_config *c, int input_id);
+/* 1 if layer l has a MoE block. */
+int model_layer_sparse(const model_config *c, int l);
+/* The Linears of layer l (names, shapes, roles, inputs; w = b = NULL) into
+ * out[] (may be NULL); returns their count. all_experts: input ids for
+ * all-experts calibration (see INP_*). */
+int model_layer_linears(const model_config *c, int l, int all_experts, layer_linear *out);
+/* 1 if `module` (e.g. model.layers.2.mlp.experts.7.down_proj) is a
+ * quantizable Linear of this model (routers/shared_expert_gate are not). */
+int model_linear_quantizable(const model_config *c, const char *module);
 ds_status layer_load(const model *m, int l, layer_weights *lw);
+/* Switch calibration mode (1: all experts see all tokens, 0: routed tokens only). */
+void layer_set_all_experts(layer_weights *lw, int on);
 void layer_free(layer_weights *lw);
 
 /* Per-sequence scratch sized for sequences of up to max_T tokens. */
@@ -79,11 +121,16 @@ typedef struct layer_scratch {
     int max_T;
     float *a, *q, *k, *v, *ctx, *o, *g, *u, *att, *cos_t, *sin_t;
     int rope_T;             /* rows of cos/sin already computed */
+    /* MoE: router probabilities [T, E], top-k experts/weights [T, K], the
+     * combined output [T, C], gathered rows [T, C], their weights [T] */
+    float *probs, *topw, *acc, *xe, *rw;
+    int *tope, *rows;
 } layer_scratch;
 void layer_scratch_init(layer_scratch *s, const model_config *c, int max_T);
 void layer_scratch_free(layer_scratch *s);
 
-/* Called with each captured Linear input X [T, n] (n = model_input_dim). */
+/* Called with each captured Linear input X [T, n] (n = model_input_dim);
+ * T may be smaller than the sequence (routed tokens of one expert). */
 typedef void (*capture_fn)(void *ctx, int input_id, const float *X, int T, int n);
 
 /* x [T, C] := decoder layer (x) in place. cap may be NULL. */
@@ -93,7 +140,7 @@ void layer_forward(const model *m, const layer_weights *lw, float *x, int T, lay
 /* Embedding rows for ids[T] into x [T, C] (values in the model dtype). */
 ds_status model_embed(const model *m, const int32_t *ids, int T, float *x);
 
-/* Tensor name helpers. */
+/* Tensor name helpers: the dense-layer suffix of LIN_Q..LIN_DOWN. */
 const char *model_lin_suffix(int lin); /* "self_attn.q_proj" */
 
 #endif

@@ -18,20 +18,27 @@ ds_status pipeline_validate(const model *m, const recipe *r) {
     if (recipe_module_targeted(r, "lm_head", "Linear"))
         return ds_error(DS_ERR_USAGE, "the recipe targets lm_head, which doneshot does not quantize\n"
                         "hint: add \"lm_head\" to the GPTQModifier's \"ignore\" list");
-    for (int l = 0; l < c->L; l++)
-        for (int k = 0; k < LIN_COUNT; k++) {
-            char name[160];
-            snprintf(name, sizeof name, "model.layers.%d.%s", l, model_lin_suffix(k));
-            if (!ckpt_module_quantized(r, name)) continue;
+    layer_linear *ll = xmalloc(sizeof(layer_linear) * (size_t)(3 * c->E + 12));
+    ds_status st = DS_OK;
+    for (int l = 0; l < c->L && !st; l++) {
+        int n = model_layer_linears(c, l, 1, ll);
+        for (int k = 0; k < n; k++) {
+            const layer_linear *li = &ll[k];
+            if (!li->quantizable || !ckpt_module_quantized(r, li->name)) continue;
             nq++;
-            int in = model_input_dim(c, k == LIN_O ? INP_O : k == LIN_DOWN ? INP_DOWN : INP_ATTN);
-            if (r->w.strategy == QS_GROUP && !r->bypass_divisibility && in % r->w.group_size != 0)
-                return ds_error(DS_ERR_USAGE,
-                                "group_size %d does not divide in_features %d of %s\n"
-                                "hint: use a group_size that divides every in_features (this model: %d, %d, %d), "
-                                "strategy \"channel\", or a recipe made for this model",
-                                r->w.group_size, in, name, c->C, c->NH * c->HS, c->F);
+            if (r->w.strategy == QS_GROUP && !r->bypass_divisibility && li->in % r->w.group_size != 0) {
+                st = ds_error(DS_ERR_USAGE,
+                              "group_size %d does not divide in_features %d of %s\n"
+                              "hint: use a group_size that divides every in_features (this model: %d, %d, %d%s), "
+                              "strategy \"channel\", or a recipe made for this model",
+                              r->w.group_size, li->in, li->name, c->C, c->NH * c->HS,
+                              c->E ? c->IM : c->F, c->IS ? " and the shared expert's" : "");
+                break;
+            }
         }
+    }
+    free(ll);
+    if (st) return st;
     if (nq == 0)
         return ds_error(DS_ERR_USAGE, "the recipe's targets match no Linear module of this model "
                         "(targets apply to e.g. model.layers.0.self_attn.q_proj)");
@@ -63,16 +70,19 @@ void pipeline_assign(const double *cost, int n, int nranks, int *owner) {
 /* ---- Hessian capture ---- */
 
 typedef struct capture_ctx {
-    double *H[INP_COUNT];  /* [n, n] upper-triangle sums, NULL if unused */
+    double **H;            /* [ninputs] -> [n, n] upper-triangle sums, NULL if unused */
+    int64_t *cnt;          /* [2 * ninputs]: rows (tokens), calls (sequences) per input */
     float *scratch;        /* [nmax, nmax] */
     double seconds;
 } capture_ctx;
 
 static void capture_hessian(void *p, int input_id, const float *X, int T, int n) {
     capture_ctx *c = p;
-    if (!c->H[input_id]) return;
+    if (!c->H[input_id] || T <= 0) return;
     double t0 = ds_now();
     hessian_accum_cpu(c->H[input_id], X, T, n, c->scratch);
+    c->cnt[2 * input_id] += T;
+    c->cnt[2 * input_id + 1]++;
     c->seconds += ds_now() - t0;
 }
 
@@ -134,8 +144,8 @@ static void log_layer(const model *m, int l, const stage_times *lt, double loss,
     double elapsed = ds_now() - t_start;
     double eta = elapsed / (l + 1) * (m->cfg.L - l - 1);
     ds_info("layer %d/%d | fwd %.2fs | hess %.2fs | reduce %.2fs | gptq %.2fs | bcast %.2fs | prop %.2fs | "
-            "loss %.3e | rss %.0f MB | eta %.1fs",
-            l + 1, m->cfg.L, lt->forward, lt->hessian, lt->reduce, lt->gptq, lt->bcast, lt->propagate,
+            "save %.2fs | loss %.3e | rss %.0f MB | eta %.1fs",
+            l + 1, m->cfg.L, lt->forward, lt->hessian, lt->reduce, lt->gptq, lt->bcast, lt->propagate, lt->save,
             nmods ? loss / nmods : 0.0, (double)ds_peak_rss_bytes() / 1048576.0, eta);
 }
 
@@ -176,13 +186,19 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
         goto done;
     }
 
-    /* module list: every targeted Linear, in forward order, same on all ranks */
-    stats->mods = xcalloc((size_t)c->L * LIN_COUNT, sizeof(module_record));
+    /* module list: every targeted Linear, in model order, built from the
+     * config (never from the tokens), so it is the same on all ranks */
+    const int nin = model_num_inputs(c), maxlin = 3 * c->E + 12;
+    stats->mods = xcalloc((size_t)c->L * (size_t)maxlin, sizeof(module_record));
     int nmax = 0;
-    for (int inp = 0; inp < INP_COUNT; inp++) nmax = DS_MAX(nmax, model_input_dim(c, inp));
+    for (int inp = 0; inp < nin; inp++) nmax = DS_MAX(nmax, model_input_dim(c, inp));
     float *y = xmalloc(sizeof(float) * (size_t)max_T * c->C);
     float *Hf = NULL;
-    capture_ctx cap = {.scratch = xmalloc(sizeof(float) * (size_t)nmax * nmax)};
+    capture_ctx cap = {.scratch = xmalloc(sizeof(float) * (size_t)nmax * nmax),
+                       .H = xcalloc((size_t)nin, sizeof(double *)),
+                       .cnt = xcalloc((size_t)nin * 2, sizeof(int64_t))};
+    int *mods = xmalloc(sizeof(int) * (size_t)maxlin), *owner = xmalloc(sizeof(int) * (size_t)maxlin);
+    double *cost = xmalloc(sizeof(double) * (size_t)maxlin);
     layer_scratch ls;
     layer_scratch_init(&ls, c, max_T);
 
@@ -191,22 +207,23 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
         layer_weights lw;
         double t = ds_now();
         layer_load(m, l, &lw);
+        layer_set_all_experts(&lw, !o->moe_routed_only);
         lt.load = ds_now() - t;
 
-        int mods[LIN_COUNT], nm = 0, owner[LIN_COUNT];
-        double cost[LIN_COUNT];
-        for (int k = 0; k < LIN_COUNT; k++)
-            if (ckpt_module_quantized(r, lw.lin[k].name)) {
+        int nm = 0;
+        for (int k = 0; k < lw.nlin; k++)
+            if (lw.lin[k].quantizable && ckpt_module_quantized(r, lw.lin[k].name)) {
                 const layer_linear *li = &lw.lin[k];
                 cost[nm] = 2.0 * li->out * (double)li->in * li->in + (double)li->in * li->in * li->in;
                 mods[nm++] = k;
             }
         pipeline_assign(cost, nm, nranks, owner);
-        for (int inp = 0; inp < INP_COUNT; inp++) {
+        for (int inp = 0; inp < nin; inp++) {
             int n = model_input_dim(c, inp), used = 0;
-            for (int i = 0; i < nm; i++) used |= lw.lin[mods[i]].input_id == inp;
+            for (int i = 0; i < nm && !used; i++) used = lw.lin[mods[i]].input_id == inp;
             cap.H[inp] = used ? xcalloc((size_t)n * n, sizeof(double)) : NULL;
         }
+        memset(cap.cnt, 0, sizeof(int64_t) * 2 * (size_t)nin);
 
         /* calibration pass (outputs discarded: propagate_error=True) */
         t = ds_now();
@@ -218,9 +235,11 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
         lt.hessian = cap.seconds;
         lt.forward = ds_now() - t - cap.seconds;
 
-        /* reduce each Hessian to the rank(s) that solve modules using it */
+        /* token/sequence counts per input (one collective, config-sized), then
+         * each Hessian reduced to the rank(s) that solve modules using it */
         t = ds_now();
-        for (int inp = 0; inp < INP_COUNT; inp++) {
+        comm_allreduce_sum_i64(cap.cnt, 2 * (size_t)nin);
+        for (int inp = 0; inp < nin; inp++) {
             if (!cap.H[inp]) continue;
             int n = model_input_dim(c, inp), first = -1, multi = 0, mine = 0;
             for (int i = 0; i < nm; i++) {
@@ -239,20 +258,27 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
         double layer_loss = 0;
         for (int i = 0; i < nm; i++) {
             layer_linear *li = &lw.lin[mods[i]];
+            const int64_t ntok = cap.cnt[2 * li->input_id], nseq = cap.cnt[2 * li->input_id + 1];
             packed_result pr;
             packed_layout(&pr, &r->w, li->out, li->in, c->dtype);
             if (owner[i] == rank) {
                 t = ds_now();
                 int n = li->in;
-                const double *H = cap.H[li->input_id];
-                Hf = xrealloc(Hf, sizeof(float) * (size_t)n * n);
-                for (int a = 0; a < n; a++)
-                    for (int b = a; b < n; b++)
-                        Hf[(size_t)a * n + b] = Hf[(size_t)b * n + a] =
-                            (float)(H[(size_t)a * n + b] / (double)stats->samples_total);
                 gptq_result res;
-                ds_status gs = gptq_quantize(&r->w, li->w, li->out, li->in, Hf, r->block_size,
-                                             r->dampening_frac, c->dtype, &res);
+                ds_status gs;
+                if (ntok == 0) { /* an expert no rank routed a token to: round-to-nearest */
+                    gs = rtn_quantize(&r->w, li->w, li->out, li->in, c->dtype, &res);
+                    res.rtn_fallback = 2;
+                } else {
+                    const double *H = cap.H[li->input_id];
+                    Hf = xrealloc(Hf, sizeof(float) * (size_t)n * n);
+                    for (int a = 0; a < n; a++)
+                        for (int b = a; b < n; b++)
+                            Hf[(size_t)a * n + b] = Hf[(size_t)b * n + a] =
+                                (float)(H[(size_t)a * n + b] / (double)nseq);
+                    gs = gptq_quantize(&r->w, li->w, li->out, li->in, Hf, r->block_size, r->dampening_frac,
+                                       c->dtype, &res);
+                }
                 if (gs) DS_DIE(1, "GPTQ failed on %s: %s", li->name, ds_errmsg());
                 size_t ng = (size_t)quant_num_groups(&r->w, li->in);
                 ds_convert_from_f32(pr.w, res.wq, c->dtype, (size_t)li->out * li->in);
@@ -280,7 +306,13 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
             mr->rtn_fallback = pr.meta[1] != 0;
             mr->seconds = pr.meta[2];
             stats->n_rtn += mr->rtn_fallback;
-            if (mr->rtn_fallback && rank == 0)
+            if (pr.meta[1] == 2) {
+                stats->n_no_tokens++;
+                if (rank == 0)
+                    ds_warn("%s: no calibration token was routed to this expert (routed-only MoE calibration); "
+                            "used round-to-nearest for this module (hint: keep moe_calibrate_all_experts or use "
+                            "more calibration samples)", li->name);
+            } else if (mr->rtn_fallback && rank == 0)
                 ds_warn("%s: Cholesky of the Hessian failed; used round-to-nearest for this module "
                         "(hint: raise dampening_frac or use more calibration samples)", li->name);
             layer_loss += pr.meta[0];
@@ -294,7 +326,7 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
             }
             free(pr.buf);
         }
-        for (int inp = 0; inp < INP_COUNT; inp++) { free(cap.H[inp]); cap.H[inp] = NULL; }
+        for (int inp = 0; inp < nin; inp++) { free(cap.H[inp]); cap.H[inp] = NULL; }
 
         /* propagation pass with the quantized weights */
         t = ds_now();
@@ -313,6 +345,11 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
             break;
         }
     }
+    free(mods);
+    free(owner);
+    free(cost);
+    free(cap.H);
+    free(cap.cnt);
     layer_scratch_free(&ls);
     free(cap.scratch);
     free(y);

@@ -3,6 +3,8 @@
  * sequential pipeline + GPTQ DDP, ../shared/docs/reference-llm-compressor.md
  * §1.7, §2.2), one decoder layer resident at a time:
  *   for each layer:
+ *     module list from the config (attention, dense MLP or router + experts
+ *       + shared expert; routers are never quantized)
  *     calibration pass over this rank's samples, capturing each targeted
  *       Linear's input -> Hessian sums 2·XᵀX (f64) + sequence counts
  *     assign modules to owner ranks (greedy bin packing by solve cost)
@@ -35,7 +37,8 @@ typedef struct run_stats {
     double total_s;             /* wall time of pipeline_quantize */
     size_t samples_total, tokens_total;
     module_record *mods;        /* all quantized modules (every rank has them) */
-    int nmods, n_rtn;
+    int nmods, n_rtn;           /* n_rtn: RTN fallbacks (Cholesky failure or no tokens) */
+    int n_no_tokens;            /* experts that received no calibration token (routed-only mode) */
     uint64_t bytes_written;
     int nshards;
 } run_stats;
@@ -44,6 +47,11 @@ typedef struct run_opts {
     const char *out_dir;
     int overwrite;
     uint64_t max_shard_bytes;   /* 0 = unlimited */
+    /* MoE: 0 (default) = moe_calibrate_all_experts=True (every expert's
+     * Hessian sees all tokens, the layer output uses the routed experts only);
+     * 1 = Hessians from routed tokens only; an expert that gets no token on
+     * any rank is quantized round-to-nearest with a counted warning. */
+    int moe_routed_only;
 } run_opts;
 
 /* Check the recipe against the model before any work: group size divides

@@ -52,6 +52,17 @@ else fail "eval with more ranks than windows: $(cat "$TMP/a" "$TMP/b")"; fi
 if "$PYTHON" -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["windows"]==2 and d["seq_len"]==64 and d["predicted_tokens"]==126 and d["ppl"]>1' "$TMP/ds.json" 2>/dev/null
 then pass "eval --json"; else fail "eval --json: $(cat "$TMP/ds.json")"; fi
 
+# ---- a doneshot W4A16 checkpoint (dequantized on load), -np independent ----
+if "$DS" --recipe recipes/stories260k-w4a16.json --model $MODEL --dataset $TEXT --output "$TMP/q" -q \
+        >"$TMP/q.log" 2>&1; then
+    $MPIRUN -np 1 "$DS" eval --model "$TMP/q" --dataset $TEXT --seq-len 64 --max-windows 6 -q >"$TMP/q1" 2>&1
+    $MPIRUN -np 2 "$DS" eval --model "$TMP/q" --dataset $TEXT --seq-len 64 --max-windows 6 -q >"$TMP/q2" 2>&1
+    qppl=$(sed -n 's/^ppl \([0-9.]*\) .*/\1/p' "$TMP/q1")
+    if [ -n "$qppl" ] && cmp -s "$TMP/q1" "$TMP/q2" && awk -v p="$qppl" 'BEGIN { exit !(p > 1 && p < 100) }'
+    then pass "eval of a W4A16 checkpoint at -np 1 and 2: $(cat "$TMP/q1")"
+    else fail "eval of a W4A16 checkpoint: $(cat "$TMP/q1" "$TMP/q2")"; fi
+else fail "quantize for the eval test: $(tail -5 "$TMP/q.log")"; fi
+
 # ---- independent reference forward (float64, pure Python) ----
 if [ -f "$REF" ] && command -v "$PYTHON" >/dev/null 2>&1; then
     cat >"$TMP/ref.py" <<'EOF'

@@ -90,6 +90,19 @@ def load_quiet(path):
     return model, msgs
 
 
+def wikitext_lf(work):
+    """WikiText-2 test joined with "\\n\\n" (../shared/data), with the CRLF line
+    endings of the stored copy turned back into LF as in the HF dataset; the
+    bundled TinyStories sample when WikiText-2 is not there."""
+    wt = os.path.join(ROOT, "..", "shared", "data", "wikitext2_test.txt")
+    if not os.path.exists(wt):
+        return os.path.join(ROOT, "data", "tinystories_sample.txt")
+    out = os.path.join(work, "wikitext2_test.lf.txt")
+    with open(wt, "rb") as f, open(out, "wb") as g:
+        g.write(f.read().replace(b"\r\n", b"\n"))
+    return out
+
+
 def hf_ppl(model, ids, T, K):
     import torch
     nll = 0.0
@@ -106,7 +119,7 @@ def hf_ppl(model, ids, T, K):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--doneshot", required=True)
-    ap.add_argument("--text", default=None, help="evaluation text (default: WikiText-2 test if present)")
+    ap.add_argument("--text", default=None, help="evaluation text (default: WikiText-2 test, LF)")
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--windows", type=int, default=40)
     ap.add_argument("--np", type=int, default=1)
@@ -114,15 +127,14 @@ def main():
     ap.add_argument("--workdir", default=None)
     a = ap.parse_args()
     a.doneshot = os.path.abspath(a.doneshot)
-    if a.text is None:
-        wt = os.path.join(ROOT, "..", "shared", "data", "wikitext2_test.txt")
-        a.text = wt if os.path.exists(wt) else os.path.join(ROOT, "data", "tinystories_sample.txt")
+    work = a.workdir or tempfile.mkdtemp(prefix="ds-interop-")
+    os.makedirs(work, exist_ok=True)
+    a.text = wikitext_lf(work) if a.text is None else a.text
     import torch
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
-    work = a.workdir or tempfile.mkdtemp(prefix="ds-interop-")
     fp = os.path.join(ROOT, "data", "stories260K")
     q = os.path.join(work, "stories260K-W4A16")
     run([a.doneshot, "--recipe", "recipes/stories260k-w4a16.json", "--model", fp,
@@ -138,11 +150,17 @@ def main():
     check(qc.get("quant_method") == "compressed-tensors" and qc.get("format") == "pack-quantized",
           "quantization_config is compressed-tensors pack-quantized")
 
-    # 3. the same tokens
-    text = open(a.text, encoding="utf-8").read()
-    ids = AutoTokenizer.from_pretrained(q)(text, add_special_tokens=True).input_ids
+    # 3. the same tokens: doneshot's ids are fed to the HF model; they must equal
+    # both the tokenizers library on tokenizer.json and transformers' AutoTokenizer
+    from tokenizers import Tokenizer
+    text = open(a.text, encoding="utf-8", newline="").read()
     ds_ids = [int(x) for x in run([a.doneshot, "tokenize", "--model", q, "--input", a.text]).split()]
-    check(ids == ds_ids, "HF tokenizer and doneshot tokenize agree on %s (%d ids)" % (os.path.basename(a.text), len(ids)))
+    tk_ids = Tokenizer.from_file(os.path.join(q, "tokenizer.json")).encode(text, add_special_tokens=True).ids
+    at_ids = AutoTokenizer.from_pretrained(q)(text, add_special_tokens=True).input_ids
+    name = os.path.basename(a.text)
+    check(ds_ids == tk_ids, "doneshot tokenize == tokenizers on %s (%d ids)" % (name, len(ds_ids)))
+    check(ds_ids == at_ids, "doneshot tokenize == transformers AutoTokenizer on %s (%d ids)" % (name, len(at_ids)))
+    ids = ds_ids
     T, K = a.seq_len, min(a.windows, len(ids) // a.seq_len)
 
     # 4. perplexity, quantized and original

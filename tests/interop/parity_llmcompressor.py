@@ -1,0 +1,189 @@
+#!/usr/bin/env python3
+"""Interop (b): GPTQ parity of doneshot with llm-compressor.
+
+Both quantize the bundled stories260K with the demo recipe's scheme
+(recipes/stories260k-w4a16.json: W4A16 int4 symmetric, its strategy /
+group_size / actorder, ignore lm_head, block_size, dampening_frac) from
+EXACTLY the same calibration token ids:
+
+  * rows = blank-line-separated documents of data/tinystories_sample.txt,
+    tokenized with tokenizer.json (add_special_tokens, i.e. BOS first),
+    truncated to max_seq_length, a seeded choice of num_calibration_samples
+    rows, written to calib.jsonl as {"input_ids": [...]};
+  * doneshot calibrates from calib.jsonl with --num-samples = number of rows
+    (its seeded shuffle only reorders them);
+  * llmcompressor.oneshot gets the same rows as a datasets.Dataset with
+    input_ids, num_calibration_samples = number of rows, pipeline
+    "sequential", on CPU.
+
+Then it compares the two checkpoints: fraction of identical int4 codes
+(target >= 99%), max relative weight_scale difference (target <= 1e-3), and
+`doneshot eval` perplexity of both (within 0.5%) and of the original model.
+Prints "ok"/"FAIL" lines, a per-module table with --verbose, and
+"RESULT {...}"; exit 1 if a target is missed.
+
+Usage: parity_llmcompressor.py --doneshot build/doneshot [--workdir DIR]
+       [--windows 40] [--seq-len 256] [--np 1] [--verbose]
+"""
+import argparse
+import json
+import os
+import random
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FP = os.path.join(ROOT, "data", "stories260K")
+RECIPE = os.path.join(ROOT, "recipes", "stories260k-w4a16.json")
+CALIB_TEXT = os.path.join(ROOT, "data", "tinystories_sample.txt")
+FAILS = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        FAILS.append(what)
+
+
+def run(cmd):
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.stderr.write(r.stdout + r.stderr)
+        raise SystemExit("command failed (%d): %s" % (r.returncode, " ".join(cmd)))
+    return r.stdout
+
+
+def calibration_rows(n, max_len, seed):
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(os.path.join(FP, "tokenizer.json"))
+    text = open(CALIB_TEXT, encoding="utf-8", newline="").read()
+    docs = [d.strip() for d in text.split("\n\n") if d.strip()]
+    random.Random(seed).shuffle(docs)
+    return [tok.encode(d, add_special_tokens=True).ids[:max_len] for d in docs[:n]]
+
+
+def gptq_modifier(rc):
+    from llmcompressor.modifiers.quantization import GPTQModifier
+    g = rc["modifiers"][0]["GPTQModifier"]
+    kw = {k: g[k] for k in ("ignore", "config_groups", "block_size", "dampening_frac") if k in g}
+    if "actorder" in g:
+        kw["actorder"] = g["actorder"]
+    return GPTQModifier(**kw)
+
+
+def run_llmcompressor(rows, rc, out, max_len):
+    import torch
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(FP, dtype=torch.float32)
+    ds = Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]})
+    oneshot(model=model, dataset=ds, recipe=[gptq_modifier(rc)], num_calibration_samples=len(rows),
+            max_seq_length=max_len, pipeline="sequential", output_dir=out, save_compressed=True)
+    for f in ("tokenizer.json", "tokenizer_config.json"):  # for `doneshot eval`
+        shutil.copy(os.path.join(FP, f), out)
+
+
+def unpack_int4(packed, cols):
+    """compressed-tensors pack-quantized int4: 8 codes per int32, lowest nibble
+    first, stored as q + 8."""
+    p = packed.astype(np.int64) & 0xFFFFFFFF
+    nib = np.stack([(p >> (4 * j)) & 0xF for j in range(8)], axis=-1).reshape(p.shape[0], -1)
+    return (nib[:, :cols] - 8).astype(np.int8)
+
+
+def load_codes(d):
+    from safetensors.numpy import load_file
+    t = load_file(os.path.join(d, "model.safetensors"))
+    out = {}
+    for k in t:
+        if k.endswith(".weight_packed"):
+            m = k[:-len(".weight_packed")]
+            rows, cols = (int(x) for x in t[m + ".weight_shape"])
+            out[m] = (unpack_int4(t[k], cols), t[m + ".weight_scale"].astype(np.float64))
+    return out
+
+
+def ds_eval(a, model, text):
+    cmd = (shlex.split(a.mpirun) + ["-np", str(a.np)]) if a.np > 1 else []
+    cmd += [a.doneshot, "eval", "--model", model, "--dataset", text, "--seq-len", str(a.seq_len), "--json", "-q"]
+    if a.windows > 0:
+        cmd += ["--max-windows", str(a.windows)]
+    return json.loads(run(cmd).strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--doneshot", required=True)
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--windows", type=int, default=40, help="eval windows (0: the whole text)")
+    ap.add_argument("--np", type=int, default=1)
+    ap.add_argument("--mpirun", default="mpirun --oversubscribe")
+    ap.add_argument("--reuse", action="store_true", help="reuse existing checkpoints in --workdir")
+    ap.add_argument("--verbose", action="store_true")
+    a = ap.parse_args()
+    a.doneshot = os.path.abspath(a.doneshot)
+    work = a.workdir or tempfile.mkdtemp(prefix="ds-parity-")
+    os.makedirs(work, exist_ok=True)
+    rc = json.load(open(RECIPE))
+    n = int(rc.get("num_calibration_samples", 64))
+    max_len = int(rc.get("max_seq_length", 256))
+    seed = int(rc.get("seed", 0))
+
+    rows = calibration_rows(n, max_len, seed)
+    calib = os.path.join(work, "calib.jsonl")
+    with open(calib, "w") as f:
+        for r in rows:
+            f.write(json.dumps({"input_ids": r}) + "\n")
+    ds_q, lc_q = os.path.join(work, "doneshot-W4A16"), os.path.join(work, "llmcompressor-W4A16")
+    if not (a.reuse and os.path.exists(os.path.join(ds_q, "model.safetensors"))):
+        run([a.doneshot, "--recipe", RECIPE, "--model", FP, "--dataset", calib, "--num-samples", str(len(rows)),
+             "--max-seq-len", str(max_len), "--output", ds_q, "--overwrite", "-q"])
+    if not (a.reuse and os.path.exists(os.path.join(lc_q, "model.safetensors"))):
+        run_llmcompressor(rows, rc, lc_q, max_len)
+    print("calibration: %d rows, %d tokens (%s)" % (len(rows), sum(map(len, rows)), calib))
+
+    A, B = load_codes(ds_q), load_codes(lc_q)
+    check(sorted(A) == sorted(B) and len(A) == 35, "both checkpoints quantize the same %d modules" % len(A))
+    same = total = 0
+    worst_scale, worst_mod = 0.0, "all modules"
+    for m in sorted(A):
+        (qa, sa), (qb, sb) = A[m], B[m]
+        eq = int((qa == qb).sum())
+        same += eq
+        total += qa.size
+        rel = float(np.max(np.abs(sa - sb) / np.maximum(np.abs(sb), 1e-30)))
+        if rel > worst_scale:
+            worst_scale, worst_mod = rel, m
+        if a.verbose:
+            print("  %-40s codes %7.3f%%  max|dq|=%d  scale rel %.2e" % (m, 100.0 * eq / qa.size,
+                  int(np.abs(qa.astype(int) - qb).max()), rel))
+    agree = same / total
+    check(agree >= 0.99, "int4 codes identical: %.3f%% (%d of %d; target >= 99%%)" % (100 * agree, same, total))
+    check(worst_scale <= 1e-3, "max relative scale difference %.2e (%s; target <= 1e-3)" % (worst_scale, worst_mod))
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from check_transformers import wikitext_lf
+    text = wikitext_lf(work)
+    e_fp, e_ds, e_lc = ds_eval(a, FP, text), ds_eval(a, ds_q, text), ds_eval(a, lc_q, text)
+    rel = abs(e_ds["ppl"] - e_lc["ppl"]) / e_lc["ppl"]
+    check(rel <= 5e-3, "ppl on %s (%d windows of %d): fp32 %.4f, doneshot W4A16 %.4f, llm-compressor W4A16 "
+          "%.4f (rel diff %.2e; target <= 5e-3)" % (os.path.basename(text), e_ds["windows"], e_ds["seq_len"],
+                                                   e_fp["ppl"], e_ds["ppl"], e_lc["ppl"], rel))
+    print("RESULT " + json.dumps({
+        "calib_rows": len(rows), "calib_tokens": sum(map(len, rows)), "code_agreement": agree,
+        "max_scale_rel_diff": worst_scale, "text": os.path.basename(text), "windows": e_ds["windows"],
+        "seq_len": e_ds["seq_len"], "ppl_fp": e_fp["ppl"], "ppl_doneshot": e_ds["ppl"],
+        "ppl_llmcompressor": e_lc["ppl"], "ppl_rel_diff": rel}))
+    return 1 if FAILS else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+#!/bin/sh
+# tests/interop/run.sh - the Python-ecosystem checks of `make check`:
+#   check_transformers.py     transformers/compressed-tensors load a doneshot
+#                             checkpoint (no warnings), same tokens, same
+#                             perplexity as `doneshot eval`, identical
+#                             dequantized weights;
+#   parity_llmcompressor.py   GPTQ codes/scales/perplexity vs llmcompressor.oneshot
+#                             on the same calibration token ids.
+# Creates (or reuses) the git-ignored venv .venv with the versions pinned in
+# tests/interop/requirements.txt. Env: BUILD (default build), MPIRUN,
+# VENV (default .venv), KEEP=1 keeps the work dir.
+# Last line: "N passed, N failed, N skipped"; exit 1 on any failure.
+cd "$(dirname "$0")/../.." || exit 1
+BUILD=${BUILD:-build}
+MPIRUN=${MPIRUN:-mpirun --oversubscribe}
+VENV=${VENV:-.venv}
+REQ=tests/interop/requirements.txt
+if [ "$(id -u)" = 0 ]; then
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi
+P=0; F=0
+
+if [ ! -x "$BUILD/doneshot" ]; then
+    echo "FAIL $BUILD/doneshot is not built (make BUILD=$BUILD)"; echo "0 passed, 1 failed, 0 skipped"; exit 1
+fi
+
+have_venv() {
+    [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c \
+        'import torch, transformers, compressed_tensors, llmcompressor, safetensors, numpy, datasets, tokenizers' \
+        >/dev/null 2>&1
+}
+if ! have_venv; then
+    echo "creating $VENV (pinned in $REQ; several minutes on a fresh machine)"
+    torch_pin=$(grep -E '^torch==' "$REQ")
+    { python3 -m venv "$VENV" &&
+      "$VENV/bin/pip" install -q --index-url https://download.pytorch.org/whl/cpu "$torch_pin" &&
+      "$VENV/bin/pip" install -q -r "$REQ"; } || true
+    if ! have_venv; then
+        echo "FAIL could not create the Python venv $VENV (needs network access to PyPI and download.pytorch.org)"
+        echo "0 passed, 1 failed, 0 skipped"; exit 1
+    fi
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ds-interop.XXXXXX")
+[ "${KEEP:-0}" = 1 ] && echo "work dir: $WORK" || trap 'rm -rf "$WORK"' EXIT
+export PYTHONWARNINGS=${PYTHONWARNINGS:-} TOKENIZERS_PARALLELISM=false
+
+suite() { # $1 = script, rest = arguments
+    name=$1; shift
+    echo "== tests/interop/$name"
+    "$VENV/bin/python" "tests/interop/$name" --doneshot "$BUILD/doneshot" --mpirun "$MPIRUN" "$@" \
+        >"$WORK/$name.out" 2>"$WORK/$name.err"
+    rc=$?
+    grep -E '^(ok|FAIL|RESULT) ' "$WORK/$name.out"
+    p=$(grep -c '^ok ' "$WORK/$name.out"); f=$(grep -c '^FAIL ' "$WORK/$name.out")
+    P=$((P + p)); F=$((F + f))
+    if [ $rc -ne 0 ] && [ "$f" -eq 0 ]; then
+        echo "FAIL $name exited with $rc"; tail -30 "$WORK/$name.err"; F=$((F + 1))
+    fi
+}
+suite check_transformers.py --workdir "$WORK/transformers" --seq-len 256 --windows 40
+suite parity_llmcompressor.py --workdir "$WORK/parity" --seq-len 256 --windows 40
+
+echo "$P passed, $F failed, 0 skipped"
+[ "$F" -eq 0 ]

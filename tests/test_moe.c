@@ -1,0 +1,353 @@
+/*
+ * test_moe.c - mixture-of-experts end to end under mpirun:
+ *  - the Mixtral variant (4 experts, top-2) quantized at -np 1, 2, 4: same
+ *    checkpoint structure and int4 codes, every expert quantized with finite
+ *    positive scales, routers kept unquantized and listed in "ignore";
+ *  - its forward (doneshot eval) against ../shared/tools/reference_forward.py
+ *    (independent stdlib-Python Mixtral forward) on the same tokens;
+ *  - synthetic Qwen3-MoE and Qwen2-MoE (shared expert) models from gen_model
+ *    at -np 2;
+ *  - routed-only calibration (run_opts.moe_routed_only, driven in-process by
+ *    this binary under mpirun): experts without tokens fall back to RTN with
+ *    a counted warning, no hang, no NaN.
+ * Needs BUILD/doneshot, BUILD/gen_model, mpirun; ../shared/models for the
+ * Mixtral variant (skipped without it), python3 for the reference check.
+ */
+#include "comm.h"
+#include "model.h"
+#include "pipeline.h"
+#include "quant.h"
+#include "recipe.h"
+#include "safetensors.h"
+#include "test.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char g_tmp[256], g_bin[512], g_gen[512], g_self[512], g_mpirun[512];
+#define MIXTRAL "../shared/models/variants/mixtral-4x-top2"
+#define RECIPE "recipes/stories260k-w4a16.json"
+
+static int run(const char *cmd) {
+    int rc = system(cmd);
+    if (rc == -1 || !WIFEXITED(rc)) return -1;
+    return WEXITSTATUS(rc);
+}
+
+static int quantize(int np, const char *mdir, const char *out) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s -np %d %s --recipe %s --model %s --num-samples 32 --output %s "
+             "--overwrite -q >%s.log 2>&1", g_mpirun, np, g_bin, RECIPE, mdir, out, out);
+    int rc = run(cmd);
+    if (rc) {
+        snprintf(cmd, sizeof cmd, "tail -20 %s.log >&2", out);
+        run(cmd);
+    }
+    return rc;
+}
+
+static int ends_with(const char *s, const char *suf) {
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && strcmp(s + a - b, suf) == 0;
+}
+
+/* Codes of module tensor `packed` (weight_packed) into a malloc'd [out*in]. */
+static int8_t *codes(const st_model *m, const st_tensor *p, int *out, int *in) {
+    char nm[600];
+    snprintf(nm, sizeof nm, "%.*s.weight_shape", (int)(strlen(p->name) - 14), p->name);
+    const st_tensor *sh = st_find(m, nm);
+    if (!sh) return NULL;
+    int64_t d[2];
+    memcpy(d, sh->data, sizeof d);
+    *out = (int)d[0];
+    *in = (int)d[1];
+    int32_t *pk = malloc(p->nbytes);
+    memcpy(pk, p->data, p->nbytes);
+    int8_t *q = malloc((size_t)*out * *in);
+    quant_unpack_rows(pk, *out, *in, 4, q);
+    free(pk);
+    return q;
+}
+
+typedef struct ck_stats { int ok, nexperts, nmods, bad_scales, constant_codes; long codes, same; } ck_stats;
+
+/* Structure + codes of b against a (a may equal b); scales finite and > 0. */
+static ck_stats check(const char *a_dir, const char *b_dir) {
+    ck_stats r = {0};
+    st_model *a = NULL, *b = NULL;
+    if (st_open_dir(a_dir, &a) || st_open_dir(b_dir, &b)) { st_close(a); return r; }
+    r.ok = st_count(a) == st_count(b);
+    for (size_t i = 0; r.ok && i < st_count(a); i++) {
+        const st_tensor *x = st_get(a, i), *y = st_find(b, x->name);
+        if (!y || x->dtype != y->dtype || x->nbytes != y->nbytes) { r.ok = 0; break; }
+        if (ends_with(x->name, ".weight_packed")) {
+            int out, in, o2, i2;
+            int8_t *qa = codes(a, x, &out, &in), *qb = codes(b, y, &o2, &i2);
+            if (!qa || !qb) { r.ok = 0; free(qa); free(qb); break; }
+            int lo = 127, hi = -128;
+            for (long k = 0; k < (long)out * in; k++) {
+                r.codes++;
+                r.same += qa[k] == qb[k];
+                lo = qa[k] < lo ? qa[k] : lo;
+                hi = qa[k] > hi ? qa[k] : hi;
+            }
+            r.constant_codes += lo == hi;
+            r.nmods++;
+            r.nexperts += strstr(x->name, ".experts.") != NULL;
+            free(qa);
+            free(qb);
+        } else if (ends_with(x->name, ".weight_scale")) {
+            size_t n = (size_t)st_numel(y);
+            float *f = malloc(sizeof(float) * n);
+            st_to_f32(y, f);
+            for (size_t k = 0; k < n; k++) r.bad_scales += !(isfinite(f[k]) && f[k] > 0);
+            free(f);
+        } else if (memcmp(x->data, y->data, x->nbytes) != 0) {
+            fprintf(stderr, "unquantized tensor %s differs\n", x->name);
+            r.ok = 0;
+        }
+    }
+    st_close(a);
+    st_close(b);
+    return r;
+}
+
+static int file_has(const char *path, const char *needle) {
+    char *buf = NULL;
+    if (ds_read_file(path, &buf, NULL) != DS_OK) return 0;
+    int f = strstr(buf, needle) != NULL;
+    free(buf);
+    return f;
+}
+
+/* ---- in-process driver: `test_moe driver MODEL OUT` under mpirun ---- */
+static int driver(const char *model_dir, const char *out) {
+    comm_init(NULL, NULL);
+    ds_log_set_rank(comm_rank(), comm_size());
+    ds_log_set_level(DS_LOG_WARN);
+    recipe r;
+    model m;
+    if (recipe_load(RECIPE, &r) || model_open(model_dir, &m)) DS_DIE(3, "%s", ds_errmsg());
+    /* one 6-token sample on rank 0 only: most experts get no token */
+    int32_t ids[6] = {1, 40, 41, 42, 43, 44};
+    ds_sample s = {ids, 6};
+    run_opts ro = {.out_dir = out, .overwrite = 1, .moe_routed_only = 1};
+    run_stats st;
+    ds_status rc = pipeline_quantize(&m, &r, &s, comm_rank() == 0 ? 1 : 0, &ro, &st);
+    if (comm_rank() == 0)
+        printf("driver: status %d modules %d rtn %d no_tokens %d\n", (int)rc, st.nmods, st.n_rtn, st.n_no_tokens);
+    run_stats_free(&st);
+    model_close(&m);
+    recipe_free(&r);
+    comm_finalize();
+    return rc;
+}
+
+static double reference_nll(const char *mdir, const char *text, int T) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd,
+             "python3 -c \"\nimport importlib.util,math,os,sys\n"
+             "sp=importlib.util.spec_from_file_location('rf','../shared/tools/reference_forward.py')\n"
+             "rf=importlib.util.module_from_spec(sp);sp.loader.exec_module(rf)\n"
+             "cfg,T=rf.load_hf('%s');W={k:v for k,(_,_,v) in T.items()}\n"
+             "hf=rf.Model(cfg,W,'hf');tok=rf.HFBPE(os.path.join('%s','tokenizer.json'))\n"
+             "ids=tok.encode(open('%s',encoding='utf-8').read())[:%d];nll=0.0\n"
+             "for p in range(len(ids)-1):\n"
+             "  lg=hf.step(ids[p],p);m=max(lg);nll+=m+math.log(sum(math.exp(v-m) for v in lg))-lg[ids[p+1]]\n"
+             "print('%%.12f'%%(nll/(len(ids)-1)))\n\" >%s/ref.txt 2>%s/ref.err",
+             mdir, mdir, text, T, g_tmp, g_tmp);
+    if (run(cmd) != 0) return NAN;
+    char p[512];
+    snprintf(p, sizeof p, "%s/ref.txt", g_tmp);
+    FILE *f = fopen(p, "r");
+    double v = NAN;
+    if (f) { if (fscanf(f, "%lf", &v) != 1) v = NAN; fclose(f); }
+    return v;
+}
+
+static double doneshot_nll(const char *mdir, const char *text, int T) {
+    char cmd[4096], p[512];
+    snprintf(p, sizeof p, "%s/eval.json", g_tmp);
+    snprintf(cmd, sizeof cmd, "%s eval --model %s --dataset %s --seq-len %d --max-windows 1 --json -q >%s 2>&1",
+             g_bin, mdir, text, T, p);
+    if (run(cmd) != 0) return NAN;
+    char *buf = NULL;
+    double v = NAN;
+    if (ds_read_file(p, &buf, NULL) == DS_OK) {
+        char *k = strstr(buf, "\"nll\":");
+        if (k) v = strtod(k + 6, NULL);
+    }
+    free(buf);
+    return v;
+}
+
+static int gen(const char *out, const char *args) {
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd, "%s --out %s --dtype f32 --vocab 512 --bos 1 --eos 2 --tokenizer-from data/stories260K "
+             "--threads 1 %s >%s.gen.log 2>&1", g_gen, out, args, out);
+    return run(cmd);
+}
+
+int main(int argc, char **argv) {
+    if (argc == 4 && strcmp(argv[1], "driver") == 0) return driver(argv[2], argv[3]);
+    const char *build = getenv("BUILD") ? getenv("BUILD") : "build";
+    const char *mpirun = getenv("MPIRUN") ? getenv("MPIRUN") : "mpirun --oversubscribe";
+    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+    setenv("OMPI_MCA_rmaps_base_oversubscribe", "1", 1);
+    snprintf(g_bin, sizeof g_bin, "%s/doneshot", build);
+    snprintf(g_gen, sizeof g_gen, "%s/gen_model", build);
+    snprintf(g_self, sizeof g_self, "%s", argv[0]);
+    snprintf(g_mpirun, sizeof g_mpirun, "%s", mpirun);
+    snprintf(g_tmp, sizeof g_tmp, "/tmp/doneshot-moe-XXXXXX");
+    if (!mkdtemp(g_tmp)) { perror("mkdtemp"); return 1; }
+    const int have_shared = ds_is_dir(MIXTRAL);
+    char mix[3][512];
+    int nps[3] = {1, 2, 4};
+
+    TEST("Mixtral 4x top-2 quantized at -np 1, 2, 4: identical structure and codes") {
+        if (!have_shared) { SKIP(MIXTRAL " not present"); }
+        else {
+            for (int i = 0; i < 3; i++) {
+                snprintf(mix[i], sizeof mix[i], "%s/mix%d", g_tmp, nps[i]);
+                CHECK_EQ_INT(quantize(nps[i], MIXTRAL, mix[i]), 0);
+            }
+            for (int i = 1; i < 3; i++) {
+                ck_stats c = check(mix[0], mix[i]);
+                printf("mixtral np1 vs np%d: %ld/%ld identical int4 codes over %d modules\n", nps[i], c.same,
+                       c.codes, c.nmods);
+                CHECK(c.ok);
+                CHECK(c.codes > 0 && (double)c.same >= 0.999 * (double)c.codes);
+                char a[600], b[600], *x = NULL, *y = NULL;
+                snprintf(a, sizeof a, "%s/config.json", mix[0]);
+                snprintf(b, sizeof b, "%s/config.json", mix[i]);
+                CHECK(ds_read_file(a, &x, NULL) == DS_OK && ds_read_file(b, &y, NULL) == DS_OK && x && y &&
+                      strcmp(x, y) == 0);
+                free(x);
+                free(y);
+            }
+        }
+    }
+
+    TEST("Mixtral: every expert quantized (60 expert Linears), sane scales, routers in ignore") {
+        if (!have_shared) { SKIP(MIXTRAL " not present"); }
+        else {
+            ck_stats c = check(mix[1], mix[1]);
+            CHECK(c.ok);
+            CHECK_EQ_INT(c.nmods, 5 * (4 + 4 * 3));
+            CHECK_EQ_INT(c.nexperts, 5 * 4 * 3);
+            CHECK_EQ_INT(c.bad_scales, 0);
+            CHECK_EQ_INT(c.constant_codes, 0);
+            st_model *s = NULL;
+            CHECK(st_open_dir(mix[1], &s) == DS_OK);
+            if (s) {
+                CHECK(st_find(s, "model.layers.3.block_sparse_moe.experts.3.w2.weight_packed") != NULL);
+                CHECK(st_find(s, "model.layers.3.block_sparse_moe.gate.weight") != NULL); /* unquantized */
+                CHECK(st_find(s, "model.layers.3.block_sparse_moe.gate.weight_packed") == NULL);
+                st_close(s);
+            }
+            char p[600];
+            snprintf(p, sizeof p, "%s/config.json", mix[1]);
+            CHECK(file_has(p, "\"model.layers.0.block_sparse_moe.gate\""));
+            CHECK(file_has(p, "\"model.layers.4.block_sparse_moe.gate\""));
+            CHECK(file_has(p, "\"lm_head\""));
+            snprintf(p, sizeof p, "%s.log", mix[0]);
+            CHECK(!file_has(p, "round-to-nearest"));
+        }
+    }
+
+    TEST("Mixtral forward (doneshot eval) matches reference_forward.py") {
+        if (!have_shared) { SKIP(MIXTRAL " not present"); }
+        else if (run("python3 -c 'import sys' >/dev/null 2>&1") != 0) { SKIP("python3 not available"); }
+        else {
+            char text[600], *buf = NULL;
+            snprintf(text, sizeof text, "%s/text.txt", g_tmp);
+            CHECK(ds_read_file("data/tinystories_sample.txt", &buf, NULL) == DS_OK);
+            if (buf) {
+                FILE *f = fopen(text, "w");
+                fwrite(buf, 1, 64 * 8, f); /* ~4x more than 64 tokens */
+                fclose(f);
+                free(buf);
+            }
+            double ref = reference_nll(MIXTRAL, text, 64), ds = doneshot_nll(MIXTRAL, text, 64);
+            printf("mean NLL over 63 tokens: doneshot %.10f reference %.10f (ppl rel diff %.2e)\n", ds, ref,
+                   fabs(exp(ds) - exp(ref)) / exp(ref));
+            CHECK(isfinite(ref) && isfinite(ds));
+            CHECK(fabs(exp(ds) - exp(ref)) <= 1e-4 * exp(ref));
+            /* and the quantized checkpoint still evaluates (dequantized on load) */
+            double q = doneshot_nll(mix[1], text, 64);
+            printf("quantized checkpoint mean NLL %.4f\n", q);
+            CHECK(isfinite(q) && q < ds + 1.0);
+        }
+    }
+
+    TEST("synthetic Qwen3-MoE and Qwen2-MoE (shared expert) end to end at -np 2") {
+        char q3[512], q2[512], o3[600], o2[600];
+        snprintf(q3, sizeof q3, "%s/qwen3moe", g_tmp);
+        snprintf(q2, sizeof q2, "%s/qwen2moe", g_tmp);
+        CHECK_EQ_INT(gen(q3, "--arch qwen3_moe --hidden 64 --heads 4 --kv-heads 2 --head-dim 16 --layers 2 "
+                             "--experts 8 --experts-per-tok 2 --moe-intermediate 32"), 0);
+        snprintf(o3, sizeof o3, "%s/qwen3moe-q", g_tmp);
+        CHECK_EQ_INT(quantize(2, q3, o3), 0);
+        ck_stats c = check(o3, o3);
+        CHECK(c.ok);
+        CHECK_EQ_INT(c.nmods, 2 * (4 + 8 * 3));
+        CHECK_EQ_INT(c.bad_scales, 0);
+        char p[700];
+        snprintf(p, sizeof p, "%s/config.json", o3);
+        CHECK(file_has(p, "\"model.layers.1.mlp.gate\""));
+        CHECK_EQ_INT(gen(q2, "--arch qwen2_moe --hidden 64 --heads 4 --kv-heads 2 --layers 2 "
+                             "--experts 4 --experts-per-tok 2 --moe-intermediate 32 --shared-intermediate 48"), 0);
+        snprintf(o2, sizeof o2, "%s/qwen2moe-q", g_tmp);
+        CHECK_EQ_INT(quantize(2, q2, o2), 0);
+        c = check(o2, o2);
+        CHECK(c.ok);
+        CHECK_EQ_INT(c.nmods, 2 * (4 + 4 * 3 + 3));
+        CHECK_EQ_INT(c.bad_scales, 0);
+        snprintf(p, sizeof p, "%s/config.json", o2);
+        CHECK(file_has(p, "\"model.layers.0.mlp.shared_expert_gate\""));
+        CHECK(file_has(p, "\"model.layers.0.mlp.gate\""));
+        st_model *s = NULL;
+        CHECK(st_open_dir(o2, &s) == DS_OK);
+        if (s) {
+            CHECK(st_find(s, "model.layers.1.mlp.shared_expert.down_proj.weight_packed") != NULL);
+            CHECK(st_find(s, "model.layers.1.self_attn.q_proj.bias") != NULL);
+            st_close(s);
+        }
+    }
+
+    TEST("routed-only calibration: experts without tokens use RTN, counted, no hang") {
+        char q[512], o[600], cmd[4096];
+        snprintf(q, sizeof q, "%s/qwen3moe32", g_tmp);
+        CHECK_EQ_INT(gen(q, "--arch qwen3_moe --hidden 64 --heads 4 --kv-heads 2 --layers 2 "
+                            "--experts 32 --experts-per-tok 1 --moe-intermediate 32"), 0);
+        snprintf(o, sizeof o, "%s/routed", g_tmp);
+        snprintf(cmd, sizeof cmd, "timeout 60 %s -np 2 %s driver %s %s >%s.log 2>&1", g_mpirun, g_self, q, o, o);
+        CHECK_EQ_INT(run(cmd), 0);
+        char p[700], *buf = NULL;
+        snprintf(p, sizeof p, "%s.log", o);
+        int nmods = 0, rtn = 0, none = 0;
+        if (ds_read_file(p, &buf, NULL) == DS_OK) {
+            char *d = strstr(buf, "driver:");
+            if (d) sscanf(d, "driver: status %*d modules %d rtn %d no_tokens %d", &nmods, &rtn, &none);
+        }
+        printf("routed-only: %d modules, %d RTN, %d without tokens\n", nmods, rtn, none);
+        CHECK_EQ_INT(nmods, 2 * (4 + 32 * 3));
+        /* 6 tokens, top-1: at most 6 experts per layer see tokens */
+        CHECK(none >= 2 * 3 * (32 - 6) && none < 2 * 3 * 32);
+        CHECK(rtn >= none);
+        CHECK(buf && strstr(buf, "no calibration token was routed") != NULL);
+        free(buf);
+        ck_stats c = check(o, o);
+        CHECK(c.ok);
+        CHECK_EQ_INT(c.bad_scales, 0);
+    }
+
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", g_tmp);
+    if (t_failed == 0) run(cmd);
+    else fprintf(stderr, "kept %s for inspection\n", g_tmp);
+    return TEST_REPORT();
+}
