@@ -110,6 +110,10 @@ ds_status ds_convert_to_f32(float *dst, const void *src, ds_dtype dt, size_t n);
 /* Convert n f32 values to F32/BF16/F16 storage. */
 void ds_convert_from_f32(void *dst, const float *src, ds_dtype dt, size_t n);
 
+/* Parse a command-line integer >= lo for option `opt`; on error sets *st to
+ * DS_ERR_USAGE with "opt: invalid value 'x' (expected an integer >= lo)". */
+long ds_parse_long(const char *opt, const char *s, long lo, ds_status *st);
+
 /* ---- files ---- */
 /* Read a whole file into a NUL-terminated malloc'd buffer. DS_ERR_INPUT with
  * a message naming the path on failure. */

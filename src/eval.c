@@ -82,17 +82,6 @@ static void eval_usage(FILE *f) {
             "exit status: 0 ok, 1 runtime failure, 2 usage error, 3 bad model or data\n");
 }
 
-static long parse_num(const char *opt, const char *s, long lo, ds_status *st) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (*s == 0 || *end != 0 || errno || v < lo) {
-        *st = ds_error(DS_ERR_USAGE, "%s: invalid value '%s' (expected an integer >= %ld)", opt, s, lo);
-        return 0;
-    }
-    return v;
-}
-
 /* DS_OK, a usage error, or 100 for --help. */
 static int parse_eval_cli(int argc, char **argv, eval_cli *c) {
     static const struct option opts[] = {
@@ -112,9 +101,9 @@ static int parse_eval_cli(int argc, char **argv, eval_cli *c) {
         switch (ch) {
         case 'm': c->model = optarg; break;
         case 'd': c->dataset = optarg; break;
-        case 't': c->seq_len = parse_num("--seq-len", optarg, 2, &st); break;
-        case 'k': c->max_windows = parse_num("--max-windows", optarg, 1, &st); break;
-        case 'j': c->threads = parse_num("--threads", optarg, 1, &st); break;
+        case 't': c->seq_len = ds_parse_long("--seq-len", optarg, 2, &st); break;
+        case 'k': c->max_windows = ds_parse_long("--max-windows", optarg, 1, &st); break;
+        case 'j': c->threads = ds_parse_long("--threads", optarg, 1, &st); break;
         case 'J': c->json = 1; break;
         case 'W': c->dump = optarg; break;
         case 'q': c->verbosity--; break;

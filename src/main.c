@@ -34,7 +34,7 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: doneshot [quantize] --recipe FILE [options]\n"
             "       doneshot tokenize --model DIR [--input FILE] [--bos|--no-bos] [--decode]\n"
-            "       doneshot eval --model DIR --dataset FILE [--seq-len T] [--max-windows K] [--json]\n"
+            "       doneshot eval --model DIR --dataset FILE [--seq-len T] [--max-windows K] [--threads K] [--json]\n"
             "\n"
             "GPTQ post-training quantization of a Hugging Face model directory into a\n"
             "compressed-tensors checkpoint; run under mpirun/srun for several ranks.\n"
@@ -74,16 +74,6 @@ static int64_t parse_size(const char *s) {
     return -1;
 }
 
-static long parse_long(const char *opt, const char *s, long lo, ds_status *st) {
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (*s == 0 || *end != 0 || v < lo) {
-        *st = ds_error(DS_ERR_USAGE, "%s: invalid value '%s' (expected an integer >= %ld)", opt, s, lo);
-        return 0;
-    }
-    return v;
-}
-
 static ds_status parse_cli(int argc, char **argv, cli *c) {
     static const struct option opts[] = {
         {"recipe", required_argument, 0, 'r'},  {"model", required_argument, 0, 'm'},
@@ -108,10 +98,10 @@ static ds_status parse_cli(int argc, char **argv, cli *c) {
         case 'm': c->model = optarg; break;
         case 'd': c->dataset = optarg; break;
         case 'o': c->output = optarg; break;
-        case 'n': c->num_samples = parse_long("--num-samples", optarg, 1, &st); break;
-        case 't': c->max_seq_len = parse_long("--max-seq-len", optarg, 1, &st); break;
-        case 's': c->seed = parse_long("--seed", optarg, 0, &st); break;
-        case 'j': c->threads = parse_long("--threads", optarg, 1, &st); break;
+        case 'n': c->num_samples = ds_parse_long("--num-samples", optarg, 1, &st); break;
+        case 't': c->max_seq_len = ds_parse_long("--max-seq-len", optarg, 1, &st); break;
+        case 's': c->seed = ds_parse_long("--seed", optarg, 0, &st); break;
+        case 'j': c->threads = ds_parse_long("--threads", optarg, 1, &st); break;
         case 'f': c->text_field = optarg; break;
         case 'D':
             if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda"))

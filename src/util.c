@@ -231,6 +231,17 @@ void ds_convert_from_f32(void *dst, const float *src, ds_dtype dt, size_t n) {
     }
 }
 
+long ds_parse_long(const char *opt, const char *s, long lo, ds_status *st) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (*s == 0 || *end != 0 || errno || v < lo) {
+        *st = ds_error(DS_ERR_USAGE, "%s: invalid value '%s' (expected an integer >= %ld)", opt, s, lo);
+        return 0;
+    }
+    return v;
+}
+
 /* ---- files ---- */
 
 ds_status ds_read_file(const char *path, char **out, size_t *len) {

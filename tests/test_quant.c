@@ -9,110 +9,7 @@
 
 #include <stdlib.h>
 
-/* ---- minimal safetensors reader for the goldens (no dependency on
- * src/safetensors.c; the files are written by the python safetensors package) ---- */
-typedef struct {
-    char *buf;
-    size_t len;
-    const char *hdr;
-    size_t hlen;
-    const unsigned char *data;
-} gold;
-
-static int gold_open(const char *path, gold *g) {
-    memset(g, 0, sizeof(*g));
-    if (ds_read_file(path, &g->buf, &g->len) != DS_OK || g->len < 8) return -1;
-    uint64_t h = 0;
-    for (int i = 7; i >= 0; i--) h = (h << 8) | (unsigned char)g->buf[i];
-    if (h > g->len - 8) return -1;
-    g->hlen = (size_t)h;
-    g->hdr = g->buf + 8;
-    g->data = (const unsigned char *)g->buf + 8 + h;
-    return 0;
-}
-static void gold_close(gold *g) { free(g->buf); memset(g, 0, sizeof(*g)); }
-
-/* Locate tensor `name`; returns a pointer to its bytes or NULL. */
-static const void *gold_find(const gold *g, const char *name, char dtype[8], int64_t shape[4], int *ndim,
-                             size_t *nbytes) {
-    char key[128];
-    snprintf(key, sizeof key, "\"%s\":{", name);
-    const char *p = strstr(g->hdr, key);
-    if (!p || p > g->hdr + g->hlen) return NULL;
-    const char *d = strstr(p, "\"dtype\":\"");
-    const char *s = strstr(p, "\"shape\":[");
-    const char *o = strstr(p, "\"data_offsets\":[");
-    if (!d || !s || !o) return NULL;
-    d += 9;
-    int k = 0;
-    while (d[k] && d[k] != '"' && k < 7) { dtype[k] = d[k]; k++; }
-    dtype[k] = 0;
-    s += 9;
-    *ndim = 0;
-    while (*s != ']') {
-        char *e;
-        long long v = strtoll(s, &e, 10);
-        if (e == s) break;
-        if (*ndim < 4) shape[(*ndim)++] = v;
-        s = e;
-        if (*s == ',') s++;
-    }
-    o += 16;
-    char *e;
-    unsigned long long a = strtoull(o, &e, 10);
-    unsigned long long b = strtoull(e + 1, NULL, 10);
-    *nbytes = (size_t)(b - a);
-    return g->data + a;
-}
-
-static const char *gold_meta(const gold *g, const char *key, char *out, size_t outn) {
-    char pat[128];
-    snprintf(pat, sizeof pat, "\"%s\":\"", key);
-    const char *m = strstr(g->hdr, "\"__metadata__\"");
-    const char *p = m ? strstr(m, pat) : NULL;
-    if (!p) return NULL;
-    p += strlen(pat);
-    size_t k = 0;
-    while (p[k] && p[k] != '"' && k + 1 < outn) { out[k] = p[k]; k++; }
-    out[k] = 0;
-    return out;
-}
-
-/* Load as f32 (F32/BF16/F16); *n = element count. */
-static float *gold_f32(const gold *g, const char *name, size_t *n) {
-    char dt[8]; int64_t sh[4]; int nd; size_t nb;
-    const void *p = gold_find(g, name, dt, sh, &nd, &nb);
-    if (!p) return NULL;
-    ds_dtype t;
-    if (ds_dtype_from_name(dt, &t) != 0) return NULL;
-    size_t cnt = nb / ds_dtype_size(t);
-    float *o = xmalloc((cnt ? cnt : 1) * sizeof(float));
-    if (ds_convert_to_f32(o, p, t, cnt) != DS_OK) { free(o); return NULL; }
-    if (n) *n = cnt;
-    return o;
-}
-/* Load an integer tensor (I8/I32/I64) as int64. */
-static int64_t *gold_i64(const gold *g, const char *name, size_t *n) {
-    char dt[8]; int64_t sh[4]; int nd; size_t nb;
-    const void *p = gold_find(g, name, dt, sh, &nd, &nb);
-    if (!p) return NULL;
-    size_t es = !strcmp(dt, "I8") ? 1 : !strcmp(dt, "I32") ? 4 : !strcmp(dt, "I64") ? 8 : 0;
-    if (!es) return NULL;
-    size_t cnt = nb / es;
-    int64_t *o = xmalloc((cnt ? cnt : 1) * sizeof(int64_t));
-    const unsigned char *b = p;
-    for (size_t i = 0; i < cnt; i++) {
-        if (es == 1) { int8_t v; memcpy(&v, b + i, 1); o[i] = v; }
-        else if (es == 4) { int32_t v; memcpy(&v, b + 4 * i, 4); o[i] = v; }
-        else { int64_t v; memcpy(&v, b + 8 * i, 8); o[i] = v; }
-    }
-    if (n) *n = cnt;
-    return o;
-}
-static int gold_shape(const gold *g, const char *name, int64_t shape[4]) {
-    char dt[8]; int nd; size_t nb;
-    return gold_find(g, name, dt, shape, &nd, &nb) ? nd : -1;
-}
+#include "golden.h"
 
 #define GOLD_DIR "tests/golden/gptq/"
 
@@ -177,7 +74,7 @@ static void test_pack_golden(void) {
             char n1[16], n2[16];
             int64_t sh[4];
             snprintf(n1, sizeof n1, "q%d", b); snprintf(n2, sizeof n2, "p%d", b);
-            size_t nq, np;
+            size_t nq = 0, np;
             int64_t *q = gold_i64(&g, n1, &nq), *p = gold_i64(&g, n2, &np);
             CHECK(q && p && gold_shape(&g, n1, sh) == 2);
             if (!q || !p) { free(q); free(p); continue; }
@@ -240,7 +137,7 @@ static void test_case_golden(const char *name) {
         gold_shape(&g, "W", sh);
         int out = (int)sh[0], in = (int)sh[1], ng = quant_num_groups(&a, in);
         int gs = a.strategy == QS_GROUP ? a.group_size : in;
-        size_t nW, ns, nz, nc, np, nrc, nrw;
+        size_t nW = 0, ns = 0, nz = 0, nc = 0, np = 0, nrc = 0, nrw = 0;
         float *W = gold_f32(&g, "W", &nW), *scale = gold_f32(&g, "scale", &ns);
         float *rtn_wq = gold_f32(&g, "rtn_wq", &nrw);
         int64_t *zp = gold_i64(&g, "zp", &nz), *codes = gold_i64(&g, "codes", &nc);
@@ -282,7 +179,7 @@ static void test_case_golden(const char *name) {
         for (size_t i = 0; i < np; i++) bad_p += p[i] != (int32_t)packed[i];
         CHECK_EQ_INT(bad_p, 0);
         if (!a.symmetric) {
-            size_t nzp;
+            size_t nzp = 0;
             int64_t *zpp = gold_i64(&g, "zp_packed", &nzp);
             int8_t *z8 = xmalloc(ns);
             for (size_t i = 0; i < ns; i++) z8[i] = (int8_t)z[i];
