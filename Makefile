@@ -90,9 +90,10 @@ $(BUILD)/gen_model: $(BUILD)/bench/gen_model.o $(LIB)
 test: all
 	@BUILD=$(BUILD) MPIRUN="$(MPIRUN)" PYTHON=$(PYTHON) sh tests/run_tests.sh
 
-# test + the Python interop/parity tests (creates a venv under .venv/).
-check: test
-	@BUILD=$(BUILD) MPIRUN="$(MPIRUN)" sh tests/interop/run.sh
+# test + the Python interop/parity tests (transformers loads our checkpoint,
+# llm-compressor parity); creates a venv in ~/.cache/doneshot/venv when missing.
+check: all
+	@INTEROP=1 BUILD=$(BUILD) MPIRUN="$(MPIRUN)" PYTHON=$(PYTHON) sh tests/run_tests.sh
 
 # Open MPI's own init-time allocations are suppressed (tests/lsan.supp); full
 # stacks are needed for that, hence fast_unwind_on_malloc=0.

@@ -27,6 +27,7 @@ C=$(python3 -c "import json;print(json.load(open('$W/model/config.json'))['hidde
 F=$(python3 -c "import json;print(json.load(open('$W/model/config.json'))['intermediate_size'])")
 echo "model: $W/model (hidden $C, intermediate $F, $L layers); calibration $S x $T tokens"
 for np in 1 2; do
+    [ -n "${SKIP_RUN:-}" ] && break
     $MPIRUN -np $np "$BUILD/doneshot" --recipe recipes/w4a16.json --model "$W/model" --dataset "$W/calib.jsonl" \
         --num-samples "$S" --max-seq-len "$T" --output "$W/out$np" --overwrite --summary "$W/np$np.json" -q
 done
@@ -39,17 +40,20 @@ C, F, NH, NKV = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention
 HS = C // NH
 params = C * NH * HS * 2 + 2 * C * NKV * HS + 3 * C * F           # linear params per layer
 gemm_flop = 2.0 * params * S * T * L                               # one pass over all layers
-hess_flop = (2 * C * C + (NH * HS) ** 2 + F * F) * S * T * L      # syrk: n^2 per row per distinct input
+hess_flop = (2 * C * C + (NH * HS) ** 2 + F * F) * S * T * L      # syrk: n(n+1)/2 MACs per row ~ n^2 flop
 runs = {np: json.load(open(f"{W}/np{np}.json")) for np in (1, 2)}
 print(f"sgemm peak (M={T}, N={F}, K={C}): {p1:.1f} GFLOP/s on 1 thread, {p2:.1f} on 2")
-print("| ranks | total s | forward s | hessian s | reduce s | gptq s | bcast s | propagate s | save s | peak RSS/rank MB | fwd GEMM GFLOP/s | % of peak |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+print("GEMM GFLOP/s is per rank: forward+propagate GEMM flops of the rank's tokens / their time;")
+print("peak = sgemm with the rank's BLAS threads (2 threads at -np 1, 1 thread per rank at -np 2).")
+print("| ranks | total s | forward s | hessian s | reduce s | gptq s | bcast s | propagate s | save s | peak RSS/rank MB | fwd GEMM GFLOP/s/rank | % of peak | Hessian GFLOP/s/rank |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for np, r in runs.items():
     st = r["stage_time_s"]
     # forward + propagate are two full passes; per-rank work is 1/np of the tokens
-    fl = gemm_flop * 2 / np / (st["forward"] + st["propagate"])
+    fl = gemm_flop * 2 / np / (st["forward"] + st["propagate"]) / 1e9
+    hf = hess_flop / np / st["hessian"] / 1e9
     peak = p1 if np == 2 else p2
     rss = "/".join(f"{x/2**20:.0f}" for x in r["peak_rss_bytes"])
-    print(f"| {np} | {r['total_time_s']:.2f} | {st['forward']:.2f} | {st['hessian']:.2f} | {st['reduce']:.2f} | {st['gptq']:.2f} | {st['broadcast']:.2f} | {st['propagate']:.2f} | {st['save']:.2f} | {rss} | {fl:.1f} | {100*fl/peak:.0f} |")
+    print(f"| {np} | {r['total_time_s']:.2f} | {st['forward']:.2f} | {st['hessian']:.2f} | {st['reduce']:.2f} | {st['gptq']:.2f} | {st['broadcast']:.2f} | {st['propagate']:.2f} | {st['save']:.2f} | {rss} | {fl:.1f} | {100*fl/peak:.0f} | {hf:.1f} |")
 print(f"speed-up -np 2 vs -np 1: {runs[1]['total_time_s'] / runs[2]['total_time_s']:.2f}x")
 PY

@@ -582,7 +582,7 @@ void layer_scratch_init(layer_scratch *s, const model_config *c, int max_T) {
     s->o = xmalloc(sizeof(float) * T * c->C);
     s->g = xmalloc(sizeof(float) * T * FF);
     s->u = xmalloc(sizeof(float) * T * FF);
-    s->att = xmalloc(sizeof(float) * T);
+    s->att = xmalloc(sizeof(float) * T * T);
     s->cos_t = xmalloc(sizeof(float) * T * c->HS);
     s->sin_t = xmalloc(sizeof(float) * T * c->HS);
     if (c->E > 0) {

@@ -66,31 +66,26 @@ void attention_forward_cpu(float *out, const float *q, const float *k, const flo
                            int NH, int NKV, int HS, ds_dtype act, float *scratch) {
     const int rep = NH / NKV, qs = NH * HS, ks = NKV * HS;
     const float scale = 1.0f / sqrtf((float)HS);
+    float *S = scratch; /* [T, T] scores, then probabilities */
     for (int h = 0; h < NH; h++) {
         const int g = h / rep;
+        /* S = (Q_h K_g^T) * scale; only j <= i is used (causal) */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HS, scale, q + (size_t)h * HS, qs,
+                    k + (size_t)g * HS, ks, 0.0f, S, T);
         for (int i = 0; i < T; i++) {
-            const float *qi = q + (size_t)i * qs + (size_t)h * HS;
-            float mx = -INFINITY;
-            for (int j = 0; j <= i; j++) {
-                const float *kj = k + (size_t)j * ks + (size_t)g * HS;
-                float d = 0.0f;
-                for (int e = 0; e < HS; e++) d += qi[e] * kj[e];
-                scratch[j] = d * scale;
-                if (scratch[j] > mx) mx = scratch[j];
-            }
-            float sum = 0.0f;
-            for (int j = 0; j <= i; j++) { scratch[j] = expf(scratch[j] - mx); sum += scratch[j]; }
-            float inv = 1.0f / sum;
-            float *oi = out + (size_t)i * qs + (size_t)h * HS;
-            memset(oi, 0, sizeof(float) * (size_t)HS);
-            for (int j = 0; j <= i; j++) {
-                float p = ds_round_to(scratch[j] * inv, act);
-                const float *vj = v + (size_t)j * ks + (size_t)g * HS;
-                for (int e = 0; e < HS; e++) oi[e] += p * vj[e];
-            }
-            ds_round_array(oi, (size_t)HS, act);
+            float *si = S + (size_t)i * T, mx = -INFINITY, sum = 0.0f;
+            for (int j = 0; j <= i; j++) mx = si[j] > mx ? si[j] : mx;
+            for (int j = 0; j <= i; j++) { si[j] = expf(si[j] - mx); sum += si[j]; }
+            const float inv = 1.0f / sum;
+            for (int j = 0; j <= i; j++) si[j] = ds_round_to(si[j] * inv, act);
+            for (int j = i + 1; j < T; j++) si[j] = 0.0f;
         }
+        /* ctx_h = P V_g, written straight into the [T, NH*HS] o_proj input */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, T, 1.0f, S, T, v + (size_t)g * HS, ks,
+                    0.0f, out + (size_t)h * HS, qs);
     }
+    if (act != DS_DTYPE_F32)
+        for (int i = 0; i < T; i++) ds_round_array(out + (size_t)i * qs, (size_t)qs, act);
 }
 
 void swiglu_forward_cpu(float *out, const float *gate, const float *up, size_t n, ds_dtype act) {

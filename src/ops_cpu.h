@@ -35,7 +35,7 @@ void rope_forward_cpu(float *x, const float *cos_t, const float *sin_t, int T, i
 /* Causal GQA attention: out[T, NH*HS] from q[T, NH*HS], k,v [T, NKV*HS];
  * head h uses kv head h / (NH/NKV); scores f32 scaled by HS^-0.5, f32
  * softmax, P rounded to act, P@V accumulated in f32, output rounded to act.
- * scratch: at least T floats. */
+ * scratch: at least T*T floats (the per-head score matrix; two sgemm per head). */
 void attention_forward_cpu(float *out, const float *q, const float *k, const float *v, int T,
                            int NH, int NKV, int HS, ds_dtype act, float *scratch);
 

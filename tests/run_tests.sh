@@ -1,5 +1,6 @@
 #!/bin/sh
-# Runs every test program and shell test; prints the per-suite closing lines
+# Runs every test program and shell test (and with INTEROP=1 the Python
+# interop suites of tests/interop/); prints the per-suite closing lines
 # and a total "N passed, N failed, N skipped" line. Exit 1 if anything failed.
 BUILD=${BUILD:-build}
 MPIRUN=${MPIRUN:-mpirun --oversubscribe}
@@ -31,6 +32,13 @@ for t in tests/*.sh; do
     tally "$tmp"
     if [ $rc -ne 0 ] && ! grep -qE '^[0-9]+ passed, [1-9]' "$tmp"; then echo "  exit $rc"; sed -n '1,40p' "$tmp"; F=$((F + 1)); fi
 done
+if [ -n "${INTEROP:-}" ]; then # make check: the Python interop/parity suites too
+    echo "== tests/interop/run.sh"
+    sh tests/interop/run.sh >"$tmp" 2>&1; rc=$?
+    grep -E '^(ok|FAIL|SKIP|creating)' "$tmp"; tail -1 "$tmp"
+    tally "$tmp"
+    if [ $rc -ne 0 ] && ! grep -qE '^[0-9]+ passed, [1-9]' "$tmp"; then echo "  exit $rc"; tail -40 "$tmp"; F=$((F + 1)); fi
+fi
 rm -f "$tmp"
 echo "$P passed, $F failed, $S skipped"
 [ "$F" -eq 0 ]

@@ -241,7 +241,7 @@ static void t_matmul(int T, int in, int out, int bias) {
 static void t_attention(int B, int T, int NH, int NKV, int HS) {
     size_t nq = (size_t)B * T * NH * HS, nk = (size_t)B * T * NKV * HS;
     float *q = rand_bf16(nq, 2.0f, 0.0f), *k = rand_bf16(nk, 2.0f, 0.0f), *v = rand_bf16(nk, 1.0f, 0.0f);
-    float *want = xmalloc(nq * 4), *scr = xmalloc(sizeof(float) * T);
+    float *want = xmalloc(nq * 4), *scr = xmalloc(sizeof(float) * T * T);
     for (int b = 0; b < B; b++)
         attention_forward_cpu(want + (size_t)b * T * NH * HS, q + (size_t)b * T * NH * HS,
                               k + (size_t)b * T * NKV * HS, v + (size_t)b * T * NKV * HS, T, NH, NKV,

@@ -82,7 +82,7 @@ int main(void) {
     TEST("attention_forward_cpu: causal GQA softmax(QK^T/sqrt(HS))V") {
         int T = 11, NH = 4, NKV = 2, HS = 6;
         float *q = rnd((size_t)T * NH * HS, 1), *k = rnd((size_t)T * NKV * HS, 1), *v = rnd((size_t)T * NKV * HS, 1);
-        float *o = malloc(sizeof(float) * T * NH * HS), *scr = malloc(sizeof(float) * T);
+        float *o = malloc(sizeof(float) * T * NH * HS), *scr = malloc(sizeof(float) * T * T);
         double *ref = calloc((size_t)T * NH * HS, sizeof(double));
         attention_forward_cpu(o, q, k, v, T, NH, NKV, HS, DS_DTYPE_F32, scr);
         for (int h = 0; h < NH; h++) {
