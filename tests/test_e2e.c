@@ -275,6 +275,23 @@ int main(void) {
         }
     }
 
+    TEST("calibration from .jsonl.gz and from chat rows (Llama 2 template)") {
+        char o[1024], extra[2048], cmd[2048];
+        snprintf(o, sizeof o, "%s/gz", g_tmp);
+        CHECK_EQ_INT(quantize(2, o, "--dataset tests/data/rows.jsonl.gz"), 0);
+        /* the bundled model with a chat template: stories260K files + a Llama 2 tokenizer_config.json */
+        snprintf(cmd, sizeof cmd, "mkdir -p %s/chatmodel && cp data/stories260K/* %s/chatmodel/ && "
+                 "cp tests/data/chat-llama2/tokenizer_config.json %s/chatmodel/", g_tmp, g_tmp, g_tmp);
+        CHECK_EQ_INT(run(cmd), 0);
+        snprintf(o, sizeof o, "%s/chat", g_tmp);
+        snprintf(extra, sizeof extra, "--model %s/chatmodel --dataset tests/data/chat.jsonl", g_tmp);
+        CHECK_EQ_INT(quantize(2, o, extra), 0);
+        /* a chat dataset with a model that has no chat template: clear error, exit 3 */
+        snprintf(o, sizeof o, "%s/chat_no_template", g_tmp);
+        int rc = quantize(2, o, "--dataset tests/data/chat.jsonl");
+        CHECK(rc == 3 || rc == 2);
+    }
+
     TEST("existing output is refused without --overwrite, replaced with it") {
         CHECK(quantize(1, out[0], NULL) == 2);
         CHECK(quantize(1, out[0], "--overwrite") == 0);
