@@ -28,6 +28,7 @@ typedef struct cli {
     long num_samples, max_seq_len, seed, threads;
     int64_t max_shard;
     int overwrite, verbosity;
+    int moe_all_experts;          /* --moe-calibrate-all-experts: 1/0, -1 unset */
 } cli;
 
 static void usage(FILE *f) {
@@ -49,6 +50,9 @@ static void usage(FILE *f) {
             "  --seed S              shuffle seed for the calibration rows (default 42)\n"
             "  --text-field NAME     JSONL text field (default text)\n"
             "  --max-shard-size SIZE output shard size, bytes or e.g. 5GB (default 20GB)\n"
+            "  --moe-calibrate-all-experts true|false\n"
+            "                        MoE: every expert's Hessian sees all tokens (true, default)\n"
+            "                        or only the tokens routed to it (false)\n"
             "  --device cpu|cuda     compute device (default: cpu)\n"
             "  --threads K           BLAS threads per rank (default: cores / ranks on the node)\n"
             "  --overwrite           replace an existing output checkpoint\n"
@@ -84,11 +88,13 @@ static ds_status parse_cli(int argc, char **argv, cli *c) {
         {"max-shard-size", required_argument, 0, 'S'}, {"overwrite", no_argument, 0, 'O'},
         {"summary", required_argument, 0, 'J'}, {"quiet", no_argument, 0, 'q'},
         {"verbose", no_argument, 0, 'v'},       {"help", no_argument, 0, 'h'},
-        {"version", no_argument, 0, 'V'},       {0, 0, 0, 0}};
+        {"version", no_argument, 0, 'V'},
+        {"moe-calibrate-all-experts", required_argument, 0, 'E'}, {0, 0, 0, 0}};
     ds_status st = DS_OK;
     memset(c, 0, sizeof *c);
     c->num_samples = c->max_seq_len = c->seed = c->threads = -1;
     c->max_shard = -1;
+    c->moe_all_experts = -1;
     opterr = 0;
     optind = 1;
     int ch;
@@ -111,6 +117,12 @@ static ds_status parse_cli(int argc, char **argv, cli *c) {
         case 'S':
             if ((c->max_shard = parse_size(optarg)) <= 0)
                 st = ds_error(DS_ERR_USAGE, "--max-shard-size: invalid size '%s' (expected e.g. 5GB, 500MB, 1073741824)", optarg);
+            break;
+        case 'E':
+            if (!strcmp(optarg, "true")) c->moe_all_experts = 1;
+            else if (!strcmp(optarg, "false")) c->moe_all_experts = 0;
+            else
+                st = ds_error(DS_ERR_USAGE, "--moe-calibrate-all-experts: invalid value '%s' (allowed: true, false)", optarg);
             break;
         case 'O': c->overwrite = 1; break;
         case 'J': c->summary = optarg; break;
@@ -207,6 +219,7 @@ static int cmd_quantize(int argc, char **argv) {
     long num_samples = c.num_samples > 0 ? c.num_samples : r.num_samples > 0 ? r.num_samples : 512;
     long max_seq = c.max_seq_len > 0 ? c.max_seq_len : r.max_seq_len > 0 ? r.max_seq_len : 2048;
     long seed = c.seed >= 0 ? c.seed : r.seed >= 0 ? r.seed : 42;
+    int moe_all = c.moe_all_experts >= 0 ? c.moe_all_experts : r.moe_calibrate_all_experts >= 0 ? r.moe_calibrate_all_experts : 1;
     int64_t max_shard = c.max_shard > 0 ? c.max_shard : r.max_shard_size > 0 ? r.max_shard_size : (int64_t)20e9;
     if (!model_dir)
         st = ds_error(DS_ERR_USAGE, "no model given\nhint: pass --model DIR or set \"model\" in %s", c.recipe);
@@ -249,7 +262,8 @@ static int cmd_quantize(int argc, char **argv) {
     ds_info("calibration: %s | %zu samples (max %ld tokens each, seed %ld) | rank 0 holds %zu | data %.2fs",
             dataset, data.n, max_seq, seed, count, ds_now() - t_data);
 
-    run_opts ro = {.out_dir = output, .overwrite = c.overwrite, .max_shard_bytes = (uint64_t)max_shard};
+    run_opts ro = {.out_dir = output, .overwrite = c.overwrite, .max_shard_bytes = (uint64_t)max_shard,
+                   .moe_routed_only = !moe_all};
     st = pipeline_quantize(&m, &r, data.rows + first, count, &ro, &stats);
     if ((st = sync_status(st))) goto done;
     summary_report(&stats, &m, &r, model_dir, dataset, output, c.summary, ds_now() - t_start);

@@ -47,7 +47,7 @@ static const char *const UNSUPPORTED_PRESETS[] = {
     "MXFP4A16", "MXFP4", "MXFP8A16", "MXFP8", "UNQUANTIZED",
 };
 
-#define RUN_KEYS "model, dataset, output, num_calibration_samples, max_seq_length, seed, text_field, max_shard_size"
+#define RUN_KEYS "model, dataset, output, num_calibration_samples, max_seq_length, seed, text_field, max_shard_size, moe_calibrate_all_experts"
 #define GPTQ_KEYS "targets, ignore, scheme, config_groups, block_size, dampening_frac, actorder, offload_hessians, bypass_divisibility_checks, batched_quantization"
 #define GROUP_KEYS "targets, weights, input_activations, output_activations, format"
 #define WEIGHT_KEYS "num_bits, type, symmetric, strategy, group_size, actorder, observer, observer_kwargs, dynamic, block_structure, scale_dtype, zp_dtype"
@@ -637,6 +637,7 @@ static ds_status parse_run_key(const pctx *c, const cJSON *it, recipe *r, int *h
     if (!strcmp(k, "max_seq_length"))
         return get_int(c, k, it, 1, 1L << 40, "a positive integer", &r->max_seq_len);
     if (!strcmp(k, "seed")) return get_int(c, k, it, 0, 1L << 53, "a non-negative integer", &r->seed);
+    if (!strcmp(k, "moe_calibrate_all_experts")) return get_bool(c, k, it, &r->moe_calibrate_all_experts);
     if (!strcmp(k, "max_shard_size")) {
         if (cJSON_IsNumber(it)) {
             long v;
@@ -768,6 +769,7 @@ ds_status recipe_parse(const char *json, const char *origin, recipe *out) {
     memset(out, 0, sizeof *out);
     out->num_samples = out->max_seq_len = out->seed = -1;
     out->max_shard_size = -1;
+    out->moe_calibrate_all_experts = -1;
     out->priv = xcalloc(1, sizeof *out->priv);
     if (!json) json = "";
     const char *end = NULL;

@@ -28,6 +28,7 @@ typedef struct recipe {
     char *model, *dataset, *output, *text_field;
     long num_samples, max_seq_len, seed;
     int64_t max_shard_size;       /* bytes, -1 unset */
+    int moe_calibrate_all_experts; /* llm-compressor's moe_calibrate_all_experts: 1/0, -1 unset (= 1) */
     /* GPTQModifier */
     char *scheme_name;            /* preset name ("W4A16") or NULL for config_groups */
     quant_args w;                 /* weight quantization (one config group in v1) */

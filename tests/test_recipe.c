@@ -244,6 +244,7 @@ int main(void) {
         CHECK_EQ_INT(r.max_seq_len, -1);
         CHECK_EQ_INT(r.seed, -1);
         CHECK_EQ_INT(r.max_shard_size, -1);
+        CHECK_EQ_INT(r.moe_calibrate_all_experts, -1);
         CHECK(!strcmp(r.applied_json,
                       "{\"modifiers\":[{\"GPTQModifier\":{\"targets\":[\"Linear\"],\"ignore\":[],"
                       "\"config_groups\":{\"group_0\":{\"targets\":[\"Linear\"],\"weights\":{\"num_bits\":4,"
@@ -279,7 +280,18 @@ int main(void) {
         recipe_free(&r);
         CHECK(parse_ok("{\"max_shard_size\":1048576,\"GPTQModifier\":{\"scheme\":\"W4A16\"}}", &r));
         CHECK_EQ_INT(r.max_shard_size, 1048576);
+        CHECK_EQ_INT(r.moe_calibrate_all_experts, -1);
         recipe_free(&r);
+        CHECK(parse_ok("{\"moe_calibrate_all_experts\":false,\"GPTQModifier\":{\"scheme\":\"W4A16\"}}", &r));
+        CHECK_EQ_INT(r.moe_calibrate_all_experts, 0);
+        recipe_free(&r);
+        CHECK(parse_ok("{\"moe_calibrate_all_experts\":true,\"GPTQModifier\":{\"scheme\":\"W4A16\"}}", &r));
+        CHECK_EQ_INT(r.moe_calibrate_all_experts, 1);
+        recipe_free(&r);
+        CHECK_ERR("{\"moe_calibrate_all_experts\":1,\"GPTQModifier\":{\"scheme\":\"W4A16\"}}",
+                  "moe_calibrate_all_experts: expected true or false, got 1", NULL);
+        CHECK_ERR("{\"moe_calibrate_all_experts\":\"false\",\"GPTQModifier\":{\"scheme\":\"W4A16\"}}",
+                  "moe_calibrate_all_experts: expected true or false", NULL);
         int64_t v = 0;
         CHECK(recipe_parse_size("500MB", &v) == 0 && v == 500000000LL);
         CHECK(recipe_parse_size("2GiB", &v) == 0 && v == 2147483648LL);
@@ -490,7 +502,8 @@ int main(void) {
     TEST("unknown keys at every level") {
         CHECK_ERR("{\"modle\":\"x\",\"GPTQModifier\":{\"scheme\":\"W4A16\"}}",
                   "t.json: unknown key \"modle\" (allowed: model, dataset, output, num_calibration_samples, "
-                  "max_seq_length, seed, text_field, max_shard_size, modifiers, <name>_stage, GPTQModifier)", NULL);
+                  "max_seq_length, seed, text_field, max_shard_size, moe_calibrate_all_experts, modifiers, <name>_stage, "
+                  "GPTQModifier)", NULL);
         char *j = gptq("\"scheme\":\"W4A16\",\"dampening\":0.1");
         CHECK_ERR(j, "t.json: modifiers[0].GPTQModifier: unknown key \"dampening\" (allowed: targets, ignore, scheme, "
                      "config_groups, block_size, dampening_frac, actorder, offload_hessians, bypass_divisibility_checks, "

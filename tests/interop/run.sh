@@ -4,6 +4,11 @@
 #                             checkpoint (no warnings), same tokens, same
 #                             perplexity as `doneshot eval`, identical
 #                             dequantized weights;
+#   check_moe.py              the same for the 4-expert Mixtral variant
+#                             (../shared/models/variants/mixtral-4x-top2,
+#                             quantized at -np 2): load without warnings,
+#                             fused experts == doneshot's dequantization,
+#                             perplexity == `doneshot eval`;
 #   parity_llmcompressor.py   GPTQ codes/scales/perplexity vs llmcompressor.oneshot
 #                             on the same calibration token ids.
 # Creates (or reuses) the git-ignored venv .venv with the versions pinned in
@@ -66,6 +71,7 @@ suite() { # $1 = script, rest = arguments
     fi
 }
 suite check_transformers.py --workdir "$WORK/transformers" --seq-len 256 --windows 40
+suite check_moe.py --workdir "$WORK/moe" --seq-len 256 --windows 10 --np 2
 suite parity_llmcompressor.py --workdir "$WORK/parity" --seq-len 256 --windows 40
 
 echo "$P passed, $F failed, 0 skipped"
