@@ -67,4 +67,11 @@ static inline int gold_shape(const gold *g, const char *name, int64_t shape[4]) 
     return t->ndim;
 }
 
+/* The GPTQ/quant golden cases of tests/golden/gptq/ (tests/gen_gptq_golden.py). */
+static const char *g_cases[] = {
+    "a_bf16_g128_sym_static", "b_bf16_channel_none", "c_bf16_g64_asym_dead",
+    "d_f32_g32_sym_static", "e_bf16_int8_g64_static", "f_bf16_g32_sym_none_block16",
+    "g_bf16_int8_channel_asym_static",
+};
+
 #endif

@@ -79,11 +79,6 @@ static void test_argsort(void) {
     }
 }
 
-static const char *g_cases[] = {
-    "a_bf16_g128_sym_static", "b_bf16_channel_none", "c_bf16_g64_asym_dead",
-    "d_f32_g32_sym_static", "e_bf16_int8_g64_static", "f_bf16_g32_sym_none_block16",
-    "g_bf16_int8_channel_asym_static",
-};
 
 static void test_golden_case(const char *name) {
     static char tname[160];
