@@ -10,6 +10,7 @@
 #include <cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -21,7 +22,6 @@ struct ckpt_writer {
     char *out_dir, *tmp_dir;
     int overwrite;
     st_writer *w;
-    uint64_t bytes;
 };
 
 int ckpt_module_quantized(const recipe *r, const char *name) {
@@ -61,16 +61,17 @@ static ds_status copy_file(const char *src, const char *dst) {
     return st;
 }
 
+static int rm_entry(const char *path, const struct stat *sb, int type, struct FTW *ftw) {
+    (void)sb; (void)type; (void)ftw;
+    return remove(path);
+}
+
+/* Remove a directory tree (no shell: any character in the path is safe). */
 static int rm_rf(const char *path) {
-    char *cmd = xasprintf("rm -rf -- '%s'", path);
-    int rc = system(cmd);
-    free(cmd);
-    return rc;
+    return nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 /* ---- planning ---- */
-
-static int ngroups(const quant_args *a, int in) { return quant_num_groups(a, in); }
 
 /* Parse "<module>.weight" of a quantized Linear (attention, dense MLP,
  * expert or shared expert; never a router); returns the module name length
@@ -93,14 +94,14 @@ static ds_status plan_module(ckpt_writer *c, const char *module, int out, int in
     shp[0] = out; shp[1] = quant_packed_cols(in, a->num_bits);
     if ((st = stw_plan(c->w, name, DS_DTYPE_I32, 2, shp))) return st;
     snprintf(name, sizeof name, "%s.weight_scale", module);
-    shp[0] = out; shp[1] = ngroups(a, in);
+    shp[0] = out; shp[1] = quant_num_groups(a, in);
     if ((st = stw_plan(c->w, name, c->m->cfg.dtype, 2, shp))) return st;
     snprintf(name, sizeof name, "%s.weight_shape", module);
     shp[0] = 2;
     if ((st = stw_plan(c->w, name, DS_DTYPE_I64, 1, shp))) return st;
     if (!a->symmetric) {
         snprintf(name, sizeof name, "%s.weight_zero_point", module);
-        shp[0] = quant_packed_cols(out, a->num_bits); shp[1] = ngroups(a, in);
+        shp[0] = quant_packed_cols(out, a->num_bits); shp[1] = quant_num_groups(a, in);
         if ((st = stw_plan(c->w, name, DS_DTYPE_I32, 2, shp))) return st;
     }
     if (a->actorder == QA_GROUP) {
@@ -175,7 +176,7 @@ fail:
 ds_status ckpt_write_module(ckpt_writer *c, const char *module, const int8_t *q, const float *scale,
                             const int *zp, const int *g_idx, int out, int in) {
     const quant_args *a = &c->r->w;
-    const int g = ngroups(a, in), pc = quant_packed_cols(in, a->num_bits);
+    const int g = quant_num_groups(a, in), pc = quant_packed_cols(in, a->num_bits);
     const ds_dtype dt = c->m->cfg.dtype;
     char name[600];
     ds_status st;
