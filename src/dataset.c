@@ -146,6 +146,15 @@ static void put_stripped(sbuf *b, const char *s, int left, int right) {
     sb_put(b, s + a, e - a);
 }
 
+/* One Llama 3 message: <|start_header_id|>role<|end_header_id|>\n\n content <|eot_id|>. */
+static void put_llama3_message(sbuf *out, const char *role, const char *content) {
+    sb_puts(out, "<|start_header_id|>");
+    sb_puts(out, role);
+    sb_puts(out, "<|end_header_id|>\n\n");
+    put_stripped(out, content, 1, 1);
+    sb_puts(out, "<|eot_id|>");
+}
+
 static void put_strip_nl(sbuf *b, const char *s, size_t n, int left, int right) {
     size_t a = 0, e = n;
     while (left && a < e && s[a] == '\n') a++;
@@ -172,11 +181,7 @@ static ds_status render_chat(const chat_fmt *f, const cJSON *msgs, sbuf *out) {
     case CHAT_LLAMA3:
         for (int i = 0; i < n; i++) {
             if (i == 0) sb_puts(out, bos);
-            sb_puts(out, "<|start_header_id|>");
-            sb_puts(out, role[i]);
-            sb_puts(out, "<|end_header_id|>\n\n");
-            put_stripped(out, content[i], 1, 1);
-            sb_puts(out, "<|eot_id|>");
+            put_llama3_message(out, role[i], content[i]);
         }
         break;
     case CHAT_LLAMA31: {
@@ -186,13 +191,7 @@ static ds_status render_chat(const chat_fmt *f, const cJSON *msgs, sbuf *out) {
         sb_puts(out, "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n");
         if (!strcmp(role[0], "system")) { put_stripped(out, content[0], 1, 1); first = 1; }
         sb_puts(out, "<|eot_id|>");
-        for (int i = first; i < n; i++) {
-            sb_puts(out, "<|start_header_id|>");
-            sb_puts(out, role[i]);
-            sb_puts(out, "<|end_header_id|>\n\n");
-            put_stripped(out, content[i], 1, 1);
-            sb_puts(out, "<|eot_id|>");
-        }
+        for (int i = first; i < n; i++) put_llama3_message(out, role[i], content[i]);
         break;
     }
     case CHAT_CHATML: {

@@ -9,6 +9,7 @@
 #include "quant.h"
 #include "safetensors.h"
 #include "st_writer.h"
+#include "ckpt_compare.h"
 #include "test.h"
 
 #include <stdlib.h>
@@ -59,64 +60,6 @@ static int log_contains(const char *tag, const char *needle) {
     return found;
 }
 
-typedef struct cmp_result { long codes, same_codes; double max_scale_rel; int structure_ok; } cmp_result;
-
-static int ends_with(const char *s, const char *suf) {
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && strcmp(s + a - b, suf) == 0;
-}
-
-/* Compare two checkpoints of the same model. */
-static cmp_result compare(const char *a_dir, const char *b_dir) {
-    cmp_result r = {0, 0, 0, 0};
-    st_model *a = NULL, *b = NULL;
-    if (st_open_dir(a_dir, &a) || st_open_dir(b_dir, &b)) { st_close(a); return r; }
-    r.structure_ok = st_count(a) == st_count(b);
-    for (size_t i = 0; r.structure_ok && i < st_count(a); i++) {
-        const st_tensor *x = st_get(a, i), *y = st_find(b, x->name);
-        if (!y || x->dtype != y->dtype || x->ndim != y->ndim || x->nbytes != y->nbytes ||
-            memcmp(x->shape, y->shape, sizeof(int64_t) * (size_t)x->ndim) != 0) {
-            fprintf(stderr, "structure differs at %s\n", x->name);
-            r.structure_ok = 0;
-            break;
-        }
-        if (ends_with(x->name, ".weight_packed")) {
-            const st_tensor *shape = NULL;
-            char nm[600];
-            snprintf(nm, sizeof nm, "%.*s.weight_shape", (int)(strlen(x->name) - 14), x->name);
-            shape = st_find(a, nm);
-            if (!shape) { r.structure_ok = 0; break; }
-            int64_t sh[2];
-            memcpy(sh, shape->data, sizeof sh);
-            int out = (int)sh[0], in = (int)sh[1];
-            int8_t *qa = malloc((size_t)out * in), *qb = malloc((size_t)out * in);
-            int32_t *pa = malloc(x->nbytes), *pb = malloc(y->nbytes);
-            memcpy(pa, x->data, x->nbytes);
-            memcpy(pb, y->data, y->nbytes);
-            quant_unpack_rows(pa, out, in, 4, qa);
-            quant_unpack_rows(pb, out, in, 4, qb);
-            for (long k = 0; k < (long)out * in; k++) { r.codes++; r.same_codes += qa[k] == qb[k]; }
-            free(qa); free(qb); free(pa); free(pb);
-        } else if (ends_with(x->name, ".weight_scale")) {
-            long n = (long)st_numel(x);
-            float *fa = malloc(sizeof(float) * (size_t)n), *fb = malloc(sizeof(float) * (size_t)n);
-            st_to_f32(x, fa);
-            st_to_f32(y, fb);
-            for (long k = 0; k < n; k++) {
-                double d = fabs((double)fa[k] - fb[k]) / fmax(fabs((double)fa[k]), 1e-30);
-                if (d > r.max_scale_rel) r.max_scale_rel = d;
-            }
-            free(fa); free(fb);
-        } else if (memcmp(x->data, y->data, x->nbytes) != 0) {
-            fprintf(stderr, "unquantized tensor %s differs\n", x->name);
-            r.structure_ok = 0;
-        }
-    }
-    st_close(a);
-    st_close(b);
-    return r;
-}
-
 static int same_file(const char *a, const char *b) {
     char *x = NULL, *y = NULL;
     size_t nx = 0, ny = 0;
@@ -135,7 +78,7 @@ static double dequant_error(const char *ckpt, const char *orig, int *nmods) {
     if (st_open_dir(ckpt, &q) || st_open_dir(orig, &o)) { st_close(q); return -1; }
     for (size_t i = 0; i < st_count(q); i++) {
         const st_tensor *p = st_get(q, i);
-        if (!ends_with(p->name, ".weight_packed")) continue;
+        if (!ckpt_ends_with(p->name, ".weight_packed")) continue;
         char base[600], nm[700];
         snprintf(base, sizeof base, "%.*s", (int)(strlen(p->name) - 14), p->name);
         snprintf(nm, sizeof nm, "%s.weight_scale", base);
@@ -206,10 +149,10 @@ int main(void) {
 
     TEST("checkpoints agree across world sizes") {
         for (int i = 1; i < 3; i++) {
-            cmp_result c = compare(out[0], out[i]);
-            CHECK(c.structure_ok);
+            ckpt_cmp c = ckpt_compare(out[0], out[i]);
+            CHECK(c.ok);
             CHECK(c.codes > 0);
-            double frac = c.codes ? (double)c.same_codes / (double)c.codes : 0;
+            double frac = c.codes ? (double)c.same / (double)c.codes : 0;
             printf("np1 vs np%d: %.4f%% identical int4 codes (%ld), max scale rel diff %.2e\n", nps[i],
                    100 * frac, c.codes, c.max_scale_rel);
             CHECK(frac >= 0.999);
@@ -254,9 +197,9 @@ int main(void) {
                 if (rc) fprintf(stderr, "%s: exit %d (log %s.log)\n", models[i], rc, o[i]);
                 CHECK_EQ_INT(rc, 0);
             }
-            cmp_result c = compare(out[1], o[1]); /* same tensors in 3 shards vs 1 file */
-            CHECK(c.structure_ok);
-            CHECK(c.codes > 0 && c.same_codes == c.codes);
+            ckpt_cmp c = ckpt_compare(out[1], o[1]); /* same tensors in 3 shards vs 1 file */
+            CHECK(c.ok);
+            CHECK(c.codes > 0 && c.same == c.codes);
             /* bf16 checkpoint: scales are stored as BF16 */
             st_model *b = NULL;
             CHECK(st_open_dir(o[0], &b) == DS_OK);

@@ -19,6 +19,7 @@
 #include "quant.h"
 #include "recipe.h"
 #include "safetensors.h"
+#include "ckpt_compare.h"
 #include "test.h"
 
 #include <math.h>
@@ -46,72 +47,6 @@ static int quantize(int np, const char *mdir, const char *out) {
         run(cmd);
     }
     return rc;
-}
-
-static int ends_with(const char *s, const char *suf) {
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && strcmp(s + a - b, suf) == 0;
-}
-
-/* Codes of module tensor `packed` (weight_packed) into a malloc'd [out*in]. */
-static int8_t *codes(const st_model *m, const st_tensor *p, int *out, int *in) {
-    char nm[600];
-    snprintf(nm, sizeof nm, "%.*s.weight_shape", (int)(strlen(p->name) - 14), p->name);
-    const st_tensor *sh = st_find(m, nm);
-    if (!sh) return NULL;
-    int64_t d[2];
-    memcpy(d, sh->data, sizeof d);
-    *out = (int)d[0];
-    *in = (int)d[1];
-    int32_t *pk = malloc(p->nbytes);
-    memcpy(pk, p->data, p->nbytes);
-    int8_t *q = malloc((size_t)*out * *in);
-    quant_unpack_rows(pk, *out, *in, 4, q);
-    free(pk);
-    return q;
-}
-
-typedef struct ck_stats { int ok, nexperts, nmods, bad_scales, constant_codes; long codes, same; } ck_stats;
-
-/* Structure + codes of b against a (a may equal b); scales finite and > 0. */
-static ck_stats check(const char *a_dir, const char *b_dir) {
-    ck_stats r = {0};
-    st_model *a = NULL, *b = NULL;
-    if (st_open_dir(a_dir, &a) || st_open_dir(b_dir, &b)) { st_close(a); return r; }
-    r.ok = st_count(a) == st_count(b);
-    for (size_t i = 0; r.ok && i < st_count(a); i++) {
-        const st_tensor *x = st_get(a, i), *y = st_find(b, x->name);
-        if (!y || x->dtype != y->dtype || x->nbytes != y->nbytes) { r.ok = 0; break; }
-        if (ends_with(x->name, ".weight_packed")) {
-            int out, in, o2, i2;
-            int8_t *qa = codes(a, x, &out, &in), *qb = codes(b, y, &o2, &i2);
-            if (!qa || !qb) { r.ok = 0; free(qa); free(qb); break; }
-            int lo = 127, hi = -128;
-            for (long k = 0; k < (long)out * in; k++) {
-                r.codes++;
-                r.same += qa[k] == qb[k];
-                lo = qa[k] < lo ? qa[k] : lo;
-                hi = qa[k] > hi ? qa[k] : hi;
-            }
-            r.constant_codes += lo == hi;
-            r.nmods++;
-            r.nexperts += strstr(x->name, ".experts.") != NULL;
-            free(qa);
-            free(qb);
-        } else if (ends_with(x->name, ".weight_scale")) {
-            size_t n = (size_t)st_numel(y);
-            float *f = malloc(sizeof(float) * n);
-            st_to_f32(y, f);
-            for (size_t k = 0; k < n; k++) r.bad_scales += !(isfinite(f[k]) && f[k] > 0);
-            free(f);
-        } else if (memcmp(x->data, y->data, x->nbytes) != 0) {
-            fprintf(stderr, "unquantized tensor %s differs\n", x->name);
-            r.ok = 0;
-        }
-    }
-    st_close(a);
-    st_close(b);
-    return r;
 }
 
 static int file_has(const char *path, const char *needle) {
@@ -215,7 +150,7 @@ int main(int argc, char **argv) {
                 CHECK_EQ_INT(quantize(nps[i], MIXTRAL, mix[i]), 0);
             }
             for (int i = 1; i < 3; i++) {
-                ck_stats c = check(mix[0], mix[i]);
+                ckpt_cmp c = ckpt_compare(mix[0], mix[i]);
                 printf("mixtral np1 vs np%d: %ld/%ld identical int4 codes over %d modules\n", nps[i], c.same,
                        c.codes, c.nmods);
                 CHECK(c.ok);
@@ -234,7 +169,7 @@ int main(int argc, char **argv) {
     TEST("Mixtral: every expert quantized (60 expert Linears), sane scales, routers in ignore") {
         if (!have_shared) { SKIP(MIXTRAL " not present"); }
         else {
-            ck_stats c = check(mix[1], mix[1]);
+            ckpt_cmp c = ckpt_compare(mix[1], mix[1]);
             CHECK(c.ok);
             CHECK_EQ_INT(c.nmods, 5 * (4 + 4 * 3));
             CHECK_EQ_INT(c.nexperts, 5 * 4 * 3);
@@ -291,7 +226,7 @@ int main(int argc, char **argv) {
                              "--experts 8 --experts-per-tok 2 --moe-intermediate 32"), 0);
         snprintf(o3, sizeof o3, "%s/qwen3moe-q", g_tmp);
         CHECK_EQ_INT(quantize(2, q3, o3), 0);
-        ck_stats c = check(o3, o3);
+        ckpt_cmp c = ckpt_compare(o3, o3);
         CHECK(c.ok);
         CHECK_EQ_INT(c.nmods, 2 * (4 + 8 * 3));
         CHECK_EQ_INT(c.bad_scales, 0);
@@ -302,7 +237,7 @@ int main(int argc, char **argv) {
                              "--experts 4 --experts-per-tok 2 --moe-intermediate 32 --shared-intermediate 48"), 0);
         snprintf(o2, sizeof o2, "%s/qwen2moe-q", g_tmp);
         CHECK_EQ_INT(quantize(2, q2, o2), 0);
-        c = check(o2, o2);
+        c = ckpt_compare(o2, o2);
         CHECK(c.ok);
         CHECK_EQ_INT(c.nmods, 2 * (4 + 4 * 3 + 3));
         CHECK_EQ_INT(c.bad_scales, 0);
@@ -340,7 +275,7 @@ int main(int argc, char **argv) {
         CHECK(rtn >= none);
         CHECK(buf && strstr(buf, "no calibration token was routed") != NULL);
         free(buf);
-        ck_stats c = check(o, o);
+        ckpt_cmp c = ckpt_compare(o, o);
         CHECK(c.ok);
         CHECK_EQ_INT(c.bad_scales, 0);
     }
