@@ -45,9 +45,14 @@ endif
 OBJ     := $(SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.o)
 LIB     := $(BUILD)/libdoneshot.a
 TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
+# doneshot-emul: doneshot whose CUDA engine runs on tests/cuda_emul.c (host
+# memory, CPU twins), so the engine's orchestration is tested without a GPU.
+EMUL_OBJ := $(BUILD)/src/main.o $(filter-out $(BUILD)/src/gpu_engine.o $(BUILD)/cuda/%,$(OBJ)) \
+            $(BUILD)/emul/gpu_engine.o $(BUILD)/tests/cuda_emul.o
+EMUL_LIBS := $(filter-out -lcudart -lcublas -lcusolver,$(LDLIBS))
 
 .PHONY: all test check asan valgrind install uninstall clean man-lint deps run bench
-all: $(BUILD)/doneshot $(TESTS) $(BUILD)/gen_model
+all: $(BUILD)/doneshot $(TESTS) $(BUILD)/gen_model $(BUILD)/doneshot-emul
 	@echo "built $(BUILD)/doneshot (CUDA=$(CUDA)). Hint: run 'make test'"
 
 # Install the Debian packages once if any header or tool is missing (fresh machine).
@@ -77,6 +82,15 @@ $(LIB): $(OBJ)
 $(BUILD)/doneshot: $(BUILD)/src/main.o $(LIB)
 	@echo "LD $@"
 	@$(MPICC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/emul/gpu_engine.o: src/gpu_engine.c | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	@echo "CC $< (emulated CUDA)"
+	@$(MPICC) $(CFLAGS) -DDS_CUDA -c $< -o $@
+
+$(BUILD)/doneshot-emul: $(EMUL_OBJ)
+	@echo "LD $@"
+	@$(MPICC) $(LDFLAGS) $^ -o $@ $(EMUL_LIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
 	@echo "LD $@"

@@ -112,6 +112,10 @@ extern "C" void ds_cuda_memcpy_d2h(void *dst, const void *src, size_t n, void *s
     CUDA_CHECK(cudaStreamSynchronize(DS_STREAM(stream)));
 }
 
+extern "C" void ds_cuda_memcpy_d2h_async(void *dst, const void *src, size_t n, void *stream) {
+    if (n) CUDA_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, DS_STREAM(stream)));
+}
+
 extern "C" void ds_cuda_memcpy_d2d(void *dst, const void *src, size_t n, void *stream) {
     if (n) CUDA_CHECK(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, DS_STREAM(stream)));
 }
@@ -152,6 +156,10 @@ extern "C" float ds_cuda_event_ms(void *start, void *stop) {
     CUDA_CHECK(cudaEventSynchronize((cudaEvent_t)stop));
     CUDA_CHECK(cudaEventElapsedTime(&ms, (cudaEvent_t)start, (cudaEvent_t)stop));
     return ms;
+}
+
+extern "C" void ds_cuda_stream_wait(void *stream, void *ev) {
+    CUDA_CHECK(cudaStreamWaitEvent(DS_STREAM(stream), (cudaEvent_t)ev, 0));
 }
 
 /* ---- conversions: grid-stride, one element per thread step ---- */

@@ -61,16 +61,16 @@ extern "C" void hessian_symmetrize_cuda(float *H, int n, void *stream) {
     CUDA_LAUNCH_CHECK();
 }
 
-static __global__ void to_f32_kernel(float *Hf, const double *Hd, size_t n, double scale) {
+static __global__ void to_f32_kernel(float *Hf, const double *Hd, size_t n, double divisor) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
-        Hf[i] = (float)(Hd[i] * scale);
+        Hf[i] = (float)__ddiv_rn(Hd[i], divisor);
 }
 
-extern "C" void hessian_to_f32_cuda(float *Hf, const double *Hd, size_t n, double scale, void *stream) {
+extern "C" void hessian_to_f32_cuda(float *Hf, const double *Hd, size_t n, double divisor, void *stream) {
     if (!n) return;
     size_t blocks = CEIL_DIV(n, (size_t)256);
     if (blocks > 8192) blocks = 8192;
-    to_f32_kernel<<<(unsigned)blocks, 256, 0, DS_STREAM(stream)>>>(Hf, Hd, n, scale);
+    to_f32_kernel<<<(unsigned)blocks, 256, 0, DS_STREAM(stream)>>>(Hf, Hd, n, divisor);
     CUDA_LAUNCH_CHECK();
 }

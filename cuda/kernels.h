@@ -43,6 +43,8 @@ void *ds_cuda_malloc_host(size_t n); /* pinned host memory */
 void ds_cuda_free_host(void *p);
 void ds_cuda_memcpy_h2d(void *dst, const void *src, size_t n, void *stream);
 void ds_cuda_memcpy_d2h(void *dst, const void *src, size_t n, void *stream); /* synchronous */
+/* Asynchronous device -> host copy (dst should be pinned for true overlap). */
+void ds_cuda_memcpy_d2h_async(void *dst, const void *src, size_t n, void *stream);
 void ds_cuda_memcpy_d2d(void *dst, const void *src, size_t n, void *stream);
 void ds_cuda_memset(void *p, int byte, size_t n, void *stream);
 void *ds_cuda_stream_create(void);
@@ -53,6 +55,9 @@ void *ds_cuda_event_create(void);
 void ds_cuda_event_destroy(void *ev);
 void ds_cuda_event_record(void *ev, void *stream);
 float ds_cuda_event_ms(void *start, void *stop); /* synchronizes on stop */
+/* Work issued to `stream` after this call waits for `ev`'s last record
+ * (cudaStreamWaitEvent; an event never recorded is complete). */
+void ds_cuda_stream_wait(void *stream, void *ev);
 
 /* ---------------- conversions (context.cu) ---------------- */
 void f32_to_bf16_cuda(uint16_t *dst, const float *src, size_t n, void *stream); /* RNE, NaN->0x7FC0 */
@@ -108,8 +113,10 @@ void hessian_accum_f64_cuda(double *H, const uint16_t *X, int rows, int n, float
                             void *stream);
 /* Copy the upper triangle (row-major i<j) onto the lower. */
 void hessian_symmetrize_cuda(float *H, int n, void *stream);
-/* Hf[i] = (float)(Hd[i] * scale), e.g. scale = 1/num_samples. */
-void hessian_to_f32_cuda(float *Hf, const double *Hd, size_t n, double scale, void *stream);
+/* Hf[i] = (float)(Hd[i] / divisor) (divisor = number of calibration
+ * sequences), the twin of hessian_to_f32_cpu before its mirroring: call
+ * hessian_symmetrize_cuda after it to get the CPU twin's matrix. */
+void hessian_to_f32_cuda(float *Hf, const double *Hd, size_t n, double divisor, void *stream);
 
 /* ---------------- GPTQ (gptq.cu) ---------------- */
 /* Outputs of gptq_quantize_cuda, DEVICE arrays allocated by the caller:

@@ -12,6 +12,7 @@
 #include "dataset.h"
 #include "eval.h"
 #include "model.h"
+#include "gpu_engine.h"
 #include "pipeline.h"
 #include "recipe.h"
 #include "summary.h"
@@ -29,6 +30,9 @@ typedef struct cli {
     int64_t max_shard;
     int overwrite, verbosity;
     int moe_all_experts;          /* --moe-calibrate-all-experts: 1/0, -1 unset */
+    int offload_acts;             /* --offload-activations */
+    int64_t gpu_memory;           /* --gpu-memory bytes, 0 unset */
+    long micro_batch;             /* --micro-batch, -1 unset */
 } cli;
 
 static void usage(FILE *f) {
@@ -53,7 +57,12 @@ static void usage(FILE *f) {
             "  --moe-calibrate-all-experts true|false\n"
             "                        MoE: every expert's Hessian sees all tokens (true, default)\n"
             "                        or only the tokens routed to it (false)\n"
-            "  --device cpu|cuda     compute device (default: cpu)\n"
+            "  --device auto|cuda|cpu  compute device (default auto: cuda when this build has\n"
+            "                        CUDA, every rank sees a GPU and the model is a dense bf16\n"
+            "                        decoder; else cpu). Rank -> GPU: local rank mod GPUs\n"
+            "  --offload-activations keep calibration activations in pinned host memory (cuda)\n"
+            "  --gpu-memory SIZE     device memory budget per rank, e.g. 8GB (default 90%% of free)\n"
+            "  --micro-batch N       max sequences per forward chunk on the GPU (default: planned)\n"
             "  --threads K           BLAS threads per rank (default: cores / ranks on the node)\n"
             "  --overwrite           replace an existing output checkpoint\n"
             "  --summary FILE        write a machine-readable JSON run summary\n"
@@ -89,12 +98,15 @@ static ds_status parse_cli(int argc, char **argv, cli *c) {
         {"summary", required_argument, 0, 'J'}, {"quiet", no_argument, 0, 'q'},
         {"verbose", no_argument, 0, 'v'},       {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'},
-        {"moe-calibrate-all-experts", required_argument, 0, 'E'}, {0, 0, 0, 0}};
+        {"moe-calibrate-all-experts", required_argument, 0, 'E'},
+        {"offload-activations", no_argument, 0, 'A'}, {"gpu-memory", required_argument, 0, 'G'},
+        {"micro-batch", required_argument, 0, 'B'}, {0, 0, 0, 0}};
     ds_status st = DS_OK;
     memset(c, 0, sizeof *c);
     c->num_samples = c->max_seq_len = c->seed = c->threads = -1;
     c->max_shard = -1;
     c->moe_all_experts = -1;
+    c->micro_batch = -1;
     opterr = 0;
     optind = 1;
     int ch;
@@ -110,8 +122,8 @@ static ds_status parse_cli(int argc, char **argv, cli *c) {
         case 'j': c->threads = ds_parse_long("--threads", optarg, 1, &st); break;
         case 'f': c->text_field = optarg; break;
         case 'D':
-            if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda"))
-                st = ds_error(DS_ERR_USAGE, "--device: invalid value '%s' (allowed: cpu, cuda)", optarg);
+            if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda") && strcmp(optarg, "auto"))
+                st = ds_error(DS_ERR_USAGE, "--device: invalid value '%s' (allowed: auto, cuda, cpu)", optarg);
             c->device = optarg;
             break;
         case 'S':
@@ -124,6 +136,12 @@ static ds_status parse_cli(int argc, char **argv, cli *c) {
             else
                 st = ds_error(DS_ERR_USAGE, "--moe-calibrate-all-experts: invalid value '%s' (allowed: true, false)", optarg);
             break;
+        case 'A': c->offload_acts = 1; break;
+        case 'G':
+            if ((c->gpu_memory = parse_size(optarg)) <= 0)
+                st = ds_error(DS_ERR_USAGE, "--gpu-memory: invalid size '%s' (expected e.g. 8GB, 40GiB)", optarg);
+            break;
+        case 'B': c->micro_batch = ds_parse_long("--micro-batch", optarg, 1, &st); break;
         case 'O': c->overwrite = 1; break;
         case 'J': c->summary = optarg; break;
         case 'q': c->verbosity--; break;
@@ -185,6 +203,40 @@ static ds_status load_calibration(const char *path, const char *model_dir, const
     return DS_OK;
 }
 
+/* --device: "cuda" must work on every rank (else a usage error naming why);
+ * "auto" picks cuda only when it works on every rank, so all ranks run the
+ * same engine. */
+static ds_status select_device(const char *want, const model_config *mc, int *cuda) {
+    ds_status st = DS_OK;
+    const char *why = NULL;
+    *cuda = 0;
+    if (strcmp(want, "cpu") == 0) return DS_OK;
+    if (!gpu_engine_built())
+        why = "this doneshot was built without CUDA";
+    else if (gpu_engine_device_count() <= 0)
+        why = "no CUDA device is visible";
+    else if (gpu_engine_check_model(mc) != DS_OK)
+        why = "the CUDA engine runs dense bfloat16 decoders; this model is not one";
+    int ok = why == NULL;
+    if (strcmp(want, "cuda") == 0) {
+        if (!gpu_engine_built())
+            st = ds_error(DS_ERR_USAGE, "--device cuda: this doneshot was built without CUDA\n"
+                          "hint: use --device cpu, or rebuild with nvcc installed (make CUDA=1)");
+        else if (gpu_engine_device_count() <= 0)
+            st = ds_error(DS_ERR_USAGE, "--device cuda: no CUDA device is visible on this node "
+                          "(CUDA_VISIBLE_DEVICES=%s)\nhint: check nvidia-smi, or use --device cpu",
+                          getenv("CUDA_VISIBLE_DEVICES") ? getenv("CUDA_VISIBLE_DEVICES") : "unset");
+        else if (!ok)
+            st = gpu_engine_check_model(mc); /* names what is not supported */
+        *cuda = st == DS_OK;
+        return st;
+    }
+    *cuda = !comm_allreduce_max_int(!ok); /* auto: every rank can, or none does */
+    if (!*cuda && comm_rank() == 0 && gpu_engine_built())
+        ds_info("device auto: cpu (%s)", why ? why : "a rank has no usable CUDA device");
+    return DS_OK;
+}
+
 static int cmd_quantize(int argc, char **argv) {
     cli c;
     recipe r;
@@ -225,20 +277,14 @@ static int cmd_quantize(int argc, char **argv) {
         st = ds_error(DS_ERR_USAGE, "no model given\nhint: pass --model DIR or set \"model\" in %s", c.recipe);
     else if (!dataset)
         st = ds_error(DS_ERR_USAGE, "no calibration dataset given\nhint: pass --dataset FILE or set \"dataset\" in %s", c.recipe);
-    else if (c.device && strcmp(c.device, "cuda") == 0) {
-#ifdef DS_CUDA
-        st = ds_error(DS_ERR_USAGE, "--device cuda: the CUDA pipeline is not enabled in this version "
-                      "(the kernels are built but the pipeline runs on the CPU)\nhint: use --device cpu");
-#else
-        st = ds_error(DS_ERR_USAGE, "--device cuda: this doneshot was built without CUDA\n"
-                      "hint: use --device cpu, or rebuild with nvcc installed (make CUDA=1)");
-#endif
-    }
     if ((st = sync_status(st))) goto done;
 
     st = model_open(model_dir, &m);
     have_model = st == DS_OK;
     if (st == DS_OK) st = pipeline_validate(&m, &r);
+    if ((st = sync_status(st))) goto done;
+    int cuda = 0;
+    st = select_device(c.device ? c.device : "auto", &m.cfg, &cuda);
     if ((st = sync_status(st))) goto done;
     if (max_seq > m.cfg.max_pos) max_seq = m.cfg.max_pos;
 
@@ -263,7 +309,8 @@ static int cmd_quantize(int argc, char **argv) {
             dataset, data.n, max_seq, seed, count, ds_now() - t_data);
 
     run_opts ro = {.out_dir = output, .overwrite = c.overwrite, .max_shard_bytes = (uint64_t)max_shard,
-                   .moe_routed_only = !moe_all};
+                   .moe_routed_only = !moe_all, .cuda = cuda, .offload_acts = c.offload_acts,
+                   .gpu_budget_bytes = (size_t)c.gpu_memory, .max_micro_batch = c.micro_batch > 0 ? (int)c.micro_batch : 0};
     st = pipeline_quantize(&m, &r, data.rows + first, count, &ro, &stats);
     if ((st = sync_status(st))) goto done;
     summary_report(&stats, &m, &r, model_dir, dataset, output, c.summary, ds_now() - t_start);

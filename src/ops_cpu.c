@@ -114,3 +114,9 @@ void hessian_mirror_cpu(double *H, int n) {
     for (int i = 0; i < n; i++)
         for (int j = i + 1; j < n; j++) H[(size_t)j * n + i] = H[(size_t)i * n + j];
 }
+
+void hessian_to_f32_cpu(float *Hf, const double *H, int n, double nseq) {
+    for (int a = 0; a < n; a++)
+        for (int b = a; b < n; b++)
+            Hf[(size_t)a * n + b] = Hf[(size_t)b * n + a] = (float)(H[(size_t)a * n + b] / nseq);
+}

@@ -54,5 +54,9 @@ void residual_forward_cpu(float *x, const float *y, size_t n, ds_dtype act);
 void hessian_accum_cpu(double *H, const float *X, int rows, int n, float *scratch);
 /* Copy the upper triangle of H [n,n] into the lower one. */
 void hessian_mirror_cpu(double *H, int n);
+/* The GPTQ input from a Hessian sum: Hf[i][j] = Hf[j][i] = (float)(H[i][j] /
+ * nseq) for j >= i (only H's upper triangle is read), as llm-compressor's
+ * running mean H = sum / num_samples (reference-llm-compressor.md §1.4). */
+void hessian_to_f32_cpu(float *Hf, const double *H, int n, double nseq);
 
 #endif

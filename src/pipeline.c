@@ -4,6 +4,7 @@
 #include "pipeline.h"
 #include "checkpoint.h"
 #include "comm.h"
+#include "gpu_engine.h"
 #include "gptq.h"
 #include "ops_cpu.h"
 
@@ -176,15 +177,27 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
     stats->samples_total = (size_t)counts[0];
     stats->tokens_total = (size_t)counts[1];
     float **x = xcalloc(nlocal ? nlocal : 1, sizeof(float *));
-    for (size_t s = 0; s < nlocal && st == DS_OK; s++) {
-        x[s] = xmalloc(sizeof(float) * (size_t)local[s].n * c->C);
-        st = model_embed(m, local[s].ids, local[s].n, x[s]);
+    gpu_engine *eng = NULL;
+    if (o->cuda) { /* the engine embeds and keeps the residual stream itself */
+        gpu_engine_opts go = {.offload_acts = o->offload_acts, .budget_bytes = o->gpu_budget_bytes,
+                              .local_rank = gpu_engine_local_rank(), .qa = &r->w, .gptq_block = r->block_size,
+                              .max_micro_batch = o->max_micro_batch};
+        st = gpu_engine_create(m, local, nlocal, &go, &eng);
+        snprintf(stats->device, sizeof stats->device, "%s", eng ? gpu_engine_describe(eng) : "cuda");
+    } else {
+        snprintf(stats->device, sizeof stats->device, "cpu");
+        for (size_t s = 0; s < nlocal && st == DS_OK; s++) {
+            x[s] = xmalloc(sizeof(float) * (size_t)local[s].n * c->C);
+            st = model_embed(m, local[s].ids, local[s].n, x[s]);
+        }
     }
     worst = comm_allreduce_max_int((int)st);
     if (worst) {
-        if (st == DS_OK) st = ds_error((ds_status)worst, "another rank failed while embedding its samples");
+        if (st == DS_OK) st = ds_error((ds_status)worst, "another rank failed while %s",
+                                       o->cuda ? "setting up its CUDA engine" : "embedding its samples");
         goto done;
     }
+    if (eng) ds_info("device: %s", gpu_engine_describe(eng));
 
     /* module list: every targeted Linear, in model order, built from the
      * config (never from the tokens), so it is the same on all ranks */
@@ -192,15 +205,17 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
     stats->mods = xcalloc((size_t)c->L * (size_t)maxlin, sizeof(module_record));
     int nmax = 0;
     for (int inp = 0; inp < nin; inp++) nmax = DS_MAX(nmax, model_input_dim(c, inp));
-    float *y = xmalloc(sizeof(float) * (size_t)max_T * c->C);
+    /* CPU-path buffers (the engine has its own, on the device) */
+    float *y = eng ? NULL : xmalloc(sizeof(float) * (size_t)max_T * c->C);
     float *Hf = NULL;
-    capture_ctx cap = {.scratch = xmalloc(sizeof(float) * (size_t)nmax * nmax),
+    capture_ctx cap = {.scratch = eng ? NULL : xmalloc(sizeof(float) * (size_t)nmax * nmax),
                        .H = xcalloc((size_t)nin, sizeof(double *)),
                        .cnt = xcalloc((size_t)nin * 2, sizeof(int64_t))};
     int *mods = xmalloc(sizeof(int) * (size_t)maxlin), *owner = xmalloc(sizeof(int) * (size_t)maxlin);
+    int *used = xmalloc(sizeof(int) * (size_t)nin);
     double *cost = xmalloc(sizeof(double) * (size_t)maxlin);
-    layer_scratch ls;
-    layer_scratch_init(&ls, c, max_T);
+    layer_scratch ls = {0};
+    if (!eng) layer_scratch_init(&ls, c, max_T);
 
     for (int l = 0; l < c->L; l++) {
         stage_times lt = {0};
@@ -208,6 +223,7 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
         double t = ds_now();
         layer_load(m, l, &lw);
         layer_set_all_experts(&lw, !o->moe_routed_only);
+        if (eng) gpu_engine_load_layer(eng, &lw);
         lt.load = ds_now() - t;
 
         int nm = 0;
@@ -218,22 +234,35 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
                 mods[nm++] = k;
             }
         pipeline_assign(cost, nm, nranks, owner);
+        /* host Hessian sums: every used input on the CPU; with the engine
+         * only to carry a reduction (one rank: they stay on the device) */
+        const int host_H = !eng || nranks > 1;
         for (int inp = 0; inp < nin; inp++) {
-            int n = model_input_dim(c, inp), used = 0;
-            for (int i = 0; i < nm && !used; i++) used = lw.lin[mods[i]].input_id == inp;
-            cap.H[inp] = used ? xcalloc((size_t)n * n, sizeof(double)) : NULL;
+            int n = model_input_dim(c, inp);
+            used[inp] = 0;
+            for (int i = 0; i < nm && !used[inp]; i++) used[inp] = lw.lin[mods[i]].input_id == inp;
+            cap.H[inp] = used[inp] && host_H ? xcalloc((size_t)n * n, sizeof(double)) : NULL;
         }
         memset(cap.cnt, 0, sizeof(int64_t) * 2 * (size_t)nin);
 
         /* calibration pass (outputs discarded: propagate_error=True) */
         t = ds_now();
-        cap.seconds = 0;
-        for (size_t s = 0; s < nlocal; s++) {
-            memcpy(y, x[s], sizeof(float) * (size_t)local[s].n * c->C);
-            layer_forward(m, &lw, y, local[s].n, &ls, capture_hessian, &cap);
+        if (eng) {
+            gpu_engine_times g0 = gpu_engine_get_times(eng);
+            gpu_engine_calibrate(eng, used, host_H ? cap.H : NULL, cap.cnt);
+            gpu_engine_times g1 = gpu_engine_get_times(eng);
+            lt.hessian = g1.hessian - g0.hessian;
+            lt.forward = g1.forward - g0.forward;
+            lt.reduce = g1.hess_copy - g0.hess_copy; /* device -> host copies for the reduction */
+        } else {
+            cap.seconds = 0;
+            for (size_t s = 0; s < nlocal; s++) {
+                memcpy(y, x[s], sizeof(float) * (size_t)local[s].n * c->C);
+                layer_forward(m, &lw, y, local[s].n, &ls, capture_hessian, &cap);
+            }
+            lt.hessian = cap.seconds;
+            lt.forward = ds_now() - t - cap.seconds;
         }
-        lt.hessian = cap.seconds;
-        lt.forward = ds_now() - t - cap.seconds;
 
         /* token/sequence counts per input (one collective, config-sized), then
          * each Hessian reduced to the rank(s) that solve modules using it */
@@ -252,7 +281,7 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
             else comm_reduce_sum_f64(cap.H[inp], (size_t)n * n, first);
             if (!mine) { free(cap.H[inp]); cap.H[inp] = NULL; }
         }
-        lt.reduce = ds_now() - t;
+        lt.reduce += ds_now() - t;
 
         /* owners solve; every module's result is broadcast from its owner */
         double layer_loss = 0;
@@ -269,13 +298,12 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
                 if (ntok == 0) { /* an expert no rank routed a token to: round-to-nearest */
                     gs = rtn_quantize(&r->w, li->w, li->out, li->in, c->dtype, &res);
                     res.rtn_fallback = 2;
+                } else if (eng) { /* cap.H: the reduced sum, or NULL (one rank: on the device) */
+                    gs = gpu_engine_gptq(eng, &r->w, li, cap.H[li->input_id], nseq, r->block_size,
+                                         r->dampening_frac, &res);
                 } else {
-                    const double *H = cap.H[li->input_id];
                     Hf = xrealloc(Hf, sizeof(float) * (size_t)n * n);
-                    for (int a = 0; a < n; a++)
-                        for (int b = a; b < n; b++)
-                            Hf[(size_t)a * n + b] = Hf[(size_t)b * n + a] =
-                                (float)(H[(size_t)a * n + b] / (double)nseq);
+                    hessian_to_f32_cpu(Hf, cap.H[li->input_id], n, (double)nseq);
                     gs = gptq_quantize(&r->w, li->w, li->out, li->in, Hf, r->block_size, r->dampening_frac,
                                        c->dtype, &res);
                 }
@@ -297,6 +325,7 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
             const int *zp = r->w.symmetric ? NULL : pr.zp;
             const int *gi = r->w.actorder == QA_GROUP ? pr.g_idx : NULL;
             ds_convert_to_f32(li->w, pr.w, c->dtype, (size_t)li->out * li->in);
+            if (eng) gpu_engine_set_weight(eng, mods[i], li->w);
             module_record *mr = &stats->mods[stats->nmods++];
             snprintf(mr->name, sizeof mr->name, "%s", li->name);
             mr->owner = owner[i];
@@ -330,7 +359,9 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
 
         /* propagation pass with the quantized weights */
         t = ds_now();
-        for (size_t s = 0; s < nlocal; s++) layer_forward(m, &lw, x[s], local[s].n, &ls, NULL, NULL);
+        if (eng) gpu_engine_propagate(eng);
+        else
+            for (size_t s = 0; s < nlocal; s++) layer_forward(m, &lw, x[s], local[s].n, &ls, NULL, NULL);
         lt.propagate = ds_now() - t;
         layer_free(&lw);
 
@@ -346,6 +377,7 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
         }
     }
     free(mods);
+    free(used);
     free(owner);
     free(cost);
     free(cap.H);
@@ -366,6 +398,11 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
         if (worst && st == DS_OK) st = ds_error((ds_status)worst, "rank 0 failed finishing the checkpoint");
     }
 done:
+    if (o->cuda) { /* every rank reaches here on every path: a collective is safe */
+        double peak = eng ? (double)gpu_engine_peak_bytes(eng) : 0.0;
+        stats->device_peak_bytes = (size_t)comm_allreduce_max_f64(peak);
+        gpu_engine_destroy(eng);
+    }
     if (ck) ckpt_abort(ck);
     for (size_t s = 0; s < nlocal; s++) free(x[s]);
     free(x);

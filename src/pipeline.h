@@ -14,6 +14,9 @@
  *       (propagation pass: layer i+1 is calibrated on quantized layer i)
  *     rank 0 streams the layer's quantized tensors into the checkpoint
  * All collectives are issued in one deterministic order on every rank.
+ * With run_opts.cuda the per-rank compute (forward, Hessian sums, solves,
+ * propagation) runs in the CUDA engine (gpu_engine.h); the distributed part
+ * is the same code. With one rank the Hessians never leave the device.
  */
 #ifndef DS_PIPELINE_H
 #define DS_PIPELINE_H
@@ -41,6 +44,8 @@ typedef struct run_stats {
     int n_no_tokens;            /* experts that received no calibration token (routed-only mode) */
     uint64_t bytes_written;
     int nshards;
+    char device[512];           /* "cpu" or the CUDA engine's description */
+    size_t device_peak_bytes;   /* CUDA: peak device memory in use (max over ranks) */
 } run_stats;
 
 typedef struct run_opts {
@@ -52,6 +57,12 @@ typedef struct run_opts {
      * 1 = Hessians from routed tokens only; an expert that gets no token on
      * any rank is quantized round-to-nearest with a counted warning. */
     int moe_routed_only;
+    /* compute device: 0 CPU (model.c forward, OpenBLAS), 1 the CUDA engine
+     * (gpu_engine.h) with these settings */
+    int cuda;
+    int offload_acts;           /* --offload-activations */
+    size_t gpu_budget_bytes;    /* 0: 90% of free device memory */
+    int max_micro_batch;        /* 0: planner default */
 } run_opts;
 
 /* Check the recipe against the model before any work: group size divides

@@ -32,6 +32,9 @@ void summary_report(const run_stats *s, const model *m, const recipe *r, const c
     for (int i = 0; i < R && n < (int)sizeof line - 32; i++)
         n += snprintf(line + n, sizeof line - (size_t)n, " r%d %.0f MB", i, rss[i] / 1048576.0);
     ds_info("%s", line);
+    if (s->device_peak_bytes)
+        ds_info("device: %s | peak device memory %.2f GiB (max over ranks)", s->device,
+                (double)s->device_peak_bytes / 1073741824.0);
     ds_info("save: %.2f s, %.2f MB in %d shard(s), mean GPTQ loss %.4g", mx[7], (double)s->bytes_written / 1e6,
             s->nshards, s->nmods ? loss / s->nmods : 0.0);
     ds_info("checkpoint written to %s", output);
@@ -44,6 +47,8 @@ void summary_report(const run_stats *s, const model *m, const recipe *r, const c
         cJSON_AddStringToObject(j, "dataset", dataset);
         cJSON_AddStringToObject(j, "output", output);
         cJSON_AddNumberToObject(j, "world_size", R);
+        cJSON_AddStringToObject(j, "device", s->device);
+        cJSON_AddNumberToObject(j, "peak_device_bytes", (double)s->device_peak_bytes);
         cJSON_AddNumberToObject(j, "num_bits", r->w.num_bits);
         cJSON_AddNumberToObject(j, "group_size", r->w.strategy == QS_GROUP ? r->w.group_size : -1);
         cJSON_AddNumberToObject(j, "samples", (double)s->samples_total);

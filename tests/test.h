@@ -10,10 +10,20 @@
 #include <stdio.h>
 #include <string.h>
 
-static int t_passed, t_failed, t_skipped, t_cur_failed;
+static int t_passed, t_failed, t_skipped, t_cur_failed, t_cur_skipped, t_open;
 static const char *t_cur = "";
 
-#define TEST(name) for (int t_once_ = (t_cur = (name), t_cur_failed = 0, 1); t_once_; t_once_ = 0, t_cur_failed ? t_failed++ : t_passed++)
+/* A test is counted when the next one starts (or at TEST_REPORT), so a
+ * `break` out of a TEST body (e.g. after SKIP) keeps the count right. */
+static inline void t_finish(void) {
+    if (!t_open) return;
+    if (t_cur_failed) t_failed++;
+    else if (!t_cur_skipped) t_passed++;
+    t_open = 0;
+}
+
+#define TEST(name) \
+    for (int t_once_ = (t_finish(), t_cur = (name), t_cur_failed = t_cur_skipped = 0, t_open = 1); t_once_; t_once_ = 0)
 
 #define CHECK(cond)                                                                  \
     do {                                                                             \
@@ -56,11 +66,12 @@ static const char *t_cur = "";
 #define SKIP(reason)                                                                 \
     do {                                                                             \
         fprintf(stderr, "SKIP %s: %s\n", t_cur, reason);                             \
-        t_skipped++; t_passed--;                                                     \
+        if (!t_cur_skipped) t_skipped++;                                             \
+        t_cur_skipped = 1;                                                           \
     } while (0)
 
 #define TEST_REPORT()                                                                \
-    (printf("%d passed, %d failed, %d skipped\n", t_passed, t_failed, t_skipped),   \
+    (t_finish(), printf("%d passed, %d failed, %d skipped\n", t_passed, t_failed, t_skipped),   \
      t_failed ? 1 : 0)
 
 #endif

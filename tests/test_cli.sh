@@ -21,5 +21,18 @@ else
 fi
 "$BIN" --no-such-flag >/dev/null 2>&1; [ $? -eq 2 ] && ok || fail "unknown option exits 2"
 "$BIN" >/dev/null 2>&1; [ $? -eq 2 ] && ok || fail "missing --recipe exits 2"
+"$BIN" --recipe recipes/stories260k-w4a16.json --device gpu >/dev/null 2>&1; [ $? -eq 2 ] && ok || fail "--device gpu exits 2"
+# --device cuda on a machine without a GPU (or a CPU-only build): exit 2, a
+# cause and a hint, nothing written. With a GPU this check does not apply.
+if ! command -v nvidia-smi >/dev/null 2>&1; then
+    out=/tmp/ds-cli-cuda.$$
+    "$BIN" --recipe recipes/stories260k-w4a16.json --device cuda --output $out >$out.log 2>&1
+    rc=$?
+    [ $rc -eq 2 ] && grep -q "no CUDA device\|built without CUDA" $out.log && grep -q "hint:" $out.log && [ ! -e $out ] \
+        && ok || fail "--device cuda without a GPU: exit 2 with cause and hint (got $rc: $(head -c 300 $out.log))"
+    "$BIN" --recipe recipes/stories260k-w4a16.json --device auto --output $out -q >$out.log 2>&1 && [ -d $out ] \
+        && ok || fail "--device auto without a GPU runs on the CPU"
+    rm -rf $out $out.log
+fi
 echo "$P passed, $F failed"
 [ "$F" -eq 0 ]

@@ -25,6 +25,7 @@ static const char *const TEST_NAMES[] = {
     "convert_bf16", "embed_forward", "rmsnorm_forward", "rope_tables", "rope_forward",
     "matmul_forward", "attention_forward", "swiglu_forward", "residual_forward",
     "hessian_accum", "hessian_accum_f64", "gptq_quantize", "quant_pack_rows", "quant_pack_cols",
+    "hessian_to_f32",
 };
 
 #ifndef DS_CUDA
@@ -307,6 +308,31 @@ static double *hessian_ref(const float *X, int rows, int n) {
     return H;
 }
 
+/* hessian_to_f32_cuda + hessian_symmetrize_cuda == hessian_to_f32_cpu
+ * (bitwise: one IEEE division and one rounding per element). The lower
+ * triangle of the device input differs from the upper one, as the f64 sums
+ * of two tensor-core triangles may: only the upper may be read. */
+static void t_to_f32(int n, int nseq) {
+    size_t nn = (size_t)n * n;
+    double *H = xmalloc(nn * 8);
+    for (size_t i = 0; i < nn; i++) H[i] = (double)urand() * 1e3 + (double)urand() * 1e-9;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < i; j++) H[(size_t)i * n + j] = H[(size_t)j * n + i] * (1 + 1e-12);
+    float *want = xmalloc(nn * 4), *got = xmalloc(nn * 4);
+    hessian_to_f32_cpu(want, H, n, (double)nseq);
+    dbuf bh, bf;
+    double *dh = dbuf_up(&bh, H, nn * 8);
+    float *df = dbuf_new(&bf, nn * 4);
+    hessian_to_f32_cuda(df, dh, nn, (double)nseq, NULL);
+    hessian_symmetrize_cuda(df, n, NULL);
+    CHECK(dbuf_get(&bf, got));
+    report("hessian_to_f32", got, want, nn);
+    CHECK(memcmp(got, want, nn * 4) == 0);
+    dbuf_free(&bh);
+    dbuf_free(&bf);
+    free(H); free(want); free(got);
+}
+
 static void t_hessian(int rows, int n, int f64) {
     size_t nn = (size_t)n * n;
     float *X = rand_bf16((size_t)rows * n, 1.0f, 0.0f);
@@ -486,6 +512,7 @@ static void run(int idx) {
     case 12: t_pack_rows(13, 301, 4); t_pack_rows(7, 97, 8); t_pack_rows(9, 333, 3);
              t_pack_rows(4096, 4096, 4); break;
     case 13: t_pack_cols(67, 5, 4); t_pack_cols(1001, 3, 3); t_pack_cols(4096, 32, 4); break;
+    case 14: t_to_f32(77, 64); t_to_f32(1031, 3); break;
     }
 }
 

@@ -1,0 +1,567 @@
+/*
+ * gpu_engine.c - the CUDA layer engine (see gpu_engine.h). Plain C: every
+ * device operation goes through cuda/kernels.h, so the same file links against
+ * the real kernels (make CUDA=1) or, for the CPU-side tests of this
+ * orchestration, against tests/cuda_emul.c (host memory, CPU twins).
+ */
+#include "gpu_engine.h"
+#include "comm.h"
+#include "gpu_plan.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int gpu_engine_local_rank(void) {
+    static const char *const vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID",
+                                       "PMI_LOCAL_RANK"};
+    for (size_t i = 0; i < DS_ARRAY_LEN(vars); i++) {
+        const char *v = getenv(vars[i]);
+        char *end;
+        if (v && *v) {
+            long r = strtol(v, &end, 10);
+            if (*end == '\0' && r >= 0 && r < 1 << 20) return (int)r;
+        }
+    }
+    return comm_local_rank();
+}
+
+ds_status gpu_engine_check_model(const model_config *c) {
+    if (c->E > 0)
+        return ds_error(DS_ERR_USAGE, "--device cuda: %s is a mixture-of-experts model; the CUDA engine runs "
+                        "dense decoders (Llama, Mistral, Qwen2, Qwen3)\nhint: use --device cpu for MoE models",
+                        c->arch_name);
+    if (c->dtype != DS_DTYPE_BF16)
+        return ds_error(DS_ERR_USAGE, "--device cuda: the model's torch_dtype is %s; the CUDA engine computes "
+                        "with bfloat16 activations\nhint: use --device cpu, or a bfloat16 checkpoint",
+                        ds_dtype_torch_name(c->dtype));
+    return DS_OK;
+}
+
+#ifndef DS_CUDA
+
+int gpu_engine_built(void) { return 0; }
+int gpu_engine_device_count(void) { return 0; }
+
+ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nlocal, const gpu_engine_opts *o,
+                            gpu_engine **out) {
+    (void)m; (void)local; (void)nlocal; (void)o;
+    *out = NULL;
+    return ds_error(DS_ERR_USAGE, "--device cuda: this doneshot was built without CUDA\n"
+                    "hint: use --device cpu, or rebuild with nvcc installed (make CUDA=1)");
+}
+#define UNREACHABLE DS_DIE(1, "CUDA engine call in a build without CUDA")
+const char *gpu_engine_describe(const gpu_engine *e) { (void)e; return "none"; }
+void gpu_engine_load_layer(gpu_engine *e, const layer_weights *lw) { (void)e; (void)lw; UNREACHABLE; }
+void gpu_engine_calibrate(gpu_engine *e, const int *used, double *const *H_host, int64_t *cnt) {
+    (void)e; (void)used; (void)H_host; (void)cnt; UNREACHABLE;
+}
+ds_status gpu_engine_gptq(gpu_engine *e, const quant_args *a, const layer_linear *li, const double *H_host,
+                          int64_t nseq, int block_size, double dampening_frac, gptq_result *res) {
+    (void)e; (void)a; (void)li; (void)H_host; (void)nseq; (void)block_size; (void)dampening_frac; (void)res;
+    UNREACHABLE;
+}
+void gpu_engine_set_weight(gpu_engine *e, int lin, const float *w) { (void)e; (void)lin; (void)w; UNREACHABLE; }
+void gpu_engine_propagate(gpu_engine *e) { (void)e; UNREACHABLE; }
+gpu_engine_times gpu_engine_get_times(const gpu_engine *e) { (void)e; return (gpu_engine_times){0}; }
+size_t gpu_engine_peak_bytes(const gpu_engine *e) { (void)e; return 0; }
+void gpu_engine_destroy(gpu_engine *e) { (void)e; }
+
+#else /* DS_CUDA */
+
+#include "kernels.h"
+
+/* Dense-layer Hessian inputs (model.h INP_*). */
+enum { NCAP = INP_DOWN + 1 };
+
+struct gpu_engine {
+    const model *m;
+    model_config c;
+    int dev;
+    char desc[512];
+    void *s_comp, *s_copy;          /* compute stream, copy stream (offload) */
+    void *ev_h2d[2], *ev_comp[2];   /* staging-buffer handshakes (offload) */
+    void *ev_hess[2 * NCAP];        /* start/stop around each Hessian update of a chunk */
+
+    /* samples: sequence lengths, token offsets into the residual stream, chunks */
+    size_t nseq, ntok;
+    int *len;
+    size_t *off;                    /* [nseq + 1] */
+    int nchunks;
+    int *chunk0;                    /* [nchunks + 1] first sequence of each chunk */
+    size_t chunk_tok_max;
+    int max_T, micro_batch;
+
+    /* residual stream, bf16 [ntok, C] */
+    int offload;
+    uint16_t *x_dev;                /* resident */
+    uint16_t *x_host;               /* pinned (offload) */
+    uint16_t *stage[2];             /* [chunk_tok_max, C] device staging (offload) */
+
+    /* per-chunk transients */
+    uint16_t *y, *a, *q, *k, *v, *ctx, *o, *g, *u;
+    void *attn_ws;
+    uint16_t *cos_t, *sin_t;        /* [max_T, HS] */
+
+    /* one layer's weights */
+    int win[LIN_COUNT], wout[LIN_COUNT], has_b[LIN_COUNT];
+    uint16_t *w[LIN_COUNT], *b[LIN_COUNT];
+    uint16_t *in_norm, *post_norm, *q_norm, *k_norm;
+    uint16_t *h_stage;              /* pinned host staging of a whole layer */
+    size_t h_off[LIN_COUNT], h_boff[LIN_COUNT], h_norm_off, h_elems;
+
+    /* Hessian sums (f64) of the four dense inputs + the f32 per-call scratch */
+    int hn[NCAP];
+    double *Hd[NCAP];
+    float *Hscratch;
+
+    /* GPTQ inputs and outputs, sized for the largest module */
+    float *gW, *gH, *gWq, *gScale;
+    int8_t *gQ;
+    int32_t *gZp, *gGidx;
+
+    gpu_engine_times t;
+    size_t peak;
+};
+
+static void sample_mem(gpu_engine *e) {
+    size_t fr = 0, tot = 0;
+    ds_cuda_mem_info(&fr, &tot);
+    if (tot - fr > e->peak) e->peak = tot - fr;
+}
+
+int gpu_engine_built(void) { return 1; }
+int gpu_engine_device_count(void) { return ds_cuda_device_count(); }
+const char *gpu_engine_describe(const gpu_engine *e) { return e->desc; }
+gpu_engine_times gpu_engine_get_times(const gpu_engine *e) { return e->t; }
+size_t gpu_engine_peak_bytes(const gpu_engine *e) { return e->peak; }
+
+static void *dalloc(size_t n) { return ds_cuda_malloc(n ? n : 16); }
+
+/* The residual stream of sequences [s0, s1) as f32 -> bf16, into dst (host). */
+static ds_status embed_range(const model *m, const ds_sample *local, size_t s0, size_t s1, uint16_t *dst,
+                             float *tmp) {
+    const int C = m->cfg.C;
+    for (size_t s = s0; s < s1; s++) {
+        ds_status st = model_embed(m, local[s].ids, local[s].n, tmp);
+        if (st) return st;
+        ds_convert_from_f32(dst, tmp, DS_DTYPE_BF16, (size_t)local[s].n * C);
+        dst += (size_t)local[s].n * C;
+    }
+    return DS_OK;
+}
+
+ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nlocal, const gpu_engine_opts *o,
+                            gpu_engine **out) {
+    const model_config *c = &m->cfg;
+    *out = NULL;
+    ds_status st = gpu_engine_check_model(c);
+    if (st) return st;
+    int dev = ds_cuda_init(o->local_rank);
+    if (dev < 0)
+        return ds_error(DS_ERR_USAGE, "--device cuda: no usable CUDA device on this node (local rank %d)\n"
+                        "hint: check nvidia-smi and CUDA_VISIBLE_DEVICES, or use --device cpu", o->local_rank);
+
+    gpu_engine *e = xcalloc(1, sizeof *e);
+    e->m = m;
+    e->c = *c;
+    e->dev = dev;
+    e->offload = o->offload_acts;
+    const size_t C = (size_t)c->C, qd = (size_t)c->NH * c->HS, kvd = (size_t)c->NKV * c->HS, F = (size_t)c->F;
+
+    /* sequences and token offsets */
+    e->nseq = nlocal;
+    e->len = xmalloc(sizeof(int) * (nlocal ? nlocal : 1));
+    e->off = xmalloc(sizeof(size_t) * (nlocal + 1));
+    e->off[0] = 0;
+    e->max_T = 1;
+    for (size_t s = 0; s < nlocal; s++) {
+        e->len[s] = local[s].n;
+        e->off[s + 1] = e->off[s] + (size_t)local[s].n;
+        e->max_T = DS_MAX(e->max_T, local[s].n);
+    }
+    e->ntok = e->off[nlocal];
+
+    /* memory plan: picks the micro-batch (sequences per chunk) */
+    size_t fr = 0, tot = 0;
+    ds_cuda_mem_info(&fr, &tot);
+    gpu_plan_dims d = {.C = c->C, .F = c->F, .NH = c->NH, .NKV = c->NKV, .HS = c->HS, .V = c->V,
+                       .n_tokens = (long)e->ntok, .seq_len = e->max_T};
+    gpu_plan_opts po = {.offload_acts = o->offload_acts, .budget_bytes = o->budget_bytes ? o->budget_bytes : fr / 10 * 9,
+                        .hessian_f64 = 1, .gptq_block = o->gptq_block, .actorder = o->qa->actorder != QA_NONE,
+                        .max_micro_batch = o->max_micro_batch};
+    gpu_plan plan;
+    st = gpu_plan_make(&d, &po, &plan);
+    if (st) {
+        free(e->len); free(e->off); free(e);
+        return st;
+    }
+    e->micro_batch = plan.micro_batch;
+    /* chunks: consecutive sequences, at most micro_batch each */
+    e->nchunks = (int)((nlocal + (size_t)e->micro_batch - 1) / (size_t)e->micro_batch);
+    e->chunk0 = xmalloc(sizeof(int) * (size_t)(e->nchunks + 1));
+    e->chunk_tok_max = 1;
+    for (int i = 0; i <= e->nchunks; i++) e->chunk0[i] = (int)DS_MIN(nlocal, (size_t)i * e->micro_batch);
+    for (int i = 0; i < e->nchunks; i++)
+        e->chunk_tok_max = DS_MAX(e->chunk_tok_max, e->off[e->chunk0[i + 1]] - e->off[e->chunk0[i]]);
+
+    e->s_comp = ds_cuda_stream_create();
+    e->s_copy = ds_cuda_stream_create();
+    for (int i = 0; i < 2; i++) { e->ev_h2d[i] = ds_cuda_event_create(); e->ev_comp[i] = ds_cuda_event_create(); }
+    for (int i = 0; i < 2 * NCAP; i++) e->ev_hess[i] = ds_cuda_event_create();
+
+    /* transients (one chunk) */
+    const size_t ct = e->chunk_tok_max;
+    e->y = dalloc(ct * C * 2);
+    e->a = dalloc(ct * C * 2);
+    e->q = dalloc(ct * qd * 2);
+    e->k = dalloc(ct * kvd * 2);
+    e->v = dalloc(ct * kvd * 2);
+    e->ctx = dalloc(ct * qd * 2);
+    e->o = dalloc(ct * C * 2);
+    e->g = dalloc(ct * F * 2);
+    e->u = dalloc(ct * F * 2);
+    e->attn_ws = dalloc(attention_ws_bytes(e->max_T, c->NH / c->NKV));
+    e->cos_t = dalloc((size_t)e->max_T * c->HS * 2);
+    e->sin_t = dalloc((size_t)e->max_T * c->HS * 2);
+    float *inv = dalloc(sizeof(float) * (size_t)(c->HS / 2));
+    ds_cuda_memcpy_h2d(inv, m->inv_freq, sizeof(float) * (size_t)(c->HS / 2), e->s_comp);
+    rope_tables_cuda(e->cos_t, e->sin_t, inv, e->max_T, c->HS, e->s_comp);
+    ds_cuda_sync(e->s_comp);
+    ds_cuda_free(inv);
+
+    /* weights: device buffers and one pinned host staging area for a layer */
+    layer_linear ll[LIN_COUNT];
+    DS_ASSERT(model_layer_linears(c, 0, 1, ll) == LIN_COUNT);
+    size_t h = 0, gmax_w = 0, gmax_ng = 0;
+    int gmax_in = 0;
+    for (int k = 0; k < LIN_COUNT; k++) {
+        e->win[k] = ll[k].in;
+        e->wout[k] = ll[k].out;
+        e->w[k] = dalloc((size_t)ll[k].out * ll[k].in * 2);
+        e->b[k] = dalloc((size_t)ll[k].out * 2);
+        e->h_off[k] = h;
+        h += (size_t)ll[k].out * ll[k].in;
+        e->h_boff[k] = h;
+        h += (size_t)ll[k].out;
+        gmax_w = DS_MAX(gmax_w, (size_t)ll[k].out * ll[k].in);
+        gmax_in = DS_MAX(gmax_in, ll[k].in);
+        gmax_ng = DS_MAX(gmax_ng, (size_t)ll[k].out * quant_num_groups(o->qa, ll[k].in));
+    }
+    e->h_norm_off = h;
+    h += 2 * C + 2 * (size_t)c->HS;
+    e->h_elems = h;
+    e->h_stage = ds_cuda_malloc_host(h * 2);
+    e->in_norm = dalloc(C * 2);
+    e->post_norm = dalloc(C * 2);
+    e->q_norm = dalloc((size_t)c->HS * 2);
+    e->k_norm = dalloc((size_t)c->HS * 2);
+
+    /* Hessians */
+    const int hn[NCAP] = {c->C, (int)qd, c->C, c->F};
+    int hmax = 0;
+    for (int i = 0; i < NCAP; i++) {
+        e->hn[i] = hn[i];
+        e->Hd[i] = dalloc(sizeof(double) * (size_t)hn[i] * hn[i]);
+        hmax = DS_MAX(hmax, hn[i]);
+    }
+    e->Hscratch = dalloc(sizeof(float) * (size_t)hmax * hmax);
+
+    /* GPTQ */
+    e->gW = dalloc(sizeof(float) * gmax_w);
+    e->gWq = dalloc(sizeof(float) * gmax_w);
+    e->gQ = dalloc(gmax_w);
+    e->gH = dalloc(sizeof(float) * (size_t)gmax_in * gmax_in);
+    e->gScale = dalloc(sizeof(float) * gmax_ng);
+    e->gZp = dalloc(sizeof(int32_t) * gmax_ng);
+    e->gGidx = dalloc(sizeof(int32_t) * (size_t)gmax_in);
+
+    /* residual stream: embeddings on the host (model_embed checks the ids) */
+    double t0 = ds_now();
+    float *tmp = xmalloc(sizeof(float) * (size_t)e->max_T * C);
+    if (e->offload) {
+        e->x_host = ds_cuda_malloc_host(e->ntok * C * 2 + 16);
+        for (int i = 0; i < 2; i++) e->stage[i] = dalloc(ct * C * 2);
+        st = embed_range(m, local, 0, nlocal, e->x_host, tmp);
+    } else {
+        e->x_dev = dalloc(e->ntok * C * 2);
+        uint16_t *hb = e->h_stage; /* staging: chunk by chunk through the layer staging area */
+        size_t cap = e->h_elems / C;  /* tokens that fit */
+        size_t s = 0;
+        while (s < nlocal && st == DS_OK) {
+            size_t s1 = s, toks = 0;
+            while (s1 < nlocal && (s1 == s || toks + (size_t)local[s1].n <= cap)) toks += (size_t)local[s1++].n;
+            if (toks > cap) { /* one sequence longer than the staging area: plain host buffer */
+                uint16_t *big = xmalloc(toks * C * 2);
+                st = embed_range(m, local, s, s1, big, tmp);
+                ds_cuda_memcpy_h2d(e->x_dev + e->off[s] * C, big, toks * C * 2, e->s_comp);
+                ds_cuda_sync(e->s_comp);
+                free(big);
+            } else {
+                st = embed_range(m, local, s, s1, hb, tmp);
+                ds_cuda_memcpy_h2d(e->x_dev + e->off[s] * C, hb, toks * C * 2, e->s_comp);
+                ds_cuda_sync(e->s_comp);
+            }
+            s = s1;
+        }
+    }
+    free(tmp);
+    e->t.upload += ds_now() - t0;
+    sample_mem(e);
+    snprintf(e->desc, sizeof e->desc, "%s | micro-batch %d (%d chunks) | activations %s | plan peak %.2f GiB",
+             ds_cuda_device_name(), e->micro_batch, e->nchunks, e->offload ? "offloaded (pinned host)" : "resident",
+             (double)plan.peak / (double)(1u << 30));
+    if (st) {
+        gpu_engine_destroy(e);
+        return st;
+    }
+    *out = e;
+    return DS_OK;
+}
+
+void gpu_engine_load_layer(gpu_engine *e, const layer_weights *lw) {
+    const model_config *c = &e->c;
+    double t0 = ds_now();
+    DS_ASSERT(!lw->sparse && lw->nlin == LIN_COUNT);
+    ds_cuda_sync(e->s_comp); /* the staging area may still feed the last copies */
+    uint16_t *hs = e->h_stage;
+    for (int k = 0; k < LIN_COUNT; k++) {
+        const layer_linear *li = &lw->lin[k];
+        size_t n = (size_t)li->out * li->in;
+        DS_ASSERT(li->in == e->win[k] && li->out == e->wout[k]);
+        ds_convert_from_f32(hs + e->h_off[k], li->w, DS_DTYPE_BF16, n);
+        ds_cuda_memcpy_h2d(e->w[k], hs + e->h_off[k], n * 2, e->s_comp);
+        e->has_b[k] = li->b != NULL;
+        if (li->b) {
+            ds_convert_from_f32(hs + e->h_boff[k], li->b, DS_DTYPE_BF16, (size_t)li->out);
+            ds_cuda_memcpy_h2d(e->b[k], hs + e->h_boff[k], (size_t)li->out * 2, e->s_comp);
+        }
+    }
+    uint16_t *hn = hs + e->h_norm_off;
+    const size_t C = (size_t)c->C, HS = (size_t)c->HS;
+    ds_convert_from_f32(hn, lw->in_norm, DS_DTYPE_BF16, C);
+    ds_convert_from_f32(hn + C, lw->post_norm, DS_DTYPE_BF16, C);
+    ds_cuda_memcpy_h2d(e->in_norm, hn, C * 2, e->s_comp);
+    ds_cuda_memcpy_h2d(e->post_norm, hn + C, C * 2, e->s_comp);
+    if (c->qk_norm) {
+        ds_convert_from_f32(hn + 2 * C, lw->q_norm, DS_DTYPE_BF16, HS);
+        ds_convert_from_f32(hn + 2 * C + HS, lw->k_norm, DS_DTYPE_BF16, HS);
+        ds_cuda_memcpy_h2d(e->q_norm, hn + 2 * C, HS * 2, e->s_comp);
+        ds_cuda_memcpy_h2d(e->k_norm, hn + 2 * C + HS, HS * 2, e->s_comp);
+    }
+    ds_cuda_sync(e->s_comp);
+    e->t.upload += ds_now() - t0;
+}
+
+void gpu_engine_set_weight(gpu_engine *e, int lin, const float *w) {
+    DS_ASSERT(lin >= 0 && lin < LIN_COUNT);
+    double t0 = ds_now();
+    ds_cuda_sync(e->s_comp);
+    size_t n = (size_t)e->wout[lin] * e->win[lin];
+    ds_convert_from_f32(e->h_stage + e->h_off[lin], w, DS_DTYPE_BF16, n);
+    ds_cuda_memcpy_h2d(e->w[lin], e->h_stage + e->h_off[lin], n * 2, e->s_comp);
+    e->t.upload += ds_now() - t0;
+}
+
+static void matmul(gpu_engine *e, uint16_t *y, const uint16_t *x, int lin, int T) {
+    matmul_forward_cuda(y, x, e->w[lin], e->has_b[lin] ? e->b[lin] : NULL, T, e->win[lin], e->wout[lin],
+                        e->s_comp);
+}
+
+/* Hessian update of input `inp` from X [T, n], bracketed by events. */
+static void capture(gpu_engine *e, const int *used, int inp, const uint16_t *X, int T) {
+    if (!used || !used[inp]) return;
+    ds_cuda_event_record(e->ev_hess[2 * inp], e->s_comp);
+    hessian_accum_f64_cuda(e->Hd[inp], X, T, e->hn[inp], e->Hscratch, e->s_comp);
+    ds_cuda_event_record(e->ev_hess[2 * inp + 1], e->s_comp);
+}
+
+/* The decoder layer on the chunk's residual stream x [T, C] (sequences
+ * [s0, s1), concatenated), in place; the op order and rounding points of
+ * model.c layer_forward (dense). used != NULL: capture Hessians. */
+static void layer_chunk(gpu_engine *e, uint16_t *x, int s0, int s1, const int *used) {
+    const model_config *c = &e->c;
+    const int T = (int)(e->off[s1] - e->off[s0]);
+    const int qd = c->NH * c->HS, kvd = c->NKV * c->HS;
+    void *s = e->s_comp;
+    if (T <= 0) return;
+    rmsnorm_forward_cuda(e->a, x, e->in_norm, T, c->C, c->eps, s);
+    capture(e, used, INP_ATTN, e->a, T);
+    matmul(e, e->q, e->a, LIN_Q, T);
+    matmul(e, e->k, e->a, LIN_K, T);
+    matmul(e, e->v, e->a, LIN_V, T);
+    if (c->qk_norm) {
+        rmsnorm_forward_cuda(e->q, e->q, e->q_norm, T * c->NH, c->HS, c->eps, s);
+        rmsnorm_forward_cuda(e->k, e->k, e->k_norm, T * c->NKV, c->HS, c->eps, s);
+    }
+    /* RoPE per sequence (positions restart at 0); attention over runs of
+     * sequences of equal length (one batched call per run) */
+    for (int i = s0; i < s1;) {
+        int j = i + 1;
+        while (j < s1 && e->len[j] == e->len[i]) j++;
+        const int Ti = e->len[i];
+        const size_t r0 = e->off[i] - e->off[s0];
+        for (int t = i; t < j; t++) {
+            const size_t rt = e->off[t] - e->off[s0];
+            rope_forward_cuda(e->q + rt * qd, e->cos_t, e->sin_t, Ti, c->NH, c->HS, qd, s);
+            rope_forward_cuda(e->k + rt * kvd, e->cos_t, e->sin_t, Ti, c->NKV, c->HS, kvd, s);
+        }
+        if (Ti > 0)
+            attention_forward_cuda(e->ctx + r0 * qd, e->q + r0 * qd, e->k + r0 * kvd, e->v + r0 * kvd, j - i, Ti,
+                                   c->NH, c->NKV, c->HS, e->attn_ws, s);
+        i = j;
+    }
+    capture(e, used, INP_O, e->ctx, T);
+    matmul(e, e->o, e->ctx, LIN_O, T);
+    residual_forward_cuda(x, e->o, (size_t)T * c->C, s);
+    rmsnorm_forward_cuda(e->a, x, e->post_norm, T, c->C, c->eps, s);
+    capture(e, used, INP_MLP, e->a, T);
+    matmul(e, e->g, e->a, LIN_GATE, T);
+    matmul(e, e->u, e->a, LIN_UP, T);
+    swiglu_forward_cuda(e->g, e->g, e->u, (size_t)T * c->F, s);
+    capture(e, used, INP_DOWN, e->g, T);
+    matmul(e, e->o, e->g, LIN_DOWN, T);
+    residual_forward_cuda(x, e->o, (size_t)T * c->C, s);
+}
+
+/* Offload: copy chunk ci of the pinned residual stream into staging buffer
+ * ci&1 on the copy stream, after the compute that last used that buffer. */
+static void prefetch(gpu_engine *e, int ci) {
+    const size_t C = (size_t)e->c.C;
+    const int b = ci & 1;
+    const size_t t0 = e->off[e->chunk0[ci]], nt = e->off[e->chunk0[ci + 1]] - t0;
+    ds_cuda_stream_wait(e->s_copy, e->ev_comp[b]);
+    ds_cuda_memcpy_h2d(e->stage[b], e->x_host + t0 * C, nt * C * 2, e->s_copy);
+    ds_cuda_event_record(e->ev_h2d[b], e->s_copy);
+}
+
+/* One pass over all chunks: calibration (used != NULL: on a copy, outputs
+ * discarded) or propagation (in place). Returns the Hessian device seconds. */
+static double run_pass(gpu_engine *e, const int *used) {
+    const size_t C = (size_t)e->c.C;
+    double hess_ms = 0;
+    /* both streams start after everything issued before (weights, memsets) */
+    ds_cuda_event_record(e->ev_comp[0], e->s_comp);
+    ds_cuda_event_record(e->ev_comp[1], e->s_comp);
+    if (e->offload && e->nchunks > 0) prefetch(e, 0);
+    for (int ci = 0; ci < e->nchunks; ci++) {
+        const int s0 = e->chunk0[ci], s1 = e->chunk0[ci + 1], b = ci & 1;
+        const size_t t0 = e->off[s0], nt = e->off[s1] - t0;
+        uint16_t *buf;
+        if (e->offload) {
+            if (ci + 1 < e->nchunks) prefetch(e, ci + 1);
+            ds_cuda_stream_wait(e->s_comp, e->ev_h2d[b]);
+            buf = e->stage[b];
+        } else if (used) {
+            ds_cuda_memcpy_d2d(e->y, e->x_dev + t0 * C, nt * C * 2, e->s_comp);
+            buf = e->y;
+        } else {
+            buf = e->x_dev + t0 * C;
+        }
+        layer_chunk(e, buf, s0, s1, used);
+        if (e->offload) {
+            ds_cuda_event_record(e->ev_comp[b], e->s_comp);
+            if (!used) {
+                ds_cuda_stream_wait(e->s_copy, e->ev_comp[b]);
+                ds_cuda_memcpy_d2h_async(e->x_host + t0 * C, buf, nt * C * 2, e->s_copy);
+            }
+        }
+        if (used) /* the chunk's Hessian updates (synchronizes on the chunk) */
+            for (int inp = 0; inp < NCAP; inp++)
+                if (used[inp] && nt > 0) hess_ms += ds_cuda_event_ms(e->ev_hess[2 * inp], e->ev_hess[2 * inp + 1]);
+    }
+    ds_cuda_sync(e->s_comp);
+    ds_cuda_sync(e->s_copy);
+    return hess_ms / 1e3;
+}
+
+void gpu_engine_calibrate(gpu_engine *e, const int *used, double *const *H_host, int64_t *cnt) {
+    double t0 = ds_now();
+    int u[NCAP];
+    for (int inp = 0; inp < NCAP; inp++) {
+        u[inp] = used[inp];
+        if (u[inp]) ds_cuda_memset(e->Hd[inp], 0, sizeof(double) * (size_t)e->hn[inp] * e->hn[inp], e->s_comp);
+    }
+    for (int inp = NCAP; inp < model_num_inputs(&e->c); inp++) DS_ASSERT(!used[inp]);
+    double hs = run_pass(e, u);
+    for (int inp = 0; inp < NCAP; inp++) {
+        if (!u[inp]) continue;
+        cnt[2 * inp] += (int64_t)e->ntok;
+        cnt[2 * inp + 1] += (int64_t)e->nseq;
+    }
+    double t1 = ds_now();
+    e->t.hessian += hs;
+    e->t.forward += t1 - t0 - hs;
+    if (H_host) {
+        for (int inp = 0; inp < NCAP; inp++)
+            if (u[inp] && H_host[inp])
+                ds_cuda_memcpy_d2h(H_host[inp], e->Hd[inp], sizeof(double) * (size_t)e->hn[inp] * e->hn[inp],
+                                   e->s_comp);
+        e->t.hess_copy += ds_now() - t1;
+    }
+}
+
+ds_status gpu_engine_gptq(gpu_engine *e, const quant_args *a, const layer_linear *li, const double *H_host,
+                          int64_t nseq, int block_size, double dampening_frac, gptq_result *res) {
+    double t0 = ds_now();
+    const int in = li->in, out = li->out, inp = li->input_id;
+    const size_t nn = (size_t)in * in, nw = (size_t)out * in;
+    void *s = e->s_comp;
+    memset(res, 0, sizeof *res);
+    DS_ASSERT(inp >= 0 && inp < NCAP && e->hn[inp] == in && nseq > 0);
+    if (H_host) ds_cuda_memcpy_h2d(e->Hd[inp], H_host, sizeof(double) * nn, s);
+    hessian_to_f32_cuda(e->gH, e->Hd[inp], nn, (double)nseq, s);
+    hessian_symmetrize_cuda(e->gH, in, s);
+    ds_cuda_memcpy_h2d(e->gW, li->w, sizeof(float) * nw, s);
+    gptq_cuda_out o = {.wq = e->gWq, .q = e->gQ, .scale = e->gScale, .zp = e->gZp, .g_idx = e->gGidx};
+    ds_status st = gptq_quantize_cuda(a, e->gW, out, in, e->gH, block_size, dampening_frac, e->c.dtype, &o, s);
+    if (st == DS_OK) {
+        const size_t ng = (size_t)quant_num_groups(a, in);
+        res->wq = xmalloc(sizeof(float) * nw);
+        res->scale = xmalloc(sizeof(float) * (size_t)out * ng);
+        ds_cuda_memcpy_d2h(res->wq, e->gWq, sizeof(float) * nw, s);
+        ds_cuda_memcpy_d2h(res->scale, e->gScale, sizeof(float) * (size_t)out * ng, s);
+        if (!a->symmetric) {
+            res->zp = xmalloc(sizeof(int) * (size_t)out * ng);
+            ds_cuda_memcpy_d2h(res->zp, e->gZp, sizeof(int32_t) * (size_t)out * ng, s);
+        }
+        if (a->actorder == QA_GROUP) {
+            res->g_idx = xmalloc(sizeof(int) * (size_t)in);
+            ds_cuda_memcpy_d2h(res->g_idx, e->gGidx, sizeof(int32_t) * (size_t)in, s);
+        }
+        res->loss = o.loss;
+        res->rtn_fallback = o.rtn_fallback;
+    }
+    sample_mem(e);
+    e->t.gptq += ds_now() - t0;
+    return st;
+}
+
+void gpu_engine_propagate(gpu_engine *e) {
+    double t0 = ds_now();
+    run_pass(e, NULL);
+    e->t.propagate += ds_now() - t0;
+}
+
+void gpu_engine_destroy(gpu_engine *e) {
+    if (!e) return;
+    ds_cuda_sync(NULL);
+    void *dev[] = {e->x_dev, e->stage[0], e->stage[1], e->y, e->a, e->q, e->k, e->v, e->ctx, e->o, e->g, e->u,
+                   e->attn_ws, e->cos_t, e->sin_t, e->in_norm, e->post_norm, e->q_norm, e->k_norm, e->Hscratch,
+                   e->gW, e->gH, e->gWq, e->gScale, e->gQ, e->gZp, e->gGidx};
+    for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++) ds_cuda_free(dev[i]);
+    for (int k = 0; k < LIN_COUNT; k++) { ds_cuda_free(e->w[k]); ds_cuda_free(e->b[k]); }
+    for (int i = 0; i < NCAP; i++) ds_cuda_free(e->Hd[i]);
+    ds_cuda_free_host(e->x_host);
+    ds_cuda_free_host(e->h_stage);
+    for (int i = 0; i < 2; i++) { ds_cuda_event_destroy(e->ev_h2d[i]); ds_cuda_event_destroy(e->ev_comp[i]); }
+    for (int i = 0; i < 2 * NCAP; i++) ds_cuda_event_destroy(e->ev_hess[i]);
+    ds_cuda_stream_destroy(e->s_comp);
+    ds_cuda_stream_destroy(e->s_copy);
+    free(e->len);
+    free(e->off);
+    free(e->chunk0);
+    free(e);
+    ds_cuda_shutdown();
+}
+
+#endif /* DS_CUDA */

@@ -1,0 +1,108 @@
+/*
+ * gpu_engine.h - the CUDA layer engine of the pipeline (issue: GPU backend).
+ * The pipeline (pipeline.c) keeps the whole distributed algorithm (module
+ * assignment, MPI reductions, broadcasts, checkpoint); the engine replaces
+ * the four per-rank compute steps of one decoder layer:
+ *   load       the layer's weights -> device (bf16), once per layer
+ *   calibrate  forward over this rank's samples in micro-batches, capturing
+ *              Hessian sums 2·XᵀX (f64 on the device, hessian_accum_f64_cuda)
+ *   gptq       an owner's solve on the device (gptq_quantize_cuda)
+ *   propagate  forward with the quantized weights, updating the residual
+ *              stream in place (device-resident, or streamed from pinned host
+ *              memory with --offload-activations: double-buffered, copies on a
+ *              second stream overlapped with compute)
+ * Every device buffer is allocated once in gpu_engine_create, sized by
+ * gpu_plan (src/gpu_plan.h) and the model dims: no allocation in the layer
+ * loop (the GPTQ workspace of cuda/gptq.cu grows on the first layer only).
+ *
+ * Numerics: the same ops and rounding points as the CPU forward (model.c)
+ * with bf16 activation storage, so a bf16 model gives the CPU path's values
+ * up to GEMM summation order (cuda/kernels.h documents each op's twin).
+ * Supported: dense Llama / Mistral / Qwen2 / Qwen3 with torch_dtype bfloat16
+ * (gpu_engine_check_model). MoE models and f32/f16 checkpoints run with
+ * --device cpu.
+ *
+ * In a build without CUDA (make CUDA=0) gpu_engine_built() is 0, the device
+ * count is 0 and gpu_engine_create returns DS_ERR_USAGE with a hint; the
+ * other calls are never reached. Device failures (OOM, launch errors) abort
+ * the job through ds_fatal with the CUDA error text (common.h tier (b)).
+ */
+#ifndef DS_GPU_ENGINE_H
+#define DS_GPU_ENGINE_H
+
+#include "dataset.h"
+#include "gptq.h"
+#include "model.h"
+
+typedef struct gpu_engine gpu_engine;
+
+typedef struct gpu_engine_opts {
+    int offload_acts;       /* 1: residual stream in pinned host memory (--offload-activations) */
+    size_t budget_bytes;    /* device bytes the plan may use; 0: 90% of the free memory */
+    int local_rank;         /* device = local_rank % visible devices */
+    const quant_args *qa;   /* the recipe's weight scheme (sizes the GPTQ outputs) */
+    int gptq_block;         /* GPTQ block size */
+    int max_micro_batch;    /* sequences per forward chunk cap (0: planner default) */
+} gpu_engine_opts;
+
+/* Per-engine timings, seconds, accumulated over the run (device time of the
+ * Hessian updates measured with events; the rest is wall time). */
+typedef struct gpu_engine_times {
+    double upload, forward, hessian, hess_copy, gptq, propagate;
+} gpu_engine_times;
+
+/* 1 when this binary carries a CUDA backend. */
+int gpu_engine_built(void);
+/* Visible CUDA devices (0 with no driver/device or in a CPU-only build). */
+int gpu_engine_device_count(void);
+/* The local rank used for device selection: OMPI_COMM_WORLD_LOCAL_RANK,
+ * then SLURM_LOCALID, then MPI's shared-memory split (comm_local_rank). */
+int gpu_engine_local_rank(void);
+/* DS_OK if the engine runs this model; DS_ERR_USAGE naming what is not
+ * supported (architecture with experts, dtype other than bfloat16) + hint. */
+ds_status gpu_engine_check_model(const model_config *c);
+
+/* Select the device, plan memory for `nlocal` samples (max length sets the
+ * attention workspace), allocate every buffer, embed the samples on the host
+ * and upload them (or keep them in pinned memory when offloaded).
+ * DS_ERR_USAGE: no device, unsupported model, plan does not fit the budget
+ * (message with the figures and a hint). DS_ERR_INPUT: a token id out of range. */
+ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nlocal,
+                            const gpu_engine_opts *o, gpu_engine **out);
+/* "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB) | micro-batch 8 | resident". */
+const char *gpu_engine_describe(const gpu_engine *e);
+
+/* Upload layer lw's weights (q, k, v, o, gate, up, down, biases, norms). */
+void gpu_engine_load_layer(gpu_engine *e, const layer_weights *lw);
+
+/* Calibration pass of the loaded layer over all local samples (outputs
+ * discarded). used[inp] (INP_* ids, model_num_inputs entries): capture that
+ * input. cnt[2*inp] += tokens, cnt[2*inp+1] += sequences, as the CPU capture.
+ * H_host: NULL keeps the sums on the device only (one rank: no reduction);
+ * else H_host[inp] [n, n] f64 receives the full local sum of each used input. */
+void gpu_engine_calibrate(gpu_engine *e, const int *used, double *const *H_host, int64_t *cnt);
+
+/* GPTQ of Linear li of the loaded layer (li->w: its f32 weight) with the
+ * Hessian sum of li->input_id: H_host [in, in] f64 (the reduced sum; only its
+ * upper triangle is read) or NULL to use the device-resident sum of the last
+ * calibration. Normalized as the CPU path: Hf = (float)(H / nseq), upper
+ * triangle mirrored. res as gptq_quantize (res->q = NULL: the pipeline derives
+ * codes from wq). Returns gptq_quantize_cuda's status. */
+ds_status gpu_engine_gptq(gpu_engine *e, const quant_args *a, const layer_linear *li, const double *H_host,
+                          int64_t nseq, int block_size, double dampening_frac, gptq_result *res);
+
+/* Replace Linear `lin` (LIN_Q..LIN_DOWN) of the loaded layer by w [out, in]
+ * (f32 values exact in bf16: the broadcast fake-quantized weight). */
+void gpu_engine_set_weight(gpu_engine *e, int lin, const float *w);
+
+/* Propagation pass: the residual stream := layer(residual stream). */
+void gpu_engine_propagate(gpu_engine *e);
+
+/* Timings so far, and the peak device memory in use (sampled after
+ * allocation and after each solve; cudaMemGetInfo, whole device). */
+gpu_engine_times gpu_engine_get_times(const gpu_engine *e);
+size_t gpu_engine_peak_bytes(const gpu_engine *e);
+
+void gpu_engine_destroy(gpu_engine *e);
+
+#endif

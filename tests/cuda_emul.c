@@ -1,0 +1,252 @@
+/*
+ * cuda_emul.c - a host-memory stand-in for cuda/kernels.h, for testing the
+ * CUDA engine's orchestration (src/gpu_engine.c: buffer sizes and offsets,
+ * chunking, op order, offload double-buffering, Hessian and GPTQ hand-offs)
+ * on machines without a GPU. It is linked into build/doneshot-emul only,
+ * never into doneshot.
+ *
+ * "Device" memory is plain malloc memory filled with 0xFF bytes (NaN in bf16
+ * and f32) so a read of a buffer the engine never wrote poisons the result;
+ * under ASan an access past a buffer's planned size is reported. Every op is
+ * its CPU twin (src/ops_cpu.h, gptq.h, quant.h) applied to bf16 storage, so
+ * for a bf16 model the emulated engine must reproduce the CPU pipeline up to
+ * the Hessian's summation split. Streams and events are synchronous, so this
+ * cannot find a missing stream synchronization: that needs a real device.
+ *
+ * Environment: DS_EMUL_DEVICES (default 1) visible devices; DS_EMUL_MEM_MB
+ * (default 4096) the device memory reported by ds_cuda_mem_info.
+ */
+#include "gptq.h"
+#include "kernels.h"
+#include "ops_cpu.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- context, memory ---- */
+typedef struct { void *p; size_t n; } alloc_rec;
+static alloc_rec *g_allocs;
+static size_t g_nallocs, g_cap, g_used;
+
+int ds_cuda_device_count(void) {
+    const char *v = getenv("DS_EMUL_DEVICES");
+    return v ? atoi(v) : 1;
+}
+int ds_cuda_init(int local_rank) {
+    int n = ds_cuda_device_count();
+    return n > 0 ? (local_rank < 0 ? 0 : local_rank) % n : -1;
+}
+const char *ds_cuda_device_name(void) { return "host emulator (tests/cuda_emul.c)"; }
+void ds_cuda_mem_info(size_t *free_b, size_t *total_b) {
+    const char *v = getenv("DS_EMUL_MEM_MB");
+    size_t tot = (size_t)(v ? atol(v) : 4096) << 20;
+    *total_b = tot;
+    *free_b = g_used < tot ? tot - g_used : 0;
+}
+void ds_cuda_shutdown(void) {}
+
+void *ds_cuda_malloc(size_t n) {
+    if (n == 0) return NULL;
+    void *p = xmalloc(n);
+    memset(p, 0xFF, n);
+    if (g_nallocs == g_cap) {
+        g_cap = g_cap ? 2 * g_cap : 64;
+        g_allocs = xrealloc(g_allocs, sizeof(alloc_rec) * g_cap);
+    }
+    g_allocs[g_nallocs++] = (alloc_rec){p, n};
+    g_used += n;
+    return p;
+}
+void ds_cuda_free(void *p) {
+    if (!p) return;
+    for (size_t i = 0; i < g_nallocs; i++)
+        if (g_allocs[i].p == p) {
+            g_used -= g_allocs[i].n;
+            g_allocs[i] = g_allocs[--g_nallocs];
+            free(p);
+            return;
+        }
+    DS_DIE(1, "cuda_emul: ds_cuda_free of a pointer not from ds_cuda_malloc");
+}
+void *ds_cuda_malloc_host(size_t n) { return n ? xmalloc(n) : NULL; }
+void ds_cuda_free_host(void *p) { free(p); }
+void ds_cuda_memcpy_h2d(void *dst, const void *src, size_t n, void *stream) { (void)stream; if (n) memcpy(dst, src, n); }
+void ds_cuda_memcpy_d2h(void *dst, const void *src, size_t n, void *stream) { (void)stream; if (n) memcpy(dst, src, n); }
+void ds_cuda_memcpy_d2h_async(void *dst, const void *src, size_t n, void *stream) {
+    (void)stream;
+    if (n) memcpy(dst, src, n);
+}
+void ds_cuda_memcpy_d2d(void *dst, const void *src, size_t n, void *stream) { (void)stream; if (n) memmove(dst, src, n); }
+void ds_cuda_memset(void *p, int byte, size_t n, void *stream) { (void)stream; if (n) memset(p, byte, n); }
+void *ds_cuda_stream_create(void) { return xmalloc(1); }
+void ds_cuda_stream_destroy(void *stream) { free(stream); }
+void ds_cuda_sync(void *stream) { (void)stream; }
+void *ds_cuda_event_create(void) { return xcalloc(1, sizeof(double)); }
+void ds_cuda_event_destroy(void *ev) { free(ev); }
+void ds_cuda_event_record(void *ev, void *stream) { (void)stream; *(double *)ev = ds_now(); }
+float ds_cuda_event_ms(void *start, void *stop) { return (float)((*(double *)stop - *(double *)start) * 1e3); }
+void ds_cuda_stream_wait(void *stream, void *ev) { (void)stream; (void)ev; }
+
+/* ---- bf16 helpers ---- */
+static float *unpack(const uint16_t *h, size_t n) {
+    float *x = xmalloc(sizeof(float) * (n ? n : 1));
+    for (size_t i = 0; i < n; i++) x[i] = bf16_to_f32(h[i]);
+    return x;
+}
+static void pack(uint16_t *h, const float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) h[i] = f32_to_bf16(x[i]);
+}
+
+void f32_to_bf16_cuda(uint16_t *dst, const float *src, size_t n, void *stream) { (void)stream; pack(dst, src, n); }
+void bf16_to_f32_cuda(float *dst, const uint16_t *src, size_t n, void *stream) {
+    (void)stream;
+    for (size_t i = 0; i < n; i++) dst[i] = bf16_to_f32(src[i]);
+}
+
+/* ---- forward ops ---- */
+void embed_forward_cuda(uint16_t *out, const uint16_t *table, const int32_t *ids, int T, int C, void *stream) {
+    (void)stream;
+    for (int t = 0; t < T; t++) memcpy(out + (size_t)t * C, table + (size_t)ids[t] * C, sizeof(uint16_t) * C);
+}
+
+void matmul_forward_cuda(uint16_t *y, const uint16_t *x, const uint16_t *w, const uint16_t *b, int T, int in,
+                         int out, void *stream) {
+    (void)stream;
+    float *xf = unpack(x, (size_t)T * in), *wf = unpack(w, (size_t)out * in), *bf = b ? unpack(b, out) : NULL;
+    float *yf = xmalloc(sizeof(float) * (size_t)T * out);
+    matmul_forward_cpu(yf, xf, wf, bf, T, in, out, DS_DTYPE_BF16);
+    pack(y, yf, (size_t)T * out);
+    free(xf); free(wf); free(bf); free(yf);
+}
+
+void rmsnorm_forward_cuda(uint16_t *y, const uint16_t *x, const uint16_t *w, int T, int C, float eps, void *stream) {
+    (void)stream;
+    float *xf = unpack(x, (size_t)T * C), *wf = unpack(w, C);
+    rmsnorm_forward_cpu(xf, xf, wf, T, C, eps, DS_DTYPE_BF16);
+    pack(y, xf, (size_t)T * C);
+    free(xf); free(wf);
+}
+
+void rope_tables_cuda(uint16_t *cos_t, uint16_t *sin_t, const float *inv_freq, int T, int HS, void *stream) {
+    (void)stream;
+    float *c = xmalloc(sizeof(float) * (size_t)T * HS), *s = xmalloc(sizeof(float) * (size_t)T * HS);
+    rope_tables_cpu(c, s, inv_freq, T, HS, DS_DTYPE_BF16);
+    pack(cos_t, c, (size_t)T * HS);
+    pack(sin_t, s, (size_t)T * HS);
+    free(c); free(s);
+}
+
+void rope_forward_cuda(uint16_t *x, const uint16_t *cos_t, const uint16_t *sin_t, int T, int NH, int HS, int ld,
+                       void *stream) {
+    (void)stream;
+    const size_t w = (size_t)NH * HS;
+    float *xf = xmalloc(sizeof(float) * (size_t)T * w);
+    for (int t = 0; t < T; t++)
+        for (size_t j = 0; j < w; j++) xf[(size_t)t * w + j] = bf16_to_f32(x[(size_t)t * ld + j]);
+    float *c = unpack(cos_t, (size_t)T * HS), *s = unpack(sin_t, (size_t)T * HS);
+    rope_forward_cpu(xf, c, s, T, NH, HS, DS_DTYPE_BF16);
+    for (int t = 0; t < T; t++) pack(x + (size_t)t * ld, xf + (size_t)t * w, w);
+    free(xf); free(c); free(s);
+}
+
+size_t attention_ws_bytes(int T, int rep) { /* as cuda/attention.cu */
+    size_t tt = (size_t)T * T * rep;
+    return ((tt * sizeof(float) + 255) & ~(size_t)255) + tt * sizeof(uint16_t);
+}
+
+void attention_forward_cuda(uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T,
+                            int NH, int NKV, int HS, void *ws, void *stream) {
+    (void)stream;
+    const size_t qs = (size_t)NH * HS, ks = (size_t)NKV * HS;
+    memset(ws, 0xFF, attention_ws_bytes(T, NH / NKV)); /* the workspace must be this large */
+    float *scratch = xmalloc(sizeof(float) * (size_t)T * T), *o = xmalloc(sizeof(float) * (size_t)T * qs);
+    for (int b = 0; b < B; b++) {
+        float *qf = unpack(q + (size_t)b * T * qs, (size_t)T * qs);
+        float *kf = unpack(k + (size_t)b * T * ks, (size_t)T * ks);
+        float *vf = unpack(v + (size_t)b * T * ks, (size_t)T * ks);
+        attention_forward_cpu(o, qf, kf, vf, T, NH, NKV, HS, DS_DTYPE_BF16, scratch);
+        pack(out + (size_t)b * T * qs, o, (size_t)T * qs);
+        free(qf); free(kf); free(vf);
+    }
+    free(scratch); free(o);
+}
+
+void swiglu_forward_cuda(uint16_t *out, const uint16_t *gate, const uint16_t *up, size_t n, void *stream) {
+    (void)stream;
+    float *g = unpack(gate, n), *u = unpack(up, n);
+    swiglu_forward_cpu(g, g, u, n, DS_DTYPE_BF16);
+    pack(out, g, n);
+    free(g); free(u);
+}
+
+void residual_forward_cuda(uint16_t *x, const uint16_t *y, size_t n, void *stream) {
+    (void)stream;
+    float *xf = unpack(x, n), *yf = unpack(y, n);
+    residual_forward_cpu(xf, yf, n, DS_DTYPE_BF16);
+    pack(x, xf, n);
+    free(xf); free(yf);
+}
+
+/* ---- Hessians ---- */
+void hessian_accum_cuda(float *H, const uint16_t *X, int rows, int n, void *stream) {
+    (void)stream;
+    double *Hd = xcalloc((size_t)n * n, sizeof(double));
+    float *scratch = xmalloc(sizeof(float) * (size_t)n * n), *Xf = unpack(X, (size_t)rows * n);
+    hessian_accum_cpu(Hd, Xf, rows, n, scratch);
+    hessian_mirror_cpu(Hd, n);
+    for (size_t i = 0; i < (size_t)n * n; i++) H[i] += (float)Hd[i];
+    free(Hd); free(scratch); free(Xf);
+}
+
+/* As hessian_accum_cpu: the upper triangle only (the real kernel writes both;
+ * the engine must read only the upper one, which this makes visible). */
+void hessian_accum_f64_cuda(double *H, const uint16_t *X, int rows, int n, float *scratch, void *stream) {
+    (void)stream;
+    float *Xf = unpack(X, (size_t)rows * n);
+    hessian_accum_cpu(H, Xf, rows, n, scratch);
+    free(Xf);
+}
+
+void hessian_symmetrize_cuda(float *H, int n, void *stream) {
+    (void)stream;
+    for (int i = 0; i < n; i++)
+        for (int j = i + 1; j < n; j++) H[(size_t)j * n + i] = H[(size_t)i * n + j];
+}
+
+void hessian_to_f32_cuda(float *Hf, const double *Hd, size_t n, double divisor, void *stream) {
+    (void)stream;
+    for (size_t i = 0; i < n; i++) Hf[i] = (float)(Hd[i] / divisor);
+}
+
+/* ---- GPTQ, packing ---- */
+ds_status gptq_quantize_cuda(const quant_args *a, const float *W, int out, int in, float *H, int block_size,
+                             double dampening_frac, ds_dtype model_dtype, gptq_cuda_out *o, void *stream) {
+    (void)stream;
+    gptq_result r;
+    ds_status st = gptq_quantize(a, W, out, in, H, block_size, dampening_frac, model_dtype, &r);
+    if (st) return st;
+    const size_t nw = (size_t)out * in, ng = (size_t)out * quant_num_groups(a, in);
+    memcpy(o->wq, r.wq, sizeof(float) * nw);
+    memcpy(o->q, r.q, nw);
+    memcpy(o->scale, r.scale, sizeof(float) * ng);
+    for (size_t i = 0; i < ng; i++) o->zp[i] = r.zp ? r.zp[i] : 0;
+    if (o->g_idx)
+        for (int i = 0; i < in; i++) o->g_idx[i] = r.g_idx ? r.g_idx[i] : i / (a->group_size > 0 ? a->group_size : in);
+    o->loss = r.loss;
+    o->rtn_fallback = r.rtn_fallback;
+    gptq_result_free(&r);
+    return DS_OK;
+}
+
+void quant_pack_rows_cuda(const int8_t *q, int rows, int cols, int bits, int32_t *packed, void *stream) {
+    (void)stream;
+    quant_pack_rows(q, rows, cols, bits, packed);
+}
+
+void quant_pack_cols_cuda(const int32_t *zp, int rows, int g, int bits, int32_t *packed, void *stream) {
+    (void)stream;
+    int8_t *z = xmalloc((size_t)rows * g);
+    for (size_t i = 0; i < (size_t)rows * g; i++) z[i] = (int8_t)zp[i];
+    quant_pack_cols(z, rows, g, bits, packed);
+    free(z);
+}
