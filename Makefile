@@ -52,7 +52,7 @@ EMUL_OBJ := $(BUILD)/src/main.o $(filter-out $(BUILD)/src/gpu_engine.o $(BUILD)/
 EMUL_LIBS := $(filter-out -lcudart -lcublas -lcusolver,$(LDLIBS))
 
 .PHONY: all test check asan valgrind install uninstall clean man-lint deps run bench
-all: $(BUILD)/doneshot $(TESTS) $(BUILD)/gen_model $(BUILD)/doneshot-emul
+all: $(BUILD)/doneshot $(TESTS) $(BUILD)/gen_model $(BUILD)/doneshot-emul $(BUILD)/ckpt_diff
 	@echo "built $(BUILD)/doneshot (CUDA=$(CUDA)). Hint: run 'make test'"
 
 # Install the Debian packages once if any header or tool is missing (fresh machine).
@@ -93,6 +93,10 @@ $(BUILD)/doneshot-emul: $(EMUL_OBJ)
 	@$(MPICC) $(LDFLAGS) $^ -o $@ $(EMUL_LIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
+	@echo "LD $@"
+	@$(MPICC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/ckpt_diff: $(BUILD)/bench/ckpt_diff.o $(LIB)
 	@echo "LD $@"
 	@$(MPICC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 

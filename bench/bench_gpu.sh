@@ -4,7 +4,12 @@
 #   2. per-layer micro-benchmark: build/bench_gpu (Llama-3-8B layer, 512 x 2048
 #      tokens; stage TFLOP/s vs a cuBLAS bf16 8192^3 peak; projected 32 layers);
 #   3. end to end: a synthetic Llama-3-8B (build/gen_model --preset llama3-8b),
-#      512 x 2048 random token ids, doneshot W4A16 at -np 1 on the GPU, timed.
+#      512 x 2048 random token ids, doneshot W4A16 at -np 1 on the GPU, timed,
+#      then the seed table (bench/stage_table.py: per-stage time, TFLOP/s vs
+#      the GEMM peak of step 2, peak GPU memory, save time); with OFFLOAD=1
+#      also with --offload-activations --gpu-memory 8GB (the <= 8 GB target);
+#   4. NP2=1 (default): the same job on 2 ranks sharing the GPU, and
+#      build/ckpt_diff checks both checkpoints agree (>= 99.9 % int codes).
 # Usage: sh bench/bench_gpu.sh [WORKDIR]   (default /tmp/doneshot-bench; needs
 #        ~16 GB of disk for the model). SKIP_E2E=1 runs only the micro-benchmark.
 # Results go to WORKDIR/bench_gpu.txt, WORKDIR/e2e.txt and WORKDIR/summary.json.
@@ -44,8 +49,27 @@ fi
 echo "== doneshot W4A16, -np 1, --device cuda"
 START=$(date +%s.%N)
 $MPIRUN -np 1 "$BUILD/doneshot" --recipe recipes/w4a16.json --model "$WORK/model" \
-    --dataset "$WORK/tokens.jsonl" --device cuda --output "$WORK/out" --summary "$WORK/summary.json" \
+    --dataset "$WORK/tokens.jsonl" --device cuda --output "$WORK/out" --overwrite --summary "$WORK/summary.json" \
     2>&1 | tee "$WORK/e2e.txt"
 END=$(date +%s.%N)
 awk -v s="$START" -v e="$END" 'BEGIN { printf "end-to-end wall time: %.1f s (target <= 75 s on one H100)\n", e - s }' \
     | tee -a "$WORK/e2e.txt"
+PEAK=$(sed -n 's/.*GEMM 8192^3: .* ms, \([0-9.]*\) TFLOP\/s.*/\1/p' "$WORK/bench_gpu.txt" | head -n 1)
+python3 bench/stage_table.py "$WORK/summary.json" "$WORK/model" "$PEAK" "$SEQ_LEN" | tee -a "$WORK/e2e.txt"
+
+if [ "${OFFLOAD:-1}" = 1 ]; then
+    echo "== doneshot W4A16, -np 1, --offload-activations --gpu-memory 8GB"
+    $MPIRUN -np 1 "$BUILD/doneshot" --recipe recipes/w4a16.json --model "$WORK/model" \
+        --dataset "$WORK/tokens.jsonl" --device cuda --offload-activations --gpu-memory 8GB \
+        --output "$WORK/out_offload" --overwrite --summary "$WORK/summary_offload.json" 2>&1 | tail -n 4
+    python3 bench/stage_table.py "$WORK/summary_offload.json" "$WORK/model" "$PEAK" "$SEQ_LEN" | tee -a "$WORK/e2e.txt"
+    "$BUILD/ckpt_diff" "$WORK/out" "$WORK/out_offload" 0.999 | tee -a "$WORK/e2e.txt"
+fi
+if [ "${NP2:-1}" = 1 ]; then
+    echo "== doneshot W4A16, -np 2 on one GPU (correctness: same checkpoint as -np 1)"
+    $MPIRUN -np 2 "$BUILD/doneshot" --recipe recipes/w4a16.json --model "$WORK/model" \
+        --dataset "$WORK/tokens.jsonl" --device cuda --output "$WORK/out_np2" --overwrite \
+        --summary "$WORK/summary_np2.json" 2>&1 | tail -n 4
+    python3 bench/stage_table.py "$WORK/summary_np2.json" "$WORK/model" "$PEAK" "$SEQ_LEN" | tee -a "$WORK/e2e.txt"
+    "$BUILD/ckpt_diff" "$WORK/out" "$WORK/out_np2" 0.999 | tee -a "$WORK/e2e.txt"
+fi

@@ -15,8 +15,9 @@ static size_t layer_weight_params(const gpu_plan_dims *d) {
 size_t gpu_plan_forward_bytes(const gpu_plan_dims *d, int mb) {
     size_t T = (size_t)mb * d->seq_len, C = (size_t)d->C, F = (size_t)d->F;
     size_t qo = (size_t)d->NH * d->HS, kv = (size_t)d->NKV * d->HS;
-    /* norm out, q, k, v, ctx, attn/mlp out, gate, up, act */
-    size_t t = T * (C + qo + 2 * kv + qo + C + 3 * F) * BF16;
+    /* gpu_engine.c's chunk buffers: residual copy, norm out, q, k, v, ctx,
+     * attn/mlp out, gate (-> act), up */
+    size_t t = T * (3 * C + 2 * qo + 2 * kv + 2 * F) * BF16;
     /* attention workspace for the rep heads of one kv head of one sequence */
     size_t tt = (size_t)d->seq_len * d->seq_len * (size_t)(d->NH / d->NKV);
     size_t a = ((tt * F32 + 255) & ~(size_t)255) + tt * BF16;
@@ -55,7 +56,7 @@ ds_status gpu_plan_make(const gpu_plan_dims *d, const gpu_plan_opts *o, gpu_plan
     const size_t hb = o->hessian_f64 ? 8 : 4;
     p->n_seq = (d->n_tokens + d->seq_len - 1) / d->seq_len;
     p->weights = layer_weight_params(d) * BF16;
-    p->acts = o->offload_acts ? 0 : 2 * (size_t)d->n_tokens * C * BF16;
+    p->acts = o->offload_acts ? 0 : (size_t)d->n_tokens * C * BF16; /* updated in place */
     p->hessians = (2 * C * C + qo * qo + F * F) * hb; /* qkv, gate/up: C; o: qo; down: F */
     if (o->hessian_f64) p->hessians += F * F * F32;   /* f32 scratch of the f64 accumulate */
     p->gptq = gptq_bytes(d, o);
@@ -66,8 +67,8 @@ ds_status gpu_plan_make(const gpu_plan_dims *d, const gpu_plan_opts *o, gpu_plan
     if (maxmb < 1) maxmb = 1;
     for (int mb = maxmb; mb >= 1; mb--) {
         size_t fwd = gpu_plan_forward_bytes(d, mb);
-        size_t stage = o->offload_acts ? 2 * 2 * (size_t)mb * d->seq_len * C * BF16 : 0;
-        size_t peak = fixed + stage + (fwd > p->gptq ? fwd : p->gptq);
+        size_t stage = o->offload_acts ? 2 * (size_t)mb * d->seq_len * C * BF16 : 0;
+        size_t peak = fixed + stage + fwd + p->gptq;
         if (peak <= o->budget_bytes || mb == 1) {
             size_t tt = (size_t)d->seq_len * d->seq_len * (size_t)(d->NH / d->NKV);
             p->attn_ws = ((tt * F32 + 255) & ~(size_t)255) + tt * BF16;

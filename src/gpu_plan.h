@@ -5,12 +5,13 @@
  * micro-batch (sequences per forward chunk) whose peak fits the budget.
  * Accounting follows ../shared/docs/model-and-tokenizer.md §5.3:
  *   weights      one layer's linears + norms, bf16
- *   acts         residual stream inps + outs for all local tokens, bf16
- *                (0 when offloaded to pinned host memory; then a
- *                double-buffered staging area of 2 x (in + out) micro-batches)
+ *   acts         the residual stream of all local tokens, bf16, updated in
+ *                place by the propagation pass (0 when offloaded to pinned
+ *                host memory; then two micro-batch staging buffers)
  *   hessians     one per distinct linear input (qkv, o, gate/up, down), f32
  *                or f64 accumulators
- *   transients   per micro-batch: norm out, q, k, v, ctx, gate, up, act
+ *   transients   per micro-batch: residual copy, norm out, q, k, v, ctx,
+ *                attn/mlp out, gate (-> act), up
  *   attn_ws      scores f32 + P bf16 for the rep query heads of one kv head
  *                (attention_ws_bytes in cuda/kernels.h)
  *   gptq         the largest solve: f32 weight copy + working copy, outputs
@@ -19,8 +20,8 @@
  *                cuSOLVER workspace (~ n * 128 floats, estimated)
  *   cublas_ws    fixed cuBLAS workspace (32 MiB)
  * Peak = weights + acts + staging + hessians + cublas_ws
- *        + max(forward transients + attn_ws, gptq).
- * The forward and the solves never overlap in time.
+ *        + forward transients + attn_ws + gptq
+ * (the engine keeps the forward and GPTQ buffers apart: no aliasing).
  */
 #ifndef DS_GPU_PLAN_H
 #define DS_GPU_PLAN_H
