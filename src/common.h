@@ -110,6 +110,17 @@ ds_status ds_convert_to_f32(float *dst, const void *src, ds_dtype dt, size_t n);
 /* Convert n f32 values to F32/BF16/F16 storage. */
 void ds_convert_from_f32(void *dst, const float *src, ds_dtype dt, size_t n);
 
+/* ---- host threads for element-wise loops (BLAS has its own) ---- */
+#define DS_MAX_THREADS 64
+/* Threads ds_parallel_for may use (default 1; main sets --threads). */
+void ds_set_threads(int n);
+int ds_threads(void);
+/* fn(ctx, lo, hi) over [0, n) split into contiguous ranges of at least
+ * min_chunk items, one per thread (the caller runs the first); runs inline
+ * when one thread suffices. fn must only write what its range owns; results
+ * are then independent of the thread count. */
+void ds_parallel_for(size_t n, size_t min_chunk, void (*fn)(void *ctx, size_t lo, size_t hi), void *ctx);
+
 /* Parse a command-line integer >= lo for option `opt`; on error sets *st to
  * DS_ERR_USAGE with "opt: invalid value 'x' (expected an integer >= lo)". */
 long ds_parse_long(const char *opt, const char *s, long lo, ds_status *st);

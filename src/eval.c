@@ -316,6 +316,7 @@ int cmd_eval(int argc, char **argv) {
     int threads = c.threads > 0 ? (int)c.threads
                                 : DS_MAX(1, (int)sysconf(_SC_NPROCESSORS_ONLN) / comm_local_size());
     openblas_set_num_threads(threads);
+    ds_set_threads(threads);
 
     if (c.dump) {
         st = rank == 0 ? dump_weights(&m, c.dump) : DS_OK;

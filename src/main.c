@@ -291,6 +291,7 @@ static int cmd_quantize(int argc, char **argv) {
     int threads = c.threads > 0 ? (int)c.threads
                                 : DS_MAX(1, (int)sysconf(_SC_NPROCESSORS_ONLN) / comm_local_size());
     openblas_set_num_threads(threads);
+    ds_set_threads(threads);
 
     size_t first = 0, count = 0;
     double t_data = ds_now();

@@ -101,17 +101,32 @@ static int column_group(const quant_args *a, const int *g_idx, int col) {
 }
 
 /* q = the code compressed-tensors stores for the dequantized weight W. */
+typedef struct codes_ctx {
+    const quant_args *a;
+    const float *W, *scale;
+    const int *zp, *g_idx;
+    int in, ng, qmin, qmax;
+    ds_dtype dt;
+    int8_t *q;
+} codes_ctx;
+
+static void codes_rows(void *p, size_t lo, size_t hi) {
+    const codes_ctx *c = p;
+    for (size_t o = lo; o < hi; o++)
+        for (int i = 0; i < c->in; i++) {
+            int g = column_group(c->a, c->g_idx, i);
+            int z = c->zp ? c->zp[o * c->ng + g] : 0;
+            c->q[o * c->in + i] = (int8_t)quant_code_from_deq(c->W[o * c->in + i], c->scale[o * c->ng + g], z,
+                                                              c->qmin, c->qmax, c->dt);
+        }
+}
+
 static void codes_from_weight(const quant_args *a, const float *W, const float *scale, const int *zp,
                               const int *g_idx, int out, int in, ds_dtype dt, int8_t *q) {
-    int ng = quant_num_groups(a, in), qmin, qmax;
-    quant_range(a, &qmin, &qmax);
-    for (int o = 0; o < out; o++)
-        for (int i = 0; i < in; i++) {
-            int g = column_group(a, g_idx, i);
-            int z = zp ? zp[(size_t)o * ng + g] : 0;
-            q[(size_t)o * in + i] =
-                (int8_t)quant_code_from_deq(W[(size_t)o * in + i], scale[(size_t)o * ng + g], z, qmin, qmax, dt);
-        }
+    codes_ctx c = {.a = a, .W = W, .scale = scale, .zp = zp, .g_idx = g_idx, .in = in,
+                   .ng = quant_num_groups(a, in), .dt = dt, .q = q};
+    quant_range(a, &c.qmin, &c.qmax);
+    ds_parallel_for((size_t)out, (size_t)(1 << 18) / (size_t)in + 1, codes_rows, &c);
 }
 
 typedef struct packed_result {

@@ -6,6 +6,7 @@
 #include "comm.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -201,34 +202,89 @@ void ds_round_array(float *x, size_t n, ds_dtype dt) {
     for (size_t i = 0; i < n; i++) x[i] = ds_round_to(x[i], dt);
 }
 
-ds_status ds_convert_to_f32(float *dst, const void *src, ds_dtype dt, size_t n) {
-    const unsigned char *s = src;
-    switch (dt) {
-    case DS_DTYPE_F32: memcpy(dst, src, n * 4); return DS_OK;
-    case DS_DTYPE_BF16:
-        for (size_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, s + 2 * i, 2); dst[i] = bf16_to_f32(h); }
-        return DS_OK;
-    case DS_DTYPE_F16:
-        for (size_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, s + 2 * i, 2); dst[i] = f16_to_f32(h); }
-        return DS_OK;
-    default:
-        return ds_error(DS_ERR_INPUT, "unsupported tensor dtype %s (expected F32, BF16 or F16)",
-                        ds_dtype_name(dt));
+/* ---- threads ---- */
+
+static int g_threads = 1;
+void ds_set_threads(int n) { g_threads = n < 1 ? 1 : n > DS_MAX_THREADS ? DS_MAX_THREADS : n; }
+int ds_threads(void) { return g_threads; }
+
+typedef struct par_job {
+    void (*fn)(void *, size_t, size_t);
+    void *ctx;
+    size_t lo, hi;
+} par_job;
+
+static void *par_run(void *p) {
+    par_job *j = p;
+    j->fn(j->ctx, j->lo, j->hi);
+    return NULL;
+}
+
+void ds_parallel_for(size_t n, size_t min_chunk, void (*fn)(void *ctx, size_t lo, size_t hi), void *ctx) {
+    size_t T = (size_t)g_threads, most = n / (min_chunk ? min_chunk : 1);
+    if (T > most) T = most;
+    if (T <= 1) {
+        if (n) fn(ctx, 0, n);
+        return;
+    }
+    pthread_t th[DS_MAX_THREADS];
+    par_job job[DS_MAX_THREADS];
+    int started[DS_MAX_THREADS] = {0};
+    for (size_t t = 0; t < T; t++) job[t] = (par_job){fn, ctx, n * t / T, n * (t + 1) / T};
+    for (size_t t = 1; t < T; t++) started[t] = pthread_create(&th[t], NULL, par_run, &job[t]) == 0;
+    par_run(&job[0]);
+    for (size_t t = 1; t < T; t++) {
+        if (started[t]) pthread_join(th[t], NULL);
+        else par_run(&job[t]); /* no thread: run it here */
     }
 }
 
+/* ---- conversions (split over ds_threads() above 1M elements) ---- */
+
+typedef struct conv_ctx {
+    void *dst;
+    const void *src;
+    ds_dtype dt;
+} conv_ctx;
+
+static void to_f32_range(void *p, size_t lo, size_t hi) {
+    const conv_ctx *c = p;
+    const unsigned char *s = c->src;
+    float *dst = c->dst;
+    if (c->dt == DS_DTYPE_BF16)
+        for (size_t i = lo; i < hi; i++) { uint16_t h; memcpy(&h, s + 2 * i, 2); dst[i] = bf16_to_f32(h); }
+    else if (c->dt == DS_DTYPE_F16)
+        for (size_t i = lo; i < hi; i++) { uint16_t h; memcpy(&h, s + 2 * i, 2); dst[i] = f16_to_f32(h); }
+    else
+        memcpy(dst + lo, s + 4 * lo, (hi - lo) * 4);
+}
+
+static void from_f32_range(void *p, size_t lo, size_t hi) {
+    const conv_ctx *c = p;
+    unsigned char *d = c->dst;
+    const float *src = c->src;
+    if (c->dt == DS_DTYPE_BF16)
+        for (size_t i = lo; i < hi; i++) { uint16_t h = f32_to_bf16(src[i]); memcpy(d + 2 * i, &h, 2); }
+    else if (c->dt == DS_DTYPE_F16)
+        for (size_t i = lo; i < hi; i++) { uint16_t h = f32_to_f16(src[i]); memcpy(d + 2 * i, &h, 2); }
+    else
+        memcpy(d + 4 * lo, src + lo, (hi - lo) * 4);
+}
+
+ds_status ds_convert_to_f32(float *dst, const void *src, ds_dtype dt, size_t n) {
+    if (dt != DS_DTYPE_F32 && dt != DS_DTYPE_BF16 && dt != DS_DTYPE_F16)
+        return ds_error(DS_ERR_INPUT, "unsupported tensor dtype %s (expected F32, BF16 or F16)",
+                        ds_dtype_name(dt));
+    conv_ctx c = {dst, src, dt};
+    ds_parallel_for(n, (size_t)1 << 20, to_f32_range, &c);
+    return DS_OK;
+}
+
 void ds_convert_from_f32(void *dst, const float *src, ds_dtype dt, size_t n) {
-    unsigned char *d = dst;
-    switch (dt) {
-    case DS_DTYPE_F32: memcpy(dst, src, n * 4); return;
-    case DS_DTYPE_BF16:
-        for (size_t i = 0; i < n; i++) { uint16_t h = f32_to_bf16(src[i]); memcpy(d + 2 * i, &h, 2); }
-        return;
-    case DS_DTYPE_F16:
-        for (size_t i = 0; i < n; i++) { uint16_t h = f32_to_f16(src[i]); memcpy(d + 2 * i, &h, 2); }
-        return;
-    default: DS_DIE(1, "ds_convert_from_f32: unsupported dtype %s", ds_dtype_name(dt));
-    }
+    if (dt != DS_DTYPE_F32 && dt != DS_DTYPE_BF16 && dt != DS_DTYPE_F16)
+        DS_DIE(1, "ds_convert_from_f32: unsupported dtype %s", ds_dtype_name(dt));
+    conv_ctx c = {dst, src, dt};
+    ds_parallel_for(n, (size_t)1 << 20, from_f32_range, &c);
 }
 
 long ds_parse_long(const char *opt, const char *s, long lo, ds_status *st) {

@@ -23,7 +23,36 @@ static float *rnd(size_t n, double scale) {
     return p;
 }
 
+static void mark_range(void *ctx, size_t lo, size_t hi) {
+    unsigned char *seen = ctx;
+    for (size_t i = lo; i < hi; i++) seen[i]++;
+}
+
 int main(void) {
+    TEST("ds_parallel_for covers every index once; threaded conversions equal serial ones") {
+        const size_t n = (3u << 20) + 7;
+        unsigned char *seen = calloc(n, 1);
+        ds_set_threads(5);
+        ds_parallel_for(n, 1000, mark_range, seen);
+        size_t bad = 0;
+        for (size_t i = 0; i < n; i++) bad += seen[i] != 1;
+        CHECK_EQ_INT(bad, 0);
+        float *x = rnd(n, 3), *y1 = malloc(n * 4), *y5 = malloc(n * 4);
+        uint16_t *h1 = malloc(n * 2), *h5 = malloc(n * 2);
+        for (int dt = DS_DTYPE_BF16; dt <= DS_DTYPE_F16; dt++) {
+            ds_set_threads(1);
+            ds_convert_from_f32(h1, x, (ds_dtype)dt, n);
+            CHECK(ds_convert_to_f32(y1, h1, (ds_dtype)dt, n) == DS_OK);
+            ds_set_threads(5);
+            ds_convert_from_f32(h5, x, (ds_dtype)dt, n);
+            CHECK(ds_convert_to_f32(y5, h5, (ds_dtype)dt, n) == DS_OK);
+            CHECK(memcmp(h1, h5, n * 2) == 0);
+            CHECK(memcmp(y1, y5, n * 4) == 0);
+            CHECK(y1[n - 1] == ds_round_to(x[n - 1], (ds_dtype)dt) && y1[12345] == ds_round_to(x[12345], (ds_dtype)dt));
+        }
+        ds_set_threads(1);
+        free(seen); free(x); free(y1); free(y5); free(h1); free(h5);
+    }
     TEST("matmul_forward_cpu matches a double reference (odd shapes, bias)") {
         int T = 7, in = 37, out = 13;
         float *x = rnd((size_t)T * in, 1), *w = rnd((size_t)out * in, 0.5), *b = rnd(out, 1);
