@@ -8,6 +8,7 @@
 #include "gptq.h"
 #include "ops_cpu.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -154,6 +155,40 @@ static void packed_layout(packed_result *p, const quant_args *a, int out, int in
     p->w = p->buf + off_w;
 }
 
+/* ---- next-layer prefetch (CUDA engine: the host reads and converts layer
+ * l+1 from the mmap'd shards while the GPU works on layer l) ---- */
+
+typedef struct layer_prefetch {
+    pthread_t th;
+    const model *m;
+    int l, active;
+    layer_weights lw;
+} layer_prefetch;
+
+static void *prefetch_run(void *p) {
+    layer_prefetch *f = p;
+    layer_load(f->m, f->l, &f->lw);
+    return NULL;
+}
+
+static void prefetch_start(layer_prefetch *f, const model *m, int l) {
+    f->m = m;
+    f->l = l;
+    f->active = pthread_create(&f->th, NULL, prefetch_run, f) == 0;
+}
+
+/* Layer l's weights: the prefetched copy when there is one, else loaded now. */
+static void layer_get(layer_prefetch *f, const model *m, int l, layer_weights *lw) {
+    if (f->active) {
+        pthread_join(f->th, NULL);
+        f->active = 0;
+        DS_ASSERT(f->l == l);
+        *lw = f->lw;
+        return;
+    }
+    layer_load(m, l, lw);
+}
+
 /* ---- the pipeline ---- */
 
 static void log_layer(const model *m, int l, const stage_times *lt, double loss, int nmods, double t_start) {
@@ -231,14 +266,16 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
     double *cost = xmalloc(sizeof(double) * (size_t)maxlin);
     layer_scratch ls = {0};
     if (!eng) layer_scratch_init(&ls, c, max_T);
+    layer_prefetch pf = {0};
 
     for (int l = 0; l < c->L; l++) {
         stage_times lt = {0};
         layer_weights lw;
         double t = ds_now();
-        layer_load(m, l, &lw);
+        layer_get(&pf, m, l, &lw);
         layer_set_all_experts(&lw, !o->moe_routed_only);
         if (eng) gpu_engine_load_layer(eng, &lw);
+        if (eng && l + 1 < c->L) prefetch_start(&pf, m, l + 1);
         lt.load = ds_now() - t;
 
         int nm = 0;
@@ -298,14 +335,16 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
         }
         lt.reduce += ds_now() - t;
 
-        /* owners solve; every module's result is broadcast from its owner */
+        /* phase 1: every rank solves the modules it owns (ranks in parallel);
+         * phase 2: each result is broadcast from its owner, in model order */
         double layer_loss = 0;
+        packed_result *prs = xcalloc((size_t)(nm ? nm : 1), sizeof(packed_result));
         for (int i = 0; i < nm; i++) {
             layer_linear *li = &lw.lin[mods[i]];
             const int64_t ntok = cap.cnt[2 * li->input_id], nseq = cap.cnt[2 * li->input_id + 1];
-            packed_result pr;
-            packed_layout(&pr, &r->w, li->out, li->in, c->dtype);
             if (owner[i] == rank) {
+                packed_result pr;
+                packed_layout(&pr, &r->w, li->out, li->in, c->dtype);
                 t = ds_now();
                 int n = li->in;
                 gptq_result res;
@@ -333,7 +372,13 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
                 pr.meta[2] = ds_now() - t;
                 gptq_result_free(&res);
                 lt.gptq += ds_now() - t;
+                prs[i] = pr;
             }
+        }
+        for (int i = 0; i < nm; i++) {
+            layer_linear *li = &lw.lin[mods[i]];
+            packed_result pr = prs[i];
+            if (owner[i] != rank) packed_layout(&pr, &r->w, li->out, li->in, c->dtype);
             t = ds_now();
             comm_bcast(pr.buf, pr.size, owner[i]);
             lt.bcast += ds_now() - t;
@@ -370,6 +415,7 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
             }
             free(pr.buf);
         }
+        free(prs);
         for (int inp = 0; inp < nin; inp++) { free(cap.H[inp]); cap.H[inp] = NULL; }
 
         /* propagation pass with the quantized weights */
@@ -390,6 +436,10 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
             if (st == DS_OK) st = ds_error((ds_status)worst, "rank 0 failed writing the checkpoint");
             break;
         }
+    }
+    if (pf.active) { /* stopped early: drop the prefetched layer */
+        pthread_join(pf.th, NULL);
+        layer_free(&pf.lw);
     }
     free(mods);
     free(used);

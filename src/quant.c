@@ -170,11 +170,18 @@ static void unpack_vec(const int32_t *in, size_t ws, int n, int bits, int8_t *q,
     }
 }
 
+typedef struct pack_ctx { const int8_t *q; int cols, bits, pc; int32_t *packed; } pack_ctx;
+
+static void pack_rows_range(void *p, size_t lo, size_t hi) {
+    const pack_ctx *c = p;
+    for (size_t r = lo; r < hi; r++)
+        pack_vec(c->q + r * c->cols, 1, c->cols, c->bits, c->packed + r * c->pc, 1);
+}
+
 void quant_pack_rows(const int8_t *q, int rows, int cols, int bits, int32_t *packed) {
     DS_ASSERT(bits >= 1 && bits <= 8);
-    int pc = quant_packed_cols(cols, bits);
-    for (int r = 0; r < rows; r++)
-        pack_vec(q + (size_t)r * cols, 1, cols, bits, packed + (size_t)r * pc, 1);
+    pack_ctx c = {q, cols, bits, quant_packed_cols(cols, bits), packed};
+    ds_parallel_for((size_t)rows, (size_t)(1 << 18) / (size_t)(cols > 0 ? cols : 1) + 1, pack_rows_range, &c);
 }
 
 void quant_unpack_rows(const int32_t *packed, int rows, int cols, int bits, int8_t *q) {
