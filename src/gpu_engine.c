@@ -182,11 +182,16 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
     e->ntok = e->off[nlocal];
 
     /* memory plan: picks the micro-batch (sequences per chunk) */
+    /* default budget: 90 % of the free memory, split between the local
+     * ranks that share this device (local rank % devices == dev) */
     size_t fr = 0, tot = 0;
     ds_cuda_mem_info(&fr, &tot);
+    const int ndev = ds_cuda_device_count(), nloc = comm_local_size();
+    const int sharing = DS_MAX(1, (nloc - 1 - dev) / DS_MAX(1, ndev) + 1);
+    const size_t budget = o->budget_bytes ? o->budget_bytes : fr / 10 * 9 / (size_t)sharing;
     gpu_plan_dims d = {.C = c->C, .F = c->F, .NH = c->NH, .NKV = c->NKV, .HS = c->HS, .V = c->V,
                        .n_tokens = (long)e->ntok, .seq_len = e->max_T};
-    gpu_plan_opts po = {.offload_acts = o->offload_acts, .budget_bytes = o->budget_bytes ? o->budget_bytes : fr / 10 * 9,
+    gpu_plan_opts po = {.offload_acts = o->offload_acts, .budget_bytes = budget,
                         .hessian_f64 = 1, .gptq_block = o->gptq_block, .actorder = o->qa->actorder != QA_NONE,
                         .max_micro_batch = o->max_micro_batch};
     gpu_plan plan;
@@ -307,9 +312,11 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
     free(tmp);
     e->t.upload += ds_now() - t0;
     sample_mem(e);
-    snprintf(e->desc, sizeof e->desc, "%s | micro-batch %d (%d chunks) | activations %s | plan peak %.2f GiB",
+    snprintf(e->desc, sizeof e->desc,
+             "%s | micro-batch %d (%d chunks) | activations %s | plan peak %.2f of %.2f GiB budget%s",
              ds_cuda_device_name(), e->micro_batch, e->nchunks, e->offload ? "offloaded (pinned host)" : "resident",
-             (double)plan.peak / (double)(1u << 30));
+             (double)plan.peak / (double)(1u << 30), (double)budget / (double)(1u << 30),
+             sharing > 1 ? " (device shared by local ranks)" : "");
     if (st) {
         gpu_engine_destroy(e);
         return st;

@@ -38,7 +38,8 @@ typedef struct gpu_engine gpu_engine;
 
 typedef struct gpu_engine_opts {
     int offload_acts;       /* 1: residual stream in pinned host memory (--offload-activations) */
-    size_t budget_bytes;    /* device bytes the plan may use; 0: 90% of the free memory */
+    size_t budget_bytes;    /* device bytes the plan may use; 0: 90% of the free memory
+                               divided by the local ranks sharing the device */
     int local_rank;         /* device = local_rank % visible devices */
     const quant_args *qa;   /* the recipe's weight scheme (sizes the GPTQ outputs) */
     int gptq_block;         /* GPTQ block size */
