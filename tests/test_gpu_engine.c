@@ -150,6 +150,50 @@ int main(void) {
         CHECK(agree("qcpu", "qemul2", NULL) >= 0.99);
     }
 
+    TEST("asymmetric int8 group 4 with actorder=group (zero points, g_idx): emulated cuda == cpu, -np 2") {
+        if (!have) { SKIP(BF16_MODEL " not present"); break; }
+        char rp[512], e[4096];
+        snprintf(rp, sizeof rp, "%s/asym.json", g_tmp);
+        FILE *f = fopen(rp, "w");
+        CHECK(f != NULL);
+        if (!f) break;
+        fputs("{\"model\": \"" BF16_MODEL "\", \"dataset\": \"data/tinystories_sample.txt\",\n"
+              " \"num_calibration_samples\": 48, \"max_seq_length\": 200,\n"
+              " \"modifiers\": [{\"GPTQModifier\": {\"ignore\": [\"lm_head\"], \"config_groups\": {\"g\": {\n"
+              "  \"targets\": [\"Linear\"], \"weights\": {\"num_bits\": 8, \"type\": \"int\", \"symmetric\": false,\n"
+              "  \"strategy\": \"group\", \"group_size\": 4, \"actorder\": \"group\"}}}}}]}\n", f);
+        fclose(f);
+        snprintf(e, sizeof e, "%s -np 2 %s --recipe %s --device cpu --output %s/acpu >%s/acpu.log 2>&1",
+                 g_mpirun, g_bin, rp, g_tmp, g_tmp);
+        CHECK_EQ_INT(run(e), 0);
+        snprintf(e, sizeof e, "%s -np 2 %s --recipe %s --device cuda --micro-batch 7 --output %s/aemul "
+                 ">%s/aemul.log 2>&1", g_mpirun, g_emul, rp, g_tmp, g_tmp);
+        CHECK_EQ_INT(run(e), 0);
+        char pa[600], pb[600];
+        snprintf(pa, sizeof pa, "%s/acpu", g_tmp);
+        snprintf(pb, sizeof pb, "%s/aemul", g_tmp);
+        st_model *a = NULL, *b = NULL;
+        CHECK(st_open_dir(pa, &a) == DS_OK && st_open_dir(pb, &b) == DS_OK);
+        if (a && b) { /* every tensor (packed codes, scales, zero points, g_idx) byte-identical */
+            size_t diff = 0, nzp = 0, ngi = 0;
+            for (size_t i = 0; i < st_count(a); i++) {
+                const st_tensor *x = st_get(a, i), *y = st_find(b, x->name);
+                nzp += strstr(x->name, "weight_zero_point") != NULL;
+                ngi += strstr(x->name, "weight_g_idx") != NULL;
+                if (!y || x->nbytes != y->nbytes || memcmp(x->data, y->data, x->nbytes) != 0) {
+                    if (diff++ < 3) fprintf(stderr, "  differs: %s\n", x->name);
+                }
+            }
+            printf("  asym int8 g4 actorder=group: %zu tensors, %zu differ, %zu zero-point and %zu g_idx tensors\n",
+                   st_count(a), diff, nzp, ngi);
+            CHECK_EQ_INT(diff, 0);
+            CHECK_EQ_INT(nzp, 35);
+            CHECK_EQ_INT(ngi, 35);
+        }
+        st_close(a);
+        st_close(b);
+    }
+
     TEST("unsupported setups are usage errors (exit 2) naming the cause") {
         /* the bundled model is float32 */
         CHECK_EQ_INT(quant(g_emul, 2, "f32", "--device cuda"), 2);
