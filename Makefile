@@ -1,9 +1,11 @@
 # doneshot - GPTQ post-training quantization with MPI, in C11 (+ optional CUDA).
-# Variables can be overridden: make CUDA=0, make DEBUG=1, make SANITIZE=address,undefined
+# Variables can be overridden: make CUDA=0, make DEBUG=1, make SANITIZE=address,undefined,
+# make MPI=0 (no MPI: a one-rank build with src/comm_serial.c, for machines without MPI)
 VERSION    = 0.1.0
 MPICC     ?= mpicc
 NVCC      ?= nvcc
 CUDA      ?= auto
+MPI       ?= 1
 CUDA_ARCH ?= 80 90
 CUDA_HOME ?= /usr/local/cuda
 DEBUG     ?= 0
@@ -33,6 +35,12 @@ ifneq ($(SANITIZE),)
 endif
 
 SRC     := $(filter-out src/main.c src/%_cuda.c,$(wildcard src/*.c))
+ifeq ($(MPI),0)
+  MPICC := $(CC)
+  SRC   := $(filter-out src/comm.c,$(SRC))
+else
+  SRC   := $(filter-out src/comm_serial.c,$(SRC))
+endif
 CU_SRC  :=
 ifeq ($(CUDA),1)
   SRC    += $(wildcard src/*_cuda.c)
@@ -52,7 +60,8 @@ EMUL_OBJ := $(BUILD)/src/main.o $(filter-out $(BUILD)/src/gpu_engine.o $(BUILD)/
 EMUL_LIBS := $(filter-out -lcudart -lcublas -lcusolver,$(LDLIBS))
 
 .PHONY: all test check asan valgrind install uninstall clean man-lint deps run bench
-all: $(BUILD)/doneshot $(TESTS) $(BUILD)/gen_model $(BUILD)/doneshot-emul $(BUILD)/ckpt_diff
+BENCH_BIN := $(BUILD)/gen_model $(BUILD)/ckpt_diff $(if $(filter 1,$(CUDA)),$(BUILD)/bench_gpu,)
+all: $(BUILD)/doneshot $(TESTS) $(BUILD)/doneshot-emul $(BENCH_BIN)
 	@echo "built $(BUILD)/doneshot (CUDA=$(CUDA)). Hint: run 'make test'"
 
 # Install the Debian packages once if any header or tool is missing (fresh machine).
@@ -97,6 +106,10 @@ $(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
 	@$(MPICC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 $(BUILD)/ckpt_diff: $(BUILD)/bench/ckpt_diff.o $(LIB)
+	@echo "LD $@"
+	@$(MPICC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/bench_gpu: $(BUILD)/bench/bench_gpu.o $(LIB)
 	@echo "LD $@"
 	@$(MPICC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 

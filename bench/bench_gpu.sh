@@ -1,6 +1,7 @@
 #!/bin/sh
 # bench_gpu.sh - one-command GPU benchmark (needs an NVIDIA GPU, nvcc, MPI).
-#   1. builds doneshot with CUDA and bench/bench_gpu.c against build/libdoneshot.a;
+#   1. builds doneshot and build/bench_gpu with CUDA (SKIP_BUILD=1: use what
+#      BUILD holds, e.g. a bundle from bench/device_bundle.sh);
 #   2. per-layer micro-benchmark: build/bench_gpu (Llama-3-8B layer, 512 x 2048
 #      tokens; stage TFLOP/s vs a cuBLAS bf16 8192^3 peak; projected 32 layers);
 #   3. end to end: a synthetic Llama-3-8B (build/gen_model --preset llama3-8b),
@@ -19,17 +20,30 @@ BUILD=${BUILD:-build}
 JOBS=${JOBS:-$(nproc)}
 SEQS=${SEQS:-512}
 SEQ_LEN=${SEQ_LEN:-2048}
-MPIRUN=${MPIRUN:-mpirun --oversubscribe $( [ "$(id -u)" = 0 ] && echo --allow-run-as-root )}
+# MPIRUN: the launcher; empty when mpirun is absent (a device node without MPI,
+# running a `make MPI=0` bundle, see bench/device_bundle.sh): then only -np 1.
+if [ -z "${MPIRUN+x}" ]; then
+    if command -v mpirun >/dev/null 2>&1; then
+        MPIRUN="mpirun --oversubscribe $( [ "$(id -u)" = 0 ] && echo --allow-run-as-root )"
+    else
+        MPIRUN=""
+    fi
+fi
 mkdir -p "$WORK"
+# run_np N cmd...: cmd on N ranks (returns 0 and says so when N > 1 needs MPI)
+run_np() {
+    np=$1; shift
+    if [ -n "$MPIRUN" ]; then $MPIRUN -np "$np" "$@"
+    elif [ "$np" = 1 ]; then "$@"
+    else echo "skipped: -np $np needs mpirun"; fi
+}
 
 command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 
-echo "== build (CUDA=1)"
-make -j"$JOBS" CUDA=1 BUILD="$BUILD" all
-LIBS="-L${CUDA_HOME:-/usr/local/cuda}/lib64 -Wl,-rpath,${CUDA_HOME:-/usr/local/cuda}/lib64 -lcudart -lcublas -lcusolver -lstdc++"
-LIBS="$LIBS $(pkg-config --libs libcjson 2>/dev/null || echo -lcjson) -lz -lopenblas -llapacke -lpcre2-8 -lutf8proc -lpthread -lm"
-${MPICC:-mpicc} -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Isrc -Icuda -I/usr/include/openblas -DDS_CUDA \
-    -I"${CUDA_HOME:-/usr/local/cuda}/include" bench/bench_gpu.c "$BUILD/libdoneshot.a" -o "$BUILD/bench_gpu" $LIBS
+if [ -z "${SKIP_BUILD:-}" ]; then
+    echo "== build (CUDA=1)"
+    make -j"$JOBS" CUDA=1 BUILD="$BUILD" all
+fi
 
 echo "== per-layer micro-benchmark"
 "$BUILD/bench_gpu" --seqs "$SEQS" --seq-len "$SEQ_LEN" | tee "$WORK/bench_gpu.txt"
@@ -48,7 +62,7 @@ if [ ! -f "$WORK/tokens.jsonl" ]; then
 fi
 echo "== doneshot W4A16, -np 1, --device cuda"
 START=$(date +%s.%N)
-$MPIRUN -np 1 "$BUILD/doneshot" --recipe recipes/w4a16.json --model "$WORK/model" \
+run_np 1 "$BUILD/doneshot" --recipe recipes/w4a16.json --model "$WORK/model" \
     --dataset "$WORK/tokens.jsonl" --device cuda --output "$WORK/out" --overwrite --summary "$WORK/summary.json" \
     2>&1 | tee "$WORK/e2e.txt"
 END=$(date +%s.%N)
@@ -59,13 +73,13 @@ python3 bench/stage_table.py "$WORK/summary.json" "$WORK/model" "$PEAK" "$SEQ_LE
 
 if [ "${OFFLOAD:-1}" = 1 ]; then
     echo "== doneshot W4A16, -np 1, --offload-activations --gpu-memory 8GB"
-    $MPIRUN -np 1 "$BUILD/doneshot" --recipe recipes/w4a16.json --model "$WORK/model" \
+    run_np 1 "$BUILD/doneshot" --recipe recipes/w4a16.json --model "$WORK/model" \
         --dataset "$WORK/tokens.jsonl" --device cuda --offload-activations --gpu-memory 8GB \
         --output "$WORK/out_offload" --overwrite --summary "$WORK/summary_offload.json" 2>&1 | tail -n 4
     python3 bench/stage_table.py "$WORK/summary_offload.json" "$WORK/model" "$PEAK" "$SEQ_LEN" | tee -a "$WORK/e2e.txt"
     "$BUILD/ckpt_diff" "$WORK/out" "$WORK/out_offload" 0.999 | tee -a "$WORK/e2e.txt"
 fi
-if [ "${NP2:-1}" = 1 ]; then
+if [ "${NP2:-1}" = 1 ] && [ -n "$MPIRUN" ]; then
     echo "== doneshot W4A16, -np 2 on one GPU (correctness: same checkpoint as -np 1)"
     $MPIRUN -np 2 "$BUILD/doneshot" --recipe recipes/w4a16.json --model "$WORK/model" \
         --dataset "$WORK/tokens.jsonl" --device cuda --output "$WORK/out_np2" --overwrite \

@@ -1,0 +1,48 @@
+#!/bin/sh
+# device_check.sh - on a lent GPU machine, from the bundle of
+# bench/device_bundle.sh unpacked in DIR (default /tmp/doneshot-device):
+#   1. the CUDA twin tests (tests/test_kernels: every kernel vs its CPU twin);
+#   2. issue 5's acceptance check on the bf16 demo model: --device cuda and
+#      --device cpu checkpoints agree (>= 99 % identical int codes), resident
+#      and with --offload-activations --micro-batch 3;
+#   3. BENCH=1: bench/bench_gpu.sh with the bundle's binaries at -np 1
+#      (per-layer micro-benchmark, synthetic Llama-3-8B end to end, offload).
+# Results are copied to $OUT when set (the device tool fetches them).
+# Exit status: the number of failed steps.
+set -u
+D=${1:-/tmp/doneshot-device}
+export LD_LIBRARY_PATH="$D/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+W=/tmp/doneshot-check
+rm -rf $W && mkdir -p $W
+fails=0
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "nvidia-smi: none"
+
+echo "== 1. CUDA twin tests"
+"$D/test_kernels" >$W/test_kernels.txt 2>&1
+cat $W/test_kernels.txt
+# passes only when every twin test ran and passed (skips mean no device)
+tail -n 1 $W/test_kernels.txt | grep -q "^[1-9][0-9]* passed, 0 failed, 0 skipped" || fails=$((fails + 1))
+
+echo "== 2. --device cuda vs --device cpu (stories260K-bf16)"
+M=$D/models/stories260K-bf16
+if [ -d "$M" ]; then
+    R="--recipe recipes/stories260k-w4a16.json --model $M --overwrite"
+    "$D/doneshot" $R --device cpu --output $W/cpu -q || fails=$((fails + 1))
+    "$D/doneshot" $R --device cuda --output $W/cuda --summary $W/cuda.json 2>&1 | tail -n 6
+    "$D/doneshot" $R --device cuda --offload-activations --micro-batch 3 --output $W/off -q || fails=$((fails + 1))
+    for o in cuda off; do
+        "$D/ckpt_diff" $W/cpu $W/$o 0.99 >>$W/e2e.txt || fails=$((fails + 1))
+    done
+    cat $W/e2e.txt
+else
+    echo "skipped: $M not in the bundle"; fails=$((fails + 1))
+fi
+
+if [ "${BENCH:-0}" = 1 ]; then
+    echo "== 3. benchmark"
+    MPIRUN="" BUILD="$D" SKIP_BUILD=1 OFFLOAD=${OFFLOAD:-1} sh bench/bench_gpu.sh /tmp/doneshot-bench || fails=$((fails + 1))
+    cp /tmp/doneshot-bench/*.txt /tmp/doneshot-bench/summary*.json $W/ 2>/dev/null
+fi
+[ -n "${OUT:-}" ] && cp $W/*.txt $W/*.json "$OUT"/ 2>/dev/null
+echo "device_check: $fails failed step(s)"
+exit $fails
