@@ -112,8 +112,36 @@ static ds_status plan_module(ckpt_writer *c, const char *module, int out, int in
     return DS_OK;
 }
 
+static int ckpt_ends_with_(const char *s, const char *suf) {
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && strcmp(s + a - b, suf) == 0;
+}
+
+char *ckpt_partial_dir(const char *out_dir) {
+    char *d = xstrdup(out_dir);
+    size_t n = strlen(d);
+    while (n > 1 && d[n - 1] == '/') d[--n] = 0;
+    char *p = xasprintf("%s.partial", d);
+    free(d);
+    return p;
+}
+
+/* Resume: which planned tensors the interrupted run already wrote: all but
+ * the quantized tensors of layers >= resume_layers. */
+typedef struct resume_ctx { int layers; } resume_ctx;
+static int written_before(void *p, const char *name) {
+    static const char *const q[] = {".weight_packed", ".weight_scale", ".weight_shape", ".weight_zero_point",
+                                    ".weight_g_idx"};
+    const resume_ctx *rc = p;
+    int l = -1;
+    if (sscanf(name, "model.layers.%d.", &l) != 1 || l < rc->layers) return 1;
+    for (size_t i = 0; i < DS_ARRAY_LEN(q); i++)
+        if (ckpt_ends_with_(name, q[i])) return 0;
+    return 1;
+}
+
 ds_status ckpt_begin(const model *m, const recipe *r, const char *out_dir, int overwrite,
-                     uint64_t max_shard_bytes, ckpt_writer **out) {
+                     uint64_t max_shard_bytes, int resume_layers, ckpt_writer **out) {
     ckpt_writer *c = xcalloc(1, sizeof *c);
     ds_status st = DS_OK;
     c->m = m;
@@ -141,9 +169,15 @@ ds_status ckpt_begin(const model *m, const recipe *r, const char *out_dir, int o
         if (!ds_is_dir(c->out_dir)) mkdir(c->out_dir, 0755);
         *sl = '/';
     }
-    c->tmp_dir = xasprintf("%s.tmp-%ld", c->out_dir, (long)getpid());
-    rm_rf(c->tmp_dir);
-    if (mkdir(c->tmp_dir, 0755) != 0) {
+    c->tmp_dir = ckpt_partial_dir(c->out_dir);
+    if (resume_layers < 0) rm_rf(c->tmp_dir);
+    if (resume_layers >= 0 && !ds_is_dir(c->tmp_dir)) {
+        st = ds_error(DS_ERR_INPUT, "cannot resume: '%s' is gone", c->tmp_dir);
+        free(c->tmp_dir);
+        c->tmp_dir = NULL;
+        goto fail;
+    }
+    if (resume_layers < 0 && mkdir(c->tmp_dir, 0755) != 0) {
         st = ds_error(DS_ERR_RUNTIME, "cannot create '%s': %s\nhint: check that the parent directory of "
                       "--output exists and is writable", c->tmp_dir, strerror(errno));
         free(c->tmp_dir);
@@ -160,6 +194,19 @@ ds_status ckpt_begin(const model *m, const recipe *r, const char *out_dir, int o
             st = stw_plan(c->w, t->name, t->dtype, t->ndim, t->shape);
         if (st) goto fail;
     }
+    if (resume_layers >= 0) {
+        resume_ctx rc = {resume_layers};
+        if ((st = stw_begin_resume(c->w, written_before, &rc))) goto fail;
+        *out = c;
+        return DS_OK;
+    }
+    char *rd = ds_path_join(c->tmp_dir, "resume");
+    int mk = mkdir(rd, 0755);
+    free(rd);
+    if (mk != 0) {
+        st = ds_error(DS_ERR_RUNTIME, "cannot create '%s/resume': %s", c->tmp_dir, strerror(errno));
+        goto fail;
+    }
     if ((st = stw_begin(c->w))) goto fail;
     for (size_t i = 0; i < st_count(m->st); i++) {
         const st_tensor *t = st_get(m->st, i);
@@ -169,7 +216,7 @@ ds_status ckpt_begin(const model *m, const recipe *r, const char *out_dir, int o
     *out = c;
     return DS_OK;
 fail:
-    ckpt_abort(c);
+    ckpt_abort(c, resume_layers >= 0);
     return st;
 }
 
@@ -315,6 +362,9 @@ ds_status ckpt_finish(ckpt_writer *c, uint64_t *bytes, int *nshards) {
     st = write_file(rp, c->r->applied_json, strlen(c->r->applied_json));
     free(rp);
     if (st) return st;
+    char *rd = ds_path_join(c->tmp_dir, "resume");
+    rm_rf(rd); /* the resume state is not part of the checkpoint */
+    free(rd);
     if ((st = write_config(c))) return st; /* last: marks the checkpoint complete */
     if ((st = fsync_path(c->tmp_dir))) return st;
     char *old = NULL;
@@ -347,10 +397,12 @@ ds_status ckpt_finish(ckpt_writer *c, uint64_t *bytes, int *nshards) {
     return DS_OK;
 }
 
-void ckpt_abort(ckpt_writer *c) {
+ds_status ckpt_sync(ckpt_writer *c) { return stw_sync(c->w); }
+
+void ckpt_abort(ckpt_writer *c, int keep) {
     if (!c) return;
     stw_close(c->w);
-    if (c->tmp_dir) rm_rf(c->tmp_dir);
+    if (c->tmp_dir && !keep) rm_rf(c->tmp_dir);
     free(c->tmp_dir);
     free(c->out_dir);
     free(c);

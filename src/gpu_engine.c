@@ -62,6 +62,8 @@ ds_status gpu_engine_gptq(gpu_engine *e, const quant_args *a, const layer_linear
 }
 void gpu_engine_set_weight(gpu_engine *e, int lin, const float *w) { (void)e; (void)lin; (void)w; UNREACHABLE; }
 void gpu_engine_propagate(gpu_engine *e) { (void)e; UNREACHABLE; }
+void gpu_engine_get_residual(gpu_engine *e, uint16_t *host) { (void)e; (void)host; UNREACHABLE; }
+void gpu_engine_set_residual(gpu_engine *e, const uint16_t *host) { (void)e; (void)host; UNREACHABLE; }
 gpu_engine_times gpu_engine_get_times(const gpu_engine *e) { (void)e; return (gpu_engine_times){0}; }
 size_t gpu_engine_peak_bytes(const gpu_engine *e) { (void)e; return 0; }
 void gpu_engine_destroy(gpu_engine *e) { (void)e; }
@@ -547,6 +549,25 @@ void gpu_engine_propagate(gpu_engine *e) {
     double t0 = ds_now();
     run_pass(e, NULL);
     e->t.propagate += ds_now() - t0;
+}
+
+void gpu_engine_get_residual(gpu_engine *e, uint16_t *host) {
+    const size_t n = e->ntok * (size_t)e->c.C;
+    ds_cuda_sync(e->s_comp);
+    ds_cuda_sync(e->s_copy);
+    if (e->offload) memcpy(host, e->x_host, n * 2);
+    else ds_cuda_memcpy_d2h(host, e->x_dev, n * 2, e->s_comp);
+}
+
+void gpu_engine_set_residual(gpu_engine *e, const uint16_t *host) {
+    const size_t n = e->ntok * (size_t)e->c.C;
+    ds_cuda_sync(e->s_comp);
+    ds_cuda_sync(e->s_copy);
+    if (e->offload) memcpy(e->x_host, host, n * 2);
+    else {
+        ds_cuda_memcpy_h2d(e->x_dev, host, n * 2, e->s_comp);
+        ds_cuda_sync(e->s_comp);
+    }
 }
 
 void gpu_engine_destroy(gpu_engine *e) {

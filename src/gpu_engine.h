@@ -99,6 +99,11 @@ void gpu_engine_set_weight(gpu_engine *e, int lin, const float *w);
 /* Propagation pass: the residual stream := layer(residual stream). */
 void gpu_engine_propagate(gpu_engine *e);
 
+/* The residual stream of all local samples, bf16 [ntok, C] host memory
+ * (samples concatenated in order): read (resume state) and write (resume). */
+void gpu_engine_get_residual(gpu_engine *e, uint16_t *host);
+void gpu_engine_set_residual(gpu_engine *e, const uint16_t *host);
+
 /* Timings so far, and the peak device memory in use (sampled after
  * allocation and after each solve; cudaMemGetInfo, whole device). */
 gpu_engine_times gpu_engine_get_times(const gpu_engine *e);

@@ -33,6 +33,9 @@ typedef struct cli {
     int offload_acts;             /* --offload-activations */
     int64_t gpu_memory;           /* --gpu-memory bytes, 0 unset */
     long micro_batch;             /* --micro-batch, -1 unset */
+    int resume;                   /* --resume */
+    long resume_interval;         /* --resume-interval seconds, -1 unset */
+    long stop_after_layer;        /* --stop-after-layer (testing aid), 0 unset */
 } cli;
 
 static void usage(FILE *f) {
@@ -63,6 +66,10 @@ static void usage(FILE *f) {
             "  --offload-activations keep calibration activations in pinned host memory (cuda)\n"
             "  --gpu-memory SIZE     device memory budget per rank, e.g. 8GB (default 90%% of free)\n"
             "  --micro-batch N       max sequences per forward chunk on the GPU (default: planned)\n"
+            "  --resume              continue the interrupted run of this job (OUTPUT.partial)\n"
+            "  --resume-interval S   save a resume point every S seconds at a layer boundary\n"
+            "                        (default 600; 0: after every layer)\n"
+            "  --stop-after-layer K  testing aid: stop (exit 1) after the resume point of layer K\n"
             "  --threads K           BLAS threads per rank (default: cores / ranks on the node)\n"
             "  --overwrite           replace an existing output checkpoint\n"
             "  --summary FILE        write a machine-readable JSON run summary\n"
@@ -100,13 +107,16 @@ static ds_status parse_cli(int argc, char **argv, cli *c) {
         {"version", no_argument, 0, 'V'},
         {"moe-calibrate-all-experts", required_argument, 0, 'E'},
         {"offload-activations", no_argument, 0, 'A'}, {"gpu-memory", required_argument, 0, 'G'},
-        {"micro-batch", required_argument, 0, 'B'}, {0, 0, 0, 0}};
+        {"micro-batch", required_argument, 0, 'B'}, {"resume", no_argument, 0, 'R'},
+        {"resume-interval", required_argument, 0, 'I'}, {"stop-after-layer", required_argument, 0, 'K'},
+        {0, 0, 0, 0}};
     ds_status st = DS_OK;
     memset(c, 0, sizeof *c);
     c->num_samples = c->max_seq_len = c->seed = c->threads = -1;
     c->max_shard = -1;
     c->moe_all_experts = -1;
     c->micro_batch = -1;
+    c->resume_interval = -1;
     opterr = 0;
     optind = 1;
     int ch;
@@ -142,6 +152,9 @@ static ds_status parse_cli(int argc, char **argv, cli *c) {
                 st = ds_error(DS_ERR_USAGE, "--gpu-memory: invalid size '%s' (expected e.g. 8GB, 40GiB)", optarg);
             break;
         case 'B': c->micro_batch = ds_parse_long("--micro-batch", optarg, 1, &st); break;
+        case 'R': c->resume = 1; break;
+        case 'I': c->resume_interval = ds_parse_long("--resume-interval", optarg, 0, &st); break;
+        case 'K': c->stop_after_layer = ds_parse_long("--stop-after-layer", optarg, 1, &st); break;
         case 'O': c->overwrite = 1; break;
         case 'J': c->summary = optarg; break;
         case 'q': c->verbosity--; break;
@@ -311,7 +324,9 @@ static int cmd_quantize(int argc, char **argv) {
 
     run_opts ro = {.out_dir = output, .overwrite = c.overwrite, .max_shard_bytes = (uint64_t)max_shard,
                    .moe_routed_only = !moe_all, .cuda = cuda, .offload_acts = c.offload_acts,
-                   .gpu_budget_bytes = (size_t)c.gpu_memory, .max_micro_batch = c.micro_batch > 0 ? (int)c.micro_batch : 0};
+                   .gpu_budget_bytes = (size_t)c.gpu_memory, .max_micro_batch = c.micro_batch > 0 ? (int)c.micro_batch : 0, .resume = c.resume,
+                   .resume_interval = c.resume_interval >= 0 ? (double)c.resume_interval : 600.0,
+                   .stop_after_layer = (int)c.stop_after_layer};
     st = pipeline_quantize(&m, &r, data.rows + first, count, &ro, &stats);
     if ((st = sync_status(st))) goto done;
     summary_report(&stats, &m, &r, model_dir, dataset, output, c.summary, ds_now() - t_start);

@@ -7,6 +7,7 @@
 #include "gpu_engine.h"
 #include "gptq.h"
 #include "ops_cpu.h"
+#include "resume.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -189,6 +190,42 @@ static void layer_get(layer_prefetch *f, const model *m, int l, layer_weights *l
     layer_load(m, l, lw);
 }
 
+/* ---- resume state: the residual stream in the model dtype ---- */
+
+static void residual_put(gpu_engine *eng, float **x, const ds_sample *local, size_t nlocal, const model_config *c,
+                         const unsigned char *buf) {
+    if (eng) { gpu_engine_set_residual(eng, (const uint16_t *)(const void *)buf); return; }
+    const size_t esz = ds_dtype_size(c->dtype);
+    for (size_t s = 0, off = 0; s < nlocal; off += (size_t)local[s].n * c->C, s++)
+        ds_convert_to_f32(x[s], buf + off * esz, c->dtype, (size_t)local[s].n * c->C);
+}
+
+static void residual_get(gpu_engine *eng, float *const *x, const ds_sample *local, size_t nlocal,
+                         const model_config *c, unsigned char *buf) {
+    if (eng) { gpu_engine_get_residual(eng, (uint16_t *)(void *)buf); return; }
+    const size_t esz = ds_dtype_size(c->dtype);
+    for (size_t s = 0, off = 0; s < nlocal; off += (size_t)local[s].n * c->C, s++)
+        ds_convert_from_f32(buf + off * esz, x[s], c->dtype, (size_t)local[s].n * c->C);
+}
+
+/* Collective: every rank saves its residual stream, rank 0 makes the
+ * checkpoint shards durable and then records the layer (resume.h). A failure
+ * is a warning: the run goes on, only without this resume point. */
+static ds_status save_state(const char *rdir, const resume_head *rh, gpu_engine *eng, float *const *x,
+                            const ds_sample *local, size_t nlocal, const model_config *c, size_t bytes,
+                            ckpt_writer *ck, const run_stats *stats) {
+    unsigned char *buf = xmalloc(bytes ? bytes : 1);
+    residual_get(eng, x, local, nlocal, c, buf);
+    ds_status st = resume_save_rank(rdir, rh, buf, bytes);
+    free(buf);
+    if (!st && rh->rank == 0) st = ckpt_sync(ck);
+    int worst = comm_allreduce_max_int((int)st);
+    if (!worst && rh->rank == 0) st = resume_save_progress(rdir, rh->layer, rh->world, rh->job_fp, stats);
+    worst = comm_allreduce_max_int((int)st);
+    if (st) ds_warn("could not save a resume state after layer %d: %s (the run goes on)", rh->layer + 1, ds_errmsg());
+    return (ds_status)worst;
+}
+
 /* ---- the pipeline ---- */
 
 static void log_layer(const model *m, int l, const stage_times *lt, double loss, int nmods, double t_start) {
@@ -207,25 +244,53 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
     const double t_start = ds_now();
     ckpt_writer *ck = NULL;
     ds_status st = DS_OK;
+    int saved = 0; /* a resume state is on disk: keep the partial dir on failure */
     memset(stats, 0, sizeof *stats);
 
-    /* output first: fail before hours of work, not after */
-    double t0 = ds_now();
-    if (rank == 0) st = ckpt_begin(m, r, o->out_dir, o->overwrite, o->max_shard_bytes, &ck);
-    int worst = comm_allreduce_max_int((int)st);
-    stats->t.save += ds_now() - t0;
-    if (worst) {
-        if (rank == 0) return st;
-        return ds_error((ds_status)worst, "rank 0 could not create the output checkpoint");
-    }
-
-    /* embeddings of the local samples: x[s] [T_s, C] */
+    /* sample counts (for the fingerprint and the summary) */
     int max_T = 1;
     int64_t counts[2] = {(int64_t)nlocal, 0};
     for (size_t s = 0; s < nlocal; s++) { max_T = DS_MAX(max_T, local[s].n); counts[1] += local[s].n; }
     comm_allreduce_sum_i64(counts, 2);
     stats->samples_total = (size_t)counts[0];
     stats->tokens_total = (size_t)counts[1];
+    const int maxlin = 3 * c->E + 12;
+    stats->mods = xcalloc((size_t)c->L * (size_t)maxlin, sizeof(module_record));
+
+    /* resume state of an interrupted run of this job (resume.h) */
+    char *pdir = ckpt_partial_dir(o->out_dir), *rdir = ds_path_join(pdir, "resume");
+    const uint64_t job_fp = resume_job_fingerprint(m, r, nranks, o->cuda, stats->samples_total, stats->tokens_total);
+    const uint64_t rank_fp = resume_rank_fingerprint(job_fp, local, nlocal);
+    int done_layers = -1; /* last completed layer of the partial run, -1: none */
+    st = resume_load_progress(rdir, nranks, job_fp, c->L * maxlin, &done_layers, stats);
+    if (st && !o->resume) { st = DS_OK; done_layers = 0; } /* another job's state: discarded below */
+    int worst = comm_allreduce_max_int((int)st);
+    if (worst) {
+        if (st == DS_OK) st = ds_error((ds_status)worst, "another rank could not read the resume state");
+        goto early;
+    }
+    if (!o->resume && done_layers >= 0) {
+        if (rank == 0)
+            ds_warn("discarding the partial run in %s (pass --resume to continue it instead)", pdir);
+        done_layers = -1;
+        stats->nmods = stats->n_rtn = stats->n_no_tokens = 0;
+    } else if (o->resume && done_layers < 0 && rank == 0) {
+        ds_info("--resume: no resume state in %s; starting from the first layer", rdir);
+    }
+    const int start = done_layers + 1;
+
+    /* output first: fail before hours of work, not after */
+    double t0 = ds_now();
+    if (rank == 0)
+        st = ckpt_begin(m, r, o->out_dir, o->overwrite, o->max_shard_bytes, start > 0 ? start : -1, &ck);
+    worst = comm_allreduce_max_int((int)st);
+    stats->t.save += ds_now() - t0;
+    if (worst) {
+        if (st == DS_OK) st = ds_error((ds_status)worst, "rank 0 could not create the output checkpoint");
+        goto early;
+    }
+
+    /* embeddings of the local samples: x[s] [T_s, C] */
     float **x = xcalloc(nlocal ? nlocal : 1, sizeof(float *));
     gpu_engine *eng = NULL;
     if (o->cuda) { /* the engine embeds and keeps the residual stream itself */
@@ -249,10 +314,32 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
     }
     if (eng) ds_info("device: %s", gpu_engine_describe(eng));
 
+    /* resuming: the residual stream after layer start-1 replaces the embeddings */
+    size_t ntok_local = 0;
+    for (size_t i = 0; i < nlocal; i++) ntok_local += (size_t)local[i].n;
+    const size_t esz = ds_dtype_size(c->dtype), state_bytes = ntok_local * (size_t)c->C * esz;
+    resume_head rh = {.world = nranks, .rank = rank, .dtype = c->dtype, .job_fp = job_fp, .rank_fp = rank_fp,
+                      .nlocal = nlocal, .ntok = ntok_local, .C = (uint64_t)c->C};
+    if (start > 0) {
+        unsigned char *buf = xmalloc(state_bytes ? state_bytes : 1);
+        rh.layer = start - 1;
+        st = resume_load_rank(rdir, &rh, buf, state_bytes);
+        if (!st) residual_put(eng, x, local, nlocal, c, buf);
+        else if (rank != 0) ds_log(DS_LOG_ERROR, "%s", ds_errmsg()); /* rank 0 reports "another rank" */
+        free(buf);
+        worst = comm_allreduce_max_int((int)st);
+        if (worst) {
+            if (st == DS_OK) st = ds_error((ds_status)worst, "another rank could not read its resume state (see its message)");
+            goto done;
+        }
+        if (rank == 0) ds_info("resuming after layer %d/%d (%d modules already quantized)", start, c->L, stats->nmods);
+    }
+    double last_state = ds_now();
+    saved = start > 0;
+
     /* module list: every targeted Linear, in model order, built from the
      * config (never from the tokens), so it is the same on all ranks */
-    const int nin = model_num_inputs(c), maxlin = 3 * c->E + 12;
-    stats->mods = xcalloc((size_t)c->L * (size_t)maxlin, sizeof(module_record));
+    const int nin = model_num_inputs(c);
     int nmax = 0;
     for (int inp = 0; inp < nin; inp++) nmax = DS_MAX(nmax, model_input_dim(c, inp));
     /* CPU-path buffers (the engine has its own, on the device) */
@@ -268,7 +355,7 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
     if (!eng) layer_scratch_init(&ls, c, max_T);
     layer_prefetch pf = {0};
 
-    for (int l = 0; l < c->L; l++) {
+    for (int l = start; l < c->L; l++) {
         stage_times lt = {0};
         layer_weights lw;
         double t = ds_now();
@@ -436,6 +523,20 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
             if (st == DS_OK) st = ds_error((ds_status)worst, "rank 0 failed writing the checkpoint");
             break;
         }
+        /* resume point: every resume_interval seconds (decided on all ranks
+         * alike), never after the last layer */
+        if (l + 1 < c->L && comm_allreduce_max_f64(ds_now() - last_state) >= o->resume_interval) {
+            t = ds_now();
+            rh.layer = l;
+            if (save_state(rdir, &rh, eng, x, local, nlocal, c, state_bytes, ck, stats) == DS_OK) saved = 1;
+            last_state = ds_now();
+            stats->t.save += last_state - t;
+            if (o->stop_after_layer == l + 1) {
+                st = ds_error(DS_ERR_RUNTIME, "stopped after layer %d as asked (--stop-after-layer); the partial "
+                              "run is in %s\nhint: continue it with --resume", l + 1, pdir);
+                break;
+            }
+        }
     }
     if (pf.active) { /* stopped early: drop the prefetched layer */
         pthread_join(pf.th, NULL);
@@ -468,10 +569,13 @@ done:
         stats->device_peak_bytes = (size_t)comm_allreduce_max_f64(peak);
         gpu_engine_destroy(eng);
     }
-    if (ck) ckpt_abort(ck);
+    if (ck) ckpt_abort(ck, saved);
     for (size_t s = 0; s < nlocal; s++) free(x[s]);
     free(x);
     stats->total_s = ds_now() - t_start;
+early:
+    free(pdir);
+    free(rdir);
     return st;
 }
 

@@ -63,6 +63,12 @@ typedef struct run_opts {
     int offload_acts;           /* --offload-activations */
     size_t gpu_budget_bytes;    /* 0: 90% of free device memory */
     int max_micro_batch;        /* 0: planner default */
+    /* resume (resume.h): continue the partial run of this job in
+     * <out>.partial; save a resume point at the first layer boundary
+     * resume_interval seconds after the last one (0: every layer) */
+    int resume;
+    double resume_interval;
+    int stop_after_layer;       /* testing aid: stop with exit 1 after the resume point of this layer (1-based) */
 } run_opts;
 
 /* Check the recipe against the model before any work: group size divides

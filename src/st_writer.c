@@ -266,7 +266,9 @@ static void build_header(stw_entry *const *ord, size_t cnt, sbuf *hb) {
     while (hb->len % 8) sb_str(hb, " ");
 }
 
-ds_status stw_begin(st_writer *w) {
+/* done == NULL: create the shard files; else reopen them (resume) and mark
+ * the tensors done(name) accepts as written. */
+static ds_status begin_impl(st_writer *w, int (*done)(void *ctx, const char *name), void *ctx) {
     if (w->begun) return ds_error(DS_ERR_RUNTIME, "stw_begin: called twice");
     w->begun = 1;
     ds_status st = DS_OK;
@@ -304,6 +306,21 @@ ds_status stw_begin(st_writer *w) {
             data += ord[k]->nbytes;
         }
         sh->file_size = 8 + hb.len + data;
+        if (done) { /* resume: the same layout must already be on disk */
+            sh->fd = open(sh->tmp_path, O_RDWR | O_CLOEXEC);
+            struct stat sb;
+            unsigned char *head = xmalloc(8 + hb.len);
+            int same = sh->fd >= 0 && fstat(sh->fd, &sb) == 0 && (uint64_t)sb.st_size == sh->file_size &&
+                       pread(sh->fd, head, 8 + hb.len, 0) == (ssize_t)(8 + hb.len) &&
+                       memcmp(head + 8, hb.p, hb.len) == 0;
+            free(head);
+            if (!same) {
+                st = ds_error(DS_ERR_INPUT, "%s: missing, or not the layout this job plans (another model, "
+                              "recipe or --max-shard-size)", sh->tmp_path);
+                goto out;
+            }
+            continue;
+        }
         sh->fd = open(sh->tmp_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         if (sh->fd < 0) {
             st = ds_error(DS_ERR_RUNTIME, "%s: cannot create: %s", sh->tmp_path, strerror(errno));
@@ -329,10 +346,29 @@ ds_status stw_begin(st_writer *w) {
             }
         }
     }
+    if (done)
+        for (size_t i = 0; i < w->n; i++)
+            if (done(ctx, w->e[i].name)) {
+                w->e[i].written = w->e[i].nbytes;
+                w->e[i].done = 1;
+            }
 out:
     free(ord);
     free(hb.p);
     return st;
+}
+
+ds_status stw_begin(st_writer *w) { return begin_impl(w, NULL, NULL); }
+
+ds_status stw_begin_resume(st_writer *w, int (*done)(void *ctx, const char *name), void *ctx) {
+    return begin_impl(w, done, ctx);
+}
+
+ds_status stw_sync(st_writer *w) {
+    for (int s = 0; s < w->n_shards; s++)
+        if (w->shards[s].fd >= 0 && fsync(w->shards[s].fd) != 0)
+            return ds_error(DS_ERR_RUNTIME, "%s: fsync failed: %s", w->shards[s].tmp_path, strerror(errno));
+    return DS_OK;
 }
 
 ds_status stw_write_range(st_writer *w, const char *name, uint64_t offset, const void *data, size_t nbytes) {

@@ -27,6 +27,13 @@ st_writer *stw_open(const char *dir, uint64_t max_shard_bytes);
 /* Plan a tensor; error (DS_ERR_RUNTIME) on duplicate name or after begin. */
 ds_status stw_plan(st_writer *w, const char *name, ds_dtype dt, int ndim, const int64_t *shape);
 ds_status stw_begin(st_writer *w);
+/* Instead of stw_begin, to continue an interrupted write (resume): lay out
+ * the same plan, reopen the existing "<shard>.tmp" files (each must have the
+ * planned size and header, else DS_ERR_INPUT naming the file) and count every
+ * tensor for which done(ctx, name) returns 1 as already written. */
+ds_status stw_begin_resume(st_writer *w, int (*done)(void *ctx, const char *name), void *ctx);
+/* fsync every shard file (the written tensors are durable afterwards). */
+ds_status stw_sync(st_writer *w);
 /* nbytes must equal the planned size; each tensor exactly once. */
 ds_status stw_write(st_writer *w, const char *name, const void *data, size_t nbytes);
 /* Write bytes [offset, offset+nbytes) of a planned tensor, for tensors

@@ -68,7 +68,7 @@ static int driver(const char *model_dir, const char *out) {
     /* one 6-token sample on rank 0 only: most experts get no token */
     int32_t ids[6] = {1, 40, 41, 42, 43, 44};
     ds_sample s = {ids, 6};
-    run_opts ro = {.out_dir = out, .overwrite = 1, .moe_routed_only = 1};
+    run_opts ro = {.out_dir = out, .overwrite = 1, .moe_routed_only = 1, .resume_interval = 1e30};
     run_stats st;
     ds_status rc = pipeline_quantize(&m, &r, &s, comm_rank() == 0 ? 1 : 0, &ro, &st);
     if (comm_rank() == 0)

@@ -1,0 +1,52 @@
+/*
+ * resume.h - the pipeline's resume state, kept in "<out>.partial/resume/"
+ * beside the partially written checkpoint (checkpoint.h):
+ *   rank-<r>.bin   each rank's residual stream after the last completed layer
+ *                  (its samples' hidden states, [ntok, C] in the model dtype,
+ *                  exact: activations are model-dtype values) behind a header
+ *   progress.bin   rank 0: that layer, the job fingerprint, and the module
+ *                  records so far (for the final summary); written last, after
+ *                  every rank file and an fsync of the checkpoint shards, so it
+ *                  never points at state that is not on disk.
+ * A resumed run recomputes nothing it had finished and, with the same inputs,
+ * writes the same checkpoint as an uninterrupted run. The fingerprint covers
+ * the doneshot version, the applied recipe, the model's shape and dtype, the
+ * world size, the device kind and the total sample/token counts; each rank
+ * file also covers that rank's token ids. Weights edited in place between the
+ * two runs are not detected.
+ * Files are written to "<name>.tmp", fsync'd and renamed.
+ */
+#ifndef DS_RESUME_H
+#define DS_RESUME_H
+
+#include "dataset.h"
+#include "pipeline.h"
+
+typedef struct resume_head {
+    char magic[8];           /* "DSRESUM1" */
+    int32_t layer;           /* last completed layer, 0-based */
+    int32_t world, rank, dtype;
+    uint64_t job_fp, rank_fp;
+    uint64_t nlocal, ntok, C;
+} resume_head;
+
+/* FNV-1a 64 of the job (identical on every rank) and of this rank's ids. */
+uint64_t resume_job_fingerprint(const model *m, const recipe *r, int world, int cuda, size_t samples_total,
+                                size_t tokens_total);
+uint64_t resume_rank_fingerprint(uint64_t job_fp, const ds_sample *local, size_t nlocal);
+
+/* rank-<h->rank>.bin in dir: header + nbytes of data. DS_ERR_RUNTIME on I/O. */
+ds_status resume_save_rank(const char *dir, const resume_head *h, const void *data, size_t nbytes);
+/* Read this rank's file into data (nbytes); every header field must equal
+ * want's, else DS_ERR_USAGE naming the first difference. */
+ds_status resume_load_rank(const char *dir, const resume_head *want, void *data, size_t nbytes);
+
+/* progress.bin: layer, world, job_fp and s->mods[0..nmods), n_rtn, n_no_tokens. */
+ds_status resume_save_progress(const char *dir, int layer, int world, uint64_t job_fp, const run_stats *s);
+/* *layer = -1 when there is no progress file (DS_OK). When there is one:
+ * DS_ERR_USAGE if it is from another job (world size or fingerprint, the
+ * message says which), else *layer and the records are restored into s
+ * (s->mods holds max_mods records). */
+ds_status resume_load_progress(const char *dir, int world, uint64_t job_fp, int max_mods, int *layer, run_stats *s);
+
+#endif
