@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <sys/file.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -22,7 +23,19 @@ struct ckpt_writer {
     char *out_dir, *tmp_dir;
     int overwrite;
     st_writer *w;
+    int lock_fd;       /* flock on "<out>.partial.lock": one writer per output */
+    char *lock_path;
 };
+
+static void unlock_output(ckpt_writer *c) {
+    if (c->lock_fd >= 0) {
+        unlink(c->lock_path);
+        close(c->lock_fd); /* releases the flock */
+    }
+    c->lock_fd = -1;
+    free(c->lock_path);
+    c->lock_path = NULL;
+}
 
 int ckpt_module_quantized(const recipe *r, const char *name) {
     return recipe_module_targeted(r, name, "Linear");
@@ -144,6 +157,7 @@ ds_status ckpt_begin(const model *m, const recipe *r, const char *out_dir, int o
                      uint64_t max_shard_bytes, int resume_layers, ckpt_writer **out) {
     ckpt_writer *c = xcalloc(1, sizeof *c);
     ds_status st = DS_OK;
+    c->lock_fd = -1;
     c->m = m;
     c->r = r;
     c->overwrite = overwrite;
@@ -170,6 +184,19 @@ ds_status ckpt_begin(const model *m, const recipe *r, const char *out_dir, int o
         *sl = '/';
     }
     c->tmp_dir = ckpt_partial_dir(c->out_dir);
+    c->lock_path = xasprintf("%s.lock", c->tmp_dir);
+    c->lock_fd = open(c->lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (c->lock_fd < 0 || flock(c->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        int busy = c->lock_fd >= 0 && errno == EWOULDBLOCK;
+        st = busy ? ds_error(DS_ERR_USAGE, "another doneshot is writing '%s' (it holds %s)\n"
+                             "hint: wait for it, or choose another --output", c->out_dir, c->lock_path)
+                  : ds_error(DS_ERR_RUNTIME, "cannot create '%s': %s", c->lock_path, strerror(errno));
+        if (c->lock_fd >= 0) close(c->lock_fd);
+        c->lock_fd = -1; /* not ours: do not remove it */
+        free(c->tmp_dir);
+        c->tmp_dir = NULL;
+        goto fail;
+    }
     if (resume_layers < 0) rm_rf(c->tmp_dir);
     if (resume_layers >= 0 && !ds_is_dir(c->tmp_dir)) {
         st = ds_error(DS_ERR_INPUT, "cannot resume: '%s' is gone", c->tmp_dir);
@@ -392,6 +419,7 @@ ds_status ckpt_finish(ckpt_writer *c, uint64_t *bytes, int *nshards) {
     c->tmp_dir = NULL;
     stw_close(c->w);
     c->w = NULL;
+    unlock_output(c);
     free(c->out_dir);
     free(c);
     return DS_OK;
@@ -403,6 +431,7 @@ void ckpt_abort(ckpt_writer *c, int keep) {
     if (!c) return;
     stw_close(c->w);
     if (c->tmp_dir && !keep) rm_rf(c->tmp_dir);
+    unlock_output(c);
     free(c->tmp_dir);
     free(c->out_dir);
     free(c);

@@ -6,7 +6,8 @@
 # the emulated CUDA engine (resident and offloaded activations); chained
 # stops; a partial run of another job or world size is refused (exit 2) and
 # left in place; without --resume it is discarded with a warning; a truncated
-# state file is a clear error. Last line: "N passed, N failed".
+# state file is a clear error; a second writer of the same output is refused.
+# Last line: "N passed, N failed".
 BUILD=${BUILD:-build}
 MPIRUN=${MPIRUN:-mpirun --oversubscribe}
 BIN=$BUILD/doneshot
@@ -60,6 +61,18 @@ q 2 $BIN $T/t --resume-interval 0 --stop-after-layer 2 >/dev/null
 head -c 100 $T/t.partial/resume/rank-1.bin >$T/x && mv $T/x $T/t.partial/resume/rank-1.bin
 q 2 $BIN $T/t --resume; rc=$?
 [ $rc -eq 2 ] && grep -q "truncated" $T/t.log && ok || fail "truncated state file: exit 2 ($rc)"
+
+# one writer per output: a held lock on OUTPUT.partial.lock is a usage error
+if command -v flock >/dev/null 2>&1; then
+    flock $T/L.partial.lock sleep 4 &
+    holder=$!
+    sleep 1
+    q 1 $BIN $T/L; rc=$?
+    [ $rc -eq 2 ] && grep -q "another doneshot is writing" $T/L.log && [ ! -e $T/L ] \
+        && ok || fail "a second writer of the same output: exit 2 ($rc)"
+    wait $holder
+    q 1 $BIN $T/L; [ $? -eq 0 ] && [ ! -e $T/L.partial.lock ] && ok || fail "after the lock is released: runs, lock file removed"
+fi
 
 # the emulated CUDA engine (bf16 model), resident and offloaded
 M=../shared/models/stories260K-bf16
