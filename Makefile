@@ -142,7 +142,7 @@ deps:
 	@sh .ci/deps.sh
 
 run: all
-	@$(MPIRUN) -np 2 $(BUILD)/doneshot --recipe recipes/stories260k-w4a16.json
+	@$(MPIRUN) -np 2 $(BUILD)/doneshot --recipe recipes/stories260k-w4a16.json --overwrite
 
 install: $(BUILD)/doneshot
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(MANPREFIX)/man1
