@@ -121,6 +121,14 @@ int ds_threads(void);
  * are then independent of the thread count. */
 void ds_parallel_for(size_t n, size_t min_chunk, void (*fn)(void *ctx, size_t lo, size_t hi), void *ctx);
 
+/* ---- stop requests (SIGUSR1, SIGTERM) ---- */
+/* Install handlers that only record the signal; the pipeline polls
+ * ds_stop_signal() at layer boundaries (save a resume point, then stop).
+ * SIGINT keeps its default action (Ctrl-C stops at once). */
+void ds_install_stop_handlers(void);
+/* The signal received (SIGUSR1 or SIGTERM), 0 if none. */
+int ds_stop_signal(void);
+
 /* Parse a command-line integer >= lo for option `opt`; on error sets *st to
  * DS_ERR_USAGE with "opt: invalid value 'x' (expected an integer >= lo)". */
 long ds_parse_long(const char *opt, const char *s, long lo, ds_status *st);

@@ -10,6 +10,7 @@
 #include "resume.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -523,14 +524,22 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
             if (st == DS_OK) st = ds_error((ds_status)worst, "rank 0 failed writing the checkpoint");
             break;
         }
-        /* resume point: every resume_interval seconds (decided on all ranks
-         * alike), never after the last layer */
-        if (l + 1 < c->L && comm_allreduce_max_f64(ds_now() - last_state) >= o->resume_interval) {
+        /* resume point: every resume_interval seconds, or now when a rank
+         * got SIGUSR1/SIGTERM (then stop); decided on all ranks alike, never
+         * after the last layer */
+        const int sig = comm_allreduce_max_int(ds_stop_signal());
+        if (l + 1 < c->L && (sig || comm_allreduce_max_f64(ds_now() - last_state) >= o->resume_interval)) {
             t = ds_now();
             rh.layer = l;
             if (save_state(rdir, &rh, eng, x, local, nlocal, c, state_bytes, ck, stats) == DS_OK) saved = 1;
             last_state = ds_now();
             stats->t.save += last_state - t;
+            if (sig) {
+                st = ds_error(DS_ERR_RUNTIME, "stopped on %s after layer %d/%d; the partial run is in %s\n"
+                              "hint: continue it with --resume", sig == SIGTERM ? "SIGTERM" : "SIGUSR1", l + 1,
+                              c->L, pdir);
+                break;
+            }
             if (o->stop_after_layer == l + 1) {
                 st = ds_error(DS_ERR_RUNTIME, "stopped after layer %d as asked (--stop-after-layer); the partial "
                               "run is in %s\nhint: continue it with --resume", l + 1, pdir);

@@ -6,6 +6,7 @@
 #include "comm.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -201,6 +202,24 @@ void ds_round_array(float *x, size_t n, ds_dtype dt) {
     if (dt == DS_DTYPE_F32) return;
     for (size_t i = 0; i < n; i++) x[i] = ds_round_to(x[i], dt);
 }
+
+/* ---- stop requests ---- */
+
+static volatile sig_atomic_t g_stop_sig;
+
+static void on_stop_signal(int sig) { g_stop_sig = sig; }
+
+void ds_install_stop_handlers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGUSR1, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+int ds_stop_signal(void) { return (int)g_stop_sig; }
 
 /* ---- threads ---- */
 

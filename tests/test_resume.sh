@@ -6,7 +6,8 @@
 # the emulated CUDA engine (resident and offloaded activations); chained
 # stops; a partial run of another job or world size is refused (exit 2) and
 # left in place; without --resume it is discarded with a warning; a truncated
-# state file is a clear error; a second writer of the same output is refused.
+# state file is a clear error; a second writer of the same output is refused;
+# SIGUSR1 makes a resume point at the next layer boundary and stops.
 # Last line: "N passed, N failed".
 BUILD=${BUILD:-build}
 MPIRUN=${MPIRUN:-mpirun --oversubscribe}
@@ -72,6 +73,25 @@ if command -v flock >/dev/null 2>&1; then
         && ok || fail "a second writer of the same output: exit 2 ($rc)"
     wait $holder
     q 1 $BIN $T/L; [ $? -eq 0 ] && [ ! -e $T/L.partial.lock ] && ok || fail "after the lock is released: runs, lock file removed"
+fi
+
+# SIGUSR1 (what Slurm's --signal sends; mpirun forwards it to every rank):
+# a resume point at the next layer boundary, exit 1, then --resume finishes
+$BUILD/gen_model --out $T/sigm --hidden 384 --intermediate 1024 --layers 12 --heads 6 --kv-heads 2 --vocab 512 \
+    --dtype f32 --tokenizer-from data/stories260K --seed 3 >/dev/null 2>&1
+q 2 $BIN $T/sref --model $T/sigm -q
+$MPIRUN -np 2 $BIN $R --model $T/sigm --output $T/sig >$T/sig.log 2>&1 &
+job=$!
+n=0
+while ! grep -q "layer 2/12" $T/sig.log 2>/dev/null && [ $n -lt 600 ]; do sleep 0.1; n=$((n + 1)); done
+kill -USR1 $job
+wait $job; rc=$?
+if [ $rc -eq 1 ] && grep -q "stopped on SIGUSR1 after layer" $T/sig.log && [ -f $T/sig.partial/resume/progress.bin ]; then
+    ok
+    q 2 $BIN $T/sig --model $T/sigm --resume; rc=$?
+    [ $rc -eq 0 ] && same $T/sref $T/sig && ok || fail "resume after SIGUSR1: checkpoint differs ($rc)"
+else
+    fail "SIGUSR1: exit 1 with a resume point (got $rc: $(grep -i 'stopped\|error' $T/sig.log | head -2))"
 fi
 
 # the emulated CUDA engine (bf16 model), resident and offloaded
