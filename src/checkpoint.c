@@ -53,23 +53,12 @@ static ds_status fsync_path(const char *path) {
     return DS_OK;
 }
 
-static ds_status write_file(const char *path, const char *data, size_t n) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return ds_error(DS_ERR_RUNTIME, "%s: cannot create: %s", path, strerror(errno));
-    size_t put = fwrite(data, 1, n, f);
-    int ok = put == n && fflush(f) == 0 && fsync(fileno(f)) == 0;
-    int e = errno;
-    ok = (fclose(f) == 0) && ok;
-    if (!ok) return ds_error(DS_ERR_RUNTIME, "%s: write failed: %s", path, strerror(e));
-    return DS_OK;
-}
-
 static ds_status copy_file(const char *src, const char *dst) {
     char *buf;
     size_t n;
     ds_status st = ds_read_file(src, &buf, &n);
     if (st) return st;
-    st = write_file(dst, buf, n);
+    st = ds_write_file_atomic(dst, buf, n, NULL, 0);
     free(buf);
     return st;
 }
@@ -361,7 +350,7 @@ static ds_status write_config(ckpt_writer *c) {
     out = xrealloc(out, len + 2);
     out[len] = '\n';
     out[len + 1] = 0;
-    st = write_file(path, out, len + 1);
+    st = ds_write_file_atomic(path, out, len + 1, NULL, 0);
     free(path);
     free(out);
     return st;
@@ -386,7 +375,7 @@ ds_status ckpt_finish(ckpt_writer *c, uint64_t *bytes, int *nshards) {
         if (st) return st;
     }
     char *rp = ds_path_join(c->tmp_dir, "recipe.yaml");
-    st = write_file(rp, c->r->applied_json, strlen(c->r->applied_json));
+    st = ds_write_file_atomic(rp, c->r->applied_json, strlen(c->r->applied_json), NULL, 0);
     free(rp);
     if (st) return st;
     char *rd = ds_path_join(c->tmp_dir, "resume");

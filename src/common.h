@@ -137,6 +137,11 @@ long ds_parse_long(const char *opt, const char *s, long lo, ds_status *st);
 /* Read a whole file into a NUL-terminated malloc'd buffer. DS_ERR_INPUT with
  * a message naming the path on failure. */
 ds_status ds_read_file(const char *path, char **out, size_t *len);
+/* Write head[0, hn) then body[0, bn) (either may be empty) to "<path>.tmp",
+ * fsync, and rename it to path, so readers see the old file or the whole new
+ * one. DS_ERR_RUNTIME naming the file and the failing call; the .tmp file is
+ * removed on failure. */
+ds_status ds_write_file_atomic(const char *path, const void *head, size_t hn, const void *body, size_t bn);
 int ds_file_exists(const char *path);
 int ds_is_dir(const char *path);
 /* Join a directory and a file name (malloc'd). */

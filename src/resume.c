@@ -4,10 +4,8 @@
 #include "resume.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 static const char MAGIC_RANK[8] = "DSRESUM1", MAGIC_PROG[8] = "DSPROGR1";
 
@@ -38,28 +36,12 @@ uint64_t resume_rank_fingerprint(uint64_t job_fp, const ds_sample *local, size_t
     return h;
 }
 
-/* Write head + data to dir/name atomically (tmp, fsync, rename). */
-static ds_status write_atomic(const char *dir, const char *name, const void *head, size_t hn, const void *data,
-                              size_t dn) {
-    char *path = xasprintf("%s/%s", dir, name), *tmp = xasprintf("%s.tmp", path);
-    ds_status st = DS_OK;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    const unsigned char *parts[2] = {head, data};
-    size_t lens[2] = {hn, dn};
-    if (fd < 0) st = ds_error(DS_ERR_RUNTIME, "%s: cannot create: %s", tmp, strerror(errno));
-    for (int k = 0; k < 2 && !st; k++)
-        for (size_t off = 0; off < lens[k];) {
-            ssize_t w = write(fd, parts[k] + off, lens[k] - off > (1u << 30) ? (1u << 30) : lens[k] - off);
-            if (w < 0 && errno == EINTR) continue;
-            if (w <= 0) { st = ds_error(DS_ERR_RUNTIME, "%s: write failed: %s", tmp, strerror(errno)); break; }
-            off += (size_t)w;
-        }
-    if (fd >= 0 && !st && fsync(fd) != 0) st = ds_error(DS_ERR_RUNTIME, "%s: fsync failed: %s", tmp, strerror(errno));
-    if (fd >= 0 && close(fd) != 0 && !st) st = ds_error(DS_ERR_RUNTIME, "%s: close failed: %s", tmp, strerror(errno));
-    if (!st && rename(tmp, path) != 0) st = ds_error(DS_ERR_RUNTIME, "%s: rename failed: %s", tmp, strerror(errno));
-    if (st) unlink(tmp);
+/* dir/name := head + data, atomically (ds_write_file_atomic). */
+static ds_status write_state(const char *dir, const char *name, const void *head, size_t hn, const void *data,
+                             size_t dn) {
+    char *path = xasprintf("%s/%s", dir, name);
+    ds_status st = ds_write_file_atomic(path, head, hn, data, dn);
     free(path);
-    free(tmp);
     return st;
 }
 
@@ -74,7 +56,7 @@ ds_status resume_save_rank(const char *dir, const resume_head *h, const void *da
     memcpy(x.magic, MAGIC_RANK, sizeof x.magic);
     char name[64];
     snprintf(name, sizeof name, "rank-%d.bin", (int)h->rank);
-    return write_atomic(dir, name, &x, sizeof x, data, nbytes);
+    return write_state(dir, name, &x, sizeof x, data, nbytes);
 }
 
 ds_status resume_load_rank(const char *dir, const resume_head *want, void *data, size_t nbytes) {
@@ -114,7 +96,7 @@ ds_status resume_save_progress(const char *dir, int layer, int world, uint64_t j
     prog_head h = {.layer = layer, .world = world, .nmods = s->nmods, .n_rtn = s->n_rtn,
                    .n_no_tokens = s->n_no_tokens, .job_fp = job_fp};
     memcpy(h.magic, MAGIC_PROG, sizeof h.magic);
-    return write_atomic(dir, "progress.bin", &h, sizeof h, s->mods, sizeof(module_record) * (size_t)s->nmods);
+    return write_state(dir, "progress.bin", &h, sizeof h, s->mods, sizeof(module_record) * (size_t)s->nmods);
 }
 
 ds_status resume_load_progress(const char *dir, int world, uint64_t job_fp, int max_mods, int *layer, run_stats *s) {

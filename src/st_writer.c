@@ -156,33 +156,6 @@ static ds_status write_all(int fd, const void *buf, size_t n, uint64_t off, cons
     return DS_OK;
 }
 
-/* Write a small file atomically: path.tmp, fsync, rename. */
-static ds_status write_file_atomic(const char *path, const char *data, size_t n) {
-    char *tmp = xasprintf("%s.tmp", path);
-    ds_status st = DS_OK;
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        st = ds_error(DS_ERR_RUNTIME, "%s: cannot create: %s", tmp, strerror(errno));
-        goto out;
-    }
-    if ((st = write_all(fd, data, n, 0, tmp))) goto out;
-    if (fsync(fd) != 0) {
-        st = ds_error(DS_ERR_RUNTIME, "%s: fsync failed: %s", tmp, strerror(errno));
-        goto out;
-    }
-    if (close(fd) != 0) {
-        fd = -1;
-        st = ds_error(DS_ERR_RUNTIME, "%s: close failed: %s", tmp, strerror(errno));
-        goto out;
-    }
-    fd = -1;
-    if (rename(tmp, path) != 0) st = ds_error(DS_ERR_RUNTIME, "%s: rename to %s failed: %s", tmp, path, strerror(errno));
-out:
-    if (fd >= 0) close(fd);
-    free(tmp);
-    return st;
-}
-
 /* ---- API ---- */
 
 st_writer *stw_open(const char *dir, uint64_t max_shard_bytes) {
@@ -438,7 +411,7 @@ ds_status stw_finish(st_writer *w) {
             sb_json(&b, w->shards[ord[k]->shard].name);
         }
         sb_str(&b, "\n  }\n}\n");
-        st = write_file_atomic(ipath, b.p, b.len);
+        st = ds_write_file_atomic(ipath, b.p, b.len, NULL, 0);
         free(b.p);
         free(ord);
     } else if (unlink(ipath) != 0 && errno != ENOENT) {

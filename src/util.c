@@ -6,6 +6,7 @@
 #include "comm.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -304,6 +305,30 @@ void ds_convert_from_f32(void *dst, const float *src, ds_dtype dt, size_t n) {
         DS_DIE(1, "ds_convert_from_f32: unsupported dtype %s", ds_dtype_name(dt));
     conv_ctx c = {dst, src, dt};
     ds_parallel_for(n, (size_t)1 << 20, from_f32_range, &c);
+}
+
+ds_status ds_write_file_atomic(const char *path, const void *head, size_t hn, const void *body, size_t bn) {
+    char *tmp = xasprintf("%s.tmp", path);
+    ds_status st = DS_OK;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    const unsigned char *part[2] = {head, body};
+    const size_t len[2] = {hn, bn};
+    if (fd < 0) st = ds_error(DS_ERR_RUNTIME, "%s: cannot create: %s", tmp, strerror(errno));
+    for (int k = 0; k < 2 && !st; k++)
+        for (size_t off = 0; off < len[k];) {
+            size_t chunk = len[k] - off > ((size_t)1 << 30) ? (size_t)1 << 30 : len[k] - off;
+            ssize_t w = write(fd, part[k] + off, chunk);
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0) { st = ds_error(DS_ERR_RUNTIME, "%s: write failed: %s", tmp, strerror(errno)); break; }
+            off += (size_t)w;
+        }
+    if (fd >= 0 && !st && fsync(fd) != 0) st = ds_error(DS_ERR_RUNTIME, "%s: fsync failed: %s", tmp, strerror(errno));
+    if (fd >= 0 && close(fd) != 0 && !st) st = ds_error(DS_ERR_RUNTIME, "%s: close failed: %s", tmp, strerror(errno));
+    if (!st && rename(tmp, path) != 0)
+        st = ds_error(DS_ERR_RUNTIME, "%s: rename to %s failed: %s", tmp, path, strerror(errno));
+    if (st) unlink(tmp);
+    free(tmp);
+    return st;
 }
 
 long ds_parse_long(const char *opt, const char *s, long lo, ds_status *st) {
