@@ -4,6 +4,7 @@
  * compressors/pack_quantized and ModelCompressor.update_config.
  */
 #include "checkpoint.h"
+#include "json_util.h"
 #include "quant.h"
 #include "st_writer.h"
 
@@ -283,30 +284,6 @@ ds_status ckpt_write_module(ckpt_writer *c, const char *module, const int8_t *q,
 
 /* ---- config.json ---- */
 
-static int key_cmp(const void *a, const void *b) {
-    const cJSON *x = *(cJSON *const *)a, *y = *(cJSON *const *)b;
-    return strcmp(x->string, y->string);
-}
-
-/* Sort object keys recursively, as json.dump(sort_keys=True). */
-static void sort_keys(cJSON *j) {
-    if (!j) return;
-    for (cJSON *ch = j->child; ch; ch = ch->next) sort_keys(ch);
-    if (!cJSON_IsObject(j) || !j->child) return;
-    size_t n = 0;
-    for (cJSON *ch = j->child; ch; ch = ch->next) n++;
-    cJSON **v = xmalloc(n * sizeof *v);
-    n = 0;
-    for (cJSON *ch = j->child; ch; ch = ch->next) v[n++] = ch;
-    qsort(v, n, sizeof *v, key_cmp);
-    for (size_t i = 0; i < n; i++) {
-        v[i]->prev = i ? v[i - 1] : v[n - 1]; /* cJSON: child->prev is the last item */
-        v[i]->next = i + 1 < n ? v[i + 1] : NULL;
-    }
-    j->child = v[0];
-    free(v);
-}
-
 static ds_status write_config(ckpt_writer *c) {
     const model *m = c->m;
     char *src = ds_path_join(m->dir, "config.json"), *text = NULL;
@@ -342,7 +319,7 @@ static ds_status write_config(ckpt_writer *c) {
     DS_ASSERT(qj);
     cJSON_DeleteItemFromObjectCaseSensitive(j, "quantization_config");
     cJSON_AddItemToObject(j, "quantization_config", qj);
-    sort_keys(j);
+    ds_json_sort_keys(j);
     char *out = cJSON_Print(j);
     cJSON_Delete(j);
     char *path = ds_path_join(c->tmp_dir, "config.json");

@@ -14,6 +14,7 @@
  * PCRE2 (anchored at the start, like Python's re.match) and cached in priv.
  */
 #include "recipe.h"
+#include "json_util.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -746,12 +747,7 @@ static char *build_applied(const recipe *r) {
     add_actorder(g, r->w.actorder);
     cJSON_AddBoolToObject(g, "offload_hessians", r->offload_hessians);
     cJSON_AddBoolToObject(g, "bypass_divisibility_checks", r->bypass_divisibility);
-    char *txt = cJSON_PrintUnformatted(root);
-    DS_ASSERT(txt);
-    cJSON_Delete(root);
-    char *out = xstrdup(txt);
-    cJSON_free(txt);
-    return out;
+    return ds_json_take_compact(root);
 }
 
 static void json_error_pos(const char *json, const char *at, int *line, int *col) {
@@ -863,29 +859,6 @@ int recipe_module_targeted(const recipe *r, const char *name, const char *cls) {
 
 /* ---- quantization_config ---- */
 
-static int cmp_items(const void *a, const void *b) {
-    return strcmp((*(cJSON *const *)a)->string, (*(cJSON *const *)b)->string);
-}
-
-/* Recursively sort object keys by code point (json.dump(sort_keys=True)). */
-static void sort_keys(cJSON *o) {
-    if (!o) return;
-    for (cJSON *c = o->child; c; c = c->next) sort_keys(c);
-    if (!cJSON_IsObject(o) || !o->child) return;
-    int n = 0;
-    for (cJSON *c = o->child; c; c = c->next) n++;
-    cJSON **v = xmalloc((size_t)n * sizeof *v);
-    n = 0;
-    for (cJSON *c = o->child; c; c = c->next) v[n++] = c;
-    qsort(v, (size_t)n, sizeof *v, cmp_items);
-    for (int i = 0; i < n; i++) {
-        v[i]->prev = i ? v[i - 1] : v[n - 1]; /* cJSON: child->prev is the tail */
-        v[i]->next = i + 1 < n ? v[i + 1] : NULL;
-    }
-    o->child = v[0];
-    free(v);
-}
-
 char *recipe_quantization_config_json(const recipe *r, const char *const *ignore, int nignore) {
     DS_ASSERT(r);
     cJSON *q = cJSON_CreateObject();
@@ -921,11 +894,6 @@ char *recipe_quantization_config_json(const recipe *r, const char *const *ignore
     cJSON_AddItemToObject(q, "sparsity_config", cJSON_CreateObject());
     cJSON_AddItemToObject(q, "transform_config", cJSON_CreateObject());
     cJSON_AddStringToObject(q, "version", RECIPE_CT_VERSION);
-    sort_keys(q);
-    char *txt = cJSON_PrintUnformatted(q);
-    DS_ASSERT(txt);
-    cJSON_Delete(q);
-    char *out = xstrdup(txt);
-    cJSON_free(txt);
-    return out;
+    ds_json_sort_keys(q);
+    return ds_json_take_compact(q);
 }
