@@ -8,7 +8,9 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 static int t_passed, t_failed, t_skipped, t_cur_failed, t_cur_skipped, t_open;
 static const char *t_cur = "";
@@ -69,6 +71,13 @@ static inline void t_finish(void) {
         if (!t_cur_skipped) t_skipped++;                                             \
         t_cur_skipped = 1;                                                           \
     } while (0)
+
+/* system(cmd): the command's exit status, -1 if it did not exit normally. */
+static inline int test_system(const char *cmd) {
+    int rc = system(cmd);
+    if (rc == -1 || !WIFEXITED(rc)) return -1;
+    return WEXITSTATUS(rc);
+}
 
 #define TEST_REPORT()                                                                \
     (t_finish(), printf("%d passed, %d failed, %d skipped\n", t_passed, t_failed, t_skipped),   \

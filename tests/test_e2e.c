@@ -19,11 +19,7 @@
 
 static char g_tmp[256], g_bin[512], g_mpirun[512];
 
-static int run(const char *cmd) {
-    int rc = system(cmd);
-    if (rc == -1 || !WIFEXITED(rc)) return -1;
-    return WEXITSTATUS(rc);
-}
+static int run(const char *cmd) { return test_system(cmd); }
 
 static int quantize(int np, const char *out, const char *extra) {
     char cmd[8192];

@@ -37,9 +37,7 @@ static char g_tmp[256], g_bin[512], g_emul[512], g_gen[512], g_mpirun[512];
 static int run(const char *cmd) {
     char full[8192];
     snprintf(full, sizeof full, "timeout -k 10 300 sh -c '%s'", cmd);
-    int rc = system(full);
-    if (rc == -1 || !WIFEXITED(rc)) return -1;
-    return WEXITSTATUS(rc);
+    return test_system(full);
 }
 
 /* Quantize with `bin` on np ranks into g_tmp/tag; extra args appended.

@@ -31,11 +31,7 @@ static char g_tmp[256], g_bin[512], g_gen[512], g_self[512], g_mpirun[512];
 #define MIXTRAL "../shared/models/variants/mixtral-4x-top2"
 #define RECIPE "recipes/stories260k-w4a16.json"
 
-static int run(const char *cmd) {
-    int rc = system(cmd);
-    if (rc == -1 || !WIFEXITED(rc)) return -1;
-    return WEXITSTATUS(rc);
-}
+static int run(const char *cmd) { return test_system(cmd); }
 
 static int quantize(int np, const char *mdir, const char *out) {
     char cmd[4096];

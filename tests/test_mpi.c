@@ -80,8 +80,7 @@ int main(int argc, char **argv) {
             char out[64], cmd[1024];
             snprintf(out, sizeof out, "/tmp/doneshot-test-mpi-%d-%d.bin", (int)getpid(), nps[k]);
             snprintf(cmd, sizeof cmd, "%s -np %d %s --child %s", mpirun, nps[k], argv[0], out);
-            int rc = system(cmd);
-            CHECK(rc != -1 && WIFEXITED(rc) && WEXITSTATUS(rc) == 0);
+            CHECK_EQ_INT(test_system(cmd), 0);
             FILE *f = fopen(out, "rb");
             int ok = 0;
             CHECK(f != NULL);

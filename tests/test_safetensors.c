@@ -714,8 +714,7 @@ static void test_gen_model(void) {
         CHECK_EQ_INT(system(cmd), 0);
         free(cmd);
         cmd = xasprintf("%s --out %s/g3 --hidden 16 --heads 3 >/dev/null 2>&1", bin, g_tmp);
-        int rc = system(cmd);
-        CHECK(WIFEXITED(rc) && WEXITSTATUS(rc) == 2);
+        CHECK_EQ_INT(test_system(cmd), 2);
         free(cmd);
     }
     free(bin);
