@@ -5,6 +5,7 @@
 #ifndef DS_TEST_GOLDEN_H
 #define DS_TEST_GOLDEN_H
 
+#include "quant.h"
 #include "safetensors.h"
 
 #include <stdlib.h>
@@ -28,6 +29,21 @@ static inline const char *gold_meta(const gold *g, const char *key, char *out, s
     if (!v) return NULL;
     snprintf(out, outn, "%s", v);
     return out;
+}
+
+/* The weight scheme (num_bits, symmetric, strategy, group_size; actorder
+ * left QA_NONE) and the model dtype a golden's metadata records. */
+static inline quant_args gold_quant_args(const gold *g, ds_dtype *dt) {
+    char v[64];
+    quant_args a = {0};
+    a.num_bits = atoi(gold_meta(g, "num_bits", v, sizeof v));
+    a.symmetric = atoi(gold_meta(g, "symmetric", v, sizeof v));
+    gold_meta(g, "strategy", v, sizeof v);
+    a.strategy = !strcmp(v, "group") ? QS_GROUP : !strcmp(v, "channel") ? QS_CHANNEL : QS_TENSOR;
+    a.group_size = atoi(gold_meta(g, "group_size", v, sizeof v));
+    gold_meta(g, "dtype", v, sizeof v);
+    *dt = !strcmp(v, "bfloat16") ? DS_DTYPE_BF16 : !strcmp(v, "float16") ? DS_DTYPE_F16 : DS_DTYPE_F32;
+    return a;
 }
 
 /* Tensor as f32 (F32/BF16/F16); *n = element count; NULL if absent. */

@@ -89,18 +89,12 @@ static void test_golden_case(const char *name) {
         gold g;
         if (gold_open(path, &g) != 0) { SKIP("no golden"); continue; }
         char v[64];
-        quant_args a = {0};
-        a.num_bits = atoi(gold_meta(&g, "num_bits", v, sizeof v));
-        a.symmetric = atoi(gold_meta(&g, "symmetric", v, sizeof v));
-        gold_meta(&g, "strategy", v, sizeof v);
-        a.strategy = !strcmp(v, "group") ? QS_GROUP : !strcmp(v, "channel") ? QS_CHANNEL : QS_TENSOR;
-        a.group_size = atoi(gold_meta(&g, "group_size", v, sizeof v));
+        ds_dtype dt;
+        quant_args a = gold_quant_args(&g, &dt);
         gold_meta(&g, "actorder", v, sizeof v);
         a.actorder = !strcmp(v, "none") ? QA_NONE : QA_STATIC;
         int block = atoi(gold_meta(&g, "block_size", v, sizeof v));
         double damp = atof(gold_meta(&g, "dampening_frac", v, sizeof v));
-        gold_meta(&g, "dtype", v, sizeof v);
-        ds_dtype dt = !strcmp(v, "bfloat16") ? DS_DTYPE_BF16 : !strcmp(v, "float16") ? DS_DTYPE_F16 : DS_DTYPE_F32;
         int64_t sh[4];
         CHECK_EQ_INT(gold_shape(&g, "W", sh), 2);
         int out = (int)sh[0], in = (int)sh[1];

@@ -116,18 +116,12 @@ static void test_case_golden(const char *name) {
     static char tname[160];
     snprintf(tname, sizeof tname, "qparams_pack_golden_%s", name);
     TEST(tname) {
-        char path[256], v[64];
+        char path[256];
         snprintf(path, sizeof path, GOLD_DIR "%s.safetensors", name);
         gold g;
         if (gold_open(path, &g) != 0) { SKIP("no golden"); continue; }
-        quant_args a = {0};
-        a.num_bits = atoi(gold_meta(&g, "num_bits", v, sizeof v));
-        a.symmetric = atoi(gold_meta(&g, "symmetric", v, sizeof v));
-        gold_meta(&g, "strategy", v, sizeof v);
-        a.strategy = !strcmp(v, "group") ? QS_GROUP : !strcmp(v, "channel") ? QS_CHANNEL : QS_TENSOR;
-        a.group_size = atoi(gold_meta(&g, "group_size", v, sizeof v));
-        gold_meta(&g, "dtype", v, sizeof v);
-        ds_dtype dt = !strcmp(v, "bfloat16") ? DS_DTYPE_BF16 : !strcmp(v, "float16") ? DS_DTYPE_F16 : DS_DTYPE_F32;
+        ds_dtype dt;
+        quant_args a = gold_quant_args(&g, &dt);
         int64_t sh[4];
         gold_shape(&g, "W", sh);
         int out = (int)sh[0], in = (int)sh[1], ng = quant_num_groups(&a, in);
