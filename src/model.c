@@ -11,6 +11,8 @@
 
 #include <cJSON.h>
 #include <math.h>
+#include <stdarg.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,19 +37,38 @@ const char *model_lin_suffix(int lin) { return g_lin_suffix[lin]; }
 
 /* ---- config.json ---- */
 
-static ds_status get_int(const cJSON *j, const char *path, const char *key, int required, int def,
-                         int *out) {
+/* Supported ranges of the config.json sizes: generous for any real model, and
+ * small enough that every product of two of them fits an int64 and every
+ * per-Linear dimension an int. */
+#define MAX_HIDDEN (1 << 18)
+#define MAX_INTER (1 << 20)
+#define MAX_LAYERS (1 << 16)
+#define MAX_HEADS (1 << 16)
+#define MAX_HEAD_DIM (1 << 16)
+#define MAX_QDIM (1 << 24)     /* num_attention_heads x head_dim */
+#define MAX_VOCAB (1 << 24)
+#define MAX_POS (1 << 28)
+#define MAX_EXPERTS (1 << 14)
+#define CFG_HINT "hint: config.json must describe the checkpoint's safetensors (same model, unedited)"
+
+/* An integer key within [lo, hi] (bounds keep every size product far from
+ * int overflow). Missing or null: DS_ERR_INPUT when required, else def. */
+static ds_status get_int(const cJSON *j, const char *path, const char *key, int required, int def, int lo,
+                         int hi, int *out) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
     if (!v || cJSON_IsNull(v)) {
         if (required)
-            return ds_error(DS_ERR_INPUT, "%s: missing required key \"%s\" (expected a positive integer)",
-                            path, key);
+            return ds_error(DS_ERR_INPUT, "%s: missing required key \"%s\" (expected an integer in [%d, %d])",
+                            path, key, lo, hi);
         *out = def;
         return DS_OK;
     }
-    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < 0 ||
-        v->valuedouble > 1e9)
-        return ds_error(DS_ERR_INPUT, "%s: key \"%s\": expected a non-negative integer", path, key);
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
+        return ds_error(DS_ERR_INPUT, "%s: key \"%s\": expected an integer in [%d, %d]\n" CFG_HINT, path, key,
+                        lo, hi);
+    if (v->valuedouble < lo || v->valuedouble > hi)
+        return ds_error(DS_ERR_INPUT, "%s: key \"%s\" = %.17g is outside the supported range [%d, %d]\n" CFG_HINT,
+                        path, key, v->valuedouble, lo, hi);
     *out = (int)v->valuedouble;
     return DS_OK;
 }
@@ -70,6 +91,8 @@ static ds_status rope_setup(const cJSON *j, const char *path, model *m) {
     if (cJSON_IsObject(rp) && !cJSON_IsObject(rs)) rs = rp;
     double def = m->cfg.arch == ARCH_MIXTRAL ? 1e6 : 10000.0; /* class defaults */
     double theta = get_num(j, "rope_theta", cJSON_IsObject(rp) ? get_num(rp, "rope_theta", def) : def);
+    if (!(theta > 0.0 && theta < 1e30))
+        return ds_error(DS_ERR_INPUT, "%s: key \"rope_theta\" = %g is outside (0, 1e30)\n" CFG_HINT, path, theta);
     m->inv_freq = xmalloc(sizeof(float) * (size_t)half);
     for (int k = 0; k < half; k++)
         m->inv_freq[k] = (float)(1.0 / pow(theta, (double)(2 * k) / (double)HS));
@@ -79,6 +102,8 @@ static ds_status rope_setup(const cJSON *j, const char *path, model *m) {
     const char *type = cJSON_IsString(t) ? t->valuestring : "default";
     if (strcmp(type, "default") == 0) return DS_OK;
     double factor = get_num(rs, "factor", 1.0);
+    if (!(factor > 0.0 && factor < 1e30))
+        return ds_error(DS_ERR_INPUT, "%s: rope_scaling \"factor\" = %g is outside (0, 1e30)\n" CFG_HINT, path, factor);
     if (strcmp(type, "linear") == 0) {
         for (int k = 0; k < half; k++) m->inv_freq[k] = (float)(m->inv_freq[k] / factor);
         return DS_OK;
@@ -86,6 +111,10 @@ static ds_status rope_setup(const cJSON *j, const char *path, model *m) {
     if (strcmp(type, "llama3") == 0) {
         double lo = get_num(rs, "low_freq_factor", 1.0), hi = get_num(rs, "high_freq_factor", 4.0);
         double orig = get_num(rs, "original_max_position_embeddings", 8192);
+        if (!(lo > 0.0 && hi > lo && hi < 1e30 && orig >= 1.0 && orig < 1e30))
+            return ds_error(DS_ERR_INPUT, "%s: rope_scaling llama3: expected 0 < low_freq_factor < high_freq_factor "
+                            "and original_max_position_embeddings >= 1, got %g, %g, %g\n" CFG_HINT, path, lo, hi,
+                            orig);
         float low_wl = (float)(orig / lo), high_wl = (float)(orig / hi);
         for (int k = 0; k < half; k++) {
             float f = m->inv_freq[k], wl = 2.0f * (float)M_PI / f;
@@ -108,19 +137,19 @@ static ds_status parse_moe(const cJSON *j, const char *path, model_config *c) {
     ds_status st;
     c->sparse_step = 1;
     if (c->arch == ARCH_MIXTRAL) {
-        if ((st = get_int(j, path, "num_local_experts", 1, 0, &c->E)) ||
-            (st = get_int(j, path, "num_experts_per_tok", 0, 2, &c->K)))
+        if ((st = get_int(j, path, "num_local_experts", 1, 0, 1, MAX_EXPERTS, &c->E)) ||
+            (st = get_int(j, path, "num_experts_per_tok", 0, DS_MIN(2, c->E), 1, c->E, &c->K)))
             return st;
         c->IM = c->F;
         c->norm_topk = 1;
     } else if (c->arch == ARCH_QWEN2_MOE || c->arch == ARCH_QWEN3_MOE) {
-        if ((st = get_int(j, path, "num_experts", 1, 0, &c->E)) ||
-            (st = get_int(j, path, "num_experts_per_tok", 1, 0, &c->K)) ||
-            (st = get_int(j, path, "moe_intermediate_size", 1, 0, &c->IM)) ||
-            (st = get_int(j, path, "decoder_sparse_step", 0, 1, &c->sparse_step)))
+        if ((st = get_int(j, path, "num_experts", 1, 0, 1, MAX_EXPERTS, &c->E)) ||
+            (st = get_int(j, path, "num_experts_per_tok", 1, 0, 1, c->E, &c->K)) ||
+            (st = get_int(j, path, "moe_intermediate_size", 1, 0, 1, MAX_INTER, &c->IM)) ||
+            (st = get_int(j, path, "decoder_sparse_step", 0, 1, 1, MAX_LAYERS, &c->sparse_step)))
             return st;
         if (c->arch == ARCH_QWEN2_MOE &&
-            (st = get_int(j, path, "shared_expert_intermediate_size", 0, 0, &c->IS)))
+            (st = get_int(j, path, "shared_expert_intermediate_size", 0, 0, 0, MAX_INTER, &c->IS)))
             return st;
         c->norm_topk = get_bool(j, "norm_topk_prob", 0);
         const cJSON *mo = cJSON_GetObjectItemCaseSensitive(j, "mlp_only_layers");
@@ -130,8 +159,10 @@ static ds_status parse_moe(const cJSON *j, const char *path, model_config *c) {
                                 "indices", path, DS_MAX_MLP_ONLY);
             const cJSON *v;
             cJSON_ArrayForEach(v, mo) {
-                if (!cJSON_IsNumber(v))
-                    return ds_error(DS_ERR_INPUT, "%s: key \"mlp_only_layers\": expected integers", path);
+                if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || v->valuedouble < 0 ||
+                    v->valuedouble >= c->L)
+                    return ds_error(DS_ERR_INPUT, "%s: key \"mlp_only_layers\": expected layer indices in [0, %d) "
+                                    "(num_hidden_layers %d)\n" CFG_HINT, path, c->L, c->L);
                 c->mlp_only[c->n_mlp_only++] = (int)v->valuedouble;
             }
         }
@@ -142,6 +173,110 @@ static ds_status parse_moe(const cJSON *j, const char *path, model_config *c) {
         return ds_error(DS_ERR_INPUT, "%s: inconsistent MoE config (experts %d, experts per token %d, expert "
                         "intermediate size %d, decoder_sparse_step %d): expected 1 <= experts per token <= "
                         "experts and positive sizes", path, c->E, c->K, c->IM, c->sparse_step);
+    return DS_OK;
+}
+
+/* ---- quantization_config (compressed-tensors QuantizationArgs) ---- */
+
+static const char *strategy_str(quant_strategy s) {
+    return s == QS_GROUP ? "group" : s == QS_CHANNEL ? "channel" : "tensor";
+}
+
+static const char *actorder_str(quant_actorder a) {
+    return a == QA_GROUP ? "group" : a == QA_STATIC ? "static" : "null";
+}
+
+/* "quantization_config: num_bits 4, strategy group, group_size 128, symmetric true, actorder null" */
+static void qargs_str(const quant_args *a, char *buf, size_t cap) {
+    snprintf(buf, cap, "quantization_config: num_bits %d, strategy %s, group_size %d, symmetric %s, actorder %s",
+             a->num_bits, strategy_str(a->strategy), a->group_size, a->symmetric ? "true" : "false",
+             actorder_str(a->actorder));
+}
+
+/* config_groups.<g>.weights -> quant_args, with the QuantizationArgs defaults
+ * (num_bits 8, symmetric, strategy from group_size) and the subset doneshot
+ * dequantizes: int, static, strategy tensor/channel/group, 2..8 bits. */
+static ds_status parse_qweights(const cJSON *w, const char *path, const char *grp, quant_args *a) {
+    char ctx[600];
+    snprintf(ctx, sizeof ctx, "%s (quantization_config.config_groups.%.200s.weights)", path, grp);
+    if (!cJSON_IsObject(w)) return ds_error(DS_ERR_INPUT, "%s: expected an object", ctx);
+    ds_status st;
+    int gs = -1;
+    if ((st = get_int(w, ctx, "num_bits", 0, 8, 2, 8, &a->num_bits))) return st;
+    const cJSON *gsj = cJSON_GetObjectItemCaseSensitive(w, "group_size");
+    int gs_m1 = cJSON_IsNumber(gsj) && gsj->valuedouble == -1; /* -1: channel */
+    if (!gs_m1 && (st = get_int(w, ctx, "group_size", 0, -1, 1, MAX_INTER, &gs))) return st;
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(w, "type");
+    if (v && !cJSON_IsNull(v) && !(cJSON_IsString(v) && strcmp(v->valuestring, "int") == 0))
+        return ds_error(DS_ERR_INPUT, "%s: quantization_config.config_groups.%s.weights.type: only \"int\" is "
+                        "supported", path, grp);
+    v = cJSON_GetObjectItemCaseSensitive(w, "dynamic");
+    if (v && !cJSON_IsNull(v) && !cJSON_IsFalse(v))
+        return ds_error(DS_ERR_INPUT, "%s: quantization_config.config_groups.%s.weights.dynamic: only false is "
+                        "supported", path, grp);
+    v = cJSON_GetObjectItemCaseSensitive(w, "symmetric");
+    if (v && !cJSON_IsNull(v) && !cJSON_IsBool(v))
+        return ds_error(DS_ERR_INPUT, "%s: quantization_config.config_groups.%s.weights.symmetric: expected true or "
+                        "false", path, grp);
+    a->symmetric = v && cJSON_IsBool(v) ? cJSON_IsTrue(v) : 1;
+    v = cJSON_GetObjectItemCaseSensitive(w, "strategy");
+    if (!v || cJSON_IsNull(v)) a->strategy = gs > 0 ? QS_GROUP : gs_m1 ? QS_CHANNEL : QS_TENSOR;
+    else if (cJSON_IsString(v) && strcmp(v->valuestring, "group") == 0) a->strategy = QS_GROUP;
+    else if (cJSON_IsString(v) && strcmp(v->valuestring, "channel") == 0) a->strategy = QS_CHANNEL;
+    else if (cJSON_IsString(v) && strcmp(v->valuestring, "tensor") == 0) a->strategy = QS_TENSOR;
+    else
+        return ds_error(DS_ERR_INPUT, "%s: quantization_config.config_groups.%s.weights.strategy: expected "
+                        "\"group\", \"channel\" or \"tensor\" (the strategies doneshot reads)", path, grp);
+    if (a->strategy == QS_GROUP && gs <= 0)
+        return ds_error(DS_ERR_INPUT, "%s: quantization_config.config_groups.%s.weights: strategy \"group\" needs "
+                        "a positive group_size", path, grp);
+    a->group_size = a->strategy == QS_GROUP ? gs : -1;
+    v = cJSON_GetObjectItemCaseSensitive(w, "actorder");
+    a->actorder = QA_NONE;
+    if (!v || cJSON_IsNull(v) || cJSON_IsFalse(v)) a->actorder = QA_NONE;
+    else if (cJSON_IsTrue(v)) a->actorder = QA_GROUP;
+    else if (cJSON_IsString(v) && (!strcmp(v->valuestring, "group") || !strcmp(v->valuestring, "dynamic")))
+        a->actorder = QA_GROUP;
+    else if (cJSON_IsString(v) && (!strcmp(v->valuestring, "static") || !strcmp(v->valuestring, "weight")))
+        a->actorder = QA_STATIC;
+    else
+        return ds_error(DS_ERR_INPUT, "%s: quantization_config.config_groups.%s.weights.actorder: expected null, "
+                        "\"static\", \"weight\", \"group\" or \"dynamic\"", path, grp);
+    if (a->actorder == QA_GROUP && a->strategy != QS_GROUP)
+        return ds_error(DS_ERR_INPUT, "%s: quantization_config.config_groups.%s.weights: actorder \"group\" needs "
+                        "strategy \"group\"", path, grp);
+    return DS_OK;
+}
+
+/* The distinct weight args of quantization_config.config_groups into
+ * m->qargs (each quantized module must match one of them). */
+static ds_status parse_qconfig(const cJSON *qc, const char *path, model *m) {
+    const cJSON *cg = cJSON_GetObjectItemCaseSensitive(qc, "config_groups"), *g;
+    if (!cJSON_IsObject(cg))
+        return ds_error(DS_ERR_INPUT, "%s: quantization_config.config_groups: expected an object of groups\n"
+                        "hint: a doneshot or llm-compressor pack-quantized checkpoint has one", path);
+    ds_status st;
+    cJSON_ArrayForEach(g, cg) {
+        const cJSON *w = cJSON_IsObject(g) ? cJSON_GetObjectItemCaseSensitive(g, "weights") : NULL;
+        if (!w || cJSON_IsNull(w)) continue; /* no weight quantization in this group */
+        const cJSON *f = cJSON_GetObjectItemCaseSensitive(g, "format");
+        if (f && !cJSON_IsNull(f) && !(cJSON_IsString(f) && strcmp(f->valuestring, "pack-quantized") == 0))
+            return ds_error(DS_ERR_INPUT, "%s: quantization_config.config_groups.%s.format: expected "
+                            "\"pack-quantized\" (the only quantized format doneshot reads)", path, g->string);
+        quant_args a;
+        memset(&a, 0, sizeof a);
+        if ((st = parse_qweights(w, path, g->string, &a))) return st;
+        int dup = 0;
+        for (int i = 0; i < m->nqargs; i++) dup |= memcmp(&m->qargs[i], &a, sizeof a) == 0;
+        if (dup) continue;
+        if (m->nqargs == DS_MAX_QARGS)
+            return ds_error(DS_ERR_INPUT, "%s: quantization_config has more than %d distinct weight schemes",
+                            path, DS_MAX_QARGS);
+        m->qargs[m->nqargs++] = a;
+    }
+    if (m->nqargs == 0)
+        return ds_error(DS_ERR_INPUT, "%s: quantization_config.config_groups has no group with \"weights\"\n"
+                        "hint: doneshot reads weight-quantized (W4A16, W8A16) pack-quantized checkpoints", path);
     return DS_OK;
 }
 
@@ -169,21 +304,30 @@ static ds_status parse_config(const char *path, const char *text, model *m, int 
         goto done;
     }
     c->arch = g_archs[k].arch;
-    if ((st = get_int(j, path, "hidden_size", 1, 0, &c->C)) ||
-        (st = get_int(j, path, "intermediate_size", 1, 0, &c->F)) ||
-        (st = get_int(j, path, "num_hidden_layers", 1, 0, &c->L)) ||
-        (st = get_int(j, path, "num_attention_heads", 1, 0, &c->NH)) ||
-        (st = get_int(j, path, "num_key_value_heads", 0, c->NH, &c->NKV)) ||
-        (st = get_int(j, path, "vocab_size", 1, 0, &c->V)) ||
-        (st = get_int(j, path, "max_position_embeddings", 0, 2048, &c->max_pos)) ||
-        (st = get_int(j, path, "head_dim", 0, c->NH ? c->C / c->NH : 0, &c->HS)))
+    if ((st = get_int(j, path, "hidden_size", 1, 0, 1, MAX_HIDDEN, &c->C)) ||
+        (st = get_int(j, path, "intermediate_size", 1, 0, 1, MAX_INTER, &c->F)) ||
+        (st = get_int(j, path, "num_hidden_layers", 1, 0, 1, MAX_LAYERS, &c->L)) ||
+        (st = get_int(j, path, "num_attention_heads", 1, 0, 1, MAX_HEADS, &c->NH)) ||
+        (st = get_int(j, path, "num_key_value_heads", 0, c->NH, 1, c->NH, &c->NKV)) ||
+        (st = get_int(j, path, "vocab_size", 1, 0, 1, MAX_VOCAB, &c->V)) ||
+        (st = get_int(j, path, "max_position_embeddings", 0, 2048, 2, MAX_POS, &c->max_pos)) ||
+        (st = get_int(j, path, "head_dim", 0, c->C / c->NH, 2, MAX_HEAD_DIM, &c->HS)))
         goto done;
-    if (c->C <= 0 || c->F <= 0 || c->L <= 0 || c->NH <= 0 || c->NKV <= 0 || c->HS <= 0 || c->V <= 0 ||
-        c->NH % c->NKV != 0 || c->HS % 2 != 0) {
+    if (c->HS < 2) { /* derived from hidden_size / num_attention_heads */
+        st = ds_error(DS_ERR_INPUT, "%s: head_dim = hidden_size / num_attention_heads = %d / %d = %d, expected >= 2\n"
+                      CFG_HINT, path, c->C, c->NH, c->HS);
+        goto done;
+    }
+    if ((int64_t)c->NH * c->HS > MAX_QDIM) {
+        st = ds_error(DS_ERR_INPUT, "%s: num_attention_heads x head_dim = %d x %d = %lld is outside the supported "
+                      "range [1, %d]\n" CFG_HINT, path, c->NH, c->HS, (long long)c->NH * c->HS, MAX_QDIM);
+        goto done;
+    }
+    if (c->NH % c->NKV != 0 || c->HS % 2 != 0) {
         st = ds_error(DS_ERR_INPUT,
                       "%s: inconsistent dimensions (hidden_size %d, intermediate_size %d, layers %d, "
-                      "heads %d, kv heads %d, head_dim %d, vocab %d): expected positive values, heads "
-                      "divisible by kv heads and an even head_dim", path, c->C, c->F, c->L, c->NH,
+                      "heads %d, kv heads %d, head_dim %d, vocab %d): expected num_attention_heads "
+                      "divisible by num_key_value_heads and an even head_dim\n" CFG_HINT, path, c->C, c->F, c->L, c->NH,
                       c->NKV, c->HS, c->V);
         goto done;
     }
@@ -193,7 +337,12 @@ static ds_status parse_config(const char *path, const char *text, model *m, int 
                       act->valuestring);
         goto done;
     }
-    c->eps = (float)get_num(j, "rms_norm_eps", 1e-6);
+    double eps = get_num(j, "rms_norm_eps", 1e-6);
+    if (!(eps >= 0.0 && eps <= 1.0)) {
+        st = ds_error(DS_ERR_INPUT, "%s: key \"rms_norm_eps\" = %g is outside [0, 1]\n" CFG_HINT, path, eps);
+        goto done;
+    }
+    c->eps = (float)eps;
     c->tie = get_bool(j, "tie_word_embeddings", 0);
     c->qkv_bias = c->arch == ARCH_QWEN2       ? 1
                   : c->arch == ARCH_QWEN2_MOE ? get_bool(j, "qkv_bias", 1)
@@ -205,8 +354,8 @@ static ds_status parse_config(const char *path, const char *text, model *m, int 
     c->bos_id = -1;
     c->eos_id = -1;
     int v;
-    if (get_int(j, path, "bos_token_id", 0, -1, &v) == DS_OK) c->bos_id = v;
-    if (get_int(j, path, "eos_token_id", 0, -1, &v) == DS_OK) c->eos_id = v;
+    if (get_int(j, path, "bos_token_id", 0, -1, 0, 1 << 30, &v) == DS_OK) c->bos_id = v;
+    if (get_int(j, path, "eos_token_id", 0, -1, 0, 1 << 30, &v) == DS_OK) c->eos_id = v;
     const cJSON *dt = cJSON_GetObjectItemCaseSensitive(j, "torch_dtype");
     if (!cJSON_IsString(dt)) dt = cJSON_GetObjectItemCaseSensitive(j, "dtype");
     c->dtype = DS_DTYPE_F32;
@@ -231,6 +380,7 @@ static ds_status parse_config(const char *path, const char *text, model *m, int 
             goto done;
         }
         m->quantized = 1;
+        if ((st = parse_qconfig(qc, path, m))) goto done;
     } else if (qc && !cJSON_IsNull(qc)) {
         st = ds_error(DS_ERR_INPUT, "%s: the model is already quantized (config.json has quantization_config)\n"
                       "hint: quantize the original (unquantized) checkpoint", path);
@@ -374,17 +524,254 @@ int model_linear_quantizable(const model_config *c, const char *module) {
     return 0;
 }
 
+/* "[a, b]" */
+static const char *shape_str(const st_tensor *t, char *buf, size_t cap) {
+    size_t n = (size_t)snprintf(buf, cap, "[");
+    for (int d = 0; d < t->ndim && n < cap; d++)
+        n += (size_t)snprintf(buf + n, cap - n, "%s%lld", d ? ", " : "", (long long)t->shape[d]);
+    if (n < cap) snprintf(buf + n, cap - n, "]");
+    return buf;
+}
+
+static int is_float_dtype(ds_dtype d) { return d == DS_DTYPE_F32 || d == DS_DTYPE_BF16 || d == DS_DTYPE_F16; }
+
+/* t has dtype dt (-1: F32/BF16/F16) and shape [d0, d1] ([d0] when d1 < 0). */
+static int tensor_is(const st_tensor *t, int dt, int64_t d0, int64_t d1) {
+    if (!t || (dt < 0 ? !is_float_dtype(t->dtype) : t->dtype != (ds_dtype)dt)) return 0;
+    return d1 < 0 ? t->ndim == 1 && t->shape[0] == d0 : t->ndim == 2 && t->shape[0] == d0 && t->shape[1] == d1;
+}
+
+/* DS_ERR_INPUT: "<dir>: <module>.<suffix>: expected <want>, got <dtype shape>" + the quantization args. */
+static ds_status packed_error(const model *m, const char *module, const char *suffix, const st_tensor *t,
+                              const quant_args *a, const char *fmt_want, ...) __attribute__((format(printf, 6, 7)));
+static ds_status packed_error(const model *m, const char *module, const char *suffix, const st_tensor *t,
+                              const quant_args *a, const char *fmt_want, ...) {
+    char want[200], got[200], shp[160], qa[200];
+    va_list ap;
+    va_start(ap, fmt_want);
+    vsnprintf(want, sizeof want, fmt_want, ap);
+    va_end(ap);
+    if (t) snprintf(got, sizeof got, "%s %s", ds_dtype_name(t->dtype), shape_str(t, shp, sizeof shp));
+    else snprintf(got, sizeof got, "no such tensor");
+    qargs_str(a, qa, sizeof qa);
+    return ds_error(DS_ERR_INPUT, "%s: tensor '%s.%s': expected %s, got %s (%s)\n"
+                    "hint: the compressed-tensors tensors do not match config.json's quantization_config; "
+                    "re-export the checkpoint", m->dir, module, suffix, want, got, qa);
+}
+
+/* Validate the pack-quantized tensors of Linear `module` [out, in] against
+ * the quantization args a (compressed-tensors pack-quantized, §3.2):
+ * weight_packed I32 [out, ceil(in*b/32)], weight_scale float [out, groups]
+ * (tensor strategy: also [1]), weight_shape I64/I32 [2] = {out, in} when
+ * present, weight_zero_point I32 [ceil(out*b/32), groups] iff asymmetric,
+ * weight_g_idx I32 [in] iff actorder group (values in [0, groups) when
+ * check_values; O(in) reads). DS_ERR_INPUT naming the tensor otherwise. */
+static ds_status check_packed(const model *m, const char *module, int out, int in, const quant_args *a,
+                              int check_values) {
+    char name[300];
+    const int bits = a->num_bits, ng = quant_num_groups(a, in), pc = quant_packed_cols(in, bits);
+    snprintf(name, sizeof name, "%s.weight_packed", module);
+    const st_tensor *t = st_find(m->st, name);
+    if (!tensor_is(t, DS_DTYPE_I32, out, pc))
+        return packed_error(m, module, "weight_packed", t, a, "I32 [%d, %d]", out, pc);
+    snprintf(name, sizeof name, "%s.weight_scale", module);
+    t = st_find(m->st, name);
+    if (!tensor_is(t, -1, out, ng) && !(a->strategy == QS_TENSOR && t && is_float_dtype(t->dtype) &&
+                                        t->ndim >= 1 && t->ndim <= 2 && st_numel(t) == 1))
+        return packed_error(m, module, "weight_scale", t, a, "F32/BF16/F16 [%d, %d]", out, ng);
+    snprintf(name, sizeof name, "%s.weight_shape", module);
+    if ((t = st_find(m->st, name))) {
+        int64_t v[2] = {-1, -1};
+        if (tensor_is(t, DS_DTYPE_I64, 2, -1)) memcpy(v, t->data, sizeof v);
+        else if (tensor_is(t, DS_DTYPE_I32, 2, -1)) {
+            int32_t v32[2];
+            memcpy(v32, t->data, sizeof v32);
+            v[0] = v32[0];
+            v[1] = v32[1];
+        }
+        if (v[0] != out || v[1] != in) {
+            char got[64];
+            snprintf(got, sizeof got, "{%lld, %lld}", (long long)v[0], (long long)v[1]);
+            return packed_error(m, module, "weight_shape", t, a, "I64 [2] = {%d, %d} (values %s)", out, in,
+                                v[0] < 0 ? "unreadable" : got);
+        }
+    }
+    snprintf(name, sizeof name, "%s.weight_zero_point", module);
+    t = st_find(m->st, name);
+    if (a->symmetric && t)
+        return packed_error(m, module, "weight_zero_point", t, a, "no zero point (symmetric)");
+    if (!a->symmetric && !tensor_is(t, DS_DTYPE_I32, quant_packed_cols(out, bits), ng))
+        return packed_error(m, module, "weight_zero_point", t, a, "I32 [%d, %d]", quant_packed_cols(out, bits), ng);
+    snprintf(name, sizeof name, "%s.weight_g_idx", module);
+    t = st_find(m->st, name);
+    if (a->actorder != QA_GROUP && t)
+        return packed_error(m, module, "weight_g_idx", t, a, "no g_idx (actorder is not \"group\")");
+    if (a->actorder == QA_GROUP && !tensor_is(t, DS_DTYPE_I32, in, -1))
+        return packed_error(m, module, "weight_g_idx", t, a, "I32 [%d]", in);
+    if (a->actorder == QA_GROUP && check_values)
+        for (int i = 0; i < in; i++) {
+            int32_t g;
+            memcpy(&g, (const char *)t->data + sizeof g * (size_t)i, sizeof g);
+            if (g < 0 || g >= ng)
+                return ds_error(DS_ERR_INPUT, "%s: tensor '%s': element [%d] = %d is outside [0, %d) (the "
+                                "weight_scale groups)\nhint: the checkpoint is corrupt; re-export it", m->dir,
+                                name, i, (int)g, ng);
+        }
+    return DS_OK;
+}
+
+/* The quantization args (one of m->qargs) that the pack-quantized tensors of
+ * `module` match; else the mismatch against the first. */
+static ds_status select_qargs(const model *m, const char *module, int out, int in, int check_values,
+                              const quant_args **a) {
+    for (int i = 1; i < m->nqargs; i++)
+        if (check_packed(m, module, out, in, &m->qargs[i], check_values) == DS_OK) {
+            *a = &m->qargs[i];
+            return DS_OK;
+        }
+    *a = &m->qargs[0];
+    return check_packed(m, module, out, in, &m->qargs[0], check_values);
+}
+
+/* ---- config.json vs the tensors present ---- */
+
+/* 1 if Linear `module` is stored (as .weight or .weight_packed); its [out, in]
+ * as far as known (-1: unknown). */
+static int linear_dims(const model *m, const char *module, int64_t *out, int64_t *in) {
+    char name[300];
+    *out = *in = -1;
+    snprintf(name, sizeof name, "%s.weight", module);
+    const st_tensor *t = st_find(m->st, name);
+    if (!t) {
+        snprintf(name, sizeof name, "%s.weight_packed", module);
+        t = st_find(m->st, name);
+        if (t && t->ndim == 2) *out = t->shape[0];
+        return t != NULL;
+    }
+    if (t->ndim == 2) {
+        *out = t->shape[0];
+        *in = t->shape[1];
+    }
+    return 1;
+}
+
+static ds_status contradicts(const model *m, const char *keys, long long value, const char *module,
+                             const char *what, long long got) {
+    return ds_error(DS_ERR_INPUT, "%s/config.json: %s = %lld contradicts the checkpoint: '%s' has %s %lld\n"
+                    "hint: config.json must describe the checkpoint's safetensors (same model, unedited)",
+                    m->dir, keys, value, module, what, got);
+}
+
+/* Number of modules fmt(i) (printf with one %d) stored, probing i = 0, 1, ...
+ * up to limit. */
+static int count_stored(const model *m, const char *fmt, int limit) {
+    char mod[300];
+    int64_t o, i;
+    int n = 0;
+    for (; n < limit; n++) {
+        snprintf(mod, sizeof mod, fmt, n);
+        if (!linear_dims(m, mod, &o, &i)) break;
+    }
+    return n;
+}
+
+/* Every config.json size against the tensors it describes (embedding, layer
+ * count, layer 0 attention, the first dense MLP, the first MoE block: router,
+ * expert count and widths, shared expert), so a contradicting config fails
+ * here with a message naming the key, before anything is sized from it. */
+static ds_status check_config_tensors(const model *m) {
+    const model_config *c = &m->cfg;
+    char name[300], fmt[300];
+    int64_t o, i;
+    const st_tensor *t = st_find(m->st, "model.embed_tokens.weight");
+    if (t && t->ndim == 2 && t->shape[1] != c->C)
+        return contradicts(m, "hidden_size", c->C, "model.embed_tokens.weight", "columns", t->shape[1]);
+    if (t && t->ndim == 2 && t->shape[0] != c->V)
+        return contradicts(m, "vocab_size", c->V, "model.embed_tokens.weight", "rows", t->shape[0]);
+    snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", c->L);
+    if (st_find(m->st, name))
+        return ds_error(DS_ERR_INPUT, "%s/config.json: num_hidden_layers = %d contradicts the checkpoint: it has "
+                        "'%s' (more layers)\nhint: config.json must describe the checkpoint's safetensors",
+                        m->dir, c->L, name);
+    snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", c->L - 1);
+    if (!st_find(m->st, name)) {
+        int n = 0;
+        for (; n < c->L; n++) {
+            snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", n);
+            if (!st_find(m->st, name)) break;
+        }
+        return ds_error(DS_ERR_INPUT, "%s/config.json: num_hidden_layers = %d contradicts the checkpoint: it has "
+                        "%d layers ('%s' not found)\nhint: config.json must describe the checkpoint's safetensors",
+                        m->dir, c->L, n, name);
+    }
+    const long long qd = (long long)c->NH * c->HS, kvd = (long long)c->NKV * c->HS;
+    if (linear_dims(m, "model.layers.0.self_attn.q_proj", &o, &i)) {
+        if (o >= 0 && o != qd)
+            return contradicts(m, "num_attention_heads x head_dim", qd, "model.layers.0.self_attn.q_proj",
+                               "output rows", o);
+        if (i >= 0 && i != c->C)
+            return contradicts(m, "hidden_size", c->C, "model.layers.0.self_attn.q_proj", "input columns", i);
+    }
+    if (linear_dims(m, "model.layers.0.self_attn.k_proj", &o, &i) && o >= 0 && o != kvd)
+        return contradicts(m, "num_key_value_heads x head_dim", kvd, "model.layers.0.self_attn.k_proj",
+                           "output rows", o);
+    if (linear_dims(m, "model.layers.0.self_attn.o_proj", &o, &i) && i >= 0 && i != qd)
+        return contradicts(m, "num_attention_heads x head_dim", qd, "model.layers.0.self_attn.o_proj",
+                           "input columns", i);
+    int dense = -1, sparse = -1;
+    for (int l = 0; l < c->L && (dense < 0 || sparse < 0); l++) {
+        if (model_layer_sparse(c, l)) sparse = sparse < 0 ? l : sparse;
+        else dense = dense < 0 ? l : dense;
+    }
+    if (dense >= 0) {
+        snprintf(name, sizeof name, "model.layers.%d.mlp.gate_proj", dense);
+        if (linear_dims(m, name, &o, &i) && o >= 0 && o != c->F)
+            return contradicts(m, "intermediate_size", c->F, name, "output rows", o);
+    }
+    if (sparse < 0) return DS_OK;
+    const int mix = c->arch == ARCH_MIXTRAL;
+    const char *blk = mix ? "block_sparse_moe" : "mlp", *ekey = mix ? "num_local_experts" : "num_experts";
+    snprintf(name, sizeof name, "model.layers.%d.%s.gate", sparse, blk);
+    if (linear_dims(m, name, &o, &i) && o >= 0 && o != c->E) return contradicts(m, ekey, c->E, name, "output rows", o);
+    snprintf(fmt, sizeof fmt, "model.layers.%d.%s.experts.%%d.%s", sparse, blk, mix ? "w1" : "gate_proj");
+    snprintf(name, sizeof name, fmt, c->E);
+    if (linear_dims(m, name, &o, &i))
+        return ds_error(DS_ERR_INPUT, "%s/config.json: %s = %d contradicts the checkpoint: it has '%s' (more "
+                        "experts)\nhint: config.json must describe the checkpoint's safetensors", m->dir, ekey,
+                        c->E, name);
+    snprintf(name, sizeof name, fmt, c->E - 1);
+    if (!linear_dims(m, name, &o, &i)) {
+        int n = count_stored(m, fmt, c->E);
+        snprintf(name, sizeof name, fmt, n);
+        return ds_error(DS_ERR_INPUT, "%s/config.json: %s = %d contradicts the checkpoint: layer %d has %d experts "
+                        "('%s' not found)\nhint: config.json must describe the checkpoint's safetensors", m->dir,
+                        ekey, c->E, sparse, n, name);
+    }
+    snprintf(name, sizeof name, fmt, 0);
+    if (linear_dims(m, name, &o, &i) && o >= 0 && o != c->IM)
+        return contradicts(m, mix ? "intermediate_size" : "moe_intermediate_size", c->IM, name, "output rows", o);
+    snprintf(name, sizeof name, "model.layers.%d.mlp.shared_expert.gate_proj", sparse);
+    if (c->IS > 0 && linear_dims(m, name, &o, &i) && o >= 0 && o != c->IS)
+        return contradicts(m, "shared_expert_intermediate_size", c->IS, name, "output rows", o);
+    if (c->IS == 0 && linear_dims(m, name, &o, &i))
+        return ds_error(DS_ERR_INPUT, "%s/config.json: shared_expert_intermediate_size is 0 or absent, but the "
+                        "checkpoint has '%s'\nhint: config.json must describe the checkpoint's safetensors",
+                        m->dir, name);
+    return DS_OK;
+}
+
 static ds_status check_tensors(const model *m) {
     const model_config *c = &m->cfg;
     char name[256];
     ds_status st;
+    if ((st = check_config_tensors(m))) return st;
     if ((st = expect_tensor(m, "model.embed_tokens.weight", c->V, c->C))) return st;
     if ((st = expect_tensor(m, "model.norm.weight", c->C, -1))) return st;
     if (!c->tie && (st = expect_tensor(m, "lm_head.weight", c->V, c->C))) {
         ds_error_prefix("tie_word_embeddings is false");
         return st;
     }
-    layer_linear *ll = xmalloc(sizeof(layer_linear) * (size_t)(3 * c->E + 12));
+    layer_linear *ll = xmalloc(sizeof(layer_linear) * (3 * (size_t)c->E + 12));
     for (int l = 0; l < c->L; l++) {
         snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
         if ((st = expect_tensor(m, name, c->C, -1))) goto out;
@@ -399,26 +786,14 @@ static ds_status check_tensors(const model *m) {
         int nl = model_layer_linears(c, l, 1, ll);
         for (int k = 0; k < nl; k++) {
             const layer_linear *li = &ll[k];
-            int in = li->in, out = li->out;
+            const quant_args *a;
             snprintf(name, sizeof name, "%s.weight", li->name);
             if (m->quantized && !st_find(m->st, name)) {
-                snprintf(name, sizeof name, "%s.weight_packed", li->name);
-                const st_tensor *p = st_find(m->st, name);
-                snprintf(name, sizeof name, "%s.weight_scale", li->name);
-                const st_tensor *sc = st_find(m->st, name);
-                int bits = p && p->ndim == 2 ? (int)(p->shape[1] * 32 / in) : 0; /* as load_packed */
-                if (!p || !sc || p->dtype != DS_DTYPE_I32 || p->ndim != 2 || p->shape[0] != out || bits < 1 ||
-                    bits > 8 || quant_packed_cols(in, bits) != p->shape[1] || sc->ndim != 2 ||
-                    sc->shape[0] != out || sc->shape[1] < 1 || in % sc->shape[1] != 0) {
-                    st = ds_error(DS_ERR_INPUT, "%s: %s: expected weight or a valid "
-                                  "weight_packed [%d, in*bits/32] int32 + weight_scale [%d, groups]",
-                                  m->dir, li->name, out, out);
-                    goto out;
-                }
-            } else if ((st = expect_tensor(m, name, out, in))) goto out;
+                if ((st = select_qargs(m, li->name, li->out, li->in, 0, &a))) goto out;
+            } else if ((st = expect_tensor(m, name, li->out, li->in))) goto out;
             if (lin_has_bias(c, li->role)) {
                 snprintf(name, sizeof name, "%s.bias", li->name);
-                if ((st = expect_tensor(m, name, out, -1))) goto out;
+                if ((st = expect_tensor(m, name, li->out, -1))) goto out;
             }
         }
     }
@@ -455,25 +830,97 @@ void model_close(model *m) {
     memset(m, 0, sizeof *m);
 }
 
-static float *load_f32(const model *m, const char *name) {
-    const st_tensor *t = st_find(m->st, name);
-    DS_ASSERT(t); /* checked by model_open */
-    float *p = xmalloc(sizeof(float) * (size_t)st_numel(t));
-    if (st_to_f32(t, p) != DS_OK) DS_DIE(3, "%s", ds_errmsg());
-    return p;
+/* ---- loading (with the non-finite check) ---- */
+
+typedef struct finite_ctx { const float *x; atomic_int bad; } finite_ctx;
+
+/* Sets c->bad when x[lo, hi) holds an inf or NaN: exponent bits all ones
+ * <=> (u & 0x7f800000) + 0x00800000 has bit 31 set; branch-free AND/ADD/OR
+ * that the compiler vectorizes, one read of the data. */
+static void finite_range(void *p, size_t lo, size_t hi) {
+    finite_ctx *c = p;
+    uint32_t acc = 0;
+    size_t i = lo;
+    for (; i + 64 <= hi; i += 64) {
+        uint32_t blk = 0;
+        for (int k = 0; k < 64; k++) {
+            uint32_t u;
+            memcpy(&u, &c->x[i + k], sizeof u);
+            blk |= (u & 0x7f800000u) + 0x00800000u;
+        }
+        acc |= blk;
+    }
+    for (; i < hi; i++) {
+        uint32_t u;
+        memcpy(&u, &c->x[i], sizeof u);
+        acc |= (u & 0x7f800000u) + 0x00800000u;
+    }
+    if (acc & 0x80000000u) atomic_store_explicit(&c->bad, 1, memory_order_relaxed);
 }
 
-/* Dequantize a pack-quantized Linear: W[o,i] = round_dtype((q - zp) * scale[o, g(i)]),
- * g(i) = g_idx[i] when present, else i / (in / groups). */
-static float *load_packed(const model *m, const char *module, int out, int in) {
+/* Index of the first inf/NaN of x[0, n), or n when all are finite. */
+static size_t first_nonfinite(const float *x, size_t n) {
+    finite_ctx c = {x, 0};
+    ds_parallel_for(n, (size_t)1 << 20, finite_range, &c);
+    if (!atomic_load(&c.bad)) return n;
+    size_t i = 0;
+    while (i < n && isfinite(x[i])) i++;
+    return i;
+}
+
+static const char *nonfinite_name(float v) { return isnan(v) ? "nan" : v > 0 ? "inf" : "-inf"; }
+
+/* DS_ERR_INPUT "<shard>: <tensor>: element [r, c] is inf" for the value v of
+ * element idx of a [rows, cols] tensor (cols <= 0: 1-D). */
+static ds_status nonfinite_error(const model *m, const st_tensor *t, const char *name, float v, size_t idx,
+                                 int64_t cols) {
+    char at[64];
+    if (cols > 0) snprintf(at, sizeof at, "[%zu, %zu]", idx / (size_t)cols, idx % (size_t)cols);
+    else snprintf(at, sizeof at, "[%zu]", idx);
+    return ds_error(DS_ERR_INPUT, "%s: %s: element %s is %s; doneshot needs finite weights\n"
+                    "hint: the checkpoint is corrupt or was saved from a diverged run; repair or re-export it",
+                    t ? st_shard_path(m->st, t->shard) : m->dir, name, at, nonfinite_name(v));
+}
+
+/* Tensor `name` (checked by model_open) as a malloc'd f32 array in *out;
+ * finite: also DS_ERR_INPUT on an inf or NaN element. */
+static ds_status load_f32(const model *m, const char *name, int finite, float **out) {
+    const st_tensor *t = st_find(m->st, name);
+    *out = NULL;
+    if (!t) return ds_error(DS_ERR_INPUT, "%s: tensor '%s' not found in the checkpoint", m->dir, name);
+    size_t n = (size_t)st_numel(t);
+    float *p = xmalloc(sizeof(float) * (n ? n : 1));
+    ds_status st = st_to_f32(t, p);
+    size_t bad = finite && st == DS_OK ? first_nonfinite(p, n) : n;
+    if (bad < n) st = nonfinite_error(m, t, name, p[bad], bad, t->ndim == 2 ? t->shape[1] : 0);
+    if (st) {
+        free(p);
+        return st;
+    }
+    *out = p;
+    return DS_OK;
+}
+
+/* Dequantize a pack-quantized Linear [out, in] into *w: W[o,i] =
+ * round_dtype((q - zp) * scale[o, g(i)]), g(i) = g_idx[i] with actorder group,
+ * else i / group_size (0 for channel and tensor). The tensors are validated
+ * against the quantization args first (model_open checked their shapes; the
+ * g_idx values are checked here); DS_ERR_INPUT naming the tensor on a
+ * mismatch or a non-finite weight (an inf/NaN or overflowing scale). */
+static ds_status load_packed(const model *m, const char *module, int out, int in, float **w) {
     char name[300];
+    const quant_args *a;
+    *w = NULL;
+    ds_status st = select_qargs(m, module, out, in, 1, &a);
+    if (st) return st;
+    const int bits = a->num_bits, ng = quant_num_groups(a, in), gs = a->strategy == QS_GROUP ? a->group_size : in;
     snprintf(name, sizeof name, "%s.weight_packed", module);
     const st_tensor *p = st_find(m->st, name);
     snprintf(name, sizeof name, "%s.weight_scale", module);
-    const st_tensor *sc = st_find(m->st, name);
-    int bits = (int)(p->shape[1] * 32 / in), ng = (int)sc->shape[1], gs = in / ng;
-    while (bits > 1 && quant_packed_cols(in, bits - 1) == p->shape[1]) bits--;
-    float *scale = load_f32(m, name);
+    const st_tensor *sct = st_find(m->st, name);
+    const size_t srow = st_numel(sct) == 1 ? 0 : (size_t)ng; /* tensor strategy: one scale for all rows */
+    float *scale;
+    if ((st = load_f32(m, name, 0, &scale))) return st;
     int8_t *q = xmalloc((size_t)out * in);
     int32_t *packed = xmalloc(p->nbytes);
     memcpy(packed, p->data, p->nbytes);
@@ -482,7 +929,7 @@ static float *load_packed(const model *m, const char *module, int out, int in) {
     int8_t *zp = NULL;
     int32_t *gidx = NULL;
     snprintf(name, sizeof name, "%s.weight_zero_point", module);
-    const st_tensor *z = st_find(m->st, name);
+    const st_tensor *z = a->symmetric ? NULL : st_find(m->st, name);
     if (z) {
         int32_t *zpk = xmalloc(z->nbytes);
         memcpy(zpk, z->data, z->nbytes);
@@ -491,41 +938,56 @@ static float *load_packed(const model *m, const char *module, int out, int in) {
         free(zpk);
     }
     snprintf(name, sizeof name, "%s.weight_g_idx", module);
-    const st_tensor *gi = st_find(m->st, name);
-    if (gi && gi->dtype == DS_DTYPE_I32 && st_numel(gi) == in) {
+    const st_tensor *gi = a->actorder == QA_GROUP ? st_find(m->st, name) : NULL;
+    if (gi) {
         gidx = xmalloc(gi->nbytes);
         memcpy(gidx, gi->data, gi->nbytes);
     }
-    float *w = xmalloc(sizeof(float) * (size_t)out * in);
-    for (int o = 0; o < out; o++)
+    float *d = xmalloc(sizeof(float) * (size_t)out * in);
+    for (int o = 0; o < out && st == DS_OK; o++) {
+        float *row = d + (size_t)o * in;
         for (int i = 0; i < in; i++) {
             int g = gidx ? gidx[i] : i / gs;
-            if (g < 0 || g >= ng) g = 0;
             int zz = zp ? zp[(size_t)o * ng + g] : 0;
-            w[(size_t)o * in + i] = ds_round_to((float)(q[(size_t)o * in + i] - zz) * scale[(size_t)o * ng + g],
-                                                m->cfg.dtype);
+            row[i] = ds_round_to((float)(q[(size_t)o * in + i] - zz) * scale[(size_t)o * srow + g], m->cfg.dtype);
         }
+        size_t bad = first_nonfinite(row, (size_t)in);
+        if (bad < (size_t)in) {
+            int g = gidx ? gidx[bad] : (int)bad / gs;
+            const size_t si = (size_t)o * srow + (size_t)g;
+            if (!isfinite(scale[si])) {
+                snprintf(name, sizeof name, "%s.weight_scale", module);
+                st = nonfinite_error(m, sct, name, scale[si], si, srow ? ng : 0);
+            } else {
+                snprintf(name, sizeof name, "%s.weight (dequantized)", module);
+                st = nonfinite_error(m, p, name, row[bad], (size_t)o * in + bad, in);
+            }
+        }
+    }
     free(scale); free(q); free(zp); free(gidx);
-    return w;
+    if (st) free(d);
+    else *w = d;
+    return st;
 }
 
 ds_status layer_load(const model *m, int l, layer_weights *lw) {
     const model_config *c = &m->cfg;
     char name[256];
+    ds_status st = DS_OK;
     memset(lw, 0, sizeof *lw);
     lw->layer = l;
     lw->all_experts = 1;
     lw->sparse = model_layer_sparse(c, l);
     lw->router = lw->expert0 = lw->shared0 = lw->shared_gate = -1;
     snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
-    lw->in_norm = load_f32(m, name);
+    if ((st = load_f32(m, name, 0, &lw->in_norm))) goto fail;
     snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
-    lw->post_norm = load_f32(m, name);
+    if ((st = load_f32(m, name, 0, &lw->post_norm))) goto fail;
     if (c->qk_norm) {
         snprintf(name, sizeof name, "model.layers.%d.self_attn.q_norm.weight", l);
-        lw->q_norm = load_f32(m, name);
+        if ((st = load_f32(m, name, 0, &lw->q_norm))) goto fail;
         snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", l);
-        lw->k_norm = load_f32(m, name);
+        if ((st = load_f32(m, name, 0, &lw->k_norm))) goto fail;
     }
     lw->nlin = model_layer_linears(c, l, 1, NULL);
     lw->lin = xcalloc((size_t)lw->nlin, sizeof(layer_linear));
@@ -537,14 +999,18 @@ ds_status layer_load(const model *m, int l, layer_weights *lw) {
         else if (li->expert == 0 && lw->expert0 < 0) lw->expert0 = k;
         else if (li->expert == -2 && lw->shared0 < 0) lw->shared0 = k;
         snprintf(name, sizeof name, "%s.weight", li->name);
-        li->w = m->quantized && !st_find(m->st, name) ? load_packed(m, li->name, li->out, li->in)
-                                                       : load_f32(m, name);
+        st = m->quantized && !st_find(m->st, name) ? load_packed(m, li->name, li->out, li->in, &li->w)
+                                                   : load_f32(m, name, 1, &li->w);
+        if (st) goto fail;
         if (lin_has_bias(c, li->role)) {
             snprintf(name, sizeof name, "%s.bias", li->name);
-            li->b = load_f32(m, name);
+            if ((st = load_f32(m, name, 1, &li->b))) goto fail;
         }
     }
     return DS_OK;
+fail:
+    layer_free(lw);
+    return st;
 }
 
 void layer_set_all_experts(layer_weights *lw, int on) {

@@ -16,6 +16,7 @@
 #ifndef DS_MODEL_H
 #define DS_MODEL_H
 
+#include "quant.h"
 #include "safetensors.h"
 
 typedef enum {
@@ -41,9 +42,13 @@ typedef struct model_config {
     int n_mlp_only, mlp_only[DS_MAX_MLP_ONLY]; /* mlp_only_layers */
 } model_config;
 
+#define DS_MAX_QARGS 8
+
 typedef struct model {
     model_config cfg;
     int quantized;          /* 1: a compressed-tensors pack-quantized checkpoint (dequantized on load) */
+    int nqargs;             /* quantized: distinct weight args of quantization_config.config_groups */
+    quant_args qargs[DS_MAX_QARGS];
     char *dir;              /* owned */
     st_model *st;           /* owned: mmap'd shards */
     float *inv_freq;        /* [HS/2] RoPE inverse frequencies (scaling applied) */
