@@ -331,7 +331,8 @@ void bpe_word(const bpe_model *m, bpe_scratch *s, const char *w, size_t n, tok_i
     }
     size_t start = out->n;
     for (int32_t i = ns ? 0 : -1; i >= 0; i = s->sym[i].next) tok_ids_push(out, s->sym[i].id);
-    if (cacheable) cache_put(m->cache, w, n, out->p + start, out->n - start);
+    /* out->p is still NULL when no word produced an id yet (an empty result is cached too) */
+    if (cacheable) cache_put(m->cache, w, n, out->p ? out->p + start : NULL, out->n - start);
 }
 
 void bpe_scratch_free(bpe_scratch *s) {
