@@ -156,3 +156,46 @@ clean:
 	rm -rf build
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
+
+# ---- fuzzing (tests/fuzz, docs/FUZZING.md): libFuzzer targets built with
+# clang + ASan/UBSan over an MPI-free, CUDA-free copy of the library.
+#   make fuzz                      build every target into $(FUZZ_BUILD)/
+#   make fuzz-smoke                run each target over its committed corpus and regressions once
+#   make fuzz-ci FUZZ_SECONDS=60   fuzz each target N seconds; crashes -> $(FUZZ_BUILD)/crashes/
+#   make fuzz-merge                minimize tests/fuzz/corpus with what fuzz-ci found
+FUZZ_CC      ?= clang
+FUZZ_BUILD   ?= build/fuzz
+FUZZ_SAN     ?= address,undefined
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BIN     := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
+FUZZ_OBJ     := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(filter-out src/main.c src/comm.c src/%_cuda.c,$(wildcard src/*.c)))
+FUZZ_CFLAGS   = -std=c11 -D_GNU_SOURCE -g -O1 $(WARN) -MMD -MP -Isrc -I/usr/include/cjson -DDS_VERSION='"$(VERSION)"' \
+                -fsanitize=$(FUZZ_SAN) -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZ_LIBS    := -lcjson -lz -lopenblas -llapacke -lpcre2-8 -lutf8proc -lpthread -lm
+.PHONY: fuzz fuzz-smoke fuzz-ci fuzz-merge
+.SECONDARY: $(FUZZ_OBJ)
+
+fuzz: $(FUZZ_BIN)
+
+$(FUZZ_BUILD)/obj/%.o: %.c | $(DEPS_STAMP)
+	@command -v $(FUZZ_CC) >/dev/null || { echo "make fuzz needs clang and libFuzzer (Debian: clang libclang-rt-dev; sh .ci/deps.sh)"; exit 1; }
+	@mkdir -p $(dir $@)
+	@echo "FUZZCC $<"
+	@$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c tests/fuzz/fuzz_common.h $(FUZZ_OBJ)
+	@echo "FUZZLD $@"
+	@$(FUZZ_CC) $(filter-out -MMD -MP,$(FUZZ_CFLAGS)) -DDS_FUZZ_ROOT='"$(CURDIR)"' -fsanitize=fuzzer $< $(FUZZ_OBJ) \
+	    -o $@ $(FUZZ_LIBS)
+
+fuzz-smoke: fuzz
+	@FUZZ_BUILD=$(FUZZ_BUILD) sh tests/fuzz/run.sh smoke $(FUZZ_TARGETS)
+
+fuzz-ci: fuzz
+	@FUZZ_BUILD=$(FUZZ_BUILD) FUZZ_SECONDS=$(FUZZ_SECONDS) sh tests/fuzz/run.sh ci $(FUZZ_TARGETS)
+
+fuzz-merge: fuzz
+	@FUZZ_BUILD=$(FUZZ_BUILD) sh tests/fuzz/run.sh merge $(FUZZ_TARGETS)
+
+-include $(shell find $(FUZZ_BUILD)/obj -name '*.d' 2>/dev/null)
