@@ -832,40 +832,59 @@ void model_close(model *m) {
 
 /* ---- loading (with the non-finite check) ---- */
 
-typedef struct finite_ctx { const float *x; atomic_int bad; } finite_ctx;
-
-/* Sets c->bad when x[lo, hi) holds an inf or NaN: exponent bits all ones
- * <=> (u & 0x7f800000) + 0x00800000 has bit 31 set; branch-free AND/ADD/OR
- * that the compiler vectorizes, one read of the data. */
-static void finite_range(void *p, size_t lo, size_t hi) {
-    finite_ctx *c = p;
+/* Nonzero when x[0, n) holds an inf or NaN: exponent bits all ones <=>
+ * (u & 0x7f800000) + 0x00800000 has bit 31 set; branch-free AND/ADD/OR that
+ * the compiler vectorizes. */
+static uint32_t nonfinite_bits(const float *x, size_t n) {
     uint32_t acc = 0;
-    size_t i = lo;
-    for (; i + 64 <= hi; i += 64) {
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64) {
         uint32_t blk = 0;
         for (int k = 0; k < 64; k++) {
             uint32_t u;
-            memcpy(&u, &c->x[i + k], sizeof u);
+            memcpy(&u, &x[i + k], sizeof u);
             blk |= (u & 0x7f800000u) + 0x00800000u;
         }
         acc |= blk;
     }
-    for (; i < hi; i++) {
+    for (; i < n; i++) {
         uint32_t u;
-        memcpy(&u, &c->x[i], sizeof u);
+        memcpy(&u, &x[i], sizeof u);
         acc |= (u & 0x7f800000u) + 0x00800000u;
     }
-    if (acc & 0x80000000u) atomic_store_explicit(&c->bad, 1, memory_order_relaxed);
+    return acc & 0x80000000u;
 }
 
 /* Index of the first inf/NaN of x[0, n), or n when all are finite. */
 static size_t first_nonfinite(const float *x, size_t n) {
-    finite_ctx c = {x, 0};
-    ds_parallel_for(n, (size_t)1 << 20, finite_range, &c);
-    if (!atomic_load(&c.bad)) return n;
+    if (!nonfinite_bits(x, n)) return n;
     size_t i = 0;
     while (i < n && isfinite(x[i])) i++;
     return i;
+}
+
+/* Conversion to f32 fused with the finite check: each thread converts its
+ * range in cache-sized pieces and checks each piece while it is in cache,
+ * so the check adds no memory traffic. */
+#define CONV_PIECE 8192
+typedef struct conv_ctx {
+    float *dst;
+    const unsigned char *src;
+    ds_dtype dt;
+    int check;
+    atomic_int bad;
+} conv_ctx;
+
+static void conv_range(void *p, size_t lo, size_t hi) {
+    conv_ctx *c = p;
+    const size_t es = ds_dtype_size(c->dt);
+    uint32_t bad = 0;
+    for (size_t a = lo; a < hi; a += CONV_PIECE) {
+        size_t n = DS_MIN(CONV_PIECE, hi - a);
+        ds_convert_to_f32(c->dst + a, c->src + a * es, c->dt, n); /* dtype checked by the caller */
+        if (c->check) bad |= nonfinite_bits(c->dst + a, n);
+    }
+    if (bad) atomic_store_explicit(&c->bad, 1, memory_order_relaxed);
 }
 
 static const char *nonfinite_name(float v) { return isnan(v) ? "nan" : v > 0 ? "inf" : "-inf"; }
@@ -888,12 +907,16 @@ static ds_status load_f32(const model *m, const char *name, int finite, float **
     const st_tensor *t = st_find(m->st, name);
     *out = NULL;
     if (!t) return ds_error(DS_ERR_INPUT, "%s: tensor '%s' not found in the checkpoint", m->dir, name);
+    if (!is_float_dtype(t->dtype))
+        return ds_error(DS_ERR_INPUT, "%s: tensor '%s' has dtype %s, expected F32, BF16 or F16",
+                        st_shard_path(m->st, t->shard), name, ds_dtype_name(t->dtype));
     size_t n = (size_t)st_numel(t);
     float *p = xmalloc(sizeof(float) * (n ? n : 1));
-    ds_status st = st_to_f32(t, p);
-    size_t bad = finite && st == DS_OK ? first_nonfinite(p, n) : n;
-    if (bad < n) st = nonfinite_error(m, t, name, p[bad], bad, t->ndim == 2 ? t->shape[1] : 0);
-    if (st) {
+    conv_ctx c = {p, t->data, t->dtype, finite, 0};
+    ds_parallel_for(n, (size_t)1 << 20, conv_range, &c);
+    if (atomic_load(&c.bad)) {
+        size_t bad = first_nonfinite(p, n);
+        ds_status st = nonfinite_error(m, t, name, p[bad], bad, t->ndim == 2 ? t->shape[1] : 0);
         free(p);
         return st;
     }
