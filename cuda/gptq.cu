@@ -13,7 +13,10 @@
  *      factor L read row-major IS U = L^T (U[r][c] = buf[r*n + c], c >= r;
  *      the other triangle holds stale values and is never read);
  *      any failure -> warning, U = I (round-to-nearest, rtn_fallback = 1);
- *   6. column sweep per block of <= 128 columns: gptq_block_kernel, one warp
+ *   6. column sweep per block of min(block_size, in, 128) columns (llm-compressor
+ *      clamps the block to the weight's width; wider blocks run as blocks of
+ *      128, which GPTQ's lazy update makes exact up to fp32 summation order):
+ *      gptq_block_kernel, one warp
  *      per row (a row's 128 block columns live in registers, 4 per lane; the
  *      block of U in shared memory), with the intra-block update
  *      w_j -= err * U[c][j] written as __fmul_rn/__fsub_rn (no FMA
@@ -34,7 +37,8 @@ extern "C" {
 #include <stdlib.h>
 #include <string.h>
 
-#define GPTQ_MAX_BLOCK 128
+#define GPTQ_MAX_BLOCK GPTQ_CUDA_MAX_BLOCK /* gptq.h; gptq_block_kernel holds 4 columns per lane */
+static_assert(GPTQ_MAX_BLOCK <= 4 * 32, "gptq_block_kernel keeps at most 128 block columns per row");
 #define GPTQ_WARPS 8
 #define GPTQ_ROWS_PER_WARP 2
 #define GPTQ_ROWS_PER_CTA (GPTQ_WARPS * GPTQ_ROWS_PER_WARP)
@@ -258,9 +262,8 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     if (qa->strategy == QS_GROUP && (qa->group_size <= 0 || in % qa->group_size != 0))
         return ds_error(DS_ERR_USAGE, "gptq (cuda): group_size %d does not divide in_features %d",
                         qa->group_size, in);
-    if (block_size <= 0 || block_size > GPTQ_MAX_BLOCK)
-        return ds_error(DS_ERR_USAGE, "gptq (cuda): block_size %d, expected 1..%d", block_size,
-                        GPTQ_MAX_BLOCK);
+    if (block_size <= 0)
+        return ds_error(DS_ERR_USAGE, "gptq (cuda): block_size %d, expected >= 1", block_size);
     if (model_dtype != DS_DTYPE_BF16 && model_dtype != DS_DTYPE_F16 && model_dtype != DS_DTYPE_F32)
         return ds_error(DS_ERR_USAGE, "gptq (cuda): model dtype %s unsupported",
                         ds_dtype_name(model_dtype));
@@ -273,7 +276,11 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     const int use_perm = qa->actorder != QA_NONE;
     const int group_act = qa->actorder == QA_GROUP && qa->strategy == QS_GROUP;
     const size_t n2 = (size_t)in * in, ow = (size_t)out * in;
-    const int BS = block_size;
+    /* scratch (Err [out, BS], U block in shared memory [BS, BS]) follows the
+     * block actually run, not the recipe's block_size */
+    int BS = block_size;
+    if (BS > in) BS = in;
+    if (BS > GPTQ_MAX_BLOCK) BS = GPTQ_MAX_BLOCK;
 
     /* workspace layout */
     size_t off_Wp = 0, off_Err = off_Wp + al(ow * 4), off_Hp = off_Err + al((size_t)out * BS * 4);

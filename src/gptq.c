@@ -370,8 +370,10 @@ ds_status gptq_quantize(const quant_args *a, const float *W, int out, int in, fl
     }
     const float *U = H;
 
-    /* 6. block loop */
-    const int bs = block_size;
+    /* 6. block loop. llm-compressor: for i1 in range(0, n, blocksize):
+     * i2 = min(i1 + blocksize, n); a block wider than the weight is one
+     * block, so the buffers follow min(block_size, n). */
+    const int bs = DS_MIN(block_size, n);
     float *Err1 = xmalloc((size_t)bs * out * sizeof(float));
     float *Ub = xmalloc((size_t)bs * bs * sizeof(float));
     const float *sc = res->scale;

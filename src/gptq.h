@@ -31,11 +31,21 @@ typedef struct gptq_result {
  * normalized Hessian H [in, in] (= H_sum / num_samples, f32, symmetric; it is
  * modified in place as scratch). model_dtype is the dtype the scales are
  * rounded to and the dequantized weights are representable in.
+ * block_size: columns per lazy-update block, >= 1; a block_size above `in`
+ * is one block of `in` columns (as llm-compressor's range loop), and the
+ * scratch is sized by min(block_size, in).
  * Returns DS_OK or DS_ERR_USAGE (e.g. group_size not dividing in).
  * Caller frees with gptq_result_free. */
 ds_status gptq_quantize(const quant_args *a, const float *W, int out, int in, float *H,
                         int block_size, double dampening_frac, ds_dtype model_dtype,
                         gptq_result *res);
+
+/* Widest block the CUDA solver (cuda/gptq.cu) runs in one pass: a row's
+ * block columns live in registers (4 per lane of a warp) and the U block in
+ * shared memory. A larger block_size is run as blocks of this width; GPTQ's
+ * lazy batch update is exact for any width, so only fp32 summation order
+ * changes (as between the CPU and GPU solvers anyway). */
+#define GPTQ_CUDA_MAX_BLOCK 128
 
 /* Round-to-nearest with the same qparams (no Hessian), same result layout. */
 ds_status rtn_quantize(const quant_args *a, const float *W, int out, int in, ds_dtype model_dtype,

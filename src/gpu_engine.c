@@ -193,9 +193,10 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
     const size_t budget = o->budget_bytes ? o->budget_bytes : fr / 10 * 9 / (size_t)sharing;
     gpu_plan_dims d = {.C = c->C, .F = c->F, .NH = c->NH, .NKV = c->NKV, .HS = c->HS, .V = c->V,
                        .n_tokens = (long)e->ntok, .seq_len = e->max_T};
-    gpu_plan_opts po = {.offload_acts = o->offload_acts, .budget_bytes = budget,
-                        .hessian_f64 = 1, .gptq_block = o->gptq_block, .actorder = o->qa->actorder != QA_NONE,
-                        .max_micro_batch = o->max_micro_batch};
+    /* the solver's error block is min(block_size, in, GPTQ_CUDA_MAX_BLOCK) columns wide */
+    gpu_plan_opts po = {.offload_acts = o->offload_acts, .budget_bytes = budget, .hessian_f64 = 1,
+                        .gptq_block = DS_MIN(o->gptq_block, GPTQ_CUDA_MAX_BLOCK),
+                        .actorder = o->qa->actorder != QA_NONE, .max_micro_batch = o->max_micro_batch};
     gpu_plan plan;
     st = gpu_plan_make(&d, &po, &plan);
     if (st) {

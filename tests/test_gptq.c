@@ -296,6 +296,44 @@ static void test_dead_and_tail_block(void) {
     }
 }
 
+/* Issue 10 item 8: llm-compressor loops `for i1 in range(0, n, blocksize):
+ * i2 = min(i1 + blocksize, n)`, so a block_size above in_features is one block
+ * of in_features columns. Before, the scratch was sized by block_size itself
+ * (block_size 100000: a 40 GB block of U; 2^20: 4 TB), and the solve died. */
+static void test_block_wider_than_weight(void) {
+    TEST("block_size_wider_than_weight_is_one_block") {
+        const int out = 8, in = 200, N = 256;
+        float *W, *X;
+        make_layer(out, in, N, &W, &X);
+        float *H0 = hessian_from(X, N, in);
+        float *H = xmalloc((size_t)in * in * sizeof(float));
+        quant_args a = {4, 1, QS_GROUP, 40, QA_STATIC};
+        gptq_result ref;
+        memcpy(H, H0, (size_t)in * in * sizeof(float));
+        CHECK_EQ_INT(gptq_quantize(&a, W, out, in, H, in, 0.01, DS_DTYPE_BF16, &ref), DS_OK);
+        const int wide[] = {in + 1, 100000, 1 << 20};
+        for (size_t k = 0; k < DS_ARRAY_LEN(wide); k++) {
+            gptq_result g;
+            memcpy(H, H0, (size_t)in * in * sizeof(float));
+            CHECK_EQ_INT(gptq_quantize(&a, W, out, in, H, wide[k], 0.01, DS_DTYPE_BF16, &g), DS_OK);
+            CHECK(!memcmp(g.wq, ref.wq, sizeof(float) * (size_t)out * in));
+            CHECK(!memcmp(g.q, ref.q, (size_t)out * in));
+            CHECK(!memcmp(g.scale, ref.scale, sizeof(float) * (size_t)out * (in / 40)));
+            CHECK(g.loss == ref.loss);
+            gptq_result_free(&g);
+        }
+        /* and a block of 128 over 200 columns (128 + 72) still differs only by
+         * fp32 rounding from one block of 200 */
+        gptq_result g;
+        memcpy(H, H0, (size_t)in * in * sizeof(float));
+        CHECK_EQ_INT(gptq_quantize(&a, W, out, in, H, 128, 0.01, DS_DTYPE_BF16, &g), DS_OK);
+        CHECK(fabs(g.loss - ref.loss) <= 1e-3 * ref.loss);
+        gptq_result_free(&g);
+        gptq_result_free(&ref);
+        free(H); free(H0); free(W); free(X);
+    }
+}
+
 static void bench_one(int out, int in) {
     float *W = xmalloc((size_t)out * in * sizeof(float));
     for (size_t i = 0; i < (size_t)out * in; i++) W[i] = ds_round_to(0.02f * nrand(), DS_DTYPE_BF16);
@@ -328,6 +366,7 @@ int main(void) {
     test_fallback();
     test_usage_errors();
     test_dead_and_tail_block();
+    test_block_wider_than_weight();
     const char *b = getenv("DS_GPTQ_BENCH");
     if (b && *b == '1') {
         bench_one(4096, 4096);
