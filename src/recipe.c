@@ -30,8 +30,17 @@
 struct recipe_priv {
     pcre2_code **target_re; /* [ntargets], NULL where the entry is not "re:" */
     pcre2_code **ignore_re; /* [nignore] */
+    pcre2_match_context *mctx; /* RECIPE_RE_MATCH_LIMIT / RECIPE_RE_DEPTH_LIMIT / RECIPE_RE_HEAP_LIMIT_KIB */
     char observer[32];
     int group_size_m1; /* channel strategy given as "group_size": -1 (serialized as -1, not null) */
+    /* where the patterns come from, for match errors */
+    char origin[256], gptq_path[512];
+    /* first "re:" match that failed with a PCRE2 error (sticky; see
+     * recipe_match_status). Written only by a failing match, which no run gets
+     * past pipeline_validate, so the concurrent matching of a valid run never
+     * writes it. */
+    int match_err;        /* PCRE2 error code, 0 = none */
+    char *match_msg;      /* the full message (malloc'd) */
 };
 
 /* ---- presets (compressed-tensors PRESET_SCHEMES, §4.4) ---- */
@@ -108,12 +117,36 @@ static void join_path(char *buf, size_t n, const char *base, const char *key) {
     else pathf(buf, n, "%s", key);
 }
 
-/* Reject duplicate keys in an object (cJSON keeps both; the first would win). */
+typedef struct keyref { const char *key; size_t pos; } keyref;
+
+static int keyref_cmp(const void *x, const void *y) {
+    const keyref *a = x, *b = y;
+    int d = strcmp(a->key, b->key);
+    if (d) return d;
+    return a->pos < b->pos ? -1 : a->pos > b->pos;
+}
+
+/* Reject duplicate keys in an object (cJSON keeps both; the first would win).
+ * Names the earliest key that occurs again. O(n log n): sort (key, position)
+ * pairs; equal keys end up adjacent with the first occurrence leading its run
+ * (a pairwise scan took minutes for 200k keys). */
 static ds_status check_dups(const pctx *c, const char *path, const cJSON *obj) {
-    for (const cJSON *a = obj->child; a; a = a->next)
-        for (const cJSON *b = a->next; b; b = b->next)
-            if (strcmp(a->string, b->string) == 0)
-                return err_at(c, path, "duplicate key \"%s\"", a->string);
+    size_t n = 0;
+    for (const cJSON *a = obj->child; a; a = a->next) n++;
+    if (n < 2) return DS_OK;
+    keyref *k = xmalloc(n * sizeof *k);
+    n = 0;
+    for (const cJSON *a = obj->child; a; a = a->next, n++) k[n] = (keyref){a->string, n};
+    qsort(k, n, sizeof *k, keyref_cmp);
+    size_t first = n; /* position of the earliest duplicated key */
+    const char *dup = NULL;
+    for (size_t i = 1; i < n; i++)
+        if (k[i - 1].pos < first && strcmp(k[i - 1].key, k[i].key) == 0) {
+            first = k[i - 1].pos;
+            dup = k[i - 1].key;
+        }
+    free(k);
+    if (dup) return err_at(c, path, "duplicate key \"%s\"", dup);
     return DS_OK;
 }
 
@@ -454,7 +487,15 @@ static ds_status parse_gptq(const pctx *c, const char *path, const cJSON *m, rec
         } else if (!strcmp(k, "config_groups")) {
             if (!cJSON_IsNull(it)) groups = it;
         } else if (!strcmp(k, "block_size")) {
-            if ((st = get_int(c, p, it, 1, 1L << 20, "a positive integer", &bs))) goto fail;
+            /* llm-compressor takes any size (a block wider than the weight is
+             * one block; gptq_quantize clamps likewise); 2^20 bounds typos */
+            if ((st = get_int(c, p, it, 1, 1L << 53, "a positive integer", &bs))) goto fail;
+            if (bs > RECIPE_MAX_BLOCK_SIZE) {
+                st = err_at(c, p, "%ld is too large (allowed: 1..%d)\n"
+                            "hint: a block wider than a layer is the whole layer; the default is 128",
+                            bs, RECIPE_MAX_BLOCK_SIZE);
+                goto fail;
+            }
         } else if (!strcmp(k, "dampening_frac")) {
             if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble) || it->valuedouble < 0) {
                 st = err_type(c, p, "a non-negative number", it);
@@ -468,6 +509,15 @@ static ds_status parse_gptq(const pctx *c, const char *path, const cJSON *m, rec
             if ((st = get_bool(c, p, it, &offload))) goto fail;
         } else if (!strcmp(k, "bypass_divisibility_checks")) {
             if ((st = get_bool(c, p, it, &bypass))) goto fail;
+            if (bypass) {
+                /* compressed-tensors would then quantize a shorter last group
+                 * (scales [out, ceil(in/group_size)]); doneshot's solver,
+                 * packing and checkpoint need whole groups */
+                st = err_at(c, p, "true is not supported by doneshot v1 (group_size must divide every "
+                            "in_features)\nhint: remove the key or set it to false; use a group_size that "
+                            "divides the layers' input widths, or strategy \"channel\"");
+                goto fail;
+            }
         } else if (!strcmp(k, "batched_quantization")) {
             /* llm-compressor >= 0.14 GPU batching knob: accepted, no effect */
             long b;
@@ -603,6 +653,13 @@ static ds_status parse_gptq(const pctx *c, const char *path, const cJSON *m, rec
     if ((st = compile_entries(c, p, r->targets, r->ntargets, &r->priv->target_re))) return st;
     join_path(p, sizeof p, path, "ignore");
     if ((st = compile_entries(c, p, r->ignore, r->nignore, &r->priv->ignore_re))) return st;
+    pathf(r->priv->origin, sizeof r->priv->origin, "%s", c->origin);
+    pathf(r->priv->gptq_path, sizeof r->priv->gptq_path, "%s", path);
+    r->priv->mctx = pcre2_match_context_create(NULL);
+    DS_ASSERT(r->priv->mctx);
+    pcre2_set_match_limit(r->priv->mctx, RECIPE_RE_MATCH_LIMIT);
+    pcre2_set_depth_limit(r->priv->mctx, RECIPE_RE_DEPTH_LIMIT);
+    pcre2_set_heap_limit(r->priv->mctx, RECIPE_RE_HEAP_LIMIT_KIB);
     return DS_OK;
 fail:
     free_list(mtargets, nmt);
@@ -825,6 +882,8 @@ void recipe_free(recipe *r) {
     if (r->priv) {
         free_re(r->priv->target_re, r->ntargets);
         free_re(r->priv->ignore_re, r->nignore);
+        pcre2_match_context_free(r->priv->mctx);
+        free(r->priv->match_msg);
         free(r->priv);
     }
     free_list(r->targets, r->ntargets);
@@ -835,26 +894,50 @@ void recipe_free(recipe *r) {
 
 /* ---- matching (compressed-tensors is_match: name or class; "re:" on names) ---- */
 
-static int entry_match(const char *e, const pcre2_code *re, const char *name, const char *cls) {
+/* 1 match, 0 no match, -1 PCRE2 error (recorded in priv->match_err/msg;
+ * `list`, `i`: the entry's place, for the message). */
+static int entry_match(struct recipe_priv *pv, const char *list, int i, const char *e,
+                       const pcre2_code *re, const char *name, const char *cls) {
     if (re) {
         pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
         DS_ASSERT(md);
-        int rc = pcre2_match(re, (PCRE2_SPTR)name, PCRE2_ZERO_TERMINATED, 0, 0, md, NULL);
+        int rc = pcre2_match(re, (PCRE2_SPTR)name, PCRE2_ZERO_TERMINATED, 0, 0, md, pv->mctx);
         pcre2_match_data_free(md);
-        return rc >= 0;
+        if (rc >= 0) return 1;
+        if (rc == PCRE2_ERROR_NOMATCH) return 0;
+        if (!pv->match_err) {
+            PCRE2_UCHAR emsg[256];
+            if (pcre2_get_error_message(rc, emsg, sizeof emsg) < 0) snprintf((char *)emsg, sizeof emsg, "?");
+            pv->match_err = rc;
+            pv->match_msg = xasprintf(
+                     "%s: %s.%s[%d]: regex \"%s\" could not be matched against module \"%s\": %s "
+                     "(PCRE2 error %d; limits: %d match steps, %d KiB)\n"
+                     "hint: simplify the pattern; nested repeats like (.*)* or (a+)+ backtrack exponentially",
+                     pv->origin, pv->gptq_path, list, i, e + 3, name, (const char *)emsg, rc,
+                     RECIPE_RE_MATCH_LIMIT, RECIPE_RE_HEAP_LIMIT_KIB);
+        }
+        return -1;
     }
     return !strcmp(e, name) || (cls && !strcmp(e, cls));
 }
 
 int recipe_module_targeted(const recipe *r, const char *name, const char *cls) {
     if (!r || !r->priv || !name) return 0;
+    struct recipe_priv *pv = r->priv;
+    if (pv->match_err) return 0; /* a failed match already; the run stops at recipe_match_status */
     int hit = 0;
     for (int i = 0; i < r->ntargets && !hit; i++)
-        hit = entry_match(r->targets[i], r->priv->target_re ? r->priv->target_re[i] : NULL, name, cls);
-    if (!hit) return 0;
+        hit = entry_match(pv, "targets", i, r->targets[i], pv->target_re ? pv->target_re[i] : NULL, name, cls);
+    if (hit != 1) return 0;
     for (int i = 0; i < r->nignore; i++)
-        if (entry_match(r->ignore[i], r->priv->ignore_re ? r->priv->ignore_re[i] : NULL, name, cls)) return 0;
+        if (entry_match(pv, "ignore", i, r->ignore[i], pv->ignore_re ? pv->ignore_re[i] : NULL, name, cls))
+            return 0; /* ignored, or an error: never quantize what an ignore entry could not rule out */
     return 1;
+}
+
+ds_status recipe_match_status(const recipe *r) {
+    if (!r || !r->priv || !r->priv->match_err) return DS_OK;
+    return ds_error(DS_ERR_USAGE, "%s", r->priv->match_msg);
 }
 
 /* ---- quantization_config ---- */

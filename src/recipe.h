@@ -10,7 +10,10 @@
  * "text_field", "max_shard_size" (bytes or "5GB"-style string).
  * GPTQModifier keys: targets, ignore, scheme (preset name or {PRESET:[targets]}),
  * config_groups, block_size, dampening_frac, actorder, offload_hessians,
- * bypass_divisibility_checks (batched_quantization is accepted and ignored).
+ * bypass_divisibility_checks (batched_quantization is accepted and ignored;
+ * bypass_divisibility_checks: true is rejected: doneshot v1 needs group_size
+ * to divide every in_features; block_size is 1..2^20, and a block wider than
+ * the weight is one block, as in llm-compressor).
  * Relative paths in run keys are kept as written (relative to the working
  * directory, like CLI flags). applied_json holds only the modifier part:
  * {"modifiers":[{"GPTQModifier":{...resolved...}}]}. Unknown keys and invalid values are
@@ -37,11 +40,14 @@ typedef struct recipe {
     int block_size;               /* default 128 */
     double dampening_frac;        /* default 0.01 */
     int offload_hessians;         /* accepted, no effect on CPU */
-    int bypass_divisibility;      /* default 0 */
+    int bypass_divisibility;      /* always 0 (true is rejected at parse) */
     char *applied_json;           /* normalized recipe text to store with the output */
     const char *observer;         /* weight observer name: "memoryless_minmax" (default) or "minmax"; points into priv */
     struct recipe_priv *priv;     /* private to recipe.c: compiled "re:" patterns etc. */
 } recipe;
+
+/* Largest accepted GPTQModifier block_size (recipe load rejects more). */
+#define RECIPE_MAX_BLOCK_SIZE (1 << 20)
 
 /* compressed-tensors version written as quantization_config.version (the
  * version installed in the interop venv; the reference doc's example shows
@@ -61,10 +67,29 @@ void recipe_free(recipe *r);
  * KiB/MiB/GiB/TiB = 2^10k; case-insensitive). 0 on success, -1 if invalid. */
 int recipe_parse_size(const char *s, int64_t *out);
 
+/* Limits of one "re:" match (PCRE2 match context). The match limit is
+ * PCRE2's own default, set explicitly: every pattern that matched before
+ * still does, and a catastrophically backtracking one gives up after about
+ * 0.3 s (one name) instead of counting as "no match". */
+#define RECIPE_RE_MATCH_LIMIT 10000000
+#define RECIPE_RE_DEPTH_LIMIT 10000000
+#define RECIPE_RE_HEAP_LIMIT_KIB 20000
+
 /* 1 if module `name` of class `cls` (e.g. "Linear") is quantized: it matches
  * a target and no ignore entry. Entries are class names, exact module names,
- * or "re:<regex>" (Python re.match semantics: anchored at the start). */
+ * or "re:<regex>" (Python re.match semantics: anchored at the start).
+ * A "re:" match that fails with a PCRE2 error (match/depth/heap limit) is
+ * neither a match nor a non-match: the module counts as not quantized, the
+ * error is recorded in the recipe (the first one; later calls return 0) and
+ * recipe_match_status reports it. Not thread-safe while an error is being
+ * recorded; matches that succeed or fail cleanly write nothing. */
 int recipe_module_targeted(const recipe *r, const char *name, const char *cls);
+
+/* DS_OK, or DS_ERR_USAGE naming the recipe, the "re:" entry (key path and
+ * pattern), the module name and the PCRE2 error of the first match that
+ * failed in recipe_module_targeted. Call after matching every module name of
+ * the model and before writing anything (pipeline_validate does). */
+ds_status recipe_match_status(const recipe *r);
 
 /* The config.json "quantization_config" object as compact JSON text
  * (malloc'd), exactly as compressed-tensors writes it (§3.7): config_groups

@@ -7,8 +7,11 @@
  * Every file in recipes/ is loaded here, so the examples cannot rot.
  */
 #include <dirent.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
+#include <unistd.h>
 
 #include "recipe.h"
 #include "test.h"
@@ -53,6 +56,31 @@ static int actorder_of(const char *json, quant_actorder *out) {
     *out = r.w.actorder;
     recipe_free(&r);
     return 0;
+}
+
+/* Guard for the big-input tests: parses that take over 20 s of CPU fail the
+ * run (the old pairwise duplicate-key scan took ~2 min for 200k keys; now
+ * ~0.1 s each, some 5 s under ASan). CPU time, not wall time: a loaded
+ * machine does not trip it. */
+static void on_cpu_limit(int sig) {
+    (void)sig;
+    static const char m[] = "FAIL: recipe parses took over 60 s of CPU (quadratic?)\n";
+    if (write(2, m, sizeof m - 1) < 0) _exit(1);
+    _exit(1);
+}
+
+/* {"<prefix>": {"k0000000": 0, ..., "k<n-1>": 0 <, "k<n-1>": 1 if dup_last>}}
+ * or, for an empty prefix, the keys at the top level. Distinct keys up to the
+ * last: the worst case of a pairwise scan. */
+static char *many_keys(const char *prefix, int n, int dup_last) {
+    size_t cap = (size_t)n * 14 + 256, len = 0;
+    char *j = xmalloc(cap);
+    len += (size_t)snprintf(j + len, cap - len, "{");
+    if (*prefix) len += (size_t)snprintf(j + len, cap - len, "\"%s\":{", prefix);
+    for (int i = 0; i < n; i++) len += (size_t)snprintf(j + len, cap - len, "%s\"k%07d\":0", i ? "," : "", i);
+    if (dup_last) len += (size_t)snprintf(j + len, cap - len, ",\"k%07d\":1", n - 1);
+    snprintf(j + len, cap - len, "%s}", *prefix ? "}" : "");
+    return j;
 }
 
 static const char *find_recipes_dir(void) {
@@ -755,6 +783,125 @@ int main(void) {
         recipe_free(&r);
         free(j);
         CHECK(!strcmp(RECIPE_CT_VERSION, "0.19.0"));
+    }
+
+    /* issue 10 item 8: block_size as llm-compressor takes it (a block wider
+     * than a layer is one block, gptq.c clamps), within 1..2^20 */
+    TEST("block_size: large values load, absurd ones are errors naming the key") {
+        recipe r;
+        char *j = gptq("\"scheme\":\"W4A16\",\"block_size\":100000");
+        CHECK(parse_ok(j, &r));
+        CHECK_EQ_INT(r.block_size, 100000);
+        CHECK(strstr(r.applied_json, "\"block_size\":100000"));
+        recipe_free(&r);
+        free(j);
+        j = gptq("\"scheme\":\"W4A16\",\"block_size\":1048576");
+        CHECK(parse_ok(j, &r));
+        CHECK_EQ_INT(r.block_size, RECIPE_MAX_BLOCK_SIZE);
+        recipe_free(&r);
+        free(j);
+        j = gptq("\"scheme\":\"W4A16\",\"block_size\":1048577");
+        CHECK_ERR(j, "t.json: modifiers[0].GPTQModifier.block_size: 1048577 is too large (allowed: 1..1048576)", "hint:");
+        free(j);
+        j = gptq("\"scheme\":\"W4A16\",\"block_size\":1e300");
+        CHECK_ERR(j, "GPTQModifier.block_size: expected a positive integer, got 1e+300", NULL);
+        free(j);
+        j = gptq("\"scheme\":\"W4A16\",\"block_size\":0");
+        CHECK_ERR(j, "GPTQModifier.block_size: expected a positive integer, got 0", NULL);
+        free(j);
+        j = gptq("\"scheme\":\"W4A16\",\"block_size\":12.5");
+        CHECK_ERR(j, "GPTQModifier.block_size: expected a positive integer, got 12.5", NULL);
+        free(j);
+    }
+
+    /* issue 10 item 8: bypass_divisibility_checks: true used to load and then
+     * abort the run inside GPTQ (exit 1); doneshot needs whole groups */
+    TEST("bypass_divisibility_checks: true is a usage error, false is the default") {
+        char *j = gptq("\"scheme\":\"W4A16\",\"bypass_divisibility_checks\":true");
+        CHECK_ERR(j, "t.json: modifiers[0].GPTQModifier.bypass_divisibility_checks: true is not supported", "hint:");
+        free(j);
+        j = cg("\"num_bits\":4,\"strategy\":\"group\",\"group_size\":48", "\"bypass_divisibility_checks\":true");
+        CHECK_ERR(j, "GPTQModifier.bypass_divisibility_checks: true is not supported", "group_size must divide");
+        free(j);
+        recipe r;
+        j = gptq("\"scheme\":\"W4A16\",\"bypass_divisibility_checks\":false");
+        CHECK(parse_ok(j, &r));
+        CHECK_EQ_INT(r.bypass_divisibility, 0);
+        CHECK(strstr(r.applied_json, "\"bypass_divisibility_checks\":false"));
+        recipe_free(&r);
+        free(j);
+    }
+
+    /* issue 10 item 11: a "re:" match that hits PCRE2's match limit counted as
+     * "no match", so an ignore entry was silently bypassed. Now the module is
+     * not quantized and recipe_match_status names pattern and module. The
+     * pattern backtracks exponentially on every module name that does not
+     * end in ".down_proj" (PCRE2_ERROR_MATCHLIMIT after ~0.3 s). */
+    TEST("re: match errors (match limit) are recipe errors naming the pattern and the module") {
+        recipe r;
+        char *j = gptq("\"scheme\":\"W4A16\",\"ignore\":[\"lm_head\",\"re:(.*.*.*)*\\\\.down_proj$\"]");
+        CHECK(parse_ok(j, &r));
+        CHECK_EQ_INT(recipe_match_status(&r), DS_OK);
+        CHECK(!recipe_module_targeted(&r, "lm_head", "Linear"));
+        CHECK_EQ_INT(recipe_match_status(&r), DS_OK);
+        CHECK(!recipe_module_targeted(&r, "model.layers.0.mlp.down_proj", "Linear")); /* was 1: ignore bypassed */
+        CHECK_EQ_INT(recipe_match_status(&r), DS_ERR_USAGE);
+        const char *m = ds_errmsg();
+        CHECK(strstr(m, "t.json: modifiers[0].GPTQModifier.ignore[1]: regex \"(.*.*.*)*\\.down_proj$\""));
+        CHECK(strstr(m, "module \"model.layers.0.mlp.down_proj\""));
+        CHECK(strstr(m, "match limit"));
+        CHECK(strstr(m, "hint:"));
+        /* sticky: later names are not quantized either, the first error stays */
+        CHECK(!recipe_module_targeted(&r, "model.layers.0.self_attn.q_proj", "Linear"));
+        CHECK_EQ_INT(recipe_match_status(&r), DS_ERR_USAGE);
+        CHECK(strstr(ds_errmsg(), "model.layers.0.mlp.down_proj"));
+        recipe_free(&r);
+        free(j);
+
+        /* in targets too */
+        j = gptq("\"scheme\":\"W4A16\",\"targets\":[\"re:(.*.*.*)*\\\\.down_proj$\"]");
+        CHECK(parse_ok(j, &r));
+        CHECK(!recipe_module_targeted(&r, "model.layers.3.mlp.down_proj", "Linear"));
+        CHECK_EQ_INT(recipe_match_status(&r), DS_ERR_USAGE);
+        CHECK(strstr(ds_errmsg(), "GPTQModifier.targets[0]: regex"));
+        CHECK(strstr(ds_errmsg(), "module \"model.layers.3.mlp.down_proj\""));
+        recipe_free(&r);
+        free(j);
+
+        /* a slow but finishing pattern still matches (the limit is PCRE2's
+         * default: nothing that matched before is refused now) */
+        j = gptq("\"scheme\":\"W4A16\",\"ignore\":[\"re:(.*.*)*\\\\.down_proj$\"]");
+        CHECK(parse_ok(j, &r));
+        CHECK(!recipe_module_targeted(&r, "model.layers.0.mlp.down_proj", "Linear"));
+        CHECK_EQ_INT(recipe_match_status(&r), DS_OK);
+        recipe_free(&r);
+        free(j);
+        recipe_free(&r); /* a zeroed recipe: no-op */
+        CHECK_EQ_INT(recipe_match_status(&r), DS_OK);
+        CHECK_EQ_INT(recipe_match_status(NULL), DS_OK);
+    }
+
+    /* issue 10 item 12: the duplicate-key check was pairwise (200k keys: 118 s) */
+    TEST("duplicate keys: earliest duplicated key named; 200k keys parse fast") {
+        CHECK_ERR("{\"b\":1,\"a\":1,\"a\":2,\"b\":2,\"GPTQModifier\":{\"scheme\":\"W4A16\"}}",
+                  "t.json: duplicate key \"b\"", NULL);
+        CHECK_ERR("{\"GPTQModifier\":{\"scheme\":\"W4A16\",\"ignore\":[],\"block_size\":1,\"ignore\":null,\"block_size\":2}}",
+                  "t.json: GPTQModifier: duplicate key \"ignore\"", NULL);
+        char *j = cg("\"num_bits\":4,\"symmetric\":true,\"num_bits\":8", NULL);
+        CHECK_ERR(j, "GPTQModifier.config_groups.group_0.weights: duplicate key \"num_bits\"", NULL);
+        free(j);
+        struct itimerval lim = {{0, 0}, {60, 0}}, off = {{0, 0}, {0, 0}};
+        signal(SIGPROF, on_cpu_limit);
+        setitimer(ITIMER_PROF, &lim, NULL);
+        const int n = 200000;
+        j = many_keys("", n, 1);
+        CHECK_ERR(j, "t.json: duplicate key \"k0199999\"", NULL);
+        free(j);
+        j = many_keys("GPTQModifier", n, 0);
+        CHECK_ERR(j, "t.json: GPTQModifier: unknown key \"k0000000\"", NULL);
+        free(j);
+        setitimer(ITIMER_PROF, &off, NULL);
+        signal(SIGPROF, SIG_DFL);
     }
 
     return TEST_REPORT();
