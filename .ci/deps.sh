@@ -8,4 +8,5 @@ $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
     build-essential pkg-config libopenmpi-dev openmpi-bin libcjson-dev zlib1g-dev \
     libopenblas-dev liblapacke-dev libpcre2-dev libutf8proc-dev mandoc python3 python3-venv \
-    clang libclang-rt-dev llvm >/dev/null
+    clang libclang-rt-dev llvm \
+    slurmctld slurmd slurm-client munge >/dev/null
