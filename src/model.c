@@ -655,11 +655,24 @@ static int linear_dims(const model *m, const char *module, int64_t *out, int64_t
     return 1;
 }
 
+/* DS_ERR_INPUT "config.json: KEYS = VALUE contradicts the checkpoint: tensor
+ * 'T' has shape [..] (WHAT GOT)"; T is module.weight, module.weight_packed or
+ * `module` itself, whichever is stored. */
 static ds_status contradicts(const model *m, const char *keys, long long value, const char *module,
                              const char *what, long long got) {
-    return ds_error(DS_ERR_INPUT, "%s/config.json: %s = %lld contradicts the checkpoint: '%s' has %s %lld\n"
-                    "hint: config.json must describe the checkpoint's safetensors (same model, unedited)",
-                    m->dir, keys, value, module, what, got);
+    static const char *const suffix[] = {".weight", ".weight_packed", ""};
+    char name[300], shp[160] = "?";
+    for (size_t k = 0; k < DS_ARRAY_LEN(suffix); k++) {
+        snprintf(name, sizeof name, "%s%s", module, suffix[k]);
+        const st_tensor *t = st_find(m->st, name);
+        if (t) {
+            shape_str(t, shp, sizeof shp);
+            break;
+        }
+    }
+    return ds_error(DS_ERR_INPUT, "%s/config.json: %s = %lld contradicts the checkpoint: tensor '%s' has shape %s "
+                    "(%s %lld)\nhint: config.json must describe the checkpoint's safetensors (same model, unedited)",
+                    m->dir, keys, value, name, shp, what, got);
 }
 
 /* Number of modules fmt(i) (printf with one %d) stored, probing i = 0, 1, ...

@@ -42,6 +42,7 @@ fi
 #   put  NAME DTYPE SHAPE FILL    replace/add a tensor: FILL = zeros, or a JSON list of values
 #   poke NAME INDEX VALUE         set element INDEX (flat) of an F32/I32 tensor ("inf", "nan" ok)
 #   dup  NAME NEW                 copy tensor NAME to NEW
+#   del  NAME                     remove tensor NAME
 cat >"$TMP/st.py" <<'EOF'
 import json, struct, sys
 d, op, args = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -84,6 +85,8 @@ elif op == "poke":
 elif op == "dup":
     hdr[args[1]] = dict(hdr[args[0]])
     data[args[1]] = data[args[0]]
+elif op == "del":
+    del hdr[args[0]], data[args[0]]
 off, h = 0, {}
 if meta is not None:
     h["__metadata__"] = meta
@@ -136,13 +139,13 @@ new_case cfg_qdim $MODEL; st "$TMP/cfg_qdim" cfg num_attention_heads 65536
 st "$TMP/cfg_qdim" cfg num_key_value_heads 65536; st "$TMP/cfg_qdim" cfg head_dim 65536
 expect_eval cfg_qdim 3 'num_attention_heads x head_dim = 65536 x 65536 = 4294967296 is outside'
 new_case cfg_hidden $MODEL; st "$TMP/cfg_hidden" cfg hidden_size 128
-expect_eval cfg_hidden 3 'hidden_size = 128 contradicts the checkpoint: .model.embed_tokens.weight. has columns 64'
+expect_eval cfg_hidden 3 'hidden_size = 128 contradicts the checkpoint: tensor .model.embed_tokens.weight. has shape \[512, 64\] \(columns 64\)'
 new_case cfg_heads $MODEL; st "$TMP/cfg_heads" cfg num_attention_heads 16
-expect_eval cfg_heads 3 'num_attention_heads x head_dim = 128 contradicts .*self_attn.q_proj. has output rows 64'
+expect_eval cfg_heads 3 'num_attention_heads x head_dim = 128 contradicts .*self_attn.q_proj.weight. has shape \[64, 64\] \(output rows 64\)'
 new_case cfg_kv $MODEL; st "$TMP/cfg_kv" cfg num_key_value_heads 2
-expect_eval cfg_kv 3 'num_key_value_heads x head_dim = 16 contradicts .*k_proj. has output rows 32'
+expect_eval cfg_kv 3 'num_key_value_heads x head_dim = 16 contradicts .*k_proj.weight. has shape \[32, 64\] \(output rows 32\)'
 new_case cfg_inter $MODEL; st "$TMP/cfg_inter" cfg intermediate_size 100
-expect_eval cfg_inter 3 'intermediate_size = 100 contradicts .*mlp.gate_proj. has output rows 172'
+expect_eval cfg_inter 3 'intermediate_size = 100 contradicts .*mlp.gate_proj.weight. has shape \[172, 64\] \(output rows 172\)'
 new_case cfg_fewer_layers $MODEL; st "$TMP/cfg_fewer_layers" cfg num_hidden_layers 4
 expect_eval cfg_fewer_layers 3 'num_hidden_layers = 4 contradicts the checkpoint: it has .model.layers.4.input'
 new_case cfg_more_layers $MODEL; st "$TMP/cfg_more_layers" cfg num_hidden_layers 7
@@ -159,12 +162,17 @@ if [ -x "$BUILD/gen_model" ] &&
     expect_eval mix 0 -
     for e in 10000000 200000000 1000000000; do
         new_case "mix_e$e" "$TMP/mix"; st "$TMP/mix_e$e" cfg num_local_experts $e
-        expect_eval "mix_e$e" 3 "key \"num_local_experts\" = $e is outside the supported range \\[1, 16384\\]"
+        expect_eval "mix_e$e" 3 "key \"num_local_experts\" = $e is outside the supported range \[1, 16384\]"
     done
     new_case mix_e8 "$TMP/mix"; st "$TMP/mix_e8" cfg num_local_experts 8
-    expect_eval mix_e8 3 'num_local_experts = 8 contradicts the checkpoint: .*block_sparse_moe.gate. has output rows 4'
+    expect_eval mix_e8 3 'num_local_experts = 8 contradicts the checkpoint: .*block_sparse_moe.gate.weight. has shape \[4, 32\] \(output rows 4\)'
     new_case mix_e3 "$TMP/mix"; st "$TMP/mix_e3" cfg num_local_experts 3
     expect_eval mix_e3 3 'num_local_experts = 3 contradicts'
+    E3=model.layers.0.block_sparse_moe.experts.3.w1.weight
+    new_case mix_lost_expert "$TMP/mix"; st "$TMP/mix_lost_expert" del $E3
+    expect_eval mix_lost_expert 3 "num_local_experts = 4 contradicts the checkpoint: layer 0 has 3 experts \('${E3%.weight}' not found\)"
+    new_case mix_extra_expert "$TMP/mix"; st "$TMP/mix_extra_expert" dup $E3 model.layers.0.block_sparse_moe.experts.4.w1.weight
+    expect_eval mix_extra_expert 3 "num_local_experts = 4 contradicts the checkpoint: it has .*experts.4.w1' \(more experts\)"
     new_case mix_k "$TMP/mix"; st "$TMP/mix_k" cfg num_experts_per_tok 5
     expect_eval mix_k 3 'key "num_experts_per_tok" = 5 is outside the supported range \[1, 4\]'
 else
