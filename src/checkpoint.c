@@ -9,6 +9,7 @@
 #include "st_writer.h"
 
 #include <cJSON.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -28,14 +29,57 @@ struct ckpt_writer {
     char *lock_path;
 };
 
-static void unlock_output(ckpt_writer *c) {
-    if (c->lock_fd >= 0) {
-        unlink(c->lock_path);
-        close(c->lock_fd); /* releases the flock */
+/* One writer per output: an flock on "<out>.partial.lock". The holder
+ * unlinks the file before it closes (releases) it, so an opener that got the
+ * old file may lock an unlinked inode: after locking, the lock counts only if
+ * the path still names the locked inode; otherwise retry. A lock file left by
+ * a dead process holds no lock (the kernel dropped it) and never blocks. */
+int ckpt_lock_acquire(const char *path, int *fd_out) {
+    for (int tries = 0; tries < 100; tries++) {
+        int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0) return -1;
+        if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            int e = errno;
+            close(fd);
+            errno = e;
+            return -1;
+        }
+        struct stat a, b;
+        if (fstat(fd, &a) == 0 && stat(path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino) {
+            *fd_out = fd;
+            return 0;
+        }
+        close(fd); /* the holder released and unlinked it meanwhile: take the new one */
     }
+    errno = EAGAIN;
+    return -1;
+}
+
+void ckpt_lock_release(const char *path, int fd) {
+    if (fd < 0) return;
+    unlink(path); /* while still holding it: see ckpt_lock_acquire */
+    close(fd);
+}
+
+static void unlock_output(ckpt_writer *c) {
+    ckpt_lock_release(c->lock_path, c->lock_fd);
     c->lock_fd = -1;
     free(c->lock_path);
     c->lock_path = NULL;
+}
+
+/* ds_fatal hook while a writer is open: remove the partial output unless it
+ * holds a resume point, and release the lock. */
+static int rm_rf(const char *path);
+static void fatal_cleanup(void *p) {
+    ckpt_writer *c = p;
+    if (c->tmp_dir) {
+        char *prog = xasprintf("%s/resume/progress.bin", c->tmp_dir);
+        if (!ds_file_exists(prog)) rm_rf(c->tmp_dir);
+        free(prog);
+    }
+    if (c->lock_fd >= 0) ckpt_lock_release(c->lock_path, c->lock_fd);
+    c->lock_fd = -1;
 }
 
 int ckpt_module_quantized(const recipe *r, const char *name) {
@@ -72,6 +116,172 @@ static int rm_entry(const char *path, const struct stat *sb, int type, struct FT
 /* Remove a directory tree (no shell: any character in the path is safe). */
 static int rm_rf(const char *path) {
     return nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* ---- what may be replaced ---- */
+
+/* Entries in a directory other than "." and ".." (0 if it cannot be read). */
+static int dir_entries(const char *path) {
+    DIR *d = opendir(path);
+    if (!d) return 0;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) n++;
+    closedir(d);
+    return n;
+}
+
+/* A directory holding config.json with a quantization_config: a checkpoint. */
+static int is_checkpoint(const char *dir) {
+    char *p = ds_path_join(dir, "config.json"), *text = NULL;
+    int yes = 0;
+    if (ds_file_exists(p) && ds_read_file(p, &text, NULL) == DS_OK) {
+        cJSON *j = cJSON_Parse(text);
+        yes = cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(j, "quantization_config"));
+        cJSON_Delete(j);
+    }
+    free(text);
+    free(p);
+    return yes;
+}
+
+/* "<out>.partial" made by doneshot: empty, or holding its resume/ folder, or
+ * a finished checkpoint not yet renamed. */
+static int partial_is_ours(const char *dir) {
+    char *rd = ds_path_join(dir, "resume");
+    int ours = ds_is_dir(rd) || dir_entries(dir) == 0 || is_checkpoint(dir);
+    free(rd);
+    return ours;
+}
+
+/* Can the checkpoint be written at out (see ckpt_check_output)? */
+static ds_status check_target(const char *out, int overwrite) {
+    struct stat sb;
+    if (stat(out, &sb) != 0) return DS_OK;
+    if (!S_ISDIR(sb.st_mode))
+        return ds_error(DS_ERR_USAGE, "output path '%s' exists and is not a directory\n"
+                        "hint: --output names the checkpoint directory to create", out);
+    if (dir_entries(out) == 0) return DS_OK;
+    if (!is_checkpoint(out))
+        return ds_error(DS_ERR_USAGE, "output directory '%s' exists, is not empty and is not a checkpoint "
+                        "(no config.json with quantization_config); refusing to replace it, with or without "
+                        "--overwrite\nhint: choose a new --output path (doneshot creates it)", out);
+    if (!overwrite)
+        return ds_error(DS_ERR_USAGE, "output directory '%s' already holds a checkpoint\n"
+                        "hint: pass --overwrite to replace it, or choose another --output", out);
+    return DS_OK;
+}
+
+/* The nearest existing ancestor of absolute path p (malloc'd). */
+static char *existing_ancestor(const char *p) {
+    char *a = xstrdup(p);
+    for (;;) {
+        struct stat sb;
+        if (stat(a, &sb) == 0 || strcmp(a, "/") == 0) return a;
+        char *sl = strrchr(a, '/');
+        if (sl == a) sl[1] = 0;
+        else *sl = 0;
+    }
+}
+
+static ds_status check_writable_parent(const char *what, const char *arg, const char *abs) {
+    char *anc = existing_ancestor(abs);
+    ds_status st = DS_OK;
+    if (!ds_is_dir(anc))
+        st = ds_error(DS_ERR_USAGE, "%s '%s': '%s' is not a directory", what, arg, anc);
+    else { /* a real probe: access() says yes to root even where nothing can be created */
+        char *probe = xasprintf("%s/.doneshot-probe-%ld", strcmp(anc, "/") ? anc : "", (long)getpid());
+        int fd = open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0)
+            st = ds_error(DS_ERR_USAGE, "%s '%s': cannot create files in '%s': %s\n"
+                          "hint: choose a writable location", what, arg, anc, strerror(errno));
+        else {
+            close(fd);
+            unlink(probe);
+        }
+        free(probe);
+    }
+    free(anc);
+    return st;
+}
+
+static int is_model_file(const char *name) {
+    size_t n = strlen(name);
+    return strcmp(name, "config.json") == 0 || strncmp(name, "tokenizer", 9) == 0 ||
+           strstr(name, ".safetensors") != NULL || (n > 5 && strcmp(name + n - 5, ".bin") == 0) ||
+           strcmp(name, "generation_config.json") == 0;
+}
+
+ds_status ckpt_check_output(const ckpt_paths *p, int overwrite) {
+    const char *out = p->out;
+    if (!out || !*out)
+        return ds_error(DS_ERR_USAGE, "--output: empty path\nhint: name the checkpoint directory to create, "
+                        "e.g. --output out/model-W4A16");
+    size_t n = strlen(out);
+    while (n > 1 && out[n - 1] == '/') n--;
+    const char *base = out + n;
+    while (base > out && base[-1] != '/') base--;
+    size_t bl = (size_t)(out + n - base);
+    if ((bl == 1 && base[0] == '.') || (bl == 2 && base[0] == '.' && base[1] == '.'))
+        return ds_error(DS_ERR_USAGE, "--output '%s': the path ends in '%.*s'\nhint: name a new directory, "
+                        "e.g. --output ./model-W4A16", out, (int)bl, base);
+    char *abs = ds_abspath(out), *pabs = NULL, *mabs = NULL, *dabs = NULL, *rabs = NULL, *sabs = NULL;
+    ds_status st = DS_OK;
+    if (!abs) return ds_error(DS_ERR_USAGE, "--output '%s': cannot resolve the path: %s", out, strerror(errno));
+    pabs = xasprintf("%s.partial", abs);
+    if (p->model) mabs = ds_abspath(p->model);
+    if (p->dataset) dabs = ds_abspath(p->dataset);
+    if (p->recipe) rabs = ds_abspath(p->recipe);
+    if (p->summary) sabs = ds_abspath(p->summary);
+    if (strcmp(abs, "/") == 0)
+        st = ds_error(DS_ERR_USAGE, "--output '%s' is the root directory\nhint: name a new directory", out);
+    else if (mabs && ds_path_within(mabs, abs))
+        st = ds_error(DS_ERR_USAGE, "--output '%s' %s the input model '%s'; refusing to replace it\n"
+                      "hint: write the checkpoint to a new directory", out,
+                      strcmp(mabs, abs) ? "contains" : "is", p->model);
+    else if (dabs && ds_path_within(dabs, abs))
+        st = ds_error(DS_ERR_USAGE, "--output '%s' contains the calibration file '%s'; refusing to replace it\n"
+                      "hint: write the checkpoint to a new directory", out, p->dataset);
+    else if (rabs && ds_path_within(rabs, abs))
+        st = ds_error(DS_ERR_USAGE, "--output '%s' contains the recipe '%s'; refusing to replace it\n"
+                      "hint: write the checkpoint to a new directory", out, p->recipe);
+    else if (ds_is_dir(pabs) && !partial_is_ours(pabs))
+        st = ds_error(DS_ERR_USAGE, "'%s' exists and is not a doneshot partial run; refusing to remove it\n"
+                      "hint: move it away, or choose another --output", pabs);
+    else if (!(st = check_target(out, overwrite)))
+        st = check_writable_parent("--output", out, abs);
+    if (!st && p->summary) {
+        const char *sb = strrchr(sabs ? sabs : "", '/');
+        struct stat ss;
+        if (!sabs || !*p->summary)
+            st = ds_error(DS_ERR_USAGE, "--summary: empty or unresolvable path '%s'", p->summary);
+        else if (ds_path_within(sabs, abs) || ds_path_within(sabs, pabs))
+            st = ds_error(DS_ERR_USAGE, "--summary '%s' lies inside the output checkpoint '%s' and would "
+                          "overwrite or add to it\nhint: write the summary outside the output directory",
+                          p->summary, out);
+        else if ((dabs && strcmp(sabs, dabs) == 0) || (rabs && strcmp(sabs, rabs) == 0))
+            st = ds_error(DS_ERR_USAGE, "--summary '%s' is the %s; refusing to overwrite it", p->summary,
+                          dabs && strcmp(sabs, dabs) == 0 ? "calibration file" : "recipe");
+        else if (mabs && ds_path_within(sabs, mabs) && sb && is_model_file(sb + 1))
+            st = ds_error(DS_ERR_USAGE, "--summary '%s' would overwrite a file of the input model; refusing\n"
+                          "hint: write the summary elsewhere", p->summary);
+        else if (stat(sabs, &ss) == 0 && !S_ISREG(ss.st_mode))
+            st = ds_error(DS_ERR_USAGE, "--summary '%s' exists and is not a regular file", p->summary);
+        else {
+            char *dir = xstrdup(sabs), *sl = strrchr(dir, '/');
+            if (sl == dir) sl[1] = 0;
+            else *sl = 0;
+            if (!ds_is_dir(dir))
+                st = ds_error(DS_ERR_USAGE, "--summary '%s': directory '%s' does not exist\n"
+                              "hint: create it first", p->summary, dir);
+            else if (access(dir, W_OK | X_OK) != 0)
+                st = ds_error(DS_ERR_USAGE, "--summary '%s': cannot write in '%s': %s", p->summary, dir,
+                              strerror(errno));
+            free(dir);
+        }
+    }
+    free(abs); free(pabs); free(mabs); free(dabs); free(rabs); free(sabs);
+    return st;
 }
 
 /* ---- planning ---- */
@@ -154,19 +364,11 @@ ds_status ckpt_begin(const model *m, const recipe *r, const char *out_dir, int o
     c->out_dir = xstrdup(out_dir);
     size_t n = strlen(c->out_dir);
     while (n > 1 && c->out_dir[n - 1] == '/') c->out_dir[--n] = 0;
-    if (ds_is_dir(c->out_dir) && !overwrite) {
-        char *probe = ds_path_join(c->out_dir, "config.json");
-        int exists = ds_file_exists(probe);
-        free(probe);
-        if (exists) {
-            st = ds_error(DS_ERR_USAGE, "output directory '%s' already holds a checkpoint\n"
-                          "hint: pass --overwrite to replace it, or choose another --output", c->out_dir);
-            goto fail;
-        }
-    } else if (ds_file_exists(c->out_dir)) {
-        st = ds_error(DS_ERR_USAGE, "output path '%s' exists and is not a directory", c->out_dir);
+    if (n == 0) {
+        st = ds_error(DS_ERR_USAGE, "--output: empty path");
         goto fail;
     }
+    if ((st = check_target(c->out_dir, overwrite))) goto fail;
     /* mkdir -p the parent of the output */
     for (char *sl = strchr(c->out_dir + 1, '/'); sl; sl = strchr(sl + 1, '/')) {
         *sl = 0;
@@ -175,18 +377,24 @@ ds_status ckpt_begin(const model *m, const recipe *r, const char *out_dir, int o
     }
     c->tmp_dir = ckpt_partial_dir(c->out_dir);
     c->lock_path = xasprintf("%s.lock", c->tmp_dir);
-    c->lock_fd = open(c->lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (c->lock_fd < 0 || flock(c->lock_fd, LOCK_EX | LOCK_NB) != 0) {
-        int busy = c->lock_fd >= 0 && errno == EWOULDBLOCK;
+    if (ckpt_lock_acquire(c->lock_path, &c->lock_fd) != 0) {
+        int busy = errno == EWOULDBLOCK;
         st = busy ? ds_error(DS_ERR_USAGE, "another doneshot is writing '%s' (it holds %s)\n"
                              "hint: wait for it, or choose another --output", c->out_dir, c->lock_path)
                   : ds_error(DS_ERR_RUNTIME, "cannot create '%s': %s", c->lock_path, strerror(errno));
-        if (c->lock_fd >= 0) close(c->lock_fd);
         c->lock_fd = -1; /* not ours: do not remove it */
         free(c->tmp_dir);
         c->tmp_dir = NULL;
         goto fail;
     }
+    if (ds_is_dir(c->tmp_dir) && !partial_is_ours(c->tmp_dir)) {
+        st = ds_error(DS_ERR_USAGE, "'%s' exists and is not a doneshot partial run; refusing to remove it\n"
+                      "hint: move it away, or choose another --output", c->tmp_dir);
+        free(c->tmp_dir);
+        c->tmp_dir = NULL;
+        goto fail;
+    }
+    ds_set_fatal_cleanup(fatal_cleanup, c);
     if (resume_layers < 0) rm_rf(c->tmp_dir);
     if (resume_layers >= 0 && !ds_is_dir(c->tmp_dir)) {
         st = ds_error(DS_ERR_INPUT, "cannot resume: '%s' is gone", c->tmp_dir);
@@ -361,6 +569,9 @@ ds_status ckpt_finish(ckpt_writer *c, uint64_t *bytes, int *nshards) {
     if ((st = write_config(c))) return st; /* last: marks the checkpoint complete */
     if ((st = fsync_path(c->tmp_dir))) return st;
     char *old = NULL;
+    if (ds_is_dir(c->out_dir) && dir_entries(c->out_dir) && !is_checkpoint(c->out_dir))
+        return ds_error(DS_ERR_RUNTIME, "'%s' was filled with other files during the run; not replacing it\n"
+                        "hint: move those files away and run again", c->out_dir);
     if (ds_is_dir(c->out_dir)) { /* --overwrite or an empty dir: move it aside first */
         old = xasprintf("%s.old-%ld", c->out_dir, (long)getpid());
         if (rename(c->out_dir, old) != 0) {
@@ -381,6 +592,7 @@ ds_status ckpt_finish(ckpt_writer *c, uint64_t *bytes, int *nshards) {
     else { free(parent); parent = xstrdup("."); }
     fsync_path(parent);
     free(parent);
+    ds_set_fatal_cleanup(NULL, NULL);
     free(c->tmp_dir);
     c->tmp_dir = NULL;
     stw_close(c->w);
@@ -395,6 +607,7 @@ ds_status ckpt_sync(ckpt_writer *c) { return stw_sync(c->w); }
 
 void ckpt_abort(ckpt_writer *c, int keep) {
     if (!c) return;
+    ds_set_fatal_cleanup(NULL, NULL);
     stw_close(c->w);
     if (c->tmp_dir && !keep) rm_rf(c->tmp_dir);
     unlock_output(c);

@@ -25,6 +25,33 @@ typedef struct ckpt_writer ckpt_writer;
 /* 1 if Linear module `name` (e.g. model.layers.0.mlp.up_proj) is quantized. */
 int ckpt_module_quantized(const recipe *r, const char *name);
 
+/* The paths of a quantize run, for ckpt_check_output (summary, dataset and
+ * recipe may be NULL). */
+typedef struct ckpt_paths {
+    const char *out, *model, *dataset, *recipe, *summary;
+} ckpt_paths;
+
+/* Before any work (rank 0): can p->out receive the checkpoint without
+ * destroying anything? DS_ERR_USAGE, naming the path and why, when
+ *   - out is empty, "/", or ends in "." or "..";
+ *   - out exists and is not a directory, or is a non-empty directory that is
+ *     not a checkpoint (config.json with quantization_config) -- refused with
+ *     or without overwrite; a checkpoint is replaced only with overwrite;
+ *   - out is or contains the model directory, the dataset or the recipe;
+ *   - "<out>.partial" exists and is not a doneshot partial run;
+ *   - the nearest existing ancestor of out is not a writable directory;
+ *   - the summary lies inside out or its partial dir, is the dataset or the
+ *     recipe, is a model file (config.json, *.safetensors*, tokenizer*) of the
+ *     model directory, or its directory is missing or not writable.
+ * Source: issue 10 of this project (never lose a user's data). */
+ds_status ckpt_check_output(const ckpt_paths *p, int overwrite);
+
+/* The output lock (flock on an inode-verified lock file, see checkpoint.c):
+ * 0 and *fd when acquired, -1 with errno (EWOULDBLOCK: another process holds
+ * it) otherwise. Release unlinks the file while still holding the lock. */
+int ckpt_lock_acquire(const char *path, int *fd);
+void ckpt_lock_release(const char *path, int fd);
+
 /* "<out>.partial" (malloc'd): where a run writes before the final rename. */
 char *ckpt_partial_dir(const char *out_dir);
 /* Plan all tensors, create the partial dir (removing a stale one) with its

@@ -36,6 +36,7 @@ void comm_init(int *argc, char ***argv) {
     MPI_Comm_free(&node);
     g_init = 1;
     ds_log_set_rank(g_rank, g_size);
+    ds_set_abort(comm_abort);
 }
 
 void comm_finalize(void) {
@@ -104,4 +105,19 @@ void comm_bcast(void *buf, size_t nbytes, int root) {
     const size_t chunk = (size_t)1 << 30;
     for (size_t i = 0; i < nbytes; i += chunk)
         MPI_CHECK(MPI_Bcast(p + i, (int)DS_MIN(chunk, nbytes - i), MPI_BYTE, root, MPI_COMM_WORLD));
+}
+
+ds_status comm_sync_status(ds_status st) {
+    if (!g_init || g_size == 1) return st;
+    int worst = comm_allreduce_max_int((int)st);
+    if (worst == 0) return DS_OK;
+    int first, mine = st != DS_OK ? g_rank : g_size;
+    MPI_CHECK(MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD));
+    char msg[4096] = "";
+    if (g_rank == first) snprintf(msg, sizeof msg, "%s", ds_errmsg());
+    MPI_CHECK(MPI_Bcast(msg, (int)sizeof msg, MPI_CHAR, first, MPI_COMM_WORLD));
+    msg[sizeof msg - 1] = 0;
+    if (first == 0 || g_rank == first) ds_error((ds_status)worst, "%s", msg);
+    else ds_error((ds_status)worst, "rank %d: %s", first, msg);
+    return (ds_status)worst;
 }

@@ -11,6 +11,8 @@
 #ifndef DS_COMM_H
 #define DS_COMM_H
 
+#include "common.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -36,5 +38,12 @@ double comm_allreduce_max_f64(double v);
 void comm_allgather_f64(double v, double *out);
 /* Broadcast nbytes from root (chunked internally past INT_MAX). */
 void comm_bcast(void *buf, size_t nbytes, int root);
+
+/* Combine a per-rank status at a stage boundary (collective). Returns the
+ * worst status on every rank; when it is not DS_OK, the message of the
+ * lowest failing rank is broadcast and becomes every rank's ds_errmsg(),
+ * prefixed "rank r: " where r is not the rank itself or 0, so rank 0 can
+ * print the failing rank's own words. */
+ds_status comm_sync_status(ds_status st);
 
 #endif

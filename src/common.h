@@ -50,6 +50,12 @@ void ds_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
  * exit code `code` (MPI_Abort when MPI is up, exit() otherwise). */
 _Noreturn void ds_fatal(int code, const char *file, int line, const char *func,
                         const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* What ds_fatal does after printing: ds_set_abort(fn) makes it call fn(code)
+ * (comm_init sets MPI_Abort, so one rank's death takes the job down) instead
+ * of exit(code). ds_set_fatal_cleanup(fn, arg) runs fn(arg) first, once
+ * (e.g. remove a partial output); NULL clears it. */
+void ds_set_abort(void (*fn)(int code));
+void ds_set_fatal_cleanup(void (*fn)(void *arg), void *arg);
 #define DS_ASSERT(x)                                                            \
     do {                                                                        \
         if (!(x)) ds_fatal(1, __FILE__, __LINE__, __func__, "assertion failed: %s", #x); \
@@ -144,6 +150,13 @@ ds_status ds_read_file(const char *path, char **out, size_t *len);
 ds_status ds_write_file_atomic(const char *path, const void *head, size_t hn, const void *body, size_t bn);
 int ds_file_exists(const char *path);
 int ds_is_dir(const char *path);
+/* Absolute, normalised form of path whether or not it exists (malloc'd):
+ * the longest existing prefix resolved by realpath (symlinks followed), the
+ * rest appended with "." and ".." folded lexically. NULL (errno set) for an
+ * empty path or when the working directory cannot be read. */
+char *ds_abspath(const char *path);
+/* 1 if absolute path a equals b or lies below it (both from ds_abspath). */
+int ds_path_within(const char *a, const char *b);
 /* Join a directory and a file name (malloc'd). */
 char *ds_path_join(const char *dir, const char *name);
 

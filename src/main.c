@@ -6,6 +6,7 @@
  * a failure on any rank is combined at each stage boundary so all ranks exit
  * with the same documented code (doneshot.1, EXIT STATUS).
  */
+#include "checkpoint.h"
 #include "cmd_tokenize.h"
 #include "comm.h"
 #include "common.h"
@@ -172,14 +173,12 @@ static ds_status parse_cli(int argc, char **argv, cli *c) {
     return st;
 }
 
-/* Combine a per-rank status: every rank returns the worst; the message is
- * printed by rank 0, or by a failing rank when rank 0 itself succeeded. */
+/* Combine a per-rank status: every rank returns the worst; rank 0 prints the
+ * lowest failing rank's own message (comm_sync_status). */
 static ds_status sync_status(ds_status st) {
-    int st0 = (int)st;
-    comm_bcast(&st0, sizeof st0, 0);
-    int worst = comm_allreduce_max_int((int)st);
-    if (st != DS_OK && (comm_rank() == 0 || st0 == 0)) ds_log(DS_LOG_ERROR, "%s", ds_errmsg());
-    return (ds_status)worst;
+    ds_status worst = comm_sync_status(st);
+    if (worst != DS_OK && comm_rank() == 0) ds_log(DS_LOG_ERROR, "%s", ds_errmsg());
+    return worst;
 }
 
 static char *default_output(const char *model_dir, const recipe *r) {
@@ -292,6 +291,16 @@ static int cmd_quantize(int argc, char **argv) {
         st = ds_error(DS_ERR_USAGE, "no calibration dataset given\nhint: pass --dataset FILE or set \"dataset\" in %s", c.recipe);
     if ((st = sync_status(st))) goto done;
 
+    /* the output before anything heavy: never replace what is not ours, fail
+     * in a second rather than after the work (rank 0 writes it) */
+    output = c.output ? xstrdup(c.output) : r.output ? xstrdup(r.output) : default_output(model_dir, &r);
+    if (comm_rank() == 0) {
+        ckpt_paths cp = {.out = output, .model = model_dir, .dataset = dataset, .recipe = c.recipe,
+                         .summary = c.summary};
+        st = ckpt_check_output(&cp, c.overwrite);
+    }
+    if ((st = sync_status(st))) goto done;
+
     st = model_open(model_dir, &m);
     have_model = st == DS_OK;
     if (st == DS_OK) st = pipeline_validate(&m, &r);
@@ -310,7 +319,6 @@ static int cmd_quantize(int argc, char **argv) {
     double t_data = ds_now();
     st = load_calibration(dataset, model_dir, &r, max_seq, num_samples, (uint64_t)seed, &data, &first, &count);
     if ((st = sync_status(st))) goto done;
-    output = c.output ? xstrdup(c.output) : r.output ? xstrdup(r.output) : default_output(model_dir, &r);
 
     char gs[32] = "";
     if (r.w.strategy == QS_GROUP) snprintf(gs, sizeof gs, " %d", r.w.group_size);

@@ -167,12 +167,15 @@ typedef struct layer_prefetch {
     pthread_t th;
     const model *m;
     int l, active;
+    ds_status st;     /* layer_load's status */
+    char err[4096];   /* its message (the error buffer is per thread) */
     layer_weights lw;
 } layer_prefetch;
 
 static void *prefetch_run(void *p) {
     layer_prefetch *f = p;
-    layer_load(f->m, f->l, &f->lw);
+    f->st = layer_load(f->m, f->l, &f->lw);
+    if (f->st) snprintf(f->err, sizeof f->err, "%s", ds_errmsg());
     return NULL;
 }
 
@@ -182,16 +185,17 @@ static void prefetch_start(layer_prefetch *f, const model *m, int l) {
     f->active = pthread_create(&f->th, NULL, prefetch_run, f) == 0;
 }
 
-/* Layer l's weights: the prefetched copy when there is one, else loaded now. */
-static void layer_get(layer_prefetch *f, const model *m, int l, layer_weights *lw) {
+/* Layer l's weights: the prefetched copy when there is one, else loaded now.
+ * On failure (e.g. a non-finite weight) nothing is left to free. */
+static ds_status layer_get(layer_prefetch *f, const model *m, int l, layer_weights *lw) {
     if (f->active) {
         pthread_join(f->th, NULL);
         f->active = 0;
         DS_ASSERT(f->l == l);
         *lw = f->lw;
-        return;
+        return f->st ? ds_error(f->st, "%s", f->err) : DS_OK;
     }
-    layer_load(m, l, lw);
+    return layer_load(m, l, lw);
 }
 
 /* ---- resume state: the residual stream in the model dtype ---- */
@@ -223,11 +227,12 @@ static ds_status save_state(const char *rdir, const resume_head *rh, gpu_engine 
     ds_status st = resume_save_rank(rdir, rh, buf, bytes);
     free(buf);
     if (!st && rh->rank == 0) st = ckpt_sync(ck);
-    int worst = comm_allreduce_max_int((int)st);
-    if (!worst && rh->rank == 0) st = resume_save_progress(rdir, rh->layer, rh->world, rh->job_fp, stats);
-    worst = comm_allreduce_max_int((int)st);
-    if (st) ds_warn("could not save a resume state after layer %d: %s (the run goes on)", rh->layer + 1, ds_errmsg());
-    return (ds_status)worst;
+    st = comm_sync_status(st);
+    if (!st && rh->rank == 0) st = resume_save_progress(rdir, rh->layer, rh->world, rh->job_fp, stats);
+    st = comm_sync_status(st);
+    if (st && rh->rank == 0)
+        ds_warn("could not save a resume state after layer %d: %s (the run goes on)", rh->layer + 1, ds_errmsg());
+    return st;
 }
 
 /* ---- the pipeline ---- */
@@ -263,16 +268,19 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
 
     /* resume state of an interrupted run of this job (resume.h) */
     char *pdir = ckpt_partial_dir(o->out_dir), *rdir = ds_path_join(pdir, "resume");
-    const uint64_t job_fp = resume_job_fingerprint(m, r, nranks, o->cuda, stats->samples_total, stats->tokens_total);
+    /* every rank's token ids, combined in rank order (two 32-bit halves, so
+     * the integer sums cannot overflow) */
+    const uint64_t ids_fp = resume_ids_fingerprint(local, nlocal) * (2u * (uint64_t)rank + 1u);
+    int64_t halves[2] = {(int64_t)(ids_fp & 0xffffffffu), (int64_t)(ids_fp >> 32)};
+    comm_allreduce_sum_i64(halves, 2);
+    const uint64_t data_fp = (uint64_t)halves[0] ^ ((uint64_t)halves[1] << 29);
+    const uint64_t job_fp = resume_job_fingerprint(m, r, nranks, o->cuda, stats->samples_total, stats->tokens_total,
+                                                   data_fp);
     const uint64_t rank_fp = resume_rank_fingerprint(job_fp, local, nlocal);
     int done_layers = -1; /* last completed layer of the partial run, -1: none */
-    st = resume_load_progress(rdir, nranks, job_fp, c->L * maxlin, &done_layers, stats);
+    st = resume_load_progress(rdir, nranks, job_fp, c->L, c->L * maxlin, &done_layers, stats);
     if (st && !o->resume) { st = DS_OK; done_layers = 0; } /* another job's state: discarded below */
-    int worst = comm_allreduce_max_int((int)st);
-    if (worst) {
-        if (st == DS_OK) st = ds_error((ds_status)worst, "another rank could not read the resume state");
-        goto early;
-    }
+    if ((st = comm_sync_status(st))) goto early;
     if (!o->resume && done_layers >= 0) {
         if (rank == 0)
             ds_warn("discarding the partial run in %s (pass --resume to continue it instead)", pdir);
@@ -287,12 +295,9 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
     double t0 = ds_now();
     if (rank == 0)
         st = ckpt_begin(m, r, o->out_dir, o->overwrite, o->max_shard_bytes, start > 0 ? start : -1, &ck);
-    worst = comm_allreduce_max_int((int)st);
+    st = comm_sync_status(st);
     stats->t.save += ds_now() - t0;
-    if (worst) {
-        if (st == DS_OK) st = ds_error((ds_status)worst, "rank 0 could not create the output checkpoint");
-        goto early;
-    }
+    if (st) goto early;
 
     /* embeddings of the local samples: x[s] [T_s, C] */
     float **x = xcalloc(nlocal ? nlocal : 1, sizeof(float *));
@@ -310,12 +315,7 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
             st = model_embed(m, local[s].ids, local[s].n, x[s]);
         }
     }
-    worst = comm_allreduce_max_int((int)st);
-    if (worst) {
-        if (st == DS_OK) st = ds_error((ds_status)worst, "another rank failed while %s",
-                                       o->cuda ? "setting up its CUDA engine" : "embedding its samples");
-        goto done;
-    }
+    if ((st = comm_sync_status(st))) goto done;
     if (eng) ds_info("device: %s", gpu_engine_describe(eng));
 
     /* resuming: the residual stream after layer start-1 replaces the embeddings */
@@ -329,13 +329,8 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
         rh.layer = start - 1;
         st = resume_load_rank(rdir, &rh, buf, state_bytes);
         if (!st) residual_put(eng, x, local, nlocal, c, buf);
-        else if (rank != 0) ds_log(DS_LOG_ERROR, "%s", ds_errmsg()); /* rank 0 reports "another rank" */
         free(buf);
-        worst = comm_allreduce_max_int((int)st);
-        if (worst) {
-            if (st == DS_OK) st = ds_error((ds_status)worst, "another rank could not read its resume state (see its message)");
-            goto done;
-        }
+        if ((st = comm_sync_status(st))) goto done;
         if (rank == 0) ds_info("resuming after layer %d/%d (%d modules already quantized)", start, c->L, stats->nmods);
     }
     double last_state = ds_now();
@@ -363,7 +358,11 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
         stage_times lt = {0};
         layer_weights lw;
         double t = ds_now();
-        layer_get(&pf, m, l, &lw);
+        const ds_status lst = layer_get(&pf, m, l, &lw);
+        if ((st = comm_sync_status(lst))) { /* e.g. a non-finite weight: exit 3 naming it */
+            if (!lst) layer_free(&lw);
+            break;
+        }
         layer_set_all_experts(&lw, !o->moe_routed_only);
         if (eng) gpu_engine_load_layer(eng, &lw);
         if (eng && l + 1 < c->L) prefetch_start(&pf, m, l + 1);
@@ -452,7 +451,13 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
                     gs = gptq_quantize(&r->w, li->w, li->out, li->in, Hf, r->block_size, r->dampening_frac,
                                        c->dtype, &res);
                 }
-                if (gs) DS_DIE(1, "GPTQ failed on %s: %s", li->name, ds_errmsg());
+                if (gs) {
+                    char why[2048];
+                    snprintf(why, sizeof why, "%s", ds_errmsg());
+                    st = ds_error(gs, "GPTQ failed on %s: %s", li->name, why);
+                    free(pr.buf);
+                    break;
+                }
                 size_t ng = (size_t)quant_num_groups(&r->w, li->in);
                 ds_convert_from_f32(pr.w, res.wq, c->dtype, (size_t)li->out * li->in);
                 memcpy(pr.scale, res.scale, sizeof(float) * li->out * ng);
@@ -465,6 +470,13 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
                 lt.gptq += ds_now() - t;
                 prs[i] = pr;
             }
+        }
+        if ((st = comm_sync_status(st))) { /* a solve failed: stop at this layer, all ranks */
+            for (int i = 0; i < nm; i++) free(prs[i].buf);
+            free(prs);
+            for (int inp = 0; inp < nin; inp++) { free(cap.H[inp]); cap.H[inp] = NULL; }
+            layer_free(&lw);
+            break;
         }
         for (int i = 0; i < nm; i++) {
             layer_linear *li = &lw.lin[mods[i]];
@@ -522,11 +534,7 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
         stats->t.propagate += lt.propagate; stats->t.save += lt.save;
         log_layer(m, l, &lt, layer_loss, nm, t_start);
         /* a save failure on rank 0 stops everyone at the layer boundary */
-        worst = comm_allreduce_max_int((int)st);
-        if (worst) {
-            if (st == DS_OK) st = ds_error((ds_status)worst, "rank 0 failed writing the checkpoint");
-            break;
-        }
+        if ((st = comm_sync_status(st))) break;
         /* resume point: every resume_interval seconds, or now when a rank
          * got SIGUSR1/SIGTERM (then stop); decided on all ranks alike, never
          * after the last layer */
@@ -572,8 +580,7 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
             if (st == DS_OK) ck = NULL; /* freed by ckpt_finish; on failure ckpt_abort cleans up */
         }
         stats->t.save += ds_now() - t;
-        worst = comm_allreduce_max_int((int)st);
-        if (worst && st == DS_OK) st = ds_error((ds_status)worst, "rank 0 failed finishing the checkpoint");
+        st = comm_sync_status(st);
     }
 done:
     if (o->cuda) { /* every rank reaches here on every path: a collective is safe */

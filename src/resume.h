@@ -11,9 +11,10 @@
  * A resumed run recomputes nothing it had finished and, with the same inputs,
  * writes the same checkpoint as an uninterrupted run. The fingerprint covers
  * the doneshot version, the applied recipe, the model's shape and dtype, the
- * world size, the device kind and the total sample/token counts; each rank
- * file also covers that rank's token ids. Weights edited in place between the
- * two runs are not detected.
+ * model's identity (config.json, and per shard its real path, size, mtime
+ * and 16 pages of its bytes), the world size, the device kind, the total
+ * sample/token counts and every rank's token ids; each rank file also covers
+ * that rank's token ids. A model moved to another path does not resume.
  * Files are written to "<name>.tmp", fsync'd and renamed.
  */
 #ifndef DS_RESUME_H
@@ -30,9 +31,17 @@ typedef struct resume_head {
     uint64_t nlocal, ntok, C;
 } resume_head;
 
-/* FNV-1a 64 of the job (identical on every rank) and of this rank's ids. */
+/* FNV-1a 64 of the model's identity: config.json, and per shard its real
+ * path, size, mtime (ns) and 16 4-KiB pages spread over the file. */
+uint64_t resume_model_fingerprint(const model *m);
+/* FNV-1a 64 of a rank's samples (lengths and token ids, in order). */
+uint64_t resume_ids_fingerprint(const ds_sample *local, size_t nlocal);
+/* FNV-1a 64 of the job (identical on every rank): version, recipe, model
+ * shape and identity, world size, device, sample/token totals and data_fp
+ * (the ids of all ranks combined, see pipeline.c). */
 uint64_t resume_job_fingerprint(const model *m, const recipe *r, int world, int cuda, size_t samples_total,
-                                size_t tokens_total);
+                                size_t tokens_total, uint64_t data_fp);
+/* FNV-1a 64 of the job and of this rank's ids. */
 uint64_t resume_rank_fingerprint(uint64_t job_fp, const ds_sample *local, size_t nlocal);
 
 /* rank-<h->rank>.bin in dir: header + nbytes of data. DS_ERR_RUNTIME on I/O. */
@@ -45,8 +54,10 @@ ds_status resume_load_rank(const char *dir, const resume_head *want, void *data,
 ds_status resume_save_progress(const char *dir, int layer, int world, uint64_t job_fp, const run_stats *s);
 /* *layer = -1 when there is no progress file (DS_OK). When there is one:
  * DS_ERR_USAGE if it is from another job (world size or fingerprint, the
- * message says which), else *layer and the records are restored into s
- * (s->mods holds max_mods records). */
-ds_status resume_load_progress(const char *dir, int world, uint64_t job_fp, int max_mods, int *layer, run_stats *s);
+ * message says which) or corrupt (layer outside [0, nlayers-2], counts or
+ * module records out of range), else *layer and the records are restored
+ * into s (s->mods holds max_mods records). The file is never modified. */
+ds_status resume_load_progress(const char *dir, int world, uint64_t job_fp, int nlayers, int max_mods, int *layer,
+                               run_stats *s);
 
 #endif

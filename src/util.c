@@ -3,7 +3,6 @@
  * conversion and small file helpers (see common.h for contracts).
  */
 #include "common.h"
-#include "comm.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -12,6 +11,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <limits.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -72,6 +72,10 @@ void ds_log(int level, const char *fmt, ...) {
     fflush(stderr);
 }
 
+static void (*g_abort)(int);
+static void (*g_cleanup)(void *);
+static void *g_cleanup_arg;
+
 void ds_fatal(int code, const char *file, int line, const char *func, const char *fmt, ...) {
     char buf[4096], host[256] = "?";
     va_list ap;
@@ -81,7 +85,18 @@ void ds_fatal(int code, const char *file, int line, const char *func, const char
     gethostname(host, sizeof host - 1);
     fprintf(stderr, "doneshot: [rank %d %s] %s:%d %s: %s\n", g_rank, host, file, line, func, buf);
     fflush(stderr);
-    comm_abort(code);
+    void (*cleanup)(void *) = g_cleanup;
+    g_cleanup = NULL; /* a failure inside the cleanup must not recurse */
+    if (cleanup) cleanup(g_cleanup_arg);
+    if (g_abort) g_abort(code);
+    exit(code);
+}
+
+void ds_set_abort(void (*fn)(int code)) { g_abort = fn; }
+
+void ds_set_fatal_cleanup(void (*fn)(void *), void *arg) {
+    g_cleanup = fn;
+    g_cleanup_arg = arg;
 }
 
 /* ---- allocation ---- */
@@ -371,4 +386,68 @@ char *ds_path_join(const char *dir, const char *name) {
     size_t n = strlen(dir);
     if (n && dir[n - 1] == '/') return xasprintf("%s%s", dir, name);
     return xasprintf("%s/%s", dir, name);
+}
+
+/* Append component c (len n) to the absolute path in buf (len *len), folding
+ * "." and ".." lexically. */
+static void path_push(char *buf, size_t *len, const char *c, size_t n) {
+    if (n == 0 || (n == 1 && c[0] == '.')) return;
+    if (n == 2 && c[0] == '.' && c[1] == '.') {
+        while (*len > 1 && buf[*len - 1] != '/') (*len)--;
+        if (*len > 1) (*len)--;
+        buf[*len] = 0;
+        return;
+    }
+    if (*len > 1) buf[(*len)++] = '/';
+    memcpy(buf + *len, c, n);
+    *len += n;
+    buf[*len] = 0;
+}
+
+char *ds_abspath(const char *path) {
+    if (!path || !*path) { errno = EINVAL; return NULL; }
+    size_t cap = strlen(path) + PATH_MAX + 2, len = 1;
+    char *buf = xmalloc(cap), *cwd = NULL;
+    strcpy(buf, "/");
+    if (path[0] != '/') {
+        if (!(cwd = getcwd(NULL, 0))) { free(buf); return NULL; }
+        free(buf);
+        cap += strlen(cwd);
+        buf = xmalloc(cap);
+        strcpy(buf, cwd);
+        len = strlen(buf);
+        free(cwd);
+    }
+    int exists = 1; /* buf names an existing, canonical directory so far */
+    for (const char *p = path; *p;) {
+        while (*p == '/') p++;
+        const char *e = p;
+        while (*e && *e != '/') e++;
+        size_t n = (size_t)(e - p);
+        if (n) {
+            path_push(buf, &len, p, n);
+            struct stat st;
+            if (exists && lstat(buf, &st) == 0) {
+                char *r = realpath(buf, NULL); /* follows a symlink component */
+                if (r) {
+                    if (strlen(r) + (strlen(path) + 2) > cap) { cap = strlen(r) + strlen(path) + PATH_MAX; buf = xrealloc(buf, cap); }
+                    strcpy(buf, r);
+                    len = strlen(buf);
+                    free(r);
+                } else {
+                    exists = 0;
+                }
+            } else {
+                exists = 0;
+            }
+        }
+        p = e;
+    }
+    return buf;
+}
+
+int ds_path_within(const char *a, const char *b) {
+    size_t n = strlen(b);
+    if (n == 1 && b[0] == '/') return 1;
+    return strncmp(a, b, n) == 0 && (a[n] == 0 || a[n] == '/');
 }
