@@ -45,5 +45,11 @@ void comm_bcast(void *buf, size_t nbytes, int root);
  * prefixed "rank r: " where r is not the rank itself or 0, so rank 0 can
  * print the failing rank's own words. */
 ds_status comm_sync_status(ds_status st);
+/* comm_sync_status, then rank 0 prints the resulting message as an error. */
+static inline ds_status comm_sync_report(ds_status st) {
+    ds_status worst = comm_sync_status(st);
+    if (worst != DS_OK && comm_rank() == 0) ds_log(DS_LOG_ERROR, "%s", ds_errmsg());
+    return worst;
+}
 
 #endif

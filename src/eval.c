@@ -126,16 +126,6 @@ static int parse_eval_cli(int argc, char **argv, eval_cli *c) {
     return (int)st;
 }
 
-/* Every rank returns the worst status; rank 0 (or a failing rank when rank 0
- * succeeded) prints the message. */
-static ds_status sync_status(ds_status st) {
-    int st0 = (int)st;
-    comm_bcast(&st0, sizeof st0, 0);
-    int worst = comm_allreduce_max_int((int)st);
-    if (st != DS_OK && (comm_rank() == 0 || st0 == 0)) ds_log(DS_LOG_ERROR, "%s", ds_errmsg());
-    return (ds_status)worst;
-}
-
 /* ---- tokenization (rank 0) and broadcast ---- */
 
 static ds_status tokenize_file(const char *path, const char *model_dir, int32_t **ids, size_t *n) {
@@ -304,7 +294,7 @@ int cmd_eval(int argc, char **argv) {
         return 0;
     }
     ds_log_set_level(DS_LOG_INFO + c.verbosity);
-    ds_status st = sync_status((ds_status)pr);
+    ds_status st = comm_sync_report((ds_status)pr);
     if (st) {
         if (rank == 0) fprintf(stderr, "usage: doneshot eval --model DIR --dataset FILE [options]; see doneshot eval --help\n");
         return (int)st;
@@ -312,7 +302,7 @@ int cmd_eval(int argc, char **argv) {
 
     st = model_open_quantized_ok(c.model, &m);
     have_model = st == DS_OK;
-    if ((st = sync_status(st))) goto done;
+    if ((st = comm_sync_report(st))) goto done;
     int threads = c.threads > 0 ? (int)c.threads
                                 : DS_MAX(1, (int)sysconf(_SC_NPROCESSORS_ONLN) / comm_local_size());
     openblas_set_num_threads(threads);
@@ -320,7 +310,7 @@ int cmd_eval(int argc, char **argv) {
 
     if (c.dump) {
         st = rank == 0 ? dump_weights(&m, c.dump) : DS_OK;
-        if ((st = sync_status(st))) goto done;
+        if ((st = comm_sync_report(st))) goto done;
         ds_info("wrote the dequantized Linear weights of %s to %s", c.model, c.dump);
         if (!c.dataset) goto done;
     }
@@ -337,7 +327,7 @@ int cmd_eval(int argc, char **argv) {
     if (rank == 0 && st == DS_OK && (long)(n / (size_t)T) < 1)
         st = ds_error(DS_ERR_INPUT, "%s: %zu tokens, fewer than one window of %ld tokens\n"
                       "hint: lower --seq-len or use a longer text", c.dataset, n, T);
-    if ((st = sync_status(st))) goto done;
+    if ((st = comm_sync_report(st))) goto done;
     uint64_t n64 = n;
     comm_bcast(&n64, sizeof n64, 0);
     n = (size_t)n64;
@@ -352,7 +342,7 @@ int cmd_eval(int argc, char **argv) {
     size_t first = nwin * (size_t)rank / (size_t)R, count = nwin * (size_t)(rank + 1) / (size_t)R - first;
     win = xcalloc(nwin, sizeof(double));
     st = eval_windows(&m, ids, (int)T, first, count, win + first);
-    if ((st = sync_status(st))) goto done;
+    if ((st = comm_sync_report(st))) goto done;
     comm_allreduce_sum_f64(win, nwin);
     double total = 0.0;
     for (size_t w = 0; w < nwin; w++) total += win[w];
@@ -360,7 +350,7 @@ int cmd_eval(int argc, char **argv) {
     const double nll = total / (double)ntok, ppl = exp(nll);
     if (!isfinite(nll)) {
         st = ds_error(DS_ERR_RUNTIME, "%s: the negative log-likelihood is not finite (%g)", c.model, nll);
-        st = sync_status(st);
+        st = comm_sync_report(st);
         goto done;
     }
     if (rank == 0) {
