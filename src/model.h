@@ -55,13 +55,20 @@ typedef struct model {
 } model;
 
 /* Open a model directory: parse and validate config.json (DS_ERR_INPUT for
- * missing/invalid keys, DS_ERR_INPUT "unsupported architecture X (supported:
- * ...)"), mmap the safetensors, check every tensor the forward needs exists
- * with the expected shape. */
+ * missing/invalid keys, sizes outside their supported range, DS_ERR_INPUT
+ * "unsupported architecture X (supported: ...)"), mmap the safetensors, check
+ * the config sizes against the tensors present (embedding, layer count,
+ * attention/MLP widths, expert count: DS_ERR_INPUT naming the key and the
+ * tensor it contradicts) and that every tensor the forward needs exists with
+ * the expected shape and dtype. Cost: O(tensors), no tensor data read. */
 ds_status model_open(const char *dir, model *m);
 /* As model_open, but also accepts a compressed-tensors pack-quantized
- * checkpoint (a doneshot output): layer_load then dequantizes each quantized
- * Linear, W = (q - zp) * scale per group, in the model dtype. */
+ * checkpoint (a doneshot output): quantization_config's weight args are
+ * parsed and every quantized module's weight_packed, weight_scale,
+ * weight_shape, weight_zero_point and weight_g_idx are checked against them
+ * (shape and dtype; DS_ERR_INPUT naming the tensor, expected vs got).
+ * layer_load then dequantizes each quantized Linear, W = (q - zp) * scale
+ * per group, in the model dtype. */
 ds_status model_open_quantized_ok(const char *dir, model *m);
 void model_close(model *m);
 
@@ -116,6 +123,10 @@ int model_layer_linears(const model_config *c, int l, int all_experts, layer_lin
 /* 1 if `module` (e.g. model.layers.2.mlp.experts.7.down_proj) is a
  * quantizable Linear of this model (routers/shared_expert_gate are not). */
 int model_linear_quantizable(const model_config *c, const char *module);
+/* Load (and dequantize) layer l's weights into lw as f32. DS_ERR_INPUT when
+ * a Linear weight or bias holds an inf/NaN (checked inside the conversion,
+ * "<tensor>: element [r, c] is inf"), or a quantized module's g_idx value or
+ * dequantized weight is invalid; lw is then freed (layer_free is safe). */
 ds_status layer_load(const model *m, int l, layer_weights *lw);
 /* Switch calibration mode (1: all experts see all tokens, 0: routed tokens only). */
 void layer_set_all_experts(layer_weights *lw, int on);
