@@ -14,15 +14,19 @@
 int gpu_engine_local_rank(void) {
     static const char *const vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID",
                                        "PMI_LOCAL_RANK"};
-    for (size_t i = 0; i < DS_ARRAY_LEN(vars); i++) {
+    const char *from = "MPI's shared-memory split";
+    int r = -1;
+    for (size_t i = 0; i < DS_ARRAY_LEN(vars) && r < 0; i++) {
         const char *v = getenv(vars[i]);
         char *end;
         if (v && *v) {
-            long r = strtol(v, &end, 10);
-            if (*end == '\0' && r >= 0 && r < 1 << 20) return (int)r;
+            long x = strtol(v, &end, 10);
+            if (*end == '\0' && x >= 0 && x < 1 << 20) { r = (int)x; from = vars[i]; }
         }
     }
-    return comm_local_rank();
+    if (r < 0) r = comm_local_rank();
+    ds_debug("local rank %d (from %s) of %d ranks on this node", r, from, comm_local_size());
+    return r;
 }
 
 ds_status gpu_engine_check_model(const model_config *c) {
