@@ -69,39 +69,85 @@ static int ends_with(const char *s, const char *suf) {
     return a >= b && strcmp(s + a - b, suf) == 0;
 }
 
-/* Whole file through zlib (transparent for uncompressed files). */
-static ds_status read_all(const char *path, char **out, size_t *len) {
-    gzFile f = gzopen(path, "rb");
-    if (!f) return ds_error(DS_ERR_INPUT, "%s: cannot open", path);
-    gzbuffer(f, 1 << 17);
-    size_t cap = 1 << 16, n = 0;
-    char *b = xmalloc(cap);
-    for (;;) {
-        if (cap - n < (1 << 15)) { cap *= 2; b = xrealloc(b, cap); }
-        int r = gzread(f, b + n, (unsigned)(cap - n - 1));
-        if (r < 0) {
-            int e;
-            const char *msg = gzerror(f, &e);
-            ds_status st = ds_error(DS_ERR_INPUT, "%s: read error: %s", path, msg ? msg : "?");
-            free(b);
-            gzclose(f);
-            return st;
-        }
-        if (r == 0) break;
-        n += (size_t)r;
-    }
+/* ---- streaming line reader ----
+ * Lines through zlib (transparent for uncompressed files), one decompressed
+ * chunk at a time: memory is the chunk plus the longest line, never the file.
+ * No int-sized lengths: gzread is asked for LR_CHUNK bytes at a time. */
+
+#define LR_CHUNK ((size_t)1 << 18)
+
+typedef struct line_reader {
+    gzFile f;
+    const char *path;
+    char *buf;          /* decompressed bytes; [pos, end) not returned yet */
+    size_t pos, end;
+    int eof;
+    sbuf acc;           /* a line that spans chunks */
+} line_reader;
+
+static ds_status lr_open(line_reader *r, const char *path) {
+    memset(r, 0, sizeof *r);
+    r->path = path;
+    r->f = gzopen(path, "rb");
+    if (!r->f) return ds_error(DS_ERR_INPUT, "%s: cannot open", path);
+    gzbuffer(r->f, 1 << 17);
+    r->buf = xmalloc(LR_CHUNK);
+    return DS_OK;
+}
+
+static void lr_close(line_reader *r) {
+    if (r->f) gzclose(r->f);
+    free(r->buf);
+    free(r->acc.p);
+    memset(r, 0, sizeof *r);
+}
+
+static ds_status lr_fill(line_reader *r) {
+    int got = gzread(r->f, r->buf, (unsigned)LR_CHUNK);
     int e = 0;
-    const char *msg = gzerror(f, &e);
-    if (e != Z_OK && e != Z_STREAM_END) {
-        ds_status st = ds_error(DS_ERR_INPUT, "%s: %s (truncated or corrupt gzip?)", path, msg ? msg : "read error");
-        free(b);
-        gzclose(f);
-        return st;
+    if (got < 0) {
+        const char *msg = gzerror(r->f, &e);
+        return ds_error(DS_ERR_INPUT, "%s: read error: %s", r->path, msg ? msg : "?");
     }
-    gzclose(f);
-    b[n] = 0;
-    *out = b;
-    *len = n;
+    if (got == 0) {
+        const char *msg = gzerror(r->f, &e);
+        if (e != Z_OK && e != Z_STREAM_END)
+            return ds_error(DS_ERR_INPUT, "%s: %s (truncated or corrupt gzip?)", r->path, msg ? msg : "read error");
+        r->eof = 1;
+    }
+    r->pos = 0;
+    r->end = (size_t)got;
+    return DS_OK;
+}
+
+/* Next line without its '\n': *s, *n (valid until the next call; not
+ * NUL-terminated, may hold NUL bytes); *got = 0 at the end. A last line
+ * without '\n' is a line; the empty rest after a final '\n' is not. */
+static ds_status lr_next(line_reader *r, const char **s, size_t *n, int *got) {
+    int partial = 0;
+    r->acc.n = 0;
+    *got = 0;
+    for (;;) {
+        if (r->pos == r->end) {
+            if (r->eof) break;
+            ds_status st = lr_fill(r);
+            if (st) return st;
+            continue;
+        }
+        char *p = r->buf + r->pos, *nl = memchr(p, '\n', r->end - r->pos);
+        if (nl) {
+            size_t k = (size_t)(nl - p);
+            r->pos += k + 1;
+            *got = 1;
+            if (!partial) { *s = p; *n = k; return DS_OK; }
+            sb_put(&r->acc, p, k);
+            break;
+        }
+        sb_put(&r->acc, p, r->end - r->pos);
+        partial = 1;
+        r->pos = r->end;
+    }
+    if (partial) { *s = r->acc.p; *n = r->acc.n; *got = 1; }
     return DS_OK;
 }
 
@@ -362,69 +408,155 @@ ds_status dataset_render_chat(const tokenizer *tok, const char *model_dir, const
     return DS_OK;
 }
 
-/* ---- rows ---- */
+/* ---- rows ----
+ * One loader walks the file's rows in file order in one of three passes:
+ *   PASS_ALL   tokenize every usable row, append (dataset_load);
+ *   PASS_SCAN  decide which rows are usable, one bit per candidate row
+ *              (non-blank JSONL line / .txt document), tokenizing only when
+ *              that is the only way to know the row gives >= 1 id;
+ *   PASS_KEEP  tokenize only the usable rows listed in keep[] and store each
+ *              at its slot; every other row is read past, not parsed.
+ * Usable / skipped is decided by the same code in every pass. */
+
+enum { PASS_ALL, PASS_SCAN, PASS_KEEP };
+
+typedef struct keep_item { size_t ord, slot; } keep_item; /* usable-row ordinal -> output slot */
 
 typedef struct loader {
     const char *path;
     const tokenizer *tok;
     const dataset_opts *o;
+    int pass;
     ds_dataset *d;
     size_t cap;
     size_t first_skip_line;
+    size_t min_ids[2];      /* ids of encode("", add_special 0/1): a lower bound for any text */
+    size_t cand;            /* candidate rows seen */
+    size_t n_usable;        /* usable rows seen */
+    uint64_t *bits;         /* PASS_SCAN sets, PASS_KEEP reads: candidate row is usable */
+    size_t bits_words;
+    const keep_item *keep;  /* PASS_KEEP: sorted by ord */
+    size_t n_keep, k_next, slot;
+    int done;               /* PASS_KEEP: every kept row placed */
 } loader;
 
-static void add_row(loader *L, int32_t *ids, size_t n) {
-    if (L->o->max_seq_len > 0 && (long)n > L->o->max_seq_len) n = (size_t)L->o->max_seq_len;
-    if (L->d->n == L->cap) {
-        L->cap = L->cap ? L->cap * 2 : 256;
-        L->d->rows = xrealloc(L->d->rows, L->cap * sizeof *L->d->rows);
-    }
-    L->d->rows[L->d->n].ids = ids;
-    L->d->rows[L->d->n].n = (int32_t)n;
-    L->d->n++;
+/* A candidate row starts: should the pass look at it? (PASS_KEEP: only the
+ * next kept usable row.) */
+static int row_begin(loader *L) {
+    size_t c = L->cand++;
+    if (L->pass != PASS_KEEP) return 1;
+    if (!(L->bits[c / 64] >> (c % 64) & 1)) return 0;
+    size_t u = L->n_usable++;
+    if (L->k_next < L->n_keep && L->keep[L->k_next].ord == u) { L->slot = L->keep[L->k_next].slot; return 1; }
+    return 0;
 }
 
-static void skip_row(loader *L, size_t line, const char *why) {
+/* ids (malloc'd, may be NULL in PASS_SCAN) of the current row, which is usable. */
+static ds_status use_row(loader *L, int32_t *ids, size_t n) {
+    if (L->pass == PASS_SCAN) {
+        size_t c = L->cand - 1;
+        if (c / 64 >= L->bits_words) {
+            size_t w = L->bits_words ? L->bits_words * 2 : 64;
+            while (w <= c / 64) w *= 2;
+            L->bits = xrealloc(L->bits, w * sizeof *L->bits);
+            memset(L->bits + L->bits_words, 0, (w - L->bits_words) * sizeof *L->bits);
+            L->bits_words = w;
+        }
+        L->bits[c / 64] |= (uint64_t)1 << (c % 64);
+        L->n_usable++;
+        free(ids);
+        return DS_OK;
+    }
+    if (L->o->max_seq_len > 0 && n > (size_t)L->o->max_seq_len) {
+        n = (size_t)L->o->max_seq_len;
+        ids = xrealloc(ids, n * sizeof *ids); /* keep only what is used */
+    }
+    ds_sample *dst;
+    if (L->pass == PASS_KEEP) {
+        dst = &L->d->rows[L->slot];
+        if (++L->k_next == L->n_keep) L->done = 1;
+    } else {
+        if (L->d->n == L->cap) {
+            L->cap = L->cap ? L->cap * 2 : 256;
+            L->d->rows = xrealloc(L->d->rows, L->cap * sizeof *L->d->rows);
+        }
+        dst = &L->d->rows[L->d->n++];
+        L->n_usable++;
+    }
+    dst->ids = ids;
+    dst->n = (int32_t)n;
+    return DS_OK;
+}
+
+static ds_status skip_row(loader *L, size_t line, const char *why) {
+    if (L->pass == PASS_KEEP) /* it was usable in the first read */
+        return ds_error(DS_ERR_INPUT, "%s:%zu: row changed between the two reads of the file (now: %s)\n"
+                        "hint: do not modify the calibration file while doneshot runs", L->path, line, why);
     if (L->d->skipped == 0) L->first_skip_line = line;
     L->d->skipped++;
     if (L->d->skipped <= 3) ds_warn("%s:%zu: skipping row: %s", L->path, line, why);
+    return DS_OK;
 }
 
-static ds_status text_row(loader *L, const char *s, size_t n, size_t line, int add_special) {
-    if (n == 0) { skip_row(L, line, "empty"); return DS_OK; }
-    if (!utf8_valid(s, n)) { skip_row(L, line, "invalid UTF-8"); return DS_OK; }
+/* utf8_ok: 1/0 when known, -1 to check s. s may be NULL in PASS_SCAN when
+ * min_ids[add_special] > 0 (the row is usable without tokenizing it). */
+static ds_status text_row(loader *L, const char *s, size_t n, int utf8_ok, size_t line, int add_special) {
+    if (n == 0) return skip_row(L, line, "empty");
+    if (utf8_ok < 0) utf8_ok = utf8_valid(s, n);
+    if (!utf8_ok) return skip_row(L, line, "invalid UTF-8");
+    if (L->pass == PASS_SCAN && L->min_ids[add_special != 0] > 0) return use_row(L, NULL, 0);
     int32_t *ids = NULL;
     size_t nid = 0;
     ds_status st = tokenizer_encode(L->tok, s, n, add_special, &ids, &nid);
     if (st) { ds_error_prefix("%s:%zu", L->path, line); return st; }
-    if (nid == 0) { free(ids); skip_row(L, line, "no tokens"); return DS_OK; }
-    add_row(L, ids, nid);
-    return DS_OK;
+    if (nid == 0) { free(ids); return skip_row(L, line, "no tokens"); }
+    return use_row(L, ids, nid);
 }
 
-static ds_status load_txt(loader *L, const char *buf, size_t len) {
-    size_t i = 0, line = 1, doc_start = 0, doc_end = 0, doc_line = 0;
-    int in_doc = 0;
-    while (i <= len) {
-        size_t e = i;
-        while (e < len && buf[e] != '\n') e++;
+/* Whether a .txt document must be held in memory to decide / tokenize it. */
+static int txt_needs_text(const loader *L) {
+    return L->pass != PASS_SCAN || L->min_ids[L->o->add_special != 0] == 0;
+}
+
+static ds_status load_txt(loader *L, line_reader *R) {
+    size_t line = 0, doc_line = 0, doc_n = 0;
+    int in_doc = 0, take = 0, doc_ok = 1, keep_text = txt_needs_text(L);
+    sbuf doc = {0};
+    ds_status st = DS_OK;
+    for (;;) {
+        const char *s = NULL;
+        size_t n = 0;
+        int got;
+        if ((st = lr_next(R, &s, &n, &got))) break;
         int blank = 1;
-        for (size_t k = i; k < e; k++)
-            if (!strchr(" \t\r\v\f", buf[k])) { blank = 0; break; }
-        if (!blank) {
-            if (!in_doc) { in_doc = 1; doc_start = i; doc_line = line; }
-            doc_end = e;
-        } else if (in_doc) {
-            ds_status st = text_row(L, buf + doc_start, doc_end - doc_start, doc_line, L->o->add_special);
-            if (st) return st;
-            in_doc = 0;
+        if (got) {
+            line++;
+            for (size_t k = 0; k < n; k++)
+                if (!strchr(" \t\r\v\f", s[k])) { blank = 0; break; }
         }
-        if (e >= len) break;
-        i = e + 1;
-        line++;
+        if (!blank) {
+            if (!in_doc) {
+                in_doc = 1; doc_line = line; doc_n = 0; doc_ok = 1; doc.n = 0;
+                take = row_begin(L);
+            }
+            if (take) { /* the document is the exact text of its lines joined by '\n' */
+                if (doc_n) doc_n++;
+                doc_n += n;
+                doc_ok = doc_ok && utf8_valid(s, n); /* no UTF-8 sequence can span a '\n' */
+                if (keep_text) {
+                    if (doc.n) sb_put(&doc, "\n", 1);
+                    sb_put(&doc, s, n);
+                }
+            }
+        } else if (in_doc) {
+            in_doc = 0;
+            if (take && (st = text_row(L, keep_text ? doc.p : NULL, doc_n, doc_ok, doc_line, L->o->add_special))) break;
+            if (L->done) break;
+        }
+        if (!got) break;
     }
-    if (in_doc) return text_row(L, buf + doc_start, doc_end - doc_start, doc_line, L->o->add_special);
-    return DS_OK;
+    free(doc.p);
+    return st;
 }
 
 static ds_status json_row(loader *L, cJSON *row, size_t line) {
@@ -435,7 +567,7 @@ static ds_status json_row(loader *L, cJSON *row, size_t line) {
     if (ids) {
         if (!cJSON_IsArray(ids)) return ds_error(DS_ERR_INPUT, "%s:%zu: 'input_ids' is not an array", L->path, line);
         int n = cJSON_GetArraySize(ids), k = 0, vs = tokenizer_vocab_size(L->tok);
-        if (n == 0) { skip_row(L, line, "empty input_ids"); return DS_OK; }
+        if (n == 0) return skip_row(L, line, "empty input_ids");
         int32_t *v = xmalloc((size_t)n * sizeof *v);
         const cJSON *e;
         cJSON_ArrayForEach(e, ids) {
@@ -445,8 +577,7 @@ static ds_status json_row(loader *L, cJSON *row, size_t line) {
             }
             v[k++] = (int32_t)e->valuedouble;
         }
-        add_row(L, v, (size_t)n);
-        return DS_OK;
+        return use_row(L, v, (size_t)n);
     }
     if (msgs) {
         char *mj = cJSON_PrintUnformatted(msgs), *r = NULL;
@@ -455,73 +586,156 @@ static ds_status json_row(loader *L, cJSON *row, size_t line) {
         if (st) { ds_error_prefix("%s:%zu", L->path, line); return st; }
         const char *bos = tokenizer_bos_text(L->tok);
         int has_bos = bos && *bos && strncmp(r, bos, strlen(bos)) == 0;
-        st = text_row(L, r, strlen(r), line, has_bos ? 0 : L->o->add_special);
+        st = text_row(L, r, strlen(r), -1, line, has_bos ? 0 : L->o->add_special);
         free(r);
         return st;
     }
     if (!text || cJSON_IsNull(text)) {
         if (!text) return ds_error(DS_ERR_INPUT, "%s:%zu: row has no '%s' field (nor 'messages' or 'input_ids')\n"
                                    "hint: choose the field with the dataset text-field option", L->path, line, field);
-        skip_row(L, line, "null text");
-        return DS_OK;
+        return skip_row(L, line, "null text");
     }
     if (!cJSON_IsString(text)) return ds_error(DS_ERR_INPUT, "%s:%zu: field '%s' is not a string", L->path, line, field);
-    return text_row(L, text->valuestring, strlen(text->valuestring), line, L->o->add_special);
+    return text_row(L, text->valuestring, strlen(text->valuestring), -1, line, L->o->add_special);
 }
 
-static ds_status load_jsonl(loader *L, char *buf, size_t len) {
-    size_t i = 0, line = 1;
-    while (i < len) {
-        size_t e = i;
-        while (e < len && buf[e] != '\n') e++;
-        size_t k = i;
-        while (k < e && strchr(" \t\r\v\f", buf[k])) k++;
-        if (k < e) {
-            cJSON *row = cJSON_ParseWithLength(buf + i, e - i);
-            if (!cJSON_IsObject(row)) {
-                cJSON_Delete(row);
-                return ds_error(DS_ERR_INPUT, "%s:%zu: expected one JSON object per line", L->path, line);
-            }
-            ds_status st = json_row(L, row, line);
-            cJSON_Delete(row);
-            if (st) return st;
-        }
-        i = e + 1;
+static ds_status load_jsonl(loader *L, line_reader *R) {
+    size_t line = 0;
+    while (!L->done) {
+        const char *s;
+        size_t n;
+        int got;
+        ds_status st = lr_next(R, &s, &n, &got);
+        if (st) return st;
+        if (!got) break;
         line++;
+        size_t k = 0;
+        while (k < n && strchr(" \t\r\v\f", s[k])) k++;
+        if (k == n || !row_begin(L)) continue;
+        cJSON *row = cJSON_ParseWithLength(s, n);
+        if (!cJSON_IsObject(row)) {
+            cJSON_Delete(row);
+            return ds_error(DS_ERR_INPUT, "%s:%zu: expected one JSON object per line", L->path, line);
+        }
+        st = json_row(L, row, line);
+        cJSON_Delete(row);
+        if (st) return st;
     }
     return DS_OK;
 }
 
-ds_status dataset_load(const char *path, const tokenizer *tok, const dataset_opts *o, ds_dataset *out) {
-    memset(out, 0, sizeof *out);
-    dataset_opts def = {0};
-    if (!o) o = &def;
-    if (!tok) return ds_error(DS_ERR_INPUT, "dataset_load: no tokenizer");
-    char *buf = NULL, *base = xstrdup(path);
-    size_t len = 0;
-    ds_status st = read_all(path, &buf, &len);
-    if (st) goto done;
+/* Format by extension (".gz" stripped first); otherwise sniffed: the first
+ * character that is not blank (" \t\r\n") is '{' -> JSON lines. */
+static ds_status detect_jsonl(const char *path, int *jsonl) {
+    char *base = xstrdup(path);
     if (ends_with(base, ".gz")) base[strlen(base) - 3] = 0;
-    int jsonl;
-    if (ends_with(base, ".jsonl") || ends_with(base, ".json")) jsonl = 1;
-    else if (ends_with(base, ".txt")) jsonl = 0;
-    else {
-        size_t k = 0;
-        while (k < len && strchr(" \t\r\n", buf[k])) k++;
-        jsonl = k < len && buf[k] == '{';
-    }
-    loader L = {.path = path, .tok = tok, .o = o, .d = out};
-    st = jsonl ? load_jsonl(&L, buf, len) : load_txt(&L, buf, len);
-    if (st) { dataset_free(out); goto done; }
-    if (out->skipped)
-        ds_warn("%s: skipped %zu row(s) (empty or invalid UTF-8; first at line %zu)", path, out->skipped, L.first_skip_line);
-    if (out->n == 0) {
-        st = ds_error(DS_ERR_INPUT, "%s: no usable rows", path);
-        dataset_free(out);
-    }
-done:
-    free(buf);
+    int known = 1;
+    if (ends_with(base, ".jsonl") || ends_with(base, ".json")) *jsonl = 1;
+    else if (ends_with(base, ".txt")) *jsonl = 0;
+    else known = 0;
     free(base);
+    line_reader R;
+    ds_status st = lr_open(&R, path); /* also: unreadable files fail here, before any work */
+    *jsonl = known ? *jsonl : 0;
+    while (!st && !known) {
+        const char *s;
+        size_t n, k = 0;
+        int got;
+        if ((st = lr_next(&R, &s, &n, &got)) || !got) break;
+        while (k < n && strchr(" \t\r\n", s[k])) k++;
+        if (k < n) { *jsonl = s[k] == '{'; break; }
+    }
+    lr_close(&R);
+    return st;
+}
+
+/* One pass over the file. */
+static ds_status run_pass(loader *L, int jsonl) {
+    line_reader R;
+    ds_status st = lr_open(&R, L->path);
+    if (st) return st;
+    L->cand = L->n_usable = 0;
+    L->k_next = 0;
+    L->done = L->pass == PASS_KEEP && L->n_keep == 0;
+    if (!L->done) st = jsonl ? load_jsonl(L, &R) : load_txt(L, &R);
+    if (!st && L->pass == PASS_KEEP && !L->done)
+        st = ds_error(DS_ERR_INPUT, "%s: the file has fewer rows than in its first read\n"
+                      "hint: do not modify the calibration file while doneshot runs", L->path);
+    lr_close(&R);
+    return st;
+}
+
+static ds_status loader_start(loader *L, const char *path, const tokenizer *tok, const dataset_opts *o, int pass,
+                              ds_dataset *out, int *jsonl) {
+    memset(L, 0, sizeof *L);
+    memset(out, 0, sizeof *out);
+    if (!tok) return ds_error(DS_ERR_INPUT, "dataset_load: no tokenizer");
+    *L = (loader){.path = path, .tok = tok, .o = o, .pass = pass, .d = out};
+    for (int a = 0; a < 2; a++) {
+        int32_t *ids = NULL;
+        if (tokenizer_encode(tok, "", 0, a, &ids, &L->min_ids[a])) L->min_ids[a] = 0; /* unknown: tokenize */
+        free(ids);
+    }
+    return detect_jsonl(path, jsonl);
+}
+
+static ds_status loader_scanned(loader *L) {
+    if (L->d->skipped)
+        ds_warn("%s: skipped %zu row(s) (empty or invalid UTF-8; first at line %zu)", L->path, L->d->skipped,
+                L->first_skip_line);
+    if (L->n_usable == 0) return ds_error(DS_ERR_INPUT, "%s: no usable rows", L->path);
+    return DS_OK;
+}
+
+ds_status dataset_load(const char *path, const tokenizer *tok, const dataset_opts *o, ds_dataset *out) {
+    dataset_opts def = {0};
+    loader L;
+    int jsonl = 0;
+    ds_status st = loader_start(&L, path, tok, o ? o : &def, PASS_ALL, out, &jsonl);
+    if (!st) st = run_pass(&L, jsonl);
+    if (!st) st = loader_scanned(&L);
+    if (st) dataset_free(out);
+    return st;
+}
+
+static int keep_cmp(const void *a, const void *b) {
+    size_t x = ((const keep_item *)a)->ord, y = ((const keep_item *)b)->ord;
+    return x < y ? -1 : x > y;
+}
+
+ds_status dataset_load_slice(const char *path, const tokenizer *tok, const dataset_opts *o, uint64_t seed,
+                             size_t num_samples, int rank, int world, ds_dataset *out, dataset_slice_info *info) {
+    dataset_opts def = {0};
+    loader L;
+    int jsonl = 0;
+    memset(info, 0, sizeof *info);
+    memset(out, 0, sizeof *out);
+    if (world < 1 || rank < 0 || rank >= world)
+        return ds_error(DS_ERR_USAGE, "dataset_load_slice: rank %d of %d ranks", rank, world);
+    ds_status st = loader_start(&L, path, tok, o ? o : &def, PASS_SCAN, out, &jsonl);
+    if (!st) st = run_pass(&L, jsonl);
+    if (!st) st = loader_scanned(&L);
+    if (st) { free(L.bits); return st; }
+    size_t n = L.n_usable, N = num_samples < n ? num_samples : n, R = (size_t)world, k = (size_t)rank;
+    size_t first = N * k / R, count = N * (k + 1) / R - first;
+    info->usable = n;
+    info->total = N;
+    info->first = first;
+    keep_item *keep = xmalloc((count ? count : 1) * sizeof *keep);
+    size_t *ord = xmalloc((count ? count : 1) * sizeof *ord);
+    dataset_shuffle_positions(seed, n, first, count, ord);
+    for (size_t i = 0; i < count; i++) keep[i] = (keep_item){.ord = ord[i], .slot = i};
+    free(ord);
+    qsort(keep, count, sizeof *keep, keep_cmp);
+    out->rows = xcalloc(count ? count : 1, sizeof *out->rows);
+    out->n = count;
+    L.pass = PASS_KEEP;
+    L.keep = keep;
+    L.n_keep = count;
+    st = run_pass(&L, jsonl);
+    free(keep);
+    free(L.bits);
+    if (st) dataset_free(out);
     return st;
 }
 
@@ -539,6 +753,76 @@ static uint64_t splitmix64(uint64_t *s) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
+}
+
+/* Small open-addressing map position -> slot (linear probing, backward-shift delete). */
+typedef struct pos_map { size_t *key, *val, mask; } pos_map;
+#define PM_EMPTY SIZE_MAX
+
+static size_t pm_home(const pos_map *m, size_t key) { return (size_t)((key * 0x9E3779B97F4A7C15ull) >> 17) & m->mask; }
+
+static size_t pm_find(const pos_map *m, size_t key) {
+    for (size_t i = pm_home(m, key);; i = (i + 1) & m->mask) {
+        if (m->key[i] == key) return i;
+        if (m->key[i] == PM_EMPTY) return PM_EMPTY;
+    }
+}
+
+static void pm_put(pos_map *m, size_t key, size_t val) {
+    size_t i = pm_home(m, key);
+    while (m->key[i] != PM_EMPTY) i = (i + 1) & m->mask;
+    m->key[i] = key;
+    m->val[i] = val;
+}
+
+static void pm_del(pos_map *m, size_t i) {
+    for (size_t j = i;;) {
+        m->key[i] = PM_EMPTY;
+        for (;;) {
+            j = (j + 1) & m->mask;
+            if (m->key[j] == PM_EMPTY) return;
+            size_t h = pm_home(m, m->key[j]); /* may entry j move into the hole at i? */
+            if (i <= j ? (h <= i || h > j) : (h <= i && h > j)) break;
+        }
+        m->key[i] = m->key[j];
+        m->val[i] = m->val[j];
+        i = j;
+    }
+}
+
+void dataset_shuffle_positions(uint64_t seed, size_t n, size_t first, size_t count, size_t *ord) {
+    if (count == 0) return;
+    pos_map m;
+    size_t cap = 16;
+    while (cap < 2 * count) cap *= 2;
+    m.mask = cap - 1;
+    m.key = xmalloc(cap * sizeof *m.key);
+    m.val = xmalloc(cap * sizeof *m.val);
+    for (size_t i = 0; i < cap; i++) m.key[i] = PM_EMPTY;
+    for (size_t i = 0; i < count; i++) pm_put(&m, first + i, i);
+    /* dataset_shuffle_take's step for i (= n, n-1, ..., 2) draws splitmix64
+     * number n - i + 1 (state seed + (n - i) * gamma before the draw): undo the
+     * swaps from the last (i = 2) to the first (i = n), moving the tracked
+     * positions with them. */
+    const uint64_t gamma = 0x9E3779B97F4A7C15ull;
+    uint64_t s = seed + (uint64_t)(n < 2 ? 0 : n - 2) * gamma; /* state before the draw for i = 2 */
+    for (size_t i = 2; i <= n; i++, s -= gamma) {
+        uint64_t t = s;
+        size_t j = (size_t)(splitmix64(&t) % i), x = i - 1;
+        if (j == x) continue;
+        size_t a = pm_find(&m, x), b = pm_find(&m, j);
+        if (a != PM_EMPTY && b != PM_EMPTY) {
+            size_t v = m.val[a]; m.val[a] = m.val[b]; m.val[b] = v;
+        } else if (a != PM_EMPTY) {
+            size_t v = m.val[a]; pm_del(&m, a); pm_put(&m, j, v);
+        } else if (b != PM_EMPTY) {
+            size_t v = m.val[b]; pm_del(&m, b); pm_put(&m, x, v);
+        }
+    }
+    for (size_t i = 0; i < cap; i++)
+        if (m.key[i] != PM_EMPTY) ord[m.val[i]] = m.key[i];
+    free(m.key);
+    free(m.val);
 }
 
 void dataset_shuffle_take(ds_dataset *d, uint64_t seed, size_t n) {

@@ -191,7 +191,10 @@ static char *default_output(const char *model_dir, const recipe *r) {
 }
 
 /* Load the calibration rows, shuffle with the seed, keep N, take this rank's
- * slice [floor(N*r/R), floor(N*(r+1)/R)) (reference-llm-compressor.md §2.1). */
+ * slice [floor(N*r/R), floor(N*(r+1)/R)) (reference-llm-compressor.md §2.1).
+ * The file is streamed and only this rank's rows are tokenized
+ * (dataset_load_slice). data->n = N; only data->rows[*first, *first + *count)
+ * hold ids, the other entries are empty. */
 static ds_status load_calibration(const char *path, const char *model_dir, const recipe *r, long max_seq,
                                   long num_samples, uint64_t seed, ds_dataset *data, size_t *first,
                                   size_t *count) {
@@ -200,18 +203,21 @@ static ds_status load_calibration(const char *path, const char *model_dir, const
     if (st) return st;
     dataset_opts o = {.text_field = r->text_field, .max_seq_len = max_seq, .add_special = 1,
                       .model_dir = model_dir};
-    st = dataset_load(path, tok, &o, data);
+    ds_dataset mine = {0};
+    dataset_slice_info info;
+    st = dataset_load_slice(path, tok, &o, seed, (size_t)num_samples, comm_rank(), comm_size(), &mine, &info);
     tokenizer_free(tok);
     if (st) return st;
-    if (data->n == 0)
-        return ds_error(DS_ERR_INPUT, "%s: no usable calibration rows (%zu skipped)", path, data->skipped);
-    if ((size_t)num_samples > data->n)
+    if ((size_t)num_samples > info.usable)
         ds_warn("%s has %zu usable rows, fewer than the %ld calibration samples asked for; using %zu",
-                path, data->n, num_samples, data->n);
-    dataset_shuffle_take(data, seed, (size_t)num_samples);
-    size_t N = data->n, R = (size_t)comm_size(), k = (size_t)comm_rank();
-    *first = N * k / R;
-    *count = N * (k + 1) / R - *first;
+                path, info.usable, num_samples, info.usable);
+    data->rows = xcalloc(info.total, sizeof *data->rows);
+    data->n = info.total;
+    data->skipped = mine.skipped;
+    if (mine.n) memcpy(data->rows + info.first, mine.rows, mine.n * sizeof *mine.rows);
+    free(mine.rows);
+    *first = info.first;
+    *count = mine.n;
     return DS_OK;
 }
 
