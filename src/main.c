@@ -173,14 +173,6 @@ static ds_status parse_cli(int argc, char **argv, cli *c) {
     return st;
 }
 
-/* Combine a per-rank status: every rank returns the worst; rank 0 prints the
- * lowest failing rank's own message (comm_sync_status). */
-static ds_status sync_status(ds_status st) {
-    ds_status worst = comm_sync_status(st);
-    if (worst != DS_OK && comm_rank() == 0) ds_log(DS_LOG_ERROR, "%s", ds_errmsg());
-    return worst;
-}
-
 static char *default_output(const char *model_dir, const recipe *r) {
     char *d = xstrdup(model_dir);
     size_t n = strlen(d);
@@ -274,13 +266,13 @@ static int cmd_quantize(int argc, char **argv) {
         return 0;
     }
     ds_log_set_level(DS_LOG_INFO + c.verbosity);
-    if ((st = sync_status(st))) {
+    if ((st = comm_sync_report(st))) {
         if (comm_rank() == 0) fprintf(stderr, "usage: doneshot --recipe FILE [options]; see doneshot --help\n");
         return st;
     }
     st = recipe_load(c.recipe, &r);
     have_recipe = st == DS_OK;
-    if ((st = sync_status(st))) goto done;
+    if ((st = comm_sync_report(st))) goto done;
 
     /* flags override the recipe; then defaults as the reference */
     const char *model_dir = c.model ? c.model : r.model;
@@ -295,7 +287,7 @@ static int cmd_quantize(int argc, char **argv) {
         st = ds_error(DS_ERR_USAGE, "no model given\nhint: pass --model DIR or set \"model\" in %s", c.recipe);
     else if (!dataset)
         st = ds_error(DS_ERR_USAGE, "no calibration dataset given\nhint: pass --dataset FILE or set \"dataset\" in %s", c.recipe);
-    if ((st = sync_status(st))) goto done;
+    if ((st = comm_sync_report(st))) goto done;
 
     /* the output before anything heavy: never replace what is not ours, fail
      * in a second rather than after the work (rank 0 writes it) */
@@ -305,15 +297,15 @@ static int cmd_quantize(int argc, char **argv) {
                          .summary = c.summary};
         st = ckpt_check_output(&cp, c.overwrite);
     }
-    if ((st = sync_status(st))) goto done;
+    if ((st = comm_sync_report(st))) goto done;
 
     st = model_open(model_dir, &m);
     have_model = st == DS_OK;
     if (st == DS_OK) st = pipeline_validate(&m, &r);
-    if ((st = sync_status(st))) goto done;
+    if ((st = comm_sync_report(st))) goto done;
     int cuda = 0;
     st = select_device(c.device ? c.device : "auto", &m.cfg, &cuda);
-    if ((st = sync_status(st))) goto done;
+    if ((st = comm_sync_report(st))) goto done;
     if (max_seq > m.cfg.max_pos) max_seq = m.cfg.max_pos;
 
     int threads = c.threads > 0 ? (int)c.threads
@@ -324,7 +316,7 @@ static int cmd_quantize(int argc, char **argv) {
     size_t first = 0, count = 0;
     double t_data = ds_now();
     st = load_calibration(dataset, model_dir, &r, max_seq, num_samples, (uint64_t)seed, &data, &first, &count);
-    if ((st = sync_status(st))) goto done;
+    if ((st = comm_sync_report(st))) goto done;
 
     char gs[32] = "";
     if (r.w.strategy == QS_GROUP) snprintf(gs, sizeof gs, " %d", r.w.group_size);
@@ -343,7 +335,7 @@ static int cmd_quantize(int argc, char **argv) {
                    .resume_interval = c.resume_interval >= 0 ? (double)c.resume_interval : 600.0,
                    .stop_after_layer = (int)c.stop_after_layer};
     st = pipeline_quantize(&m, &r, data.rows + first, count, &ro, &stats);
-    if ((st = sync_status(st))) goto done;
+    if ((st = comm_sync_report(st))) goto done;
     summary_report(&stats, &m, &r, model_dir, dataset, output, c.summary, ds_now() - t_start);
 
 done:
