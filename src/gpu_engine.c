@@ -598,3 +598,61 @@ void gpu_engine_destroy(gpu_engine *e) {
 }
 
 #endif /* DS_CUDA */
+
+/* ---- the engine.h instance: the calls above behind engine_ops ---- */
+
+typedef struct gpu_adapter {
+    engine base;
+    gpu_engine *g;
+} gpu_adapter;
+
+static gpu_engine *G(const engine *e) { return ((const gpu_adapter *)e)->g; }
+static const char *ga_describe(const engine *e) { return gpu_engine_describe(G(e)); }
+static ds_status ga_load_layer(engine *e, const layer_weights *lw) {
+    gpu_engine_load_layer(G(e), lw);
+    return DS_OK;
+}
+static ds_status ga_calibrate(engine *e, const int *used, double *const *H_host, int64_t *cnt) {
+    gpu_engine_calibrate(G(e), used, H_host, cnt);
+    return DS_OK;
+}
+static ds_status ga_gptq(engine *e, const quant_args *a, const layer_linear *li, const double *H_host, int64_t nseq,
+                         int block_size, double dampening_frac, gptq_result *res) {
+    return gpu_engine_gptq(G(e), a, li, H_host, nseq, block_size, dampening_frac, res);
+}
+static void ga_set_weight(engine *e, int lin, const float *w) { gpu_engine_set_weight(G(e), lin, w); }
+static void ga_propagate(engine *e) { gpu_engine_propagate(G(e)); }
+static void ga_get_residual(engine *e, void *buf) { gpu_engine_get_residual(G(e), buf); }
+static void ga_set_residual(engine *e, const void *buf) { gpu_engine_set_residual(G(e), buf); }
+static engine_times ga_times(const engine *e) {
+    gpu_engine_times t = gpu_engine_get_times(G(e));
+    return (engine_times){.forward = t.forward, .hessian = t.hessian, .hess_copy = t.hess_copy, .gptq = t.gptq,
+                          .propagate = t.propagate};
+}
+static size_t ga_peak_bytes(const engine *e) { return gpu_engine_peak_bytes(G(e)); }
+static void ga_destroy(engine *e) {
+    if (!e) return;
+    gpu_engine_destroy(G(e));
+    free(e);
+}
+
+static const engine_ops gpu_ops = {
+    .device_hessians = 1, .describe = ga_describe, .load_layer = ga_load_layer, .calibrate = ga_calibrate,
+    .gptq = ga_gptq, .set_weight = ga_set_weight, .propagate = ga_propagate, .get_residual = ga_get_residual,
+    .set_residual = ga_set_residual, .times = ga_times, .peak_bytes = ga_peak_bytes, .destroy = ga_destroy};
+
+ds_status gpu_engine_create_engine(const model *m, const ds_sample *local, size_t nlocal, const gpu_engine_opts *o,
+                                   engine **out) {
+    gpu_engine *g = NULL;
+    *out = NULL;
+    ds_status st = gpu_engine_create(m, local, nlocal, o, &g);
+    if (st) {
+        if (g) gpu_engine_destroy(g);
+        return st;
+    }
+    gpu_adapter *a = xcalloc(1, sizeof *a);
+    a->base.ops = &gpu_ops;
+    a->g = g;
+    *out = &a->base;
+    return DS_OK;
+}

@@ -31,6 +31,7 @@
 #define DS_GPU_ENGINE_H
 
 #include "dataset.h"
+#include "engine.h"
 #include "gptq.h"
 #include "model.h"
 
@@ -110,5 +111,10 @@ gpu_engine_times gpu_engine_get_times(const gpu_engine *e);
 size_t gpu_engine_peak_bytes(const gpu_engine *e);
 
 void gpu_engine_destroy(gpu_engine *e);
+
+/* gpu_engine_create wrapped as the engine.h instance the pipeline drives
+ * (same errors; in a build without CUDA always DS_ERR_USAGE). */
+ds_status gpu_engine_create_engine(const model *m, const ds_sample *local, size_t nlocal, const gpu_engine_opts *o,
+                                   engine **out);
 
 #endif

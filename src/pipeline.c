@@ -4,9 +4,9 @@
 #include "pipeline.h"
 #include "checkpoint.h"
 #include "comm.h"
+#include "engine.h"
 #include "gpu_engine.h"
 #include "gptq.h"
-#include "ops_cpu.h"
 #include "resume.h"
 
 #include <pthread.h>
@@ -72,25 +72,6 @@ void pipeline_assign(const double *cost, int n, int nranks, int *owner) {
     }
     free(order);
     free(load);
-}
-
-/* ---- Hessian capture ---- */
-
-typedef struct capture_ctx {
-    double **H;            /* [ninputs] -> [n, n] upper-triangle sums, NULL if unused */
-    int64_t *cnt;          /* [2 * ninputs]: rows (tokens), calls (sequences) per input */
-    float *scratch;        /* [nmax, nmax] */
-    double seconds;
-} capture_ctx;
-
-static void capture_hessian(void *p, int input_id, const float *X, int T, int n) {
-    capture_ctx *c = p;
-    if (!c->H[input_id] || T <= 0) return;
-    double t0 = ds_now();
-    hessian_accum_cpu(c->H[input_id], X, T, n, c->scratch);
-    c->cnt[2 * input_id] += T;
-    c->cnt[2 * input_id + 1]++;
-    c->seconds += ds_now() - t0;
 }
 
 /* ---- result exchange ----
@@ -198,44 +179,337 @@ static ds_status layer_get(layer_prefetch *f, const model *m, int l, layer_weigh
     return layer_load(m, l, lw);
 }
 
-/* ---- resume state: the residual stream in the model dtype ---- */
+/* ---- the run: its state and named steps ----
+ * Every step is collective unless it says otherwise: all ranks call it in
+ * the same order, and a failure on any rank is combined with
+ * comm_sync_status, so all ranks return the same status. */
 
-static void residual_put(gpu_engine *eng, float **x, const ds_sample *local, size_t nlocal, const model_config *c,
-                         const unsigned char *buf) {
-    if (eng) { gpu_engine_set_residual(eng, (const uint16_t *)(const void *)buf); return; }
-    const size_t esz = ds_dtype_size(c->dtype);
-    for (size_t s = 0, off = 0; s < nlocal; off += (size_t)local[s].n * c->C, s++)
-        ds_convert_to_f32(x[s], buf + off * esz, c->dtype, (size_t)local[s].n * c->C);
+typedef struct run {
+    const model *m;
+    const recipe *r;
+    const run_opts *o;
+    run_stats *stats;
+    const ds_sample *local;
+    size_t nlocal;
+    int rank, nranks;
+    int maxlin, nin;           /* Linear modules per layer (upper bound), Hessian inputs */
+    char *pdir, *rdir;         /* <out>.partial and its resume/ folder */
+    uint64_t job_fp;
+    resume_head rh;            /* this rank's resume-file header */
+    size_t state_bytes;        /* this rank's residual stream in the model dtype */
+    engine *eng;
+    ckpt_writer *ck;           /* rank 0 */
+    int saved;                 /* a resume point is on disk: keep the partial dir on failure */
+    double t_start, last_state;
+    layer_prefetch pf;
+    /* per layer: the quantized modules, their owners and Hessians */
+    int nm;
+    int *mods, *owner, *used;  /* [maxlin] (indices into lw.lin), [maxlin], [nin] */
+    double *cost;              /* [maxlin] */
+    double **H;                /* [nin]: host Hessian sums, NULL where unused or not owned */
+    int64_t *cnt;              /* [2 nin]: tokens, sequences per input */
+} run;
+
+/* Layer l to resume after, from the partial run of this job: *start = the
+ * first layer to compute (0: a fresh run; a stale state of another job is
+ * discarded with a warning unless --resume asks for it). */
+static ds_status resume_open(run *u, int *start) {
+    const model_config *c = &u->m->cfg;
+    /* every rank's token ids, combined in rank order (two 32-bit halves, so
+     * the integer sums cannot overflow) */
+    const uint64_t ids_fp = resume_ids_fingerprint(u->local, u->nlocal) * (2u * (uint64_t)u->rank + 1u);
+    int64_t halves[2] = {(int64_t)(ids_fp & 0xffffffffu), (int64_t)(ids_fp >> 32)};
+    comm_allreduce_sum_i64(halves, 2);
+    const uint64_t data_fp = (uint64_t)halves[0] ^ ((uint64_t)halves[1] << 29);
+    u->job_fp = resume_job_fingerprint(u->m, u->r, u->nranks, u->o->cuda, u->stats->samples_total,
+                                       u->stats->tokens_total, data_fp);
+    int done_layers = -1; /* last completed layer of the partial run, -1: none */
+    ds_status st = resume_load_progress(u->rdir, u->nranks, u->job_fp, c->L, c->L * u->maxlin, &done_layers,
+                                        u->stats);
+    if (st && !u->o->resume) { st = DS_OK; done_layers = 0; } /* another job's state: discarded below */
+    if ((st = comm_sync_status(st))) return st;
+    if (!u->o->resume && done_layers >= 0) {
+        if (u->rank == 0)
+            ds_warn("discarding the partial run in %s (pass --resume to continue it instead)", u->pdir);
+        done_layers = -1;
+        u->stats->nmods = u->stats->n_rtn = u->stats->n_no_tokens = 0;
+    } else if (u->o->resume && done_layers < 0 && u->rank == 0) {
+        ds_info("--resume: no resume state in %s; starting from the first layer", u->rdir);
+    }
+    *start = done_layers + 1;
+    return DS_OK;
 }
 
-static void residual_get(gpu_engine *eng, float *const *x, const ds_sample *local, size_t nlocal,
-                         const model_config *c, unsigned char *buf) {
-    if (eng) { gpu_engine_get_residual(eng, (uint16_t *)(void *)buf); return; }
-    const size_t esz = ds_dtype_size(c->dtype);
-    for (size_t s = 0, off = 0; s < nlocal; off += (size_t)local[s].n * c->C, s++)
-        ds_convert_from_f32(buf + off * esz, x[s], c->dtype, (size_t)local[s].n * c->C);
+/* Rank 0 claims the output (lock, partial dir, unquantized tensors) before
+ * hours of work. */
+static ds_status output_claim(run *u, int start) {
+    const double t0 = ds_now();
+    ds_status st = DS_OK;
+    if (u->rank == 0)
+        st = ckpt_begin(u->m, u->r, u->o->out_dir, u->o->overwrite, u->o->max_shard_bytes, start > 0 ? start : -1,
+                        &u->ck);
+    u->stats->t.save += ds_now() - t0;
+    return comm_sync_status(st);
+}
+
+/* The engine (CPU or CUDA) with this rank's samples embedded; on a resume,
+ * the residual stream after layer start-1 replaces the embeddings. */
+static ds_status engine_start(run *u, int start) {
+    const model_config *c = &u->m->cfg;
+    ds_status st;
+    if (u->o->cuda) {
+        gpu_engine_opts go = {.offload_acts = u->o->offload_acts, .budget_bytes = u->o->gpu_budget_bytes,
+                              .local_rank = gpu_engine_local_rank(), .qa = &u->r->w, .gptq_block = u->r->block_size,
+                              .max_micro_batch = u->o->max_micro_batch};
+        st = gpu_engine_create_engine(u->m, u->local, u->nlocal, &go, &u->eng);
+    } else {
+        st = cpu_engine_create(u->m, u->local, u->nlocal, &u->eng);
+    }
+    snprintf(u->stats->device, sizeof u->stats->device, "%s",
+             u->eng ? u->eng->ops->describe(u->eng) : u->o->cuda ? "cuda" : "cpu");
+    if ((st = comm_sync_status(st))) return st;
+    if (u->o->cuda) ds_info("device: %s", u->stats->device);
+
+    size_t ntok_local = 0;
+    for (size_t i = 0; i < u->nlocal; i++) ntok_local += (size_t)u->local[i].n;
+    u->state_bytes = ntok_local * (size_t)c->C * ds_dtype_size(c->dtype);
+    u->rh = (resume_head){.world = u->nranks, .rank = u->rank, .dtype = c->dtype, .job_fp = u->job_fp,
+                          .rank_fp = resume_rank_fingerprint(u->job_fp, u->local, u->nlocal),
+                          .nlocal = u->nlocal, .ntok = ntok_local, .C = (uint64_t)c->C};
+    if (start > 0) {
+        unsigned char *buf = xmalloc(u->state_bytes ? u->state_bytes : 1);
+        u->rh.layer = start - 1;
+        st = resume_load_rank(u->rdir, &u->rh, buf, u->state_bytes);
+        if (!st) u->eng->ops->set_residual(u->eng, buf);
+        free(buf);
+        if ((st = comm_sync_status(st))) return st;
+        if (u->rank == 0)
+            ds_info("resuming after layer %d/%d (%d modules already quantized)", start, c->L, u->stats->nmods);
+    }
+    u->saved = start > 0;
+    return DS_OK;
 }
 
 /* Collective: every rank saves its residual stream, rank 0 makes the
  * checkpoint shards durable and then records the layer (resume.h). A failure
  * is a warning: the run goes on, only without this resume point. */
-static ds_status save_state(const char *rdir, const resume_head *rh, gpu_engine *eng, float *const *x,
-                            const ds_sample *local, size_t nlocal, const model_config *c, size_t bytes,
-                            ckpt_writer *ck, const run_stats *stats) {
-    unsigned char *buf = xmalloc(bytes ? bytes : 1);
-    residual_get(eng, x, local, nlocal, c, buf);
-    ds_status st = resume_save_rank(rdir, rh, buf, bytes);
+static ds_status resume_point(run *u, int l) {
+    unsigned char *buf = xmalloc(u->state_bytes ? u->state_bytes : 1);
+    u->rh.layer = l;
+    u->eng->ops->get_residual(u->eng, buf);
+    ds_status st = resume_save_rank(u->rdir, &u->rh, buf, u->state_bytes);
     free(buf);
-    if (!st && rh->rank == 0) st = ckpt_sync(ck);
+    if (!st && u->rank == 0) st = ckpt_sync(u->ck);
     st = comm_sync_status(st);
-    if (!st && rh->rank == 0) st = resume_save_progress(rdir, rh->layer, rh->world, rh->job_fp, stats);
+    if (!st && u->rank == 0) st = resume_save_progress(u->rdir, l, u->nranks, u->job_fp, u->stats);
     st = comm_sync_status(st);
-    if (st && rh->rank == 0)
-        ds_warn("could not save a resume state after layer %d: %s (the run goes on)", rh->layer + 1, ds_errmsg());
+    if (st && u->rank == 0)
+        ds_warn("could not save a resume state after layer %d: %s (the run goes on)", l + 1, ds_errmsg());
+    if (!st) u->saved = 1;
     return st;
 }
 
-/* ---- the pipeline ---- */
+/* Layer l's weights into lw and the engine; prefetch l+1 (CUDA engine). */
+static ds_status layer_begin(run *u, int l, layer_weights *lw) {
+    const ds_status lst = layer_get(&u->pf, u->m, l, lw);
+    ds_status st = comm_sync_status(lst); /* e.g. a non-finite weight: exit 3 naming it */
+    if (st) {
+        if (!lst) layer_free(lw);
+        return st;
+    }
+    layer_set_all_experts(lw, !u->o->moe_routed_only);
+    st = comm_sync_status(u->eng->ops->load_layer(u->eng, lw));
+    if (st) {
+        layer_free(lw);
+        return st;
+    }
+    if (u->o->cuda && l + 1 < u->m->cfg.L) prefetch_start(&u->pf, u->m, l + 1);
+    return DS_OK;
+}
+
+/* Not collective: the targeted Linears of the layer (from the config, never
+ * the tokens, so the same on all ranks), their owners (bin packing by solve
+ * cost 2·out·in² + in³) and which Hessian inputs they use. */
+static void modules_assign(run *u, const layer_weights *lw) {
+    u->nm = 0;
+    for (int k = 0; k < lw->nlin; k++)
+        if (lw->lin[k].quantizable && ckpt_module_quantized(u->r, lw->lin[k].name)) {
+            const layer_linear *li = &lw->lin[k];
+            u->cost[u->nm] = 2.0 * li->out * (double)li->in * li->in + (double)li->in * li->in * li->in;
+            u->mods[u->nm++] = k;
+        }
+    pipeline_assign(u->cost, u->nm, u->nranks, u->owner);
+    for (int inp = 0; inp < u->nin; inp++) {
+        u->used[inp] = 0;
+        for (int i = 0; i < u->nm && !u->used[inp]; i++) u->used[inp] = lw->lin[u->mods[i]].input_id == inp;
+    }
+}
+
+/* Calibration pass (outputs discarded: propagate_error=True), then each
+ * Hessian reduced to the rank(s) that solve modules using it. Host sums:
+ * every used input with the CPU engine; with a device engine only to carry
+ * a reduction (one rank: they stay on the device). */
+static ds_status calibrate_and_reduce(run *u, const layer_weights *lw, stage_times *lt) {
+    const model_config *c = &u->m->cfg;
+    const int host_H = !u->eng->ops->device_hessians || u->nranks > 1;
+    for (int inp = 0; inp < u->nin; inp++) {
+        int n = model_input_dim(c, inp);
+        u->H[inp] = u->used[inp] && host_H ? xcalloc((size_t)n * n, sizeof(double)) : NULL;
+    }
+    memset(u->cnt, 0, sizeof(int64_t) * 2 * (size_t)u->nin);
+    const engine_times t0 = u->eng->ops->times(u->eng);
+    ds_status st = comm_sync_status(u->eng->ops->calibrate(u->eng, u->used, host_H ? u->H : NULL, u->cnt));
+    const engine_times t1 = u->eng->ops->times(u->eng);
+    lt->forward = t1.forward - t0.forward;
+    lt->hessian = t1.hessian - t0.hessian;
+    lt->reduce = t1.hess_copy - t0.hess_copy; /* device -> host copies for the reduction */
+    if (st) return st;
+
+    /* token/sequence counts per input (one collective, config-sized) */
+    const double t = ds_now();
+    comm_allreduce_sum_i64(u->cnt, 2 * (size_t)u->nin);
+    for (int inp = 0; inp < u->nin; inp++) {
+        if (!u->H[inp]) continue;
+        int n = model_input_dim(c, inp), first = -1, multi = 0, mine = 0;
+        for (int i = 0; i < u->nm; i++) {
+            if (lw->lin[u->mods[i]].input_id != inp) continue;
+            if (first < 0) first = u->owner[i];
+            else if (u->owner[i] != first) multi = 1;
+            mine |= u->owner[i] == u->rank;
+        }
+        if (multi) comm_allreduce_sum_f64(u->H[inp], (size_t)n * n);
+        else comm_reduce_sum_f64(u->H[inp], (size_t)n * n, first);
+        if (!mine) { free(u->H[inp]); u->H[inp] = NULL; }
+    }
+    lt->reduce += ds_now() - t;
+    return DS_OK;
+}
+
+static void hessians_free(run *u) {
+    for (int inp = 0; inp < u->nin; inp++) { free(u->H[inp]); u->H[inp] = NULL; }
+}
+
+/* Every rank solves the modules it owns (ranks in parallel) into prs[i]:
+ * the fake-quantized weight in the model dtype, scales, zero points, g_idx
+ * and loss. An expert no rank routed a token to is quantized
+ * round-to-nearest. */
+static ds_status solve_owned(run *u, layer_weights *lw, packed_result *prs, stage_times *lt) {
+    const model_config *c = &u->m->cfg;
+    const quant_args *qa = &u->r->w;
+    ds_status st = DS_OK;
+    for (int i = 0; i < u->nm && !st; i++) {
+        if (u->owner[i] != u->rank) continue;
+        layer_linear *li = &lw->lin[u->mods[i]];
+        const int64_t ntok = u->cnt[2 * li->input_id], nseq = u->cnt[2 * li->input_id + 1];
+        const double t = ds_now();
+        gptq_result res;
+        ds_status gs;
+        if (ntok == 0) {
+            gs = rtn_quantize(qa, li->w, li->out, li->in, c->dtype, &res);
+            res.rtn_fallback = 2;
+        } else { /* u->H: the reduced sum, or NULL (one rank, device engine: on the device) */
+            gs = u->eng->ops->gptq(u->eng, qa, li, u->H[li->input_id], nseq, u->r->block_size,
+                                   u->r->dampening_frac, &res);
+        }
+        if (gs) {
+            char why[2048];
+            snprintf(why, sizeof why, "%s", ds_errmsg());
+            st = ds_error(gs, "GPTQ failed on %s: %s", li->name, why);
+            break;
+        }
+        packed_result pr;
+        packed_layout(&pr, qa, li->out, li->in, c->dtype);
+        size_t ng = (size_t)quant_num_groups(qa, li->in);
+        ds_convert_from_f32(pr.w, res.wq, c->dtype, (size_t)li->out * li->in);
+        memcpy(pr.scale, res.scale, sizeof(float) * li->out * ng);
+        for (size_t e = 0; e < li->out * ng; e++) pr.zp[e] = res.zp ? res.zp[e] : 0;
+        for (int e = 0; e < li->in; e++) pr.g_idx[e] = res.g_idx ? res.g_idx[e] : 0;
+        pr.meta[0] = res.loss;
+        pr.meta[1] = res.rtn_fallback;
+        pr.meta[2] = ds_now() - t;
+        gptq_result_free(&res);
+        lt->gptq += ds_now() - t;
+        prs[i] = pr;
+    }
+    return comm_sync_status(st); /* a failed solve stops every rank at this layer */
+}
+
+/* Each result is broadcast from its owner, in model order; every rank
+ * installs the weight, records the module; rank 0 derives the on-disk codes
+ * and writes the module's tensors. Returns rank 0's write status (not
+ * combined: the caller does at the layer boundary). */
+static ds_status exchange_results(run *u, layer_weights *lw, packed_result *prs, stage_times *lt, double *loss) {
+    const model_config *c = &u->m->cfg;
+    const quant_args *qa = &u->r->w;
+    run_stats *stats = u->stats;
+    ds_status st = DS_OK;
+    for (int i = 0; i < u->nm; i++) {
+        layer_linear *li = &lw->lin[u->mods[i]];
+        packed_result pr = prs[i];
+        if (u->owner[i] != u->rank) packed_layout(&pr, qa, li->out, li->in, c->dtype);
+        double t = ds_now();
+        comm_bcast(pr.buf, pr.size, u->owner[i]);
+        lt->bcast += ds_now() - t;
+        const int *zp = qa->symmetric ? NULL : pr.zp;
+        const int *gi = qa->actorder == QA_GROUP ? pr.g_idx : NULL;
+        ds_convert_to_f32(li->w, pr.w, c->dtype, (size_t)li->out * li->in);
+        u->eng->ops->set_weight(u->eng, u->mods[i], li->w);
+        module_record *mr = &stats->mods[stats->nmods++];
+        snprintf(mr->name, sizeof mr->name, "%s", li->name);
+        mr->owner = u->owner[i];
+        mr->in = li->in;
+        mr->out = li->out;
+        mr->loss = pr.meta[0];
+        mr->rtn_fallback = pr.meta[1] != 0;
+        mr->seconds = pr.meta[2];
+        stats->n_rtn += mr->rtn_fallback;
+        if (pr.meta[1] == 2) {
+            stats->n_no_tokens++;
+            if (u->rank == 0)
+                ds_warn("%s: no calibration token was routed to this expert (routed-only MoE calibration); "
+                        "used round-to-nearest for this module (hint: keep moe_calibrate_all_experts or use "
+                        "more calibration samples)", li->name);
+        } else if (mr->rtn_fallback && u->rank == 0)
+            ds_warn("%s: Cholesky of the Hessian failed; used round-to-nearest for this module "
+                    "(hint: raise dampening_frac or use more calibration samples)", li->name);
+        *loss += pr.meta[0];
+        if (u->rank == 0 && st == DS_OK) {
+            t = ds_now();
+            int8_t *q = xmalloc((size_t)li->out * li->in);
+            codes_from_weight(qa, li->w, pr.scale, zp, gi, li->out, li->in, c->dtype, q);
+            st = ckpt_write_module(u->ck, li->name, q, pr.scale, zp, gi, li->out, li->in);
+            free(q);
+            lt->save += ds_now() - t;
+        }
+        free(pr.buf);
+        prs[i].buf = NULL;
+    }
+    return st;
+}
+
+/* One decoder layer: load, calibrate, reduce, solve, exchange, propagate. */
+static ds_status layer_run(run *u, int l, stage_times *lt, double *loss) {
+    layer_weights lw;
+    double t = ds_now();
+    ds_status st = layer_begin(u, l, &lw);
+    lt->load = ds_now() - t;
+    if (st) return st;
+    modules_assign(u, &lw);
+    if (!(st = calibrate_and_reduce(u, &lw, lt))) {
+        packed_result *prs = xcalloc((size_t)(u->nm ? u->nm : 1), sizeof(packed_result));
+        if (!(st = solve_owned(u, &lw, prs, lt))) {
+            st = exchange_results(u, &lw, prs, lt, loss);
+            t = ds_now();
+            u->eng->ops->propagate(u->eng); /* with the quantized weights */
+            lt->propagate = ds_now() - t;
+        }
+        for (int i = 0; i < u->nm; i++) free(prs[i].buf);
+        free(prs);
+    }
+    hessians_free(u);
+    layer_free(&lw);
+    return comm_sync_status(st); /* a save failure on rank 0 stops everyone at the layer boundary */
+}
 
 static void log_layer(const model *m, int l, const stage_times *lt, double loss, int nmods, double t_start) {
     double elapsed = ds_now() - t_start;
@@ -246,355 +520,95 @@ static void log_layer(const model *m, int l, const stage_times *lt, double loss,
             nmods ? loss / nmods : 0.0, (double)ds_peak_rss_bytes() / 1048576.0, eta);
 }
 
+/* After layer l: a resume point every resume_interval seconds, or now when a
+ * rank got SIGUSR1/SIGTERM (then stop); decided on all ranks alike, never
+ * after the last layer. Returns non-DS_OK to stop. */
+static ds_status layer_boundary(run *u, int l) {
+    const model_config *c = &u->m->cfg;
+    const int sig = comm_allreduce_max_int(ds_stop_signal());
+    if (l + 1 >= c->L || !(sig || comm_allreduce_max_f64(ds_now() - u->last_state) >= u->o->resume_interval))
+        return DS_OK;
+    const double t = ds_now();
+    resume_point(u, l);
+    u->last_state = ds_now();
+    u->stats->t.save += u->last_state - t;
+    if (sig)
+        return ds_error(DS_ERR_RUNTIME, "stopped on %s after layer %d/%d; the partial run is in %s\n"
+                        "hint: continue it with --resume", sig == SIGTERM ? "SIGTERM" : "SIGUSR1", l + 1, c->L,
+                        u->pdir);
+    if (u->o->stop_after_layer == l + 1)
+        return ds_error(DS_ERR_RUNTIME, "stopped after layer %d as asked (--stop-after-layer); the partial "
+                        "run is in %s\nhint: continue it with --resume", l + 1, u->pdir);
+    return DS_OK;
+}
+
+/* Rank 0 finishes the checkpoint (config.json last, fsync, rename). */
+static ds_status output_finish(run *u) {
+    const double t = ds_now();
+    ds_status st = DS_OK;
+    if (u->rank == 0) {
+        st = ckpt_finish(u->ck, &u->stats->bytes_written, &u->stats->nshards);
+        if (st == DS_OK) u->ck = NULL; /* freed by ckpt_finish; on failure ckpt_abort cleans up */
+    }
+    u->stats->t.save += ds_now() - t;
+    return comm_sync_status(st);
+}
+
 ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *local, size_t nlocal,
                             const run_opts *o, run_stats *stats) {
     const model_config *c = &m->cfg;
-    const int rank = comm_rank(), nranks = comm_size();
-    const double t_start = ds_now();
-    ckpt_writer *ck = NULL;
-    ds_status st = DS_OK;
-    int saved = 0; /* a resume state is on disk: keep the partial dir on failure */
     memset(stats, 0, sizeof *stats);
+    run u = {.m = m, .r = r, .o = o, .stats = stats, .local = local, .nlocal = nlocal, .rank = comm_rank(),
+             .nranks = comm_size(), .maxlin = 3 * c->E + 12, .nin = model_num_inputs(c), .t_start = ds_now()};
 
     /* sample counts (for the fingerprint and the summary) */
-    int max_T = 1;
     int64_t counts[2] = {(int64_t)nlocal, 0};
-    for (size_t s = 0; s < nlocal; s++) { max_T = DS_MAX(max_T, local[s].n); counts[1] += local[s].n; }
+    for (size_t s = 0; s < nlocal; s++) counts[1] += local[s].n;
     comm_allreduce_sum_i64(counts, 2);
     stats->samples_total = (size_t)counts[0];
     stats->tokens_total = (size_t)counts[1];
-    const int maxlin = 3 * c->E + 12;
-    stats->mods = xcalloc((size_t)c->L * (size_t)maxlin, sizeof(module_record));
+    stats->mods = xcalloc((size_t)c->L * (size_t)u.maxlin, sizeof(module_record));
+    u.pdir = ckpt_partial_dir(o->out_dir);
+    u.rdir = ds_path_join(u.pdir, "resume");
+    u.mods = xmalloc(sizeof(int) * (size_t)u.maxlin);
+    u.owner = xmalloc(sizeof(int) * (size_t)u.maxlin);
+    u.cost = xmalloc(sizeof(double) * (size_t)u.maxlin);
+    u.used = xmalloc(sizeof(int) * (size_t)u.nin);
+    u.H = xcalloc((size_t)u.nin, sizeof(double *));
+    u.cnt = xcalloc((size_t)u.nin * 2, sizeof(int64_t));
 
-    /* resume state of an interrupted run of this job (resume.h) */
-    char *pdir = ckpt_partial_dir(o->out_dir), *rdir = ds_path_join(pdir, "resume");
-    /* every rank's token ids, combined in rank order (two 32-bit halves, so
-     * the integer sums cannot overflow) */
-    const uint64_t ids_fp = resume_ids_fingerprint(local, nlocal) * (2u * (uint64_t)rank + 1u);
-    int64_t halves[2] = {(int64_t)(ids_fp & 0xffffffffu), (int64_t)(ids_fp >> 32)};
-    comm_allreduce_sum_i64(halves, 2);
-    const uint64_t data_fp = (uint64_t)halves[0] ^ ((uint64_t)halves[1] << 29);
-    const uint64_t job_fp = resume_job_fingerprint(m, r, nranks, o->cuda, stats->samples_total, stats->tokens_total,
-                                                   data_fp);
-    const uint64_t rank_fp = resume_rank_fingerprint(job_fp, local, nlocal);
-    int done_layers = -1; /* last completed layer of the partial run, -1: none */
-    st = resume_load_progress(rdir, nranks, job_fp, c->L, c->L * maxlin, &done_layers, stats);
-    if (st && !o->resume) { st = DS_OK; done_layers = 0; } /* another job's state: discarded below */
-    if ((st = comm_sync_status(st))) goto early;
-    if (!o->resume && done_layers >= 0) {
-        if (rank == 0)
-            ds_warn("discarding the partial run in %s (pass --resume to continue it instead)", pdir);
-        done_layers = -1;
-        stats->nmods = stats->n_rtn = stats->n_no_tokens = 0;
-    } else if (o->resume && done_layers < 0 && rank == 0) {
-        ds_info("--resume: no resume state in %s; starting from the first layer", rdir);
-    }
-    const int start = done_layers + 1;
-
-    /* output first: fail before hours of work, not after */
-    double t0 = ds_now();
-    if (rank == 0)
-        st = ckpt_begin(m, r, o->out_dir, o->overwrite, o->max_shard_bytes, start > 0 ? start : -1, &ck);
-    st = comm_sync_status(st);
-    stats->t.save += ds_now() - t0;
-    if (st) goto early;
-
-    /* embeddings of the local samples: x[s] [T_s, C] */
-    float **x = xcalloc(nlocal ? nlocal : 1, sizeof(float *));
-    gpu_engine *eng = NULL;
-    if (o->cuda) { /* the engine embeds and keeps the residual stream itself */
-        gpu_engine_opts go = {.offload_acts = o->offload_acts, .budget_bytes = o->gpu_budget_bytes,
-                              .local_rank = gpu_engine_local_rank(), .qa = &r->w, .gptq_block = r->block_size,
-                              .max_micro_batch = o->max_micro_batch};
-        st = gpu_engine_create(m, local, nlocal, &go, &eng);
-        snprintf(stats->device, sizeof stats->device, "%s", eng ? gpu_engine_describe(eng) : "cuda");
-    } else {
-        snprintf(stats->device, sizeof stats->device, "cpu");
-        for (size_t s = 0; s < nlocal && st == DS_OK; s++) {
-            x[s] = xmalloc(sizeof(float) * (size_t)local[s].n * c->C);
-            st = model_embed(m, local[s].ids, local[s].n, x[s]);
-        }
-    }
-    if ((st = comm_sync_status(st))) goto done;
-    if (eng) ds_info("device: %s", gpu_engine_describe(eng));
-
-    /* resuming: the residual stream after layer start-1 replaces the embeddings */
-    size_t ntok_local = 0;
-    for (size_t i = 0; i < nlocal; i++) ntok_local += (size_t)local[i].n;
-    const size_t esz = ds_dtype_size(c->dtype), state_bytes = ntok_local * (size_t)c->C * esz;
-    resume_head rh = {.world = nranks, .rank = rank, .dtype = c->dtype, .job_fp = job_fp, .rank_fp = rank_fp,
-                      .nlocal = nlocal, .ntok = ntok_local, .C = (uint64_t)c->C};
-    if (start > 0) {
-        unsigned char *buf = xmalloc(state_bytes ? state_bytes : 1);
-        rh.layer = start - 1;
-        st = resume_load_rank(rdir, &rh, buf, state_bytes);
-        if (!st) residual_put(eng, x, local, nlocal, c, buf);
-        free(buf);
-        if ((st = comm_sync_status(st))) goto done;
-        if (rank == 0) ds_info("resuming after layer %d/%d (%d modules already quantized)", start, c->L, stats->nmods);
-    }
-    double last_state = ds_now();
-    saved = start > 0;
-
-    /* module list: every targeted Linear, in model order, built from the
-     * config (never from the tokens), so it is the same on all ranks */
-    const int nin = model_num_inputs(c);
-    int nmax = 0;
-    for (int inp = 0; inp < nin; inp++) nmax = DS_MAX(nmax, model_input_dim(c, inp));
-    /* CPU-path buffers (the engine has its own, on the device) */
-    float *y = eng ? NULL : xmalloc(sizeof(float) * (size_t)max_T * c->C);
-    float *Hf = NULL;
-    capture_ctx cap = {.scratch = eng ? NULL : xmalloc(sizeof(float) * (size_t)nmax * nmax),
-                       .H = xcalloc((size_t)nin, sizeof(double *)),
-                       .cnt = xcalloc((size_t)nin * 2, sizeof(int64_t))};
-    int *mods = xmalloc(sizeof(int) * (size_t)maxlin), *owner = xmalloc(sizeof(int) * (size_t)maxlin);
-    int *used = xmalloc(sizeof(int) * (size_t)nin);
-    double *cost = xmalloc(sizeof(double) * (size_t)maxlin);
-    layer_scratch ls = {0};
-    if (!eng) layer_scratch_init(&ls, c, max_T);
-    layer_prefetch pf = {0};
-
-    for (int l = start; l < c->L; l++) {
+    int start = 0;
+    ds_status st = resume_open(&u, &start);
+    if (!st) st = output_claim(&u, start);
+    if (!st) st = engine_start(&u, start);
+    u.last_state = ds_now();
+    for (int l = start; l < c->L && !st; l++) {
         stage_times lt = {0};
-        layer_weights lw;
-        double t = ds_now();
-        const ds_status lst = layer_get(&pf, m, l, &lw);
-        if ((st = comm_sync_status(lst))) { /* e.g. a non-finite weight: exit 3 naming it */
-            if (!lst) layer_free(&lw);
-            break;
-        }
-        layer_set_all_experts(&lw, !o->moe_routed_only);
-        if (eng) gpu_engine_load_layer(eng, &lw);
-        if (eng && l + 1 < c->L) prefetch_start(&pf, m, l + 1);
-        lt.load = ds_now() - t;
-
-        int nm = 0;
-        for (int k = 0; k < lw.nlin; k++)
-            if (lw.lin[k].quantizable && ckpt_module_quantized(r, lw.lin[k].name)) {
-                const layer_linear *li = &lw.lin[k];
-                cost[nm] = 2.0 * li->out * (double)li->in * li->in + (double)li->in * li->in * li->in;
-                mods[nm++] = k;
-            }
-        pipeline_assign(cost, nm, nranks, owner);
-        /* host Hessian sums: every used input on the CPU; with the engine
-         * only to carry a reduction (one rank: they stay on the device) */
-        const int host_H = !eng || nranks > 1;
-        for (int inp = 0; inp < nin; inp++) {
-            int n = model_input_dim(c, inp);
-            used[inp] = 0;
-            for (int i = 0; i < nm && !used[inp]; i++) used[inp] = lw.lin[mods[i]].input_id == inp;
-            cap.H[inp] = used[inp] && host_H ? xcalloc((size_t)n * n, sizeof(double)) : NULL;
-        }
-        memset(cap.cnt, 0, sizeof(int64_t) * 2 * (size_t)nin);
-
-        /* calibration pass (outputs discarded: propagate_error=True) */
-        t = ds_now();
-        if (eng) {
-            gpu_engine_times g0 = gpu_engine_get_times(eng);
-            gpu_engine_calibrate(eng, used, host_H ? cap.H : NULL, cap.cnt);
-            gpu_engine_times g1 = gpu_engine_get_times(eng);
-            lt.hessian = g1.hessian - g0.hessian;
-            lt.forward = g1.forward - g0.forward;
-            lt.reduce = g1.hess_copy - g0.hess_copy; /* device -> host copies for the reduction */
-        } else {
-            cap.seconds = 0;
-            for (size_t s = 0; s < nlocal; s++) {
-                memcpy(y, x[s], sizeof(float) * (size_t)local[s].n * c->C);
-                layer_forward(m, &lw, y, local[s].n, &ls, capture_hessian, &cap);
-            }
-            lt.hessian = cap.seconds;
-            lt.forward = ds_now() - t - cap.seconds;
-        }
-
-        /* token/sequence counts per input (one collective, config-sized), then
-         * each Hessian reduced to the rank(s) that solve modules using it */
-        t = ds_now();
-        comm_allreduce_sum_i64(cap.cnt, 2 * (size_t)nin);
-        for (int inp = 0; inp < nin; inp++) {
-            if (!cap.H[inp]) continue;
-            int n = model_input_dim(c, inp), first = -1, multi = 0, mine = 0;
-            for (int i = 0; i < nm; i++) {
-                if (lw.lin[mods[i]].input_id != inp) continue;
-                if (first < 0) first = owner[i];
-                else if (owner[i] != first) multi = 1;
-                mine |= owner[i] == rank;
-            }
-            if (multi) comm_allreduce_sum_f64(cap.H[inp], (size_t)n * n);
-            else comm_reduce_sum_f64(cap.H[inp], (size_t)n * n, first);
-            if (!mine) { free(cap.H[inp]); cap.H[inp] = NULL; }
-        }
-        lt.reduce += ds_now() - t;
-
-        /* phase 1: every rank solves the modules it owns (ranks in parallel);
-         * phase 2: each result is broadcast from its owner, in model order */
-        double layer_loss = 0;
-        packed_result *prs = xcalloc((size_t)(nm ? nm : 1), sizeof(packed_result));
-        for (int i = 0; i < nm; i++) {
-            layer_linear *li = &lw.lin[mods[i]];
-            const int64_t ntok = cap.cnt[2 * li->input_id], nseq = cap.cnt[2 * li->input_id + 1];
-            if (owner[i] == rank) {
-                packed_result pr;
-                packed_layout(&pr, &r->w, li->out, li->in, c->dtype);
-                t = ds_now();
-                int n = li->in;
-                gptq_result res;
-                ds_status gs;
-                if (ntok == 0) { /* an expert no rank routed a token to: round-to-nearest */
-                    gs = rtn_quantize(&r->w, li->w, li->out, li->in, c->dtype, &res);
-                    res.rtn_fallback = 2;
-                } else if (eng) { /* cap.H: the reduced sum, or NULL (one rank: on the device) */
-                    gs = gpu_engine_gptq(eng, &r->w, li, cap.H[li->input_id], nseq, r->block_size,
-                                         r->dampening_frac, &res);
-                } else {
-                    Hf = xrealloc(Hf, sizeof(float) * (size_t)n * n);
-                    hessian_to_f32_cpu(Hf, cap.H[li->input_id], n, (double)nseq);
-                    gs = gptq_quantize(&r->w, li->w, li->out, li->in, Hf, r->block_size, r->dampening_frac,
-                                       c->dtype, &res);
-                }
-                if (gs) {
-                    char why[2048];
-                    snprintf(why, sizeof why, "%s", ds_errmsg());
-                    st = ds_error(gs, "GPTQ failed on %s: %s", li->name, why);
-                    free(pr.buf);
-                    break;
-                }
-                size_t ng = (size_t)quant_num_groups(&r->w, li->in);
-                ds_convert_from_f32(pr.w, res.wq, c->dtype, (size_t)li->out * li->in);
-                memcpy(pr.scale, res.scale, sizeof(float) * li->out * ng);
-                for (size_t e = 0; e < li->out * ng; e++) pr.zp[e] = res.zp ? res.zp[e] : 0;
-                for (int e = 0; e < li->in; e++) pr.g_idx[e] = res.g_idx ? res.g_idx[e] : 0;
-                pr.meta[0] = res.loss;
-                pr.meta[1] = res.rtn_fallback;
-                pr.meta[2] = ds_now() - t;
-                gptq_result_free(&res);
-                lt.gptq += ds_now() - t;
-                prs[i] = pr;
-            }
-        }
-        if ((st = comm_sync_status(st))) { /* a solve failed: stop at this layer, all ranks */
-            for (int i = 0; i < nm; i++) free(prs[i].buf);
-            free(prs);
-            for (int inp = 0; inp < nin; inp++) { free(cap.H[inp]); cap.H[inp] = NULL; }
-            layer_free(&lw);
-            break;
-        }
-        for (int i = 0; i < nm; i++) {
-            layer_linear *li = &lw.lin[mods[i]];
-            packed_result pr = prs[i];
-            if (owner[i] != rank) packed_layout(&pr, &r->w, li->out, li->in, c->dtype);
-            t = ds_now();
-            comm_bcast(pr.buf, pr.size, owner[i]);
-            lt.bcast += ds_now() - t;
-            const int *zp = r->w.symmetric ? NULL : pr.zp;
-            const int *gi = r->w.actorder == QA_GROUP ? pr.g_idx : NULL;
-            ds_convert_to_f32(li->w, pr.w, c->dtype, (size_t)li->out * li->in);
-            if (eng) gpu_engine_set_weight(eng, mods[i], li->w);
-            module_record *mr = &stats->mods[stats->nmods++];
-            snprintf(mr->name, sizeof mr->name, "%s", li->name);
-            mr->owner = owner[i];
-            mr->in = li->in;
-            mr->out = li->out;
-            mr->loss = pr.meta[0];
-            mr->rtn_fallback = pr.meta[1] != 0;
-            mr->seconds = pr.meta[2];
-            stats->n_rtn += mr->rtn_fallback;
-            if (pr.meta[1] == 2) {
-                stats->n_no_tokens++;
-                if (rank == 0)
-                    ds_warn("%s: no calibration token was routed to this expert (routed-only MoE calibration); "
-                            "used round-to-nearest for this module (hint: keep moe_calibrate_all_experts or use "
-                            "more calibration samples)", li->name);
-            } else if (mr->rtn_fallback && rank == 0)
-                ds_warn("%s: Cholesky of the Hessian failed; used round-to-nearest for this module "
-                        "(hint: raise dampening_frac or use more calibration samples)", li->name);
-            layer_loss += pr.meta[0];
-            if (rank == 0 && st == DS_OK) {
-                t = ds_now();
-                int8_t *q = xmalloc((size_t)li->out * li->in);
-                codes_from_weight(&r->w, li->w, pr.scale, zp, gi, li->out, li->in, c->dtype, q);
-                st = ckpt_write_module(ck, li->name, q, pr.scale, zp, gi, li->out, li->in);
-                free(q);
-                lt.save += ds_now() - t;
-            }
-            free(pr.buf);
-        }
-        free(prs);
-        for (int inp = 0; inp < nin; inp++) { free(cap.H[inp]); cap.H[inp] = NULL; }
-
-        /* propagation pass with the quantized weights */
-        t = ds_now();
-        if (eng) gpu_engine_propagate(eng);
-        else
-            for (size_t s = 0; s < nlocal; s++) layer_forward(m, &lw, x[s], local[s].n, &ls, NULL, NULL);
-        lt.propagate = ds_now() - t;
-        layer_free(&lw);
-
+        double loss = 0;
+        const int n0 = stats->nmods;
+        st = layer_run(&u, l, &lt, &loss);
         stats->t.load += lt.load; stats->t.forward += lt.forward; stats->t.hessian += lt.hessian;
         stats->t.reduce += lt.reduce; stats->t.gptq += lt.gptq; stats->t.bcast += lt.bcast;
         stats->t.propagate += lt.propagate; stats->t.save += lt.save;
-        log_layer(m, l, &lt, layer_loss, nm, t_start);
-        /* a save failure on rank 0 stops everyone at the layer boundary */
-        if ((st = comm_sync_status(st))) break;
-        /* resume point: every resume_interval seconds, or now when a rank
-         * got SIGUSR1/SIGTERM (then stop); decided on all ranks alike, never
-         * after the last layer */
-        const int sig = comm_allreduce_max_int(ds_stop_signal());
-        if (l + 1 < c->L && (sig || comm_allreduce_max_f64(ds_now() - last_state) >= o->resume_interval)) {
-            t = ds_now();
-            rh.layer = l;
-            if (save_state(rdir, &rh, eng, x, local, nlocal, c, state_bytes, ck, stats) == DS_OK) saved = 1;
-            last_state = ds_now();
-            stats->t.save += last_state - t;
-            if (sig) {
-                st = ds_error(DS_ERR_RUNTIME, "stopped on %s after layer %d/%d; the partial run is in %s\n"
-                              "hint: continue it with --resume", sig == SIGTERM ? "SIGTERM" : "SIGUSR1", l + 1,
-                              c->L, pdir);
-                break;
-            }
-            if (o->stop_after_layer == l + 1) {
-                st = ds_error(DS_ERR_RUNTIME, "stopped after layer %d as asked (--stop-after-layer); the partial "
-                              "run is in %s\nhint: continue it with --resume", l + 1, pdir);
-                break;
-            }
-        }
+        if (st) break;
+        log_layer(m, l, &lt, loss, stats->nmods - n0, u.t_start);
+        st = layer_boundary(&u, l);
     }
-    if (pf.active) { /* stopped early: drop the prefetched layer */
-        pthread_join(pf.th, NULL);
-        layer_free(&pf.lw);
+    if (u.pf.active) { /* stopped early: drop the prefetched layer */
+        pthread_join(u.pf.th, NULL);
+        if (!u.pf.st) layer_free(&u.pf.lw);
     }
-    free(mods);
-    free(used);
-    free(owner);
-    free(cost);
-    free(cap.H);
-    free(cap.cnt);
-    layer_scratch_free(&ls);
-    free(cap.scratch);
-    free(y);
-    free(Hf);
-
-    if (st == DS_OK) {
-        double t = ds_now();
-        if (rank == 0) {
-            st = ckpt_finish(ck, &stats->bytes_written, &stats->nshards);
-            if (st == DS_OK) ck = NULL; /* freed by ckpt_finish; on failure ckpt_abort cleans up */
-        }
-        stats->t.save += ds_now() - t;
-        st = comm_sync_status(st);
-    }
-done:
+    if (!st) st = output_finish(&u);
     if (o->cuda) { /* every rank reaches here on every path: a collective is safe */
-        double peak = eng ? (double)gpu_engine_peak_bytes(eng) : 0.0;
+        double peak = u.eng ? (double)u.eng->ops->peak_bytes(u.eng) : 0.0;
         stats->device_peak_bytes = (size_t)comm_allreduce_max_f64(peak);
-        gpu_engine_destroy(eng);
     }
-    if (ck) ckpt_abort(ck, saved);
-    for (size_t s = 0; s < nlocal; s++) free(x[s]);
-    free(x);
-    stats->total_s = ds_now() - t_start;
-early:
-    free(pdir);
-    free(rdir);
+    if (u.eng) u.eng->ops->destroy(u.eng);
+    if (u.ck) ckpt_abort(u.ck, u.saved);
+    stats->total_s = ds_now() - u.t_start;
+    free(u.mods); free(u.owner); free(u.cost); free(u.used); free(u.H); free(u.cnt);
+    free(u.pdir);
+    free(u.rdir);
     return st;
 }
 

@@ -14,9 +14,14 @@
  *       (propagation pass: layer i+1 is calibrated on quantized layer i)
  *     rank 0 streams the layer's quantized tensors into the checkpoint
  * All collectives are issued in one deterministic order on every rank.
- * With run_opts.cuda the per-rank compute (forward, Hessian sums, solves,
- * propagation) runs in the CUDA engine (gpu_engine.h); the distributed part
- * is the same code. With one rank the Hessians never leave the device.
+ * The per-rank compute (forward, Hessian sums, solves, propagation) runs in
+ * a layer engine (engine.h): the CPU engine (cpu_engine.c) or, with
+ * run_opts.cuda, the CUDA engine (gpu_engine.h); pipeline.c is only the
+ * distributed algorithm, in named steps (resume_open, output_claim,
+ * engine_start, then per layer layer_begin, modules_assign,
+ * calibrate_and_reduce, solve_owned, exchange_results, propagate,
+ * layer_boundary; output_finish). With one rank and the CUDA engine the
+ * Hessians never leave the device.
  */
 #ifndef DS_PIPELINE_H
 #define DS_PIPELINE_H

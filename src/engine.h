@@ -1,0 +1,76 @@
+/*
+ * engine.h - the per-rank compute of one decoder layer behind one interface,
+ * with two instances: the CPU engine (cpu_engine.c: model.c's forward on
+ * OpenBLAS, f32 activations) and the CUDA engine (gpu_engine.c). The
+ * pipeline (pipeline.c) keeps the distributed algorithm (module assignment,
+ * reductions, broadcasts, resume points, checkpoint) and reaches the compute
+ * only through these calls, per layer:
+ *   load_layer  make layer lw current (the engine borrows lw until the next
+ *               load; lw->lin[k].w stays the pipeline's f32 copy)
+ *   calibrate   forward over this rank's samples, outputs discarded,
+ *               capturing Hessian sums 2·XᵀX (f64) of the used inputs
+ *   gptq        an owner's solve of one Linear
+ *   set_weight  install the broadcast fake-quantized weight
+ *   propagate   forward with the quantized weights, updating the residual
+ *               stream (layer l+1's input) in place
+ * Adding a backend is one more instance of engine_ops.
+ */
+#ifndef DS_ENGINE_H
+#define DS_ENGINE_H
+
+#include "dataset.h"
+#include "gptq.h"
+#include "model.h"
+
+typedef struct engine engine;
+
+/* Seconds accumulated over the run. */
+typedef struct engine_times {
+    double forward, hessian, hess_copy, gptq, propagate;
+} engine_times;
+
+typedef struct engine_ops {
+    /* 1: calibrate keeps the Hessian sums on the device and gptq reads them
+     * when given H_host = NULL (one rank, nothing to reduce) */
+    int device_hessians;
+    const char *(*describe)(const engine *e);
+    /* Make lw (borrowed until the next load) the current layer. */
+    ds_status (*load_layer)(engine *e, const layer_weights *lw);
+    /* Calibration pass over the local samples. used[inp] (model_num_inputs
+     * entries): capture that input. cnt[2*inp] += tokens, cnt[2*inp+1] +=
+     * sequences. H_host: NULL (device_hessians only: keep the sums on the
+     * device) or H_host[inp] [n, n] f64 zeroed by the caller for every used
+     * input, which receives the local sum (upper triangle at least). */
+    ds_status (*calibrate)(engine *e, const int *used, double *const *H_host, int64_t *cnt);
+    /* GPTQ of Linear li of the current layer (li->w its f32 weight) with the
+     * Hessian sum H_host [in, in] (NULL: the device's, see above) of nseq
+     * sequences, normalised as llm-compressor (H / nseq). res as
+     * gptq_quantize. */
+    ds_status (*gptq)(engine *e, const quant_args *a, const layer_linear *li, const double *H_host, int64_t nseq,
+                      int block_size, double dampening_frac, gptq_result *res);
+    /* Linear lin of the current layer := w [out, in] f32 (values exact in the
+     * model dtype); the CPU engine reads lw->lin[lin].w, which the caller has
+     * already replaced. */
+    void (*set_weight)(engine *e, int lin, const float *w);
+    void (*propagate)(engine *e);
+    /* The residual stream of all local samples in the model dtype, [ntok, C],
+     * samples concatenated in order (resume state). */
+    void (*get_residual)(engine *e, void *buf);
+    void (*set_residual)(engine *e, const void *buf);
+    engine_times (*times)(const engine *e);
+    size_t (*peak_bytes)(const engine *e); /* device memory peak; 0 on the CPU */
+    void (*destroy)(engine *e);
+} engine_ops;
+
+/* Every instance starts with this. */
+struct engine {
+    const engine_ops *ops;
+};
+
+/* The CPU engine: embeds the nlocal samples (model_embed) and keeps the
+ * residual stream as f32 [T_s, C] per sample; calibration runs layer_forward
+ * with Hessian capture (hessian_accum_cpu), gptq runs gptq_quantize on
+ * (float)(H / nseq). DS_ERR_INPUT: a token id out of range. */
+ds_status cpu_engine_create(const model *m, const ds_sample *local, size_t nlocal, engine **out);
+
+#endif
