@@ -82,17 +82,12 @@ static void usage(FILE *f) {
             "exit status: 0 ok, 1 runtime failure, 2 usage or recipe error, 3 bad model or data\n");
 }
 
-/* "20GB", "500MB", "2GiB", "123" -> bytes; -1 on error. */
+/* "20GB", "1.5 GB", "500MB", "2GiB", "123" -> bytes; -1 on error. The
+ * recipe's parser (recipe_parse_size), so a size means the same on the
+ * command line and in a recipe. */
 static int64_t parse_size(const char *s) {
-    char *end;
-    double v = strtod(s, &end);
-    if (end == s || v < 0) return -1;
-    static const struct { const char *suf; double mul; } u[] = {
-        {"", 1}, {"B", 1}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
-        {"KiB", 1024.0}, {"MiB", 1048576.0}, {"GiB", 1073741824.0}, {"TiB", 1099511627776.0}};
-    for (size_t i = 0; i < DS_ARRAY_LEN(u); i++)
-        if (strcasecmp(end, u[i].suf) == 0) return (int64_t)(v * u[i].mul);
-    return -1;
+    int64_t v;
+    return recipe_parse_size(s, &v) == 0 ? v : -1;
 }
 
 static ds_status parse_cli(int argc, char **argv, cli *c) {

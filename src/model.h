@@ -157,6 +157,5 @@ void layer_forward(const model *m, const layer_weights *lw, float *x, int T, lay
 ds_status model_embed(const model *m, const int32_t *ids, int T, float *x);
 
 /* Tensor name helpers: the dense-layer suffix of LIN_Q..LIN_DOWN. */
-const char *model_lin_suffix(int lin); /* "self_attn.q_proj" */
 
 #endif

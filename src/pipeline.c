@@ -611,9 +611,3 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
     free(u.rdir);
     return st;
 }
-
-void run_stats_free(run_stats *s) {
-    if (!s) return;
-    free(s->mods);
-    s->mods = NULL;
-}

@@ -29,29 +29,7 @@
 #include "dataset.h"
 #include "model.h"
 #include "recipe.h"
-
-typedef struct stage_times {
-    double load, forward, hessian, reduce, gptq, bcast, propagate, save;
-} stage_times;
-
-typedef struct module_record {
-    char name[160];
-    int owner, in, out, rtn_fallback;
-    double loss, seconds;
-} module_record;
-
-typedef struct run_stats {
-    stage_times t;              /* this rank's totals */
-    double total_s;             /* wall time of pipeline_quantize */
-    size_t samples_total, tokens_total;
-    module_record *mods;        /* all quantized modules (every rank has them) */
-    int nmods, n_rtn;           /* n_rtn: RTN fallbacks (Cholesky failure or no tokens) */
-    int n_no_tokens;            /* experts that received no calibration token (routed-only mode) */
-    uint64_t bytes_written;
-    int nshards;
-    char device[512];           /* "cpu" or the CUDA engine's description */
-    size_t device_peak_bytes;   /* CUDA: peak device memory in use (max over ranks) */
-} run_stats;
+#include "run_stats.h"
 
 typedef struct run_opts {
     const char *out_dir;
@@ -85,7 +63,6 @@ ds_status pipeline_validate(const model *m, const recipe *r);
  * Returns the same status on every rank. */
 ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *local, size_t nlocal,
                             const run_opts *o, run_stats *stats);
-void run_stats_free(run_stats *s);
 
 /* Owner of each of n modules with the given costs: sort by cost descending
  * (stable), give each to the least-loaded rank (lowest index on ties). */

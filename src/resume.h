@@ -21,7 +21,9 @@
 #define DS_RESUME_H
 
 #include "dataset.h"
-#include "pipeline.h"
+#include "model.h"
+#include "recipe.h"
+#include "run_stats.h"
 
 typedef struct resume_head {
     char magic[8];           /* "DSRESUM1" */

@@ -85,3 +85,9 @@ void summary_report(const run_stats *s, const model *m, const recipe *r, const c
     }
     free(rss);
 }
+
+void run_stats_free(run_stats *s) {
+    if (!s) return;
+    free(s->mods);
+    s->mods = NULL;
+}

@@ -7,7 +7,9 @@
 #ifndef DS_SUMMARY_H
 #define DS_SUMMARY_H
 
-#include "pipeline.h"
+#include "model.h"
+#include "recipe.h"
+#include "run_stats.h"
 
 /* Collective. json_path may be NULL. */
 void summary_report(const run_stats *s, const model *m, const recipe *r, const char *model_dir,

@@ -22,6 +22,16 @@ fi
 "$BIN" --no-such-flag >/dev/null 2>&1; [ $? -eq 2 ] && ok || fail "unknown option exits 2"
 "$BIN" >/dev/null 2>&1; [ $? -eq 2 ] && ok || fail "missing --recipe exits 2"
 "$BIN" --recipe recipes/stories260k-w4a16.json --device gpu >/dev/null 2>&1; [ $? -eq 2 ] && ok || fail "--device gpu exits 2"
+# one size parser for the command line and the recipe: "1.5 GB" means the
+# same in both; a fractional byte count or an unknown unit is refused in both
+out=/tmp/ds-cli-size.$$
+"$BIN" --recipe recipes/stories260k-w4a16.json --max-shard-size "1.5 GB" --output $out -q >/dev/null 2>&1 \
+    && [ -f $out/config.json ] && ok || fail "--max-shard-size '1.5 GB' is accepted (the recipe accepts it)"
+rm -rf $out
+for bad in 1.5 5XB; do
+    "$BIN" --recipe recipes/stories260k-w4a16.json --max-shard-size "$bad" --output $out >/dev/null 2>&1
+    [ $? -eq 2 ] && [ ! -e $out ] && ok || fail "--max-shard-size '$bad' exits 2"
+done
 # --device cuda on a machine without a GPU (or a CPU-only build): exit 2, a
 # cause and a hint, nothing written. With a GPU this check does not apply.
 if ! command -v nvidia-smi >/dev/null 2>&1; then
