@@ -162,14 +162,15 @@ clean:
 #   make fuzz                      build every target into $(FUZZ_BUILD)/
 #   make fuzz-smoke                run each target over its committed corpus and regressions once
 #   make fuzz-ci FUZZ_SECONDS=60   fuzz each target N seconds; crashes -> $(FUZZ_BUILD)/crashes/
-#   make fuzz-merge                minimize tests/fuzz/corpus with what fuzz-ci found
+#   make fuzz-merge                add to tests/fuzz/corpus what fuzz-ci found that adds coverage
 FUZZ_CC      ?= clang
 FUZZ_BUILD   ?= build/fuzz
 FUZZ_SAN     ?= address,undefined
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BIN     := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
-FUZZ_OBJ     := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(filter-out src/main.c src/comm.c src/%_cuda.c,$(wildcard src/*.c)))
+# the library's sources (SRC above) with the MPI-free communicator and no CUDA
+FUZZ_OBJ     := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(sort $(filter-out src/comm.c src/%_cuda.c,$(SRC)) src/comm_serial.c))
 FUZZ_CFLAGS   = -std=c11 -D_GNU_SOURCE -g -O1 $(WARN) -MMD -MP -Isrc -I/usr/include/cjson -DDS_VERSION='"$(VERSION)"' \
                 -fsanitize=$(FUZZ_SAN) -fno-sanitize-recover=all -fno-omit-frame-pointer
 FUZZ_LIBS    := -lcjson -lz -lopenblas -llapacke -lpcre2-8 -lutf8proc -lpthread -lm
