@@ -5,7 +5,7 @@
  * weight_shape int64 [2], weight_zero_point int32 packed along dim 0 when
  * asymmetric, weight_g_idx int32 [in] for actorder=group), every other tensor
  * byte-for-byte, config.json with quantization_config
- * (../shared/docs/reference-llm-compressor.md §3), tokenizer/generation
+ * (docs/reference-llm-compressor.md §3), tokenizer/generation
  * files and the applied recipe (recipe.yaml; JSON is valid YAML).
  *
  * Atomic: everything is written into "<out>.partial" beside the target,

@@ -2,7 +2,7 @@
  * eval.c - `doneshot eval`: perplexity of an original or a doneshot
  * (compressed-tensors pack-quantized) checkpoint on a text file, with the
  * protocol of the GPTQ paper / IST-DASLab gptq `llama_eval`
- * (../shared/docs/model-and-tokenizer.md §2.7-2.8):
+ * (docs/model-and-tokenizer.md §2.7-2.8):
  *
  *   ids  = tokenize(whole file, add_special_tokens=True)   (BOS only at the start)
  *   nwin = len(ids) // T  (trailing partial window dropped; optionally capped by --max-windows)
@@ -122,7 +122,7 @@ static int parse_eval_cli(int argc, char **argv, eval_cli *c) {
         st = ds_error(DS_ERR_USAGE, "--model DIR is required\nhint: try --model data/stories260K");
     if (st == DS_OK && !c->dataset && !c->dump)
         st = ds_error(DS_ERR_USAGE, "--dataset FILE is required\n"
-                      "hint: try --dataset ../shared/data/wikitext2_test.txt");
+                      "hint: e.g. the WikiText-2 test split as plain text, the standard GPTQ perplexity set");
     return (int)st;
 }
 

@@ -1,7 +1,7 @@
 /*
  * gptq.h - GPTQ (Frantar et al. 2023, Alg. 1 with lazy batch updates §3.4) as
  * llm-compressor's quantize_weight implements it (modifiers/gptq/
- * gptq_quantize.py; ../shared/docs/reference-llm-compressor.md §1.4-1.5):
+ * gptq_quantize.py; docs/reference-llm-compressor.md §1.4-1.5):
  * fp32 throughout; scales from the ORIGINAL weight (min-max, all groups up
  * front); actorder static = process columns by descending diag(H) (stable
  * order) while each column keeps its original group's scale; dead columns

@@ -3,7 +3,7 @@
  * no CUDA needed, unit-tested on CPU). Given model dims and the rank's token
  * count, size every device buffer of the layer driver and pick the largest
  * micro-batch (sequences per forward chunk) whose peak fits the budget.
- * Accounting follows ../shared/docs/model-and-tokenizer.md §5.3:
+ * Accounting follows docs/model-and-tokenizer.md §5.3:
  *   weights      one layer's linears + norms, bf16
  *   acts         the residual stream of all local tokens, bf16, updated in
  *                place by the propagation pass (0 when offloaded to pinned

@@ -9,7 +9,7 @@
  * values are rounded to the model dtype at HF's rounding points.
  * Architectures: LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM,
  * Qwen3ForCausalLM and the mixture-of-experts Qwen2MoeForCausalLM,
- * Qwen3MoeForCausalLM, MixtralForCausalLM (../shared/docs/model-and-tokenizer.md
+ * Qwen3MoeForCausalLM, MixtralForCausalLM (docs/model-and-tokenizer.md
  * §1.3-2.7). E experts, K experts per token, IM expert width, IS shared-expert
  * width (Qwen2-MoE).
  */

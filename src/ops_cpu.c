@@ -1,7 +1,7 @@
 /*
  * ops_cpu.c - CPU reference implementations of the decoder ops (the CPU twins
  * of cuda/). Follows HF transformers' Llama modeling code and the rounding
- * points of ../shared/docs/model-and-tokenizer.md §3: statistics, softmax and
+ * points of docs/model-and-tokenizer.md §3: statistics, softmax and
  * accumulations in f32; values rounded to the activation dtype where HF
  * rounds. GEMMs go to OpenBLAS; everything else is plain loops.
  */

@@ -3,7 +3,7 @@
  * accumulation (the CPU twins of cuda/). Layout conventions (model.h):
  * activations are row-major [T, C] f32 arrays whose values are rounded to the
  * activation dtype `act` (BF16/F16 for such checkpoints, F32 = no rounding) at
- * the points where Hugging Face rounds (../shared/docs/model-and-tokenizer.md
+ * the points where Hugging Face rounds (docs/model-and-tokenizer.md
  * §2-3); Linear weights are row-major [out, in] f32 (y = x W^T + b).
  * Dimension names: T tokens, C hidden, NH heads, NKV kv heads, HS head size.
  */

@@ -1,6 +1,6 @@
 /*
  * pipeline.h - the distributed sequential GPTQ pipeline (llm-compressor's
- * sequential pipeline + GPTQ DDP, ../shared/docs/reference-llm-compressor.md
+ * sequential pipeline + GPTQ DDP, docs/reference-llm-compressor.md
  * §1.7, §2.2), one decoder layer resident at a time:
  *   for each layer:
  *     module list from the config (attention, dense MLP or router + experts

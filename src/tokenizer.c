@@ -2,7 +2,7 @@
  * tokenizer.c - Hugging Face tokenizer.json in C: loading and the encode /
  * decode pipelines of HF tokenizers (tokenizer/mod.rs, added_vocabulary.rs,
  * normalizers, pre_tokenizers, processors/template.rs, decoders), following
- * ../shared/docs/model-and-tokenizer.md section 4:
+ * docs/model-and-tokenizer.md section 4:
  *   added tokens (normalized: false) -> normalizer -> added tokens
  *   (normalized: true, matched on their normalized content) -> pre-tokenizer
  *   -> BPE model (tokenizer_bpe.c) -> post-processor (BOS/EOS).

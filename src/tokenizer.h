@@ -2,7 +2,7 @@
  * tokenizer.h - Hugging Face tokenizer.json in C: BPE models (byte-level and
  * SentencePiece-style with byte fallback), normalizers, pre-tokenizers,
  * added/special tokens, post-processor BOS/EOS, decode
- * (../shared/docs/model-and-tokenizer.md §4). Produces exactly the ids of
+ * (docs/model-and-tokenizer.md §4). Produces exactly the ids of
  * HF tokenizers' encode(). Loading never aborts: malformed or unsupported
  * files give DS_ERR_INPUT naming the component.
  */
