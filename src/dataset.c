@@ -11,7 +11,8 @@
  *           "messages": [{role, content}]  rendered through the model's chat
  *                                 template (see below), or
  *           a text field (opts->text_field, default "text").
- *   Any of them gzip-compressed (read with zlib gzread; plain files too).
+ *   Any of them gzip-compressed (read with zlib gzread; plain files too),
+ *   streamed a chunk at a time: never the whole file in memory, any size.
  * Chat templates are recognised, not interpreted (no Jinja engine): from
  * tokenizer_config.json's chat_template we detect Llama 3 / 3.1
  * (<|start_header_id|>), ChatML (Qwen2, Qwen2.5, Qwen3 with <think>, generic
@@ -56,6 +57,7 @@ static void sb_puts(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
 static int utf8_valid(const char *s, size_t n) {
     size_t i = 0;
     while (i < n) {
+        if ((unsigned char)s[i] < 0x80) { i++; continue; } /* ASCII: what utf8proc_iterate would accept, faster */
         utf8proc_int32_t cp;
         utf8proc_ssize_t r = utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &cp);
         if (r <= 0) return 0;
@@ -445,7 +447,7 @@ typedef struct loader {
 static int row_begin(loader *L) {
     size_t c = L->cand++;
     if (L->pass != PASS_KEEP) return 1;
-    if (!(L->bits[c / 64] >> (c % 64) & 1)) return 0;
+    if (c / 64 >= L->bits_words || !(L->bits[c / 64] >> (c % 64) & 1)) return 0; /* past the end: file grew */
     size_t u = L->n_usable++;
     if (L->k_next < L->n_keep && L->keep[L->k_next].ord == u) { L->slot = L->keep[L->k_next].slot; return 1; }
     return 0;
@@ -630,13 +632,12 @@ static ds_status detect_jsonl(const char *path, int *jsonl) {
     char *base = xstrdup(path);
     if (ends_with(base, ".gz")) base[strlen(base) - 3] = 0;
     int known = 1;
+    *jsonl = 0;
     if (ends_with(base, ".jsonl") || ends_with(base, ".json")) *jsonl = 1;
-    else if (ends_with(base, ".txt")) *jsonl = 0;
-    else known = 0;
+    else if (!ends_with(base, ".txt")) known = 0;
     free(base);
     line_reader R;
     ds_status st = lr_open(&R, path); /* also: unreadable files fail here, before any work */
-    *jsonl = known ? *jsonl : 0;
     while (!st && !known) {
         const char *s;
         size_t n, k = 0;

@@ -6,7 +6,8 @@
  * Llama 2/Mistral [INST]), pre-tokenized rows with "input_ids"; any of them
  * optionally gzip-compressed (.gz, zlib). One row -> one sample, truncated to
  * max_seq_len, no padding. Empty rows / invalid UTF-8 rows are skipped with a
- * counted warning (dataset.skipped). Row order is file order.
+ * counted warning (dataset.skipped). Row order is file order. Files are
+ * streamed (any size); dataset_load_slice keeps only one rank's rows.
  */
 #ifndef DS_DATASET_H
 #define DS_DATASET_H
