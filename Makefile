@@ -59,7 +59,7 @@ EMUL_OBJ := $(BUILD)/src/main.o $(filter-out $(BUILD)/src/gpu_engine.o $(BUILD)/
             $(BUILD)/emul/gpu_engine.o $(BUILD)/tests/cuda_emul.o
 EMUL_LIBS := $(filter-out -lcudart -lcublas -lcusolver,$(LDLIBS))
 
-.PHONY: all test check asan valgrind install uninstall clean man-lint deps run bench
+.PHONY: all test test-gpu check asan valgrind install uninstall clean man-lint deps run bench
 BENCH_BIN := $(BUILD)/gen_model $(BUILD)/ckpt_diff $(if $(filter 1,$(CUDA)),$(BUILD)/bench_gpu,)
 all: $(BUILD)/doneshot $(TESTS) $(BUILD)/doneshot-emul $(BENCH_BIN)
 	@echo "built $(BUILD)/doneshot (CUDA=$(CUDA)). Hint: run 'make test'"
@@ -101,6 +101,9 @@ $(BUILD)/doneshot-emul: $(EMUL_OBJ)
 	@echo "LD $@"
 	@$(MPICC) $(LDFLAGS) $^ -o $@ $(EMUL_LIBS)
 
+# Kept: as chain intermediates make would delete them after the first build,
+# and the next make (the .d files then name them) would rebuild every test.
+.SECONDARY: $(TESTS:%=%.o)
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
 	@echo "LD $@"
 	@$(MPICC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
@@ -120,6 +123,13 @@ $(BUILD)/gen_model: $(BUILD)/bench/gen_model.o $(LIB)
 # Unit tests, MPI tests at -np 1/2/4, end-to-end CLI tests, man-page lint.
 test: all
 	@BUILD=$(BUILD) MPIRUN="$(MPIRUN)" PYTHON=$(PYTHON) sh tests/run_tests.sh
+
+# The GPU checks: every CUDA launcher against its CPU twin (tests/test_kernels)
+# and the real engine's checkpoint against the CPU one (tests/test_gpu_engine,
+# its real-GPU test only). DS_REQUIRE_GPU=1: no CUDA build or no device fails.
+test-gpu: all
+	@DS_REQUIRE_GPU=1 BUILD=$(BUILD) $(BUILD)/tests/test_kernels && \
+	 DS_REQUIRE_GPU=1 BUILD=$(BUILD) MPIRUN="$(MPIRUN)" $(BUILD)/tests/test_gpu_engine real-gpu
 
 # test + the Python interop/parity tests (transformers loads our checkpoint,
 # llm-compressor parity); creates a venv in ~/.cache/doneshot/venv when missing.

@@ -14,6 +14,13 @@ tally() { # $1 = output file of a suite
     s=$(echo "$line" | sed -nE 's/.*, ([0-9]+) skipped.*/\1/p'); s=${s:-0}
     P=$((P + p)); F=$((F + f)); S=$((S + s))
 }
+# The generated fixtures (model variants, tokenizers) every suite shares:
+# made once here (tests/fixtures.py, ~3 s), reused by the suites after.
+DS_FIXTURES=${DS_FIXTURES:-$BUILD/fixtures}
+export DS_FIXTURES
+if ! ${PYTHON:-python3} tests/fixtures.py "$DS_FIXTURES"; then
+    echo "FAIL tests/fixtures.py $DS_FIXTURES: the suites that need fixtures will fail"; F=$((F + 1))
+fi
 tmp=$(mktemp)
 for t in "$BUILD"/tests/test_*; do
     case "$t" in *.o|*.d) continue;; esac

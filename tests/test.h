@@ -72,6 +72,19 @@ static inline void t_finish(void) {
         t_cur_skipped = 1;                                                           \
     } while (0)
 
+/* SKIP for a missing CUDA build or device, but a failure when the environment
+ * has DS_REQUIRE_GPU set (not "0"): `make test-gpu` must never pass by skipping. */
+#define SKIP_NO_GPU(reason)                                                          \
+    do {                                                                             \
+        const char *rq_ = getenv("DS_REQUIRE_GPU");                                  \
+        if (rq_ && *rq_ && strcmp(rq_, "0") != 0) {                                  \
+            fprintf(stderr, "FAIL %s: %s (DS_REQUIRE_GPU is set)\n", t_cur, reason);  \
+            t_cur_failed = 1;                                                        \
+        } else {                                                                     \
+            SKIP(reason);                                                            \
+        }                                                                            \
+    } while (0)
+
 /* system(cmd): the command's exit status, -1 if it did not exit normally. */
 static inline int test_system(const char *cmd) {
     int rc = system(cmd);

@@ -11,6 +11,7 @@
 #include "st_writer.h"
 #include "ckpt_compare.h"
 #include "test.h"
+#include "fixtures.h"
 
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -182,13 +183,13 @@ int main(void) {
     }
 
     TEST("input variants: bf16, sharded, Mistral, Qwen2 (q/k/v bias); sharded == single file") {
-        if (!ds_is_dir("../shared/models")) { SKIP("../shared/models not present"); }
-        else {
-            const char *models[] = {"stories260K-bf16", "stories260K-sharded", "variants/mistral", "variants/qwen2"};
+        {
+            const char *models[] = {"models/stories260K-bf16", "models/stories260K-sharded", "models/variants/mistral",
+                                    "models/variants/qwen2"};
             char o[4][1024], extra[1200];
             for (int i = 0; i < 4; i++) {
                 snprintf(o[i], sizeof o[i], "%s/variant%d", g_tmp, i);
-                snprintf(extra, sizeof extra, "--model ../shared/models/%s", models[i]);
+                snprintf(extra, sizeof extra, "--model %s", fixture(models[i]));
                 int rc = quantize(2, o[i], extra);
                 if (rc) fprintf(stderr, "%s: exit %d (log %s.log)\n", models[i], rc, o[i]);
                 CHECK_EQ_INT(rc, 0);

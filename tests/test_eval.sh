@@ -2,7 +2,7 @@
 # test_eval.sh - `doneshot eval` end to end on the bundled stories260K model:
 #   * the perplexity string is identical at -np 1, 2 and 4 (bit-identical NLL);
 #   * it matches an independent stdlib-Python reference forward
-#     (../shared/tools/reference_forward.py, float64) within 1e-4 relative;
+#     (tests/reference_forward.py, float64) within 1e-4 relative;
 #   * bad inputs give exit code 3 (bad model/data) or 2 (usage) on every rank.
 # Env: BUILD (default build), MPIRUN (default "mpirun --oversubscribe"),
 # PYTHON (default python3). Last line: "N passed, N failed, N skipped".
@@ -12,7 +12,7 @@ PYTHON=${PYTHON:-python3}
 DS=$BUILD/doneshot
 MODEL=data/stories260K
 TEXT=data/tinystories_sample.txt
-REF=${REF_FORWARD:-../shared/tools/reference_forward.py}
+REF=${REF_FORWARD:-tests/reference_forward.py}
 if [ "$(id -u)" = 0 ]; then
     export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi
@@ -92,7 +92,7 @@ EOF
         pass "eval matches reference_forward.py: $(cat "$TMP/ref.out")"
     else fail "eval vs reference_forward.py: $(cat "$TMP/ref.out")"; fi
 else
-    skip "reference forward: $REF or $PYTHON not found"
+    fail "reference forward: $REF or $PYTHON not found"
 fi
 
 # ---- bad inputs: the same exit code on every rank ----

@@ -5,7 +5,7 @@
  * rtol*|ref| (bf16 outputs: rtol ~1e-2; f32: ~1e-5), NMSE reported, NaN never
  * passes, sentinel guard regions around every device output.
  * Without a device (or in a build without -DDS_CUDA) every test is reported
- * as skipped, never as passed.
+ * as skipped, never as passed; as failed with DS_REQUIRE_GPU=1 (make test-gpu).
  */
 #include <math.h>
 #include <stdint.h>
@@ -31,7 +31,7 @@ static const char *const TEST_NAMES[] = {
 #ifndef DS_CUDA
 int main(void) {
     for (size_t i = 0; i < DS_ARRAY_LEN(TEST_NAMES); i++)
-        TEST(TEST_NAMES[i]) { SKIP("built without CUDA"); }
+        TEST(TEST_NAMES[i]) { SKIP_NO_GPU("built without CUDA"); }
     return TEST_REPORT();
 }
 #else
@@ -521,7 +521,7 @@ int main(void) {
     if (dev >= 0) fprintf(stderr, "device: %s\n", ds_cuda_device_name());
     for (size_t i = 0; i < DS_ARRAY_LEN(TEST_NAMES); i++) {
         TEST(TEST_NAMES[i]) {
-            if (dev < 0) SKIP("no CUDA device");
+            if (dev < 0) SKIP_NO_GPU("no CUDA device");
             else run((int)i);
         }
     }

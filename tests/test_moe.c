@@ -3,15 +3,15 @@
  *  - the Mixtral variant (4 experts, top-2) quantized at -np 1, 2, 4: same
  *    checkpoint structure and int4 codes, every expert quantized with finite
  *    positive scales, routers kept unquantized and listed in "ignore";
- *  - its forward (doneshot eval) against ../shared/tools/reference_forward.py
+ *  - its forward (doneshot eval) against tests/reference_forward.py
  *    (independent stdlib-Python Mixtral forward) on the same tokens;
  *  - synthetic Qwen3-MoE and Qwen2-MoE (shared expert) models from gen_model
  *    at -np 2;
  *  - routed-only calibration (run_opts.moe_routed_only, driven in-process by
  *    this binary under mpirun): experts without tokens fall back to RTN with
  *    a counted warning, no hang, no NaN.
- * Needs BUILD/doneshot, BUILD/gen_model, mpirun; ../shared/models for the
- * Mixtral variant (skipped without it), python3 for the reference check.
+ * Needs BUILD/doneshot, BUILD/gen_model, mpirun, python3 (the Mixtral variant
+ * from tests/fixtures.py, the reference forward).
  */
 #include "comm.h"
 #include "model.h"
@@ -21,6 +21,7 @@
 #include "safetensors.h"
 #include "ckpt_compare.h"
 #include "test.h"
+#include "fixtures.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -28,7 +29,6 @@
 #include <unistd.h>
 
 static char g_tmp[256], g_bin[512], g_gen[512], g_self[512], g_mpirun[512];
-#define MIXTRAL "../shared/models/variants/mixtral-4x-top2"
 #define RECIPE "recipes/stories260k-w4a16.json"
 
 static int run(const char *cmd) { return test_system(cmd); }
@@ -80,7 +80,7 @@ static double reference_nll(const char *mdir, const char *text, int T) {
     char cmd[4096];
     snprintf(cmd, sizeof cmd,
              "python3 -c \"\nimport importlib.util,math,os,sys\n"
-             "sp=importlib.util.spec_from_file_location('rf','../shared/tools/reference_forward.py')\n"
+             "sp=importlib.util.spec_from_file_location('rf','tests/reference_forward.py')\n"
              "rf=importlib.util.module_from_spec(sp);sp.loader.exec_module(rf)\n"
              "cfg,T=rf.load_hf('%s');W={k:v for k,(_,_,v) in T.items()}\n"
              "hf=rf.Model(cfg,W,'hf');tok=rf.HFBPE(os.path.join('%s','tokenizer.json'))\n"
@@ -134,12 +134,14 @@ int main(int argc, char **argv) {
     snprintf(g_mpirun, sizeof g_mpirun, "%s", mpirun);
     snprintf(g_tmp, sizeof g_tmp, "/tmp/doneshot-moe-XXXXXX");
     if (!mkdtemp(g_tmp)) { perror("mkdtemp"); return 1; }
+    const char *MIXTRAL = fixture("models/variants/mixtral-4x-top2");
     const int have_shared = ds_is_dir(MIXTRAL);
+    TEST("fixtures: the Mixtral variant") CHECK(have_shared);
     char mix[3][512];
     int nps[3] = {1, 2, 4};
 
     TEST("Mixtral 4x top-2 quantized at -np 1, 2, 4: identical structure and codes") {
-        if (!have_shared) { SKIP(MIXTRAL " not present"); }
+        if (!have_shared) { CHECK(!"no Mixtral fixture"); }
         else {
             for (int i = 0; i < 3; i++) {
                 snprintf(mix[i], sizeof mix[i], "%s/mix%d", g_tmp, nps[i]);
@@ -163,7 +165,7 @@ int main(int argc, char **argv) {
     }
 
     TEST("Mixtral: every expert quantized (60 expert Linears), sane scales, routers in ignore") {
-        if (!have_shared) { SKIP(MIXTRAL " not present"); }
+        if (!have_shared) { CHECK(!"no Mixtral fixture"); }
         else {
             ckpt_cmp c = ckpt_compare(mix[1], mix[1]);
             CHECK(c.ok);
@@ -190,8 +192,8 @@ int main(int argc, char **argv) {
     }
 
     TEST("Mixtral forward (doneshot eval) matches reference_forward.py") {
-        if (!have_shared) { SKIP(MIXTRAL " not present"); }
-        else if (run("python3 -c 'import sys' >/dev/null 2>&1") != 0) { SKIP("python3 not available"); }
+        if (!have_shared) { CHECK(!"no Mixtral fixture"); }
+        else if (run("python3 -c 'import sys' >/dev/null 2>&1") != 0) { CHECK(!"python3 not available"); }
         else {
             char text[600], *buf = NULL;
             snprintf(text, sizeof text, "%s/text.txt", g_tmp);

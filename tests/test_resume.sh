@@ -95,7 +95,9 @@ else
 fi
 
 # the emulated CUDA engine (bf16 model), resident and offloaded
-M=../shared/models/stories260K-bf16
+FIX=${DS_FIXTURES:-$BUILD/fixtures}
+${PYTHON:-python3} tests/fixtures.py "$FIX" || fail "tests/fixtures.py $FIX"
+M=$FIX/models/stories260K-bf16
 if [ -d $M ] && [ -x $BUILD/doneshot-emul ]; then
     for mode in "" "--offload-activations --micro-batch 5"; do
         q 2 $BUILD/doneshot-emul $T/gref --model $M --device cuda $mode --overwrite
@@ -108,7 +110,7 @@ if [ -d $M ] && [ -x $BUILD/doneshot-emul ]; then
     q 2 $BUILD/doneshot-emul $T/x --model $M --device cuda --resume; rc=$?
     [ $rc -eq 2 ] && ok || fail "a cpu partial run resumed on cuda is refused ($rc)"
 else
-    echo "SKIP emulated cuda resume: $M or $BUILD/doneshot-emul missing"
+    fail "emulated cuda resume: $M or $BUILD/doneshot-emul missing"
 fi
 rm -rf $T
 echo "$P passed, $F failed"

@@ -1,13 +1,14 @@
 /*
  * test_safetensors.c - safetensors reader (src/safetensors.c) and streaming
- * writer (src/st_writer.c): round trips incl. sharding, the stories260K
- * fixtures in ../shared/models (skipped when absent), malformed files (each
+ * writer (src/st_writer.c): round trips incl. sharding, data/stories260K and
+ * its sharded and bf16 copies (tests/fixtures.py), malformed files (each
  * must give DS_ERR_INPUT naming the file, never a crash; run under ASan), and
  * the synthetic model generator ${BUILD:-build}/gen_model when it is built.
  */
 #include "safetensors.h"
 #include "st_writer.h"
 #include "test.h"
+#include "fixtures.h"
 
 #include <cjson/cJSON.h>
 #include <stdint.h>
@@ -525,13 +526,12 @@ static void test_fuzz(void) {
     }
 }
 
-/* ---- shared fixtures ---- */
+/* ---- the bundled model and its variants (tests/fixtures.py: sharded and
+ * bf16 copies written by an independent stdlib-Python safetensors writer) ---- */
 
 static void test_fixtures(void) {
-    const char *base = "../shared/models/stories260K";
-    int have = ds_is_dir(base);
+    const char *base = "data/stories260K";
     TEST("stories260K single file") {
-        if (!have) { SKIP("../shared/models/stories260K missing"); continue; }
         st_model *m = NULL;
         ds_status st = st_open_dir(base, &m);
         if (st) fprintf(stderr, "  %s\n", ds_errmsg());
@@ -551,10 +551,9 @@ static void test_fixtures(void) {
         st_close(m);
     }
     TEST("stories260K-sharded equals the single file") {
-        if (!have) { SKIP("../shared/models missing"); continue; }
         st_model *a = NULL, *b = NULL;
         CHECK_EQ_INT(st_open_dir(base, &a), DS_OK);
-        ds_status st = st_open_dir("../shared/models/stories260K-sharded", &b);
+        ds_status st = st_open_dir(fixture("models/stories260K-sharded"), &b);
         if (st) fprintf(stderr, "  %s\n", ds_errmsg());
         CHECK_EQ_INT(st, DS_OK);
         if (a && b) {
@@ -572,10 +571,9 @@ static void test_fixtures(void) {
         st_close(b);
     }
     TEST("stories260K-bf16 = bf16(stories260K)") {
-        if (!have) { SKIP("../shared/models missing"); continue; }
         st_model *a = NULL, *b = NULL;
         CHECK_EQ_INT(st_open_dir(base, &a), DS_OK);
-        CHECK_EQ_INT(st_open_dir("../shared/models/stories260K-bf16", &b), DS_OK);
+        CHECK_EQ_INT(st_open_dir(fixture("models/stories260K-bf16"), &b), DS_OK);
         if (a && b) {
             CHECK_EQ_INT(st_count(a), st_count(b));
             long bad = 0;
@@ -627,8 +625,7 @@ static void test_gen_model(void) {
         char *d = tmp_path("gen_llama");
         char *cmd = xasprintf("%s --out %s --hidden 64 --intermediate 96 --layers 3 --heads 4 --kv-heads 2 "
                               "--vocab 300 --dtype bf16 --seed 7 --max-shard-size 60000%s > %s/gen.log 2>&1",
-                              bin, d, have && ds_is_dir("../shared/models/stories260K")
-                                  ? " --tokenizer-from ../shared/models/stories260K" : "", g_tmp);
+                              bin, d, " --tokenizer-from data/stories260K", g_tmp);
         CHECK_EQ_INT(system(cmd), 0);
         st_model *m = NULL;
         ds_status st = st_open_dir(d, &m);

@@ -1,14 +1,16 @@
 /*
  * test_tokenizer.c - tokenizer.c against Hugging Face tokenizers goldens
  * (tests/golden/tokenizer/NAME.json, made by tests/gen_tokenizer_golden.py from
- * every tokenizer under ../shared): encode with and without special tokens
+ * every tokenizer of the project's shared inputs; the same files are
+ * committed under tests/data/tokenizers and materialized by tests/fixtures.py,
+ * checked by SHA-256): encode with and without special tokens
  * must give identical ids, decode must give HF's exact string. Plus
  * malformed tokenizer.json files (clean errors, no crash), a directory with
- * only tokenizer.json, and invalid UTF-8 input. Run from the repo root;
- * SKIP when ../shared is missing.
+ * only tokenizer.json, and invalid UTF-8 input. Run from the repo root.
  */
 #include "tokenizer.h"
 #include "test.h"
+#include "fixtures.h"
 
 #include <cjson/cJSON.h>
 #include <stdlib.h>
@@ -44,8 +46,9 @@ static void golden(const char *name, const cJSON *corpus) {
     snprintf(title, sizeof title, "golden ids and decode: %s", name);
     TEST(title) {
         cJSON *g = load_json(path);
-        const char *tp = g ? cJSON_GetObjectItem(g, "path")->valuestring : NULL;
-        if (!g || !ds_file_exists(tp)) { SKIP("golden or ../shared tokenizer missing"); cJSON_Delete(g); break; }
+        const char *tp = g ? fixture(cJSON_GetObjectItem(g, "path")->valuestring) : NULL;
+        CHECK(g != NULL && ds_file_exists(tp));
+        if (!g || !ds_file_exists(tp)) { cJSON_Delete(g); break; }
         tokenizer *t = NULL;
         double t0 = ds_now();
         ds_status st = tokenizer_load(tp, &t);
@@ -143,7 +146,8 @@ static void malformed(void) {
     TEST("truncations of a real tokenizer.json never crash") {
         char *buf = NULL;
         size_t len;
-        if (ds_read_file("../shared/models/stories260K/tokenizer.json", &buf, &len)) { SKIP("no stories260K"); break; }
+        CHECK_EQ_INT(ds_read_file("data/stories260K/tokenizer.json", &buf, &len), DS_OK);
+        if (!buf) break;
         for (size_t cut = 0; cut < len; cut += len / 37 + 1) {
             FILE *f = fopen("tests/tmp/bad_tokenizer.json", "wb");
             fwrite(buf, 1, cut, f);
@@ -158,10 +162,9 @@ static void malformed(void) {
 int main(void) {
     ds_log_set_level(DS_LOG_ERROR);
     cJSON *corpus = load_json("tests/golden/tokenizer/corpus.json");
-    int shared = ds_is_dir("../shared/tokenizers");
     for (size_t i = 0; i < DS_ARRAY_LEN(NAMES); i++) {
-        if (!corpus || !shared) {
-            TEST(NAMES[i]) SKIP("no ../shared/tokenizers or goldens");
+        if (!corpus) {
+            TEST(NAMES[i]) CHECK(!"tests/golden/tokenizer/corpus.json missing");
             continue;
         }
         golden(NAMES[i], corpus);
@@ -169,7 +172,8 @@ int main(void) {
 
     TEST("directory holding only tokenizer.json; known ids; BOS/EOS") {
         tokenizer *t = NULL;
-        if (tokenizer_load("../shared/tokenizers/llama3", &t)) { SKIP("no ../shared/tokenizers/llama3"); break; }
+        CHECK_EQ_INT(tokenizer_load(fixture("tokenizers/llama3"), &t), DS_OK);
+        if (!t) break;
         int32_t *ids;
         size_t n;
         CHECK_EQ_INT(tokenizer_encode(t, "Hello world", 11, 1, &ids, &n), DS_OK);
@@ -180,12 +184,12 @@ int main(void) {
         CHECK_EQ_INT(tokenizer_eos_id(t), 128001);
         CHECK_EQ_INT(tokenizer_vocab_size(t), 128256);
         tokenizer_free(t);
-        CHECK_EQ_INT(tokenizer_load("../shared/models/stories260K", &t), DS_OK);
+        CHECK_EQ_INT(tokenizer_load("data/stories260K", &t), DS_OK);
         CHECK_EQ_INT(tokenizer_bos_id(t), 1);
         CHECK_EQ_INT(tokenizer_eos_id(t), 2);
         CHECK_EQ_INT(tokenizer_vocab_size(t), 512);
         tokenizer_free(t);
-        CHECK_EQ_INT(tokenizer_load("../shared/tokenizers/qwen2.5", &t), DS_OK);
+        CHECK_EQ_INT(tokenizer_load(fixture("tokenizers/qwen2.5"), &t), DS_OK);
         CHECK_EQ_INT(tokenizer_bos_id(t), -1);
         CHECK_EQ_INT(tokenizer_eos_id(t), 151645);
         CHECK(tokenizer_chat_template(t) != NULL);
@@ -193,10 +197,11 @@ int main(void) {
     }
 
     TEST("invalid UTF-8 input and empty input never crash") {
-        const char *dirs[] = {"../shared/models/stories260K", "../shared/tokenizers/qwen2", "../shared/tokenizers/llama3"};
+        const char *dirs[] = {"data/stories260K", fixture("tokenizers/qwen2"), fixture("tokenizers/llama3")};
         for (size_t d = 0; d < 3; d++) {
             tokenizer *t = NULL;
-            if (tokenizer_load(dirs[d], &t)) continue;
+            CHECK_EQ_INT(tokenizer_load(dirs[d], &t), DS_OK);
+            if (!t) continue;
             const char bad[] = "ok \xff\xfe bytes \xc3 and \xe2\x82 cut";
             int32_t *ids;
             size_t n;
