@@ -28,6 +28,7 @@
  * at rounding ties (tests/test_kernels.c reports the flip rate).
  */
 #include "cuda_common.cuh"
+#include "qscalar.h" /* qparams, fake quant: the host's math */
 
 extern "C" {
 #include "gptq.h" /* gptq_argsort_desc */
@@ -64,19 +65,6 @@ static void *ws_get(size_t n) {
 
 static size_t al(size_t n) { return (n + 255) & ~(size_t)255; }
 
-/* ---- dtype helpers ---- */
-static __device__ __forceinline__ float round_to_dev(float x, int dt) {
-    if (dt == DS_DTYPE_BF16) return round_bf16_dev(x);
-    if (dt == DS_DTYPE_F16) return __half2float(__float2half_rn(x));
-    return x;
-}
-
-static __device__ __forceinline__ float dtype_eps_dev(int dt) {
-    if (dt == DS_DTYPE_BF16) return 0.0078125f;     /* torch.finfo(bfloat16).eps */
-    if (dt == DS_DTYPE_F16) return 0.0009765625f;   /* torch.finfo(float16).eps */
-    return FLT_EPSILON;
-}
-
 /* ---- qparams ---- */
 /* One warp per (row, group) of `gsz` columns: min and max. */
 static __global__ void minmax_kernel(const float *W, int out, int in, int gsz, int ng, float *mn,
@@ -112,30 +100,16 @@ static __global__ void minmax_fold_kernel(float *mn, float *mx, int n) {
     if (threadIdx.x == 0) { mn[0] = sa[0]; mx[0] = sb[0]; }
 }
 
-/* calculate_qparams, as qparams_one in src/quant.c: every elementwise op is one
- * f32 op rounded to the model dtype; zp before the eps fix; NaN zp -> 0.
- * Entry i reads mn/mx[src_all ? 0 : i] (QS_TENSOR broadcasts entry 0). */
+/* calculate_qparams (qs_qparams, shared with src/quant.c). Entry i reads
+ * mn/mx[src_all ? 0 : i] (QS_TENSOR broadcasts entry 0). */
 static __global__ void qparams_kernel(const float *mn, const float *mx, size_t n, int src_all, int sym,
                                       int qmin, int qmax, int dt, float *scale, int32_t *zp) {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (i >= n) return;
     size_t k = src_all ? 0 : i;
-    const float lo = fminf(mn[k], 0.0f), hi = fmaxf(mx[k], 0.0f);
-    const float range = round_to_dev((float)(qmax - qmin), dt);
     float s;
-    int z = 0;
-    if (sym) {
-        float absmax = fabsf(lo) > fabsf(hi) ? fabsf(lo) : fabsf(hi);
-        float half = round_to_dev(__fdiv_rn(range, 2.0f), dt);
-        s = round_to_dev(__fdiv_rn(absmax, half), dt);
-    } else {
-        s = round_to_dev(__fdiv_rn(round_to_dev(__fsub_rn(hi, lo), dt), range), dt);
-        float t = round_to_dev(__fdiv_rn(lo, s), dt); /* 0/0 = NaN for an all-zero group */
-        float zf = round_to_dev(__fsub_rn((float)qmin, t), dt);
-        if (isnan(zf)) z = 0;
-        else z = (int)rintf(fminf(fmaxf(zf, (float)qmin), (float)qmax));
-    }
-    if (s == 0.0f) s = dtype_eps_dev(dt);
+    int z;
+    qs_qparams(sym, fminf(mn[k], 0.0f), fmaxf(mx[k], 0.0f), dt, qmin, qmax, &s, &z);
     scale[i] = s;
     zp[i] = z;
 }
@@ -222,11 +196,8 @@ gptq_block_kernel(sweep_args a) {
             const int g = a.gcol[a.i1 + c];
             const float sc = a.scale[(size_t)r * a.ng + g];
             const int z = a.zp[(size_t)r * a.ng + g];
-            float x = __fdiv_rn(wc, sc);
-            if (z != 0) x = __fadd_rn(x, (float)z);
-            const float qf = isnan(x) ? 0.0f /* as quant_fake */
-                                      : rintf(fminf(fmaxf(x, (float)a.qmin), (float)a.qmax)); /* half-even */
-            const float deq = round_to_dev(__fmul_rn(qf - (float)z, sc), a.dt);
+            float deq;
+            const float qf = (float)qs_fake(wc, sc, z, a.qmin, a.qmax, a.dt, &deq); /* as quant_fake */
             const float d = Us[c * nb + c];
             const float diff = __fsub_rn(wc, deq);
             const float err = __fdiv_rn(diff, d);
@@ -269,7 +240,8 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
                         ds_dtype_name(model_dtype));
     DS_ASSERT(out > 0 && in > 0);
     cudaStream_t st = DS_STREAM(stream);
-    const int qmin = -(1 << (qa->num_bits - 1)), qmax = (1 << (qa->num_bits - 1)) - 1;
+    int qmin, qmax;
+    qs_range(qa->num_bits, &qmin, &qmax);
     const int gs = qa->strategy == QS_GROUP ? qa->group_size : in;
     const int ng = qa->strategy == QS_GROUP ? in / gs : 1;
     /* as gptq.c: any actorder permutes; "group" re-observes only for QS_GROUP */

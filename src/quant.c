@@ -25,14 +25,14 @@
  *    rd(rd(q - zp) * scale). q - zp is exact in bf16/f16 for |q - zp| <= 256.
  */
 #include "quant.h"
+#include "qscalar.h"
 
 #include <math.h>
 #include <string.h>
 
 void quant_range(const quant_args *a, int *qmin, int *qmax) {
     DS_ASSERT(a->num_bits >= 1 && a->num_bits <= 8);
-    *qmin = -(1 << (a->num_bits - 1));
-    *qmax = (1 << (a->num_bits - 1)) - 1;
+    qs_range(a->num_bits, qmin, qmax);
 }
 
 int quant_num_groups(const quant_args *a, int in) {
@@ -43,39 +43,11 @@ int quant_num_groups(const quant_args *a, int in) {
     return 1;
 }
 
-/* finfo(dtype).eps, used by calculate_qparams for zero scales. */
-static float dtype_eps(ds_dtype dt) {
-    if (dt == DS_DTYPE_BF16) return 0x1p-7f;
-    if (dt == DS_DTYPE_F16) return 0x1p-10f;
-    return 0x1p-23f;
-}
-
 /* One (row, group) of calculate_qparams; mn <= 0 <= mx already. */
 static void qparams_one(const quant_args *a, float mn, float mx, ds_dtype dt, int qmin, int qmax,
                         float *scale, int *zp) {
-    float range = ds_round_to((float)(qmax - qmin), dt);
-    float s;
-    int z = 0;
-    if (a->symmetric) {
-        float absmax = fabsf(mn) > fabsf(mx) ? fabsf(mn) : fabsf(mx);
-        float half = ds_round_to(range / 2.0f, dt);
-        s = ds_round_to(absmax / half, dt);
-    } else {
-        s = ds_round_to(ds_round_to(mx - mn, dt) / range, dt);
-        float t = ds_round_to(mn / s, dt);          /* 0/0 = NaN for an all-zero group */
-        float zf = ds_round_to((float)qmin - t, dt);
-        if (isnan(zf)) {
-            /* torch: NaN.round().to(int8) == 0 on x86 (cvttss2si gives INT_MIN,
-             * truncated to int8 -> 0). All-zero groups only. */
-            z = 0;
-        } else {
-            if (zf < (float)qmin) zf = (float)qmin;
-            if (zf > (float)qmax) zf = (float)qmax;
-            z = (int)nearbyintf(zf);
-        }
-    }
-    if (s == 0.0f) s = dtype_eps(dt);
-    *scale = s;
+    int z;
+    qs_qparams(a->symmetric, mn, mx, (int)dt, qmin, qmax, scale, &z);
     if (zp) *zp = z;
 }
 
@@ -116,58 +88,23 @@ void quant_minmax_qparams(const quant_args *a, const float *W, int out, int in,
 }
 
 int quant_fake(float x, float scale, int zp, int qmin, int qmax, ds_dtype scale_dtype, float *deq) {
-    float t = x / scale;
-    if (zp != 0) t += (float)zp;
-    if (t < (float)qmin) t = (float)qmin;
-    if (t > (float)qmax) t = (float)qmax;
-    int q = isnan(t) ? 0 : (int)nearbyintf(t); /* default FE_TONEAREST: half to even */
-    if (deq) *deq = ds_round_to((float)(q - zp) * scale, scale_dtype);
-    return q;
+    return qs_fake(x, scale, zp, qmin, qmax, (int)scale_dtype, deq);
 }
 
 int quant_code_from_deq(float x, float scale, int zp, int qmin, int qmax, ds_dtype dt) {
-    float t = ds_round_to(x / scale, dt);
-    if (zp != 0) t = ds_round_to(t + (float)zp, dt);
-    if (t < (float)qmin) t = (float)qmin;
-    if (t > (float)qmax) t = (float)qmax;
-    return isnan(t) ? 0 : (int)nearbyintf(t);
+    return qs_code_from_deq(x, scale, zp, qmin, qmax, (int)dt);
 }
 
-int quant_packed_cols(int cols, int bits) {
-    return (int)(((int64_t)cols * bits + 31) / 32);
-}
+int quant_packed_cols(int cols, int bits) { return qs_packed_words(cols, bits); }
 
-/* Dense pack of one strided vector of n codes into nw words (stride ws). */
+/* Dense pack of one strided vector of n codes into its words (stride ws). */
 static void pack_vec(const int8_t *q, size_t qs, int n, int bits, int32_t *out, size_t ws) {
-    int nw = quant_packed_cols(n, bits);
-    uint32_t off = 1u << (bits - 1);
-    uint32_t mask = (1u << bits) - 1u;
-    for (int w = 0; w < nw; w++) out[(size_t)w * ws] = 0;
-    for (int i = 0; i < n; i++) {
-        uint32_t u = ((uint32_t)((int32_t)q[(size_t)i * qs] + (int32_t)off)) & mask;
-        uint64_t bit = (uint64_t)i * (uint64_t)bits;
-        size_t w = (size_t)(bit >> 5);
-        unsigned sh = (unsigned)(bit & 31u);
-        uint32_t lo = (uint32_t)out[w * ws] | (u << sh);
-        out[w * ws] = (int32_t)lo;
-        if (sh + (unsigned)bits > 32u) {
-            uint32_t hi = (uint32_t)out[(w + 1) * ws] | (u >> (32u - sh));
-            out[(w + 1) * ws] = (int32_t)hi;
-        }
-    }
+    int nw = qs_packed_words(n, bits);
+    for (int w = 0; w < nw; w++) out[(size_t)w * ws] = (int32_t)qs_pack_word(w, bits, n, q, NULL, qs);
 }
 
 static void unpack_vec(const int32_t *in, size_t ws, int n, int bits, int8_t *q, size_t qs) {
-    int32_t off = 1 << (bits - 1);
-    uint32_t mask = (1u << bits) - 1u;
-    for (int i = 0; i < n; i++) {
-        uint64_t bit = (uint64_t)i * (uint64_t)bits;
-        size_t w = (size_t)(bit >> 5);
-        unsigned sh = (unsigned)(bit & 31u);
-        uint32_t u = (uint32_t)in[w * ws] >> sh;
-        if (sh + (unsigned)bits > 32u) u |= (uint32_t)in[(w + 1) * ws] << (32u - sh);
-        q[(size_t)i * qs] = (int8_t)((int32_t)(u & mask) - off);
-    }
+    for (int i = 0; i < n; i++) q[(size_t)i * qs] = (int8_t)qs_unpack_one(in, ws, i, bits);
 }
 
 typedef struct pack_ctx { const int8_t *q; int cols, bits, pc; int32_t *packed; } pack_ctx;

@@ -1,0 +1,163 @@
+/*
+ * qscalar.h - the scalar math of the quantization schemes, one source for
+ * the host (src/quant.c, src/scheme.c) and the device (cuda/gptq.cu,
+ * cuda/quant_pack.cu): the integer range, finfo(dtype).eps, rounding to the
+ * model dtype, calculate_qparams of one (row, group), fake quant, the code
+ * compressed-tensors stores for a saved weight, and the pack-quantized bit
+ * layout. Every function is `static inline`, and `__host__ __device__` under
+ * nvcc (QS_FN). On the device each f32 op is a round-to-nearest intrinsic
+ * (__fdiv_rn, ..., never contracted into an FMA), so host and device agree
+ * bit for bit. Numerics and sources: src/quant.c's header comment.
+ * A .cu includes this after cuda_common.cuh (which brings common.h).
+ */
+#ifndef DS_QSCALAR_H
+#define DS_QSCALAR_H
+
+#include <math.h>
+#include <stdint.h>
+
+#ifdef __CUDACC__
+#include <cuda_fp16.h>
+#define QS_FN static inline __host__ __device__
+#else
+#include "common.h"
+#define QS_FN static inline
+#endif
+
+#ifdef __CUDA_ARCH__
+#define QS_ADD(a, b) __fadd_rn((a), (b))
+#define QS_SUB(a, b) __fsub_rn((a), (b))
+#define QS_MUL(a, b) __fmul_rn((a), (b))
+#define QS_DIV(a, b) __fdiv_rn((a), (b))
+#define QS_RINT(x) rintf(x)
+#else
+#define QS_ADD(a, b) ((a) + (b))
+#define QS_SUB(a, b) ((a) - (b))
+#define QS_MUL(a, b) ((a) * (b))
+#define QS_DIV(a, b) ((a) / (b))
+#define QS_RINT(x) nearbyintf(x) /* default FE_TONEAREST: half to even */
+#endif
+
+/* Integer range of a b-bit signed code: [-2^(b-1), 2^(b-1)-1]. */
+QS_FN void qs_range(int bits, int *qmin, int *qmax) {
+    *qmin = -(1 << (bits - 1));
+    *qmax = (1 << (bits - 1)) - 1;
+}
+
+/* torch.finfo(dtype).eps: calculate_qparams' replacement for a zero scale. */
+QS_FN float qs_dtype_eps(int dt) {
+    if (dt == DS_DTYPE_BF16) return 0x1p-7f;
+    if (dt == DS_DTYPE_F16) return 0x1p-10f;
+    return 0x1p-23f;
+}
+
+/* Round x to the nearest value of dt (BF16/F16; F32: identity), as ds_round_to. */
+QS_FN float qs_round_to(float x, int dt) {
+#ifdef __CUDA_ARCH__
+    if (dt == DS_DTYPE_BF16) {
+        uint32_t u = __float_as_uint(x);
+        if ((u & 0x7fffffffu) > 0x7f800000u) return __uint_as_float(0x7fc00000u);
+        return __uint_as_float(((u + 0x7fffu + ((u >> 16) & 1u)) >> 16) << 16);
+    }
+    if (dt == DS_DTYPE_F16) return __half2float(__float2half_rn(x));
+    return x;
+#else
+    return ds_round_to(x, (ds_dtype)dt);
+#endif
+}
+
+/* calculate_qparams for one (row, group) with mn = min(amin, 0) and
+ * mx = max(amax, 0): every op one f32 op rounded to dt (the observed
+ * weight's dtype). sym: scale = absmax / ((qmax-qmin)/2), zp = 0; asym:
+ * scale = (mx-mn)/(qmax-qmin), zp = round_half_even(clamp(qmin - mn/scale)),
+ * an all-zero group's NaN zp -> 0 (torch's NaN.round().to(int8) on x86);
+ * then a zero scale -> eps(dt) (zp computed before that fix). */
+QS_FN void qs_qparams(int sym, float mn, float mx, int dt, int qmin, int qmax, float *scale, int *zp) {
+    const float range = qs_round_to((float)(qmax - qmin), dt);
+    float s;
+    int z = 0;
+    if (sym) {
+        float absmax = fabsf(mn) > fabsf(mx) ? fabsf(mn) : fabsf(mx);
+        float half = qs_round_to(QS_DIV(range, 2.0f), dt);
+        s = qs_round_to(QS_DIV(absmax, half), dt);
+    } else {
+        s = qs_round_to(QS_DIV(qs_round_to(QS_SUB(mx, mn), dt), range), dt);
+        float t = qs_round_to(QS_DIV(mn, s), dt); /* 0/0 = NaN for an all-zero group */
+        float zf = qs_round_to(QS_SUB((float)qmin, t), dt);
+        if (!isnan(zf)) {
+            if (zf < (float)qmin) zf = (float)qmin;
+            if (zf > (float)qmax) zf = (float)qmax;
+            z = (int)QS_RINT(zf);
+        }
+    }
+    if (s == 0.0f) s = qs_dtype_eps(dt);
+    *scale = s;
+    *zp = z;
+}
+
+/* Fake quant (_quantize_dequantize): q = round_half_even(clamp(x/scale + zp,
+ * qmin, qmax)) in f32 (NaN -> 0); *deq = round_to(dt, (q - zp) * scale)
+ * (the reference multiplies in the scale's dtype). Returns q. */
+QS_FN int qs_fake(float x, float scale, int zp, int qmin, int qmax, int dt, float *deq) {
+    float t = QS_DIV(x, scale);
+    if (zp != 0) t = QS_ADD(t, (float)zp);
+    if (t < (float)qmin) t = (float)qmin;
+    if (t > (float)qmax) t = (float)qmax;
+    int q = isnan(t) ? 0 : (int)QS_RINT(t);
+    if (deq) *deq = qs_round_to(QS_MUL((float)(q - zp), scale), dt);
+    return q;
+}
+
+/* The code the pack-quantized compressor stores for a saved model-dtype
+ * weight x: quantize(x, scale, zp) with x/scale and + zp each rounded to dt,
+ * then clamp and round half to even (NaN -> 0). */
+QS_FN int qs_code_from_deq(float x, float scale, int zp, int qmin, int qmax, int dt) {
+    float t = qs_round_to(QS_DIV(x, scale), dt);
+    if (zp != 0) t = qs_round_to(QS_ADD(t, (float)zp), dt);
+    if (t < (float)qmin) t = (float)qmin;
+    if (t > (float)qmax) t = (float)qmax;
+    return isnan(t) ? 0 : (int)QS_RINT(t);
+}
+
+/* The dequantized weight of a stored code: round_to(dt, (q - zp) * scale). */
+QS_FN float qs_dequant(int q, int zp, float scale, int dt) {
+    return qs_round_to(QS_MUL((float)(q - zp), scale), dt);
+}
+
+/* ---- pack-quantized bit layout (CT pack_to_int32) ----
+ * Element i of a vector of n b-bit codes sits at global bit i*b as
+ * u = q - qmin (biased unsigned), lowest bits first, possibly straddling two
+ * int32 words; the last word is zero-padded. */
+
+/* Words for n codes of b bits: ceil(n*b/32). */
+QS_FN int qs_packed_words(int n, int bits) { return (int)(((int64_t)n * bits + 31) / 32); }
+
+/* Word w of the packed vector: the codes overlapping bits [32w, 32w+32),
+ * read from q8[i*stride] (or q32[i*stride] when q8 is NULL). */
+QS_FN uint32_t qs_pack_word(int64_t w, int bits, int n, const int8_t *q8, const int32_t *q32, size_t stride) {
+    const int64_t lo = 32 * w, hi = lo + 32;
+    int64_t i0 = lo / bits, i1 = (hi + bits - 1) / bits;
+    if (i1 > n) i1 = n;
+    const int qmin = -(1 << (bits - 1));
+    uint64_t acc = 0;
+    for (int64_t i = i0; i < i1; i++) {
+        int qv = q8 ? (int)q8[(size_t)i * stride] : (int)q32[(size_t)i * stride];
+        uint64_t u = (uint64_t)((uint32_t)(qv - qmin) & ((1u << bits) - 1u));
+        int64_t pos = i * bits - lo;
+        if (pos >= 0) acc |= u << pos;
+        else acc |= u >> (-pos);
+    }
+    return (uint32_t)acc;
+}
+
+/* Code i of a packed vector whose words are words[k*stride]. */
+QS_FN int qs_unpack_one(const int32_t *words, size_t stride, int64_t i, int bits) {
+    const uint64_t bit = (uint64_t)i * (uint64_t)bits;
+    const size_t w = (size_t)(bit >> 5);
+    const unsigned sh = (unsigned)(bit & 31u);
+    uint32_t u = (uint32_t)words[w * stride] >> sh;
+    if (sh + (unsigned)bits > 32u) u |= (uint32_t)words[(w + 1) * stride] << (32u - sh);
+    return (int)(u & ((1u << bits) - 1u)) - (1 << (bits - 1));
+}
+
+#endif
