@@ -1,0 +1,83 @@
+#!/bin/sh
+# What is deterministic (README "Determinism"), on random-weight bf16 Llamas
+# from gen_model (8 layers, hidden 128; a few seconds per run):
+#   * the same -np twice: byte-identical model.safetensors and config.json,
+#     identical per-module GPTQ losses (the summation order is the same);
+#   * -np 1 vs -np 2: the Hessian partial sums are added in another order, so
+#     a code at a rounding boundary can flip and the flip propagates through
+#     the later layers (~4 % of codes on seed 3 here, ~9 % on a 100M model);
+#     the checkpoints are equivalent, not identical: the summed per-module
+#     GPTQ loss (--summary) agrees within 0.5 % (measured: 0.06 % on seed 3,
+#     2e-8 where the codes agree). The test looks for a seed whose codes
+#     differ (3, then 11, 12, 13), checks the loss bound on it, and says so
+#     (SKIP) if this machine's BLAS happens to flip none.
+# Env: BUILD, MPIRUN, PYTHON. Last line: "N passed, N failed, N skipped".
+BUILD=${BUILD:-build}
+MPIRUN=${MPIRUN:-mpirun --oversubscribe}
+PYTHON=${PYTHON:-python3}
+T=/tmp/ds-determinism.$$
+P=0; F=0; S=0
+ok() { echo "ok   $1"; P=$((P + 1)); }
+fail() { echo "FAIL $1"; F=$((F + 1)); }
+skip() { echo "SKIP $1"; S=$((S + 1)); }
+if [ "$(id -u)" = 0 ]; then
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi
+export OMPI_MCA_rmaps_base_oversubscribe=1
+BOUND=0.005
+mkdir -p $T
+trap 'rm -rf $T' EXIT
+
+gen() { # gen SEED DIR
+    $BUILD/gen_model --out "$2" --hidden 128 --intermediate 256 --layers 8 --heads 4 --kv-heads 2 --vocab 512 \
+        --dtype bf16 --tokenizer-from data/stories260K --seed "$1" --threads 1 >"$2.gen.log" 2>&1
+}
+q() { # q NP MODEL OUT
+    timeout -k 10 180 $MPIRUN -np "$1" $BUILD/doneshot --recipe recipes/stories260k-w4a16.json --model "$2" \
+        --output "$3" --summary "$3.json" -q >"$3.log" 2>&1
+}
+loss() { # loss SUMMARY...: the summed per-module GPTQ loss of each
+    $PYTHON -c 'import json, sys
+for p in sys.argv[1:]: print("%.17g" % sum(m["loss"] for m in json.load(open(p))["modules"]))' "$@"
+}
+modlosses() { # the per-module losses, one per line
+    $PYTHON -c 'import json, sys
+for m in json.load(open(sys.argv[1]))["modules"]: print(m["name"], repr(m["loss"]))' "$1"
+}
+
+# ---- bitwise where the order is the same ----
+gen 3 $T/m3 || fail "gen_model: $(tail -3 $T/m3.gen.log)"
+q 2 $T/m3 $T/a2 && q 2 $T/m3 $T/b2 || fail "quantize -np 2: $(tail -3 $T/a2.log $T/b2.log)"
+cmp -s $T/a2/model.safetensors $T/b2/model.safetensors && cmp -s $T/a2/config.json $T/b2/config.json \
+    && ok "-np 2 twice: byte-identical checkpoint" || fail "-np 2 twice: checkpoints differ"
+modlosses $T/a2.json >$T/a2.loss && modlosses $T/b2.json >$T/b2.loss && [ -s $T/a2.loss ] && cmp -s $T/a2.loss $T/b2.loss \
+    && ok "-np 2 twice: identical per-module GPTQ losses" || fail "-np 2 twice: losses differ"
+
+# ---- equivalent loss where the order differs ----
+found=""
+for seed in 3 11 12 13; do
+    m=$T/m$seed
+    [ -d $m ] || gen $seed $m || { fail "gen_model seed $seed"; break; }
+    if [ $seed = 3 ]; then mv $T/a2 $T/s3-np2 && mv $T/a2.json $T/s3-np2.json
+    else q 2 $m $T/s$seed-np2 || { fail "quantize seed $seed -np 2"; break; }; fi
+    q 1 $m $T/s$seed-np1 || { fail "quantize seed $seed -np 1: $(tail -3 $T/s$seed-np1.log)"; break; }
+    same=$($BUILD/ckpt_diff $T/s$seed-np1 $T/s$seed-np2 1.0 2>&1)
+    l1=$(loss $T/s$seed-np1.json); l2=$(loss $T/s$seed-np2.json)
+    rel=$($PYTHON -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); print('%.3g' % (abs(a - b) / a))" "$l1" "$l2")
+    echo "seed $seed: $same"
+    echo "seed $seed: summed GPTQ loss -np 1 $l1, -np 2 $l2, relative difference $rel (bound $BOUND)"
+    if $PYTHON -c "import sys; sys.exit(not float(sys.argv[1]) <= float(sys.argv[2]))" "$rel" "$BOUND"; then
+        ok "seed $seed: -np 1 and -np 2 summed GPTQ loss within $BOUND ($rel)"
+    else
+        fail "seed $seed: -np 1 vs -np 2 summed GPTQ loss differs by $rel (> $BOUND)"
+    fi
+    if ! echo "$same" | grep -q "(100.0000 %)"; then found=$seed; break; fi
+done
+if [ -n "$found" ]; then
+    ok "seed $found: -np 1 and -np 2 codes differ (not bitwise), loss equivalent"
+else
+    skip "no seed gave differing -np 1/-np 2 codes on this machine (nothing wrong: the order difference flipped no code)"
+fi
+
+echo "$P passed, $F failed, $S skipped"
+[ "$F" -eq 0 ]
