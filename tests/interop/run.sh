@@ -5,14 +5,15 @@
 #                             perplexity as `doneshot eval`, identical
 #                             dequantized weights;
 #   check_moe.py              the same for the 4-expert Mixtral variant
-#                             (../shared/models/variants/mixtral-4x-top2,
-#                             quantized at -np 2): load without warnings,
+#                             (models/variants/mixtral-4x-top2 of
+#                             tests/fixtures.py, quantized at -np 2): load without warnings,
 #                             fused experts == doneshot's dequantization,
 #                             perplexity == `doneshot eval`;
 #   parity_llmcompressor.py   GPTQ codes/scales/perplexity vs llmcompressor.oneshot
 #                             on the same calibration token ids.
-# Creates (or reuses) the git-ignored venv .venv with the versions pinned in
+# Creates (or reuses) the venv with the versions pinned in
 # tests/interop/requirements.txt. Env: BUILD (default build), MPIRUN,
+# DS_FIXTURES (default BUILD/fixtures),
 # VENV (default ~/.cache/doneshot/venv), KEEP=1 keeps the work dir.
 # Last line: "N passed, N failed, N skipped"; exit 1 on any failure.
 cd "$(dirname "$0")/../.." || exit 1
@@ -53,6 +54,10 @@ if ! have_venv; then
     fi
 fi
 
+FIX=${DS_FIXTURES:-$BUILD/fixtures}
+if ! python3 tests/fixtures.py "$FIX"; then
+    echo "FAIL tests/fixtures.py $FIX"; echo "0 passed, 1 failed, 0 skipped"; exit 1
+fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ds-interop.XXXXXX")
 [ "${KEEP:-0}" = 1 ] && echo "work dir: $WORK" || trap 'rm -rf "$WORK"' EXIT
 export PYTHONWARNINGS=${PYTHONWARNINGS:-} TOKENIZERS_PARALLELISM=false
@@ -71,7 +76,8 @@ suite() { # $1 = script, rest = arguments
     fi
 }
 suite check_transformers.py --workdir "$WORK/transformers" --seq-len 256 --windows 40
-suite check_moe.py --workdir "$WORK/moe" --seq-len 256 --windows 10 --np 2
+suite check_moe.py --workdir "$WORK/moe" --seq-len 256 --windows 10 --np 2 \
+    --model "$FIX/models/variants/mixtral-4x-top2"
 suite parity_llmcompressor.py --workdir "$WORK/parity" --seq-len 256 --windows 40
 
 echo "$P passed, $F failed, 0 skipped"
