@@ -19,6 +19,9 @@
 #include <unistd.h>
 
 static char g_tmp[256], g_bin[512], g_mpirun[512];
+/* the bundled model quantized at -np 1, 2, 4 (the first test), compared by the next ones */
+static char g_out[3][512];
+static const int g_nps[3] = {1, 2, 4};
 
 static int run(const char *cmd) { return test_system(cmd); }
 
@@ -108,27 +111,15 @@ static double dequant_error(const char *ckpt, const char *orig, int *nmods) {
     return worst;
 }
 
-int main(void) {
-    const char *build = getenv("BUILD") ? getenv("BUILD") : "build";
-    const char *mpirun = getenv("MPIRUN") ? getenv("MPIRUN") : "mpirun --oversubscribe";
-    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
-    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-    setenv("OMPI_MCA_rmaps_base_oversubscribe", "1", 1);
-    snprintf(g_bin, sizeof g_bin, "%s/doneshot", build);
-    snprintf(g_mpirun, sizeof g_mpirun, "%s", mpirun);
-    snprintf(g_tmp, sizeof g_tmp, "/tmp/doneshot-e2e-XXXXXX");
-    if (!mkdtemp(g_tmp)) { perror("mkdtemp"); return 1; }
-    char out[3][512];
-    int nps[3] = {1, 2, 4};
-
+static void test_quantize_np124(void) {
     TEST("quantize bundled model at -np 1, 2, 4") {
         for (int i = 0; i < 3; i++) {
-            snprintf(out[i], sizeof out[i], "%s/np%d", g_tmp, nps[i]);
-            int rc = quantize(nps[i], out[i], NULL);
+            snprintf(g_out[i], sizeof g_out[i], "%s/np%d", g_tmp, g_nps[i]);
+            int rc = quantize(g_nps[i], g_out[i], NULL);
             if (rc != 0) {
-                fprintf(stderr, "np %d exit %d; log %s.log\n", nps[i], rc, out[i]);
+                fprintf(stderr, "np %d exit %d; log %s.log\n", g_nps[i], rc, g_out[i]);
                 char cmd[2048];
-                snprintf(cmd, sizeof cmd, "tail -20 %s.log >&2", out[i]);
+                snprintf(cmd, sizeof cmd, "tail -20 %s.log >&2", g_out[i]);
                 run(cmd);
             }
             CHECK_EQ_INT(rc, 0);
@@ -136,34 +127,38 @@ int main(void) {
             const char *files[] = {"config.json", "model.safetensors", "recipe.yaml", "tokenizer.json",
                                    "tokenizer_config.json", "generation_config.json"};
             for (size_t f = 0; f < DS_ARRAY_LEN(files); f++) {
-                snprintf(p, sizeof p, "%s/%s", out[i], files[f]);
+                snprintf(p, sizeof p, "%s/%s", g_out[i], files[f]);
                 CHECK(ds_file_exists(p));
             }
-            snprintf(p, sizeof p, "%s.json", out[i]);
+            snprintf(p, sizeof p, "%s.json", g_out[i]);
             CHECK(ds_file_exists(p)); /* --summary */
         }
     }
+}
 
+static void test_world_sizes_agree(void) {
     TEST("checkpoints agree across world sizes") {
         for (int i = 1; i < 3; i++) {
-            ckpt_cmp c = ckpt_compare(out[0], out[i]);
+            ckpt_cmp c = ckpt_compare(g_out[0], g_out[i]);
             CHECK(c.ok);
             CHECK(c.codes > 0);
             double frac = c.codes ? (double)c.same / (double)c.codes : 0;
-            printf("np1 vs np%d: %.4f%% identical int4 codes (%ld), max scale rel diff %.2e\n", nps[i],
+            printf("np1 vs np%d: %.4f%% identical int4 codes (%ld), max scale rel diff %.2e\n", g_nps[i],
                    100 * frac, c.codes, c.max_scale_rel);
             CHECK(frac >= 0.999);
             CHECK(c.max_scale_rel <= 1e-3);
             char a[2048], b[2048];
-            snprintf(a, sizeof a, "%s/config.json", out[0]);
-            snprintf(b, sizeof b, "%s/config.json", out[i]);
+            snprintf(a, sizeof a, "%s/config.json", g_out[0]);
+            snprintf(b, sizeof b, "%s/config.json", g_out[i]);
             CHECK(same_file(a, b));
         }
     }
+}
 
+static void test_config_quantization(void) {
     TEST("config.json carries the compressed-tensors quantization_config") {
         char p[2048], *txt = NULL;
-        snprintf(p, sizeof p, "%s/config.json", out[0]);
+        snprintf(p, sizeof p, "%s/config.json", g_out[0]);
         CHECK(ds_read_file(p, &txt, NULL) == DS_OK);
         if (txt) {
             CHECK(strstr(txt, "\"quant_method\":\t\"compressed-tensors\"") || strstr(txt, "\"quant_method\": \"compressed-tensors\""));
@@ -173,15 +168,19 @@ int main(void) {
         }
         free(txt);
     }
+}
 
+static void test_dequant_close(void) {
     TEST("dequantized weights are close to the originals") {
         int nmods = 0;
-        double e = dequant_error(out[1], "data/stories260K", &nmods);
+        double e = dequant_error(g_out[1], "data/stories260K", &nmods);
         printf("worst relative Frobenius error of dequantized weights: %.4f over %d modules\n", e, nmods);
         CHECK_EQ_INT(nmods, 35);
         CHECK(e >= 0 && e < 0.25);
     }
+}
 
+static void test_input_variants(void) {
     TEST("input variants: bf16, sharded, Mistral, Qwen2 (q/k/v bias); sharded == single file") {
         {
             const char *models[] = {"models/stories260K-bf16", "models/stories260K-sharded", "models/variants/mistral",
@@ -194,7 +193,7 @@ int main(void) {
                 if (rc) fprintf(stderr, "%s: exit %d (log %s.log)\n", models[i], rc, o[i]);
                 CHECK_EQ_INT(rc, 0);
             }
-            ckpt_cmp c = ckpt_compare(out[1], o[1]); /* same tensors in 3 shards vs 1 file */
+            ckpt_cmp c = ckpt_compare(g_out[1], o[1]); /* same tensors in 3 shards vs 1 file */
             CHECK(c.ok);
             CHECK(c.codes > 0 && c.same == c.codes);
             /* bf16 checkpoint: scales are stored as BF16 */
@@ -214,7 +213,9 @@ int main(void) {
             }
         }
     }
+}
 
+static void test_calibration_formats(void) {
     TEST("calibration from .jsonl.gz and from chat rows (Llama 2 template)") {
         char o[1024], extra[2048], cmd[2048];
         snprintf(o, sizeof o, "%s/gz", g_tmp);
@@ -231,12 +232,16 @@ int main(void) {
         int rc = quantize(2, o, "--dataset tests/data/chat.jsonl");
         CHECK(rc == 3 || rc == 2);
     }
+}
 
+static void test_overwrite(void) {
     TEST("existing output is refused without --overwrite, replaced with it") {
-        CHECK(quantize(1, out[0], NULL) == 2);
-        CHECK(quantize(1, out[0], "--overwrite") == 0);
+        CHECK(quantize(1, g_out[0], NULL) == 2);
+        CHECK(quantize(1, g_out[0], "--overwrite") == 0);
     }
+}
 
+static void test_bad_inputs(void) {
     TEST("bad inputs: documented exit code on every rank, no checkpoint left") {
         char args[2048], p[1024];
         snprintf(p, sizeof p, "%s/bad.json", g_tmp);
@@ -304,6 +309,27 @@ int main(void) {
         snprintf(cmd, sizeof cmd, "ls -d %s/o* 2>/dev/null | grep -q .", g_tmp);
         CHECK(run(cmd) != 0);
     }
+}
+
+int main(void) {
+    const char *build = getenv("BUILD") ? getenv("BUILD") : "build";
+    const char *mpirun = getenv("MPIRUN") ? getenv("MPIRUN") : "mpirun --oversubscribe";
+    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+    setenv("OMPI_MCA_rmaps_base_oversubscribe", "1", 1);
+    snprintf(g_bin, sizeof g_bin, "%s/doneshot", build);
+    snprintf(g_mpirun, sizeof g_mpirun, "%s", mpirun);
+    snprintf(g_tmp, sizeof g_tmp, "/tmp/doneshot-e2e-XXXXXX");
+    if (!mkdtemp(g_tmp)) { perror("mkdtemp"); return 1; }
+
+    test_quantize_np124();
+    test_world_sizes_agree();
+    test_config_quantization();
+    test_dequant_close();
+    test_input_variants();
+    test_calibration_formats();
+    test_overwrite();
+    test_bad_inputs();
 
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf %s", g_tmp);

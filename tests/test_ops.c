@@ -28,7 +28,7 @@ static void mark_range(void *ctx, size_t lo, size_t hi) {
     for (size_t i = lo; i < hi; i++) seen[i]++;
 }
 
-int main(void) {
+static void test_parallel_for(void) {
     TEST("ds_parallel_for covers every index once; threaded conversions equal serial ones") {
         const size_t n = (3u << 20) + 7;
         unsigned char *seen = calloc(n, 1);
@@ -53,6 +53,9 @@ int main(void) {
         ds_set_threads(1);
         free(seen); free(x); free(y1); free(y5); free(h1); free(h5);
     }
+}
+
+static void test_matmul(void) {
     TEST("matmul_forward_cpu matches a double reference (odd shapes, bias)") {
         int T = 7, in = 37, out = 13;
         float *x = rnd((size_t)T * in, 1), *w = rnd((size_t)out * in, 0.5), *b = rnd(out, 1);
@@ -71,7 +74,9 @@ int main(void) {
         CHECK_CLOSE(y, ref, T * out, 1e-4, 8e-3);
         free(x); free(w); free(b); free(y); free(ref);
     }
+}
 
+static void test_rmsnorm(void) {
     TEST("rmsnorm_forward_cpu matches x*rsqrt(mean(x^2)+eps)*w") {
         int T = 5, C = 67;
         float *x = rnd((size_t)T * C, 3), *w = rnd(C, 1), *y = malloc(sizeof(float) * T * C);
@@ -86,7 +91,9 @@ int main(void) {
         CHECK_CLOSE(y, ref, T * C, 1e-6, 1e-5);
         free(x); free(w); free(y); free(ref);
     }
+}
 
+static void test_rope(void) {
     TEST("rope_forward_cpu rotates pairs (j, j+HS/2) by p*theta^(-2j/HS)") {
         int T = 9, NH = 3, HS = 10;
         float inv[5], *cs = malloc(sizeof(float) * T * HS), *sn = malloc(sizeof(float) * T * HS);
@@ -107,7 +114,9 @@ int main(void) {
         CHECK_CLOSE(x, ref, T * NH * HS, 1e-5, 1e-5);
         free(cs); free(sn); free(x); free(x0); free(ref);
     }
+}
 
+static void test_attention(void) {
     TEST("attention_forward_cpu: causal GQA softmax(QK^T/sqrt(HS))V") {
         int T = 11, NH = 4, NKV = 2, HS = 6;
         float *q = rnd((size_t)T * NH * HS, 1), *k = rnd((size_t)T * NKV * HS, 1), *v = rnd((size_t)T * NKV * HS, 1);
@@ -133,7 +142,9 @@ int main(void) {
         CHECK_CLOSE(o, ref, T * NH * HS, 1e-6, 1e-5);
         free(q); free(k); free(v); free(o); free(scr); free(ref);
     }
+}
 
+static void test_swiglu_residual(void) {
     TEST("swiglu and residual") {
         size_t n = 101;
         float *g = rnd(n, 4), *u = rnd(n, 2), *o = malloc(sizeof(float) * n);
@@ -147,7 +158,9 @@ int main(void) {
         CHECK_CLOSE(x, ref, n, 1e-6, 1e-6);
         free(g); free(u); free(o); free(ref); free(x);
     }
+}
 
+static void test_hessian_accum(void) {
     TEST("hessian_accum_cpu: 2 X^T X, split across calls = one call") {
         int rows = 23, n = 19;
         float *X = rnd((size_t)rows * n, 1), *scr = malloc(sizeof(float) * n * n);
@@ -165,7 +178,9 @@ int main(void) {
         CHECK_CLOSE(H2, ref, n * n, 1e-5, 1e-5);
         free(X); free(scr); free(H1); free(H2); free(ref);
     }
+}
 
+static void test_pipeline_assign(void) {
     TEST("pipeline_assign reproduces llm-compressor's Llama-3-8B bin packing") {
         /* q k v o gate up down, weight = in_features (reference §2.3) */
         double cost[7] = {4096, 4096, 4096, 4096, 4096, 4096, 14336};
@@ -179,5 +194,16 @@ int main(void) {
         pipeline_assign(cost, 7, 1, own);
         for (int i = 0; i < 7; i++) CHECK_EQ_INT(own[i], 0);
     }
+}
+
+int main(void) {
+    test_parallel_for();
+    test_matmul();
+    test_rmsnorm();
+    test_rope();
+    test_attention();
+    test_swiglu_residual();
+    test_hessian_accum();
+    test_pipeline_assign();
     return TEST_REPORT();
 }

@@ -130,7 +130,7 @@ static const char *W4A16_ASYM_CONFIG =
     "\"quantization_status\":\"compressed\",\"sparsity_config\":{},\"transform_config\":{},"
     "\"version\":\"" RECIPE_CT_VERSION "\"}";
 
-int main(void) {
+static void test_bundled_recipes(void) {
     TEST("every recipe in recipes/ loads, and its applied_json re-parses to the same recipe") {
         const char *dir = find_recipes_dir();
         CHECK(dir != NULL);
@@ -163,7 +163,9 @@ int main(void) {
         if (d) closedir(d);
         CHECK(n >= 5);
     }
+}
 
+static void test_recipe_schemes(void) {
     TEST("recipes: w4a16, w8a16, asym, staged, stories260k contents") {
         const char *dir = find_recipes_dir();
         CHECK(dir != NULL);
@@ -228,7 +230,9 @@ int main(void) {
             recipe_free(&r);
         }
     }
+}
 
+static void test_recipe_forms(void) {
     TEST("forms: list, staged and bare give the same recipe") {
         const char *body = "{\"scheme\":\"W4A16\",\"ignore\":[\"lm_head\"]}";
         char *a = xasprintf("{\"modifiers\":[{\"GPTQModifier\":%s}]}", body);
@@ -254,7 +258,9 @@ int main(void) {
         CHECK_ERR("{\"modifiers\":[]}", "no GPTQModifier found", "hint:");
         CHECK_ERR("{\"model\":\"m\"}", "no GPTQModifier found", NULL);
     }
+}
 
+static void test_defaults(void) {
     TEST("defaults") {
         recipe r;
         CHECK(parse_ok("{\"GPTQModifier\":{\"scheme\":\"W4A16\"}}", &r));
@@ -293,7 +299,9 @@ int main(void) {
         recipe_free(&r);
         free(j);
     }
+}
 
+static void test_run_keys(void) {
     TEST("run keys") {
         recipe r;
         CHECK(parse_ok("{\"model\":\"m\",\"dataset\":\"d.jsonl\",\"output\":\"o\",\"text_field\":\"body\","
@@ -346,7 +354,9 @@ int main(void) {
         CHECK_ERR("{\"model\":3,\"GPTQModifier\":{\"scheme\":\"W4A16\"}}", "model: expected a non-empty string, got 3", NULL);
         CHECK_ERR("{\"dataset\":\"\",\"GPTQModifier\":{\"scheme\":\"W4A16\"}}", "dataset: expected a non-empty string", NULL);
     }
+}
 
+static void test_presets(void) {
     TEST("presets") {
         static const struct { const char *name; int bits, sym; } P[] = {
             {"W4A16", 4, 1}, {"W4A16_ASYM", 4, 0}, {"W8A16", 8, 1}, {"W2A16", 2, 1},
@@ -407,7 +417,9 @@ int main(void) {
         CHECK_ERR(j, "modifiers[0].GPTQModifier.scheme: expected a preset name or {PRESET: [targets]}, got 5", NULL);
         free(j);
     }
+}
 
+static void test_unknown_schemes(void) {
     TEST("unsupported and unknown schemes") {
         const char *bad[] = {"W8A8", "INT8", "FP8", "FP8_DYNAMIC", "NVFP4", "NVFP4A16", "W4A8", "MXFP4"};
         for (size_t i = 0; i < DS_ARRAY_LEN(bad); i++) {
@@ -432,7 +444,9 @@ int main(void) {
         CHECK_ERR(j, "missing \"scheme\" or \"config_groups\"", NULL);
         free(j);
     }
+}
 
+static void test_other_modifiers(void) {
     TEST("other modifiers are rejected") {
         CHECK_ERR("{\"modifiers\":[{\"QuantizationModifier\":{\"scheme\":\"W4A16\"}}]}",
                   "modifiers[0].QuantizationModifier: modifier QuantizationModifier is not supported: doneshot v1 runs GPTQModifier only", NULL);
@@ -445,7 +459,9 @@ int main(void) {
         CHECK_ERR("{\"modifiers\":[{\"GPTQModifier\":{\"scheme\":\"W4A16\"}},{\"GPTQModifier\":{\"scheme\":\"W8A16\"}}]}",
                   "modifiers[1].GPTQModifier: a second GPTQModifier", NULL);
     }
+}
 
+static void test_actorder_resolution(void) {
     TEST("actorder resolution") {
         static const struct { const char *weights_ao, *mod_ao; int want; } T[] = {
             /* weights actorder (NULL: absent), modifier actorder (NULL: absent), result (-1: error) */
@@ -526,7 +542,9 @@ int main(void) {
         recipe_free(&r);
         free(j);
     }
+}
 
+static void test_unknown_keys(void) {
     TEST("unknown keys at every level") {
         CHECK_ERR("{\"modle\":\"x\",\"GPTQModifier\":{\"scheme\":\"W4A16\"}}",
                   "t.json: unknown key \"modle\" (allowed: model, dataset, output, num_calibration_samples, "
@@ -546,7 +564,9 @@ int main(void) {
         CHECK_ERR("{\"GPTQModifier\":{\"scheme\":\"W4A16\",\"scheme\":\"W8A16\"}}", "GPTQModifier: duplicate key \"scheme\"", NULL);
         CHECK_ERR("{\"seed\":1,\"seed\":2,\"GPTQModifier\":{\"scheme\":\"W4A16\"}}", "duplicate key \"seed\"", NULL);
     }
+}
 
+static void test_wrong_types(void) {
     TEST("wrong types") {
         static const struct { const char *body, *want; } T[] = {
             {"\"scheme\":\"W4A16\",\"block_size\":\"128\"", "GPTQModifier.block_size: expected a positive integer, got \"128\""},
@@ -586,7 +606,9 @@ int main(void) {
         CHECK_ERR("[1,2]", "t.json: expected a JSON object at the top level, got [1,2]", NULL);
         CHECK_ERR("{\"GPTQModifier\":[]}", "GPTQModifier: expected an object (GPTQModifier arguments)", NULL);
     }
+}
 
+static void test_observer(void) {
     TEST("observer") {
         recipe r;
         char *j = cg("\"num_bits\":4,\"group_size\":32,\"observer\":\"minmax\"", NULL);
@@ -601,7 +623,9 @@ int main(void) {
         CHECK_ERR(j, "weights.observer: invalid value \"median\" (allowed: minmax, memoryless_minmax)", NULL);
         free(j);
     }
+}
 
+static void test_group_size_bits(void) {
     TEST("group_size and num_bits validation") {
         static const struct { const char *w, *want; } T[] = {
             {"\"group_size\":0", "weights.group_size: expected a positive integer (or -1 or null), got 0"},
@@ -644,7 +668,9 @@ int main(void) {
         recipe_free(&r);
         free(j);
     }
+}
 
+static void test_bad_json_line(void) {
     TEST("bad JSON reports line and column") {
         CHECK_ERR("{\n  \"GPTQModifier\": {\n    \"scheme\": W4A16\n  }\n}", "t.json:3:15: invalid JSON near \"W4A16", NULL);
         CHECK_ERR("{\"a\":1,}", "t.json:1:8: invalid JSON near \"}\"", NULL);
@@ -653,7 +679,9 @@ int main(void) {
         CHECK_ERR("{\"GPTQModifier\":{", "t.json:1:17: invalid JSON near \"{\"", NULL);
         CHECK_ERR("\n\n  ", "t.json:1:1: invalid JSON (unexpected end of input)", NULL);
     }
+}
 
+static void test_recipe_load_errors(void) {
     TEST("recipe_load errors") {
         recipe r;
         CHECK_EQ_INT(recipe_load("/nonexistent/recipe.json", &r), DS_ERR_USAGE);
@@ -664,7 +692,9 @@ int main(void) {
         recipe_free(&r);
         recipe_free(NULL);
     }
+}
 
+static void test_targets_matching(void) {
     TEST("targets matching: class, exact, re:, ignore precedence, anchoring") {
         recipe r;
         char *j = gptq("\"scheme\":\"W4A16\",\"targets\":[\"Linear\"],\"ignore\":[\"lm_head\",\"re:.*mlp\\\\.gate\",\"model.layers.1.self_attn.o_proj\"]");
@@ -723,7 +753,9 @@ int main(void) {
         CHECK_ERR(j, "GPTQModifier.targets[0]: invalid regex", NULL);
         free(j);
     }
+}
 
+static void test_quantization_config(void) {
     TEST("quantization_config JSON (§3.7)") {
         recipe r;
         const char *ig[] = {"lm_head"};
@@ -784,9 +816,11 @@ int main(void) {
         free(j);
         CHECK(!strcmp(RECIPE_CT_VERSION, "0.19.0"));
     }
+}
 
-    /* issue 10 item 8: block_size as llm-compressor takes it (a block wider
-     * than a layer is one block, gptq.c clamps), within 1..2^20 */
+/* issue 10 item 8: block_size as llm-compressor takes it (a block wider
+ * than a layer is one block, gptq.c clamps), within 1..2^20 */
+static void test_block_size(void) {
     TEST("block_size: large values load, absurd ones are errors naming the key") {
         recipe r;
         char *j = gptq("\"scheme\":\"W4A16\",\"block_size\":100000");
@@ -813,9 +847,11 @@ int main(void) {
         CHECK_ERR(j, "GPTQModifier.block_size: expected a positive integer, got 12.5", NULL);
         free(j);
     }
+}
 
-    /* issue 10 item 8: bypass_divisibility_checks: true used to load and then
-     * abort the run inside GPTQ (exit 1); doneshot needs whole groups */
+/* issue 10 item 8: bypass_divisibility_checks: true used to load and then
+ * abort the run inside GPTQ (exit 1); doneshot needs whole groups */
+static void test_bypass_divisibility(void) {
     TEST("bypass_divisibility_checks: true is a usage error, false is the default") {
         char *j = gptq("\"scheme\":\"W4A16\",\"bypass_divisibility_checks\":true");
         CHECK_ERR(j, "t.json: modifiers[0].GPTQModifier.bypass_divisibility_checks: true is not supported", "hint:");
@@ -831,12 +867,14 @@ int main(void) {
         recipe_free(&r);
         free(j);
     }
+}
 
-    /* issue 10 item 11: a "re:" match that hits PCRE2's match limit counted as
-     * "no match", so an ignore entry was silently bypassed. Now the module is
-     * not quantized and recipe_match_status names pattern and module. The
-     * pattern backtracks exponentially on every module name that does not
-     * end in ".down_proj" (PCRE2_ERROR_MATCHLIMIT after ~0.3 s). */
+/* issue 10 item 11: a "re:" match that hits PCRE2's match limit counted as
+ * "no match", so an ignore entry was silently bypassed. Now the module is
+ * not quantized and recipe_match_status names pattern and module. The
+ * pattern backtracks exponentially on every module name that does not
+ * end in ".down_proj" (PCRE2_ERROR_MATCHLIMIT after ~0.3 s). */
+static void test_re_match_errors(void) {
     TEST("re: match errors (match limit) are recipe errors naming the pattern and the module") {
         recipe r;
         char *j = gptq("\"scheme\":\"W4A16\",\"ignore\":[\"lm_head\",\"re:(.*.*.*)*\\\\.down_proj$\"]");
@@ -880,8 +918,10 @@ int main(void) {
         CHECK_EQ_INT(recipe_match_status(&r), DS_OK);
         CHECK_EQ_INT(recipe_match_status(NULL), DS_OK);
     }
+}
 
-    /* issue 10 item 12: the duplicate-key check was pairwise (200k keys: 118 s) */
+/* issue 10 item 12: the duplicate-key check was pairwise (200k keys: 118 s) */
+static void test_duplicate_keys(void) {
     TEST("duplicate keys: earliest duplicated key named; 200k keys parse fast") {
         CHECK_ERR("{\"b\":1,\"a\":1,\"a\":2,\"b\":2,\"GPTQModifier\":{\"scheme\":\"W4A16\"}}",
                   "t.json: duplicate key \"b\"", NULL);
@@ -903,6 +943,30 @@ int main(void) {
         setitimer(ITIMER_PROF, &off, NULL);
         signal(SIGPROF, SIG_DFL);
     }
+}
+
+int main(void) {
+    test_bundled_recipes();
+    test_recipe_schemes();
+    test_recipe_forms();
+    test_defaults();
+    test_run_keys();
+    test_presets();
+    test_unknown_schemes();
+    test_other_modifiers();
+    test_actorder_resolution();
+    test_unknown_keys();
+    test_wrong_types();
+    test_observer();
+    test_group_size_bits();
+    test_bad_json_line();
+    test_recipe_load_errors();
+    test_targets_matching();
+    test_quantization_config();
+    test_block_size();
+    test_bypass_divisibility();
+    test_re_match_errors();
+    test_duplicate_keys();
 
     return TEST_REPORT();
 }
