@@ -5,7 +5,7 @@
  */
 #include "checkpoint.h"
 #include "json_util.h"
-#include "quant.h"
+#include "scheme.h"
 #include "st_writer.h"
 
 #include <cJSON.h>
@@ -298,36 +298,17 @@ static size_t quantized_weight(const ckpt_writer *c, const char *tensor, char *m
     return model_linear_quantizable(&c->m->cfg, module) && ckpt_module_quantized(c->r, module) ? n - 7 : 0;
 }
 
+/* Plan the tensors of one quantized module [out, in]: the scheme's table. */
 static ds_status plan_module(ckpt_writer *c, const char *module, int out, int in) {
-    const quant_args *a = &c->r->w;
+    scheme_tensor_spec spec[SCHEME_MAX_TENSORS];
+    int n = scheme_tensors(&c->r->w, c->m->cfg.dtype, out, in, spec);
     char name[600];
-    int64_t shp[2];
     ds_status st;
-    snprintf(name, sizeof name, "%s.weight_packed", module);
-    shp[0] = out; shp[1] = quant_packed_cols(in, a->num_bits);
-    if ((st = stw_plan(c->w, name, DS_DTYPE_I32, 2, shp))) return st;
-    snprintf(name, sizeof name, "%s.weight_scale", module);
-    shp[0] = out; shp[1] = quant_num_groups(a, in);
-    if ((st = stw_plan(c->w, name, c->m->cfg.dtype, 2, shp))) return st;
-    snprintf(name, sizeof name, "%s.weight_shape", module);
-    shp[0] = 2;
-    if ((st = stw_plan(c->w, name, DS_DTYPE_I64, 1, shp))) return st;
-    if (!a->symmetric) {
-        snprintf(name, sizeof name, "%s.weight_zero_point", module);
-        shp[0] = quant_packed_cols(out, a->num_bits); shp[1] = quant_num_groups(a, in);
-        if ((st = stw_plan(c->w, name, DS_DTYPE_I32, 2, shp))) return st;
-    }
-    if (a->actorder == QA_GROUP) {
-        snprintf(name, sizeof name, "%s.weight_g_idx", module);
-        shp[0] = in;
-        if ((st = stw_plan(c->w, name, DS_DTYPE_I32, 1, shp))) return st;
+    for (int k = 0; k < n; k++) {
+        snprintf(name, sizeof name, "%s.%s", module, spec[k].suffix);
+        if ((st = stw_plan(c->w, name, spec[k].dtype, spec[k].ndim, spec[k].shape))) return st;
     }
     return DS_OK;
-}
-
-static int ckpt_ends_with_(const char *s, const char *suf) {
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && strcmp(s + a - b, suf) == 0;
 }
 
 char *ckpt_partial_dir(const char *out_dir) {
@@ -343,14 +324,10 @@ char *ckpt_partial_dir(const char *out_dir) {
  * the quantized tensors of layers >= resume_layers. */
 typedef struct resume_ctx { int layers; } resume_ctx;
 static int written_before(void *p, const char *name) {
-    static const char *const q[] = {".weight_packed", ".weight_scale", ".weight_shape", ".weight_zero_point",
-                                    ".weight_g_idx"};
     const resume_ctx *rc = p;
     int l = -1;
     if (sscanf(name, "model.layers.%d.", &l) != 1 || l < rc->layers) return 1;
-    for (size_t i = 0; i < DS_ARRAY_LEN(q); i++)
-        if (ckpt_ends_with_(name, q[i])) return 0;
-    return 1;
+    return !scheme_is_module_tensor(name);
 }
 
 ds_status ckpt_begin(const model *m, const recipe *r, const char *out_dir, int overwrite,
@@ -448,46 +425,20 @@ fail:
 ds_status ckpt_write_module(ckpt_writer *c, const char *module, const int8_t *q, const float *scale,
                             const int *zp, const int *g_idx, int out, int in) {
     const quant_args *a = &c->r->w;
-    const int g = quant_num_groups(a, in), pc = quant_packed_cols(in, a->num_bits);
-    const ds_dtype dt = c->m->cfg.dtype;
+    const scheme_module sm = {.q = q, .scale = scale, .zp = zp, .g_idx = g_idx, .out = out, .in = in,
+                              .dtype = c->m->cfg.dtype};
+    scheme_tensor_spec spec[SCHEME_MAX_TENSORS];
+    int n = scheme_tensors(a, sm.dtype, out, in, spec);
     char name[600];
-    ds_status st;
-    int32_t *packed = xmalloc(sizeof(int32_t) * (size_t)out * pc);
-    quant_pack_rows(q, out, in, a->num_bits, packed);
-    snprintf(name, sizeof name, "%s.weight_packed", module);
-    st = stw_write(c->w, name, packed, sizeof(int32_t) * (size_t)out * pc);
-    free(packed);
-    if (st) return st;
-    void *sbuf = xmalloc(ds_dtype_size(dt) * (size_t)out * g);
-    ds_convert_from_f32(sbuf, scale, dt, (size_t)out * g);
-    snprintf(name, sizeof name, "%s.weight_scale", module);
-    st = stw_write(c->w, name, sbuf, ds_dtype_size(dt) * (size_t)out * g);
-    free(sbuf);
-    if (st) return st;
-    int64_t shape[2] = {out, in};
-    snprintf(name, sizeof name, "%s.weight_shape", module);
-    if ((st = stw_write(c->w, name, shape, sizeof shape))) return st;
-    if (!a->symmetric) {
-        int zr = quant_packed_cols(out, a->num_bits);
-        int8_t *z8 = xmalloc((size_t)out * g);
-        for (size_t i = 0; i < (size_t)out * g; i++) z8[i] = (int8_t)zp[i];
-        int32_t *zpk = xmalloc(sizeof(int32_t) * (size_t)zr * g);
-        quant_pack_cols(z8, out, g, a->num_bits, zpk);
-        snprintf(name, sizeof name, "%s.weight_zero_point", module);
-        st = stw_write(c->w, name, zpk, sizeof(int32_t) * (size_t)zr * g);
-        free(z8);
-        free(zpk);
-        if (st) return st;
+    ds_status st = DS_OK;
+    for (int k = 0; k < n && !st; k++) {
+        void *buf = xmalloc(spec[k].nbytes ? spec[k].nbytes : 1);
+        scheme_encode(a, k, &sm, buf);
+        snprintf(name, sizeof name, "%s.%s", module, spec[k].suffix);
+        st = stw_write(c->w, name, buf, spec[k].nbytes);
+        free(buf);
     }
-    if (a->actorder == QA_GROUP) {
-        int32_t *gi = xmalloc(sizeof(int32_t) * (size_t)in);
-        for (int i = 0; i < in; i++) gi[i] = g_idx[i];
-        snprintf(name, sizeof name, "%s.weight_g_idx", module);
-        st = stw_write(c->w, name, gi, sizeof(int32_t) * (size_t)in);
-        free(gi);
-        if (st) return st;
-    }
-    return DS_OK;
+    return st;
 }
 
 /* ---- config.json ---- */

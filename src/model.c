@@ -6,6 +6,7 @@
  * Deliberately not here: the lm_head/loss (eval), GPU code.
  */
 #include "model.h"
+#include "scheme.h"
 #include "ops_cpu.h"
 #include "quant.h"
 
@@ -535,12 +536,6 @@ static const char *shape_str(const st_tensor *t, char *buf, size_t cap) {
 
 static int is_float_dtype(ds_dtype d) { return d == DS_DTYPE_F32 || d == DS_DTYPE_BF16 || d == DS_DTYPE_F16; }
 
-/* t has dtype dt (-1: F32/BF16/F16) and shape [d0, d1] ([d0] when d1 < 0). */
-static int tensor_is(const st_tensor *t, int dt, int64_t d0, int64_t d1) {
-    if (!t || (dt < 0 ? !is_float_dtype(t->dtype) : t->dtype != (ds_dtype)dt)) return 0;
-    return d1 < 0 ? t->ndim == 1 && t->shape[0] == d0 : t->ndim == 2 && t->shape[0] == d0 && t->shape[1] == d1;
-}
-
 /* DS_ERR_INPUT: "<dir>: <module>.<suffix>: expected <want>, got <dtype shape>" + the quantization args. */
 static ds_status packed_error(const model *m, const char *module, const char *suffix, const st_tensor *t,
                               const quant_args *a, const char *fmt_want, ...) __attribute__((format(printf, 6, 7)));
@@ -559,64 +554,24 @@ static ds_status packed_error(const model *m, const char *module, const char *su
                     "re-export the checkpoint", m->dir, module, suffix, want, got, qa);
 }
 
-/* Validate the pack-quantized tensors of Linear `module` [out, in] against
- * the quantization args a (compressed-tensors pack-quantized, §3.2):
- * weight_packed I32 [out, ceil(in*b/32)], weight_scale float [out, groups]
- * (tensor strategy: also [1]), weight_shape I64/I32 [2] = {out, in} when
- * present, weight_zero_point I32 [ceil(out*b/32), groups] iff asymmetric,
- * weight_g_idx I32 [in] iff actorder group (values in [0, groups) when
- * check_values; O(in) reads). DS_ERR_INPUT naming the tensor otherwise. */
+/* Validate the stored tensors of Linear `module` [out, in] against the
+ * quantization args a: every entry of the scheme's tensor table
+ * (src/scheme.h: dtype, shape, present iff its predicate; g_idx values in
+ * [0, groups) when check_values, O(in) reads). DS_ERR_INPUT naming the
+ * tensor otherwise. */
 static ds_status check_packed(const model *m, const char *module, int out, int in, const quant_args *a,
                               int check_values) {
-    char name[300];
-    const int bits = a->num_bits, ng = quant_num_groups(a, in), pc = quant_packed_cols(in, bits);
-    snprintf(name, sizeof name, "%s.weight_packed", module);
-    const st_tensor *t = st_find(m->st, name);
-    if (!tensor_is(t, DS_DTYPE_I32, out, pc))
-        return packed_error(m, module, "weight_packed", t, a, "I32 [%d, %d]", out, pc);
-    snprintf(name, sizeof name, "%s.weight_scale", module);
-    t = st_find(m->st, name);
-    if (!tensor_is(t, -1, out, ng) && !(a->strategy == QS_TENSOR && t && is_float_dtype(t->dtype) &&
-                                        t->ndim >= 1 && t->ndim <= 2 && st_numel(t) == 1))
-        return packed_error(m, module, "weight_scale", t, a, "F32/BF16/F16 [%d, %d]", out, ng);
-    snprintf(name, sizeof name, "%s.weight_shape", module);
-    if ((t = st_find(m->st, name))) {
-        int64_t v[2] = {-1, -1};
-        if (tensor_is(t, DS_DTYPE_I64, 2, -1)) memcpy(v, t->data, sizeof v);
-        else if (tensor_is(t, DS_DTYPE_I32, 2, -1)) {
-            int32_t v32[2];
-            memcpy(v32, t->data, sizeof v32);
-            v[0] = v32[0];
-            v[1] = v32[1];
-        }
-        if (v[0] != out || v[1] != in) {
-            char got[64];
-            snprintf(got, sizeof got, "{%lld, %lld}", (long long)v[0], (long long)v[1]);
-            return packed_error(m, module, "weight_shape", t, a, "I64 [2] = {%d, %d} (values %s)", out, in,
-                                v[0] < 0 ? "unreadable" : got);
-        }
+    char name[300], want[200];
+    for (int k = 0; k < scheme_read_entries(a); k++) {
+        const char *suffix = scheme_read_suffix(a, k);
+        snprintf(name, sizeof name, "%s.%s", module, suffix);
+        const st_tensor *t = st_find(m->st, name);
+        int bad = scheme_read_check(a, k, out, in, t, check_values, want, sizeof want);
+        if (bad == 2)
+            return ds_error(DS_ERR_INPUT, "%s: tensor '%s': %s\nhint: the checkpoint is corrupt; re-export it",
+                            m->dir, name, want);
+        if (bad) return packed_error(m, module, suffix, t, a, "%s", want);
     }
-    snprintf(name, sizeof name, "%s.weight_zero_point", module);
-    t = st_find(m->st, name);
-    if (a->symmetric && t)
-        return packed_error(m, module, "weight_zero_point", t, a, "no zero point (symmetric)");
-    if (!a->symmetric && !tensor_is(t, DS_DTYPE_I32, quant_packed_cols(out, bits), ng))
-        return packed_error(m, module, "weight_zero_point", t, a, "I32 [%d, %d]", quant_packed_cols(out, bits), ng);
-    snprintf(name, sizeof name, "%s.weight_g_idx", module);
-    t = st_find(m->st, name);
-    if (a->actorder != QA_GROUP && t)
-        return packed_error(m, module, "weight_g_idx", t, a, "no g_idx (actorder is not \"group\")");
-    if (a->actorder == QA_GROUP && !tensor_is(t, DS_DTYPE_I32, in, -1))
-        return packed_error(m, module, "weight_g_idx", t, a, "I32 [%d]", in);
-    if (a->actorder == QA_GROUP && check_values)
-        for (int i = 0; i < in; i++) {
-            int32_t g;
-            memcpy(&g, (const char *)t->data + sizeof g * (size_t)i, sizeof g);
-            if (g < 0 || g >= ng)
-                return ds_error(DS_ERR_INPUT, "%s: tensor '%s': element [%d] = %d is outside [0, %d) (the "
-                                "weight_scale groups)\nhint: the checkpoint is corrupt; re-export it", m->dir,
-                                name, i, (int)g, ng);
-        }
     return DS_OK;
 }
 
@@ -949,47 +904,33 @@ static ds_status load_packed(const model *m, const char *module, int out, int in
     *w = NULL;
     ds_status st = select_qargs(m, module, out, in, 1, &a);
     if (st) return st;
-    const int bits = a->num_bits, ng = quant_num_groups(a, in), gs = a->strategy == QS_GROUP ? a->group_size : in;
-    snprintf(name, sizeof name, "%s.weight_packed", module);
-    const st_tensor *p = st_find(m->st, name);
-    snprintf(name, sizeof name, "%s.weight_scale", module);
-    const st_tensor *sct = st_find(m->st, name);
+    const st_tensor *stored[SCHEME_MAX_TENSORS] = {0}, *p = NULL, *sct = NULL;
+    for (int k = 0; k < scheme_read_entries(a); k++) {
+        const char *suffix = scheme_read_suffix(a, k);
+        snprintf(name, sizeof name, "%s.%s", module, suffix);
+        stored[k] = st_find(m->st, name);
+        if (!strcmp(suffix, "weight_packed")) p = stored[k];
+        if (!strcmp(suffix, "weight_scale")) sct = stored[k];
+    }
+    const int ng = quant_num_groups(a, in);
     const size_t srow = st_numel(sct) == 1 ? 0 : (size_t)ng; /* tensor strategy: one scale for all rows */
     float *scale;
+    snprintf(name, sizeof name, "%s.weight_scale", module);
     if ((st = load_f32(m, name, 0, &scale))) return st;
-    int8_t *q = xmalloc((size_t)out * in);
-    int32_t *packed = xmalloc(p->nbytes);
-    memcpy(packed, p->data, p->nbytes);
-    quant_unpack_rows(packed, out, in, bits, q);
-    free(packed);
-    int8_t *zp = NULL;
-    int32_t *gidx = NULL;
-    snprintf(name, sizeof name, "%s.weight_zero_point", module);
-    const st_tensor *z = a->symmetric ? NULL : st_find(m->st, name);
-    if (z) {
-        int32_t *zpk = xmalloc(z->nbytes);
-        memcpy(zpk, z->data, z->nbytes);
-        zp = xmalloc((size_t)out * ng);
-        quant_unpack_cols(zpk, out, ng, bits, zp);
-        free(zpk);
-    }
-    snprintf(name, sizeof name, "%s.weight_g_idx", module);
-    const st_tensor *gi = a->actorder == QA_GROUP ? st_find(m->st, name) : NULL;
-    if (gi) {
-        gidx = xmalloc(gi->nbytes);
-        memcpy(gidx, gi->data, gi->nbytes);
-    }
     float *d = xmalloc(sizeof(float) * (size_t)out * in);
+    scheme_dequantize(a, m->cfg.dtype, out, in, stored, scale, srow, d);
     for (int o = 0; o < out && st == DS_OK; o++) {
-        float *row = d + (size_t)o * in;
-        for (int i = 0; i < in; i++) {
-            int g = gidx ? gidx[i] : i / gs;
-            int zz = zp ? zp[(size_t)o * ng + g] : 0;
-            row[i] = ds_round_to((float)(q[(size_t)o * in + i] - zz) * scale[(size_t)o * srow + g], m->cfg.dtype);
-        }
+        const float *row = d + (size_t)o * in;
         size_t bad = first_nonfinite(row, (size_t)in);
         if (bad < (size_t)in) {
-            int g = gidx ? gidx[bad] : (int)bad / gs;
+            int g = scheme_column_group(a, NULL, (int)bad);
+            snprintf(name, sizeof name, "%s.weight_g_idx", module);
+            const st_tensor *gt = a->actorder == QA_GROUP ? st_find(m->st, name) : NULL;
+            if (gt) { /* actorder group: the column's group is g_idx[bad] */
+                int32_t v;
+                memcpy(&v, (const char *)gt->data + sizeof v * bad, sizeof v);
+                g = v;
+            }
             const size_t si = (size_t)o * srow + (size_t)g;
             if (!isfinite(scale[si])) {
                 snprintf(name, sizeof name, "%s.weight_scale", module);
@@ -1000,7 +941,7 @@ static ds_status load_packed(const model *m, const char *module, int out, int in
             }
         }
     }
-    free(scale); free(q); free(zp); free(gidx);
+    free(scale);
     if (st) free(d);
     else *w = d;
     return st;

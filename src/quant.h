@@ -14,12 +14,16 @@
 typedef enum { QS_TENSOR = 0, QS_CHANNEL, QS_GROUP } quant_strategy;
 typedef enum { QA_NONE = 0, QA_STATIC, QA_GROUP } quant_actorder; /* static == "weight", group == "dynamic" */
 
+typedef enum { QT_INT = 0, QT_FLOAT } quant_type; /* QuantizationArgs.type */
+
 typedef struct quant_args {
     int num_bits;           /* 2..8 */
     int symmetric;          /* 1: zp = 0 */
     quant_strategy strategy;
     int group_size;         /* > 0 for QS_GROUP, else -1 */
     quant_actorder actorder;
+    quant_type type;        /* QT_INT (the zero default; last, so {bits, sym, ...} initializers stay int);
+                             * QT_FLOAT is parsed by recipes and rejected until a float scheme exists */
 } quant_args;
 
 /* Integer range: [-2^(b-1), 2^(b-1)-1]. */

@@ -186,7 +186,7 @@ static void test_gptq_beats_rtn(void) {
         const int out = 64, in = 256, N = 512;
         float *W, *X;
         make_layer(out, in, N, &W, &X);
-        quant_args a = {4, 1, QS_GROUP, 128, QA_STATIC};
+        quant_args a = {.num_bits = 4, .symmetric = 1, .strategy = QS_GROUP, .group_size = 128, .actorder = QA_STATIC};
         for (int act = 0; act < 2; act++) {
             a.actorder = act ? QA_STATIC : QA_NONE;
             float *H = hessian_from(X, N, in);
@@ -216,7 +216,7 @@ static void test_fallback(void) {
     const int out = 16, in = 64;
     float *W, *X;
     make_layer(out, in, 128, &W, &X);
-    quant_args a = {4, 1, QS_GROUP, 32, QA_STATIC};
+    quant_args a = {.num_bits = 4, .symmetric = 1, .strategy = QS_GROUP, .group_size = 32, .actorder = QA_STATIC};
     /* expected: the GPTQ loop with U = I, i.e. f32 fake quant of each column
      * with the original qparams (quant_fake), codes as the compressor stores them */
     gptq_result r;
@@ -261,7 +261,7 @@ static void test_usage_errors(void) {
         float *W = xcalloc((size_t)out * in, sizeof(float));
         float *H = xcalloc((size_t)in * in, sizeof(float));
         for (int i = 0; i < in; i++) H[(size_t)i * in + i] = 1;
-        quant_args a = {4, 1, QS_GROUP, 64, QA_STATIC};
+        quant_args a = {.num_bits = 4, .symmetric = 1, .strategy = QS_GROUP, .group_size = 64, .actorder = QA_STATIC};
         gptq_result g;
         CHECK_EQ_INT(gptq_quantize(&a, W, out, in, H, 128, 0.01, DS_DTYPE_BF16, &g), DS_ERR_USAGE);
         CHECK(strstr(ds_errmsg(), "does not divide") != NULL);
@@ -281,7 +281,7 @@ static void test_dead_and_tail_block(void) {
         make_layer(out, in, N, &W, &X);
         for (int t = 0; t < N; t++) X[(size_t)t * in + 0] = X[(size_t)t * in + 150] = 0;
         float *H = hessian_from(X, N, in);
-        quant_args a = {4, 1, QS_GROUP, 40, QA_STATIC};
+        quant_args a = {.num_bits = 4, .symmetric = 1, .strategy = QS_GROUP, .group_size = 40, .actorder = QA_STATIC};
         gptq_result g;
         CHECK_EQ_INT(gptq_quantize(&a, W, out, in, H, 128, 0.01, DS_DTYPE_BF16, &g), DS_OK);
         CHECK(!g.rtn_fallback);
@@ -307,7 +307,7 @@ static void test_block_wider_than_weight(void) {
         make_layer(out, in, N, &W, &X);
         float *H0 = hessian_from(X, N, in);
         float *H = xmalloc((size_t)in * in * sizeof(float));
-        quant_args a = {4, 1, QS_GROUP, 40, QA_STATIC};
+        quant_args a = {.num_bits = 4, .symmetric = 1, .strategy = QS_GROUP, .group_size = 40, .actorder = QA_STATIC};
         gptq_result ref;
         memcpy(H, H0, (size_t)in * in * sizeof(float));
         CHECK_EQ_INT(gptq_quantize(&a, W, out, in, H, in, 0.01, DS_DTYPE_BF16, &ref), DS_OK);
@@ -348,7 +348,7 @@ static void bench_one(int out, int in) {
     cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, in, N, 2.0f / N, X, in, 1.0f, H, in);
     for (int i = 0; i < in; i++)
         for (int j = i + 1; j < in; j++) H[(size_t)j * in + i] = H[(size_t)i * in + j];
-    quant_args a = {4, 1, QS_GROUP, 128, QA_STATIC};
+    quant_args a = {.num_bits = 4, .symmetric = 1, .strategy = QS_GROUP, .group_size = 128, .actorder = QA_STATIC};
     gptq_result g;
     double t0 = ds_now();
     ds_status st = gptq_quantize(&a, W, out, in, H, 128, 0.01, DS_DTYPE_BF16, &g);

@@ -218,19 +218,19 @@ static void test_fake_rounding(void) {
         CHECK(d == ds_round_to(7 * s3, DS_DTYPE_BF16));
     }
     TEST("qparams_sym_is_absmax_over_7_5_and_zero_scale_eps") {
-        quant_args a = {4, 1, QS_GROUP, 4, QA_NONE};
+        quant_args a = {.num_bits = 4, .symmetric = 1, .strategy = QS_GROUP, .group_size = 4, .actorder = QA_NONE};
         float W[8] = {0.75f, -0.5f, 0.25f, 0.0f, 0, 0, 0, 0};
         float s[2];
         quant_minmax_qparams(&a, W, 1, 8, DS_DTYPE_BF16, s, NULL);
         CHECK(s[0] == ds_round_to(0.75f / 7.5f, DS_DTYPE_BF16));
         CHECK(s[1] == 0x1p-7f); /* all-zero group -> finfo(bf16).eps */
-        quant_args b = {4, 0, QS_CHANNEL, -1, QA_NONE};
+        quant_args b = {.num_bits = 4, .symmetric = 0, .strategy = QS_CHANNEL, .group_size = -1, .actorder = QA_NONE};
         float W2[4] = {0.1f, 0.2f, 0.3f, 0.4f};
         int z;
         quant_minmax_qparams(&b, W2, 1, 4, DS_DTYPE_F32, s, &z);
         CHECK(s[0] == 0.4f / 15.0f);
         CHECK_EQ_INT(z, -8); /* min clamped to 0 -> zp = qmin */
-        quant_args t = {8, 1, QS_TENSOR, -1, QA_NONE};
+        quant_args t = {.num_bits = 8, .symmetric = 1, .strategy = QS_TENSOR, .group_size = -1, .actorder = QA_NONE};
         float s2[2];
         quant_minmax_qparams(&t, W2, 2, 2, DS_DTYPE_F32, s2, NULL);
         CHECK(s2[0] == s2[1] && s2[0] == 0.4f / 127.5f);
@@ -244,7 +244,7 @@ static void test_rmse(void) {
          * of the scale, 2^-8 relative) and the bf16 rounding of the dequant;
          * overall RMSE <= 1.1 * mean(scale)/sqrt(12) (uniform-error model). */
         const int out = 64, in = 1024;
-        quant_args a = {4, 1, QS_GROUP, 128, QA_NONE};
+        quant_args a = {.num_bits = 4, .symmetric = 1, .strategy = QS_GROUP, .group_size = 128, .actorder = QA_NONE};
         float *W = xmalloc((size_t)out * in * sizeof(float));
         for (int i = 0; i < out * in; i++) W[i] = ds_round_to(0.02f * nrand(), DS_DTYPE_BF16);
         int ng = quant_num_groups(&a, in);
