@@ -15,6 +15,7 @@
  */
 #include "recipe.h"
 #include "json_util.h"
+#include "scheme.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -300,6 +301,7 @@ static ds_status parse_weights(const pctx *c, const char *path, const cJSON *w, 
     if ((st = check_dups(c, path, w))) return st;
     long bits = 8; /* QuantizationArgs defaults */
     int sym = 1, has_strategy = 0, has_gs = 0, dynamic = 0;
+    quant_type type = QT_INT;
     long gs = -1;
     quant_strategy strat = QS_TENSOR;
     quant_actorder ao = QA_NONE;
@@ -312,9 +314,12 @@ static ds_status parse_weights(const pctx *c, const char *path, const cJSON *w, 
             if ((st = get_int(c, p, it, 2, 8, "an integer in 2..8", &bits))) return st;
         } else if (!strcmp(k, "type")) {
             if (!cJSON_IsString(it)) return err_type(c, p, "a string", it);
-            if (!strcasecmp(it->valuestring, "float"))
-                return err_at(c, p, "type \"float\" is not supported by doneshot v1 (supported: int)");
-            if (strcasecmp(it->valuestring, "int")) return err_value(c, p, it, "int");
+            if (!strcasecmp(it->valuestring, "float")) type = QT_FLOAT;
+            else if (!strcasecmp(it->valuestring, "int")) type = QT_INT;
+            else return err_value(c, p, it, "int");
+            if (!scheme_format_name(&(quant_args){.num_bits = 8, .type = type})) /* no float scheme yet */
+                return err_at(c, p, "type \"%s\" is not supported by doneshot v1 (supported: int)",
+                              scheme_type_name(type));
         } else if (!strcmp(k, "symmetric")) {
             if ((st = get_bool(c, p, it, &sym))) return st;
         } else if (!strcmp(k, "strategy")) {
@@ -384,6 +389,7 @@ static ds_status parse_weights(const pctx *c, const char *path, const cJSON *w, 
         join_path(p, sizeof p, path, "actorder");
         return err_at(c, p, "actorder \"group\" needs strategy \"group\" (got \"%s\")", strategy_name(strat));
     }
+    out->a.type = type;
     out->a.num_bits = (int)bits;
     out->a.symmetric = sym;
     out->a.strategy = strat;
@@ -411,6 +417,7 @@ static ds_status preset_args(const pctx *c, const char *path, const char *name, 
         return err_at(c, path, "unknown scheme \"%s\" (supported: " SUPPORTED_PRESETS ")", name);
     }
     memset(out, 0, sizeof *out);
+    out->a.type = QT_INT; /* every preset doneshot runs is an int scheme */
     out->a.num_bits = ps->bits;
     out->a.symmetric = ps->sym;
     out->a.strategy = QS_GROUP;
@@ -788,7 +795,7 @@ static char *build_applied(const recipe *r) {
     cJSON_AddItemToObject(g0, "targets", str_array(r->targets, r->ntargets));
     cJSON *w = cJSON_AddObjectToObject(g0, "weights");
     cJSON_AddNumberToObject(w, "num_bits", r->w.num_bits);
-    cJSON_AddStringToObject(w, "type", "int");
+    cJSON_AddStringToObject(w, "type", scheme_type_name(r->w.type));
     cJSON_AddBoolToObject(w, "symmetric", r->w.symmetric);
     cJSON_AddStringToObject(w, "strategy", strategy_name(r->w.strategy));
     if (r->w.strategy == QS_GROUP) cJSON_AddNumberToObject(w, "group_size", r->w.group_size);
@@ -947,27 +954,14 @@ char *recipe_quantization_config_json(const recipe *r, const char *const *ignore
     cJSON *q = cJSON_CreateObject();
     cJSON *cg = cJSON_AddObjectToObject(q, "config_groups");
     cJSON *g0 = cJSON_AddObjectToObject(cg, "group_0");
-    cJSON_AddStringToObject(g0, "format", "pack-quantized");
+    const char *format = scheme_format_name(&r->w);
+    DS_ASSERT(format);
+    cJSON_AddStringToObject(g0, "format", format);
     cJSON_AddNullToObject(g0, "input_activations");
     cJSON_AddNullToObject(g0, "output_activations");
     cJSON_AddItemToObject(g0, "targets", str_array(r->targets, r->ntargets));
-    cJSON *w = cJSON_AddObjectToObject(g0, "weights");
-    add_actorder(w, r->w.actorder);
-    cJSON_AddNullToObject(w, "block_structure");
-    cJSON_AddBoolToObject(w, "dynamic", 0);
-    if (r->w.strategy == QS_GROUP) cJSON_AddNumberToObject(w, "group_size", r->w.group_size);
-    else if (r->priv && r->priv->group_size_m1) cJSON_AddNumberToObject(w, "group_size", -1);
-    else cJSON_AddNullToObject(w, "group_size");
-    cJSON_AddNumberToObject(w, "num_bits", r->w.num_bits);
-    cJSON_AddStringToObject(w, "observer", r->observer ? r->observer : "memoryless_minmax");
-    cJSON_AddItemToObject(w, "observer_kwargs", cJSON_CreateObject());
-    cJSON_AddNullToObject(w, "scale_dtype");
-    cJSON_AddStringToObject(w, "strategy", strategy_name(r->w.strategy));
-    cJSON_AddBoolToObject(w, "symmetric", r->w.symmetric);
-    cJSON_AddStringToObject(w, "type", "int");
-    if (r->w.symmetric) cJSON_AddNullToObject(w, "zp_dtype");
-    else cJSON_AddStringToObject(w, "zp_dtype", "torch.int8");
-    cJSON_AddStringToObject(q, "format", "pack-quantized");
+    cJSON_AddItemToObject(g0, "weights", scheme_weights_json(&r->w, r->observer, r->priv && r->priv->group_size_m1));
+    cJSON_AddStringToObject(q, "format", format);
     cJSON_AddNullToObject(q, "global_compression_ratio");
     cJSON *ig = cJSON_AddArrayToObject(q, "ignore");
     for (int i = 0; i < nignore; i++) cJSON_AddItemToArray(ig, cJSON_CreateString(ignore[i]));
