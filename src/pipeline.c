@@ -8,6 +8,7 @@
 #include "gpu_engine.h"
 #include "gptq.h"
 #include "resume.h"
+#include "scheme.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -81,65 +82,7 @@ void pipeline_assign(const double *cost, int n, int nranks, int *owner) {
  * writes `weight` = the GPTQ output); rank 0 derives the on-disk codes from it
  * the way the compressed-tensors compressor re-quantizes the stored weight. */
 
-static int column_group(const quant_args *a, const int *g_idx, int col) {
-    if (a->strategy != QS_GROUP) return 0;
-    if (a->actorder == QA_GROUP && g_idx) return g_idx[col];
-    return col / a->group_size;
-}
-
-/* q = the code compressed-tensors stores for the dequantized weight W. */
-typedef struct codes_ctx {
-    const quant_args *a;
-    const float *W, *scale;
-    const int *zp, *g_idx;
-    int in, ng, qmin, qmax;
-    ds_dtype dt;
-    int8_t *q;
-} codes_ctx;
-
-static void codes_rows(void *p, size_t lo, size_t hi) {
-    const codes_ctx *c = p;
-    for (size_t o = lo; o < hi; o++)
-        for (int i = 0; i < c->in; i++) {
-            int g = column_group(c->a, c->g_idx, i);
-            int z = c->zp ? c->zp[o * c->ng + g] : 0;
-            c->q[o * c->in + i] = (int8_t)quant_code_from_deq(c->W[o * c->in + i], c->scale[o * c->ng + g], z,
-                                                              c->qmin, c->qmax, c->dt);
-        }
-}
-
-static void codes_from_weight(const quant_args *a, const float *W, const float *scale, const int *zp,
-                              const int *g_idx, int out, int in, ds_dtype dt, int8_t *q) {
-    codes_ctx c = {.a = a, .W = W, .scale = scale, .zp = zp, .g_idx = g_idx, .in = in,
-                   .ng = quant_num_groups(a, in), .dt = dt, .q = q};
-    quant_range(a, &c.qmin, &c.qmax);
-    ds_parallel_for((size_t)out, (size_t)(1 << 18) / (size_t)in + 1, codes_rows, &c);
-}
-
-typedef struct packed_result {
-    unsigned char *buf;
-    size_t size;
-    void *w;       /* [out, in] in the model dtype */
-    float *scale;  /* [out, ngroups] */
-    int32_t *zp, *g_idx;
-    double *meta;  /* loss, rtn_fallback, seconds */
-} packed_result;
-
-static void packed_layout(packed_result *p, const quant_args *a, int out, int in, ds_dtype dt) {
-    size_t ng = (size_t)quant_num_groups(a, in);
-    size_t off_meta = 0, off_scale = off_meta + 3 * sizeof(double);
-    size_t off_zp = off_scale + sizeof(float) * out * ng;
-    size_t off_gi = off_zp + sizeof(int32_t) * out * ng;
-    size_t off_w = off_gi + sizeof(int32_t) * in;
-    off_w = (off_w + 7) & ~(size_t)7;
-    p->size = off_w + ds_dtype_size(dt) * (size_t)out * in;
-    p->buf = xcalloc(1, p->size);
-    p->meta = (double *)(void *)(p->buf + off_meta);
-    p->scale = (float *)(void *)(p->buf + off_scale);
-    p->zp = (int32_t *)(void *)(p->buf + off_zp);
-    p->g_idx = (int32_t *)(void *)(p->buf + off_gi);
-    p->w = p->buf + off_w;
-}
+typedef scheme_result packed_result; /* layout: scheme_result_alloc */
 
 /* ---- next-layer prefetch (CUDA engine: the host reads and converts layer
  * l+1 from the mmap'd shards while the GPU works on layer l) ---- */
@@ -418,7 +361,7 @@ static ds_status solve_owned(run *u, layer_weights *lw, packed_result *prs, stag
             break;
         }
         packed_result pr;
-        packed_layout(&pr, qa, li->out, li->in, c->dtype);
+        scheme_result_alloc(&pr, qa, li->out, li->in, c->dtype);
         size_t ng = (size_t)quant_num_groups(qa, li->in);
         ds_convert_from_f32(pr.w, res.wq, c->dtype, (size_t)li->out * li->in);
         memcpy(pr.scale, res.scale, sizeof(float) * li->out * ng);
@@ -446,7 +389,7 @@ static ds_status exchange_results(run *u, layer_weights *lw, packed_result *prs,
     for (int i = 0; i < u->nm; i++) {
         layer_linear *li = &lw->lin[u->mods[i]];
         packed_result pr = prs[i];
-        if (u->owner[i] != u->rank) packed_layout(&pr, qa, li->out, li->in, c->dtype);
+        if (u->owner[i] != u->rank) scheme_result_alloc(&pr, qa, li->out, li->in, c->dtype);
         double t = ds_now();
         comm_bcast(pr.buf, pr.size, u->owner[i]);
         lt->bcast += ds_now() - t;
@@ -476,7 +419,7 @@ static ds_status exchange_results(run *u, layer_weights *lw, packed_result *prs,
         if (u->rank == 0 && st == DS_OK) {
             t = ds_now();
             int8_t *q = xmalloc((size_t)li->out * li->in);
-            codes_from_weight(qa, li->w, pr.scale, zp, gi, li->out, li->in, c->dtype, q);
+            scheme_codes_from_weight(qa, li->w, pr.scale, zp, gi, li->out, li->in, c->dtype, q);
             st = ckpt_write_module(u->ck, li->name, q, pr.scale, zp, gi, li->out, li->in);
             free(q);
             lt->save += ds_now() - t;
