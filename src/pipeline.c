@@ -164,10 +164,19 @@ static ds_status resume_open(run *u, int *start) {
     int64_t halves[2] = {(int64_t)(ids_fp & 0xffffffffu), (int64_t)(ids_fp >> 32)};
     comm_allreduce_sum_i64(halves, 2);
     const uint64_t data_fp = (uint64_t)halves[0] ^ ((uint64_t)halves[1] << 29);
+    /* the model as rank 0 sees it (path, mtime, bytes); every other rank
+     * (another node may hold its own copy) must see the same bytes */
+    uint64_t mfp[2] = {resume_model_fingerprint(u->m, 1), resume_model_fingerprint(u->m, 0)}, mine = mfp[1];
+    comm_bcast(mfp, sizeof mfp, 0);
+    ds_status st = DS_OK;
+    if (mine != mfp[1])
+        st = ds_error(DS_ERR_INPUT, "the model files in '%s' differ from rank 0's (config.json, a shard's size or "
+                      "its bytes)\nhint: every node needs the same model at the same path", u->m->dir);
+    if ((st = comm_sync_status(st))) return st;
     u->job_fp = resume_job_fingerprint(u->m, u->r, u->nranks, u->o->cuda, u->stats->samples_total,
-                                       u->stats->tokens_total, data_fp);
+                                       u->stats->tokens_total, mfp[0], data_fp);
     int done_layers = -1; /* last completed layer of the partial run, -1: none */
-    ds_status st = resume_load_progress(u->rdir, u->nranks, u->job_fp, c->L, c->L * u->maxlin, &done_layers,
+    st = resume_load_progress(u->rdir, u->nranks, u->job_fp, c->L, c->L * u->maxlin, &done_layers,
                                         u->stats);
     if (st && !u->o->resume) { st = DS_OK; done_layers = 0; } /* another job's state: discarded below */
     if ((st = comm_sync_status(st))) return st;

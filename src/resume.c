@@ -18,7 +18,7 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n) {
     return h;
 }
 
-uint64_t resume_model_fingerprint(const model *m) {
+uint64_t resume_model_fingerprint(const model *m, int with_location) {
     uint64_t h = 1469598103934665603ull;
     char *cfg = ds_path_join(m->dir, "config.json"), *text = NULL;
     size_t n = 0;
@@ -35,11 +35,15 @@ uint64_t resume_model_fingerprint(const model *m) {
             if (fd >= 0) close(fd);
             continue;
         }
-        const int64_t id[] = {(int64_t)sb.st_size, (int64_t)sb.st_mtim.tv_sec, (int64_t)sb.st_mtim.tv_nsec};
-        h = fnv(h, id, sizeof id);
-        char *real = realpath(path, NULL);
-        if (real) h = fnv(h, real, strlen(real));
-        free(real);
+        const int64_t size = (int64_t)sb.st_size;
+        h = fnv(h, &size, sizeof size);
+        if (with_location) {
+            const int64_t mt[] = {(int64_t)sb.st_mtim.tv_sec, (int64_t)sb.st_mtim.tv_nsec};
+            h = fnv(h, mt, sizeof mt);
+            char *real = realpath(path, NULL);
+            if (real) h = fnv(h, real, strlen(real));
+            free(real);
+        }
         for (int k = 0; k < 16; k++) { /* 16 pages spread over the file: weights, not just the header */
             off_t off = (off_t)((double)sb.st_size * k / 16.0);
             ssize_t got = pread(fd, page, 4096, off);
@@ -61,9 +65,9 @@ uint64_t resume_ids_fingerprint(const ds_sample *local, size_t nlocal) {
 }
 
 uint64_t resume_job_fingerprint(const model *m, const recipe *r, int world, int cuda, size_t samples_total,
-                                size_t tokens_total, uint64_t data_fp) {
+                                size_t tokens_total, uint64_t model_fp, uint64_t data_fp) {
     const model_config *c = &m->cfg;
-    uint64_t h = resume_model_fingerprint(m);
+    uint64_t h = fnv(1469598103934665603ull, &model_fp, sizeof model_fp);
     h = fnv(h, &data_fp, sizeof data_fp);
     h = fnv(h, DS_VERSION, strlen(DS_VERSION));
     h = fnv(h, r->applied_json, strlen(r->applied_json));

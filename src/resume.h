@@ -12,7 +12,8 @@
  * writes the same checkpoint as an uninterrupted run. The fingerprint covers
  * the doneshot version, the applied recipe, the model's shape and dtype, the
  * model's identity (config.json, and per shard its real path, size, mtime
- * and 16 pages of its bytes), the world size, the device kind, the total
+ * and 16 pages of its bytes, as rank 0 sees them; other ranks must see the
+ * same size and bytes), the world size, the device kind, the total
  * sample/token counts and every rank's token ids; each rank file also covers
  * that rank's token ids. A model moved to another path does not resume.
  * Files are written to "<name>.tmp", fsync'd and renamed.
@@ -33,16 +34,20 @@ typedef struct resume_head {
     uint64_t nlocal, ntok, C;
 } resume_head;
 
-/* FNV-1a 64 of the model's identity: config.json, and per shard its real
- * path, size, mtime (ns) and 16 4-KiB pages spread over the file. */
-uint64_t resume_model_fingerprint(const model *m);
+/* FNV-1a 64 of the model's identity: config.json, and per shard its size
+ * and 16 4-KiB pages spread over the file; with_location adds each shard's
+ * real path and mtime (ns). The job uses rank 0's full fingerprint; every
+ * rank checks its content fingerprint against rank 0's (each node may hold
+ * its own copy of the model). */
+uint64_t resume_model_fingerprint(const model *m, int with_location);
 /* FNV-1a 64 of a rank's samples (lengths and token ids, in order). */
 uint64_t resume_ids_fingerprint(const ds_sample *local, size_t nlocal);
 /* FNV-1a 64 of the job (identical on every rank): version, recipe, model
- * shape and identity, world size, device, sample/token totals and data_fp
- * (the ids of all ranks combined, see pipeline.c). */
+ * shape, model_fp (rank 0's resume_model_fingerprint with location), world
+ * size, device, sample/token totals and data_fp (the ids of all ranks
+ * combined, see pipeline.c). */
 uint64_t resume_job_fingerprint(const model *m, const recipe *r, int world, int cuda, size_t samples_total,
-                                size_t tokens_total, uint64_t data_fp);
+                                size_t tokens_total, uint64_t model_fp, uint64_t data_fp);
 /* FNV-1a 64 of the job and of this rank's ids. */
 uint64_t resume_rank_fingerprint(uint64_t job_fp, const ds_sample *local, size_t nlocal);
 
