@@ -29,6 +29,10 @@
 #include <unistd.h>
 
 static char g_tmp[256], g_bin[512], g_gen[512], g_self[512], g_mpirun[512];
+/* the Mixtral fixture, and its checkpoints at -np 1, 2, 4 (made by the first test) */
+static char g_mixtral[1100], g_mix[3][512];
+static int g_have_mixtral;
+static const int g_nps[3] = {1, 2, 4};
 #define RECIPE "recipes/stories260k-w4a16.json"
 
 static int run(const char *cmd) { return test_system(cmd); }
@@ -121,41 +125,23 @@ static int gen(const char *out, const char *args) {
     return run(cmd);
 }
 
-int main(int argc, char **argv) {
-    if (argc == 4 && strcmp(argv[1], "driver") == 0) return driver(argv[2], argv[3]);
-    const char *build = getenv("BUILD") ? getenv("BUILD") : "build";
-    const char *mpirun = getenv("MPIRUN") ? getenv("MPIRUN") : "mpirun --oversubscribe";
-    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
-    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
-    setenv("OMPI_MCA_rmaps_base_oversubscribe", "1", 1);
-    snprintf(g_bin, sizeof g_bin, "%s/doneshot", build);
-    snprintf(g_gen, sizeof g_gen, "%s/gen_model", build);
-    snprintf(g_self, sizeof g_self, "%s", argv[0]);
-    snprintf(g_mpirun, sizeof g_mpirun, "%s", mpirun);
-    snprintf(g_tmp, sizeof g_tmp, "/tmp/doneshot-moe-XXXXXX");
-    if (!mkdtemp(g_tmp)) { perror("mkdtemp"); return 1; }
-    const char *MIXTRAL = fixture("models/variants/mixtral-4x-top2");
-    const int have_shared = ds_is_dir(MIXTRAL);
-    TEST("fixtures: the Mixtral variant") CHECK(have_shared);
-    char mix[3][512];
-    int nps[3] = {1, 2, 4};
-
+static void test_mixtral_np124(void) {
     TEST("Mixtral 4x top-2 quantized at -np 1, 2, 4: identical structure and codes") {
-        if (!have_shared) { CHECK(!"no Mixtral fixture"); }
+        if (!g_have_mixtral) { CHECK(!"no Mixtral fixture"); }
         else {
             for (int i = 0; i < 3; i++) {
-                snprintf(mix[i], sizeof mix[i], "%s/mix%d", g_tmp, nps[i]);
-                CHECK_EQ_INT(quantize(nps[i], MIXTRAL, mix[i]), 0);
+                snprintf(g_mix[i], sizeof g_mix[i], "%s/mix%d", g_tmp, g_nps[i]);
+                CHECK_EQ_INT(quantize(g_nps[i], g_mixtral, g_mix[i]), 0);
             }
             for (int i = 1; i < 3; i++) {
-                ckpt_cmp c = ckpt_compare(mix[0], mix[i]);
-                printf("mixtral np1 vs np%d: %ld/%ld identical int4 codes over %d modules\n", nps[i], c.same,
+                ckpt_cmp c = ckpt_compare(g_mix[0], g_mix[i]);
+                printf("mixtral np1 vs np%d: %ld/%ld identical int4 codes over %d modules\n", g_nps[i], c.same,
                        c.codes, c.nmods);
                 CHECK(c.ok);
                 CHECK(c.codes > 0 && (double)c.same >= 0.999 * (double)c.codes);
                 char a[600], b[600], *x = NULL, *y = NULL;
-                snprintf(a, sizeof a, "%s/config.json", mix[0]);
-                snprintf(b, sizeof b, "%s/config.json", mix[i]);
+                snprintf(a, sizeof a, "%s/config.json", g_mix[0]);
+                snprintf(b, sizeof b, "%s/config.json", g_mix[i]);
                 CHECK(ds_read_file(a, &x, NULL) == DS_OK && ds_read_file(b, &y, NULL) == DS_OK && x && y &&
                       strcmp(x, y) == 0);
                 free(x);
@@ -163,18 +149,20 @@ int main(int argc, char **argv) {
             }
         }
     }
+}
 
+static void test_mixtral_experts(void) {
     TEST("Mixtral: every expert quantized (60 expert Linears), sane scales, routers in ignore") {
-        if (!have_shared) { CHECK(!"no Mixtral fixture"); }
+        if (!g_have_mixtral) { CHECK(!"no Mixtral fixture"); }
         else {
-            ckpt_cmp c = ckpt_compare(mix[1], mix[1]);
+            ckpt_cmp c = ckpt_compare(g_mix[1], g_mix[1]);
             CHECK(c.ok);
             CHECK_EQ_INT(c.nmods, 5 * (4 + 4 * 3));
             CHECK_EQ_INT(c.nexperts, 5 * 4 * 3);
             CHECK_EQ_INT(c.bad_scales, 0);
             CHECK_EQ_INT(c.constant_codes, 0);
             st_model *s = NULL;
-            CHECK(st_open_dir(mix[1], &s) == DS_OK);
+            CHECK(st_open_dir(g_mix[1], &s) == DS_OK);
             if (s) {
                 CHECK(st_find(s, "model.layers.3.block_sparse_moe.experts.3.w2.weight_packed") != NULL);
                 CHECK(st_find(s, "model.layers.3.block_sparse_moe.gate.weight") != NULL); /* unquantized */
@@ -182,17 +170,19 @@ int main(int argc, char **argv) {
                 st_close(s);
             }
             char p[600];
-            snprintf(p, sizeof p, "%s/config.json", mix[1]);
+            snprintf(p, sizeof p, "%s/config.json", g_mix[1]);
             CHECK(file_has(p, "\"model.layers.0.block_sparse_moe.gate\""));
             CHECK(file_has(p, "\"model.layers.4.block_sparse_moe.gate\""));
             CHECK(file_has(p, "\"lm_head\""));
-            snprintf(p, sizeof p, "%s.log", mix[0]);
+            snprintf(p, sizeof p, "%s.log", g_mix[0]);
             CHECK(!file_has(p, "round-to-nearest"));
         }
     }
+}
 
+static void test_mixtral_forward(void) {
     TEST("Mixtral forward (doneshot eval) matches reference_forward.py") {
-        if (!have_shared) { CHECK(!"no Mixtral fixture"); }
+        if (!g_have_mixtral) { CHECK(!"no Mixtral fixture"); }
         else if (run("python3 -c 'import sys' >/dev/null 2>&1") != 0) { CHECK(!"python3 not available"); }
         else {
             char text[600], *buf = NULL;
@@ -204,18 +194,20 @@ int main(int argc, char **argv) {
                 fclose(f);
                 free(buf);
             }
-            double ref = reference_nll(MIXTRAL, text, 64), ds = doneshot_nll(MIXTRAL, text, 64);
+            double ref = reference_nll(g_mixtral, text, 64), ds = doneshot_nll(g_mixtral, text, 64);
             printf("mean NLL over 63 tokens: doneshot %.10f reference %.10f (ppl rel diff %.2e)\n", ds, ref,
                    fabs(exp(ds) - exp(ref)) / exp(ref));
             CHECK(isfinite(ref) && isfinite(ds));
             CHECK(fabs(exp(ds) - exp(ref)) <= 1e-4 * exp(ref));
             /* and the quantized checkpoint still evaluates (dequantized on load) */
-            double q = doneshot_nll(mix[1], text, 64);
+            double q = doneshot_nll(g_mix[1], text, 64);
             printf("quantized checkpoint mean NLL %.4f\n", q);
             CHECK(isfinite(q) && q < ds + 1.0);
         }
     }
+}
 
+static void test_qwen_moe(void) {
     TEST("synthetic Qwen3-MoE and Qwen2-MoE (shared expert) end to end at -np 2") {
         char q3[512], q2[512], o3[600], o2[600];
         snprintf(q3, sizeof q3, "%s/qwen3moe", g_tmp);
@@ -250,7 +242,9 @@ int main(int argc, char **argv) {
             st_close(s);
         }
     }
+}
 
+static void test_routed_only(void) {
     TEST("routed-only calibration: experts without tokens use RTN, counted, no hang") {
         char q[512], o[600], cmd[4096];
         snprintf(q, sizeof q, "%s/qwen3moe32", g_tmp);
@@ -277,6 +271,30 @@ int main(int argc, char **argv) {
         CHECK(c.ok);
         CHECK_EQ_INT(c.bad_scales, 0);
     }
+}
+
+int main(int argc, char **argv) {
+    if (argc == 4 && strcmp(argv[1], "driver") == 0) return driver(argv[2], argv[3]);
+    const char *build = getenv("BUILD") ? getenv("BUILD") : "build";
+    const char *mpirun = getenv("MPIRUN") ? getenv("MPIRUN") : "mpirun --oversubscribe";
+    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+    setenv("OMPI_MCA_rmaps_base_oversubscribe", "1", 1);
+    snprintf(g_bin, sizeof g_bin, "%s/doneshot", build);
+    snprintf(g_gen, sizeof g_gen, "%s/gen_model", build);
+    snprintf(g_self, sizeof g_self, "%s", argv[0]);
+    snprintf(g_mpirun, sizeof g_mpirun, "%s", mpirun);
+    snprintf(g_tmp, sizeof g_tmp, "/tmp/doneshot-moe-XXXXXX");
+    if (!mkdtemp(g_tmp)) { perror("mkdtemp"); return 1; }
+    snprintf(g_mixtral, sizeof g_mixtral, "%s", fixture("models/variants/mixtral-4x-top2"));
+    g_have_mixtral = ds_is_dir(g_mixtral);
+    TEST("fixtures: the Mixtral variant") CHECK(g_have_mixtral);
+
+    test_mixtral_np124();
+    test_mixtral_experts();
+    test_mixtral_forward();
+    test_qwen_moe();
+    test_routed_only();
 
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf %s", g_tmp);
