@@ -9,7 +9,7 @@ static gpu_plan_dims llama3_8b(void) {
                            .n_tokens = 512L * 2048, .seq_len = 2048};
 }
 
-int main(void) {
+static void test_llama3_8b_offload(void) {
     TEST("llama3_8b_offload_fits_8gb") {
         gpu_plan_dims d = llama3_8b();
         gpu_plan_opts o = {.offload_acts = 1, .budget_bytes = 8000000000ULL, .gptq_block = 128,
@@ -28,6 +28,9 @@ int main(void) {
         CHECK_EQ_INT(p.hessians, (3L * 4096 * 4096 + 14336L * 14336) * 8 + 14336L * 14336 * 4);
         gpu_plan_print(&p, stderr);
     }
+}
+
+static void test_llama3_8b_no_offload(void) {
     TEST("llama3_8b_no_offload") {
         gpu_plan_dims d = llama3_8b();
         gpu_plan_opts o = {.offload_acts = 0, .budget_bytes = 8000000000ULL, .gptq_block = 128};
@@ -42,6 +45,9 @@ int main(void) {
         gpu_plan_print(&p, stderr);
         fprintf(stderr, "no offload, 80 GiB: peak %.2f GiB\n", (double)p.peak / GIB);
     }
+}
+
+static void test_micro_batch_monotone(void) {
     TEST("micro_batch_monotone_in_budget") {
         gpu_plan_dims d = llama3_8b();
         int last = 0;
@@ -56,6 +62,9 @@ int main(void) {
         }
         CHECK(last >= 32);
     }
+}
+
+static void test_too_small_budget(void) {
     TEST("too_small_budget") {
         gpu_plan_dims d = llama3_8b();
         gpu_plan_opts o = {.offload_acts = 1, .budget_bytes = (size_t)1 << 30, .gptq_block = 128};
@@ -64,6 +73,9 @@ int main(void) {
         CHECK_EQ_INT(p.micro_batch, 1);
         CHECK(p.peak > o.budget_bytes);
     }
+}
+
+static void test_tiny_and_bad(void) {
     TEST("tiny_model_and_bad_dims") {
         gpu_plan_dims d = {.C = 64, .F = 172, .NH = 4, .NKV = 2, .HS = 16, .V = 512, .n_tokens = 1000,
                            .seq_len = 256};
@@ -79,6 +91,9 @@ int main(void) {
         d.NKV = 2; d.seq_len = 0;
         CHECK_EQ_INT(gpu_plan_make(&d, &o, &p), DS_ERR_USAGE);
     }
+}
+
+static void test_forward_bytes_linear(void) {
     TEST("forward_bytes_linear_in_mb") {
         gpu_plan_dims d = llama3_8b();
         size_t f1 = gpu_plan_forward_bytes(&d, 1), f2 = gpu_plan_forward_bytes(&d, 2),
@@ -86,5 +101,14 @@ int main(void) {
         CHECK(f2 > f1);
         CHECK_EQ_INT(f8 - f1, 7 * (f2 - f1));
     }
+}
+
+int main(void) {
+    test_llama3_8b_offload();
+    test_llama3_8b_no_offload();
+    test_micro_batch_monotone();
+    test_too_small_budget();
+    test_tiny_and_bad();
+    test_forward_bytes_linear();
     return TEST_REPORT();
 }
