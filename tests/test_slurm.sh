@@ -9,10 +9,11 @@
 # - a bad recipe: job exit code 2 (sbatch --wait, scontrol's ExitCode), the
 #   message in the job's output file
 # - a real time limit (--time=1 --signal=USR1@50): SIGUSR1 mid-run, a resume
-#   point, the script requeues itself and resumes; then a hard scancel
-#   (SIGKILL) of the resumed run leaves no output, and a second sbatch of the
-#   same script resumes (no stale lock) to a checkpoint byte-identical to an
-#   uninterrupted run
+#   point, the script requeues itself and resumes; SIGKILL of the resumed
+#   run's ranks leaves no output, and a second sbatch of the same script
+#   resumes (the killed run's lock does not block it); scancel of that one
+#   (SIGTERM): a resume point; a third sbatch finishes with a checkpoint
+#   byte-identical to an uninterrupted run, no partial run or lock left
 # Skips (SKIP line, then "0 passed, 0 failed, 1 skipped") without the Slurm and
 # munge packages, without root, or when the cluster cannot start.
 # DS_SLURM_LOGS=DIR keeps the job outputs, scripts and daemon logs there.
@@ -49,9 +50,9 @@ srun --mpi=list 2>&1 | grep -q pmix || skip "Slurm has no pmix MPI plugin (srun 
 echo "cluster up in $(($(date +%s) - t0)) s: $(sinfo -h -o '%N %c CPUs %t')"
 
 # jobstate ID: the job's state, e.g. RUNNING, COMPLETED, FAILED
-jobstate() { scontrol show job "$1" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p'; }
+jobstate() { timeout 15 scontrol show job "$1" 2>/dev/null | sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p'; }
 # jobfield ID KEY: e.g. jobfield 5 ExitCode -> 2:0
-jobfield() { scontrol show job "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -1; }
+jobfield() { timeout 15 scontrol show job "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p" | head -1; }
 # wait_done ID SECS: wait until the job has ended for good; 1 on timeout
 wait_done() {
     n=$(($2 * 5))
@@ -61,11 +62,15 @@ wait_done() {
     done
     return 1
 }
-# wait_grep FILE PATTERN SECS: wait until FILE has a line matching PATTERN (ERE)
+# wait_grep FILE PATTERN SECS [ID]: wait until FILE has a line matching
+# PATTERN (ERE); 1 on timeout, or as soon as job ID has ended without it
 wait_grep() {
     n=$(($3 * 5))
     while [ $n -gt 0 ]; do
         grep -qE "$2" "$1" 2>/dev/null && return 0
+        if [ -n "${4:-}" ] && [ $((n % 10)) -eq 0 ]; then
+            case $(jobstate "$4") in COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL) grep -qE "$2" "$1"; return;; esac
+        fi
         sleep 0.2; n=$((n - 1))
     done
     return 1
@@ -86,8 +91,23 @@ after_resume() {
     n=$(grep -o "resuming after layer [0-9]*" "$1" | tail -1 | grep -o "[0-9]*$")
     wait_grep "$1" "^doneshot: layer $((n + 1))/" "$2"
 }
+# doneshot_pids ID: the doneshot processes of job ID (scontrol listpids)
+doneshot_pids() {
+    for p in $(timeout 15 scontrol listpids "$1" 2>/dev/null | awk 'NR > 1 {print $1}'); do
+        grep -qx doneshot /proc/$p/comm 2>/dev/null && echo $p
+    done
+}
 # submit ARGS...: sbatch --parsable, prints the job id
 submit() { timeout 30 sbatch --parsable "$@" | cut -d';' -f1; }
+# run_job SECS ARGS...: submit, wait (polling scontrol: sbatch --wait polls
+# every few seconds), exit with the job's exit code (1 if it did not end)
+run_job() {
+    rj_s=$1; shift
+    rj_id=$(submit "$@") && [ -n "$rj_id" ] && wait_done "$rj_id" "$rj_s" || return 1
+    rj_ec=$(jobfield "$rj_id" ExitCode)
+    [ "$rj_ec" = "0:0" ] && [ "$(jobstate "$rj_id")" = COMPLETED ] && return 0
+    return $(( ${rj_ec%%:*} > 0 ? ${rj_ec%%:*} : 1 ))
+}
 R="--recipe recipes/stories260k-w4a16.json --dataset data/tinystories_sample.txt"
 
 # ---- the README script, 2 tasks, as written -------------------------------
@@ -102,8 +122,8 @@ same $T/ref $T/readme && ok || fail "srun checkpoint differs from mpirun -np 2's
 
 # mpirun inside the allocation
 sed "s|^srun --mpi=pmix |mpirun |" $T/job.sh >$T/job-mpirun.sh
-MODEL=data/stories260K OUT=$T/inalloc timeout -k 10 120 sbatch --wait --ntasks=2 --cpus-per-task=1 \
-    -o $T/inalloc.out $T/job-mpirun.sh >/dev/null 2>&1; rc=$?
+MODEL=data/stories260K OUT=$T/inalloc run_job 120 --ntasks=2 --cpus-per-task=1 -o $T/inalloc.out $T/job-mpirun.sh
+rc=$?
 [ $rc -eq 0 ] && grep -q "ranks 2 " $T/inalloc.out && same $T/ref $T/inalloc && ok \
     || fail "mpirun inside the allocation: exit $rc, want 0, 2 ranks, the same checkpoint: $(tail -5 $T/inalloc.out)"
 
@@ -111,8 +131,8 @@ MODEL=data/stories260K OUT=$T/inalloc timeout -k 10 120 sbatch --wait --ntasks=2
 if [ -x $BUILD/doneshot-emul ] && [ -x $BUILD/gen_model ]; then
     $BUILD/gen_model --out $T/bf16 --hidden 64 --intermediate 172 --layers 2 --heads 8 --kv-heads 4 --vocab 512 \
         --dtype bf16 --tokenizer-from data/stories260K --seed 1 >/dev/null 2>&1
-    BUILD=$BUILD MODEL=$T/bf16 OUT=$T/emul timeout -k 10 120 sbatch --wait --ntasks=2 --cpus-per-task=1 \
-        -o $T/ranks.out tests/slurm/ranks.sh >/dev/null 2>&1; rc=$?
+    BUILD=$BUILD MODEL=$T/bf16 OUT=$T/emul run_job 120 --ntasks=2 --cpus-per-task=1 -o $T/ranks.out tests/slurm/ranks.sh
+    rc=$?
     [ $rc -eq 0 ] && ok || fail "tests/slurm/ranks.sh: exit $rc: $(tail -5 $T/ranks.out)"
     grep -q "probe srun task=1 slurm_localid=1 ompi_local=unset" $T/ranks.out \
         && grep -q "probe srun task=0 slurm_localid=0 ompi_local=unset" $T/ranks.out \
@@ -136,40 +156,44 @@ MODEL=data/stories260K OUT=$T/bad timeout -k 10 120 sbatch --wait --ntasks=2 --c
 [ $rc -eq 2 ] && [ ! -e $T/bad ] && ok || fail "bad recipe: sbatch --wait exit $rc, want 2, no output"
 
 # ---- a real time limit, a requeue, a hard scancel, a resubmission ---------
-# The model is slow enough (12 layers; the first run pinned to CPU 0 by
-# tests/slurm/slow.sh) to be running when slurmctld's time-limit check (every
-# 30 s) sends USR1 50 s before the 1 min limit, i.e. 10 to 40 s in.
+# slurmctld checks time limits every 30 s, so --time=1 --signal=USR1@50 sends
+# SIGUSR1 10 to 40 s into the run. To have it arrive mid-run whatever the
+# machine's speed, the ranks are stopped (SIGSTOP) once their signal handlers
+# are in place (the "starting from the first layer" line, 1-2 s in):
+# slurmstepd sends SIGCONT with the signal, so they wake up to SIGUSR1 and stop
+# at the next layer boundary. The uninterrupted reference runs meanwhile.
 M=$T/m12
 $BUILD/gen_model --out $M --hidden 384 --intermediate 1024 --layers 12 --heads 6 --kv-heads 2 --vocab 512 \
     --dtype f32 --tokenizer-from data/stories260K --seed 3 >/dev/null 2>&1
-sed "s|^srun --mpi=pmix $BIN|srun --mpi=pmix tests/slurm/slow.sh $BIN|" $T/job.sh >$T/tl.sh
-touch $T/slow
 t1=$(date +%s)
-id=$(DS_SLOW=$T/slow MODEL=$M OUT=$T/tl submit -o $T/tl.out --ntasks=2 --cpus-per-task=1 \
-    --time=1 --signal=USR1@50 $T/tl.sh)
+id=$(MODEL=$M OUT=$T/tl submit -o $T/tl.out --ntasks=2 --cpus-per-task=1 --time=1 --signal=USR1@50 $T/job.sh)
+wait_grep $T/tl.out "starting from the first layer" 60 "$id"
+ranks=$(doneshot_pids "$id")
+for p in $ranks; do kill -STOP $p; done
 timeout -k 10 300 $MPIRUN -np 2 $BIN $R --model $M --output $T/mref -q >$T/mref.log 2>&1 &
 bg=$!
-if wait_grep $T/tl.out "stopped on SIGUSR1 after layer" 100; then
+if wait_grep $T/tl.out "stopped on SIGUSR1 after layer" 60 "$id"; then
     ok
-    rm -f $T/slow
-    echo "time limit: SIGUSR1 after $(($(date +%s) - t1)) s: $(grep -o 'stopped on SIGUSR1 after layer [0-9/]*' $T/tl.out)"
+    echo "time limit: SIGUSR1 $(($(date +%s) - t1)) s after the submission: $(grep -o 'stopped on SIGUSR1 after layer [0-9/]*' $T/tl.out)"
+    # the requeued run is to be killed, not signalled again: a longer limit
+    timeout 15 scontrol update JobId="$id" TimeLimit=10 || fail "scontrol update TimeLimit"
     # the requeued run resumes; once it has done a layer, SIGKILL its ranks
     # (as a crash, a lost node or the end of KillWait does; a plain scancel
     # sends SIGTERM first, and even scancel --signal=KILL cancels the job that way)
     wait_grep $T/tl.out "resuming after layer" 60 && ok || fail "time limit: no requeued run resumed: $(tail -5 $T/tl.out)"
     after_resume $T/tl.out 60
     [ "$(jobfield "$id" Restarts)" -ge 1 ] 2>/dev/null && ok || fail "time limit: Restarts=$(jobfield "$id" Restarts), want >= 1"
-    pids=$(scontrol listpids "$id" 2>/dev/null | awk 'NR > 1 {print $1}')
+    ranks=$(doneshot_pids "$id")
     k=0
-    for p in $pids; do grep -qx doneshot /proc/$p/comm 2>/dev/null && kill -KILL $p && k=$((k + 1)); done
-    [ $k -eq 2 ] && ok || fail "SIGKILL: found $k doneshot processes of job $id, want 2 (pids: $pids)"
+    for p in $ranks; do kill -KILL $p && k=$((k + 1)); done
+    [ $k -eq 2 ] && ok || fail "SIGKILL: found $k doneshot processes of job $id, want 2"
     wait_done "$id" 60 && ok || fail "SIGKILL: job $id still $(jobstate "$id")"
     [ ! -e $T/tl ] && [ -d $T/tl.partial ] && ok || fail "SIGKILL: the output path exists, or no partial run: $(ls -d $T/tl*)"
     echo "SIGKILL: job $id $(jobstate "$id") ExitCode=$(jobfield "$id" ExitCode) Restarts=$(jobfield "$id" Restarts); left: $(ls -a $T | grep tl.partial | tr '\n' ' ')"
     # a second sbatch of the same script resumes (the killed run's lock does not
     # block it); a plain scancel (SIGTERM, SIGKILL after KillWait) once it has
     # done a layer: a resume point at the next layer boundary
-    id=$(MODEL=$M OUT=$T/tl submit -o $T/tl2.out --ntasks=2 --cpus-per-task=1 $T/tl.sh)
+    id=$(MODEL=$M OUT=$T/tl submit -o $T/tl2.out --ntasks=2 --cpus-per-task=1 $T/job.sh)
     wait_grep $T/tl2.out "resuming after layer" 60 && ok \
         || fail "resubmitted after a SIGKILL: no resume: $(grep -E 'error|resum' $T/tl2.out | head -3)"
     after_resume $T/tl2.out 60
@@ -178,8 +202,8 @@ if wait_grep $T/tl.out "stopped on SIGUSR1 after layer" 100; then
     [ "$(jobstate "$id")" = CANCELLED ] && grep -q "stopped on SIGTERM after layer" $T/tl2.out && [ ! -e $T/tl ] && ok \
         || fail "scancel: job $id $(jobstate "$id"), want CANCELLED, a SIGTERM resume point, no output: $(tail -3 $T/tl2.out)"
     # and a third run finishes
-    MODEL=$M OUT=$T/tl timeout -k 10 180 sbatch --wait --ntasks=2 --cpus-per-task=1 -o $T/tl3.out \
-        $T/tl.sh >/dev/null 2>&1; rc=$?
+    MODEL=$M OUT=$T/tl run_job 180 --ntasks=2 --cpus-per-task=1 -o $T/tl3.out $T/job.sh
+    rc=$?
     [ $rc -eq 0 ] && grep -q "resuming after layer" $T/tl3.out && ok \
         || fail "resubmitted after scancel: exit $rc, want 0 and a resume: $(grep -E 'error|resum' $T/tl3.out | head -3)"
     wait $bg; rc=$?; bg=""
@@ -188,7 +212,8 @@ if wait_grep $T/tl.out "stopped on SIGUSR1 after layer" 100; then
     [ ! -e $T/tl.partial ] && [ ! -e $T/tl.partial.lock ] && ok || fail "partial run or lock left behind: $(ls -d $T/tl*)"
     echo "time limit, requeue, scancel, resubmit: $(($(date +%s) - t1)) s"
 else
-    fail "time limit: no SIGUSR1 stop within 100 s (job $id $(jobstate "$id")): $(tail -5 $T/tl.out)"
+    for p in $ranks; do kill -CONT $p 2>/dev/null; done
+    fail "time limit: no SIGUSR1 stop within 60 s (job $id $(jobstate "$id")): $(tail -5 $T/tl.out)"
 fi
 echo "total $(($(date +%s) - t0)) s"
 echo "$P passed, $F failed"

@@ -54,7 +54,7 @@ slurm_up() {
     pick_ports || { SLURM_WHY="no two free consecutive TCP ports in 20000-29999"; return 1; }
     PATH=$PATH:/usr/sbin
     d=$SLURM_DIR
-    mkdir -p $d/munge $d/state $d/spool $d/log $d/run || { SLURM_WHY="cannot create $d"; return 1; }
+    mkdir -p $d/munge $d/state $d/spool $d/log $d/run $d/tmp || { SLURM_WHY="cannot create $d"; return 1; }
     chmod 700 $d/munge
     dd if=/dev/urandom of=$d/munge/munge.key bs=1024 count=1 2>/dev/null && chmod 400 $d/munge/munge.key
     munged --foreground --force --key-file=$d/munge/munge.key --socket=$d/munge/munge.sock \
@@ -94,6 +94,10 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 MpiDefault=none
 ReturnToService=2
+# job ids and the pmix plugin's directories (TmpFS) of this cluster and of
+# another one running at the same time (a second make check) do not collide
+FirstJobId=$((1000 + ($$ % 60000) * 1000))
+TmpFS=$d/tmp
 SlurmdParameters=config_overrides
 MailProg=/bin/true
 MinJobAge=600
