@@ -34,7 +34,7 @@ ifneq ($(SANITIZE),)
   LDFLAGS += -fsanitize=$(SANITIZE)
 endif
 
-SRC     := $(filter-out src/main.c src/%_cuda.c,$(wildcard src/*.c))
+SRC     := $(filter-out src/main.c src/gpu_loader.c src/%_cuda.c,$(wildcard src/*.c))
 ifeq ($(MPI),0)
   MPICC := $(CC)
   SRC   := $(filter-out src/comm.c,$(SRC))
@@ -46,9 +46,10 @@ ifeq ($(CUDA),1)
   SRC    += $(wildcard src/*_cuda.c)
   CU_SRC := $(wildcard cuda/*.cu)
   CFLAGS += -DDS_CUDA -I$(CUDA_HOME)/include
-  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcusolver -lstdc++
+  CUDA_LIBS = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcusolver -lstdc++
+  LDLIBS += $(CUDA_LIBS)
   NVFLAGS = -std=c++17 -O3 -Icuda -Isrc $(foreach a,$(CUDA_ARCH),-gencode arch=compute_$(a),code=sm_$(a)) \
-            -Xcompiler -Wall,-Wextra -Werror all-warnings -MMD -MP
+            -Xcompiler -Wall,-Wextra,-fPIC -Werror all-warnings -MMD -MP
 endif
 OBJ     := $(SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.o)
 LIB     := $(BUILD)/libdoneshot.a
@@ -88,9 +89,40 @@ $(LIB): $(OBJ)
 	@rm -f $@
 	@ar rcs $@ $^
 
+ifeq ($(CUDA),1)
+# A CUDA build's doneshot links no CUDA library: src/gpu_loader.c dlopens
+# $(CUDA_SO) (gpu_engine.c + cuda/*.o, linked against cudart, cuBLAS,
+# cuSOLVER; exports doneshot_gpu_backend only) when a device is there, so a
+# CPU run keeps the CPU build's footprint. -rdynamic: the library takes model,
+# gptq and util from the executable, hence every object, not the archive.
+CUDA_SO  := $(BUILD)/libdoneshot-cuda.so
+EXE_OBJ  := $(BUILD)/src/main.o $(filter-out $(BUILD)/src/gpu_engine.o $(BUILD)/cuda/%,$(OBJ)) \
+            $(BUILD)/lazy/gpu_engine.o $(BUILD)/src/gpu_loader.o
+$(BUILD)/doneshot: $(EXE_OBJ) $(CUDA_SO)
+	@echo "LD $@"
+	@$(MPICC) $(LDFLAGS) -rdynamic $(EXE_OBJ) -o $@ $(filter-out $(CUDA_LIBS),$(LDLIBS)) -ldl
+
+$(BUILD)/src/gpu_loader.o: CFLAGS += -DDS_CUDA_LIBDIR='"$(PREFIX)/lib/doneshot"'
+
+$(BUILD)/lazy/gpu_engine.o: src/gpu_engine.c | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	@echo "CC $< (boundary only)"
+	@$(MPICC) $(CFLAGS) -DDS_GPU_LAZY -c $< -o $@
+
+$(BUILD)/pic/gpu_engine.o: src/gpu_engine.c | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	@echo "CC $< (-fPIC)"
+	@$(MPICC) $(CFLAGS) -fPIC -c $< -o $@
+
+$(CUDA_SO): $(BUILD)/pic/gpu_engine.o $(CU_SRC:%.cu=$(BUILD)/%.o)
+	@echo "LD $@"
+	@printf '{ global: doneshot_gpu_backend; local: *; };\n' >$(BUILD)/gpu_backend.map
+	@$(CC) -shared $(LDFLAGS) -Wl,-Bsymbolic -Wl,--version-script=$(BUILD)/gpu_backend.map $^ -o $@ $(CUDA_LIBS)
+else
 $(BUILD)/doneshot: $(BUILD)/src/main.o $(LIB)
 	@echo "LD $@"
 	@$(MPICC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+endif
 
 $(BUILD)/emul/gpu_engine.o: src/gpu_engine.c | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
@@ -157,10 +189,14 @@ run: all
 install: $(BUILD)/doneshot
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(MANPREFIX)/man1
 	install -m 755 $(BUILD)/doneshot $(DESTDIR)$(PREFIX)/bin
+	[ ! -f $(BUILD)/libdoneshot-cuda.so ] || { install -d $(DESTDIR)$(PREFIX)/lib/doneshot && \
+	    install -m 755 $(BUILD)/libdoneshot-cuda.so $(DESTDIR)$(PREFIX)/lib/doneshot; }
 	install -m 644 doneshot.1 $(DESTDIR)$(MANPREFIX)/man1
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/doneshot $(DESTDIR)$(MANPREFIX)/man1/doneshot.1
+	rm -f $(DESTDIR)$(PREFIX)/lib/doneshot/libdoneshot-cuda.so
+	-rmdir $(DESTDIR)$(PREFIX)/lib/doneshot 2>/dev/null
 
 clean:
 	rm -rf build

@@ -2,9 +2,10 @@
 # device_bundle.sh - a self-contained doneshot for a lent GPU machine, which
 # has CUDA but no MPI and no Debian packages (../.library/device/README.md).
 # Builds `make CUDA=1 MPI=0 CUDA_ARCH=90` (one rank, H100/H200) into
-# build/device, gathers the binaries, the non-CUDA shared libraries they load
-# (cJSON, OpenBLAS, LAPACKE, PCRE2, utf8proc, zlib, gfortran) and the bf16 demo
-# model into one archive, build/device-bundle.tgz (~25 MB; the device's carry
+# build/device, gathers the binaries (doneshot with libdoneshot-cuda.so, the
+# CUDA engine it loads from beside itself), the non-CUDA shared libraries they
+# load (cJSON, OpenBLAS, LAPACKE, PCRE2, utf8proc, zlib, gfortran) and the bf16
+# demo model into one archive, build/device-bundle.tgz (~25 MB; the device's carry
 # limit is 64 MiB with the repo). Then, with the device tool:
 #   run(carry=["build/device-bundle.tgz"],
 #       command="tar xzf build/device-bundle.tgz -C /tmp && sh bench/device_check.sh /tmp/doneshot-device")
@@ -15,10 +16,11 @@ D=build/device-bundle/doneshot-device
 make -j"$(nproc)" CUDA=1 MPI=0 CUDA_ARCH=90 BUILD=$B all >/dev/null
 rm -rf build/device-bundle
 mkdir -p $D/lib $D/models
-for f in doneshot bench_gpu gen_model ckpt_diff tests/test_kernels; do cp $B/$f $D/; done
+# libdoneshot-cuda.so: the CUDA engine, which doneshot loads from beside itself
+for f in doneshot libdoneshot-cuda.so bench_gpu gen_model ckpt_diff tests/test_kernels; do cp $B/$f $D/; done
 strip $D/* 2>/dev/null || true
 # shared libraries outside glibc, the C++ runtime and CUDA (those are on the device)
-for f in $D/doneshot $D/bench_gpu $D/gen_model $D/ckpt_diff $D/test_kernels; do ldd "$f"; done |
+for f in $D/doneshot $D/libdoneshot-cuda.so $D/bench_gpu $D/gen_model $D/ckpt_diff $D/test_kernels; do ldd "$f"; done |
     awk '/=> \// { print $3 }' | sort -u |
     grep -v -E '/(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s)\.so|/ld-linux|/libcu|/libnv' |
     while read -r so; do cp -L "$so" $D/lib/; done

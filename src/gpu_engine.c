@@ -41,10 +41,14 @@ ds_status gpu_engine_check_model(const model_config *c) {
     return DS_OK;
 }
 
-#ifndef DS_CUDA
+#if defined(DS_GPU_LAZY)
+/* The doneshot binary of a CUDA build: the rest of this file lives in
+ * libdoneshot-cuda.so, which src/gpu_loader.c loads on first use. */
+#elif !defined(DS_CUDA)
 
 int gpu_engine_built(void) { return 0; }
 int gpu_engine_device_count(void) { return 0; }
+const char *gpu_engine_why_none(void) { return "this doneshot was built without CUDA"; }
 
 ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nlocal, const gpu_engine_opts *o,
                             gpu_engine **out) {
@@ -137,6 +141,9 @@ static void sample_mem(gpu_engine *e) {
 
 int gpu_engine_built(void) { return 1; }
 int gpu_engine_device_count(void) { return ds_cuda_device_count(); }
+const char *gpu_engine_why_none(void) {
+    return ds_cuda_device_count() > 0 ? "" : "the CUDA runtime reports no device (cudaGetDeviceCount)";
+}
 const char *gpu_engine_describe(const gpu_engine *e) { return e->desc; }
 gpu_engine_times gpu_engine_get_times(const gpu_engine *e) { return e->t; }
 size_t gpu_engine_peak_bytes(const gpu_engine *e) { return e->peak; }
@@ -599,6 +606,7 @@ void gpu_engine_destroy(gpu_engine *e) {
 
 #endif /* DS_CUDA */
 
+#ifndef DS_GPU_LAZY
 /* ---- the engine.h instance: the calls above behind engine_ops ---- */
 
 typedef struct gpu_adapter {
@@ -656,3 +664,13 @@ ds_status gpu_engine_create_engine(const model *m, const ds_sample *local, size_
     *out = &a->base;
     return DS_OK;
 }
+
+#ifdef DS_CUDA
+const gpu_backend *doneshot_gpu_backend(void) {
+    static const gpu_backend be = {.version = DS_VERSION, .abi = GPU_BACKEND_ABI,
+                                   .device_count = gpu_engine_device_count,
+                                   .create_engine = gpu_engine_create_engine};
+    return &be;
+}
+#endif
+#endif /* !DS_GPU_LAZY */

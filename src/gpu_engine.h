@@ -24,7 +24,8 @@
  *
  * In a build without CUDA (make CUDA=0) gpu_engine_built() is 0, the device
  * count is 0 and gpu_engine_create returns DS_ERR_USAGE with a hint; the
- * other calls are never reached. Device failures (OOM, launch errors) abort
+ * other calls are never reached. A CUDA build loads the engine lazily (see
+ * "lazy loading" below). Device failures (OOM, launch errors) abort
  * the job through ds_fatal with the CUDA error text (common.h tier (b)).
  */
 #ifndef DS_GPU_ENGINE_H
@@ -116,5 +117,34 @@ void gpu_engine_destroy(gpu_engine *e);
  * (same errors; in a build without CUDA always DS_ERR_USAGE). */
 ds_status gpu_engine_create_engine(const model *m, const ds_sample *local, size_t nlocal, const gpu_engine_opts *o,
                                    engine **out);
+/* Why gpu_engine_device_count() is 0: "" when it is not, else e.g. "this
+ * doneshot was built without CUDA" or "no CUDA driver (libcuda.so.1: cannot
+ * open shared object file ...)". Valid after gpu_engine_device_count(). */
+const char *gpu_engine_why_none(void);
+
+/* ---- lazy loading (make CUDA=1) ----
+ * The doneshot binary of a CUDA build carries no CUDA library: src/gpu_loader.c
+ * implements gpu_engine_built, gpu_engine_device_count, gpu_engine_why_none and
+ * gpu_engine_create_engine by loading libdoneshot-cuda.so (this file with
+ * DS_CUDA + the cuda/ kernels, linked against cudart, cuBLAS, cuSOLVER) on first use,
+ * and only once the driver (libcuda.so.1) reports a device; so a CPU run of a
+ * CUDA build has the CPU build's footprint. The library exports one symbol,
+ * doneshot_gpu_backend, and takes everything else (model, gptq, util) from the
+ * executable (linked -rdynamic). Library and binary must come from the same
+ * build: the loader compares version and GPU_BACKEND_ABI, a fingerprint of the
+ * structs that cross. The other gpu_engine_* calls stay inside the library. */
+#define GPU_BACKEND_ABI                                                                                 \
+    ((size_t)1 + 3 * sizeof(model) + 5 * sizeof(model_config) + 7 * sizeof(gpu_engine_opts) +          \
+     11 * sizeof(ds_sample) + 13 * sizeof(layer_weights) + 17 * sizeof(quant_args) +                   \
+     19 * sizeof(gptq_result) + 23 * sizeof(engine_ops) + 29 * sizeof(layer_linear))
+typedef struct gpu_backend {
+    const char *version;    /* DS_VERSION of the library */
+    size_t abi;             /* GPU_BACKEND_ABI of the library */
+    int (*device_count)(void);
+    ds_status (*create_engine)(const model *m, const ds_sample *local, size_t nlocal, const gpu_engine_opts *o,
+                               engine **out);
+} gpu_backend;
+/* The table of libdoneshot-cuda.so (defined in builds with DS_CUDA). */
+const gpu_backend *doneshot_gpu_backend(void);
 
 #endif
