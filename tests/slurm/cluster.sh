@@ -7,6 +7,7 @@
 # SLURM_WHY. Needs root (slurmd runs jobs as their user) and the Debian
 # packages slurmctld, slurmd, slurm-client and munge. Every wait is bounded.
 SLURM_PIDS=""
+SLURM_LAST=""
 SLURM_DIR=""
 SLURM_WHY=""
 
@@ -35,11 +36,13 @@ pick_ports() {
     return 1
 }
 
-# wait_for SECONDS CMD...: run CMD every 0.2 s until it succeeds; 1 on timeout
+# wait_for SECONDS CMD...: run CMD every 0.2 s until it succeeds; 1 on
+# timeout, or at once when the daemon started last ($!, in SLURM_LAST) died
 wait_for() {
     w_n=$(($1 * 5)); shift
     while [ $w_n -gt 0 ]; do
         "$@" >/dev/null 2>&1 && return 0
+        [ -n "${SLURM_LAST:-}" ] && ! kill -0 "$SLURM_LAST" 2>/dev/null && return 1
         sleep 0.2; w_n=$((w_n - 1))
     done
     return 1
@@ -60,7 +63,7 @@ slurm_up() {
     munged --foreground --force --key-file=$d/munge/munge.key --socket=$d/munge/munge.sock \
         --pid-file=$d/munge/munged.pid --log-file=$d/log/munged.log --seed-file=$d/munge/seed \
         >>$d/log/munged.log 2>&1 &
-    SLURM_PIDS="$!"
+    SLURM_LAST=$!; SLURM_PIDS="$!"
     wait_for 10 test -S $d/munge/munge.sock || { SLURM_WHY="munged did not start: $(tail -n 3 $d/log/munged.log)"; return 1; }
     host=$(hostname -s)
     cpus=$(slurmd -C 2>/dev/null | sed -n 's/.* CPUs=\([0-9]*\).*/\1/p')
@@ -108,11 +111,12 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscrib
 CONF
     export SLURM_CONF=$d/slurm.conf
     slurmctld -D -c -f $SLURM_CONF >>$d/log/slurmctld.out 2>&1 &
-    SLURM_PIDS="$SLURM_PIDS $!"
+    SLURM_LAST=$!; SLURM_PIDS="$SLURM_PIDS $!"
     wait_for 20 scontrol ping || { SLURM_WHY="slurmctld did not answer: $(slurm_log_tail)"; return 1; }
     slurmd -D -N "$host" -f $SLURM_CONF >>$d/log/slurmd.out 2>&1 &
-    SLURM_PIDS="$SLURM_PIDS $!"
-    wait_for 30 sh -c 'sinfo -h -o %t | grep -qx idle' || { SLURM_WHY="the node did not come up idle: $(sinfo -h -o '%t %E' 2>&1) $(slurm_log_tail)"; return 1; }
+    SLURM_LAST=$!; SLURM_PIDS="$SLURM_PIDS $!"
+    wait_for 30 sh -c 'sinfo -h -o %t | grep -qx idle' || { SLURM_WHY="the node did not come up idle: $(sinfo -h -o '%t %E' 2>&1) $(tail -n 3 $d/log/slurmd.out) $(slurm_log_tail)"; return 1; }
+    SLURM_LAST=""
     return 0
 }
 
