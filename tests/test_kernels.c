@@ -499,10 +499,10 @@ static void run(int idx) {
     case 9: t_hessian(300, 77, 0); t_hessian(2048, 1024, 0); break;
     case 10: t_hessian(301, 131, 1); t_hessian(4096, 512, 1); break;
     case 11: {
-        quant_args g4 = {4, 0, QS_GROUP, 64, QA_STATIC};  /* asym int4 g64, actorder static */
-        quant_args c8 = {8, 1, QS_CHANNEL, -1, QA_NONE};  /* sym int8 per channel */
-        quant_args g4s = {4, 1, QS_GROUP, 128, QA_STATIC}; /* W4A16 */
-        quant_args t4 = {4, 1, QS_TENSOR, -1, QA_NONE};
+        quant_args g4 = {.num_bits = 4, .symmetric = 0, .strategy = QS_GROUP, .group_size = 64, .actorder = QA_STATIC}; /* asym int4 g64, actorder static */
+        quant_args c8 = {.num_bits = 8, .symmetric = 1, .strategy = QS_CHANNEL, .group_size = -1, .actorder = QA_NONE}; /* sym int8 per channel */
+        quant_args g4s = {.num_bits = 4, .symmetric = 1, .strategy = QS_GROUP, .group_size = 128, .actorder = QA_STATIC}; /* W4A16 */
+        quant_args t4 = {.num_bits = 4, .symmetric = 1, .strategy = QS_TENSOR, .group_size = -1, .actorder = QA_NONE};
         t_gptq(67, 256, g4, 5);
         t_gptq(45, 200, c8, -1);
         t_gptq(33, 160, t4, -1);
