@@ -261,6 +261,9 @@ static int cmd_quantize(int argc, char **argv) {
         return 0;
     }
     ds_log_set_level(DS_LOG_INFO + c.verbosity);
+    /* SIGUSR1/SIGTERM from here on (also while the model and data load): a
+     * resume point at the next layer boundary, then stop */
+    ds_install_stop_handlers();
     if ((st = comm_sync_report(st))) {
         if (comm_rank() == 0) fprintf(stderr, "usage: doneshot --recipe FILE [options]; see doneshot --help\n");
         return st;
@@ -323,7 +326,6 @@ static int cmd_quantize(int argc, char **argv) {
     ds_info("calibration: %s | %zu samples (max %ld tokens each, seed %ld) | rank 0 holds %zu | data %.2fs",
             dataset, data.n, max_seq, seed, count, ds_now() - t_data);
 
-    ds_install_stop_handlers(); /* SIGUSR1/SIGTERM: resume point at the next layer boundary, then stop */
     run_opts ro = {.out_dir = output, .overwrite = c.overwrite, .max_shard_bytes = (uint64_t)max_shard,
                    .moe_routed_only = !moe_all, .cuda = cuda, .offload_acts = c.offload_acts,
                    .gpu_budget_bytes = (size_t)c.gpu_memory, .max_micro_batch = c.micro_batch > 0 ? (int)c.micro_batch : 0, .resume = c.resume,
