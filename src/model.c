@@ -208,7 +208,10 @@ static ds_status parse_qweights(const cJSON *w, const char *path, const char *gr
     int gs_m1 = cJSON_IsNumber(gsj) && gsj->valuedouble == -1; /* -1: channel */
     if (!gs_m1 && (st = get_int(w, ctx, "group_size", 0, -1, 1, MAX_INTER, &gs))) return st;
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(w, "type");
-    if (v && !cJSON_IsNull(v) && !(cJSON_IsString(v) && strcmp(v->valuestring, "int") == 0))
+    a->type = cJSON_IsString(v) && strcmp(v->valuestring, "float") == 0 ? QT_FLOAT : QT_INT;
+    if ((v && !cJSON_IsNull(v) && !(cJSON_IsString(v) && (strcmp(v->valuestring, "int") == 0 ||
+                                                           a->type == QT_FLOAT))) ||
+        !scheme_format_name(a)) /* no format of the scheme table reads it (float, for now) */
         return ds_error(DS_ERR_INPUT, "%s: quantization_config.config_groups.%s.weights.type: only \"int\" is "
                         "supported", path, grp);
     v = cJSON_GetObjectItemCaseSensitive(w, "dynamic");
