@@ -29,12 +29,6 @@ static const struct { const char *name; model_arch arch; } g_archs[] = {
 #define SUPPORTED_ARCHS "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, " \
                         "Qwen2MoeForCausalLM, Qwen3MoeForCausalLM, MixtralForCausalLM"
 
-static const char *g_lin_suffix[LIN_COUNT] = {
-    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj",
-};
-
-const char *model_lin_suffix(int lin) { return g_lin_suffix[lin]; }
 
 /* ---- config.json ---- */
 
