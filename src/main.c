@@ -216,26 +216,29 @@ static ds_status select_device(const char *want, const model_config *mc, int *cu
     const char *why = NULL;
     *cuda = 0;
     if (strcmp(want, "cpu") == 0) return DS_OK;
-    if (!gpu_engine_built())
-        why = "this doneshot was built without CUDA";
-    else if (gpu_engine_device_count() <= 0)
-        why = "no CUDA device is visible";
-    else if (gpu_engine_check_model(mc) != DS_OK)
-        why = "the CUDA engine runs dense bfloat16 decoders; this model is not one";
-    int ok = why == NULL;
     if (strcmp(want, "cuda") == 0) {
         if (!gpu_engine_built())
             st = ds_error(DS_ERR_USAGE, "--device cuda: this doneshot was built without CUDA\n"
                           "hint: use --device cpu, or rebuild with nvcc installed (make CUDA=1)");
         else if (gpu_engine_device_count() <= 0)
             st = ds_error(DS_ERR_USAGE, "--device cuda: no CUDA device is visible on this node "
-                          "(CUDA_VISIBLE_DEVICES=%s)\nhint: check nvidia-smi, or use --device cpu",
+                          "(%s; CUDA_VISIBLE_DEVICES=%s)\nhint: check nvidia-smi, or use --device cpu",
+                          gpu_engine_why_none(),
                           getenv("CUDA_VISIBLE_DEVICES") ? getenv("CUDA_VISIBLE_DEVICES") : "unset");
-        else if (!ok)
+        else
             st = gpu_engine_check_model(mc); /* names what is not supported */
         *cuda = st == DS_OK;
         return st;
     }
+    /* auto: the model first, so a model the engine does not run never loads
+     * the CUDA libraries */
+    if (!gpu_engine_built())
+        why = "this doneshot was built without CUDA";
+    else if (gpu_engine_check_model(mc) != DS_OK)
+        why = "the CUDA engine runs dense bfloat16 decoders; this model is not one";
+    else if (gpu_engine_device_count() <= 0)
+        why = gpu_engine_why_none();
+    int ok = why == NULL;
     *cuda = !comm_allreduce_max_int(!ok); /* auto: every rank can, or none does */
     if (!*cuda && comm_rank() == 0 && gpu_engine_built())
         ds_info("device auto: cpu (%s)", why ? why : "a rank has no usable CUDA device");
