@@ -11,6 +11,7 @@
  */
 #include "dataset.h"
 #include "test.h"
+#include "fixtures.h"
 
 #include <cjson/cJSON.h>
 #include <stdlib.h>
@@ -35,7 +36,7 @@ static void test_chat_goldens(void) {
         CHECK(cJSON_IsArray(root));
         int n = 0;
         cJSON_ArrayForEach(e, root) {
-            const char *dir = cJSON_GetObjectItem(e, "dir")->valuestring;
+            const char *dir = fixture(cJSON_GetObjectItem(e, "dir")->valuestring);
             const char *want = cJSON_GetObjectItem(e, "rendered")->valuestring;
             char *mj = cJSON_PrintUnformatted(cJSON_GetObjectItem(e, "messages"));
             tokenizer *t = NULL;
