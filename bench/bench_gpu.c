@@ -154,7 +154,7 @@ int main(int argc, char **argv) {
         struct { const char *name; int out, in; } lin[7] = {
             {"gptq q", qo, C}, {"gptq k", kv, C}, {"gptq v", kv, C}, {"gptq o", C, qo},
             {"gptq gate", F, C}, {"gptq up", F, C}, {"gptq down", C, F}};
-        quant_args qa = {4, 1, QS_GROUP, 128, QA_STATIC};
+        quant_args qa = {.num_bits = 4, .symmetric = 1, .strategy = QS_GROUP, .group_size = 128, .actorder = QA_STATIC};
         float *Hsrc = ds_cuda_malloc((size_t)F * F * 4), *Hw = ds_cuda_malloc((size_t)F * F * 4);
         float *W = ds_cuda_malloc((size_t)F * C * 4);
         float *wqo = ds_cuda_malloc((size_t)F * C * 4);
