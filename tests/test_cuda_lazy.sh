@@ -24,6 +24,11 @@ T=$(mktemp -d /tmp/ds-cuda-lazy.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 R="--recipe recipes/stories260k-w4a16.json --overwrite"
 run() { timeout -k 10 120 "$BIN" "$@"; }
+# --device auto asks for devices only for a model the CUDA engine runs (a
+# dense bf16 decoder): the auto cases below use the bf16 fixture
+FIX=${DS_FIXTURES:-${BUILD:-build}/fixtures}
+${PYTHON:-python3} tests/fixtures.py "$FIX" >/dev/null || { echo "FAIL fixtures"; exit 1; }
+RB="$R --model $FIX/models/stories260K-bf16"
 
 # 1. the binary maps no CUDA library; the engine library exports one symbol
 ldd "$BIN" | grep -E 'libcuda|libcudart|libcublas|libcusolver|libnvJitLink' >"$T/ldd"
@@ -48,7 +53,7 @@ else
 
     # 4. DONESHOT_CUDA_LIB naming a missing file: auto falls back to the CPU
     #    with a warning naming it; --device cuda exits 2
-    DONESHOT_CUDA_LIB=$T/missing.so run $R --output "$T/auto" >"$T/auto.log" 2>&1; rc=$?
+    DONESHOT_CUDA_LIB=$T/missing.so run $RB --output "$T/auto" >"$T/auto.log" 2>&1; rc=$?
     [ $rc -eq 0 ] && grep -q "DONESHOT_CUDA_LIB=$T/missing.so" "$T/auto.log" && grep -q 'device auto: cpu' "$T/auto.log" \
         && ok || { fail "DONESHOT_CUDA_LIB missing, --device auto: rc $rc"; cat "$T/auto.log"; }
     DONESHOT_CUDA_LIB=$T/missing.so run $R --device cuda --output "$T/cuda" >"$T/cuda2.log" 2>&1; rc=$?
@@ -74,11 +79,11 @@ const struct table *doneshot_gpu_backend(void) {
 }
 EOF
         cc -shared -fPIC -o "$T/libcuda.so.1" "$T/drv.c" && cc -shared -fPIC -o "$T/other.so" "$T/other.c" || fail "cc"
-        LD_LIBRARY_PATH=$T run $R --output "$T/fake" -v >"$T/fake.log" 2>&1; rc=$?
+        LD_LIBRARY_PATH=$T run $RB --output "$T/fake" -v >"$T/fake.log" 2>&1; rc=$?
         [ $rc -eq 0 ] && grep -q 'CUDA runtime reports no device (driver: 1)' "$T/fake.log" \
             && grep -q 'device auto: cpu' "$T/fake.log" && ! grep -q 'warning' "$T/fake.log" \
             && ok || { fail "engine library loaded by the stand-in driver: rc $rc"; grep doneshot "$T/fake.log"; }
-        DONESHOT_CUDA_LIB=/etc/hostname LD_LIBRARY_PATH=$T run $R --output "$T/fake" >"$T/bad.log" 2>&1; rc=$?
+        DONESHOT_CUDA_LIB=/etc/hostname LD_LIBRARY_PATH=$T run $RB --output "$T/fake" >"$T/bad.log" 2>&1; rc=$?
         [ $rc -eq 0 ] && grep -q 'cannot load the CUDA engine: /etc/hostname' "$T/bad.log" \
             && ok || { fail "DONESHOT_CUDA_LIB not a library: rc $rc"; cat "$T/bad.log"; }
         DONESHOT_CUDA_LIB=$T/other.so LD_LIBRARY_PATH=$T run $R --device cuda --output "$T/other" >"$T/other.log" 2>&1
