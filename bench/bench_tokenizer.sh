@@ -16,8 +16,9 @@ mpicc -std=c11 -D_GNU_SOURCE -O2 -Isrc $(pkg-config --cflags libcjson) src/util.
 export RAYON_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=1
 echo "text: $TEXT ($(wc -c < "$TEXT") bytes), one encode call, best of 3, single thread"
 printf '%-10s %14s %14s %8s\n' tokenizer "doneshot MB/s" "HF MB/s" ratio
+python3 tests/fixtures.py build/fixtures >/dev/null || exit 1 # the committed tokenizers, unpacked
 for name in llama3 qwen2; do
-    tj=../shared/tokenizers/$name/tokenizer.json
+    tj=build/fixtures/tokenizers/$name/tokenizer.json
     c=$("$OUT/bench_tokenizer" "$tj" "$TEXT" 3)
     h=$("$PY" bench/bench_tokenizer.py "$tj" "$TEXT" 3 2>/dev/null)
     cm=${c%% *}; hm=${h%% *}

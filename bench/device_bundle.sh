@@ -1,14 +1,13 @@
 #!/bin/sh
-# device_bundle.sh - a self-contained doneshot for a lent GPU machine, which
-# has CUDA but no MPI and no Debian packages (../.library/device/README.md).
+# device_bundle.sh - a self-contained doneshot for a GPU machine that has the
+# CUDA driver and toolkit but no MPI and none of the Debian packages.
 # Builds `make CUDA=1 MPI=0 CUDA_ARCH=90` (one rank, H100/H200) into
 # build/device, gathers the binaries (doneshot with libdoneshot-cuda.so, the
 # CUDA engine it loads from beside itself), the non-CUDA shared libraries they
 # load (cJSON, OpenBLAS, LAPACKE, PCRE2, utf8proc, zlib, gfortran) and the bf16
-# demo model into one archive, build/device-bundle.tgz (~25 MB; the device's carry
-# limit is 64 MiB with the repo). Then, with the device tool:
-#   run(carry=["build/device-bundle.tgz"],
-#       command="tar xzf build/device-bundle.tgz -C /tmp && sh bench/device_check.sh /tmp/doneshot-device")
+# demo model into one archive, build/device-bundle.tgz (~25 MB). Then, on the
+# GPU machine, with a checkout of the repo beside it:
+#   tar xzf build/device-bundle.tgz -C /tmp && sh bench/device_check.sh /tmp/doneshot-device
 # (BENCH=1 in front of `sh` adds the Llama-3-8B benchmark, ~10 min).
 set -eu
 B=build/device
@@ -24,10 +23,11 @@ for f in $D/doneshot $D/libdoneshot-cuda.so $D/bench_gpu $D/gen_model $D/ckpt_di
     awk '/=> \// { print $3 }' | sort -u |
     grep -v -E '/(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s)\.so|/ld-linux|/libcu|/libnv' |
     while read -r so; do cp -L "$so" $D/lib/; done
-if [ -d ../shared/models/stories260K-bf16 ]; then
-    cp -r ../shared/models/stories260K-bf16 $D/models/
+# the bf16 demo model, generated from data/stories260K (tests/fixtures.py)
+if python3 tests/fixtures.py build/fixtures >/dev/null; then
+    cp -r build/fixtures/models/stories260K-bf16 $D/models/
 else
-    echo "warning: ../shared/models/stories260K-bf16 not found; device_check.sh will skip the e2e check" >&2
+    echo "warning: tests/fixtures.py failed; device_check.sh will skip the e2e check" >&2
 fi
 tar czf build/device-bundle.tgz -C build/device-bundle doneshot-device
 ls -l build/device-bundle.tgz | awk '{ printf "build/device-bundle.tgz: %.1f MB\n", $5 / 1e6 }'

@@ -7,7 +7,8 @@
 #      and with --offload-activations --micro-batch 3;
 #   3. BENCH=1: bench/bench_gpu.sh with the bundle's binaries at -np 1
 #      (per-layer micro-benchmark, synthetic Llama-3-8B end to end, offload).
-# Results are copied to $OUT when set (the device tool fetches them).
+# Results are also copied, step by step, to the directory $OUT when it is set
+# (so a run cut short by a time limit still leaves what it finished).
 # Exit status: the number of failed steps.
 set -u
 D=${1:-/tmp/doneshot-device}
