@@ -2,7 +2,7 @@
  * model.c - config.json parsing, weight binding and the decoder-layer
  * forward pass (HF transformers modeling_llama.py / modeling_qwen2.py /
  * modeling_qwen3.py, modeling_qwen2_moe.py, modeling_qwen3_moe.py,
- * modeling_mixtral.py; ../shared/docs/model-and-tokenizer.md §1.3-2.7, §3).
+ * modeling_mixtral.py; docs/model-and-tokenizer.md §1.3-2.7, §3).
  * Deliberately not here: the lm_head/loss (eval), GPU code.
  */
 #include "model.h"

@@ -4,7 +4,7 @@
  * (clamp then round half-to-even), and the pack-quantized bit layout.
  * Source: compressed-tensors quantization/utils/helpers.py,
  * lifecycle/forward.py, compressors/pack_quantized/helpers.py
- * (../shared/docs/reference-llm-compressor.md §1.3, §3.2).
+ * (docs/reference-llm-compressor.md §1.3, §3.2).
  */
 #ifndef DS_QUANT_H
 #define DS_QUANT_H

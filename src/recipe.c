@@ -3,7 +3,7 @@
  * and the config.json "quantization_config" block.
  *
  * Follows llm-compressor's recipe schema and GPTQModifier/QuantizationMixin
- * semantics (../shared/docs/reference-llm-compressor.md §1.5, §1.6, §4) and
+ * semantics (docs/reference-llm-compressor.md §1.5, §1.6, §4) and
  * compressed-tensors' QuantizationArgs validation and serialization (§3.7).
  * Deliberately not supported (clear DS_ERR_USAGE errors): YAML, modifiers
  * other than GPTQModifier, more than one config group, activation or float

@@ -1,6 +1,6 @@
 /*
  * recipe.h - the JSON recipe: a mirror of llm-compressor's recipe schema
- * (../shared/docs/reference-llm-compressor.md §4) plus doneshot's run
+ * (docs/reference-llm-compressor.md §4) plus doneshot's run
  * settings. Accepted forms:
  *   {"modifiers": [{"GPTQModifier": {...}}], <run keys>}
  *   {"<x>_stage": {"<y>_modifiers": {"GPTQModifier": {...}}}, <run keys>}

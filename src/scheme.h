@@ -15,7 +15,7 @@
  *   weight_zero_point I32 [ceil(out*b/32), groups]   iff asymmetric
  *   weight_g_idx      I32 [in]                       iff actorder group
  * Source: compressed-tensors compressors/pack_quantized
- * (../shared/docs/reference-llm-compressor.md §3.2, §3.7).
+ * (docs/reference-llm-compressor.md §3.2, §3.7).
  */
 #ifndef DS_SCHEME_H
 #define DS_SCHEME_H
