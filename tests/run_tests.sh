@@ -32,7 +32,7 @@ for t in "$BUILD"/tests/test_*; do
     if [ $rc -ne 0 ] && ! grep -qE '^[0-9]+ passed, [1-9]' "$tmp"; then echo "  exit $rc"; F=$((F + 1)); fi
 done
 for t in tests/*.sh; do
-    case "$t" in tests/run_tests.sh) continue;; esac
+    case "$t" in tests/run_tests.sh|tests/lib.sh) continue;; esac
     echo "== $t"
     sh "$t" >"$tmp" 2>&1; rc=$?
     grep -E '^(FAIL|SKIP)' "$tmp"; tail -1 "$tmp"

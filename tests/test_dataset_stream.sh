@@ -13,20 +13,7 @@ BUILD=${BUILD:-build}
 MPIRUN=${MPIRUN:-mpirun --oversubscribe}
 DS=$BUILD/doneshot
 RECIPE=recipes/stories260k-w4a16.json
-if [ "$(id -u)" = 0 ]; then
-    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-fi
-export OMPI_MCA_rmaps_base_oversubscribe=1
-P=0; F=0; S=0
-pass() { echo "ok   $1"; P=$((P + 1)); }
-fail() { echo "FAIL $1"; F=$((F + 1)); }
-skip() { echo "SKIP $1"; S=$((S + 1)); }
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-
-if [ ! -x "$DS" ]; then
-    echo "FAIL $DS not built"; echo "0 passed, 1 failed, 0 skipped"; exit 1
-fi
+. tests/lib.sh # counters, pass/fail/skip, $TMP, the DS check
 
 # $1 rows -> stdout: JSON lines, row i has a distinct text (~160 bytes)
 gen_rows() {

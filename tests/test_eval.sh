@@ -13,20 +13,7 @@ DS=$BUILD/doneshot
 MODEL=data/stories260K
 TEXT=data/tinystories_sample.txt
 REF=${REF_FORWARD:-tests/reference_forward.py}
-if [ "$(id -u)" = 0 ]; then
-    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-fi
-export OMPI_MCA_rmaps_base_oversubscribe=1
-P=0; F=0; S=0
-pass() { echo "ok   $1"; P=$((P + 1)); }
-fail() { echo "FAIL $1"; F=$((F + 1)); }
-skip() { echo "SKIP $1"; S=$((S + 1)); }
-TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-
-if [ ! -x "$DS" ]; then
-    echo "FAIL $DS not built"; echo "0 passed, 1 failed, 0 skipped"; exit 1
-fi
+. tests/lib.sh # counters, pass/fail/skip, $TMP, the DS check
 
 # ---- -np independence ----
 ARGS="--model $MODEL --dataset $TEXT --seq-len 128 --max-windows 23 -q"
