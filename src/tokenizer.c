@@ -668,6 +668,7 @@ static char *rewrite_ws(const char *p) {
         tok_buf_put(&b, p + i, 1);
     }
     tok_buf_reserve(&b, 0);
+    b.p[b.n] = 0; /* an empty pattern puts nothing: terminate it here */
     return b.p;
 }
 
