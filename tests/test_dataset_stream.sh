@@ -38,8 +38,13 @@ rc=$?
 t2=$(date +%s)
 peak=$(peak_mib "$TMP/big.json" 2>/dev/null)
 echo "-np 2 on the ~320 MB .jsonl.gz: exit $rc in $((t2 - t1)) s, peak RSS ${peak:-?} MiB (max over ranks)"
-if [ $rc -eq 0 ] && [ -n "$peak" ] && [ "$peak" != none ] && [ "$peak" -lt 128 ]; then
-    pass "a ~320 MB .jsonl.gz quantizes at -np 2 with < 128 MiB peak RSS per rank"
+# an ASan build (make asan) keeps freed memory in quarantine and shadow
+# memory besides: its RSS says nothing about the reader, so only the exit
+# status counts there
+LIM=128
+nm "$DS" 2>/dev/null | grep -q __asan_init && { LIM=100000; echo "SKIP the 128 MiB bound: ASan build"; }
+if [ $rc -eq 0 ] && [ -n "$peak" ] && [ "$peak" != none ] && [ "$peak" -lt $LIM ]; then
+    pass "a ~320 MB .jsonl.gz quantizes at -np 2 with < $LIM MiB peak RSS per rank"
 else
     fail "big .jsonl.gz: exit $rc, peak RSS ${peak:-?} MiB (want exit 0, < 128 MiB): $(tail -c 400 "$TMP/big.log")"
 fi
