@@ -166,7 +166,9 @@ static ds_status resume_open(run *u, int *start) {
     const uint64_t data_fp = (uint64_t)halves[0] ^ ((uint64_t)halves[1] << 29);
     /* the model as rank 0 sees it (path, mtime, bytes); every other rank
      * (another node may hold its own copy) must see the same bytes */
-    uint64_t mfp[2] = {resume_model_fingerprint(u->m, 1), resume_model_fingerprint(u->m, 0)}, mine = mfp[1];
+    uint64_t mfp[2];
+    resume_model_fingerprint(u->m, &mfp[0], &mfp[1]);
+    const uint64_t mine = mfp[1];
     comm_bcast(mfp, sizeof mfp, 0);
     ds_status st = DS_OK;
     if (mine != mfp[1])

@@ -18,8 +18,8 @@ static uint64_t fnv(uint64_t h, const void *p, size_t n) {
     return h;
 }
 
-uint64_t resume_model_fingerprint(const model *m, int with_location) {
-    uint64_t h = 1469598103934665603ull;
+void resume_model_fingerprint(const model *m, uint64_t *full, uint64_t *content) {
+    uint64_t h = 1469598103934665603ull, loc = h;
     char *cfg = ds_path_join(m->dir, "config.json"), *text = NULL;
     size_t n = 0;
     if (ds_read_file(cfg, &text, &n) == DS_OK) h = fnv(h, text, n);
@@ -37,13 +37,11 @@ uint64_t resume_model_fingerprint(const model *m, int with_location) {
         }
         const int64_t size = (int64_t)sb.st_size;
         h = fnv(h, &size, sizeof size);
-        if (with_location) {
-            const int64_t mt[] = {(int64_t)sb.st_mtim.tv_sec, (int64_t)sb.st_mtim.tv_nsec};
-            h = fnv(h, mt, sizeof mt);
-            char *real = realpath(path, NULL);
-            if (real) h = fnv(h, real, strlen(real));
-            free(real);
-        }
+        const int64_t mt[] = {(int64_t)sb.st_mtim.tv_sec, (int64_t)sb.st_mtim.tv_nsec};
+        loc = fnv(loc, mt, sizeof mt);
+        char *real = realpath(path, NULL);
+        if (real) loc = fnv(loc, real, strlen(real));
+        free(real);
         for (int k = 0; k < 16; k++) { /* 16 pages spread over the file: weights, not just the header */
             off_t off = (off_t)((double)sb.st_size * k / 16.0);
             ssize_t got = pread(fd, page, 4096, off);
@@ -52,7 +50,8 @@ uint64_t resume_model_fingerprint(const model *m, int with_location) {
         close(fd);
     }
     free(page);
-    return h;
+    *content = h;
+    *full = fnv(h, &loc, sizeof loc);
 }
 
 uint64_t resume_ids_fingerprint(const ds_sample *local, size_t nlocal) {

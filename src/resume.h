@@ -34,16 +34,16 @@ typedef struct resume_head {
     uint64_t nlocal, ntok, C;
 } resume_head;
 
-/* FNV-1a 64 of the model's identity: config.json, and per shard its size
- * and 16 4-KiB pages spread over the file; with_location adds each shard's
- * real path and mtime (ns). The job uses rank 0's full fingerprint; every
- * rank checks its content fingerprint against rank 0's (each node may hold
- * its own copy of the model). */
-uint64_t resume_model_fingerprint(const model *m, int with_location);
+/* FNV-1a 64 of the model, in one pass over its files: *content covers
+ * config.json and per shard its size and 16 4-KiB pages spread over the
+ * file; *full adds each shard's real path and mtime (ns). The job uses rank
+ * 0's *full; every rank checks its *content against rank 0's (each node may
+ * hold its own copy of the model). */
+void resume_model_fingerprint(const model *m, uint64_t *full, uint64_t *content);
 /* FNV-1a 64 of a rank's samples (lengths and token ids, in order). */
 uint64_t resume_ids_fingerprint(const ds_sample *local, size_t nlocal);
 /* FNV-1a 64 of the job (identical on every rank): version, recipe, model
- * shape, model_fp (rank 0's resume_model_fingerprint with location), world
+ * shape, model_fp (rank 0's full resume_model_fingerprint), world
  * size, device, sample/token totals and data_fp (the ids of all ranks
  * combined, see pipeline.c). */
 uint64_t resume_job_fingerprint(const model *m, const recipe *r, int world, int cuda, size_t samples_total,
