@@ -274,9 +274,8 @@ ds_status ckpt_check_output(const ckpt_paths *p, int overwrite) {
             if (!ds_is_dir(dir))
                 st = ds_error(DS_ERR_USAGE, "--summary '%s': directory '%s' does not exist\n"
                               "hint: create it first", p->summary, dir);
-            else if (access(dir, W_OK | X_OK) != 0)
-                st = ds_error(DS_ERR_USAGE, "--summary '%s': cannot write in '%s': %s", p->summary, dir,
-                              strerror(errno));
+            else
+                st = check_writable_parent("--summary", p->summary, dir);
             free(dir);
         }
     }
