@@ -5,6 +5,8 @@
 #   2. issue 5's acceptance check on the bf16 demo model: --device cuda and
 #      --device cpu checkpoints agree (>= 99 % identical int codes), resident
 #      and with --offload-activations --micro-batch 3;
+#   4. mpirun -np 2 on one GPU through the bundled Open MPI: per-module
+#      GPTQ loss vs -np 1 (summed within 0.5 %) and the times;
 #   3. BENCH=1: bench/bench_gpu.sh with the bundle's binaries at -np 1
 #      (per-layer micro-benchmark, synthetic Llama-3-8B end to end, offload).
 # Results are also copied, step by step, to the directory $OUT when it is set
@@ -38,6 +40,31 @@ if [ -d "$M" ]; then
 else
     echo "skipped: $M not in the bundle"; fails=$((fails + 1))
 fi
+
+echo "== 4. mpirun -np 2 on one GPU with the bundled Open MPI (no MPI installed here)"
+if [ -x "$D/mpi/doneshot" ] && [ -d "$D/ompi" ] && [ -d "$M" ]; then
+    # both ranks share the GPU; per-module GPTQ loss vs -np 1 (the sample
+    # split changes the summation order, so codes may differ: compare losses)
+    ( OMPI_BUNDLE=$D/ompi; . "$D/ompi/env.sh"
+      export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+      R="--recipe recipes/stories260k-w4a16.json --model $M --overwrite --device cuda -q"
+      timeout 300 "$D/mpi/doneshot" $R --output $W/np1 --summary $W/np1.json &&
+      timeout 300 mpirun --oversubscribe -np 2 "$D/mpi/doneshot" $R --output $W/np2 --summary $W/np2.json ) \
+        >$W/np2.txt 2>&1 || fails=$((fails + 1))
+    python3 - $W/np1.json $W/np2.json >>$W/np2.txt 2>&1 <<'PY' || fails=$((fails + 1))
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+la = {m["name"]: m["loss"] for m in a["modules"]}
+lb = {m["name"]: m["loss"] for m in b["modules"]}
+worst = max(abs(la[k] - lb[k]) / max(abs(la[k]), 1e-12) for k in la)
+print(f"-np 1 {a['total_time_s']:.2f} s, -np 2 {b['total_time_s']:.2f} s; summed loss {sum(la.values()):.6g} vs {sum(lb.values()):.6g}; worst module rel diff {worst:.2e}")
+sys.exit(0 if abs(sum(la.values()) - sum(lb.values())) <= 5e-3 * sum(la.values()) else 1)
+PY
+    cat $W/np2.txt
+else
+    echo "skipped: the bundle has no mpi/doneshot or ompi/ (older bundle_openmpi-less bundle)"; fails=$((fails + 1))
+fi
+[ -n "${OUT:-}" ] && cp $W/*.txt $W/*.json "$OUT"/ 2>/dev/null
 
 if [ "${BENCH:-0}" = 1 ]; then
     echo "== 3. benchmark"

@@ -11,7 +11,7 @@ pass() { echo "ok   $1"; P=$((P + 1)); }
 fail() { echo "FAIL $1"; F=$((F + 1)); }
 skip() { echo "SKIP $1"; S=$((S + 1)); }
 TMP=$(mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
+[ -n "${KEEP:-}" ] && echo "work dir: $TMP" || trap 'rm -rf "$TMP"' EXIT
 
 if [ ! -x "$DS" ]; then
     echo "FAIL $DS not built"; echo "0 passed, 1 failed, 0 skipped"; exit 1
