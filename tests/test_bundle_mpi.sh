@@ -19,6 +19,10 @@ done_() { echo "$P passed, $F failed, $S skipped"; [ "$F" -eq 0 ]; exit $?; }
 if [ "$(id -u)" != 0 ] || ! command -v unshare >/dev/null 2>&1; then
     skip "bundle: needs root and unshare (mount namespace)"; done_
 fi
+mkdir -p "$TMP/probe_a" "$TMP/probe_b"
+if ! unshare -m sh -c "mount --bind '$TMP/probe_a' '$TMP/probe_b'" 2>/dev/null; then
+    skip "bundle: cannot bind-mount in a mount namespace here"; done_
+fi
 B=$TMP/ompi
 if ! sh bench/bundle_openmpi.sh "$B" >"$TMP/bundle.log" 2>&1; then
     if grep -q "not found" "$TMP/bundle.log"; then skip "bundle: $(cat "$TMP/bundle.log")"; done_; fi
