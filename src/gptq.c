@@ -276,6 +276,158 @@ static int factor_hinv(float *H, int n) {
     return 0;
 }
 
+/* ---- the factorisation of H, shared by the modules that use the same H ----
+ * Everything up to U depends on H (its f32 bytes), dampening_frac and whether
+ * columns are permuted, never on the weight: the permutation, the dead
+ * columns, the damped inverse's upper Cholesky factor, the failure. */
+typedef struct hfactor {
+    int n;
+    int64_t *perm;      /* [n] processing order */
+    unsigned char *dead;/* [n] permuted column i had H_ii == 0 */
+    float *U;           /* [n, n] row-major upper factor (H's buffer, or owned by the cache) */
+    int finite, info;   /* H finite; 0 or the failing LAPACK info (-1: non-finite U) */
+} hfactor;
+
+static void hfactor_free(hfactor *f) {
+    free(f->perm);
+    free(f->dead);
+    memset(f, 0, sizeof *f);
+}
+
+/* Steps 1-5 on H in place (f->U = H; f owns perm and dead). */
+static void hfactor_compute(float *H, int n, int use_perm, double dampening_frac, hfactor *f) {
+    memset(f, 0, sizeof *f);
+    f->n = n;
+    f->perm = xmalloc((size_t)n * sizeof(int64_t));
+    f->dead = xcalloc((size_t)n, 1);
+    int64_t *perm = f->perm;
+    /* 1-2. permutation (descending diag(H), torch's tie order) */
+    if (use_perm) {
+        float *d = xmalloc((size_t)n * sizeof(float));
+        for (int i = 0; i < n; i++) d[i] = H[(size_t)i * n + i];
+        gptq_argsort_desc(d, n, perm);
+        free(d);
+        /* permute H in place of a copy (H[perm][:, perm]) */
+        float *Hp = xmalloc((size_t)n * n * sizeof(float));
+        for (int i = 0; i < n; i++) {
+            const float *src = H + (size_t)perm[i] * n;
+            float *dst = Hp + (size_t)i * n;
+            for (int j = 0; j < n; j++) dst[j] = src[perm[j]];
+        }
+        memcpy(H, Hp, (size_t)n * n * sizeof(float));
+        free(Hp);
+    } else {
+        for (int i = 0; i < n; i++) perm[i] = i;
+    }
+    /* 3. dead columns, 4. dampening */
+    int finite = 1;
+    for (size_t k = 0; k < (size_t)n * n && finite; k++)
+        if (!isfinite(H[k])) finite = 0;
+    double dsum = 0;
+    for (int i = 0; i < n; i++) {
+        float *hii = &H[(size_t)i * n + i];
+        if (*hii == 0.0f) {
+            *hii = 1.0f;
+            f->dead[i] = 1;
+        }
+        dsum += *hii;
+    }
+    float mean = (float)(dsum / n);
+    float damp = (float)dampening_frac * mean;
+    for (int i = 0; i < n; i++) H[(size_t)i * n + i] += damp;
+    /* 5. U = chol(chol_inverse(chol(H)), upper) */
+    f->finite = finite;
+    f->info = finite ? factor_hinv(H, n) : -1;
+    f->U = H;
+}
+
+/* A per-thread memo of the last factorisations, keyed by a 128-bit hash of
+ * (n, H's f32 bytes, dampening_frac, permuted or not): in all-experts MoE
+ * calibration every expert's gate_proj and up_proj (and a dense layer's
+ * q/k/v, gate/up) come with the same Hessian, which is then factored once.
+ * The hit returns the very factor a fresh computation would give (same
+ * inputs, same code), so results are bit-identical. Factors above
+ * HF_CACHE_MAX_N columns (> 256 MiB) are not kept. */
+#define HF_CACHE_SLOTS 2
+#define HF_CACHE_MAX_N 8192
+typedef struct hf_slot {
+    uint64_t k0, k1;
+    int n, use_perm;
+    double damp;
+    uint64_t last_use;
+    hfactor f; /* f.U owned */
+} hf_slot;
+static _Thread_local hf_slot g_hf[HF_CACHE_SLOTS];
+static _Thread_local uint64_t g_hf_clock;
+static _Thread_local int64_t g_hf_hits, g_hf_misses;
+
+static void hf_hash(const float *H, size_t nn, uint64_t *k0, uint64_t *k1) {
+    /* two independent 64-bit multiply-xorshift streams over the 32-bit words */
+    uint64_t a = 0x9e3779b97f4a7c15ull ^ nn, b = 0xc2b2ae3d27d4eb4full + nn;
+    const uint32_t *w = (const uint32_t *)(const void *)H;
+    for (size_t i = 0; i < nn; i++) {
+        a = (a ^ w[i]) * 0x100000001b3ull;
+        a ^= a >> 29;
+        b = (b + w[i]) * 0xff51afd7ed558ccdull;
+        b ^= b >> 32;
+    }
+    *k0 = a;
+    *k1 = b;
+}
+
+void gptq_factor_cache_clear(void) {
+    for (int i = 0; i < HF_CACHE_SLOTS; i++) {
+        free(g_hf[i].f.U);
+        hfactor_free(&g_hf[i].f);
+        memset(&g_hf[i], 0, sizeof g_hf[i]);
+    }
+}
+
+void gptq_factor_cache_stats(int64_t *hits, int64_t *misses) {
+    if (hits) *hits = g_hf_hits;
+    if (misses) *misses = g_hf_misses;
+}
+
+/* The factor of H (modified in place as scratch): a memo hit, or computed
+ * now (and memoised when small enough). *fc: the factor to use (borrowed). */
+static const hfactor *hfactor_get(float *H, int n, int use_perm, double dampening_frac, hfactor *own) {
+    if (n > HF_CACHE_MAX_N) {
+        hfactor_compute(H, n, use_perm, dampening_frac, own);
+        return own;
+    }
+    uint64_t k0, k1;
+    hf_hash(H, (size_t)n * n, &k0, &k1);
+    g_hf_clock++;
+    for (int i = 0; i < HF_CACHE_SLOTS; i++) {
+        hf_slot *s = &g_hf[i];
+        if (s->f.U && s->n == n && s->use_perm == use_perm && s->damp == dampening_frac && s->k0 == k0 &&
+            s->k1 == k1) {
+            s->last_use = g_hf_clock;
+            g_hf_hits++;
+            return &s->f;
+        }
+    }
+    g_hf_misses++;
+    hfactor_compute(H, n, use_perm, dampening_frac, own);
+    int v = 0; /* least recently used slot */
+    for (int i = 1; i < HF_CACHE_SLOTS; i++)
+        if (g_hf[i].last_use < g_hf[v].last_use) v = i;
+    hf_slot *s = &g_hf[v];
+    free(s->f.U);
+    hfactor_free(&s->f);
+    s->k0 = k0;
+    s->k1 = k1;
+    s->n = n;
+    s->use_perm = use_perm;
+    s->damp = dampening_frac;
+    s->last_use = g_hf_clock;
+    s->f = *own; /* the slot takes perm and dead */
+    s->f.U = xmalloc((size_t)n * n * sizeof(float));
+    memcpy(s->f.U, H, (size_t)n * n * sizeof(float));
+    memset(own, 0, sizeof *own);
+    return &s->f;
+}
+
 ds_status gptq_quantize(const quant_args *a, const float *W, int out, int in, float *H,
                         int block_size, double dampening_frac, ds_dtype model_dtype,
                         gptq_result *res) {
@@ -290,16 +442,11 @@ ds_status gptq_quantize(const quant_args *a, const float *W, int out, int in, fl
     const int use_perm = a->actorder != QA_NONE;
     const int group_act = a->actorder == QA_GROUP && a->strategy == QS_GROUP;
 
-    /* 1-2. permutation (descending diag(H), torch's tie order) */
-    int64_t *perm = xmalloc((size_t)n * sizeof(int64_t));
-    if (use_perm) {
-        float *d = xmalloc((size_t)n * sizeof(float));
-        for (int i = 0; i < n; i++) d[i] = H[(size_t)i * n + i];
-        gptq_argsort_desc(d, n, perm);
-        free(d);
-    } else {
-        for (int i = 0; i < n; i++) perm[i] = i;
-    }
+    /* 1-5: the factorisation (permutation, dead columns, damping, U) */
+    hfactor own;
+    memset(&own, 0, sizeof own);
+    const hfactor *fac = hfactor_get(H, n, use_perm, dampening_frac, &own);
+    const int64_t *perm = fac->perm;
 
     /* Wt [n, out]: permuted, transposed working weight. */
     float *Wt = xmalloc((size_t)n * out * sizeof(float));
@@ -329,46 +476,21 @@ ds_status gptq_quantize(const quant_args *a, const float *W, int out, int in, fl
         for (int j = 0; j < n; j++) gcol[j] = a->strategy == QS_GROUP ? (int)(perm[j] / gs) : 0;
     }
 
-    /* permute H in place of a copy (H[perm][:, perm]) */
-    if (use_perm) {
-        float *Hp = xmalloc((size_t)n * n * sizeof(float));
-        for (int i = 0; i < n; i++) {
-            const float *src = H + (size_t)perm[i] * n;
-            float *dst = Hp + (size_t)i * n;
-            for (int j = 0; j < n; j++) dst[j] = src[perm[j]];
-        }
-        memcpy(H, Hp, (size_t)n * n * sizeof(float));
-        free(Hp);
-    }
+    /* 3. dead columns: W[:, i] = 0 (after the perm) */
+    for (int i = 0; i < n; i++)
+        if (fac->dead[i]) memset(Wt + (size_t)i * out, 0, (size_t)out * sizeof(float));
 
-    /* 3. dead columns, 4. dampening */
-    int finite = 1;
-    for (size_t k = 0; k < (size_t)n * n && finite; k++)
-        if (!isfinite(H[k])) finite = 0;
-    double dsum = 0;
-    for (int i = 0; i < n; i++) {
-        float *hii = &H[(size_t)i * n + i];
-        if (*hii == 0.0f) {
-            *hii = 1.0f;
-            memset(Wt + (size_t)i * out, 0, (size_t)out * sizeof(float));
-        }
-        dsum += *hii;
-    }
-    float mean = (float)(dsum / n);
-    float damp = (float)dampening_frac * mean;
-    for (int i = 0; i < n; i++) H[(size_t)i * n + i] += damp;
-
-    /* 5. U = chol(chol_inverse(chol(H)), upper) or the RTN fallback */
-    int info = finite ? factor_hinv(H, n) : -1;
+    /* 5. the RTN fallback on a failed factorisation */
+    const int info = fac->info;
     if (info != 0) {
         res->rtn_fallback = 1;
-        if (finite)
+        if (fac->finite)
             ds_warn("gptq: Cholesky of the Hessian failed (info %d); using round-to-nearest for this "
                     "module (hint: raise dampening_frac or add calibration samples)", info);
         else
             ds_warn("gptq: Hessian has NaN/inf entries; using round-to-nearest for this module");
     }
-    const float *U = H;
+    const float *U = fac->U;
 
     /* 6. block loop. llm-compressor: for i1 in range(0, n, blocksize):
      * i2 = min(i1 + blocksize, n); a block wider than the weight is one
@@ -436,6 +558,6 @@ ds_status gptq_quantize(const quant_args *a, const float *W, int out, int in, fl
     free(Err1);
     free(gcol);
     free(Wt);
-    free(perm);
+    hfactor_free(&own);
     return DS_OK;
 }

@@ -40,6 +40,16 @@ ds_status gptq_quantize(const quant_args *a, const float *W, int out, int in, fl
                         int block_size, double dampening_frac, ds_dtype model_dtype,
                         gptq_result *res);
 
+/* gptq_quantize memoises, per thread, the factorisation of its last two
+ * Hessians (the permutation, dead columns, damped inverse's upper Cholesky
+ * factor; keyed by a 128-bit hash of H's bytes, in, dampening_frac and
+ * whether actorder permutes), so modules sharing one Hessian (every MoE
+ * expert's gate/up in all-experts calibration, q/k/v, gate/up) factor it
+ * once; results are bit-identical to a fresh factorisation. clear frees the
+ * memo; stats reports this thread's hits and misses (tests, benchmarks). */
+void gptq_factor_cache_clear(void);
+void gptq_factor_cache_stats(int64_t *hits, int64_t *misses);
+
 /* Widest block the CUDA solver (cuda/gptq.cu) runs in one pass: a row's
  * block columns live in registers (4 per lane of a warp) and the U block in
  * shared memory. A larger block_size is run as blocks of this width; GPTQ's

@@ -14,6 +14,7 @@
  * from tests/fixtures.py, the reference forward).
  */
 #include "comm.h"
+#include "gptq.h"
 #include "model.h"
 #include "pipeline.h"
 #include "quant.h"
@@ -273,6 +274,78 @@ static void test_routed_only(void) {
     }
 }
 
+/* One factorisation of a shared Hessian (gptq.c's memo): the experts'
+ * gate/up solves with the same H give bit-identical results to a solve with
+ * the memo cleared, hit it, and a different H (or dampening) misses. */
+static void test_shared_factor(void) {
+    TEST("GPTQ: one factorisation per shared Hessian, bit-identical to a fresh one") {
+        enum { N = 96, O = 40, T = 300 };
+        quant_args qa = {.num_bits = 4, .strategy = QS_GROUP, .group_size = 32, .symmetric = 1,
+                         .actorder = QA_STATIC};
+        float *X = xmalloc(sizeof(float) * T * N), *H = xmalloc(sizeof(float) * N * N),
+              *H2 = xmalloc(sizeof(float) * N * N), *W[3];
+        uint64_t r = 12345;
+        for (int i = 0; i < T * N; i++) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            X[i] = (float)((double)(r >> 11) / 9007199254740992.0 - 0.5) * (i % N == 7 ? 0.0f : 1.0f);
+        }
+        for (int a = 0; a < N; a++)
+            for (int b = 0; b < N; b++) {
+                double acc = 0;
+                for (int t = 0; t < T; t++) acc += 2.0 * X[t * N + a] * X[t * N + b];
+                H[a * N + b] = (float)(acc / T);
+            }
+        for (int k = 0; k < 3; k++) {
+            W[k] = xmalloc(sizeof(float) * O * N);
+            for (int i = 0; i < O * N; i++) {
+                r = r * 6364136223846793005ull + 1442695040888963407ull;
+                W[k][i] = ds_round_to((float)((double)(r >> 11) / 9007199254740992.0 - 0.5) * 0.1f, DS_DTYPE_BF16);
+            }
+        }
+        gptq_result fresh[3], memo[3];
+        for (int k = 0; k < 3; k++) { /* reference: memo cleared before each solve */
+            gptq_factor_cache_clear();
+            memcpy(H2, H, sizeof(float) * N * N);
+            CHECK(gptq_quantize(&qa, W[k], O, N, H2, 16, 0.01, DS_DTYPE_BF16, &fresh[k]) == DS_OK);
+        }
+        gptq_factor_cache_clear();
+        int64_t h0, m0, h1, m1;
+        gptq_factor_cache_stats(&h0, &m0);
+        for (int k = 0; k < 3; k++) {
+            memcpy(H2, H, sizeof(float) * N * N);
+            CHECK(gptq_quantize(&qa, W[k], O, N, H2, 16, 0.01, DS_DTYPE_BF16, &memo[k]) == DS_OK);
+        }
+        gptq_factor_cache_stats(&h1, &m1);
+        CHECK_EQ_INT(h1 - h0, 2);
+        CHECK_EQ_INT(m1 - m0, 1);
+        for (int k = 0; k < 3; k++) {
+            CHECK(memcmp(fresh[k].wq, memo[k].wq, sizeof(float) * O * N) == 0);
+            CHECK(memcmp(fresh[k].q, memo[k].q, (size_t)O * N) == 0);
+            CHECK(fresh[k].loss == memo[k].loss);
+            CHECK(fresh[k].loss > 0);
+            gptq_result_free(&fresh[k]);
+            gptq_result_free(&memo[k]);
+        }
+        /* another dampening, then one changed entry of H: both miss */
+        gptq_result x;
+        memcpy(H2, H, sizeof(float) * N * N);
+        CHECK(gptq_quantize(&qa, W[0], O, N, H2, 16, 0.02, DS_DTYPE_BF16, &x) == DS_OK);
+        gptq_result_free(&x);
+        memcpy(H2, H, sizeof(float) * N * N);
+        H2[5 * N + 5] *= 1.5f;
+        CHECK(gptq_quantize(&qa, W[0], O, N, H2, 16, 0.01, DS_DTYPE_BF16, &x) == DS_OK);
+        gptq_result_free(&x);
+        gptq_factor_cache_stats(&h0, &m0);
+        CHECK_EQ_INT(h0 - h1, 0);
+        CHECK_EQ_INT(m0 - m1, 2);
+        gptq_factor_cache_clear();
+        for (int k = 0; k < 3; k++) free(W[k]);
+        free(X);
+        free(H);
+        free(H2);
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[1], "driver") == 0) return driver(argv[2], argv[3]);
     const char *build = getenv("BUILD") ? getenv("BUILD") : "build";
@@ -289,6 +362,8 @@ int main(int argc, char **argv) {
     snprintf(g_mixtral, sizeof g_mixtral, "%s", fixture("models/variants/mixtral-4x-top2"));
     g_have_mixtral = ds_is_dir(g_mixtral);
     TEST("fixtures: the Mixtral variant") CHECK(g_have_mixtral);
+
+    test_shared_factor();
 
     test_mixtral_np124();
     test_mixtral_experts();
