@@ -1,0 +1,140 @@
+/*
+ * qfp4.h - the scalar math of NVFP4 (FP4 e2m1 values in groups of 16 with an
+ * float8_e4m3fn group scale and an f32 global scale), one source for the host
+ * and the device like src/qscalar.h (QS_FN, round-to-nearest f32 ops):
+ * the fp4 grid rounding, the 4-bit code and its value, the e4m3fn rounding of
+ * a group scale, the global scale, the group scale, the effective scale and
+ * fake quant, each in compressed-tensors' exact op order and dtypes.
+ * Source: compressed-tensors 0.19.0 quantization/utils/fp4_utils.py
+ * (cast_to_fp4), quantization/utils/helpers.py (calculate_qparams,
+ * generate_gparam), lifecycle/forward_helpers.py (_quantize_dequantize,
+ * _dequantize), compressors/nvfp4/ (pack_fp4_to_uint8, unpack_fp4_from_uint8,
+ * decompress); llm-compressor 0.14 observers/base.py (get_global_scale),
+ * gptq/helpers.py (column_scale_window: eff = scale / global_scale).
+ * Goldens: tests/gen_nvfp4_golden.py -> tests/golden/nvfp4/ (tests/test_nvfp4.c).
+ */
+#ifndef DS_QFP4_H
+#define DS_QFP4_H
+
+#include "qscalar.h"
+
+#define QS_FP4_MAX 6.0f    /* FP4_E2M1_DATA.max */
+#define QS_FP8_MAX 448.0f  /* FP8_E4M3_DATA.max */
+#define QS_NVFP4_GROUP 16
+
+/* x rounded to float8_e4m3fn and back (calculate_qparams' scale_dtype
+ * rounding: clamp to [-448, 448], then torch's round-to-nearest-even cast,
+ * subnormals on the 2^-9 grid below 2^-6). NaN passes through. */
+QS_FN float qs_fp8_e4m3_round(float x) {
+    if (isnan(x)) return x;
+    if (x > QS_FP8_MAX) x = QS_FP8_MAX;
+    if (x < -QS_FP8_MAX) x = -QS_FP8_MAX;
+    float a = fabsf(x);
+    if (a == 0.0f) return x;
+    int e;
+    (void)frexpf(a, &e);             /* a = m * 2^e, m in [0.5, 1) */
+    int el = e - 1;                  /* floor(log2 a) */
+    if (el < -6) el = -6;            /* subnormal: quantum 2^-9 */
+    float quantum = ldexpf(1.0f, el - 3);
+    float r = QS_MUL(QS_RINT(QS_DIV(a, quantum)), quantum); /* power-of-2 scaling: exact */
+    return copysignf(r, x);
+}
+
+/* CT cast_to_fp4 of a value already clamped to [-6, 6]: the nearest of
+ * {0, .5, 1, 1.5, 2, 3, 4, 6}, ties to the even code (0.25 -> 0, 0.75 -> 1,
+ * 1.25 -> 1, 1.75 -> 2, 2.5 -> 2, 3.5 -> 4, 5 -> 4), times sign(x): a nonzero
+ * negative x that rounds to zero gives -0.0, x = -0.0 gives +0.0
+ * (torch.sign(-0.0) = 0). NaN passes through. */
+QS_FN float qs_fp4_round(float x) {
+    if (isnan(x)) return x;
+    float a = fabsf(x), r;
+    if (a <= 0.25f) r = 0.0f;
+    else if (a < 0.75f) r = 0.5f;
+    else if (a <= 1.25f) r = 1.0f;
+    else if (a < 1.75f) r = 1.5f;
+    else if (a <= 2.5f) r = 2.0f;
+    else if (a < 3.5f) r = 3.0f;
+    else if (a <= 5.0f) r = 4.0f;
+    else r = 6.0f;
+    return x < 0.0f ? -r : r;
+}
+
+/* round_to_quantized_type_args for fp4: clamp to [-6, 6], then cast_to_fp4. */
+QS_FN float qs_fp4_quant(float t) {
+    if (t < -QS_FP4_MAX) t = -QS_FP4_MAX;
+    if (t > QS_FP4_MAX) t = QS_FP4_MAX;
+    return qs_fp4_round(t);
+}
+
+/* The 4-bit code pack_fp4_to_uint8 stores for an fp4 grid value v: bit 3 =
+ * signbit(v) (so -0.0 is code 8), bits 0..2 = the magnitude's index in
+ * {0, .5, 1, 1.5, 2, 3, 4, 6} (via (int8)(2|v|) as CT does; off-grid values
+ * give what CT gives: 5 -> 0 (2|v| = 10 matches no index), > 6 -> 7). */
+QS_FN int qs_fp4_code(float v) {
+    int s = signbit(v) ? 8 : 0;
+    int m = (int)fabsf(QS_MUL(v, 2.0f)); /* truncation, as .to(torch.int8) */
+    int idx = m == 1 ? 1 : m == 2 ? 2 : m == 3 ? 3 : m == 4 ? 4 : m == 6 ? 5 : m == 8 ? 6 : m >= 12 ? 7 : 0;
+    return idx | s;
+}
+
+/* The fp4 value of a 4-bit code (kE2M1ToFloat[c & 7], negated when bit 3). */
+QS_FN float qs_fp4_value(int c) {
+    const float mag[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+    float m = mag[c & 7];
+    return (c & 8) ? -m : m;
+}
+
+/* torch.finfo(dt).tiny: generate_gparam's lower clamp of the absmax. */
+QS_FN float qs_dtype_tiny(int dt) { return dt == DS_DTYPE_F16 ? 0x1p-14f : 0x1p-126f; }
+
+/* generate_gparam of a tensor (or fused group of tensors) whose absolute
+ * maximum is absmax, a value of dt (the observed dtype): clamp(absmax,
+ * min=tiny(dt)), 448*6 / it computed in dt (one f32 division rounded to dt),
+ * NaN/inf -> 1.0, as f32. An all-zero weight gets 1.0 (2688/tiny overflows). */
+QS_FN float qs_nvfp4_global_scale(float absmax, int dt) {
+    float m = absmax;
+    if (!isnan(m) && m < qs_dtype_tiny(dt)) m = qs_dtype_tiny(dt);
+    float g = qs_round_to(QS_DIV(QS_MUL(QS_FP8_MAX, QS_FP4_MAX), m), dt);
+    if (isnan(g) || isinf(g)) g = 1.0f;
+    return g;
+}
+
+/* calculate_qparams of one group of 16 (symmetric fp4, scale_dtype fp8) with
+ * absolute maximum absmax (a value of dt) and global scale gs: s =
+ * round_dt(absmax / 6); s = gs * s in f32; rounded to e4m3fn
+ * (qs_fp8_e4m3_round); a zero scale -> 0.125 (the eps CT uses for fp8).
+ * The result is the weight_scale value (exact in e4m3fn, BF16, F16, F32). */
+QS_FN float qs_nvfp4_group_scale(float absmax, float gs, int dt) {
+    float s = qs_round_to(QS_DIV(absmax, QS_FP4_MAX), dt);
+    s = qs_fp8_e4m3_round(QS_MUL(gs, s));
+    if (s == 0.0f) s = 0.125f;
+    return s;
+}
+
+/* The effective scale of a group: scale / global_scale in f32. */
+QS_FN float qs_nvfp4_eff(float scale, float gs) { return QS_DIV(scale, gs); }
+
+/* Fake quant with an effective scale eff (_quantize_dequantize): q =
+ * fp4(clamp(x / eff, -6, 6)) in f32; returns q (an fp4 grid value, maybe
+ * -0.0) and writes q * eff (f32, not rounded to the model dtype: GPTQ works
+ * in f32, the forward rounds the result to the activation dtype) to *deq. */
+QS_FN float qs_nvfp4_fake(float x, float eff, float *deq) {
+    float q = qs_fp4_quant(QS_DIV(x, eff));
+    if (deq) *deq = QS_MUL(q, eff);
+    return q;
+}
+
+/* The 4-bit code the nvfp4-pack-quantized compressor stores for a saved
+ * weight x (a model-dtype value): quantize() = fp4(clamp(x / eff)), eff =
+ * scale / global_scale in f32, then pack_fp4_to_uint8's code. */
+QS_FN int qs_nvfp4_code_from_deq(float x, float eff) { return qs_fp4_code(qs_fp4_quant(QS_DIV(x, eff))); }
+
+/* The weight the compressor's decompress gives for code c: unpacked to bf16
+ * (exact), times eff in f32, rounded to bf16 (dequantize(..., dtype=bf16),
+ * whatever the model dtype), then to the model dtype dt when loaded. */
+QS_FN float qs_nvfp4_dequant(int c, float eff, int dt) {
+    float w = qs_round_to(QS_MUL(qs_fp4_value(c), eff), DS_DTYPE_BF16);
+    return qs_round_to(w, dt);
+}
+
+#endif
