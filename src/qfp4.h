@@ -137,4 +137,49 @@ QS_FN float qs_nvfp4_dequant(int c, float eff, int dt) {
     return qs_round_to(w, dt);
 }
 
+#ifndef __CUDACC__ /* host loops over a module / an activation */
+
+/* max |x[i]| over n values (0 for n = 0; NaN is skipped). */
+static inline float qs_absmax(const float *x, size_t n) {
+    float m = 0.0f;
+    for (size_t i = 0; i < n; i++)
+        if (fabsf(x[i]) > m) m = fabsf(x[i]);
+    return m;
+}
+
+/* NVFP4 weight qparams (llm-compressor's memoryless_minmax observer with a
+ * TENSOR_GROUP global scale) of W [out, in] (in % 16 == 0, values of dt)
+ * with global scale gs (qs_nvfp4_global_scale of the absmax of W or of its
+ * fused group): eff[o, g] = group_scale(absmax of W[o, 16g:16g+16]) / gs,
+ * eff [out, in/16]. */
+static inline void qs_nvfp4_qparams(const float *W, int out, int in, int dt, float gs, float *eff) {
+    const int ng = in / QS_NVFP4_GROUP;
+    for (int o = 0; o < out; o++)
+        for (int g = 0; g < ng; g++) {
+            float am = qs_absmax(W + (size_t)o * in + (size_t)g * QS_NVFP4_GROUP, QS_NVFP4_GROUP);
+            eff[(size_t)o * ng + g] = qs_nvfp4_eff(qs_nvfp4_group_scale(am, gs, dt), gs);
+        }
+}
+
+/* NVFP4 input activations ("local" dynamic, compressed-tensors
+ * forward_quantize): x [rows, in] (in % 16 == 0, values of the activation
+ * dtype dt) fake-quantized in place with the module's static
+ * input_global_scale gs: per row and group of 16, s = group_scale(absmax, gs,
+ * dt) (from the current values), x = round_dt(fp4(clamp(x / (s/gs))) * (s/gs)). */
+static inline void qs_nvfp4_act_qdq(float *x, size_t rows, int in, float gs, int dt) {
+    const int ng = in / QS_NVFP4_GROUP;
+    for (size_t r = 0; r < rows; r++)
+        for (int g = 0; g < ng; g++) {
+            float *v = x + r * (size_t)in + (size_t)g * QS_NVFP4_GROUP;
+            const float eff = qs_nvfp4_eff(qs_nvfp4_group_scale(qs_absmax(v, QS_NVFP4_GROUP), gs, dt), gs);
+            for (int j = 0; j < QS_NVFP4_GROUP; j++) {
+                float d;
+                (void)qs_nvfp4_fake(v[j], eff, &d);
+                v[j] = qs_round_to(d, dt);
+            }
+        }
+}
+
+#endif
+
 #endif

@@ -147,6 +147,12 @@ static void test_weight(const char *name) {
                 float w = qs_nvfp4_dequant(c, eff, (int)dt);
                 bad_dec += !bits_eq(w, dec[e]) && !(w == 0 && dec[e] == 0);
             }
+        float *eff = xmalloc(sizeof(float) * out * ng);
+        qs_nvfp4_qparams(W, out, in, (int)dt, gs, eff);
+        int bad_eff = 0;
+        for (int k = 0; k < out * ng; k++) bad_eff += !bits_eq(eff[k], qs_nvfp4_eff(scale[k], gsv[0]));
+        CHECK_EQ_INT(bad_eff, 0);
+        free(eff);
         CHECK_EQ_INT(bad_deq, 0);
         CHECK_EQ_INT(bad_code, 0);
         CHECK_EQ_INT(bad_dec, 0);
@@ -224,6 +230,16 @@ static void test_act(const char *name) {
         }
         CHECK_EQ_INT(bad, 0);
         CHECK(sat >= 1);
+    }
+    snprintf(tn, sizeof tn, "act_qdq_rows_%s", name);
+    TEST(tn) {
+        float *xc = xmalloc(sizeof(float) * nx);
+        memcpy(xc, x, sizeof(float) * nx);
+        qs_nvfp4_act_qdq(xc, nx / 32, 32, gs, (int)dt);
+        int bad = 0;
+        for (size_t i = 0; i < nx; i++) bad += !bits_eq(xc[i], y[i]) && !(xc[i] == 0 && y[i] == 0);
+        CHECK_EQ_INT(bad, 0);
+        free(xc);
     }
     free(calib); free(gsv); free(x); free(y);
     gold_close(&g);
