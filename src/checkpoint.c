@@ -6,6 +6,7 @@
 #include "checkpoint.h"
 #include "json_util.h"
 #include "scheme.h"
+#include "smoothquant.h"
 #include "st_writer.h"
 
 #include <cJSON.h>
@@ -26,6 +27,7 @@ struct ckpt_writer {
     int overwrite;
     st_writer *w;
     int lock_fd;       /* flock on "<out>.partial.lock": one writer per output */
+    int smoothed;      /* SmoothQuant: smoothquant_tensor names are written later (ckpt_write_tensor) */
     char *lock_path;
 };
 
@@ -320,11 +322,13 @@ char *ckpt_partial_dir(const char *out_dir) {
 }
 
 /* Resume: which planned tensors the interrupted run already wrote: all but
- * the quantized tensors of layers >= resume_layers. */
-typedef struct resume_ctx { int layers; } resume_ctx;
+ * the quantized tensors of layers >= resume_layers and (SmoothQuant: the
+ * smoothing epoch runs again on a resume and rewrites them) the smoothed ones. */
+typedef struct resume_ctx { int layers; const ckpt_writer *c; } resume_ctx;
 static int written_before(void *p, const char *name) {
     const resume_ctx *rc = p;
     int l = -1;
+    if (rc->c->smoothed && smoothquant_tensor(&rc->c->m->cfg, name)) return 0;
     if (sscanf(name, "model.layers.%d.", &l) != 1 || l < rc->layers) return 1;
     return !scheme_is_module_tensor(name);
 }
@@ -386,6 +390,7 @@ ds_status ckpt_begin(const model *m, const recipe *r, const char *out_dir, int o
         goto fail;
     }
     c->w = stw_open(c->tmp_dir, max_shard_bytes);
+    c->smoothed = smoothquant_recipe_on(r);
     char module[512];
     for (size_t i = 0; i < st_count(m->st); i++) {
         const st_tensor *t = st_get(m->st, i);
@@ -396,7 +401,7 @@ ds_status ckpt_begin(const model *m, const recipe *r, const char *out_dir, int o
         if (st) goto fail;
     }
     if (resume_layers >= 0) {
-        resume_ctx rc = {resume_layers};
+        resume_ctx rc = {resume_layers, c};
         if ((st = stw_begin_resume(c->w, written_before, &rc))) goto fail;
         *out = c;
         return DS_OK;
@@ -412,6 +417,7 @@ ds_status ckpt_begin(const model *m, const recipe *r, const char *out_dir, int o
     for (size_t i = 0; i < st_count(m->st); i++) {
         const st_tensor *t = st_get(m->st, i);
         if (quantized_weight(c, t->name, module, sizeof module)) continue;
+        if (c->smoothed && smoothquant_tensor(&m->cfg, t->name)) continue; /* smoothquant_calibrate writes it */
         if ((st = stw_write(c->w, t->name, t->data, t->nbytes))) goto fail;
     }
     *out = c;
@@ -437,6 +443,20 @@ ds_status ckpt_write_module(ckpt_writer *c, const char *module, const int8_t *q,
         st = stw_write(c->w, name, buf, spec[k].nbytes);
         free(buf);
     }
+    return st;
+}
+
+ds_status ckpt_write_tensor(ckpt_writer *c, const char *name, const float *data, size_t n) {
+    char module[512];
+    if (quantized_weight(c, name, module, sizeof module)) return DS_OK;
+    const st_tensor *t = st_find(c->m->st, name);
+    if (!t || (size_t)st_numel(t) != n)
+        return ds_error(DS_ERR_RUNTIME, "ckpt_write_tensor: '%s' is not a model tensor of %zu elements", name, n);
+    const size_t nb = ds_dtype_size(t->dtype) * n;
+    void *buf = xmalloc(nb ? nb : 1);
+    ds_convert_from_f32(buf, data, t->dtype, n);
+    ds_status st = stw_write(c->w, name, buf, nb);
+    free(buf);
     return st;
 }
 

@@ -66,6 +66,13 @@ ds_status ckpt_begin(const model *m, const recipe *r, const char *out_dir, int o
  * [out, ngroups]; g_idx [in] or NULL. */
 ds_status ckpt_write_module(ckpt_writer *w, const char *module, const int8_t *q, const float *scale,
                             const int *zp, const int *g_idx, int out, int in);
+/* Write unquantized tensor `name` (a planned model tensor, e.g. a smoothed
+ * norm weight) from f32 values data [n], converted to its dtype in the model.
+ * A quantized Linear's "<module>.weight" is skipped (DS_OK: the module's
+ * tensors are written by ckpt_write_module). Only tensors ckpt_begin left
+ * unwritten (smoothquant_tensor names when the recipe smooths) can be written
+ * (DS_ERR_RUNTIME otherwise: each tensor exactly once). */
+ds_status ckpt_write_tensor(ckpt_writer *w, const char *name, const float *data, size_t n);
 /* Finish: check all tensors written, config.json, extra files, fsync, rename.
  * Returns bytes written through *bytes. */
 ds_status ckpt_finish(ckpt_writer *w, uint64_t *bytes, int *nshards);

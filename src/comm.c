@@ -80,6 +80,12 @@ void comm_reduce_sum_f64(double *buf, size_t n, int root) {
     }
 }
 
+void comm_allreduce_max_f32(float *buf, size_t n) {
+    if (!g_init || g_size == 1) return;
+    for (size_t i = 0; i < n; i += CHUNK)
+        MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf + i, (int)DS_MIN(CHUNK, n - i), MPI_FLOAT, MPI_MAX, MPI_COMM_WORLD));
+}
+
 int comm_allreduce_max_int(int v) {
     if (!g_init || g_size == 1) return v;
     int out;

@@ -33,6 +33,8 @@ void comm_allreduce_sum_i64(int64_t *buf, size_t n);
 /* In-place sum to `root` only (buf is undefined on other ranks afterwards). */
 void comm_reduce_sum_f64(double *buf, size_t n, int root);
 int comm_allreduce_max_int(int v);
+/* In-place elementwise max over all ranks (a min: negate before and after). */
+void comm_allreduce_max_f32(float *buf, size_t n);
 double comm_allreduce_max_f64(double v);
 /* Gather one double per rank to every rank (out has comm_size() entries). */
 void comm_allgather_f64(double v, double *out);

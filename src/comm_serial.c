@@ -29,6 +29,7 @@ void comm_barrier(void) {}
 void comm_allreduce_sum_f64(double *buf, size_t n) { (void)buf; (void)n; }
 void comm_allreduce_sum_i64(int64_t *buf, size_t n) { (void)buf; (void)n; }
 void comm_reduce_sum_f64(double *buf, size_t n, int root) { (void)buf; (void)n; (void)root; }
+void comm_allreduce_max_f32(float *buf, size_t n) { (void)buf; (void)n; }
 int comm_allreduce_max_int(int v) { return v; }
 double comm_allreduce_max_f64(double v) { return v; }
 void comm_allgather_f64(double v, double *out) { out[0] = v; }

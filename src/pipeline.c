@@ -9,6 +9,7 @@
 #include "gptq.h"
 #include "resume.h"
 #include "scheme.h"
+#include "smoothquant.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -145,6 +146,7 @@ typedef struct run {
     int saved;                 /* a resume point is on disk: keep the partial dir on failure */
     double t_start, last_state;
     layer_prefetch pf;
+    sq_plan sq;                /* SmoothQuant: every layer's smoothing scales (off: none) */
     /* per layer: the quantized modules, their owners and Hessians */
     int nm;
     int *mods, *owner, *used;  /* [maxlin] (indices into lw.lin), [maxlin], [nin] */
@@ -214,7 +216,7 @@ static ds_status engine_start(run *u, int start) {
     if (u->o->cuda) {
         gpu_engine_opts go = {.offload_acts = u->o->offload_acts, .budget_bytes = u->o->gpu_budget_bytes,
                               .local_rank = gpu_engine_local_rank(), .qa = &u->r->w, .gptq_block = u->r->block_size,
-                              .max_micro_batch = u->o->max_micro_batch};
+                              .max_micro_batch = u->o->max_micro_batch, .moe_routed = u->o->moe_routed_only};
         st = gpu_engine_create_engine(u->m, u->local, u->nlocal, &go, &u->eng);
     } else {
         st = cpu_engine_create(u->m, u->local, u->nlocal, &u->eng);
@@ -263,6 +265,21 @@ static ds_status resume_point(run *u, int l) {
     return st;
 }
 
+/* SmoothQuantModifier (a recipe stage before GPTQ; llm-compressor's
+ * default "independent" pipeline gives it its own sequential epoch): every
+ * layer's smoothing scales from a forward pass over all layers (activation
+ * min/max all-reduced over the ranks), the smoothed unquantized tensors
+ * written by rank 0; layer_begin re-applies the scales in the GPTQ pass. */
+static ds_status smoothing_epoch(run *u) {
+    sq_params p;
+    smoothquant_recipe_params(u->r, &p);
+    if (!p.on) return DS_OK;
+    const double t = ds_now();
+    ds_status st = smoothquant_calibrate(u->m, &p, u->local, u->nlocal, u->rank == 0 ? u->ck : NULL, &u->sq);
+    u->stats->t.forward += ds_now() - t;
+    return st;
+}
+
 /* Layer l's weights into lw and the engine; prefetch l+1 (CUDA engine). */
 static ds_status layer_begin(run *u, int l, layer_weights *lw) {
     const ds_status lst = layer_get(&u->pf, u->m, l, lw);
@@ -272,6 +289,8 @@ static ds_status layer_begin(run *u, int l, layer_weights *lw) {
         return st;
     }
     layer_set_all_experts(lw, !u->o->moe_routed_only);
+    const float *sq = smoothquant_layer_scales(&u->sq, l);
+    if (sq) smoothquant_apply(&u->m->cfg, lw, sq); /* the smoothed layer, as the SmoothQuant epoch left it */
     st = comm_sync_status(u->eng->ops->load_layer(u->eng, lw));
     if (st) {
         layer_free(lw);
@@ -534,6 +553,7 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
     int start = 0;
     ds_status st = resume_open(&u, &start);
     if (!st) st = output_claim(&u, start);
+    if (!st) st = smoothing_epoch(&u);
     if (!st) st = engine_start(&u, start);
     u.last_state = ds_now();
     for (int l = start; l < c->L && !st; l++) {
@@ -559,6 +579,7 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
     }
     if (u.eng) u.eng->ops->destroy(u.eng);
     if (u.ck) ckpt_abort(u.ck, u.saved);
+    sq_plan_free(&u.sq);
     stats->total_s = ds_now() - u.t_start;
     free(u.mods); free(u.owner); free(u.cost); free(u.used); free(u.H); free(u.cnt);
     free(u.pdir);
