@@ -1,8 +1,15 @@
 /*
  * cpu_engine.c - the CPU instance of the layer engine (engine.h): the
- * residual stream of this rank's samples in f32, model.c's layer_forward
- * (OpenBLAS GEMMs) for the calibration and propagation passes, Hessian
- * capture with hessian_accum_cpu (f64 sums) and gptq_quantize for solves.
+ * residual stream of this rank's samples in f32 (one buffer, samples
+ * concatenated), model.c's layer_forward_batch (OpenBLAS GEMMs) over
+ * micro-batches of whole samples for the calibration and propagation passes,
+ * Hessian capture with hessian_accum_cpu (f64 sums, one call per sample and
+ * input, as before micro-batching) and gptq_quantize for solves.
+ *
+ * Micro-batches: consecutive samples with at most CPU_BATCH_ROWS tokens in
+ * all and at most CPU_BATCH_BYTES of layer scratch (a longer sample runs
+ * alone). One GEMM of a few thousand rows keeps the BLAS threads busy where
+ * one 512-token sample per GEMM left them spinning (docs/BENCHMARKS.md).
  */
 #include "engine.h"
 #include "ops_cpu.h"
@@ -10,13 +17,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define CPU_BATCH_ROWS 4096
+#define CPU_BATCH_BYTES ((size_t)256 << 20)
+
+typedef struct cpu_batch {
+    size_t first, nseq; /* samples [first, first + nseq) */
+    size_t row0;        /* their first row in x */
+    int rows;
+} cpu_batch;
+
 typedef struct cpu_engine {
     engine base;
     const model *m;
     const ds_sample *local;
-    size_t nlocal;
-    float **x;                /* [nlocal] -> [T_s, C] residual stream */
-    float *y;                 /* [max_T, C] calibration copy */
+    size_t nlocal, ntok;
+    float *x;                 /* [ntok, C] residual stream, samples concatenated */
+    int *len;                 /* [nlocal] tokens per sample */
+    cpu_batch *batch;         /* micro-batches, in sample order */
+    size_t nbatch;
+    float *y;                 /* [max rows, C] calibration copy of one micro-batch */
     float *scratch;           /* [nmax, nmax] for the Hessian update */
     float *Hf;                /* the normalised f32 Hessian of a solve (grown on demand) */
     size_t Hf_cap;
@@ -54,9 +73,10 @@ static ds_status calibrate(engine *e, const int *used, double *const *H_host, in
     c->cnt = cnt;
     c->used = used;
     const double t0 = ds_now(), h0 = c->t.hessian;
-    for (size_t s = 0; s < c->nlocal; s++) {
-        memcpy(c->y, c->x[s], sizeof(float) * (size_t)c->local[s].n * C);
-        layer_forward(c->m, c->lw, c->y, c->local[s].n, &c->ls, capture, c);
+    for (size_t b = 0; b < c->nbatch; b++) {
+        const cpu_batch *mb = &c->batch[b];
+        memcpy(c->y, c->x + mb->row0 * C, sizeof(float) * (size_t)mb->rows * C);
+        layer_forward_batch(c->m, c->lw, c->y, (int)mb->nseq, c->len + mb->first, &c->ls, capture, c);
     }
     c->t.forward += ds_now() - t0 - (c->t.hessian - h0);
     c->H = NULL;
@@ -83,26 +103,26 @@ static void set_weight(engine *e, int lin, const float *w) { (void)e; (void)lin;
 static void propagate(engine *e) {
     cpu_engine *c = (cpu_engine *)e;
     const double t0 = ds_now();
-    for (size_t s = 0; s < c->nlocal; s++) layer_forward(c->m, c->lw, c->x[s], c->local[s].n, &c->ls, NULL, NULL);
+    const int C = c->m->cfg.C;
+    for (size_t b = 0; b < c->nbatch; b++) {
+        const cpu_batch *mb = &c->batch[b];
+        layer_forward_batch(c->m, c->lw, c->x + mb->row0 * C, (int)mb->nseq, c->len + mb->first, &c->ls, NULL,
+                            NULL);
+    }
     c->t.propagate += ds_now() - t0;
 }
 
 static void get_residual(engine *e, void *buf) {
     cpu_engine *c = (cpu_engine *)e;
     const model_config *mc = &c->m->cfg;
-    const size_t esz = ds_dtype_size(mc->dtype);
-    unsigned char *b = buf;
-    for (size_t s = 0, off = 0; s < c->nlocal; off += (size_t)c->local[s].n * mc->C, s++)
-        ds_convert_from_f32(b + off * esz, c->x[s], mc->dtype, (size_t)c->local[s].n * mc->C);
+    ds_convert_from_f32(buf, c->x, mc->dtype, c->ntok * mc->C);
 }
 
 static void set_residual(engine *e, const void *buf) {
     cpu_engine *c = (cpu_engine *)e;
     const model_config *mc = &c->m->cfg;
-    const size_t esz = ds_dtype_size(mc->dtype);
-    const unsigned char *b = buf;
-    for (size_t s = 0, off = 0; s < c->nlocal; off += (size_t)c->local[s].n * mc->C, s++)
-        ds_convert_to_f32(c->x[s], b + off * esz, mc->dtype, (size_t)c->local[s].n * mc->C);
+    ds_status st = ds_convert_to_f32(c->x, buf, mc->dtype, c->ntok * mc->C);
+    DS_ASSERT(st == DS_OK); /* the model dtype is F32, BF16 or F16 */
 }
 
 static engine_times times(const engine *e) { return ((const cpu_engine *)e)->t; }
@@ -111,8 +131,9 @@ static size_t peak_bytes(const engine *e) { (void)e; return 0; }
 static void destroy(engine *e) {
     cpu_engine *c = (cpu_engine *)e;
     if (!c) return;
-    for (size_t s = 0; s < c->nlocal; s++) free(c->x[s]);
     free(c->x);
+    free(c->len);
+    free(c->batch);
     free(c->y);
     free(c->scratch);
     free(c->Hf);
@@ -125,6 +146,14 @@ static const engine_ops cpu_ops = {
     .gptq = solve, .set_weight = set_weight, .propagate = propagate, .get_residual = get_residual,
     .set_residual = set_residual, .times = times, .peak_bytes = peak_bytes, .destroy = destroy};
 
+/* Scratch bytes per micro-batch row (layer_scratch_init_batch's per-row
+ * buffers plus the calibration copy). */
+static size_t row_bytes(const model_config *mc) {
+    const size_t qd = (size_t)mc->NH * mc->HS, kvd = (size_t)mc->NKV * mc->HS;
+    const size_t FF = (size_t)DS_MAX(mc->F, DS_MAX(mc->IM, mc->IS));
+    return sizeof(float) * (3 * (size_t)mc->C + 2 * qd + 2 * kvd + 2 * FF);
+}
+
 ds_status cpu_engine_create(const model *m, const ds_sample *local, size_t nlocal, engine **out) {
     const model_config *mc = &m->cfg;
     cpu_engine *c = xcalloc(1, sizeof *c);
@@ -132,18 +161,36 @@ ds_status cpu_engine_create(const model *m, const ds_sample *local, size_t nloca
     c->m = m;
     c->local = local;
     c->nlocal = nlocal;
-    c->x = xcalloc(nlocal ? nlocal : 1, sizeof(float *));
+    c->len = xcalloc(nlocal ? nlocal : 1, sizeof(int));
     int max_T = 1, nmax = 0;
-    ds_status st = DS_OK;
-    for (size_t s = 0; s < nlocal && st == DS_OK; s++) {
+    for (size_t s = 0; s < nlocal; s++) {
+        c->len[s] = local[s].n;
+        c->ntok += (size_t)local[s].n;
         max_T = DS_MAX(max_T, local[s].n);
-        c->x[s] = xmalloc(sizeof(float) * (size_t)local[s].n * mc->C);
-        st = model_embed(m, local[s].ids, local[s].n, c->x[s]);
     }
+    /* micro-batches: consecutive samples up to the row limit */
+    const size_t by_mem = CPU_BATCH_BYTES / row_bytes(mc);
+    const int max_rows = DS_MAX(max_T, (int)DS_MIN((size_t)CPU_BATCH_ROWS, by_mem));
+    c->batch = xcalloc(nlocal ? nlocal : 1, sizeof(cpu_batch));
+    int rows_used = 1;
+    for (size_t s = 0, row = 0; s < nlocal; row += (size_t)c->len[s], s++) {
+        cpu_batch *mb = c->nbatch ? &c->batch[c->nbatch - 1] : NULL;
+        if (!mb || mb->rows + c->len[s] > max_rows) {
+            mb = &c->batch[c->nbatch++];
+            *mb = (cpu_batch){.first = s, .nseq = 0, .row0 = row, .rows = 0};
+        }
+        mb->nseq++;
+        mb->rows += c->len[s];
+        rows_used = DS_MAX(rows_used, mb->rows);
+    }
+    c->x = xmalloc(sizeof(float) * (c->ntok ? c->ntok : 1) * mc->C);
+    ds_status st = DS_OK;
+    for (size_t s = 0, row = 0; s < nlocal && st == DS_OK; row += (size_t)c->len[s], s++)
+        st = model_embed(m, local[s].ids, local[s].n, c->x + row * mc->C);
     for (int inp = 0; inp < model_num_inputs(mc); inp++) nmax = DS_MAX(nmax, model_input_dim(mc, inp));
-    c->y = xmalloc(sizeof(float) * (size_t)max_T * mc->C);
+    c->y = xmalloc(sizeof(float) * (size_t)rows_used * mc->C);
     c->scratch = xmalloc(sizeof(float) * (size_t)nmax * nmax);
-    layer_scratch_init(&c->ls, mc, max_T);
+    layer_scratch_init_batch(&c->ls, mc, rows_used, max_T);
     if (st) {
         destroy(&c->base);
         return st;

@@ -1009,11 +1009,16 @@ void layer_free(layer_weights *lw) {
 /* ---- forward ---- */
 
 void layer_scratch_init(layer_scratch *s, const model_config *c, int max_T) {
-    size_t T = (size_t)(max_T > 0 ? max_T : 1);
+    layer_scratch_init_batch(s, c, max_T, max_T);
+}
+
+void layer_scratch_init_batch(layer_scratch *s, const model_config *c, int max_rows, int max_T) {
+    size_t Tq = (size_t)(max_T > 0 ? max_T : 1), T = DS_MAX((size_t)(max_rows > 0 ? max_rows : 1), Tq);
     size_t qd = (size_t)c->NH * c->HS, kvd = (size_t)c->NKV * c->HS;
     size_t FF = (size_t)DS_MAX(c->F, DS_MAX(c->IM, c->IS));
     memset(s, 0, sizeof *s);
-    s->max_T = (int)T;
+    s->max_T = (int)Tq;
+    s->max_rows = (int)T;
     s->a = xmalloc(sizeof(float) * T * c->C);
     s->q = xmalloc(sizeof(float) * T * qd);
     s->k = xmalloc(sizeof(float) * T * kvd);
@@ -1022,10 +1027,11 @@ void layer_scratch_init(layer_scratch *s, const model_config *c, int max_T) {
     s->o = xmalloc(sizeof(float) * T * c->C);
     s->g = xmalloc(sizeof(float) * T * FF);
     s->u = xmalloc(sizeof(float) * T * FF);
-    s->att = xmalloc(sizeof(float) * T * T);
-    s->cos_t = xmalloc(sizeof(float) * T * c->HS);
-    s->sin_t = xmalloc(sizeof(float) * T * c->HS);
-    if (c->E > 0) {
+    s->att = xmalloc(sizeof(float) * Tq * Tq);
+    s->cos_t = xmalloc(sizeof(float) * Tq * c->HS);
+    s->sin_t = xmalloc(sizeof(float) * Tq * c->HS);
+    if (c->E > 0) { /* one sequence at a time */
+        T = Tq;
         s->probs = xmalloc(sizeof(float) * T * (size_t)c->E);
         s->topw = xmalloc(sizeof(float) * T * (size_t)c->K);
         s->tope = xmalloc(sizeof(int) * T * (size_t)c->K);
@@ -1076,31 +1082,40 @@ static void route(const model_config *c, const layer_linear *R, const float *m, 
     }
 }
 
-/* One SiLU-gated MLP (dense, expert or shared expert) on X [T, C] -> s->o [T, C];
- * down-input capture id down_id (or none if cap is NULL). */
-static void mlp_forward(const model_config *c, const layer_linear *G, const float *X, int T, layer_scratch *s,
-                        capture_fn cap, void *cap_ctx, int down_id) {
-    const ds_dtype act = c->dtype;
-    const int F = G[0].out;
-    matmul_forward_cpu(s->g, X, G[0].w, G[0].b, T, c->C, F, act);
-    matmul_forward_cpu(s->u, X, G[1].w, G[1].b, T, c->C, F, act);
-    swiglu_forward_cpu(s->g, s->g, s->u, (size_t)T * F, act);
-    if (cap && T > 0) cap(cap_ctx, down_id, s->g, T, F);
-    matmul_forward_cpu(s->o, s->g, G[2].w, G[2].b, T, F, c->C, act);
+/* Capture X [sum T[i], n], the rows of nseq sequences, one sequence per call. */
+static void capture_seqs(capture_fn cap, void *cap_ctx, int id, const float *X, int nseq, const int *T, int n) {
+    if (!cap) return;
+    for (int i = 0; i < nseq; X += (size_t)T[i] * n, i++)
+        if (T[i] > 0) cap(cap_ctx, id, X, T[i], n);
 }
 
-/* MoE block on m = s->a [T, C]; output into s->acc (model-dtype values).
+/* One SiLU-gated MLP (dense, expert or shared expert) on X [rows, C] -> s->o
+ * [rows, C], rows = sum T[i] of nseq sequences; down-input capture id
+ * down_id, per sequence (none if cap is NULL). */
+static void mlp_forward(const model_config *c, const layer_linear *G, const float *X, int nseq, const int *T,
+                        layer_scratch *s, capture_fn cap, void *cap_ctx, int down_id) {
+    const ds_dtype act = c->dtype;
+    const int F = G[0].out;
+    int rows = 0;
+    for (int i = 0; i < nseq; i++) rows += T[i];
+    matmul_forward_cpu(s->g, X, G[0].w, G[0].b, rows, c->C, F, act);
+    matmul_forward_cpu(s->u, X, G[1].w, G[1].b, rows, c->C, F, act);
+    swiglu_forward_cpu(s->g, s->g, s->u, (size_t)rows * F, act);
+    capture_seqs(cap, cap_ctx, down_id, s->g, nseq, T, F);
+    matmul_forward_cpu(s->o, s->g, G[2].w, G[2].b, rows, F, c->C, act);
+}
+
+/* MoE block on m [T, C] (one sequence); output into s->acc (model-dtype values).
  * Experts are visited in ascending index; each one's output is scaled by its
  * routing weight (rounded) and index-added into the dtype accumulator, as
  * transformers' index_add_. With capture and all-experts calibration, every
  * expert runs on all T tokens (its down_proj Hessian sees every token) while
  * only the routed rows enter the output. */
-static void moe_forward(const model *mdl, const layer_weights *lw, int T, layer_scratch *s, capture_fn cap,
-                        void *cap_ctx) {
+static void moe_forward(const model *mdl, const layer_weights *lw, const float *m, int T, layer_scratch *s,
+                        capture_fn cap, void *cap_ctx) {
     const model_config *c = &mdl->cfg;
     const ds_dtype act = c->dtype;
     const int C = c->C, K = c->K;
-    const float *m = s->a;
     route(c, &lw->lin[lw->router], m, T, s);
     memset(s->acc, 0, sizeof(float) * (size_t)T * C);
     const int all = cap && lw->all_experts;
@@ -1114,7 +1129,7 @@ static void moe_forward(const model *mdl, const layer_weights *lw, int T, layer_
                     s->rw[n++] = s->topw[(size_t)t * K + k];
                 }
         if (all) {
-            mlp_forward(c, G, m, T, s, cap, cap_ctx, INP_EXPERT_DOWN(e));
+            mlp_forward(c, G, m, 1, &T, s, cap, cap_ctx, INP_EXPERT_DOWN(e));
             for (int i = 0; i < n; i++) {
                 float *a = s->acc + (size_t)s->rows[i] * C;
                 const float *y = s->o + (size_t)s->rows[i] * C;
@@ -1125,7 +1140,7 @@ static void moe_forward(const model *mdl, const layer_weights *lw, int T, layer_
         if (n == 0) continue;
         for (int i = 0; i < n; i++) memcpy(s->xe + (size_t)i * C, m + (size_t)s->rows[i] * C, sizeof(float) * C);
         if (cap) cap(cap_ctx, INP_EXPERT_UP(e), s->xe, n, C);
-        mlp_forward(c, G, s->xe, n, s, cap, cap_ctx, INP_EXPERT_DOWN(e));
+        mlp_forward(c, G, s->xe, 1, &n, s, cap, cap_ctx, INP_EXPERT_DOWN(e));
         for (int i = 0; i < n; i++) {
             float *a = s->acc + (size_t)s->rows[i] * C;
             const float *y = s->o + (size_t)i * C;
@@ -1133,7 +1148,7 @@ static void moe_forward(const model *mdl, const layer_weights *lw, int T, layer_
         }
     }
     if (lw->shared0 >= 0) { /* Qwen2-MoE: + sigmoid(m . w_sg) * SharedMLP(m) */
-        mlp_forward(c, &lw->lin[lw->shared0], m, T, s, cap, cap_ctx, INP_SHARED_DOWN);
+        mlp_forward(c, &lw->lin[lw->shared0], m, 1, &T, s, cap, cap_ctx, INP_SHARED_DOWN);
         const float *wsg = lw->lin[lw->shared_gate].w;
         for (int t = 0; t < T; t++) {
             const float *mt = m + (size_t)t * C;
@@ -1149,41 +1164,58 @@ static void moe_forward(const model *mdl, const layer_weights *lw, int T, layer_
 
 void layer_forward(const model *m, const layer_weights *lw, float *x, int T, layer_scratch *s,
                    capture_fn cap, void *cap_ctx) {
+    layer_forward_batch(m, lw, x, 1, &T, s, cap, cap_ctx);
+}
+
+void layer_forward_batch(const model *m, const layer_weights *lw, float *x, int nseq, const int *T,
+                         layer_scratch *s, capture_fn cap, void *cap_ctx) {
     const model_config *c = &m->cfg;
     const ds_dtype act = c->dtype;
-    const int qd = c->NH * c->HS, kvd = c->NKV * c->HS;
+    const int C = c->C, qd = c->NH * c->HS, kvd = c->NKV * c->HS;
     const layer_linear *L = lw->lin;
-    DS_ASSERT(T <= s->max_T);
-    if (T <= 0) return;
+    int N = 0; /* rows of the micro-batch */
+    for (int i = 0; i < nseq; i++) {
+        DS_ASSERT(T[i] >= 0 && T[i] <= s->max_T);
+        N += T[i];
+    }
+    DS_ASSERT(N <= s->max_rows);
+    if (N <= 0) return;
     if (s->rope_T < s->max_T) { /* positions restart at 0 for every sequence */
         rope_tables_cpu(s->cos_t, s->sin_t, m->inv_freq, s->max_T, c->HS, act);
         s->rope_T = s->max_T;
     }
-    /* attention block */
-    rmsnorm_forward_cpu(s->a, x, lw->in_norm, T, c->C, c->eps, act);
-    if (cap) cap(cap_ctx, INP_ATTN, s->a, T, c->C);
-    matmul_forward_cpu(s->q, s->a, L[LIN_Q].w, L[LIN_Q].b, T, c->C, qd, act);
-    matmul_forward_cpu(s->k, s->a, L[LIN_K].w, L[LIN_K].b, T, c->C, kvd, act);
-    matmul_forward_cpu(s->v, s->a, L[LIN_V].w, L[LIN_V].b, T, c->C, kvd, act);
+    /* attention block: q, k, v over all rows, attention per sequence */
+    rmsnorm_forward_cpu(s->a, x, lw->in_norm, N, C, c->eps, act);
+    capture_seqs(cap, cap_ctx, INP_ATTN, s->a, nseq, T, C);
+    matmul_forward_cpu(s->q, s->a, L[LIN_Q].w, L[LIN_Q].b, N, C, qd, act);
+    matmul_forward_cpu(s->k, s->a, L[LIN_K].w, L[LIN_K].b, N, C, kvd, act);
+    matmul_forward_cpu(s->v, s->a, L[LIN_V].w, L[LIN_V].b, N, C, kvd, act);
     if (c->qk_norm) {
-        rmsnorm_forward_cpu(s->q, s->q, lw->q_norm, T * c->NH, c->HS, c->eps, act);
-        rmsnorm_forward_cpu(s->k, s->k, lw->k_norm, T * c->NKV, c->HS, c->eps, act);
+        rmsnorm_forward_cpu(s->q, s->q, lw->q_norm, N * c->NH, c->HS, c->eps, act);
+        rmsnorm_forward_cpu(s->k, s->k, lw->k_norm, N * c->NKV, c->HS, c->eps, act);
     }
-    rope_forward_cpu(s->q, s->cos_t, s->sin_t, T, c->NH, c->HS, act);
-    rope_forward_cpu(s->k, s->cos_t, s->sin_t, T, c->NKV, c->HS, act);
-    attention_forward_cpu(s->ctx, s->q, s->k, s->v, T, c->NH, c->NKV, c->HS, act, s->att);
-    if (cap) cap(cap_ctx, INP_O, s->ctx, T, qd);
-    matmul_forward_cpu(s->o, s->ctx, L[LIN_O].w, L[LIN_O].b, T, qd, c->C, act);
-    residual_forward_cpu(x, s->o, (size_t)T * c->C, act);
+    for (int i = 0, r = 0; i < nseq; r += T[i], i++) {
+        float *q = s->q + (size_t)r * qd, *k = s->k + (size_t)r * kvd;
+        rope_forward_cpu(q, s->cos_t, s->sin_t, T[i], c->NH, c->HS, act);
+        rope_forward_cpu(k, s->cos_t, s->sin_t, T[i], c->NKV, c->HS, act);
+        attention_forward_cpu(s->ctx + (size_t)r * qd, q, k, s->v + (size_t)r * kvd, T[i], c->NH, c->NKV, c->HS,
+                              act, s->att);
+    }
+    capture_seqs(cap, cap_ctx, INP_O, s->ctx, nseq, T, qd);
+    matmul_forward_cpu(s->o, s->ctx, L[LIN_O].w, L[LIN_O].b, N, qd, C, act);
+    residual_forward_cpu(x, s->o, (size_t)N * C, act);
     /* MLP / MoE block */
-    rmsnorm_forward_cpu(s->a, x, lw->post_norm, T, c->C, c->eps, act);
-    if (cap) cap(cap_ctx, INP_MLP, s->a, T, c->C);
+    rmsnorm_forward_cpu(s->a, x, lw->post_norm, N, C, c->eps, act);
+    capture_seqs(cap, cap_ctx, INP_MLP, s->a, nseq, T, C);
     if (lw->sparse) {
-        moe_forward(m, lw, T, s, cap, cap_ctx);
-        residual_forward_cpu(x, s->acc, (size_t)T * c->C, act);
+        for (int i = 0, r = 0; i < nseq; r += T[i], i++) {
+            if (T[i] == 0) continue;
+            moe_forward(m, lw, s->a + (size_t)r * C, T[i], s, cap, cap_ctx);
+            residual_forward_cpu(x + (size_t)r * C, s->acc, (size_t)T[i] * C, act);
+        }
     } else {
-        mlp_forward(c, &L[LIN_GATE], s->a, T, s, cap, cap_ctx, INP_DOWN);
-        residual_forward_cpu(x, s->o, (size_t)T * c->C, act);
+        mlp_forward(c, &L[LIN_GATE], s->a, nseq, T, s, cap, cap_ctx, INP_DOWN);
+        residual_forward_cpu(x, s->o, (size_t)N * C, act);
     }
 }
 

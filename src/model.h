@@ -132,26 +132,41 @@ ds_status layer_load(const model *m, int l, layer_weights *lw);
 void layer_set_all_experts(layer_weights *lw, int on);
 void layer_free(layer_weights *lw);
 
-/* Per-sequence scratch sized for sequences of up to max_T tokens. */
+/* Scratch of layer_forward_batch for micro-batches of up to max_rows tokens
+ * in all, each sequence of up to max_T tokens. */
 typedef struct layer_scratch {
-    int max_T;
+    int max_T, max_rows;
     float *a, *q, *k, *v, *ctx, *o, *g, *u, *att, *cos_t, *sin_t;
     int rope_T;             /* rows of cos/sin already computed */
-    /* MoE: router probabilities [T, E], top-k experts/weights [T, K], the
-     * combined output [T, C], gathered rows [T, C], their weights [T] */
+    /* MoE (one sequence at a time): router probabilities [T, E], top-k
+     * experts/weights [T, K], the combined output [T, C], gathered rows
+     * [T, C], their weights [T] */
     float *probs, *topw, *acc, *xe, *rw;
     int *tope, *rows;
 } layer_scratch;
+/* Scratch for one sequence of up to max_T tokens per call (layer_forward). */
 void layer_scratch_init(layer_scratch *s, const model_config *c, int max_T);
+/* Scratch for micro-batches: up to max_rows tokens per call, max_T per sequence. */
+void layer_scratch_init_batch(layer_scratch *s, const model_config *c, int max_rows, int max_T);
 void layer_scratch_free(layer_scratch *s);
 
-/* Called with each captured Linear input X [T, n] (n = model_input_dim);
- * T may be smaller than the sequence (routed tokens of one expert). */
+/* Called with each captured Linear input X [T, n] (n = model_input_dim) of
+ * one sequence: once per sequence and input, also in a micro-batch; T may be
+ * smaller than the sequence (routed tokens of one expert). Hessian sums are
+ * therefore the same whatever the micro-batching. */
 typedef void (*capture_fn)(void *ctx, int input_id, const float *X, int T, int n);
 
 /* x [T, C] := decoder layer (x) in place. cap may be NULL. */
 void layer_forward(const model *m, const layer_weights *lw, float *x, int T, layer_scratch *s,
                    capture_fn cap, void *cap_ctx);
+/* The same for a micro-batch of nseq sequences whose rows are concatenated in
+ * x [sum T[i], C] (sum <= s->max_rows, each T[i] <= s->max_T): every Linear is
+ * one GEMM over all rows, attention (causal, positions from 0) and the MoE
+ * block run per sequence. Each row's result equals layer_forward of its own
+ * sequence (OpenBLAS computes each output row alike for any row count;
+ * tests/test_batch.c checks it bit for bit); cap sees one sequence per call. */
+void layer_forward_batch(const model *m, const layer_weights *lw, float *x, int nseq, const int *T,
+                         layer_scratch *s, capture_fn cap, void *cap_ctx);
 
 /* Embedding rows for ids[T] into x [T, C] (values in the model dtype). */
 ds_status model_embed(const model *m, const int32_t *ids, int T, float *x);

@@ -9,6 +9,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 void matmul_forward_cpu(float *y, const float *x, const float *w, const float *b, int T, int in,
@@ -21,16 +22,31 @@ void matmul_forward_cpu(float *y, const float *x, const float *w, const float *b
     ds_round_array(y, (size_t)T * out, act);
 }
 
-void rmsnorm_forward_cpu(float *y, const float *x, const float *w, int T, int C, float eps,
-                         ds_dtype act) {
-    for (int t = 0; t < T; t++) {
-        const float *xr = x + (size_t)t * C;
-        float *yr = y + (size_t)t * C;
+typedef struct rms_job {
+    float *y;
+    const float *x, *w;
+    int C;
+    float eps;
+    ds_dtype act;
+} rms_job;
+
+static void rms_rows(void *p, size_t lo, size_t hi) {
+    const rms_job *j = p;
+    const int C = j->C;
+    for (size_t t = lo; t < hi; t++) {
+        const float *xr = j->x + t * C;
+        float *yr = j->y + t * C;
         float ss = 0.0f;
         for (int c = 0; c < C; c++) ss += xr[c] * xr[c];
-        float r = 1.0f / sqrtf(ss / (float)C + eps);
-        for (int c = 0; c < C; c++) yr[c] = ds_round_to(w[c] * ds_round_to(xr[c] * r, act), act);
+        float r = 1.0f / sqrtf(ss / (float)C + j->eps);
+        for (int c = 0; c < C; c++) yr[c] = ds_round_to(j->w[c] * ds_round_to(xr[c] * r, j->act), j->act);
     }
+}
+
+void rmsnorm_forward_cpu(float *y, const float *x, const float *w, int T, int C, float eps,
+                         ds_dtype act) {
+    rms_job j = {y, x, w, C, eps, act};
+    ds_parallel_for((size_t)(T > 0 ? T : 0), (size_t)(1 << 16) / (size_t)C + 1, rms_rows, &j);
 }
 
 void rope_tables_cpu(float *cos_t, float *sin_t, const float *inv_freq, int T, int HS, ds_dtype act) {
@@ -44,13 +60,21 @@ void rope_tables_cpu(float *cos_t, float *sin_t, const float *inv_freq, int T, i
         }
 }
 
-void rope_forward_cpu(float *x, const float *cos_t, const float *sin_t, int T, int NH, int HS,
-                      ds_dtype act) {
-    int half = HS / 2;
-    for (int t = 0; t < T; t++) {
-        const float *c = cos_t + (size_t)t * HS, *s = sin_t + (size_t)t * HS;
+typedef struct rope_job {
+    float *x;
+    const float *cos_t, *sin_t;
+    int NH, HS;
+    ds_dtype act;
+} rope_job;
+
+static void rope_rows(void *p, size_t lo, size_t hi) {
+    const rope_job *jb = p;
+    const int half = jb->HS / 2, NH = jb->NH, HS = jb->HS;
+    const ds_dtype act = jb->act;
+    for (size_t t = lo; t < hi; t++) {
+        const float *c = jb->cos_t + t * HS, *s = jb->sin_t + t * HS;
         for (int h = 0; h < NH; h++) {
-            float *v = x + (size_t)t * NH * HS + (size_t)h * HS;
+            float *v = jb->x + t * NH * HS + (size_t)h * HS;
             for (int j = 0; j < half; j++) {
                 float a = v[j], b = v[j + half];
                 float a1 = ds_round_to(a * c[j], act), a2 = ds_round_to(b * s[j], act);
@@ -62,52 +86,111 @@ void rope_forward_cpu(float *x, const float *cos_t, const float *sin_t, int T, i
     }
 }
 
-void attention_forward_cpu(float *out, const float *q, const float *k, const float *v, int T,
-                           int NH, int NKV, int HS, ds_dtype act, float *scratch) {
-    const int rep = NH / NKV, qs = NH * HS, ks = NKV * HS;
+void rope_forward_cpu(float *x, const float *cos_t, const float *sin_t, int T, int NH, int HS,
+                      ds_dtype act) {
+    rope_job j = {x, cos_t, sin_t, NH, HS, act};
+    ds_parallel_for((size_t)(T > 0 ? T : 0), (size_t)(1 << 16) / ((size_t)NH * HS) + 1, rope_rows, &j);
+}
+
+typedef struct att_job {
+    float *out, *scratch;
+    const float *q, *k, *v;
+    int T, NH, NKV, HS;
+    ds_dtype act;
+} att_job;
+
+/* Heads [lo, hi) of one sequence; the first range uses the caller's scratch,
+ * the others (other threads) their own [T, T]. */
+static void att_heads(void *p, size_t lo, size_t hi) {
+    const att_job *j = p;
+    const int T = j->T, HS = j->HS, rep = j->NH / j->NKV, qs = j->NH * HS, ks = j->NKV * HS;
     const float scale = 1.0f / sqrtf((float)HS);
-    float *S = scratch; /* [T, T] scores, then probabilities */
-    for (int h = 0; h < NH; h++) {
-        const int g = h / rep;
+    float *S = lo == 0 ? j->scratch : xmalloc(sizeof(float) * (size_t)T * T); /* scores, then probabilities */
+    for (size_t h = lo; h < hi; h++) {
+        const int g = (int)h / rep;
         /* S = (Q_h K_g^T) * scale; only j <= i is used (causal) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HS, scale, q + (size_t)h * HS, qs,
-                    k + (size_t)g * HS, ks, 0.0f, S, T);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HS, scale, j->q + h * HS, qs,
+                    j->k + (size_t)g * HS, ks, 0.0f, S, T);
         for (int i = 0; i < T; i++) {
             float *si = S + (size_t)i * T, mx = -INFINITY, sum = 0.0f;
-            for (int j = 0; j <= i; j++) mx = si[j] > mx ? si[j] : mx;
-            for (int j = 0; j <= i; j++) { si[j] = expf(si[j] - mx); sum += si[j]; }
+            for (int c = 0; c <= i; c++) mx = si[c] > mx ? si[c] : mx;
+            for (int c = 0; c <= i; c++) { si[c] = expf(si[c] - mx); sum += si[c]; }
             const float inv = 1.0f / sum;
-            for (int j = 0; j <= i; j++) si[j] = ds_round_to(si[j] * inv, act);
-            for (int j = i + 1; j < T; j++) si[j] = 0.0f;
+            for (int c = 0; c <= i; c++) si[c] = ds_round_to(si[c] * inv, j->act);
+            for (int c = i + 1; c < T; c++) si[c] = 0.0f;
         }
         /* ctx_h = P V_g, written straight into the [T, NH*HS] o_proj input */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, T, 1.0f, S, T, v + (size_t)g * HS, ks,
-                    0.0f, out + (size_t)h * HS, qs);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, T, 1.0f, S, T, j->v + (size_t)g * HS, ks,
+                    0.0f, j->out + h * HS, qs);
+        if (j->act != DS_DTYPE_F32)
+            for (int i = 0; i < T; i++) ds_round_array(j->out + (size_t)i * qs + h * HS, (size_t)HS, j->act);
     }
-    if (act != DS_DTYPE_F32)
-        for (int i = 0; i < T; i++) ds_round_array(out + (size_t)i * qs, (size_t)qs, act);
+    if (S != j->scratch) free(S);
+}
+
+void attention_forward_cpu(float *out, const float *q, const float *k, const float *v, int T,
+                           int NH, int NKV, int HS, ds_dtype act, float *scratch) {
+    if (T <= 0) return;
+    att_job j = {out, scratch, q, k, v, T, NH, NKV, HS, act};
+    /* With host threads, heads run in parallel on 1-thread sgemm (the softmax
+     * is the larger part at HS = 64-128, and it is scalar); each head's
+     * arithmetic is the same either way. */
+    const int blas = openblas_get_num_threads();
+    if (ds_threads() > 1 && NH > 1) openblas_set_num_threads(1);
+    ds_parallel_for((size_t)NH, 1, att_heads, &j);
+    if (ds_threads() > 1 && NH > 1) openblas_set_num_threads(blas);
+}
+
+typedef struct ew_job {
+    float *out;
+    const float *a, *b;
+    ds_dtype act;
+} ew_job;
+
+static void swiglu_range(void *p, size_t lo, size_t hi) {
+    const ew_job *j = p;
+    for (size_t i = lo; i < hi; i++) {
+        float z = j->a[i];
+        float s = ds_round_to(z / (1.0f + expf(-z)), j->act);
+        j->out[i] = ds_round_to(s * j->b[i], j->act);
+    }
 }
 
 void swiglu_forward_cpu(float *out, const float *gate, const float *up, size_t n, ds_dtype act) {
-    for (size_t i = 0; i < n; i++) {
-        float z = gate[i];
-        float s = ds_round_to(z / (1.0f + expf(-z)), act);
-        out[i] = ds_round_to(s * up[i], act);
-    }
+    ew_job j = {out, gate, up, act};
+    ds_parallel_for(n, (size_t)1 << 16, swiglu_range, &j);
+}
+
+static void residual_range(void *p, size_t lo, size_t hi) {
+    const ew_job *j = p;
+    for (size_t i = lo; i < hi; i++) j->out[i] = ds_round_to(j->out[i] + j->b[i], j->act);
 }
 
 void residual_forward_cpu(float *x, const float *y, size_t n, ds_dtype act) {
-    for (size_t i = 0; i < n; i++) x[i] = ds_round_to(x[i] + y[i], act);
+    ew_job j = {x, NULL, y, act};
+    ds_parallel_for(n, (size_t)1 << 18, residual_range, &j);
+}
+
+typedef struct hacc_job {
+    double *H;
+    const float *s;
+    int n;
+} hacc_job;
+
+static void hacc_rows(void *p, size_t lo, size_t hi) {
+    const hacc_job *j = p;
+    for (size_t i = lo; i < hi; i++) {
+        const float *s = j->s + i * j->n;
+        double *hr = j->H + i * j->n;
+        for (size_t c = i; c < (size_t)j->n; c++) hr[c] += 2.0 * (double)s[c];
+    }
 }
 
 void hessian_accum_cpu(double *H, const float *X, int rows, int n, float *scratch) {
     if (rows == 0) return;
     cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, n, rows, 1.0f, X, n, 0.0f, scratch, n);
-    for (int i = 0; i < n; i++) {
-        const float *s = scratch + (size_t)i * n;
-        double *hr = H + (size_t)i * n;
-        for (int j = i; j < n; j++) hr[j] += 2.0 * (double)s[j];
-    }
+    hacc_job j = {H, scratch, n};
+    ds_parallel_for((size_t)n, 64, hacc_rows, &j);
 }
 
 void hessian_mirror_cpu(double *H, int n) {
