@@ -330,6 +330,9 @@ static int written_before(void *p, const char *name) {
     int l = -1;
     if (rc->c->smoothed && smoothquant_tensor(&rc->c->m->cfg, name)) return 0;
     if (sscanf(name, "model.layers.%d.", &l) != 1 || l < rc->layers) return 1;
+    char module[512];
+    if (scheme_writes_weight(&rc->c->r->w) && quantized_weight(rc->c, name, module, sizeof module))
+        return 0; /* float-quantized: "<module>.weight" holds the codes */
     return !scheme_is_module_tensor(name);
 }
 
@@ -429,9 +432,16 @@ fail:
 
 ds_status ckpt_write_module(ckpt_writer *c, const char *module, const int8_t *q, const float *scale,
                             const int *zp, const int *g_idx, int out, int in) {
+    return ckpt_write_module_act(c, module, q, scale, zp, g_idx, out, in, NULL);
+}
+
+ds_status ckpt_write_module_act(ckpt_writer *c, const char *module, const int8_t *q, const float *scale,
+                                const int *zp, const int *g_idx, int out, int in, const float *act_scale) {
     const quant_args *a = &c->r->w;
+    if (a->act == QACT_INPUT_SCALE && !act_scale)
+        return ds_error(DS_ERR_RUNTIME, "%s: the scheme stores an input_scale and none was calibrated", module);
     const scheme_module sm = {.q = q, .scale = scale, .zp = zp, .g_idx = g_idx, .out = out, .in = in,
-                              .dtype = c->m->cfg.dtype};
+                              .dtype = c->m->cfg.dtype, .act_scale = act_scale};
     scheme_tensor_spec spec[SCHEME_MAX_TENSORS];
     int n = scheme_tensors(a, sm.dtype, out, in, spec);
     char name[600];

@@ -66,6 +66,11 @@ ds_status ckpt_begin(const model *m, const recipe *r, const char *out_dir, int o
  * [out, ngroups]; g_idx [in] or NULL. */
 ds_status ckpt_write_module(ckpt_writer *w, const char *module, const int8_t *q, const float *scale,
                             const int *zp, const int *g_idx, int out, int in);
+/* The same with the module's static input activation scale (act_scale: one
+ * value, written as "<module>.input_scale" when the scheme stores one
+ * (quant_args.act == QACT_INPUT_SCALE); NULL otherwise). */
+ds_status ckpt_write_module_act(ckpt_writer *w, const char *module, const int8_t *q, const float *scale,
+                                const int *zp, const int *g_idx, int out, int in, const float *act_scale);
 /* Write unquantized tensor `name` (a planned model tensor, e.g. a smoothed
  * norm weight) from f32 values data [n], converted to its dtype in the model.
  * A quantized Linear's "<module>.weight" is skipped (DS_OK: the module's

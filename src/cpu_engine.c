@@ -14,6 +14,7 @@
 #include "engine.h"
 #include "ops_cpu.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,6 +58,11 @@ static ds_status load_layer(engine *e, const layer_weights *lw) {
 
 static void capture(void *p, int input_id, const float *X, int T, int n) {
     cpu_engine *c = p;
+    if (c->base.act_amax && c->used[input_id] && T > 0) { /* static activation observer (min/max) */
+        float m = c->base.act_amax[input_id];
+        for (size_t i = 0; i < (size_t)T * (size_t)n; i++) m = fabsf(X[i]) > m ? fabsf(X[i]) : m;
+        c->base.act_amax[input_id] = m;
+    }
     if (!c->used[input_id] || !c->H[input_id] || T <= 0) return;
     double t0 = ds_now();
     hessian_accum_cpu(c->H[input_id], X, T, n, c->scratch);

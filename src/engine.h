@@ -65,6 +65,10 @@ typedef struct engine_ops {
 /* Every instance starts with this. */
 struct engine {
     const engine_ops *ops;
+    /* [model_num_inputs] or NULL: calibrate also keeps, per used input,
+     * max |X| over the captured rows (the static_minmax activation observer
+     * of static input scales, e.g. FP8). CPU engine only. */
+    float *act_amax;
 };
 
 /* The CPU engine: embeds the nlocal samples (model_embed) and keeps the

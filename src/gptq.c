@@ -178,12 +178,25 @@ void gptq_argsort_desc(const float *x, int64_t n, int64_t *perm) {
 
 /* ---- helpers ---- */
 
+/* Scale column of weight column c (original order): c / group_size for group
+ * and tensor_group, c / block[1] for block, else 0 (llm-compressor's g_idx). */
+static int col_group(const quant_args *a, int64_t c) {
+    if (a->strategy == QS_GROUP || a->strategy == QS_TENSOR_GROUP) return (int)(c / a->group_size);
+    if (a->strategy == QS_BLOCK) return (int)(c / a->block[1]);
+    return 0;
+}
+
 static ds_status check_args(const quant_args *a, int out, int in, int block_size) {
     if (out <= 0 || in <= 0) return ds_error(DS_ERR_USAGE, "gptq: bad weight shape [%d, %d]", out, in);
     if (a->num_bits < 1 || a->num_bits > 8)
         return ds_error(DS_ERR_USAGE, "gptq: num_bits must be 1..8, got %d", a->num_bits);
     if (block_size <= 0) return ds_error(DS_ERR_USAGE, "gptq: block_size must be > 0, got %d", block_size);
-    if (a->strategy == QS_GROUP) {
+    if (a->strategy == QS_BLOCK && (a->block[0] <= 0 || a->block[1] <= 0))
+        return ds_error(DS_ERR_USAGE, "gptq: strategy block needs a positive block_structure, got [%d, %d]",
+                        a->block[0], a->block[1]);
+    if (a->strategy == QS_TOKEN)
+        return ds_error(DS_ERR_USAGE, "gptq: strategy token is for activations, not weights");
+    if (a->strategy == QS_GROUP || a->strategy == QS_TENSOR_GROUP) {
         if (a->group_size <= 0)
             return ds_error(DS_ERR_USAGE, "gptq: group strategy needs group_size > 0, got %d",
                             a->group_size);
@@ -235,7 +248,7 @@ ds_status rtn_quantize(const quant_args *a, const float *W, int out, int in, ds_
     if (st != DS_OK) return st;
     result_alloc(res, a, out, in);
     int ng = quant_num_groups(a, in);
-    int gs = a->strategy == QS_GROUP ? a->group_size : in;
+    const quant_kind_t kind = quant_kind(a);
     int qmin, qmax;
     quant_range(a, &qmin, &qmax);
     quant_minmax_qparams(a, W, out, in, model_dtype, res->scale, a->symmetric ? NULL : res->zp);
@@ -243,11 +256,11 @@ ds_status rtn_quantize(const quant_args *a, const float *W, int out, int in, ds_
     for (int r = 0; r < out; r++)
         for (int c = 0; c < in; c++) {
             size_t k = (size_t)r * in + c;
-            int g = a->strategy == QS_GROUP ? c / gs : 0;
+            int g = col_group(a, c);
             float s = res->scale[(size_t)r * ng + g];
             int z = res->zp[(size_t)r * ng + g];
-            int q = quant_code_from_deq(W[k], s, z, qmin, qmax, model_dtype);
-            float dq = ds_round_to((float)(q - z) * s, model_dtype);
+            int q = quant_code_from_deq_k(kind, W[k], s, z, qmin, qmax, model_dtype);
+            float dq = quant_dequant_k(kind, q, z, s, model_dtype);
             res->q[k] = (int8_t)q;
             res->wq[k] = dq;
             float e = W[k] - dq;
@@ -437,6 +450,7 @@ ds_status gptq_quantize(const quant_args *a, const float *W, int out, int in, fl
     const int n = in;
     const int ng = quant_num_groups(a, in);
     const int gs = a->strategy == QS_GROUP ? a->group_size : in;
+    const quant_kind_t kind = quant_kind(a);
     int qmin, qmax;
     quant_range(a, &qmin, &qmax);
     const int use_perm = a->actorder != QA_NONE;
@@ -473,7 +487,7 @@ ds_status gptq_quantize(const quant_args *a, const float *W, int out, int in, fl
         }
     } else {
         quant_minmax_qparams(a, W, out, in, model_dtype, res->scale, zp_out);
-        for (int j = 0; j < n; j++) gcol[j] = a->strategy == QS_GROUP ? (int)(perm[j] / gs) : 0;
+        for (int j = 0; j < n; j++) gcol[j] = col_group(a, perm[j]);
     }
 
     /* 3. dead columns: W[:, i] = 0 (after the perm) */
@@ -517,7 +531,7 @@ ds_status gptq_quantize(const quant_args *a, const float *W, int out, int in, fl
             for (int r = 0; r < out; r++) {
                 size_t k = (size_t)r * ng + g;
                 float dq;
-                (void)quant_fake(w[r], sc[k], zz[k], qmin, qmax, model_dtype, &dq);
+                (void)quant_fake_k(kind, w[r], sc[k], zz[k], qmin, qmax, model_dtype, &dq);
                 float e = (w[r] - dq) / d;
                 err[r] = e;
                 lsum += (double)e * e;
@@ -549,7 +563,7 @@ ds_status gptq_quantize(const quant_args *a, const float *W, int out, int in, fl
         const int g = gcol[j];
         for (int r = 0; r < out; r++) {
             size_t k = (size_t)r * ng + g;
-            int qc = quant_code_from_deq(w[r], sc[k], zz[k], qmin, qmax, model_dtype);
+            int qc = quant_code_from_deq_k(kind, w[r], sc[k], zz[k], qmin, qmax, model_dtype);
             res->wq[(size_t)r * in + c] = w[r];
             res->q[(size_t)r * in + c] = (int8_t)qc;
         }

@@ -172,7 +172,8 @@ static char *default_output(const char *model_dir, const recipe *r) {
     char *d = xstrdup(model_dir);
     size_t n = strlen(d);
     while (n > 1 && d[n - 1] == '/') d[--n] = 0;
-    char *out = xasprintf("%s-W%dA16", d, r->w.num_bits);
+    char *out = r->w.type == QT_INT && r->in.num_bits == 0 ? xasprintf("%s-W%dA16", d, r->w.num_bits)
+                : xasprintf("%s-%s", d, r->scheme_name ? r->scheme_name : "quantized");
     free(d);
     return out;
 }
@@ -211,11 +212,29 @@ static ds_status load_calibration(const char *path, const char *model_dir, const
 /* --device: "cuda" must work on every rank (else a usage error naming why);
  * "auto" picks cuda only when it works on every rank, so all ranks run the
  * same engine. */
-static ds_status select_device(const char *want, const model_config *mc, int *cuda) {
+/* NULL when the CUDA engine runs recipe r's scheme, else why not: it runs
+ * GPTQ with int weight-only schemes (tensor/channel/group); float weights,
+ * activation quantization and QuantizationModifier are CPU-only in v1. */
+static const char *cuda_scheme_why(const recipe *r) {
+    if (r->quantizer != RQ_GPTQ) return "the CUDA engine runs GPTQModifier only (this recipe: QuantizationModifier)";
+    if (r->w.type != QT_INT || r->in.num_bits ||
+        (r->w.strategy != QS_TENSOR && r->w.strategy != QS_CHANNEL && r->w.strategy != QS_GROUP))
+        return "the CUDA engine runs int weight-only schemes (W4A16, W8A16, ...); this recipe's scheme "
+               "(float weights or quantized activations) runs on the CPU";
+    return NULL;
+}
+
+static ds_status select_device(const char *want, const model_config *mc, const recipe *r, int *cuda) {
     ds_status st = DS_OK;
     const char *why = NULL;
     *cuda = 0;
     if (strcmp(want, "cpu") == 0) return DS_OK;
+    if (cuda_scheme_why(r)) {
+        if (strcmp(want, "cuda") == 0)
+            return ds_error(DS_ERR_USAGE, "--device cuda: %s\nhint: use --device cpu", cuda_scheme_why(r));
+        if (comm_rank() == 0 && gpu_engine_built()) ds_info("device auto: cpu (%s)", cuda_scheme_why(r));
+        return DS_OK;
+    }
     if (strcmp(want, "cuda") == 0) {
         if (!gpu_engine_built())
             st = ds_error(DS_ERR_USAGE, "--device cuda: this doneshot was built without CUDA\n"
@@ -305,7 +324,7 @@ static int cmd_quantize(int argc, char **argv) {
     if (st == DS_OK) st = pipeline_validate(&m, &r);
     if ((st = comm_sync_report(st))) goto done;
     int cuda = 0;
-    st = select_device(c.device ? c.device : "auto", &m.cfg, &cuda);
+    st = select_device(c.device ? c.device : "auto", &m.cfg, &r, &cuda);
     if ((st = comm_sync_report(st))) goto done;
     if (max_seq > m.cfg.max_pos) max_seq = m.cfg.max_pos;
 

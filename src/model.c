@@ -173,9 +173,7 @@ static ds_status parse_moe(const cJSON *j, const char *path, model_config *c) {
 
 /* ---- quantization_config (compressed-tensors QuantizationArgs) ---- */
 
-static const char *strategy_str(quant_strategy s) {
-    return s == QS_GROUP ? "group" : s == QS_CHANNEL ? "channel" : "tensor";
-}
+static const char *strategy_str(quant_strategy s) { return scheme_strategy_name(s); }
 
 static const char *actorder_str(quant_actorder a) {
     return a == QA_GROUP ? "group" : a == QA_STATIC ? "static" : "null";
@@ -203,11 +201,24 @@ static ds_status parse_qweights(const cJSON *w, const char *path, const char *gr
     if (!gs_m1 && (st = get_int(w, ctx, "group_size", 0, -1, 1, MAX_INTER, &gs))) return st;
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(w, "type");
     a->type = cJSON_IsString(v) && strcmp(v->valuestring, "float") == 0 ? QT_FLOAT : QT_INT;
-    if ((v && !cJSON_IsNull(v) && !(cJSON_IsString(v) && (strcmp(v->valuestring, "int") == 0 ||
-                                                           a->type == QT_FLOAT))) ||
-        !scheme_format_name(a)) /* no format of the scheme table reads it (float, for now) */
-        return ds_error(DS_ERR_INPUT, "%s: quantization_config.config_groups.%s.weights.type: only \"int\" is "
-                        "supported", path, grp);
+    if (v && !cJSON_IsNull(v) && !(cJSON_IsString(v) && (strcmp(v->valuestring, "int") == 0 || a->type == QT_FLOAT)))
+        return ds_error(DS_ERR_INPUT, "%s: quantization_config.config_groups.%s.weights.type: expected \"int\" or "
+                        "\"float\"", path, grp);
+    v = cJSON_GetObjectItemCaseSensitive(w, "block_structure");
+    if (cJSON_IsArray(v) && cJSON_GetArraySize(v) == 2 && cJSON_IsNumber(v->child) &&
+        cJSON_IsNumber(v->child->next) && v->child->valuedouble >= 1 && v->child->next->valuedouble >= 1 &&
+        v->child->valuedouble <= MAX_INTER && v->child->next->valuedouble <= MAX_INTER) {
+        a->block[0] = (int)v->child->valuedouble;
+        a->block[1] = (int)v->child->next->valuedouble;
+    } else if (v && !cJSON_IsNull(v)) {
+        return ds_error(DS_ERR_INPUT, "%s: quantization_config.config_groups.%s.weights.block_structure: expected "
+                        "null or [rows, cols]", path, grp);
+    }
+    v = cJSON_GetObjectItemCaseSensitive(w, "scale_dtype");
+    if (cJSON_IsString(v) && !strcmp(v->valuestring, "torch.float8_e4m3fn")) {
+        a->scale_dtype_set = 1;
+        a->scale_dtype = DS_DTYPE_F8_E4M3;
+    }
     v = cJSON_GetObjectItemCaseSensitive(w, "dynamic");
     if (v && !cJSON_IsNull(v) && !cJSON_IsFalse(v))
         return ds_error(DS_ERR_INPUT, "%s: quantization_config.config_groups.%s.weights.dynamic: only false is "
@@ -222,13 +233,16 @@ static ds_status parse_qweights(const cJSON *w, const char *path, const char *gr
     else if (cJSON_IsString(v) && strcmp(v->valuestring, "group") == 0) a->strategy = QS_GROUP;
     else if (cJSON_IsString(v) && strcmp(v->valuestring, "channel") == 0) a->strategy = QS_CHANNEL;
     else if (cJSON_IsString(v) && strcmp(v->valuestring, "tensor") == 0) a->strategy = QS_TENSOR;
+    else if (cJSON_IsString(v) && strcmp(v->valuestring, "block") == 0 && a->block[0] > 0) a->strategy = QS_BLOCK;
+    else if (cJSON_IsString(v) && strcmp(v->valuestring, "tensor_group") == 0) a->strategy = QS_TENSOR_GROUP;
     else
         return ds_error(DS_ERR_INPUT, "%s: quantization_config.config_groups.%s.weights.strategy: expected "
-                        "\"group\", \"channel\" or \"tensor\" (the strategies doneshot reads)", path, grp);
-    if (a->strategy == QS_GROUP && gs <= 0)
-        return ds_error(DS_ERR_INPUT, "%s: quantization_config.config_groups.%s.weights: strategy \"group\" needs "
-                        "a positive group_size", path, grp);
-    a->group_size = a->strategy == QS_GROUP ? gs : -1;
+                        "\"group\", \"channel\", \"tensor\", \"block\" (with a block_structure) or "
+                        "\"tensor_group\" (the strategies doneshot reads)", path, grp);
+    if ((a->strategy == QS_GROUP || a->strategy == QS_TENSOR_GROUP) && gs <= 0)
+        return ds_error(DS_ERR_INPUT, "%s: quantization_config.config_groups.%s.weights: strategy \"%s\" needs "
+                        "a positive group_size", path, grp, strategy_str(a->strategy));
+    a->group_size = a->strategy == QS_GROUP || a->strategy == QS_TENSOR_GROUP ? gs : -1;
     v = cJSON_GetObjectItemCaseSensitive(w, "actorder");
     a->actorder = QA_NONE;
     if (!v || cJSON_IsNull(v) || cJSON_IsFalse(v)) a->actorder = QA_NONE;
@@ -246,6 +260,45 @@ static ds_status parse_qweights(const cJSON *w, const char *path, const char *gr
     return DS_OK;
 }
 
+/* config_groups.<g>.input_activations -> *in (num_bits 0 when null) and
+ * weights->act; refused unless scheme_act_supported. */
+static ds_status parse_qact(const cJSON *v, const char *path, const char *grp, quant_args *wa, quant_args *in) {
+    memset(in, 0, sizeof *in);
+    wa->act = QACT_NONE;
+    if (!v || cJSON_IsNull(v)) return DS_OK;
+    char ctx[600];
+    snprintf(ctx, sizeof ctx, "%s (quantization_config.config_groups.%.200s.input_activations)", path, grp);
+    if (!cJSON_IsObject(v)) return ds_error(DS_ERR_INPUT, "%s: expected an object or null", ctx);
+    ds_status st;
+    int gs = -1;
+    if ((st = get_int(v, ctx, "num_bits", 0, 8, 2, 8, &in->num_bits))) return st;
+    if ((st = get_int(v, ctx, "group_size", 0, -1, -1, MAX_INTER, &gs))) return st;
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(v, "type");
+    in->type = cJSON_IsString(t) && !strcmp(t->valuestring, "float") ? QT_FLOAT : QT_INT;
+    t = cJSON_GetObjectItemCaseSensitive(v, "symmetric");
+    in->symmetric = cJSON_IsBool(t) ? cJSON_IsTrue(t) : 1;
+    t = cJSON_GetObjectItemCaseSensitive(v, "dynamic");
+    in->dynamic = cJSON_IsTrue(t) ? QD_DYNAMIC : cJSON_IsString(t) && !strcmp(t->valuestring, "local") ? QD_LOCAL
+                                                                                                       : QD_STATIC;
+    t = cJSON_GetObjectItemCaseSensitive(v, "strategy");
+    const char *s = cJSON_IsString(t) ? t->valuestring : gs > 0 ? "group" : "tensor";
+    in->strategy = !strcmp(s, "token") ? QS_TOKEN : !strcmp(s, "group") ? QS_GROUP : !strcmp(s, "channel") ? QS_CHANNEL
+                   : !strcmp(s, "tensor_group") ? QS_TENSOR_GROUP : !strcmp(s, "block") ? QS_BLOCK : QS_TENSOR;
+    in->group_size = gs;
+    t = cJSON_GetObjectItemCaseSensitive(v, "scale_dtype");
+    if (cJSON_IsString(t) && !strcmp(t->valuestring, "torch.float8_e4m3fn")) {
+        in->scale_dtype_set = 1;
+        in->scale_dtype = DS_DTYPE_F8_E4M3;
+    }
+    if (!scheme_act_supported(in))
+        return ds_error(DS_ERR_INPUT, "%s: type %s, num_bits %d, strategy %s, dynamic %s is not an input activation "
+                        "scheme doneshot evaluates (supported: %s)", ctx, scheme_type_name(in->type), in->num_bits,
+                        s, in->dynamic == QD_LOCAL ? "local" : in->dynamic ? "true" : "false",
+                        scheme_act_supported_list());
+    wa->act = in->dynamic == QD_LOCAL ? QACT_INPUT_GLOBAL_SCALE : in->dynamic ? QACT_DYNAMIC : QACT_INPUT_SCALE;
+    return DS_OK;
+}
+
 /* The distinct weight args of quantization_config.config_groups into
  * m->qargs (each quantized module must match one of them). */
 static ds_status parse_qconfig(const cJSON *qc, const char *path, model *m) {
@@ -258,18 +311,29 @@ static ds_status parse_qconfig(const cJSON *qc, const char *path, model *m) {
         const cJSON *w = cJSON_IsObject(g) ? cJSON_GetObjectItemCaseSensitive(g, "weights") : NULL;
         if (!w || cJSON_IsNull(w)) continue; /* no weight quantization in this group */
         const cJSON *f = cJSON_GetObjectItemCaseSensitive(g, "format");
-        if (f && !cJSON_IsNull(f) && !(cJSON_IsString(f) && strcmp(f->valuestring, "pack-quantized") == 0))
-            return ds_error(DS_ERR_INPUT, "%s: quantization_config.config_groups.%s.format: expected "
-                            "\"pack-quantized\" (the only quantized format doneshot reads)", path, g->string);
-        quant_args a;
+        quant_args a, in;
         memset(&a, 0, sizeof a);
         if ((st = parse_qweights(w, path, g->string, &a))) return st;
+        if ((st = parse_qact(cJSON_GetObjectItemCaseSensitive(g, "input_activations"), path, g->string, &a, &in)))
+            return st;
+        const char *fname = scheme_format_name(&a);
+        if (!fname)
+            return ds_error(DS_ERR_INPUT, "%s: quantization_config.config_groups.%s: no checkpoint format doneshot "
+                            "reads holds these weights (type %s, num_bits %d, strategy %s; formats: %s)", path,
+                            g->string, scheme_type_name(a.type), a.num_bits, strategy_str(a.strategy),
+                            scheme_format_list());
+        if (f && !cJSON_IsNull(f) && !(cJSON_IsString(f) && strcmp(f->valuestring, fname) == 0))
+            return ds_error(DS_ERR_INPUT, "%s: quantization_config.config_groups.%s.format: expected \"%s\" for "
+                            "this scheme (the formats doneshot reads: %s)", path, g->string, fname,
+                            scheme_format_list());
         int dup = 0;
-        for (int i = 0; i < m->nqargs; i++) dup |= memcmp(&m->qargs[i], &a, sizeof a) == 0;
+        for (int i = 0; i < m->nqargs; i++)
+            dup |= memcmp(&m->qargs[i], &a, sizeof a) == 0 && memcmp(&m->qact[i], &in, sizeof in) == 0;
         if (dup) continue;
         if (m->nqargs == DS_MAX_QARGS)
             return ds_error(DS_ERR_INPUT, "%s: quantization_config has more than %d distinct weight schemes",
                             path, DS_MAX_QARGS);
+        m->qact[m->nqargs] = in;
         m->qargs[m->nqargs++] = a;
     }
     if (m->nqargs == 0)
@@ -372,9 +436,9 @@ static ds_status parse_config(const char *path, const char *text, model *m, int 
         const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(qc, "format");
         const cJSON *qm = cJSON_GetObjectItemCaseSensitive(qc, "quant_method");
         if (!cJSON_IsString(qm) || strcmp(qm->valuestring, "compressed-tensors") != 0 || !cJSON_IsString(fmt) ||
-            strcmp(fmt->valuestring, "pack-quantized") != 0) {
-            st = ds_error(DS_ERR_INPUT, "%s: quantization_config is not compressed-tensors pack-quantized "
-                          "(the only quantized format doneshot reads)", path);
+            !scheme_format_known(fmt->valuestring)) {
+            st = ds_error(DS_ERR_INPUT, "%s: quantization_config is not compressed-tensors in a format doneshot "
+                          "reads (%s)", path, scheme_format_list());
             goto done;
         }
         m->quantized = 1;
@@ -572,6 +636,19 @@ static ds_status check_packed(const model *m, const char *module, int out, int i
     return DS_OK;
 }
 
+/* 1 if Linear `module` of a quantized checkpoint is stored quantized: no
+ * "<module>.weight" (pack-quantized: weight_packed), or a float8 one
+ * (float-quantized), or one with a weight_scale beside it. */
+static int stored_quantized(const model *m, const char *module) {
+    if (!m->quantized) return 0;
+    char name[300];
+    snprintf(name, sizeof name, "%s.weight", module);
+    const st_tensor *t = st_find(m->st, name);
+    if (!t || t->dtype == DS_DTYPE_F8_E4M3) return 1;
+    snprintf(name, sizeof name, "%s.weight_scale", module);
+    return st_find(m->st, name) != NULL;
+}
+
 /* The quantization args (one of m->qargs) that the pack-quantized tensors of
  * `module` match; else the mismatch against the first. */
 static ds_status select_qargs(const model *m, const char *module, int out, int in, int check_values,
@@ -753,7 +830,7 @@ static ds_status check_tensors(const model *m) {
             const layer_linear *li = &ll[k];
             const quant_args *a;
             snprintf(name, sizeof name, "%s.weight", li->name);
-            if (m->quantized && !st_find(m->st, name)) {
+            if (stored_quantized(m, li->name)) {
                 if ((st = select_qargs(m, li->name, li->out, li->in, 0, &a))) goto out;
             } else if ((st = expect_tensor(m, name, li->out, li->in))) goto out;
             if (lin_has_bias(c, li->role)) {
@@ -895,18 +972,20 @@ static ds_status load_f32(const model *m, const char *name, int finite, float **
  * against the quantization args first (model_open checked their shapes; the
  * g_idx values are checked here); DS_ERR_INPUT naming the tensor on a
  * mismatch or a non-finite weight (an inf/NaN or overflowing scale). */
-static ds_status load_packed(const model *m, const char *module, int out, int in, float **w) {
+static ds_status load_packed(const model *m, const char *module, int out, int in, float **w,
+                             const quant_args **aout) {
     char name[300];
     const quant_args *a;
     *w = NULL;
     ds_status st = select_qargs(m, module, out, in, 1, &a);
     if (st) return st;
+    *aout = a;
     const st_tensor *stored[SCHEME_MAX_TENSORS] = {0}, *p = NULL, *sct = NULL;
     for (int k = 0; k < scheme_read_entries(a); k++) {
         const char *suffix = scheme_read_suffix(a, k);
         snprintf(name, sizeof name, "%s.%s", module, suffix);
         stored[k] = st_find(m->st, name);
-        if (!strcmp(suffix, "weight_packed")) p = stored[k];
+        if (!strcmp(suffix, "weight_packed") || !strcmp(suffix, "weight")) p = stored[k];
         if (!strcmp(suffix, "weight_scale")) sct = stored[k];
     }
     const int ng = quant_num_groups(a, in);
@@ -928,7 +1007,7 @@ static ds_status load_packed(const model *m, const char *module, int out, int in
                 memcpy(&v, (const char *)gt->data + sizeof v * bad, sizeof v);
                 g = v;
             }
-            const size_t si = (size_t)o * srow + (size_t)g;
+            const size_t si = (size_t)(a->strategy == QS_BLOCK ? o / a->block[0] : o) * srow + (size_t)g;
             if (!isfinite(scale[si])) {
                 snprintf(name, sizeof name, "%s.weight_scale", module);
                 st = nonfinite_error(m, sct, name, scale[si], si, srow ? ng : 0);
@@ -973,8 +1052,22 @@ ds_status layer_load(const model *m, int l, layer_weights *lw) {
         else if (li->expert == 0 && lw->expert0 < 0) lw->expert0 = k;
         else if (li->expert == -2 && lw->shared0 < 0) lw->shared0 = k;
         snprintf(name, sizeof name, "%s.weight", li->name);
-        st = m->quantized && !st_find(m->st, name) ? load_packed(m, li->name, li->out, li->in, &li->w)
-                                                   : load_f32(m, name, 1, &li->w);
+        if (stored_quantized(m, li->name)) {
+            const quant_args *qa = NULL;
+            st = load_packed(m, li->name, li->out, li->in, &li->w, &qa);
+            const quant_args *in = st ? NULL : &m->qact[qa - m->qargs];
+            if (in && in->num_bits) { /* eval's activation fake quant (scheme_act_fake) */
+                li->act = in;
+                if (qa->act == QACT_INPUT_SCALE) {
+                    float *s1 = NULL;
+                    snprintf(name, sizeof name, "%s.input_scale", li->name);
+                    if (!(st = load_f32(m, name, 1, &s1))) li->act_scale = s1[0];
+                    free(s1);
+                }
+            }
+        } else {
+            st = load_f32(m, name, 1, &li->w);
+        }
         if (st) goto fail;
         if (lin_has_bias(c, li->role)) {
             snprintf(name, sizeof name, "%s.bias", li->name);
@@ -1092,17 +1185,33 @@ static void capture_seqs(capture_fn cap, void *cap_ctx, int id, const float *X, 
 /* One SiLU-gated MLP (dense, expert or shared expert) on X [rows, C] -> s->o
  * [rows, C], rows = sum T[i] of nseq sequences; down-input capture id
  * down_id, per sequence (none if cap is NULL). */
+/* y = Linear L (x) over T rows: matmul_forward_cpu, after the input
+ * activation fake quant of a quantized checkpoint's module (L->act: FP8,
+ * W8A8, ...; scheme_act_fake on a copy of x, as compressed-tensors'
+ * forward_quantize applies it to the module input). */
+static void lin_forward(float *y, const float *x, const layer_linear *L, int T, int in, int out, ds_dtype act) {
+    if (!L->act) {
+        matmul_forward_cpu(y, x, L->w, L->b, T, in, out, act);
+        return;
+    }
+    float *xq = xmalloc(sizeof(float) * (size_t)DS_MAX(T, 1) * (size_t)in);
+    memcpy(xq, x, sizeof(float) * (size_t)T * (size_t)in);
+    scheme_act_fake(L->act, L->act->dynamic ? NULL : &L->act_scale, xq, T, in, act);
+    matmul_forward_cpu(y, xq, L->w, L->b, T, in, out, act);
+    free(xq);
+}
+
 static void mlp_forward(const model_config *c, const layer_linear *G, const float *X, int nseq, const int *T,
                         layer_scratch *s, capture_fn cap, void *cap_ctx, int down_id) {
     const ds_dtype act = c->dtype;
     const int F = G[0].out;
     int rows = 0;
     for (int i = 0; i < nseq; i++) rows += T[i];
-    matmul_forward_cpu(s->g, X, G[0].w, G[0].b, rows, c->C, F, act);
-    matmul_forward_cpu(s->u, X, G[1].w, G[1].b, rows, c->C, F, act);
+    lin_forward(s->g, X, &G[0], rows, c->C, F, act);
+    lin_forward(s->u, X, &G[1], rows, c->C, F, act);
     swiglu_forward_cpu(s->g, s->g, s->u, (size_t)rows * F, act);
     capture_seqs(cap, cap_ctx, down_id, s->g, nseq, T, F);
-    matmul_forward_cpu(s->o, s->g, G[2].w, G[2].b, rows, F, c->C, act);
+    lin_forward(s->o, s->g, &G[2], rows, F, c->C, act);
 }
 
 /* MoE block on m [T, C] (one sequence); output into s->acc (model-dtype values).
@@ -1187,9 +1296,9 @@ void layer_forward_batch(const model *m, const layer_weights *lw, float *x, int 
     /* attention block: q, k, v over all rows, attention per sequence */
     rmsnorm_forward_cpu(s->a, x, lw->in_norm, N, C, c->eps, act);
     capture_seqs(cap, cap_ctx, INP_ATTN, s->a, nseq, T, C);
-    matmul_forward_cpu(s->q, s->a, L[LIN_Q].w, L[LIN_Q].b, N, C, qd, act);
-    matmul_forward_cpu(s->k, s->a, L[LIN_K].w, L[LIN_K].b, N, C, kvd, act);
-    matmul_forward_cpu(s->v, s->a, L[LIN_V].w, L[LIN_V].b, N, C, kvd, act);
+    lin_forward(s->q, s->a, &L[LIN_Q], N, C, qd, act);
+    lin_forward(s->k, s->a, &L[LIN_K], N, C, kvd, act);
+    lin_forward(s->v, s->a, &L[LIN_V], N, C, kvd, act);
     if (c->qk_norm) {
         rmsnorm_forward_cpu(s->q, s->q, lw->q_norm, N * c->NH, c->HS, c->eps, act);
         rmsnorm_forward_cpu(s->k, s->k, lw->k_norm, N * c->NKV, c->HS, c->eps, act);
@@ -1202,7 +1311,7 @@ void layer_forward_batch(const model *m, const layer_weights *lw, float *x, int 
                               act, s->att);
     }
     capture_seqs(cap, cap_ctx, INP_O, s->ctx, nseq, T, qd);
-    matmul_forward_cpu(s->o, s->ctx, L[LIN_O].w, L[LIN_O].b, N, qd, C, act);
+    lin_forward(s->o, s->ctx, &L[LIN_O], N, qd, C, act);
     residual_forward_cpu(x, s->o, (size_t)N * C, act);
     /* MLP / MoE block */
     rmsnorm_forward_cpu(s->a, x, lw->post_norm, N, C, c->eps, act);

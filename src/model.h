@@ -49,6 +49,7 @@ typedef struct model {
     int quantized;          /* 1: a compressed-tensors pack-quantized checkpoint (dequantized on load) */
     int nqargs;             /* quantized: distinct weight args of quantization_config.config_groups */
     quant_args qargs[DS_MAX_QARGS];
+    quant_args qact[DS_MAX_QARGS]; /* their groups' input_activations (num_bits 0: none) */
     char *dir;              /* owned */
     st_model *st;           /* owned: mmap'd shards */
     float *inv_freq;        /* [HS/2] RoPE inverse frequencies (scaling applied) */
@@ -97,6 +98,11 @@ typedef struct layer_linear {
     int quantizable;        /* 0 for routers and shared_expert_gate (never quantized) */
     float *w;               /* [out, in] owned f32 (values exact in the model dtype) */
     float *b;               /* [out] owned, or NULL */
+    /* a quantized checkpoint's input activation quantization (eval's forward
+     * fake-quantizes the input as compressed-tensors does: scheme_act_fake):
+     * act NULL = none; act_scale: the module's input_scale (static args) */
+    const quant_args *act;
+    float act_scale;
 } layer_linear;
 
 typedef struct layer_weights {

@@ -8,6 +8,7 @@
 #include "gpu_engine.h"
 #include "gptq.h"
 #include "resume.h"
+#include "qscalar.h"
 #include "scheme.h"
 #include "smoothquant.h"
 
@@ -153,6 +154,7 @@ typedef struct run {
     double *cost;              /* [maxlin] */
     double **H;                /* [nin]: host Hessian sums, NULL where unused or not owned */
     int64_t *cnt;              /* [2 nin]: tokens, sequences per input */
+    float *amax;               /* [nin]: static activation observer (max |X|, all ranks), or NULL */
 } run;
 
 /* Layer l to resume after, from the partial run of this job: *start = the
@@ -216,7 +218,7 @@ static ds_status engine_start(run *u, int start) {
     if (u->o->cuda) {
         gpu_engine_opts go = {.offload_acts = u->o->offload_acts, .budget_bytes = u->o->gpu_budget_bytes,
                               .local_rank = gpu_engine_local_rank(), .qa = &u->r->w, .gptq_block = u->r->block_size,
-                              .max_micro_batch = u->o->max_micro_batch, .moe_routed = u->o->moe_routed_only};
+                              .max_micro_batch = u->o->max_micro_batch};
         st = gpu_engine_create_engine(u->m, u->local, u->nlocal, &go, &u->eng);
     } else {
         st = cpu_engine_create(u->m, u->local, u->nlocal, &u->eng);
@@ -330,8 +332,24 @@ static ds_status calibrate_and_reduce(run *u, const layer_weights *lw, stage_tim
         u->H[inp] = u->used[inp] && host_H ? xcalloc((size_t)n * n, sizeof(double)) : NULL;
     }
     memset(u->cnt, 0, sizeof(int64_t) * 2 * (size_t)u->nin);
+    const int static_act = u->r->w.act == QACT_INPUT_SCALE;
+    if (u->r->quantizer == RQ_QUANTIZATION && !static_act) { /* round-to-nearest, nothing to observe */
+        for (int inp = 0; inp < u->nin; inp++) { free(u->H[inp]); u->H[inp] = NULL; }
+        return DS_OK;
+    }
+    if (static_act) {
+        if (!u->amax) u->amax = xmalloc(sizeof(float) * (size_t)u->nin);
+        memset(u->amax, 0, sizeof(float) * (size_t)u->nin);
+    }
+    if (u->r->quantizer == RQ_QUANTIZATION) /* no Hessians (NULL entries): the activation observer only */
+        for (int inp = 0; inp < u->nin; inp++) { free(u->H[inp]); u->H[inp] = NULL; }
+    u->eng->act_amax = static_act ? u->amax : NULL;
     const engine_times t0 = u->eng->ops->times(u->eng);
     ds_status st = comm_sync_status(u->eng->ops->calibrate(u->eng, u->used, host_H ? u->H : NULL, u->cnt));
+    u->eng->act_amax = NULL;
+    /* static_minmax over every rank's tokens: the max of the ranks' max |X| */
+    for (int inp = 0; static_act && !st && inp < u->nin; inp++)
+        u->amax[inp] = (float)comm_allreduce_max_f64(u->amax[inp]);
     const engine_times t1 = u->eng->ops->times(u->eng);
     lt->forward = t1.forward - t0.forward;
     lt->hessian = t1.hessian - t0.hessian;
@@ -377,7 +395,9 @@ static ds_status solve_owned(run *u, layer_weights *lw, packed_result *prs, stag
         const double t = ds_now();
         gptq_result res;
         ds_status gs;
-        if (ntok == 0) {
+        if (u->r->quantizer == RQ_QUANTIZATION) { /* QuantizationModifier: the observer's qparams, RTN */
+            gs = rtn_quantize(qa, li->w, li->out, li->in, c->dtype, &res);
+        } else if (ntok == 0) {
             gs = rtn_quantize(qa, li->w, li->out, li->in, c->dtype, &res);
             res.rtn_fallback = 2;
         } else { /* u->H: the reduced sum, or NULL (one rank, device engine: on the device) */
@@ -425,8 +445,13 @@ static ds_status exchange_results(run *u, layer_weights *lw, packed_result *prs,
         lt->bcast += ds_now() - t;
         const int *zp = qa->symmetric ? NULL : pr.zp;
         const int *gi = qa->actorder == QA_GROUP ? pr.g_idx : NULL;
-        ds_convert_to_f32(li->w, pr.w, c->dtype, (size_t)li->out * li->in);
-        u->eng->ops->set_weight(u->eng, u->mods[i], li->w);
+        /* QuantizationModifier: llm-compressor keeps the original weights (and
+         * no activation quantization) for the rest of the calibration, so the
+         * propagation does too; GPTQ propagates its fake-quantized weights. */
+        const int keep = u->r->quantizer == RQ_QUANTIZATION;
+        float *wq = keep ? xmalloc(sizeof(float) * (size_t)li->out * li->in) : li->w;
+        ds_convert_to_f32(wq, pr.w, c->dtype, (size_t)li->out * li->in);
+        if (!keep) u->eng->ops->set_weight(u->eng, u->mods[i], li->w);
         module_record *mr = &stats->mods[stats->nmods++];
         snprintf(mr->name, sizeof mr->name, "%s", li->name);
         mr->owner = u->owner[i];
@@ -449,11 +474,20 @@ static ds_status exchange_results(run *u, layer_weights *lw, packed_result *prs,
         if (u->rank == 0 && st == DS_OK) {
             t = ds_now();
             int8_t *q = xmalloc((size_t)li->out * li->in);
-            scheme_codes_from_weight(qa, li->w, pr.scale, zp, gi, li->out, li->in, c->dtype, q);
-            st = ckpt_write_module(u->ck, li->name, q, pr.scale, zp, gi, li->out, li->in);
+            scheme_codes_from_weight(qa, wq, pr.scale, zp, gi, li->out, li->in, c->dtype, q);
+            float act_scale = 0.0f;
+            if (qa->act == QACT_INPUT_SCALE) { /* calculate_qparams(min, max) of the observer, in the model dtype */
+                int qmin, qmax, z;
+                quant_range(&u->r->in, &qmin, &qmax);
+                const float am = u->amax[li->input_id];
+                qs_qparams(1, -am, am, (int)c->dtype, qmin, qmax, &act_scale, &z);
+            }
+            st = ckpt_write_module_act(u->ck, li->name, q, pr.scale, zp, gi, li->out, li->in,
+                                       qa->act == QACT_INPUT_SCALE ? &act_scale : NULL);
             free(q);
             lt->save += ds_now() - t;
         }
+        if (keep) free(wq);
         free(pr.buf);
         prs[i].buf = NULL;
     }
@@ -581,7 +615,7 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
     if (u.ck) ckpt_abort(u.ck, u.saved);
     sq_plan_free(&u.sq);
     stats->total_s = ds_now() - u.t_start;
-    free(u.mods); free(u.owner); free(u.cost); free(u.used); free(u.H); free(u.cnt);
+    free(u.mods); free(u.owner); free(u.cost); free(u.used); free(u.H); free(u.cnt); free(u.amax);
     free(u.pdir);
     free(u.rdir);
     return st;

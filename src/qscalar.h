@@ -124,6 +124,89 @@ QS_FN float qs_dequant(int q, int zp, float scale, int dt) {
     return qs_round_to(QS_MUL((float)(q - zp), scale), dt);
 }
 
+/* ---- float8_e4m3fn (torch.float8_e4m3fn; compressed-tensors FP8_E4M3_DATA) ----
+ * 1 sign, 4 exponent (bias 7), 3 mantissa bits; no infinities; S.1111.111 is
+ * NaN; largest finite 448 (0x7e); subnormals m * 2^-9 (m = 1..7); the
+ * smallest normal 2^-6. The cast rounds to nearest, ties to even (torch's
+ * c10::detail::fp8e4m3fn_from_fp32_value) and, unlike torch, saturates at
+ * +-448 (compressed-tensors clamps to [-448, 448] before every cast, so the
+ * two agree on every value the schemes cast). NaN -> 0x7f | sign. */
+#define QS_FP8_E4M3_MAX 448.0f
+
+QS_FN unsigned qs_fp8_e4m3_bits(float x) {
+    const unsigned sign = signbit(x) ? 0x80u : 0u;
+    if (isnan(x)) return sign | 0x7fu;
+    const float a = fabsf(x);
+    if (a >= QS_FP8_E4M3_MAX) return sign | 0x7eu;
+    if (a < 0x1p-6f) /* subnormal (and zero): m * 2^-9, m = 0..8 (8 is the smallest normal, bits 0x08) */
+        return sign | (unsigned)QS_RINT(QS_MUL(a, 512.0f));
+    int e;
+    (void)frexpf(a, &e); /* a = f * 2^e, f in [0.5, 1): exponent E = e - 1 in [-6, 8] */
+    int E = e - 1;
+    float m = QS_RINT(ldexpf(a, 3 - E)); /* 8..16, exact scaling by a power of two */
+    if (m >= 16.0f) { m = 8.0f; E++; }
+    return sign | (unsigned)((E + 7) << 3) | (unsigned)((int)m - 8);
+}
+
+/* The value of float8_e4m3fn bits b (0..255). */
+QS_FN float qs_fp8_e4m3_value(unsigned b) {
+    const unsigned E = (b >> 3) & 15u, M = b & 7u;
+    float v;
+    if (E == 15u && M == 7u) v = NAN;
+    else if (E == 0u) v = ldexpf((float)M, -9);
+    else v = ldexpf((float)(8u + M), (int)E - 10);
+    return (b & 0x80u) ? -v : v;
+}
+
+/* ---- the code kinds (quant_kind_t of src/quant.h: 0 int, 1 fp8, 2 fp4) ----
+ * One entry per scheme kind; the int kind is the functions above, unchanged.
+ * A code is an int: the integer q (QS_KIND_INT) or the bit pattern (fp8:
+ * 0..255). The nvfp4 scheme adds QS_KIND_FP4 here. */
+#define QS_KIND_INT 0
+#define QS_KIND_FP8 1
+#define QS_KIND_FP4 2
+
+/* The value a code stands for (before zp and scale). */
+QS_FN float qs_code_value(int kind, int q) {
+    if (kind == QS_KIND_FP8) return qs_fp8_e4m3_value((unsigned)q & 0xffu);
+    return (float)q;
+}
+
+/* Round the clamped t to a code of kind. */
+QS_FN int qs_round_code(int kind, float t) {
+    if (kind == QS_KIND_FP8) return (int)qs_fp8_e4m3_bits(t);
+    return isnan(t) ? 0 : (int)QS_RINT(t);
+}
+
+/* qs_fake for any kind: t = x/scale (+ zp) in f32, clamp to [qmin, qmax],
+ * code = round_code(t); *deq = round_to(dt, (value(code) - zp) * scale). */
+QS_FN int qs_fake_k(int kind, float x, float scale, int zp, int qmin, int qmax, int dt, float *deq) {
+    if (kind == QS_KIND_INT) return qs_fake(x, scale, zp, qmin, qmax, dt, deq);
+    float t = QS_DIV(x, scale);
+    if (zp != 0) t = QS_ADD(t, (float)zp);
+    if (t < (float)qmin) t = (float)qmin;
+    if (t > (float)qmax) t = (float)qmax;
+    int q = qs_round_code(kind, t);
+    if (deq) *deq = qs_round_to(QS_MUL(QS_SUB(qs_code_value(kind, q), (float)zp), scale), dt);
+    return q;
+}
+
+/* qs_code_from_deq for any kind (x/scale and + zp rounded to dt). */
+QS_FN int qs_code_from_deq_k(int kind, float x, float scale, int zp, int qmin, int qmax, int dt) {
+    if (kind == QS_KIND_INT) return qs_code_from_deq(x, scale, zp, qmin, qmax, dt);
+    float t = qs_round_to(QS_DIV(x, scale), dt);
+    if (zp != 0) t = qs_round_to(QS_ADD(t, (float)zp), dt);
+    if (t < (float)qmin) t = (float)qmin;
+    if (t > (float)qmax) t = (float)qmax;
+    return qs_round_code(kind, t);
+}
+
+/* qs_dequant for any kind. */
+QS_FN float qs_dequant_k(int kind, int q, int zp, float scale, int dt) {
+    if (kind == QS_KIND_INT) return qs_dequant(q, zp, scale, dt);
+    return qs_round_to(QS_MUL(QS_SUB(qs_code_value(kind, q), (float)zp), scale), dt);
+}
+
 /* ---- pack-quantized bit layout (CT pack_to_int32) ----
  * Element i of a vector of n b-bit codes sits at global bit i*b as
  * u = q - qmin (biased unsigned), lowest bits first, possibly straddling two

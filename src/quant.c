@@ -30,15 +30,28 @@
 #include <math.h>
 #include <string.h>
 
+quant_kind_t quant_kind(const quant_args *a) {
+    if (a->type != QT_FLOAT) return QK_INT;
+    return a->num_bits == 4 ? QK_FP4 : QK_FP8;
+}
+
 void quant_range(const quant_args *a, int *qmin, int *qmax) {
     DS_ASSERT(a->num_bits >= 1 && a->num_bits <= 8);
-    qs_range(a->num_bits, qmin, qmax);
+    switch (quant_kind(a)) {
+    case QK_FP8: *qmin = -448; *qmax = 448; return; /* torch.finfo(float8_e4m3fn) */
+    case QK_FP4: *qmin = -6; *qmax = 6; return;     /* FP4_E2M1_DATA */
+    default: qs_range(a->num_bits, qmin, qmax);
+    }
 }
 
 int quant_num_groups(const quant_args *a, int in) {
-    if (a->strategy == QS_GROUP) {
+    if (a->strategy == QS_GROUP || a->strategy == QS_TENSOR_GROUP) {
         DS_ASSERT(a->group_size > 0);
         return (in + a->group_size - 1) / a->group_size;
+    }
+    if (a->strategy == QS_BLOCK) {
+        DS_ASSERT(a->block[1] > 0);
+        return (in + a->block[1] - 1) / a->block[1];
     }
     return 1;
 }
@@ -71,7 +84,29 @@ void quant_minmax_qparams(const quant_args *a, const float *W, int out, int in,
         return;
     }
     int ng = quant_num_groups(a, in);
-    int gs = a->strategy == QS_GROUP ? a->group_size : in;
+    if (a->strategy == QS_BLOCK) { /* one scale per [block[0], block[1]] tile, copied to each of its rows */
+        const int br = a->block[0], bc = a->block[1];
+        for (int r0 = 0; r0 < out; r0 += br)
+            for (int g = 0; g < ng; g++) {
+                int c0 = g * bc, c1 = DS_MIN(in, c0 + bc), r1 = DS_MIN(out, r0 + br);
+                float mn = 0.0f, mx = 0.0f;
+                for (int r = r0; r < r1; r++)
+                    for (int c = c0; c < c1; c++) {
+                        float v = W[(size_t)r * in + c];
+                        if (v < mn) mn = v;
+                        if (v > mx) mx = v;
+                    }
+                float s;
+                int z;
+                qparams_one(a, mn, mx, scale_dtype, qmin, qmax, &s, &z);
+                for (int r = r0; r < r1; r++) {
+                    scale[(size_t)r * ng + g] = s;
+                    if (zp) zp[(size_t)r * ng + g] = z;
+                }
+            }
+        return;
+    }
+    int gs = a->strategy == QS_GROUP || a->strategy == QS_TENSOR_GROUP ? a->group_size : in;
     for (int r = 0; r < out; r++) {
         const float *w = W + (size_t)r * in;
         for (int g = 0; g < ng; g++) {
@@ -93,6 +128,19 @@ int quant_fake(float x, float scale, int zp, int qmin, int qmax, ds_dtype scale_
 
 int quant_code_from_deq(float x, float scale, int zp, int qmin, int qmax, ds_dtype dt) {
     return qs_code_from_deq(x, scale, zp, qmin, qmax, (int)dt);
+}
+
+int quant_fake_k(quant_kind_t k, float x, float scale, int zp, int qmin, int qmax, ds_dtype scale_dtype,
+                 float *deq) {
+    return qs_fake_k((int)k, x, scale, zp, qmin, qmax, (int)scale_dtype, deq);
+}
+
+int quant_code_from_deq_k(quant_kind_t k, float x, float scale, int zp, int qmin, int qmax, ds_dtype dt) {
+    return qs_code_from_deq_k((int)k, x, scale, zp, qmin, qmax, (int)dt);
+}
+
+float quant_dequant_k(quant_kind_t k, int q, int zp, float scale, ds_dtype dt) {
+    return qs_dequant_k((int)k, q, zp, scale, (int)dt);
 }
 
 int quant_packed_cols(int cols, int bits) { return qs_packed_words(cols, bits); }

@@ -11,10 +11,30 @@
 
 #include "common.h"
 
-typedef enum { QS_TENSOR = 0, QS_CHANNEL, QS_GROUP } quant_strategy;
+/* QuantizationStrategy. Weights: tensor/channel/group (int, fp8), block (fp8: block_structure),
+ * tensor_group (nvfp4). Input activations also: token (dynamic per token). */
+typedef enum { QS_TENSOR = 0, QS_CHANNEL, QS_GROUP, QS_BLOCK, QS_TOKEN, QS_TENSOR_GROUP } quant_strategy;
 typedef enum { QA_NONE = 0, QA_STATIC, QA_GROUP } quant_actorder; /* static == "weight", group == "dynamic" */
 
 typedef enum { QT_INT = 0, QT_FLOAT } quant_type; /* QuantizationArgs.type */
+
+/* QuantizationArgs.dynamic: false, true, "local" (NVFP4 activations: dynamic
+ * local scales, static global scale). */
+typedef enum { QD_STATIC = 0, QD_DYNAMIC, QD_LOCAL } quant_dynamic;
+
+/* The scalar kind of a scheme's codes (the fake-quant rounding):
+ * QK_INT: round half to even into [qmin, qmax]; QK_FP8: cast to
+ * float8_e4m3fn (qs_fp8_e4m3_*, src/qscalar.h); QK_FP4: float4 e2m1 (the
+ * nvfp4 scheme). quant_kind(a) maps args to it. */
+typedef enum { QK_INT = 0, QK_FP8, QK_FP4 } quant_kind_t;
+
+/* The input activations of a quantized module as its weight args see them
+ * (quant_args.act of the WEIGHT args, set by the recipe / the reader from
+ * input_activations): none (weight-only: W4A16, ...), dynamic (quantized,
+ * nothing stored: FP8_DYNAMIC, W8A8), a static per-tensor input_scale [1]
+ * (FP8), or NVFP4's input_global_scale [1]. The format depends on it
+ * (pack-quantized is weight-only). */
+typedef enum { QACT_NONE = 0, QACT_DYNAMIC, QACT_INPUT_SCALE, QACT_INPUT_GLOBAL_SCALE } quant_act_store;
 
 typedef struct quant_args {
     int num_bits;           /* 2..8 */
@@ -22,15 +42,27 @@ typedef struct quant_args {
     quant_strategy strategy;
     int group_size;         /* > 0 for QS_GROUP, else -1 */
     quant_actorder actorder;
-    quant_type type;        /* QT_INT (the zero default; last, so {bits, sym, ...} initializers stay int);
-                             * QT_FLOAT is parsed by recipes and rejected until a float scheme exists */
+    quant_type type;        /* QT_INT (the zero default) or QT_FLOAT (fp8: num_bits 8, fp4: 4) */
+    /* --- added for the FP8/W8A8/NVFP4 schemes (zero = the old meaning) --- */
+    int block[2];           /* QS_BLOCK: block_structure [rows, cols] (FP8_BLOCK: 128, 128) */
+    quant_dynamic dynamic;  /* weights: always QD_STATIC; activations: as given */
+    int scale_dtype_set;    /* 1: scales are rounded to scale_dtype (NVFP4: F8_E4M3); 0: the observed dtype */
+    ds_dtype scale_dtype;
+    quant_act_store act;    /* weight args only: input-activation tensors the module stores */
 } quant_args;
 
-/* Integer range: [-2^(b-1), 2^(b-1)-1]. */
+/* The code kind of args a (QK_INT for type int; QK_FP8 / QK_FP4 for float 8 / 4 bits). */
+quant_kind_t quant_kind(const quant_args *a);
+
+/* Code range: int [-2^(b-1), 2^(b-1)-1]; fp8 e4m3 [-448, 448]; fp4 e2m1 [-6, 6]
+ * (compressed-tensors calculate_range: the dtype's finfo min/max). */
 void quant_range(const quant_args *a, int *qmin, int *qmax);
 
 /* Number of scale columns for a weight with `in` columns: 1 (channel/tensor
- * per row... tensor gives 1 for all rows) or in/group_size. */
+ * per row... tensor gives 1 for all rows), ceil(in/group_size) (group,
+ * tensor_group) or ceil(in/block[1]) (block: in memory every row of a block
+ * row holds its block's scale; the checkpoint stores [ceil(out/block[0]),
+ * ceil(in/block[1])]). */
 int quant_num_groups(const quant_args *a, int in);
 
 /* Min-max qparams per (row, group) of W [out, in] row-major, computed as
@@ -51,6 +83,11 @@ void quant_minmax_qparams(const quant_args *a, const float *W, int out, int in,
  * round_to(scale_dtype, (q - zp) * scale) to *deq (the reference multiplies
  * in the scale's dtype). */
 int quant_fake(float x, float scale, int zp, int qmin, int qmax, ds_dtype scale_dtype, float *deq);
+/* The same for any code kind (quant_kind): QK_INT is quant_fake; QK_FP8
+ * returns the float8_e4m3fn bit pattern (0..255) of fp8(clamp(x/scale,
+ * -448, 448)) and *deq = round_to(dt, fp8value * scale). */
+int quant_fake_k(quant_kind_t k, float x, float scale, int zp, int qmin, int qmax, ds_dtype scale_dtype,
+                 float *deq);
 
 /* The integer code compressed-tensors stores for a model-dtype weight value x
  * (the pack-quantized compressor re-quantizes the saved dequantized weight:
@@ -59,6 +96,11 @@ int quant_fake(float x, float scale, int zp, int qmin, int qmax, ds_dtype scale_
  * even). For int8 in bf16 this can differ from the code used inside GPTQ
  * (bf16 holds only 8 significant bits), and it is what ends up on disk. */
 int quant_code_from_deq(float x, float scale, int zp, int qmin, int qmax, ds_dtype dt);
+/* The same for any code kind (fp8: the e4m3 bit pattern of
+ * fp8(clamp(round_dt(x/scale), -448, 448)), as the float-quantized compressor). */
+int quant_code_from_deq_k(quant_kind_t k, float x, float scale, int zp, int qmin, int qmax, ds_dtype dt);
+/* Dequantized value of code q (any kind): round_to(dt, (value(q) - zp) * scale). */
+float quant_dequant_k(quant_kind_t k, int q, int zp, float scale, ds_dtype dt);
 
 /* Dense pack (CT pack_to_int32, "pack-quantized"): element i of each row goes
  * to global bit i*b of that row's int32 words, stored as u = q - qmin (biased

@@ -6,8 +6,9 @@
  * semantics (docs/reference-llm-compressor.md §1.5, §1.6, §4) and
  * compressed-tensors' QuantizationArgs validation and serialization (§3.7).
  * Deliberately not supported (clear DS_ERR_USAGE errors): YAML, modifiers
- * other than GPTQModifier, more than one config group, activation or float
- * quantization presets, the "mse" observer, dynamic weights.
+ * other than GPTQModifier / QuantizationModifier / SmoothQuantModifier,
+ * more than one config group, schemes without a checkpoint format in
+ * src/scheme.c, the "mse" observer, dynamic weights.
  *
  * The cJSON tree never leaves this file: values are copied into the struct
  * and the tree is deleted. "re:" target/ignore entries are compiled once with
@@ -32,7 +33,7 @@ struct recipe_priv {
     pcre2_code **target_re; /* [ntargets], NULL where the entry is not "re:" */
     pcre2_code **ignore_re; /* [nignore] */
     pcre2_match_context *mctx; /* RECIPE_RE_MATCH_LIMIT / RECIPE_RE_DEPTH_LIMIT / RECIPE_RE_HEAP_LIMIT_KIB */
-    char observer[32];
+    char observer[32], in_observer[32];
     int group_size_m1; /* channel strategy given as "group_size": -1 (serialized as -1, not null) */
     /* where the patterns come from, for match errors */
     char origin[256], gptq_path[512];
@@ -46,20 +47,70 @@ struct recipe_priv {
 
 /* ---- presets (compressed-tensors PRESET_SCHEMES, §4.4) ---- */
 
-typedef struct preset { const char *name; int bits, sym; } preset;
+/* One preset: weights and input_activations (in.num_bits == 0: none) exactly
+ * as compressed-tensors 0.19.0 quantization/quant_scheme.py PRESET_SCHEMES,
+ * and the activation observer llm-compressor resolves for it. A preset is
+ * offered when src/scheme.c has a format for its weights and accepts its
+ * activations (scheme_act_supported); add a scheme = add its row here. */
+typedef struct preset { const char *name; quant_args w, in; const char *in_observer; } preset;
+#define P_INTW(b, s) {.num_bits = (b), .symmetric = (s), .strategy = QS_GROUP, .group_size = 128}
+#define P_FP8 .num_bits = 8, .type = QT_FLOAT, .symmetric = 1
+#define P_FP4 .num_bits = 4, .type = QT_FLOAT, .symmetric = 1, .strategy = QS_TENSOR_GROUP, .group_size = 16, \
+              .scale_dtype_set = 1, .scale_dtype = DS_DTYPE_F8_E4M3
 static const preset PRESETS[] = {
-    {"W4A16", 4, 1}, {"W4A16_ASYM", 4, 0}, {"W8A16", 8, 1}, {"W2A16", 2, 1},
-    {"W3A16", 3, 1}, {"W5A16", 5, 1},      {"W6A16", 6, 1}, {"W7A16", 7, 1},
+    {"W4A16", P_INTW(4, 1), {0}, NULL}, {"W4A16_ASYM", P_INTW(4, 0), {0}, NULL},
+    {"W8A16", P_INTW(8, 1), {0}, NULL}, {"W2A16", P_INTW(2, 1), {0}, NULL},
+    {"W3A16", P_INTW(3, 1), {0}, NULL}, {"W5A16", P_INTW(5, 1), {0}, NULL},
+    {"W6A16", P_INTW(6, 1), {0}, NULL}, {"W7A16", P_INTW(7, 1), {0}, NULL},
+    {"W8A8", {.num_bits = 8, .symmetric = 1, .strategy = QS_CHANNEL, .group_size = -1},
+     {.num_bits = 8, .symmetric = 1, .strategy = QS_TOKEN, .group_size = -1, .dynamic = QD_DYNAMIC}, NULL},
+    {"INT8", {.num_bits = 8, .symmetric = 1, .strategy = QS_CHANNEL, .group_size = -1},
+     {.num_bits = 8, .symmetric = 1, .strategy = QS_TOKEN, .group_size = -1, .dynamic = QD_DYNAMIC}, NULL},
+    {"FP8", {P_FP8, .strategy = QS_TENSOR, .group_size = -1},
+     {P_FP8, .strategy = QS_TENSOR, .group_size = -1}, "static_minmax"},
+    {"FP8_DYNAMIC", {P_FP8, .strategy = QS_CHANNEL, .group_size = -1},
+     {P_FP8, .strategy = QS_TOKEN, .group_size = -1, .dynamic = QD_DYNAMIC}, NULL},
+    {"FP8_BLOCK", {P_FP8, .strategy = QS_BLOCK, .group_size = -1, .block = {128, 128}},
+     {P_FP8, .strategy = QS_GROUP, .group_size = 128, .dynamic = QD_DYNAMIC}, NULL},
+    {"NVFP4A16", {P_FP4}, {0}, NULL},
+    {"NVFP4", {P_FP4}, {P_FP4, .dynamic = QD_LOCAL}, "static_minmax"},
 };
-#define SUPPORTED_PRESETS "W4A16, W4A16_ASYM, W8A16, W2A16, W3A16, W5A16, W6A16, W7A16"
+/* compressed-tensors presets doneshot has no row for */
 static const char *const UNSUPPORTED_PRESETS[] = {
-    "W8A8", "INT8", "W4A8", "W4A4", "W2A4", "W2A8", "W3A4", "W3A8", "W5A8", "W6A8",
-    "W7A8", "W4AFP8", "FP8", "FP8_DYNAMIC", "FP8_BLOCK", "NVFP4A16", "NVFP4",
+    "W4A8", "W4A4", "W2A4", "W2A8", "W3A4", "W3A8", "W5A8", "W6A8", "W7A8", "W4AFP8",
     "MXFP4A16", "MXFP4", "MXFP8A16", "MXFP8", "UNQUANTIZED",
 };
 
+/* What input activations store per module (quant_args.act of the weights). */
+static quant_act_store act_store(const quant_args *in) {
+    if (in->num_bits == 0) return QACT_NONE;
+    if (in->dynamic == QD_LOCAL) return QACT_INPUT_GLOBAL_SCALE;
+    if (in->dynamic == QD_DYNAMIC) return QACT_DYNAMIC;
+    return QACT_INPUT_SCALE;
+}
+
+/* 1 if doneshot runs preset ps: its weights have a format and its activations are supported. */
+static int preset_runs(const preset *ps) {
+    quant_args w = ps->w;
+    w.act = act_store(&ps->in);
+    return scheme_format_name(&w) != NULL && (ps->in.num_bits == 0 || scheme_act_supported(&ps->in));
+}
+
+/* "W4A16, W4A16_ASYM, ..." of the presets doneshot runs (static buffer). */
+static const char *supported_presets(void) {
+    static char buf[512];
+    size_t n = 0;
+    buf[0] = 0;
+    for (size_t i = 0; i < DS_ARRAY_LEN(PRESETS); i++)
+        if (preset_runs(&PRESETS[i]))
+            n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%s", n ? ", " : "", PRESETS[i].name);
+    return buf;
+}
+
 #define RUN_KEYS "model, dataset, output, num_calibration_samples, max_seq_length, seed, text_field, max_shard_size, moe_calibrate_all_experts"
 #define GPTQ_KEYS "targets, ignore, scheme, config_groups, block_size, dampening_frac, actorder, offload_hessians, bypass_divisibility_checks, batched_quantization"
+#define QM_KEYS "targets, ignore, scheme, config_groups, bypass_divisibility_checks"
+#define SQ_KEYS "smoothing_strength, mappings, ignore, num_calibration_steps, algorithm"
 #define GROUP_KEYS "targets, weights, input_activations, output_activations, format"
 #define WEIGHT_KEYS "num_bits, type, symmetric, strategy, group_size, actorder, observer, observer_kwargs, dynamic, block_structure, scale_dtype, zp_dtype"
 
@@ -263,13 +314,7 @@ typedef struct wparse {
     char observer[32];
 } wparse;
 
-static const char *strategy_name(quant_strategy s) {
-    switch (s) {
-    case QS_GROUP: return "group";
-    case QS_CHANNEL: return "channel";
-    default: return "tensor";
-    }
-}
+static const char *strategy_name(quant_strategy s) { return scheme_strategy_name(s); }
 
 static const char *actorder_name(quant_actorder a) {
     switch (a) {
@@ -294,19 +339,22 @@ static ds_status parse_actorder(const pctx *c, const char *path, const cJSON *v,
     return err_value(c, path, v, "static, weight, group, dynamic, null");
 }
 
-static ds_status parse_weights(const pctx *c, const char *path, const cJSON *w, wparse *out) {
+/* QuantizationArgs (config_groups.<g>.weights, or .input_activations when act). */
+static ds_status parse_args(const pctx *c, const char *path, const cJSON *w, wparse *out, int act) {
     char p[512];
     ds_status st;
     if (!cJSON_IsObject(w)) return err_type(c, path, "an object (quantization args)", w);
     if ((st = check_dups(c, path, w))) return st;
     long bits = 8; /* QuantizationArgs defaults */
-    int sym = 1, has_strategy = 0, has_gs = 0, dynamic = 0;
+    int sym = 1, has_strategy = 0, has_gs = 0, has_block = 0;
+    quant_dynamic dynamic = QD_STATIC;
     quant_type type = QT_INT;
     long gs = -1;
+    int block[2] = {0, 0}, sd_set = 0;
     quant_strategy strat = QS_TENSOR;
     quant_actorder ao = QA_NONE;
     int ao_set = 0;
-    snprintf(out->observer, sizeof out->observer, "memoryless_minmax");
+    snprintf(out->observer, sizeof out->observer, "%s", act ? "" : "memoryless_minmax");
     for (const cJSON *it = w->child; it; it = it->next) {
         const char *k = it->string;
         join_path(p, sizeof p, path, k);
@@ -316,10 +364,7 @@ static ds_status parse_weights(const pctx *c, const char *path, const cJSON *w, 
             if (!cJSON_IsString(it)) return err_type(c, p, "a string", it);
             if (!strcasecmp(it->valuestring, "float")) type = QT_FLOAT;
             else if (!strcasecmp(it->valuestring, "int")) type = QT_INT;
-            else return err_value(c, p, it, "int");
-            if (!scheme_format_name(&(quant_args){.num_bits = 8, .type = type})) /* no float scheme yet */
-                return err_at(c, p, "type \"%s\" is not supported by doneshot v1 (supported: int)",
-                              scheme_type_name(type));
+            else return err_value(c, p, it, "int, float");
         } else if (!strcmp(k, "symmetric")) {
             if ((st = get_bool(c, p, it, &sym))) return st;
         } else if (!strcmp(k, "strategy")) {
@@ -329,10 +374,14 @@ static ds_status parse_weights(const pctx *c, const char *path, const cJSON *w, 
             if (!strcasecmp(s, "group")) strat = QS_GROUP;
             else if (!strcasecmp(s, "channel")) strat = QS_CHANNEL;
             else if (!strcasecmp(s, "tensor")) strat = QS_TENSOR;
-            else if (!strcasecmp(s, "token") || !strcasecmp(s, "block") || !strcasecmp(s, "tensor_group") ||
-                     !strcasecmp(s, "attn_head"))
-                return err_at(c, p, "strategy \"%s\" is not supported by doneshot v1 (supported: group, channel, tensor)", s);
-            else return err_value(c, p, it, "group, channel, tensor");
+            else if (!strcasecmp(s, "block")) strat = QS_BLOCK;
+            else if (!strcasecmp(s, "tensor_group")) strat = QS_TENSOR_GROUP;
+            else if (!strcasecmp(s, "token") && act) strat = QS_TOKEN;
+            else if (!strcasecmp(s, "token") || !strcasecmp(s, "attn_head"))
+                return err_at(c, p, "strategy \"%s\" is not supported by doneshot v1 (supported: group, channel, "
+                              "tensor, block, tensor_group%s)", s, act ? ", token" : "");
+            else return err_value(c, p, it, act ? "group, channel, tensor, block, tensor_group, token"
+                                                : "group, channel, tensor, block, tensor_group");
             has_strategy = 1;
         } else if (!strcmp(k, "group_size")) {
             if (cJSON_IsNull(it)) continue;
@@ -346,24 +395,42 @@ static ds_status parse_weights(const pctx *c, const char *path, const cJSON *w, 
             if (!cJSON_IsString(it)) return err_type(c, p, "a string", it);
             const char *s = it->valuestring;
             if (!strcmp(s, "mse") || !strcmp(s, "memoryless_mse") || !strcmp(s, "imatrix_mse"))
-                return err_at(c, p, "observer \"%s\" is not supported by doneshot v1 (supported: minmax, memoryless_minmax)", s);
-            if (strcmp(s, "minmax") && strcmp(s, "memoryless_minmax"))
-                return err_value(c, p, it, "minmax, memoryless_minmax");
+                return err_at(c, p, "observer \"%s\" is not supported by doneshot v1 (supported: %s)", s,
+                              act ? "static_minmax" : "minmax, memoryless_minmax");
+            if (act ? strcmp(s, "static_minmax") != 0 : (strcmp(s, "minmax") && strcmp(s, "memoryless_minmax")))
+                return err_value(c, p, it, act ? "static_minmax" : "minmax, memoryless_minmax");
             snprintf(out->observer, sizeof out->observer, "%s", s);
         } else if (!strcmp(k, "observer_kwargs")) {
             if (cJSON_IsNull(it)) continue;
             if (!cJSON_IsObject(it)) return err_type(c, p, "an object", it);
             if (it->child) return err_at(c, p, "observer_kwargs are not supported by doneshot v1 (expected {})");
         } else if (!strcmp(k, "dynamic")) {
-            if (cJSON_IsString(it) && !strcmp(it->valuestring, "local"))
+            int dyn = 0;
+            if (cJSON_IsString(it) && !strcmp(it->valuestring, "local")) dynamic = QD_LOCAL;
+            else if ((st = get_bool(c, p, it, &dyn))) return st;
+            else dynamic = dyn ? QD_DYNAMIC : QD_STATIC;
+            if (!act && dynamic != QD_STATIC)
                 return err_at(c, p, "dynamic weights are not supported by doneshot v1 (expected false)");
-            if ((st = get_bool(c, p, it, &dynamic))) return st;
-            if (dynamic) return err_at(c, p, "dynamic weights are not supported by doneshot v1 (expected false)");
-        } else if (!strcmp(k, "block_structure") || !strcmp(k, "scale_dtype")) {
-            if (!cJSON_IsNull(it)) return err_at(c, p, "only null is supported by doneshot v1");
+        } else if (!strcmp(k, "block_structure")) {
+            if (cJSON_IsNull(it)) continue;
+            if (!cJSON_IsArray(it) || cJSON_GetArraySize(it) != 2 || !cJSON_IsNumber(it->child) ||
+                !cJSON_IsNumber(it->child->next) || it->child->valuedouble < 1 || it->child->next->valuedouble < 1 ||
+                it->child->valuedouble > (1 << 20) || it->child->next->valuedouble > (1 << 20) ||
+                it->child->valuedouble != (int)it->child->valuedouble ||
+                it->child->next->valuedouble != (int)it->child->next->valuedouble)
+                return err_type(c, p, "null or [rows, cols] (two positive integers)", it);
+            block[0] = (int)it->child->valuedouble;
+            block[1] = (int)it->child->next->valuedouble;
+            has_block = 1;
+        } else if (!strcmp(k, "scale_dtype")) {
+            if (cJSON_IsNull(it)) continue;
+            if (!(cJSON_IsString(it) && !strcmp(it->valuestring, "torch.float8_e4m3fn")))
+                return err_value(c, p, it, "null, \"torch.float8_e4m3fn\"");
+            sd_set = 1;
         } else if (!strcmp(k, "zp_dtype")) {
-            if (!cJSON_IsNull(it) && !(cJSON_IsString(it) && !strcmp(it->valuestring, "torch.int8")))
-                return err_value(c, p, it, "null, \"torch.int8\"");
+            if (!cJSON_IsNull(it) && !(cJSON_IsString(it) && (!strcmp(it->valuestring, "torch.int8") ||
+                                                              !strcmp(it->valuestring, "torch.float8_e4m3fn"))))
+                return err_value(c, p, it, "null, \"torch.int8\", \"torch.float8_e4m3fn\"");
         } else {
             return err_at(c, path, "unknown key \"%s\" (allowed: " WEIGHT_KEYS ")", k);
         }
@@ -374,10 +441,14 @@ static ds_status parse_weights(const pctx *c, const char *path, const cJSON *w, 
         else if (has_gs && gs == -1) strat = QS_CHANNEL;
         else strat = QS_TENSOR;
     }
+    join_path(p, sizeof p, path, "block_structure");
+    if (strat == QS_BLOCK && !has_block) return err_at(c, p, "strategy \"block\" needs a block_structure [rows, cols]");
+    if (strat != QS_BLOCK && has_block)
+        return err_at(c, p, "block_structure needs strategy \"block\" (got \"%s\")", strategy_name(strat));
     join_path(p, sizeof p, path, "group_size");
-    if (strat == QS_GROUP) {
+    if (strat == QS_GROUP || strat == QS_TENSOR_GROUP) {
         if (!has_gs || gs <= 0)
-            return err_at(c, p, "strategy \"group\" needs a positive group_size, got %s",
+            return err_at(c, p, "strategy \"%s\" needs a positive group_size, got %s", strategy_name(strat),
                           has_gs ? "-1" : "none");
     } else {
         if (has_gs && gs > 0)
@@ -389,7 +460,16 @@ static ds_status parse_weights(const pctx *c, const char *path, const cJSON *w, 
         join_path(p, sizeof p, path, "actorder");
         return err_at(c, p, "actorder \"group\" needs strategy \"group\" (got \"%s\")", strategy_name(strat));
     }
+    if (type == QT_FLOAT && bits != 8 && bits != 4) {
+        join_path(p, sizeof p, path, "num_bits");
+        return err_at(c, p, "type \"float\" needs num_bits 8 (fp8 e4m3) or 4 (fp4 e2m1), got %ld", bits);
+    }
     out->a.type = type;
+    out->a.block[0] = block[0];
+    out->a.block[1] = block[1];
+    out->a.dynamic = dynamic;
+    out->a.scale_dtype_set = sd_set;
+    out->a.scale_dtype = sd_set ? DS_DTYPE_F8_E4M3 : DS_DTYPE_F32;
     out->a.num_bits = (int)bits;
     out->a.symmetric = sym;
     out->a.strategy = strat;
@@ -400,31 +480,39 @@ static ds_status parse_weights(const pctx *c, const char *path, const cJSON *w, 
     return DS_OK;
 }
 
+static ds_status parse_weights(const pctx *c, const char *path, const cJSON *w, wparse *out) {
+    return parse_args(c, path, w, out, 0);
+}
+
 static const preset *find_preset(const char *name) {
     for (size_t i = 0; i < DS_ARRAY_LEN(PRESETS); i++)
         if (!strcasecmp(PRESETS[i].name, name)) return &PRESETS[i];
     return NULL;
 }
 
-static ds_status preset_args(const pctx *c, const char *path, const char *name, wparse *out,
+/* Preset `name` -> weight args *out and input activation args *in
+ * (in->a.num_bits == 0: none). */
+static ds_status preset_args(const pctx *c, const char *path, const char *name, wparse *out, wparse *in,
                              const char **canon) {
     const preset *ps = find_preset(name);
-    if (!ps) {
-        for (size_t i = 0; i < DS_ARRAY_LEN(UNSUPPORTED_PRESETS); i++)
+    if (!ps || !preset_runs(ps)) {
+        for (size_t i = 0; !ps && i < DS_ARRAY_LEN(UNSUPPORTED_PRESETS); i++)
             if (!strcasecmp(UNSUPPORTED_PRESETS[i], name))
-                return err_at(c, path, "scheme %s is not supported by doneshot v1 (supported: " SUPPORTED_PRESETS ")",
-                              UNSUPPORTED_PRESETS[i]);
-        return err_at(c, path, "unknown scheme \"%s\" (supported: " SUPPORTED_PRESETS ")", name);
+                return err_at(c, path, "scheme %s is not supported by doneshot v1 (supported: %s)",
+                              UNSUPPORTED_PRESETS[i], supported_presets());
+        if (ps)
+            return err_at(c, path, "scheme %s is not supported by doneshot v1 (supported: %s)", ps->name,
+                          supported_presets());
+        return err_at(c, path, "unknown scheme \"%s\" (supported: %s)", name, supported_presets());
     }
     memset(out, 0, sizeof *out);
-    out->a.type = QT_INT; /* every preset doneshot runs is an int scheme */
-    out->a.num_bits = ps->bits;
-    out->a.symmetric = ps->sym;
-    out->a.strategy = QS_GROUP;
-    out->a.group_size = 128;
+    memset(in, 0, sizeof *in);
+    out->a = ps->w;
     out->a.actorder = QA_NONE;
     out->actorder_set = 0;
     snprintf(out->observer, sizeof out->observer, "memoryless_minmax");
+    in->a = ps->in;
+    snprintf(in->observer, sizeof in->observer, "%s", ps->in_observer ? ps->in_observer : "");
     *canon = ps->name;
     return DS_OK;
 }
@@ -460,10 +548,13 @@ static void free_re(pcre2_code **re, int n) {
 
 /* ---- GPTQModifier ---- */
 
+/* The quantizing modifier m (GPTQModifier; QuantizationModifier when r->quantizer is RQ_QUANTIZATION). */
 static ds_status parse_gptq(const pctx *c, const char *path, const cJSON *m, recipe *r) {
     char p[512];
     ds_status st = DS_OK;
-    if (!cJSON_IsObject(m)) return err_type(c, path, "an object (GPTQModifier arguments)", m);
+    const int qm = r->quantizer == RQ_QUANTIZATION;
+    if (!cJSON_IsObject(m))
+        return err_type(c, path, qm ? "an object (QuantizationModifier arguments)" : "an object (GPTQModifier arguments)", m);
     if ((st = check_dups(c, path, m))) return st;
     char **mtargets = NULL; int nmt = 0, has_mt = 0;
     const cJSON *scheme = NULL, *groups = NULL;
@@ -472,8 +563,9 @@ static ds_status parse_gptq(const pctx *c, const char *path, const cJSON *m, rec
     long bs = 128;
     double damp = 0.01;
     int offload = 0, bypass = 0;
-    wparse w;
+    wparse w, wi;
     memset(&w, 0, sizeof w);
+    memset(&wi, 0, sizeof wi);
     char **gtargets = NULL; int ngt = 0;
     const char *canon = NULL;
 
@@ -493,6 +585,10 @@ static ds_status parse_gptq(const pctx *c, const char *path, const cJSON *m, rec
             if (!cJSON_IsNull(it)) scheme = it;
         } else if (!strcmp(k, "config_groups")) {
             if (!cJSON_IsNull(it)) groups = it;
+        } else if (qm && (!strcmp(k, "block_size") || !strcmp(k, "dampening_frac") || !strcmp(k, "actorder") ||
+                          !strcmp(k, "offload_hessians") || !strcmp(k, "batched_quantization"))) {
+            st = err_at(c, path, "unknown key \"%s\" (allowed: " QM_KEYS ")\nhint: %s is a GPTQModifier key", k, k);
+            goto fail;
         } else if (!strcmp(k, "block_size")) {
             /* llm-compressor takes any size (a block wider than the weight is
              * one block; gptq_quantize clamps likewise); 2^20 bounds typos */
@@ -531,7 +627,7 @@ static ds_status parse_gptq(const pctx *c, const char *path, const cJSON *m, rec
             if (cJSON_IsNull(it) || (cJSON_IsString(it) && !strcmp(it->valuestring, "auto"))) continue;
             if ((st = get_int(c, p, it, 1, 1L << 30, "\"auto\", null or a positive integer", &b))) goto fail;
         } else {
-            st = err_at(c, path, "unknown key \"%s\" (allowed: " GPTQ_KEYS ")", k);
+            st = err_at(c, path, "unknown key \"%s\" (allowed: %s)", k, qm ? QM_KEYS : GPTQ_KEYS);
             goto fail;
         }
     }
@@ -548,7 +644,7 @@ static ds_status parse_gptq(const pctx *c, const char *path, const cJSON *m, rec
     if (scheme) {
         join_path(p, sizeof p, path, "scheme");
         if (cJSON_IsString(scheme)) {
-            if ((st = preset_args(c, p, scheme->valuestring, &w, &canon))) goto fail;
+            if ((st = preset_args(c, p, scheme->valuestring, &w, &wi, &canon))) goto fail;
         } else if (cJSON_IsObject(scheme)) {
             if (cJSON_GetArraySize(scheme) != 1) {
                 st = err_at(c, p, "expected exactly one {PRESET: [targets]} entry (doneshot v1 supports one scheme), got %d",
@@ -560,7 +656,7 @@ static ds_status parse_gptq(const pctx *c, const char *path, const cJSON *m, rec
                 st = err_at(c, p, "inline scheme objects are not supported by doneshot v1\nhint: use a preset name, {PRESET: [targets]} or config_groups");
                 goto fail;
             }
-            if ((st = preset_args(c, p, e->string, &w, &canon))) goto fail;
+            if ((st = preset_args(c, p, e->string, &w, &wi, &canon))) goto fail;
             char pp[512];
             pathf(pp, sizeof pp, "%s.%s", p, e->string);
             if ((st = get_str_list(c, pp, e, &gtargets, &ngt))) goto fail;
@@ -576,12 +672,12 @@ static ds_status parse_gptq(const pctx *c, const char *path, const cJSON *m, rec
                         cJSON_GetArraySize(groups));
             goto fail;
         }
-        const cJSON *g = groups->child;
+        const cJSON *g = groups->child, *fmt = NULL;
         char gp[512];
         pathf(gp, sizeof gp, "%s.%s", p, g->string);
         if (!cJSON_IsObject(g)) { st = err_type(c, gp, "an object (quantization scheme)", g); goto fail; }
         if ((st = check_dups(c, gp, g))) goto fail;
-        const cJSON *gw = NULL;
+        const cJSON *gw = NULL, *gi = NULL;
         for (const cJSON *it = g->child; it; it = it->next) {
             const char *k = it->string;
             char kp[512];
@@ -591,16 +687,19 @@ static ds_status parse_gptq(const pctx *c, const char *path, const cJSON *m, rec
                 if ((st = get_str_list(c, kp, it, &gtargets, &ngt))) goto fail;
             } else if (!strcmp(k, "weights")) {
                 gw = it;
-            } else if (!strcmp(k, "input_activations") || !strcmp(k, "output_activations")) {
+            } else if (!strcmp(k, "input_activations")) {
+                if (!cJSON_IsNull(it)) gi = it;
+            } else if (!strcmp(k, "output_activations")) {
                 if (!cJSON_IsNull(it)) {
-                    st = err_at(c, kp, "activation quantization is not supported by doneshot v1 (expected null)");
+                    st = err_at(c, kp, "output activation quantization is not supported by doneshot v1 (expected null)");
                     goto fail;
                 }
             } else if (!strcmp(k, "format")) {
-                if (!cJSON_IsNull(it) && !(cJSON_IsString(it) && !strcmp(it->valuestring, "pack-quantized"))) {
-                    st = err_value(c, kp, it, "null, \"pack-quantized\"");
+                if (!cJSON_IsNull(it) && !cJSON_IsString(it)) {
+                    st = err_type(c, kp, "null or a format name", it);
                     goto fail;
                 }
+                fmt = it;
             } else {
                 st = err_at(c, gp, "unknown key \"%s\" (allowed: " GROUP_KEYS ")", k);
                 goto fail;
@@ -611,7 +710,36 @@ static ds_status parse_gptq(const pctx *c, const char *path, const cJSON *m, rec
         pathf(wp, sizeof wp, "%s.weights", gp);
         if (!gw || cJSON_IsNull(gw)) { st = err_at(c, gp, "missing \"weights\""); goto fail; }
         if ((st = parse_weights(c, wp, gw, &w))) goto fail;
+        if (gi) {
+            pathf(wp, sizeof wp, "%s.input_activations", gp);
+            if ((st = parse_args(c, wp, gi, &wi, 1))) goto fail;
+            if (!scheme_act_supported(&wi.a)) {
+                st = err_at(c, wp, "this input activation scheme (type %s, num_bits %d, strategy %s, dynamic %s) "
+                            "is not supported by doneshot v1 (supported: %s)", scheme_type_name(wi.a.type),
+                            wi.a.num_bits, strategy_name(wi.a.strategy),
+                            wi.a.dynamic == QD_LOCAL ? "local" : wi.a.dynamic ? "true" : "false",
+                            scheme_act_supported_list());
+                goto fail;
+            }
+            if (wi.a.dynamic == QD_STATIC && !wi.observer[0]) /* llm-compressor's default for static activations */
+                snprintf(wi.observer, sizeof wi.observer, "static_minmax");
+        }
+        w.a.act = act_store(&wi.a);
+        const char *fname = scheme_format_name(&w.a);
+        if (!fname) {
+            st = err_at(c, wp, "this weight scheme (type %s, num_bits %d, strategy %s%s) has no checkpoint format in "
+                        "doneshot v1 (supported: %s)", scheme_type_name(w.a.type), w.a.num_bits,
+                        strategy_name(w.a.strategy), gi ? ", with these input_activations" : "",
+                        scheme_format_list());
+            goto fail;
+        }
+        if (fmt && cJSON_IsString(fmt) && strcmp(fmt->valuestring, fname) != 0) {
+            pathf(wp, sizeof wp, "%s.format", gp);
+            st = err_value(c, wp, fmt, fname);
+            goto fail;
+        }
     }
+    w.a.act = act_store(&wi.a);
 
     /* effective targets: the scheme's own targets win; the modifier's must agree */
     if (gtargets) {
@@ -644,9 +772,13 @@ static ds_status parse_gptq(const pctx *c, const char *path, const cJSON *m, rec
         goto fail;
     }
     if (res == QA_GROUP && w.a.strategy != QS_GROUP) res = QA_NONE; /* falls back to None */
+    if (qm) res = w.actorder_set ? w.a.actorder : QA_NONE; /* no GPTQ: the scheme's value, stored as is */
     w.a.actorder = res;
 
     r->w = w.a;
+    r->in = wi.a;
+    snprintf(r->priv->in_observer, sizeof r->priv->in_observer, "%s", wi.observer);
+    r->in_observer = wi.a.num_bits && wi.observer[0] ? r->priv->in_observer : NULL;
     r->scheme_name = canon ? xstrdup(canon) : NULL;
     r->block_size = (int)bs;
     r->dampening_frac = damp;
@@ -676,17 +808,94 @@ fail:
 
 /* ---- top level ---- */
 
-typedef struct modref { const cJSON *args; char path[512]; } modref;
+/* The recipe's modifiers: the quantizing one (args, its name) and an optional SmoothQuantModifier. */
+typedef struct modref {
+    const cJSON *args; char path[512]; const char *name;
+    const cJSON *sq; char sq_path[512];
+} modref;
+
+#define MODIFIERS "GPTQModifier, QuantizationModifier, SmoothQuantModifier (before the quantizing one)"
 
 static ds_status add_modifier(const pctx *c, const char *path, const cJSON *m, modref *gptq) {
-    if (strcmp(m->string, "GPTQModifier") != 0) {
-        if (ends_with(m->string, "Modifier"))
-            return err_at(c, path, "modifier %s is not supported: doneshot v1 runs GPTQModifier only", m->string);
-        return err_at(c, path, "unknown modifier \"%s\" (allowed: GPTQModifier)", m->string);
+    const int is_q = !strcmp(m->string, "GPTQModifier") || !strcmp(m->string, "QuantizationModifier");
+    if (!strcmp(m->string, "SmoothQuantModifier")) {
+        if (gptq->sq) return err_at(c, path, "a second SmoothQuantModifier (first at %s)", gptq->sq_path);
+        if (gptq->args)
+            return err_at(c, path, "SmoothQuantModifier must come before the quantizing modifier (%s at %s)",
+                          gptq->name, gptq->path);
+        gptq->sq = m;
+        pathf(gptq->sq_path, sizeof gptq->sq_path, "%s", path);
+        return DS_OK;
     }
-    if (gptq->args) return err_at(c, path, "a second GPTQModifier (doneshot v1 runs exactly one; first at %s)", gptq->path);
+    if (!is_q) {
+        if (ends_with(m->string, "Modifier"))
+            return err_at(c, path, "modifier %s is not supported: doneshot v1 runs " MODIFIERS, m->string);
+        return err_at(c, path, "unknown modifier \"%s\" (allowed: " MODIFIERS ")", m->string);
+    }
+    if (gptq->args) {
+        if (!strcmp(gptq->name, m->string))
+            return err_at(c, path, "a second %s (doneshot v1 runs exactly one; first at %s)", m->string, gptq->path);
+        return err_at(c, path, "a %s besides the %s at %s (doneshot v1 runs exactly one quantizing modifier)",
+                      m->string, gptq->name, gptq->path);
+    }
     gptq->args = m;
+    gptq->name = m->string;
     pathf(gptq->path, sizeof gptq->path, "%s", path);
+    return DS_OK;
+}
+
+/* SmoothQuantModifier -> r->smoothquant (llm-compressor modifiers/transform/smoothquant/base.py). */
+static ds_status parse_sq(const pctx *c, const char *path, const cJSON *m, recipe *r) {
+    char p[512];
+    ds_status st;
+    recipe_smoothquant *q = &r->smoothquant;
+    if (!cJSON_IsObject(m)) return err_type(c, path, "an object (SmoothQuantModifier arguments)", m);
+    if ((st = check_dups(c, path, m))) return st;
+    q->present = 1;
+    q->smoothing_strength = 0.5;
+    q->num_calibration_steps = -1;
+    for (const cJSON *it = m->child; it; it = it->next) {
+        const char *k = it->string;
+        join_path(p, sizeof p, path, k);
+        if (!strcmp(k, "smoothing_strength")) {
+            if (!cJSON_IsNumber(it) || !(it->valuedouble >= 0 && it->valuedouble <= 1))
+                return err_type(c, p, "a number in [0, 1]", it);
+            q->smoothing_strength = it->valuedouble;
+        } else if (!strcmp(k, "algorithm")) {
+            if (!cJSON_IsString(it) || (strcmp(it->valuestring, "smoothquant") && strcmp(it->valuestring, "log_equalization")))
+                return err_value(c, p, it, "smoothquant, log_equalization");
+            q->log_equalization = !strcmp(it->valuestring, "log_equalization");
+        } else if (!strcmp(k, "num_calibration_steps")) {
+            if (cJSON_IsNull(it)) continue;
+            if ((st = get_int(c, p, it, 1, 1L << 40, "a positive integer or null", &q->num_calibration_steps))) return st;
+        } else if (!strcmp(k, "ignore")) {
+            if (cJSON_IsNull(it)) continue;
+            free_list(q->ignore, q->nignore); q->ignore = NULL; q->nignore = 0;
+            if (cJSON_IsArray(it) && cJSON_GetArraySize(it) == 0) continue;
+            if ((st = get_str_list(c, p, it, &q->ignore, &q->nignore))) return st;
+        } else if (!strcmp(k, "calibration_function")) {
+            if (!cJSON_IsNull(it)) return err_at(c, p, "only null is supported by doneshot v1");
+        } else if (!strcmp(k, "mappings")) {
+            if (cJSON_IsNull(it)) continue;
+            if (!cJSON_IsArray(it)) return err_type(c, p, "a list of [[balance layers], smooth layer]", it);
+            const int n = cJSON_GetArraySize(it);
+            q->mappings = xcalloc((size_t)DS_MAX(n, 1), sizeof *q->mappings);
+            int i = 0;
+            for (const cJSON *e = it->child; e; e = e->next, i++) {
+                char ep[600];
+                pathf(ep, sizeof ep, "%s[%d]", p, i);
+                if (!cJSON_IsArray(e) || cJSON_GetArraySize(e) != 2 || !cJSON_IsString(e->child->next))
+                    return err_type(c, ep, "[[balance layers], smooth layer]", e);
+                recipe_sq_mapping *mp = &q->mappings[q->nmappings++];
+                char bp[640];
+                pathf(bp, sizeof bp, "%s[0]", ep);
+                if ((st = get_str_list(c, bp, e->child, &mp->balance, &mp->nbalance))) return st;
+                mp->smooth = xstrdup(e->child->next->valuestring);
+            }
+        } else {
+            return err_at(c, path, "unknown key \"%s\" (allowed: " SQ_KEYS ", calibration_function)", k);
+        }
+    }
     return DS_OK;
 }
 
@@ -765,7 +974,7 @@ static ds_status walk_top(const pctx *c, const cJSON *root, recipe *r, modref *g
         }
     }
     if (!gptq->args)
-        return err_at(c, "", "no GPTQModifier found\nhint: {\"modifiers\": [{\"GPTQModifier\": {\"scheme\": \"W4A16\", \"ignore\": [\"lm_head\"]}}]}");
+        return err_at(c, "", "no GPTQModifier found (nor a QuantizationModifier)\nhint: {\"modifiers\": [{\"GPTQModifier\": {\"scheme\": \"W4A16\", \"ignore\": [\"lm_head\"]}}]}");
     return DS_OK;
 }
 
@@ -787,7 +996,29 @@ static char *build_applied(const recipe *r) {
     cJSON *mods = cJSON_AddArrayToObject(root, "modifiers");
     cJSON *wrap = cJSON_CreateObject();
     cJSON_AddItemToArray(mods, wrap);
-    cJSON *g = cJSON_AddObjectToObject(wrap, "GPTQModifier");
+    if (r->smoothquant.present) { /* before the quantizer, as it runs */
+        const recipe_smoothquant *q = &r->smoothquant;
+        cJSON *sw = cJSON_CreateObject();
+        cJSON_AddItemToArray(mods, sw);
+        cJSON *sq = cJSON_AddObjectToObject(sw, "SmoothQuantModifier");
+        cJSON_AddNumberToObject(sq, "smoothing_strength", q->smoothing_strength);
+        if (q->log_equalization) cJSON_AddStringToObject(sq, "algorithm", "log_equalization");
+        if (q->nmappings) {
+            cJSON *ma = cJSON_AddArrayToObject(sq, "mappings");
+            for (int i = 0; i < q->nmappings; i++) {
+                cJSON *pair = cJSON_CreateArray();
+                cJSON_AddItemToArray(pair, str_array(q->mappings[i].balance, q->mappings[i].nbalance));
+                cJSON_AddItemToArray(pair, cJSON_CreateString(q->mappings[i].smooth));
+                cJSON_AddItemToArray(ma, pair);
+            }
+        }
+        if (q->nignore) cJSON_AddItemToObject(sq, "ignore", str_array(q->ignore, q->nignore));
+        if (q->num_calibration_steps > 0) cJSON_AddNumberToObject(sq, "num_calibration_steps", (double)q->num_calibration_steps);
+        cJSON_DetachItemViaPointer(mods, wrap);
+        cJSON_AddItemToArray(mods, wrap);
+    }
+    const int qm = r->quantizer == RQ_QUANTIZATION;
+    cJSON *g = cJSON_AddObjectToObject(wrap, qm ? "QuantizationModifier" : "GPTQModifier");
     cJSON_AddItemToObject(g, "targets", str_array(r->targets, r->ntargets));
     cJSON_AddItemToObject(g, "ignore", str_array(r->ignore, r->nignore));
     cJSON *cg = cJSON_AddObjectToObject(g, "config_groups");
@@ -804,12 +1035,28 @@ static char *build_applied(const recipe *r) {
     add_actorder(w, r->w.actorder);
     cJSON_AddStringToObject(w, "observer", r->observer);
     cJSON_AddBoolToObject(w, "dynamic", 0);
-    cJSON_AddNullToObject(g0, "input_activations");
+    if (r->w.strategy == QS_BLOCK || r->w.scale_dtype_set) { /* only the new schemes: older texts unchanged */
+        cJSON *full = scheme_weights_json(&r->w, r->observer, 0);
+        cJSON_AddItemToObject(w, "block_structure", cJSON_DetachItemFromObject(full, "block_structure"));
+        cJSON_AddItemToObject(w, "scale_dtype", cJSON_DetachItemFromObject(full, "scale_dtype"));
+        cJSON_Delete(full);
+    }
+    if (r->in.num_bits) {
+        cJSON *ia = scheme_weights_json(&r->in, r->in_observer, 0);
+        cJSON_DeleteItemFromObject(ia, "zp_dtype");
+        cJSON_DeleteItemFromObject(ia, "observer_kwargs");
+        if (!r->in_observer) cJSON_DeleteItemFromObject(ia, "observer");
+        cJSON_AddItemToObject(g0, "input_activations", ia);
+    } else {
+        cJSON_AddNullToObject(g0, "input_activations");
+    }
     cJSON_AddNullToObject(g0, "output_activations");
-    cJSON_AddNumberToObject(g, "block_size", r->block_size);
-    cJSON_AddNumberToObject(g, "dampening_frac", r->dampening_frac);
-    add_actorder(g, r->w.actorder);
-    cJSON_AddBoolToObject(g, "offload_hessians", r->offload_hessians);
+    if (!qm) {
+        cJSON_AddNumberToObject(g, "block_size", r->block_size);
+        cJSON_AddNumberToObject(g, "dampening_frac", r->dampening_frac);
+        add_actorder(g, r->w.actorder);
+        cJSON_AddBoolToObject(g, "offload_hessians", r->offload_hessians);
+    }
     cJSON_AddBoolToObject(g, "bypass_divisibility_checks", r->bypass_divisibility);
     return ds_json_take_compact(root);
 }
@@ -858,7 +1105,11 @@ ds_status recipe_parse(const char *json, const char *origin, recipe *out) {
     modref gptq;
     memset(&gptq, 0, sizeof gptq);
     ds_status st = walk_top(&c, root, out, &gptq);
-    if (!st) st = parse_gptq(&c, gptq.path, gptq.args, out);
+    if (!st) {
+        out->quantizer = !strcmp(gptq.name, "QuantizationModifier") ? RQ_QUANTIZATION : RQ_GPTQ;
+        st = parse_gptq(&c, gptq.path, gptq.args, out);
+    }
+    if (!st && gptq.sq) st = parse_sq(&c, gptq.sq_path, gptq.sq, out);
     cJSON_Delete(root);
     if (st) { recipe_free(out); return st; }
     out->applied_json = build_applied(out);
@@ -895,6 +1146,12 @@ void recipe_free(recipe *r) {
     }
     free_list(r->targets, r->ntargets);
     free_list(r->ignore, r->nignore);
+    for (int i = 0; i < r->smoothquant.nmappings; i++) {
+        free_list(r->smoothquant.mappings[i].balance, r->smoothquant.mappings[i].nbalance);
+        free(r->smoothquant.mappings[i].smooth);
+    }
+    free(r->smoothquant.mappings);
+    free_list(r->smoothquant.ignore, r->smoothquant.nignore);
     free(r->applied_json);
     memset(r, 0, sizeof *r);
 }
@@ -957,7 +1214,8 @@ char *recipe_quantization_config_json(const recipe *r, const char *const *ignore
     const char *format = scheme_format_name(&r->w);
     DS_ASSERT(format);
     cJSON_AddStringToObject(g0, "format", format);
-    cJSON_AddNullToObject(g0, "input_activations");
+    if (r->in.num_bits) cJSON_AddItemToObject(g0, "input_activations", scheme_weights_json(&r->in, r->in_observer, 0));
+    else cJSON_AddNullToObject(g0, "input_activations");
     cJSON_AddNullToObject(g0, "output_activations");
     cJSON_AddItemToObject(g0, "targets", str_array(r->targets, r->ntargets));
     cJSON_AddItemToObject(g0, "weights", scheme_weights_json(&r->w, r->observer, r->priv && r->priv->group_size_m1));

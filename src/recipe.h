@@ -18,13 +18,42 @@
  * directory, like CLI flags). applied_json holds only the modifier part:
  * {"modifiers":[{"GPTQModifier":{...resolved...}}]}. Unknown keys and invalid values are
  * DS_ERR_USAGE errors naming the key and the allowed values.
- * Exactly one GPTQModifier (doneshot v1 runs GPTQ only; other modifiers are
- * rejected with a clear error).
+ * Exactly one quantizing modifier: GPTQModifier, or QuantizationModifier
+ * (round-to-nearest with the scheme's observer, no Hessians; keys targets,
+ * ignore, scheme, config_groups, bypass_divisibility_checks). A
+ * SmoothQuantModifier (smoothing_strength, mappings, ignore,
+ * num_calibration_steps, algorithm) may come before it (recipe.smoothquant).
+ * Presets (compressed-tensors PRESET_SCHEMES, weights + input_activations):
+ * W4A16, W4A16_ASYM, W8A16, W2A16..W7A16, W8A8/INT8, FP8, FP8_DYNAMIC,
+ * FP8_BLOCK, NVFP4A16, NVFP4; a preset (or config group) whose weight args
+ * have no checkpoint format in src/scheme.c, or whose input_activations
+ * scheme_act_supported() refuses, is a DS_ERR_USAGE naming the key and
+ * listing the supported ones.
  */
 #ifndef DS_RECIPE_H
 #define DS_RECIPE_H
 
 #include "quant.h"
+
+/* The quantizing modifier of a recipe. */
+typedef enum { RQ_GPTQ = 0, RQ_QUANTIZATION } recipe_quantizer;
+
+/* SmoothQuantModifier (llm-compressor modifiers/transform/smoothquant):
+ * present = 0 when the recipe has none. mappings: NULL/0 = the
+ * architecture's defaults; else nmappings pairs of (balance layer entries,
+ * smooth layer entry) as written ("re:" allowed). */
+typedef struct recipe_sq_mapping {
+    char **balance; int nbalance;
+    char *smooth;
+} recipe_sq_mapping;
+typedef struct recipe_smoothquant {
+    int present;
+    double smoothing_strength;    /* default 0.5, in [0, 1] */
+    int log_equalization;         /* algorithm "log_equalization" (default "smoothquant": 0) */
+    long num_calibration_steps;   /* -1: unset (all samples) */
+    recipe_sq_mapping *mappings; int nmappings;
+    char **ignore; int nignore;
+} recipe_smoothquant;
 
 typedef struct recipe {
     /* run settings; NULL / -1 when the recipe does not set them */
@@ -32,12 +61,17 @@ typedef struct recipe {
     long num_samples, max_seq_len, seed;
     int64_t max_shard_size;       /* bytes, -1 unset */
     int moe_calibrate_all_experts; /* llm-compressor's moe_calibrate_all_experts: 1/0, -1 unset (= 1) */
-    /* GPTQModifier */
+    /* the quantizing modifier (GPTQModifier or QuantizationModifier) */
+    recipe_quantizer quantizer;   /* RQ_GPTQ (default) or RQ_QUANTIZATION */
     char *scheme_name;            /* preset name ("W4A16") or NULL for config_groups */
-    quant_args w;                 /* weight quantization (one config group in v1) */
+    quant_args w;                 /* weight quantization (one config group in v1); w.act says what
+                                   * input-activation tensors each module stores */
+    quant_args in;                /* input_activations args; in.num_bits == 0: none (weight-only) */
+    const char *in_observer;      /* input activation observer ("static_minmax") or NULL (dynamic/none) */
+    recipe_smoothquant smoothquant; /* SmoothQuantModifier, .present = 0 if none */
     char **targets; int ntargets; /* default ["Linear"] */
     char **ignore; int nignore;   /* default [] */
-    int block_size;               /* default 128 */
+    int block_size;               /* default 128 (GPTQ) */
     double dampening_frac;        /* default 0.01 */
     int offload_hessians;         /* accepted, no effect on CPU */
     int bypass_divisibility;      /* always 0 (true is rejected at parse) */

@@ -162,17 +162,119 @@ static const ct_tensor pack_quantized[] = {
      check_gidx, 0},
 };
 
+/* ---- float-quantized (compressed-tensors compressors/float_quantized:
+ * FP8 / FP8_DYNAMIC / FP8_BLOCK) ----
+ *   weight        F8_E4M3 [out, in]                        always (the e4m3 codes)
+ *   weight_scale  model dtype: tensor [1], channel [out, 1], group [out, in/gs],
+ *                 block [ceil(out/b0), ceil(in/b1)]        always
+ *   input_scale   model dtype [1]                          iff static input activations (FP8) */
+
+static int shape_fp8(const quant_args *a, int out, int in, int64_t *s) {
+    (void)a;
+    s[0] = out;
+    s[1] = in;
+    return 2;
+}
+static int shape_fscale(const quant_args *a, int out, int in, int64_t *s) {
+    switch (a->strategy) {
+    case QS_TENSOR: s[0] = 1; return 1;
+    case QS_BLOCK:
+        s[0] = (out + a->block[0] - 1) / a->block[0];
+        s[1] = quant_num_groups(a, in);
+        return 2;
+    default: s[0] = out; s[1] = quant_num_groups(a, in); return 2;
+    }
+}
+static int shape_one(const quant_args *a, int out, int in, int64_t *s) {
+    (void)a; (void)out; (void)in;
+    s[0] = 1;
+    return 1;
+}
+static int has_input_scale(const quant_args *a) { return a->act == QACT_INPUT_SCALE; }
+
+static void enc_fp8(const quant_args *a, const scheme_module *m, void *dst) {
+    (void)a;
+    memcpy(dst, m->q, (size_t)m->out * m->in); /* codes are the e4m3 bit patterns */
+}
+/* weight_scale from the in-memory [out, groups] scales (block: row r0 of each block row). */
+static void enc_fscale(const quant_args *a, const scheme_module *m, void *dst) {
+    const int ng = quant_num_groups(a, m->in);
+    int64_t s[2] = {1, 1};
+    int nd = shape_fscale(a, m->out, m->in, s);
+    const size_t rows = (size_t)s[0], cols = nd == 2 ? (size_t)s[1] : 1;
+    const int rstep = a->strategy == QS_BLOCK ? a->block[0] : 1;
+    float *tmp = xmalloc(sizeof(float) * rows * cols);
+    for (size_t r = 0; r < rows; r++)
+        for (size_t g = 0; g < cols; g++) tmp[r * cols + g] = m->scale[r * rstep * ng + g];
+    ds_convert_from_f32(dst, tmp, m->dtype, rows * cols);
+    free(tmp);
+}
+static void enc_input_scale(const quant_args *a, const scheme_module *m, void *dst) {
+    (void)a;
+    DS_ASSERT(m->act_scale);
+    ds_convert_from_f32(dst, m->act_scale, m->dtype, 1);
+}
+/* weight_scale: the table's shape in any float dtype (tensor: any 1-element shape). */
+static int check_fscale(const quant_args *a, int out, int in, const st_tensor *t, int check_values, char *want,
+                        size_t cap) {
+    (void)check_values;
+    int64_t s[2] = {1, 1};
+    int nd = shape_fscale(a, out, in, s);
+    if (tensor_is(t, DT_MODEL, nd, s) || (a->strategy == QS_TENSOR && t && is_float_dtype(t->dtype) &&
+                                           t->ndim <= 2 && st_numel(t) == 1))
+        return 0;
+    if (nd == 1) snprintf(want, cap, "F32/BF16/F16 [%lld]", (long long)s[0]);
+    else snprintf(want, cap, "F32/BF16/F16 [%lld, %lld]", (long long)s[0], (long long)s[1]);
+    return 1;
+}
+static int check_input_scale(const quant_args *a, int out, int in, const st_tensor *t, int check_values,
+                             char *want, size_t cap) {
+    (void)a; (void)out; (void)in; (void)check_values;
+    if (t && is_float_dtype(t->dtype) && t->ndim <= 1 && st_numel(t) == 1) return 0;
+    snprintf(want, cap, "F32/BF16/F16 [1]");
+    return 1;
+}
+
+static const ct_tensor float_quantized[] = {
+    {"weight", DS_DTYPE_F8_E4M3, shape_fp8, NULL, NULL, enc_fp8, NULL, 0},
+    {"weight_scale", DT_MODEL, shape_fscale, NULL, NULL, enc_fscale, check_fscale, 0},
+    {"input_scale", DT_MODEL, shape_one, has_input_scale, "no input_scale (input activations are not static)",
+     enc_input_scale, check_input_scale, 0},
+};
+
+/* Dequantizers: W [out, in] from the stored tensors (entry order) and the
+ * weight_scale as f32 (srow: its row stride, 0 = one scale). */
+typedef void (*dequant_fn)(const quant_args *a, ds_dtype dt, int out, int in, const st_tensor *const *stored,
+                           const float *scale, size_t srow, float *w);
+static void dequant_packed(const quant_args *a, ds_dtype dt, int out, int in, const st_tensor *const *stored,
+                           const float *scale, size_t srow, float *w);
+static void dequant_fp8(const quant_args *a, ds_dtype dt, int out, int in, const st_tensor *const *stored,
+                        const float *scale, size_t srow, float *w);
+
+/* One compressed-tensors format: its name, the args it takes, its tensor
+ * table and its dequantizer. A new format is a new row here. */
 typedef struct ct_format {
     const char *name;
     int (*accepts)(const quant_args *a);
     const ct_tensor *t;
     int nt;
+    dequant_fn dequantize;
 } ct_format;
 
-static int int_weights(const quant_args *a) { return a->type == QT_INT && a->num_bits >= 1 && a->num_bits <= 8; }
+static int int_weights(const quant_args *a) {
+    return a->type == QT_INT && a->num_bits >= 1 && a->num_bits <= 8 && a->act == QACT_NONE &&
+           (a->strategy == QS_TENSOR || a->strategy == QS_CHANNEL || a->strategy == QS_GROUP);
+}
+static int fp8_weights(const quant_args *a) {
+    return a->type == QT_FLOAT && a->num_bits == 8 && a->symmetric &&
+           (a->strategy == QS_TENSOR || a->strategy == QS_CHANNEL || a->strategy == QS_GROUP ||
+            a->strategy == QS_BLOCK) && a->act != QACT_INPUT_GLOBAL_SCALE;
+}
 
 static const ct_format formats[] = {
-    {"pack-quantized", int_weights, pack_quantized, (int)DS_ARRAY_LEN(pack_quantized)},
+    {"pack-quantized", int_weights, pack_quantized, (int)DS_ARRAY_LEN(pack_quantized), dequant_packed},
+    {"float-quantized", fp8_weights, float_quantized, (int)DS_ARRAY_LEN(float_quantized), dequant_fp8},
+    /* "int-quantized" (W8A8): the w8a8 scheme; "nvfp4-pack-quantized": the nvfp4 scheme */
 };
 
 static const ct_format *format_of(const quant_args *a) {
@@ -184,6 +286,114 @@ static const ct_format *format_of(const quant_args *a) {
 const char *scheme_format_name(const quant_args *a) {
     const ct_format *f = format_of(a);
     return f ? f->name : NULL;
+}
+
+int scheme_format_known(const char *name) {
+    for (size_t i = 0; i < DS_ARRAY_LEN(formats); i++)
+        if (!strcmp(formats[i].name, name)) return 1;
+    return 0;
+}
+
+const char *scheme_format_list(void) {
+    static char buf[256];
+    size_t n = 0;
+    buf[0] = 0;
+    for (size_t i = 0; i < DS_ARRAY_LEN(formats); i++)
+        n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%s", n ? ", " : "", formats[i].name);
+    return buf;
+}
+
+/* ---- input activations (compressed-tensors lifecycle/forward.py
+ * forward_quantize as transformers applies it to a loaded checkpoint) ---- */
+
+/* Fake-quantize rows x n of X in place: one scale per row (token), per
+ * group of group_size columns (dynamic group) or one given scale (static
+ * tensor). Numerics of the reference in the activation dtype dt: dynamic
+ * scales = calculate_qparams(amin, amax) (qs_qparams: absmax / qmax, eps),
+ * code = round(clamp(round_dt(x / scale))) of the args' kind, x :=
+ * round_dt(value(code) * scale). */
+static void act_fake_minmax(const quant_args *in, const float *input_scale, float *X, int rows, int n, ds_dtype dt) {
+    int qmin, qmax;
+    quant_range(in, &qmin, &qmax);
+    const int kind = (int)quant_kind(in);
+    const int gs = in->strategy == QS_GROUP ? in->group_size : n;
+    for (int r = 0; r < rows; r++) {
+        float *x = X + (size_t)r * n;
+        for (int c0 = 0; c0 < n; c0 += gs) {
+            const int c1 = DS_MIN(n, c0 + gs);
+            float s;
+            if (input_scale) {
+                s = *input_scale;
+            } else {
+                float mn = 0.0f, mx = 0.0f;
+                int z;
+                for (int c = c0; c < c1; c++) {
+                    if (x[c] < mn) mn = x[c];
+                    if (x[c] > mx) mx = x[c];
+                }
+                qs_qparams(in->symmetric, mn, mx, (int)dt, qmin, qmax, &s, &z);
+            }
+            for (int c = c0; c < c1; c++)
+                x[c] = qs_dequant_k(kind, qs_code_from_deq_k(kind, x[c], s, 0, qmin, qmax, (int)dt), 0, s, (int)dt);
+        }
+    }
+}
+
+static int act_fp8_static_tensor(const quant_args *in) {
+    return in->type == QT_FLOAT && in->num_bits == 8 && in->symmetric && in->strategy == QS_TENSOR &&
+           in->dynamic == QD_STATIC;
+}
+static int act_fp8_dynamic_token(const quant_args *in) {
+    return in->type == QT_FLOAT && in->num_bits == 8 && in->symmetric && in->strategy == QS_TOKEN &&
+           in->dynamic == QD_DYNAMIC;
+}
+static int act_fp8_dynamic_group(const quant_args *in) {
+    return in->type == QT_FLOAT && in->num_bits == 8 && in->symmetric && in->strategy == QS_GROUP &&
+           in->dynamic == QD_DYNAMIC && in->group_size > 0;
+}
+static int act_int8_dynamic_token(const quant_args *in) {
+    return in->type == QT_INT && in->num_bits == 8 && in->symmetric && in->strategy == QS_TOKEN &&
+           in->dynamic == QD_DYNAMIC;
+}
+
+/* One supported input-activation scheme: its description, the args it
+ * takes, what it needs calibrated (observer), and its fake quant in the
+ * forward. A new activation scheme is a new row. */
+typedef struct ct_act {
+    const char *desc;
+    int (*accepts)(const quant_args *in);
+    void (*fake)(const quant_args *in, const float *input_scale, float *X, int rows, int n, ds_dtype dt);
+} ct_act;
+
+static const ct_act acts[] = {
+    {"float 8 static tensor (FP8)", act_fp8_static_tensor, act_fake_minmax},
+    {"float 8 dynamic token (FP8_DYNAMIC)", act_fp8_dynamic_token, act_fake_minmax},
+    {"float 8 dynamic group (FP8_BLOCK)", act_fp8_dynamic_group, act_fake_minmax},
+    {"int 8 dynamic token (W8A8)", act_int8_dynamic_token, act_fake_minmax},
+    /* NVFP4: float 4 tensor_group "local" (the nvfp4 scheme adds its row) */
+};
+
+static const ct_act *act_of(const quant_args *in) {
+    for (size_t i = 0; i < DS_ARRAY_LEN(acts); i++)
+        if (acts[i].accepts(in)) return &acts[i];
+    return NULL;
+}
+
+int scheme_act_supported(const quant_args *in) { return act_of(in) != NULL; }
+
+const char *scheme_act_supported_list(void) {
+    static char buf[512];
+    size_t n = 0;
+    buf[0] = 0;
+    for (size_t i = 0; i < DS_ARRAY_LEN(acts); i++)
+        n += (size_t)snprintf(buf + n, sizeof buf - n, "%s%s", n ? ", " : "", acts[i].desc);
+    return buf;
+}
+
+void scheme_act_fake(const quant_args *in, const float *input_scale, float *X, int rows, int n, ds_dtype dt) {
+    const ct_act *a = act_of(in);
+    DS_ASSERT(a);
+    a->fake(in, input_scale, X, rows, n, dt);
 }
 
 /* ---- planner and writer ---- */
@@ -223,7 +433,16 @@ int scheme_is_module_tensor(const char *name) {
     if (!dot) return 0;
     for (size_t i = 0; i < DS_ARRAY_LEN(formats); i++)
         for (int k = 0; k < formats[i].nt; k++)
-            if (strcmp(dot + 1, formats[i].t[k].suffix) == 0) return 1;
+            if (strcmp(formats[i].t[k].suffix, "weight") != 0 && /* every Linear has one: see scheme_writes_weight */
+                strcmp(dot + 1, formats[i].t[k].suffix) == 0)
+                return 1;
+    return 0;
+}
+
+int scheme_writes_weight(const quant_args *a) {
+    const ct_format *f = format_of(a);
+    for (int k = 0; f && k < f->nt; k++)
+        if (!strcmp(f->t[k].suffix, "weight")) return 1;
     return 0;
 }
 
@@ -278,6 +497,27 @@ void scheme_dequantize(const quant_args *a, ds_dtype dt, int out, int in, const 
                        const float *scale, size_t srow, float *w) {
     const ct_format *f = format_of(a);
     DS_ASSERT(f);
+    f->dequantize(a, dt, out, in, stored, scale, srow, w);
+}
+
+/* float-quantized: W[o, i] = round_dt(fp8(q) * scale[o / b0 (block) or o, g(i)]). */
+static void dequant_fp8(const quant_args *a, ds_dtype dt, int out, int in, const st_tensor *const *stored,
+                        const float *scale, size_t srow, float *w) {
+    const ct_format *f = format_of(a);
+    const st_tensor *q = stored[entry_of(f, "weight")];
+    const unsigned char *qb = q->data;
+    const int br = a->strategy == QS_BLOCK ? a->block[0] : 1;
+    for (int o = 0; o < out; o++)
+        for (int i = 0; i < in; i++) {
+            int g = scheme_column_group(a, NULL, i);
+            w[(size_t)o * in + i] = qs_dequant_k(QS_KIND_FP8, qb[(size_t)o * in + i], 0,
+                                                 scale[(size_t)(o / br) * srow + g], (int)dt);
+        }
+}
+
+static void dequant_packed(const quant_args *a, ds_dtype dt, int out, int in, const st_tensor *const *stored,
+                           const float *scale, size_t srow, float *w) {
+    const ct_format *f = format_of(a);
     const int bits = a->num_bits, ng = quant_num_groups(a, in);
     const st_tensor *p = stored[entry_of(f, "weight_packed")];
     const st_tensor *z = stored[entry_of(f, "weight_zero_point")];
@@ -309,6 +549,8 @@ void scheme_dequantize(const quant_args *a, ds_dtype dt, int out, int in, const 
 /* ---- codes ---- */
 
 int scheme_column_group(const quant_args *a, const int *g_idx, int col) {
+    if (a->strategy == QS_BLOCK) return col / a->block[1];
+    if (a->strategy == QS_TENSOR_GROUP) return col / a->group_size;
     if (a->strategy != QS_GROUP) return 0;
     if (a->actorder == QA_GROUP && g_idx) return g_idx[col];
     return col / a->group_size;
@@ -318,7 +560,7 @@ typedef struct codes_ctx {
     const quant_args *a;
     const float *W, *scale;
     const int *zp, *g_idx;
-    int in, ng, qmin, qmax;
+    int in, ng, qmin, qmax, kind;
     ds_dtype dt;
     int8_t *q;
 } codes_ctx;
@@ -329,15 +571,15 @@ static void codes_rows(void *p, size_t lo, size_t hi) {
         for (int i = 0; i < c->in; i++) {
             int g = scheme_column_group(c->a, c->g_idx, i);
             int z = c->zp ? c->zp[o * c->ng + g] : 0;
-            c->q[o * c->in + i] = (int8_t)qs_code_from_deq(c->W[o * c->in + i], c->scale[o * c->ng + g], z,
-                                                           c->qmin, c->qmax, (int)c->dt);
+            c->q[o * c->in + i] = (int8_t)qs_code_from_deq_k(c->kind, c->W[o * c->in + i], c->scale[o * c->ng + g],
+                                                             z, c->qmin, c->qmax, (int)c->dt);
         }
 }
 
 void scheme_codes_from_weight(const quant_args *a, const float *W, const float *scale, const int *zp,
                               const int *g_idx, int out, int in, ds_dtype dt, int8_t *q) {
     codes_ctx c = {.a = a, .W = W, .scale = scale, .zp = zp, .g_idx = g_idx, .in = in,
-                   .ng = quant_num_groups(a, in), .dt = dt, .q = q};
+                   .ng = quant_num_groups(a, in), .dt = dt, .q = q, .kind = (int)quant_kind(a)};
     quant_range(a, &c.qmin, &c.qmax);
     ds_parallel_for((size_t)out, (size_t)(1 << 18) / (size_t)in + 1, codes_rows, &c);
 }
@@ -362,8 +604,19 @@ void scheme_result_alloc(scheme_result *p, const quant_args *a, int out, int in,
 
 const char *scheme_type_name(quant_type t) { return t == QT_FLOAT ? "float" : "int"; }
 
-static const char *strategy_name(quant_strategy s) {
-    return s == QS_GROUP ? "group" : s == QS_CHANNEL ? "channel" : "tensor";
+const char *scheme_strategy_name(quant_strategy s) {
+    switch (s) {
+    case QS_GROUP: return "group";
+    case QS_CHANNEL: return "channel";
+    case QS_BLOCK: return "block";
+    case QS_TOKEN: return "token";
+    case QS_TENSOR_GROUP: return "tensor_group";
+    default: return "tensor";
+    }
+}
+
+const char *scheme_dtype_torch_name(ds_dtype d) {
+    return d == DS_DTYPE_F8_E4M3 ? "torch.float8_e4m3fn" : d == DS_DTYPE_I8 ? "torch.int8" : NULL;
 }
 
 struct cJSON *scheme_weights_json(const quant_args *a, const char *observer, int group_size_m1) {
@@ -371,16 +624,27 @@ struct cJSON *scheme_weights_json(const quant_args *a, const char *observer, int
     if (a->actorder == QA_STATIC) cJSON_AddStringToObject(w, "actorder", "static");
     else if (a->actorder == QA_GROUP) cJSON_AddStringToObject(w, "actorder", "group");
     else cJSON_AddNullToObject(w, "actorder");
-    cJSON_AddNullToObject(w, "block_structure");
-    cJSON_AddBoolToObject(w, "dynamic", 0);
-    if (a->strategy == QS_GROUP) cJSON_AddNumberToObject(w, "group_size", a->group_size);
+    if (a->strategy == QS_BLOCK) {
+        cJSON *bs = cJSON_AddArrayToObject(w, "block_structure");
+        cJSON_AddItemToArray(bs, cJSON_CreateNumber(a->block[0]));
+        cJSON_AddItemToArray(bs, cJSON_CreateNumber(a->block[1]));
+    } else {
+        cJSON_AddNullToObject(w, "block_structure");
+    }
+    if (a->dynamic == QD_LOCAL) cJSON_AddStringToObject(w, "dynamic", "local");
+    else cJSON_AddBoolToObject(w, "dynamic", a->dynamic == QD_DYNAMIC);
+    if (a->strategy == QS_GROUP || a->strategy == QS_TENSOR_GROUP)
+        cJSON_AddNumberToObject(w, "group_size", a->group_size);
     else if (group_size_m1) cJSON_AddNumberToObject(w, "group_size", -1);
     else cJSON_AddNullToObject(w, "group_size");
     cJSON_AddNumberToObject(w, "num_bits", a->num_bits);
-    cJSON_AddStringToObject(w, "observer", observer ? observer : "memoryless_minmax");
+    if (observer) cJSON_AddStringToObject(w, "observer", observer);
+    else cJSON_AddNullToObject(w, "observer");
     cJSON_AddItemToObject(w, "observer_kwargs", cJSON_CreateObject());
-    cJSON_AddNullToObject(w, "scale_dtype");
-    cJSON_AddStringToObject(w, "strategy", strategy_name(a->strategy));
+    const char *sd = a->scale_dtype_set ? scheme_dtype_torch_name(a->scale_dtype) : NULL;
+    if (sd) cJSON_AddStringToObject(w, "scale_dtype", sd);
+    else cJSON_AddNullToObject(w, "scale_dtype");
+    cJSON_AddStringToObject(w, "strategy", scheme_strategy_name(a->strategy));
     cJSON_AddBoolToObject(w, "symmetric", a->symmetric);
     cJSON_AddStringToObject(w, "type", scheme_type_name(a->type));
     if (a->symmetric) cJSON_AddNullToObject(w, "zp_dtype");

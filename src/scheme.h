@@ -14,7 +14,14 @@
  *   weight_shape      I64 [2] = {out, in}            always (reader: optional)
  *   weight_zero_point I32 [ceil(out*b/32), groups]   iff asymmetric
  *   weight_g_idx      I32 [in]                       iff actorder group
- * Source: compressed-tensors compressors/pack_quantized
+ * "float-quantized" (type float, 8 bits: FP8, FP8_DYNAMIC, FP8_BLOCK):
+ *   weight        F8_E4M3 [out, in]                 always (e4m3 bit patterns)
+ *   weight_scale  model dtype: tensor [1], channel [out, 1], group [out, g],
+ *                 block [ceil(out/b0), ceil(in/b1)] always
+ *   input_scale   model dtype [1]                   iff a->act == QACT_INPUT_SCALE
+ * Adding a format: a ct_tensor table + a ct_format row (accepts, table,
+ * dequantizer) in src/scheme.c; its code kind in src/qscalar.h (qs_*_k).
+ * Source: compressed-tensors compressors/pack_quantized, float_quantized
  * (docs/reference-llm-compressor.md §3.2, §3.7).
  */
 #ifndef DS_SCHEME_H
@@ -42,11 +49,39 @@ typedef struct scheme_module {
     const int *zp, *g_idx;
     int out, in;
     ds_dtype dtype;      /* the model dtype (scales are stored in it) */
+    const float *act_scale; /* QACT_INPUT_SCALE: the module's input_scale (1 value); else NULL */
 } scheme_module;
 
-/* compressed-tensors format name of a's scheme ("pack-quantized"), NULL
- * when doneshot has no format for it (type float, for now). */
+/* compressed-tensors format name of a's scheme ("pack-quantized",
+ * "float-quantized"), NULL when doneshot has no format for it. */
 const char *scheme_format_name(const quant_args *a);
+
+/* "pack-quantized, float-quantized, ...": the formats doneshot writes (static buffer). */
+const char *scheme_format_list(void);
+/* 1 if `name` is one of them. */
+int scheme_format_known(const char *name);
+
+/* ---- input activations ----
+ * The input-activation schemes doneshot runs (a table in src/scheme.c):
+ * fp8 static per-tensor (FP8: input_scale calibrated), fp8 dynamic per
+ * token (FP8_DYNAMIC), fp8 dynamic per group (FP8_BLOCK), int8 dynamic per
+ * token (W8A8). */
+
+/* 1 if input activation args `in` are supported. */
+int scheme_act_supported(const quant_args *in);
+/* Their descriptions, comma separated (static buffer), for error messages. */
+const char *scheme_act_supported_list(void);
+/* The activation fake quant of a Linear's input, in place, as
+ * compressed-tensors' forward_quantize applies it when transformers loads
+ * the checkpoint: X [rows, n] (values of dt, the activation dtype);
+ * input_scale: the module's stored input_scale (static args; NULL for
+ * dynamic ones, whose scales are computed from X per token / group).
+ * `in` must be scheme_act_supported. */
+void scheme_act_fake(const quant_args *in, const float *input_scale, float *X, int rows, int n, ds_dtype dt);
+
+/* 1 if a's format stores the codes as "<module>.weight" (float-quantized):
+ * the module's .weight is then a quantized tensor, not the source weight. */
+int scheme_writes_weight(const quant_args *a);
 
 /* The tensors a module [out, in] of args a writes, in table (= write)
  * order, into specs[SCHEME_MAX_TENSORS]; returns their count (0: no format).
@@ -118,13 +153,19 @@ void scheme_result_alloc(scheme_result *p, const quant_args *a, int out, int in,
 
 /* "int" / "float" (QuantizationArgs.type). */
 const char *scheme_type_name(quant_type t);
+/* "tensor", "channel", "group", "block", "token", "tensor_group". */
+const char *scheme_strategy_name(quant_strategy s);
+/* "torch.float8_e4m3fn" / "torch.int8" (scale_dtype, zp_dtype), NULL otherwise. */
+const char *scheme_dtype_torch_name(ds_dtype d);
 
-/* The config_groups.<g>.weights object of quantization_config for args a
- * (a new cJSON object, the caller owns it), exactly as compressed-tensors writes it:
- * actorder, block_structure null, dynamic false, group_size (-1 when
- * group_size_m1, else null, for non-group strategies), num_bits, observer,
- * observer_kwargs {}, scale_dtype null, strategy, symmetric, type, zp_dtype
- * (null when symmetric, "torch.int8" else). */
+/* The config_groups.<g>.weights (or input_activations) object of
+ * quantization_config for args a (a new cJSON object, the caller owns it),
+ * exactly as compressed-tensors writes it: actorder, block_structure (null
+ * or [b0, b1]), dynamic (false/true/"local"), group_size (-1 when
+ * group_size_m1, else null, for non-group strategies), num_bits, observer
+ * (NULL: null), observer_kwargs {}, scale_dtype (null or
+ * "torch.float8_e4m3fn"), strategy, symmetric, type, zp_dtype (null when
+ * symmetric, "torch.int8" else). */
 struct cJSON *scheme_weights_json(const quant_args *a, const char *observer, int group_size_m1);
 
 #endif

@@ -205,7 +205,7 @@ if timeout -k 10 120 "$DS" --recipe recipes/stories260k-w4a16.json --model $MODE
     new_case q_bits8 "$TMP/Q"; st "$TMP/q_bits8" cfg quantization_config.config_groups.group_0.weights.num_bits 8
     expect_eval q_bits8 3 "weight_packed': expected I32 \[[0-9]+, [0-9]+\], got I32 .*num_bits 8"
     new_case q_block "$TMP/Q"; st "$TMP/q_block" cfg quantization_config.config_groups.group_0.weights.strategy '"block"'
-    expect_eval q_block 3 'strategy: expected "group", "channel" or "tensor"'
+    expect_eval q_block 3 'strategy: expected "group", "channel", "tensor", "block" .with a block_structure.'
     new_case q_group "$TMP/Q"; st "$TMP/q_group" cfg quantization_config.config_groups.group_0.weights.strategy '"group"'
     st "$TMP/q_group" cfg quantization_config.config_groups.group_0.weights.group_size 16
     expect_eval q_group 3 "weight_scale': expected F32/BF16/F16 \[[0-9]+, [0-9]+\], got F32 \[[0-9]+, 1\] .*strategy group, group_size 16"

@@ -421,18 +421,18 @@ static void test_presets(void) {
 
 static void test_unknown_schemes(void) {
     TEST("unsupported and unknown schemes") {
-        const char *bad[] = {"W8A8", "INT8", "FP8", "FP8_DYNAMIC", "NVFP4", "NVFP4A16", "W4A8", "MXFP4"};
+        const char *bad[] = {"W4A8", "MXFP4", "W4AFP8", "UNQUANTIZED"};
         for (size_t i = 0; i < DS_ARRAY_LEN(bad); i++) {
             char *b = xasprintf("\"scheme\":\"%s\"", bad[i]);
             char *j = gptq(b);
             char *want = xasprintf("modifiers[0].GPTQModifier.scheme: scheme %s is not supported by doneshot v1 "
-                                   "(supported: W4A16, W4A16_ASYM, W8A16, W2A16, W3A16, W5A16, W6A16, W7A16)",
+                                   "(supported: W4A16, W4A16_ASYM, W8A16, W2A16, W3A16, W5A16, W6A16, W7A16, ",
                                    bad[i]);
-            CHECK_ERR(j, want, NULL);
+            CHECK_ERR(j, want, "FP8, FP8_DYNAMIC, FP8_BLOCK");
             free(want); free(j); free(b);
         }
-        char *j = gptq("\"scheme\":{\"FP8\":[\"Linear\"]}");
-        CHECK_ERR(j, "scheme FP8 is not supported", NULL);
+        char *j = gptq("\"scheme\":{\"MXFP8\":[\"Linear\"]}");
+        CHECK_ERR(j, "scheme MXFP8 is not supported", NULL);
         free(j);
         j = gptq("\"scheme\":\"W9A16\"");
         CHECK_ERR(j, "unknown scheme \"W9A16\" (supported: W4A16", NULL);
@@ -448,10 +448,12 @@ static void test_unknown_schemes(void) {
 
 static void test_other_modifiers(void) {
     TEST("other modifiers are rejected") {
-        CHECK_ERR("{\"modifiers\":[{\"QuantizationModifier\":{\"scheme\":\"W4A16\"}}]}",
-                  "modifiers[0].QuantizationModifier: modifier QuantizationModifier is not supported: doneshot v1 runs GPTQModifier only", NULL);
-        CHECK_ERR("{\"modifiers\":[{\"SmoothQuantModifier\":{}},{\"GPTQModifier\":{\"scheme\":\"W4A16\"}}]}",
-                  "SmoothQuantModifier is not supported", "GPTQModifier only");
+        CHECK_ERR("{\"modifiers\":[{\"QuantizationModifier\":{\"scheme\":\"W4A16\"}},{\"GPTQModifier\":{\"scheme\":\"W4A16\"}}]}",
+                  "modifiers[1].GPTQModifier: a GPTQModifier besides the QuantizationModifier at modifiers[0].QuantizationModifier", NULL);
+        CHECK_ERR("{\"modifiers\":[{\"GPTQModifier\":{\"scheme\":\"W4A16\"}},{\"SmoothQuantModifier\":{}}]}",
+                  "modifiers[1].SmoothQuantModifier: SmoothQuantModifier must come before the quantizing modifier", NULL);
+        CHECK_ERR("{\"modifiers\":[{\"LogarithmicEqualizationModifier\":{}},{\"GPTQModifier\":{\"scheme\":\"W4A16\"}}]}",
+                  "LogarithmicEqualizationModifier is not supported", "GPTQModifier, QuantizationModifier, SmoothQuantModifier");
         CHECK_ERR("{\"s_stage\":{\"s_modifiers\":{\"AWQModifier\":{},\"GPTQModifier\":{\"scheme\":\"W4A16\"}}}}",
                   "s_stage.s_modifiers.AWQModifier: modifier AWQModifier is not supported", NULL);
         CHECK_ERR("{\"AWQModifier\":{}}", "AWQModifier: modifier AWQModifier is not supported", NULL);
@@ -586,17 +588,21 @@ static void test_wrong_types(void) {
             {"\"config_groups\":{\"a\":{\"targets\":[\"Linear\"],\"weights\":{}},\"b\":{\"targets\":[\"Linear\"],\"weights\":{}}}",
              "config_groups: expected exactly one config group"},
             {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{},\"input_activations\":{\"num_bits\":8}}}",
-             "g.input_activations: activation quantization is not supported"},
+             "g.input_activations: this input activation scheme (type int, num_bits 8, strategy tensor, dynamic false) is not supported by doneshot v1 (supported: float 8 static tensor (FP8)"},
+            {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{},\"output_activations\":{\"num_bits\":8}}}",
+             "g.output_activations: output activation quantization is not supported"},
             {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{\"symmetric\":\"yes\"}}}", "weights.symmetric: expected true or false, got \"yes\""},
-            {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{\"type\":\"float\"}}}", "weights.type: type \"float\" is not supported"},
-            {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{\"type\":\"uint\"}}}", "weights.type: invalid value \"uint\" (allowed: int)"},
+            {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{\"type\":\"float\",\"num_bits\":6}}}", "weights.num_bits: type \"float\" needs num_bits 8 (fp8 e4m3) or 4"},
+            {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{\"type\":\"float\",\"symmetric\":false}}}", "g.weights: this weight scheme (type float, num_bits 8, strategy tensor) has no checkpoint format in doneshot v1 (supported: pack-quantized, float-quantized"},
+            {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{\"type\":\"uint\"}}}", "weights.type: invalid value \"uint\" (allowed: int, float)"},
             {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{\"strategy\":\"token\"}}}", "weights.strategy: strategy \"token\" is not supported"},
-            {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{\"strategy\":\"rows\"}}}", "weights.strategy: invalid value \"rows\" (allowed: group, channel, tensor)"},
+            {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{\"strategy\":\"rows\"}}}", "weights.strategy: invalid value \"rows\" (allowed: group, channel, tensor, block, tensor_group)"},
             {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{\"dynamic\":true}}}", "weights.dynamic: dynamic weights are not supported"},
             {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{\"observer_kwargs\":{\"a\":1}}}}", "weights.observer_kwargs: observer_kwargs are not supported"},
             {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{\"zp_dtype\":\"torch.int4\"}}}", "weights.zp_dtype: invalid value"},
-            {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{\"block_structure\":[128,128]}}}", "weights.block_structure: only null"},
-            {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{},\"format\":\"int-quantized\"}}", "g.format: invalid value \"int-quantized\""},
+            {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{\"block_structure\":[128,128]}}}", "weights.block_structure: block_structure needs strategy \"block\""},
+            {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{\"strategy\":\"block\",\"block_structure\":[128]}}}", "weights.block_structure: expected null or [rows, cols]"},
+            {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{},\"format\":\"int-quantized\"}}", "g.format: invalid value \"int-quantized\" (allowed: pack-quantized)"},
         };
         for (size_t i = 0; i < DS_ARRAY_LEN(T); i++) {
             char *j = gptq(T[i].body);
@@ -945,6 +951,106 @@ static void test_duplicate_keys(void) {
     }
 }
 
+/* FP8 presets with QuantizationModifier: quantization_config exactly as
+ * llm-compressor 0.14.0.1 oneshot(QuantizationModifier(scheme=..., ignore=
+ * ["lm_head"])) wrote it for data/stories260K (the strings are its
+ * config.json, json.dumps(sort_keys, compact); made by
+ * tests/interop/parity_fp8.py's llm-compressor run). */
+static void test_fp8_presets(void) {
+    TEST("FP8 presets, QuantizationModifier, quantization_config") {
+        static const struct { const char *scheme, *want; } T[] = {
+            {"FP8",
+             "{\"config_groups\":{\"group_0\":{\"format\":\"float-quantized\",\"input_activations\":{\"actorder\":null,\"block_structure\":null,\"dynamic\":false,\"group_size\":null,\"num_bits\":8,\"observer\":\"static_minmax\",\"observer_kwargs\":{},\"scale_dtype\":null,\"strategy\":\"tensor\",\"symmetric\":true,\"type\":\"float\",\"zp_dtype\":null},\"output_activations\":null,\"targets\":[\"Linear\"],\"weights\":{\"actorder\":null,\"block_structure\":null,\"dynamic\":false,\"group_size\":null,\"num_bits\":8,\"observer\":\"memoryless_minmax\",\"observer_kwargs\":{},\"scale_dtype\":null,\"strategy\":\"tensor\",\"symmetric\":true,\"type\":\"float\",\"zp_dtype\":null}}},\"format\":\"float-quantized\",\"global_compression_ratio\":null,\"ignore\":[\"lm_head\"],\"kv_cache_scheme\":null,\"quant_method\":\"compressed-tensors\",\"quantization_status\":\"compressed\",\"sparsity_config\":{},\"transform_config\":{},\"version\":\"0.19.0\"}"},
+            {"FP8_DYNAMIC",
+             "{\"config_groups\":{\"group_0\":{\"format\":\"float-quantized\",\"input_activations\":{\"actorder\":null,\"block_structure\":null,\"dynamic\":true,\"group_size\":null,\"num_bits\":8,\"observer\":null,\"observer_kwargs\":{},\"scale_dtype\":null,\"strategy\":\"token\",\"symmetric\":true,\"type\":\"float\",\"zp_dtype\":null},\"output_activations\":null,\"targets\":[\"Linear\"],\"weights\":{\"actorder\":null,\"block_structure\":null,\"dynamic\":false,\"group_size\":null,\"num_bits\":8,\"observer\":\"memoryless_minmax\",\"observer_kwargs\":{},\"scale_dtype\":null,\"strategy\":\"channel\",\"symmetric\":true,\"type\":\"float\",\"zp_dtype\":null}}},\"format\":\"float-quantized\",\"global_compression_ratio\":null,\"ignore\":[\"lm_head\"],\"kv_cache_scheme\":null,\"quant_method\":\"compressed-tensors\",\"quantization_status\":\"compressed\",\"sparsity_config\":{},\"transform_config\":{},\"version\":\"0.19.0\"}"},
+            {"FP8_BLOCK",
+             "{\"config_groups\":{\"group_0\":{\"format\":\"float-quantized\",\"input_activations\":{\"actorder\":null,\"block_structure\":null,\"dynamic\":true,\"group_size\":128,\"num_bits\":8,\"observer\":null,\"observer_kwargs\":{},\"scale_dtype\":null,\"strategy\":\"group\",\"symmetric\":true,\"type\":\"float\",\"zp_dtype\":null},\"output_activations\":null,\"targets\":[\"Linear\"],\"weights\":{\"actorder\":null,\"block_structure\":[128,128],\"dynamic\":false,\"group_size\":null,\"num_bits\":8,\"observer\":\"memoryless_minmax\",\"observer_kwargs\":{},\"scale_dtype\":null,\"strategy\":\"block\",\"symmetric\":true,\"type\":\"float\",\"zp_dtype\":null}}},\"format\":\"float-quantized\",\"global_compression_ratio\":null,\"ignore\":[\"lm_head\"],\"kv_cache_scheme\":null,\"quant_method\":\"compressed-tensors\",\"quantization_status\":\"compressed\",\"sparsity_config\":{},\"transform_config\":{},\"version\":\"0.19.0\"}"},
+        };
+        for (size_t i = 0; i < DS_ARRAY_LEN(T); i++) {
+            char *j = xasprintf("{\"modifiers\":[{\"QuantizationModifier\":{\"scheme\":\"%s\",\"targets\":[\"Linear\"],"
+                                "\"ignore\":[\"lm_head\"]}}]}", T[i].scheme);
+            recipe r;
+            if (!parse_ok(j, &r)) { CHECK(0); free(j); continue; }
+            CHECK_EQ_INT(r.quantizer, RQ_QUANTIZATION);
+            CHECK_EQ_INT(r.w.type, QT_FLOAT);
+            CHECK_EQ_INT(r.w.actorder, QA_NONE);
+            const char *ig[] = {"lm_head"};
+            char *q = recipe_quantization_config_json(&r, ig, 1);
+            CHECK(q && !strcmp(q, T[i].want));
+            if (q && strcmp(q, T[i].want)) fprintf(stderr, "got  %s\nwant %s\n", q, T[i].want);
+            free(q);
+            /* the normalized recipe parses back to the same args */
+            recipe r2;
+            CHECK(parse_ok(r.applied_json, &r2));
+            CHECK(!memcmp(&r2.w, &r.w, sizeof r.w) && !memcmp(&r2.in, &r.in, sizeof r.in));
+            CHECK_EQ_INT(r2.quantizer, RQ_QUANTIZATION);
+            recipe_free(&r2);
+            recipe_free(&r);
+            free(j);
+        }
+        /* GPTQModifier with FP8: actorder static (the modifier's default), static input_scale stored */
+        recipe r;
+        char *j = gptq("\"scheme\":\"FP8\"");
+        CHECK(parse_ok(j, &r));
+        CHECK_EQ_INT(r.quantizer, RQ_GPTQ);
+        CHECK_EQ_INT(r.w.actorder, QA_STATIC);
+        CHECK_EQ_INT(r.w.act, QACT_INPUT_SCALE);
+        CHECK(r.in_observer && !strcmp(r.in_observer, "static_minmax"));
+        recipe_free(&r);
+        free(j);
+        /* config_groups with input_activations; block strategy */
+        j = xasprintf("{\"QuantizationModifier\":{\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],"
+                      "\"weights\":{\"type\":\"float\",\"strategy\":\"block\",\"block_structure\":[64,32]},"
+                      "\"input_activations\":{\"type\":\"float\",\"strategy\":\"token\",\"dynamic\":true}}}}}");
+        CHECK(parse_ok(j, &r));
+        CHECK(r.w.strategy == QS_BLOCK && r.w.block[0] == 64 && r.w.block[1] == 32 && r.w.act == QACT_DYNAMIC);
+        CHECK(r.in.strategy == QS_TOKEN && r.in.dynamic == QD_DYNAMIC && r.in_observer == NULL);
+        recipe_free(&r);
+        free(j);
+        /* QuantizationModifier refuses GPTQ keys */
+        CHECK_ERR("{\"QuantizationModifier\":{\"scheme\":\"FP8\",\"block_size\":64}}",
+                  "QuantizationModifier: unknown key \"block_size\"", "GPTQModifier key");
+        /* an activation scheme doneshot does not run */
+        CHECK_ERR("{\"QuantizationModifier\":{\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],"
+                  "\"weights\":{\"type\":\"float\"},\"input_activations\":{\"type\":\"float\",\"strategy\":\"channel\"}}}}}",
+                  "g.input_activations: this input activation scheme (type float, num_bits 8, strategy channel, dynamic false) is not supported",
+                  "float 8 dynamic token (FP8_DYNAMIC)");
+    }
+}
+
+/* SmoothQuantModifier before the quantizer: parsed into recipe.smoothquant. */
+static void test_smoothquant_parse(void) {
+    TEST("SmoothQuantModifier") {
+        recipe r;
+        const char *j = "{\"sq_stage\":{\"sq_modifiers\":{\"SmoothQuantModifier\":{\"smoothing_strength\":0.8,"
+                        "\"mappings\":[[[\"re:.*q_proj\",\"re:.*k_proj\",\"re:.*v_proj\"],\"re:.*input_layernorm\"]],"
+                        "\"ignore\":[\"lm_head\"]}},"
+                        "\"quant_modifiers\":{\"GPTQModifier\":{\"scheme\":\"W4A16\",\"ignore\":[\"lm_head\"]}}}}";
+        CHECK(parse_ok(j, &r));
+        CHECK(r.smoothquant.present && r.smoothquant.smoothing_strength == 0.8 && r.smoothquant.nmappings == 1);
+        CHECK(r.smoothquant.nmappings == 1 && r.smoothquant.mappings[0].nbalance == 3 &&
+              !strcmp(r.smoothquant.mappings[0].smooth, "re:.*input_layernorm"));
+        CHECK(r.smoothquant.nignore == 1 && !r.smoothquant.log_equalization);
+        recipe r2; /* the normalized recipe keeps it */
+        CHECK(parse_ok(r.applied_json, &r2));
+        CHECK(r2.smoothquant.present && r2.smoothquant.smoothing_strength == 0.8 && r2.smoothquant.nmappings == 1);
+        recipe_free(&r2);
+        recipe_free(&r);
+        CHECK(parse_ok("{\"modifiers\":[{\"SmoothQuantModifier\":{}},{\"GPTQModifier\":{\"scheme\":\"W4A16\"}}]}", &r));
+        CHECK(r.smoothquant.present && r.smoothquant.smoothing_strength == 0.5 && r.smoothquant.nmappings == 0);
+        recipe_free(&r);
+        CHECK(parse_ok("{\"GPTQModifier\":{\"scheme\":\"W4A16\"}}", &r));
+        CHECK(!r.smoothquant.present);
+        recipe_free(&r);
+        CHECK_ERR("{\"modifiers\":[{\"SmoothQuantModifier\":{\"smoothing_strength\":1.5}},{\"GPTQModifier\":{\"scheme\":\"W4A16\"}}]}",
+                  "modifiers[0].SmoothQuantModifier.smoothing_strength: expected a number in [0, 1], got 1.5", NULL);
+        CHECK_ERR("{\"modifiers\":[{\"SmoothQuantModifier\":{\"mappings\":[[\"a\"]]}},{\"GPTQModifier\":{\"scheme\":\"W4A16\"}}]}",
+                  "SmoothQuantModifier.mappings[0]: expected [[balance layers], smooth layer]", NULL);
+        CHECK_ERR("{\"modifiers\":[{\"SmoothQuantModifier\":{\"alpha\":1}},{\"GPTQModifier\":{\"scheme\":\"W4A16\"}}]}",
+                  "SmoothQuantModifier: unknown key \"alpha\" (allowed: smoothing_strength", NULL);
+    }
+}
+
 int main(void) {
     test_bundled_recipes();
     test_recipe_schemes();
@@ -967,6 +1073,8 @@ int main(void) {
     test_bypass_divisibility();
     test_re_match_errors();
     test_duplicate_keys();
+    test_fp8_presets();
+    test_smoothquant_parse();
 
     return TEST_REPORT();
 }

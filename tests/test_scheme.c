@@ -198,7 +198,17 @@ static void test_suffixes(void) {
         CHECK(!scheme_is_module_tensor("model.layers.3.input_layernorm.weight"));
         quant_args f = {.num_bits = 8, .symmetric = 1, .strategy = QS_CHANNEL, .group_size = -1, .type = QT_FLOAT};
         scheme_tensor_spec spec[SCHEME_MAX_TENSORS];
-        CHECK(scheme_format_name(&f) == NULL); /* no float format yet */
+        CHECK(scheme_format_name(&f) && !strcmp(scheme_format_name(&f), "float-quantized"));
+        CHECK_EQ_INT(scheme_tensors(&f, DS_DTYPE_BF16, 8, 8, spec), 2); /* weight, weight_scale */
+        CHECK(!strcmp(spec[0].suffix, "weight") && spec[0].dtype == DS_DTYPE_F8_E4M3);
+        CHECK(spec[1].ndim == 2 && spec[1].shape[0] == 8 && spec[1].shape[1] == 1);
+        CHECK(scheme_writes_weight(&f));
+        f.act = QACT_INPUT_SCALE;
+        CHECK_EQ_INT(scheme_tensors(&f, DS_DTYPE_BF16, 8, 8, spec), 3);
+        CHECK(!strcmp(spec[2].suffix, "input_scale") && spec[2].ndim == 1 && spec[2].shape[0] == 1);
+        CHECK(scheme_is_module_tensor("model.layers.3.mlp.up_proj.input_scale"));
+        f.num_bits = 6; /* no fp6 format */
+        CHECK(scheme_format_name(&f) == NULL);
         CHECK_EQ_INT(scheme_tensors(&f, DS_DTYPE_BF16, 8, 8, spec), 0);
         CHECK(strcmp(scheme_type_name(QT_FLOAT), "float") == 0 && strcmp(scheme_type_name(QT_INT), "int") == 0);
     }
