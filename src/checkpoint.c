@@ -328,9 +328,11 @@ typedef struct resume_ctx { int layers; const ckpt_writer *c; } resume_ctx;
 static int written_before(void *p, const char *name) {
     const resume_ctx *rc = p;
     int l = -1;
-    if (rc->c->smoothed && smoothquant_tensor(&rc->c->m->cfg, name)) return 0;
-    if (sscanf(name, "model.layers.%d.", &l) != 1 || l < rc->layers) return 1;
     char module[512];
+    if (rc->c->smoothed && smoothquant_tensor(&rc->c->m->cfg, name) &&
+        !quantized_weight(rc->c, name, module, sizeof module)) /* int-quantized q_proj.weight: the codes */
+        return 0;
+    if (sscanf(name, "model.layers.%d.", &l) != 1 || l < rc->layers) return 1;
     if (scheme_writes_weight(&rc->c->r->w) && quantized_weight(rc->c, name, module, sizeof module))
         return 0; /* float-quantized: "<module>.weight" holds the codes */
     return !scheme_is_module_tensor(name);

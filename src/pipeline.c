@@ -48,6 +48,7 @@ ds_status pipeline_validate(const model *m, const recipe *r) {
     /* a "re:" target/ignore entry whose match failed (e.g. PCRE2's match
      * limit) above: the module's status is unknown, so the recipe is refused */
     if (!st) st = recipe_match_status(r);
+    if (!st) st = smoothquant_validate(c, r);
     if (st) return st;
     if (nq == 0)
         return ds_error(DS_ERR_USAGE, "the recipe's targets match no Linear module of this model "

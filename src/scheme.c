@@ -242,6 +242,36 @@ static const ct_tensor float_quantized[] = {
      enc_input_scale, check_input_scale, 0},
 };
 
+/* ---- int-quantized (compressed-tensors compressors/naive_quantized
+ * IntQuantizationCompressor: INT weights whose scheme has input_activations,
+ * W8A8; NaiveQuantizationCompressor.compress stores quantize(weight) as
+ * int8, unpacked, and drops a symmetric zero point) ----
+ *   weight             I8 [out, in]                always (the int codes)
+ *   weight_scale       model dtype [out, groups]   always (W8A8 channel: [out, 1])
+ *   weight_zero_point  I8 [out, groups]            iff asymmetric */
+
+static int shape_int8(const quant_args *a, int out, int in, int64_t *s) {
+    (void)a;
+    s[0] = out;
+    s[1] = in;
+    return 2;
+}
+static void enc_int8(const quant_args *a, const scheme_module *m, void *dst) {
+    (void)a;
+    memcpy(dst, m->q, (size_t)m->out * m->in);
+}
+static void enc_zp8(const quant_args *a, const scheme_module *m, void *dst) {
+    int8_t *z = dst;
+    const size_t n = (size_t)m->out * quant_num_groups(a, m->in);
+    for (size_t i = 0; i < n; i++) z[i] = (int8_t)m->zp[i];
+}
+
+static const ct_tensor int_quantized[] = {
+    {"weight", DS_DTYPE_I8, shape_int8, NULL, NULL, enc_int8, NULL, 0},
+    {"weight_scale", DT_MODEL, shape_scale, NULL, NULL, enc_scale, check_scale, 0},
+    {"weight_zero_point", DS_DTYPE_I8, shape_scale, asym, "no zero point (symmetric)", enc_zp8, NULL, 0},
+};
+
 /* Dequantizers: W [out, in] from the stored tensors (entry order) and the
  * weight_scale as f32 (srow: its row stride, 0 = one scale). */
 typedef void (*dequant_fn)(const quant_args *a, ds_dtype dt, int out, int in, const st_tensor *const *stored,
@@ -250,6 +280,8 @@ static void dequant_packed(const quant_args *a, ds_dtype dt, int out, int in, co
                            const float *scale, size_t srow, float *w);
 static void dequant_fp8(const quant_args *a, ds_dtype dt, int out, int in, const st_tensor *const *stored,
                         const float *scale, size_t srow, float *w);
+static void dequant_int8(const quant_args *a, ds_dtype dt, int out, int in, const st_tensor *const *stored,
+                         const float *scale, size_t srow, float *w);
 
 /* One compressed-tensors format: its name, the args it takes, its tensor
  * table and its dequantizer. A new format is a new row here. */
@@ -271,10 +303,20 @@ static int fp8_weights(const quant_args *a) {
             a->strategy == QS_BLOCK) && a->act != QACT_INPUT_GLOBAL_SCALE;
 }
 
+/* INT weights with dynamic input activations (W8A8, W4A8, ...): int-quantized
+ * (compressed-tensors picks it before pack-quantized whenever the scheme has
+ * input_activations and INT weights). Static int activations are not offered. */
+static int int_act_weights(const quant_args *a) {
+    return a->type == QT_INT && a->num_bits >= 1 && a->num_bits <= 8 && a->act == QACT_DYNAMIC &&
+           a->actorder != QA_GROUP && /* no weight_g_idx in the naive compressor */
+           (a->strategy == QS_TENSOR || a->strategy == QS_CHANNEL || a->strategy == QS_GROUP);
+}
+
 static const ct_format formats[] = {
     {"pack-quantized", int_weights, pack_quantized, (int)DS_ARRAY_LEN(pack_quantized), dequant_packed},
     {"float-quantized", fp8_weights, float_quantized, (int)DS_ARRAY_LEN(float_quantized), dequant_fp8},
-    /* "int-quantized" (W8A8): the w8a8 scheme; "nvfp4-pack-quantized": the nvfp4 scheme */
+    {"int-quantized", int_act_weights, int_quantized, (int)DS_ARRAY_LEN(int_quantized), dequant_int8},
+    /* "nvfp4-pack-quantized": the nvfp4 scheme */
 };
 
 static const ct_format *format_of(const quant_args *a) {
@@ -512,6 +554,23 @@ static void dequant_fp8(const quant_args *a, ds_dtype dt, int out, int in, const
             int g = scheme_column_group(a, NULL, i);
             w[(size_t)o * in + i] = qs_dequant_k(QS_KIND_FP8, qb[(size_t)o * in + i], 0,
                                                  scale[(size_t)(o / br) * srow + g], (int)dt);
+        }
+}
+
+/* int-quantized: W[o, i] = round_dt((q - zp) * scale[o, g(i)]) (CT dequantize:
+ * q and zp cast to the scale's dtype, subtracted, multiplied). */
+static void dequant_int8(const quant_args *a, ds_dtype dt, int out, int in, const st_tensor *const *stored,
+                         const float *scale, size_t srow, float *w) {
+    const ct_format *f = format_of(a);
+    const int8_t *q = stored[entry_of(f, "weight")]->data;
+    const st_tensor *z = stored[entry_of(f, "weight_zero_point")];
+    const int8_t *zp = z && !a->symmetric ? z->data : NULL;
+    const int ng = quant_num_groups(a, in);
+    for (int o = 0; o < out; o++)
+        for (int i = 0; i < in; i++) {
+            const int g = scheme_column_group(a, NULL, i);
+            w[(size_t)o * in + i] = qs_dequant(q[(size_t)o * in + i], zp ? zp[(size_t)o * ng + g] : 0,
+                                               scale[(size_t)o * srow + g], (int)dt);
         }
 }
 

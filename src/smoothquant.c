@@ -15,7 +15,44 @@
 
 void smoothquant_recipe_params(const recipe *r, sq_params *p) {
     memset(p, 0, sizeof *p);
-    (void)r; /* TODO: the recipe's SmoothQuantModifier (foundation) */
+    if (!r || !r->smoothquant.present) return;
+    p->on = 1;
+    p->alpha = r->smoothquant.smoothing_strength;
+    p->log_eq = r->smoothquant.log_equalization;
+}
+
+/* pattern equals want, ignoring one trailing "$" on either (llm-compressor
+ * writes both "re:.*q_proj" and "re:.*q_proj$" in its registries). */
+static int same_pattern(const char *pattern, const char *want) {
+    size_t a = strlen(pattern), b = strlen(want);
+    if (a && pattern[a - 1] == '$') a--;
+    return a == b && !strncmp(pattern, want, a);
+}
+
+ds_status smoothquant_validate(const model_config *c, const recipe *r) {
+    const recipe_smoothquant *q = &r->smoothquant;
+    static const char *bal[2][3] = {{"re:.*q_proj", "re:.*k_proj", "re:.*v_proj"}, {"re:.*gate_proj", "re:.*up_proj", NULL}};
+    static const char *smooth[2] = {"re:.*input_layernorm", "re:.*post_attention_layernorm"};
+    const int nmap = smoothquant_num_mappings(c);
+    if (!q->present) return DS_OK;
+    if (q->nignore > 0)
+        return ds_error(DS_ERR_USAGE, "SmoothQuantModifier.ignore: not supported by doneshot (got %d entr%s, first "
+                        "\"%s\")\nhint: remove \"ignore\" (every mapping of the architecture is smoothed)",
+                        q->nignore, q->nignore == 1 ? "y" : "ies", q->ignore[0]);
+    int ok = q->nmappings == 0 || q->nmappings == nmap;
+    for (int k = 0; ok && k < q->nmappings; k++) {
+        const recipe_sq_mapping *mp = &q->mappings[k];
+        const int nb = k == 0 ? 3 : 2;
+        ok = mp->nbalance == nb && same_pattern(mp->smooth, smooth[k]);
+        for (int b = 0; ok && b < nb; b++) ok = same_pattern(mp->balance[b], bal[k][b]);
+    }
+    if (!ok)
+        return ds_error(DS_ERR_USAGE, "SmoothQuantModifier.mappings: doneshot supports the architecture's default "
+                        "mappings only; for %s: [[\"re:.*q_proj\", \"re:.*k_proj\", \"re:.*v_proj\"], "
+                        "\"re:.*input_layernorm\"]%s\nhint: omit \"mappings\" to use them",
+                        c->arch_name, nmap > 1 ? ", [[\"re:.*gate_proj\", \"re:.*up_proj\"], "
+                        "\"re:.*post_attention_layernorm\"]" : " (MoE: attention only, as llm-compressor)");
+    return DS_OK;
 }
 
 int smoothquant_recipe_on(const recipe *r) {

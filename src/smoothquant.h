@@ -57,6 +57,11 @@ typedef struct sq_plan {
 
 /* The recipe's SmoothQuantModifier into *p (p->on = 0 when it has none). */
 void smoothquant_recipe_params(const struct recipe *r, sq_params *p);
+/* Before any work: the recipe's SmoothQuantModifier is one doneshot runs
+ * for this architecture. DS_ERR_USAGE for custom mappings other than the
+ * architecture's defaults (see above; a trailing "$" is accepted) and for a
+ * non-empty ignore list. DS_OK without a SmoothQuantModifier. */
+ds_status smoothquant_validate(const model_config *c, const struct recipe *r);
 /* 1 if the recipe smooths (a SmoothQuantModifier). */
 int smoothquant_recipe_on(const struct recipe *r);
 

@@ -10,7 +10,11 @@
 #                             fused experts == doneshot's dequantization,
 #                             perplexity == `doneshot eval`;
 #   parity_llmcompressor.py   GPTQ codes/scales/perplexity vs llmcompressor.oneshot
-#                             on the same calibration token ids.
+#                             on the same calibration token ids;
+#   parity_w8a8.py            INT8 W8A8 with/without SmoothQuant vs llmcompressor.oneshot
+#                             (codes, scales, smoothed norms, ppl; transformers load);
+#   parity_fp8.py             FP8 / FP8_DYNAMIC / FP8_BLOCK (QuantizationModifier, GPTQModifier)
+#                             vs llmcompressor.oneshot (fp8 bytes, scales, ppl; transformers load).
 # Creates (or reuses) the venv with the versions pinned in
 # tests/interop/requirements.txt. Env: BUILD (default build), MPIRUN,
 # DS_FIXTURES (default BUILD/fixtures),
@@ -79,6 +83,8 @@ suite check_transformers.py --workdir "$WORK/transformers" --seq-len 256 --windo
 suite check_moe.py --workdir "$WORK/moe" --seq-len 256 --windows 10 --np 2 \
     --model "$FIX/models/variants/mixtral-4x-top2"
 suite parity_llmcompressor.py --workdir "$WORK/parity" --seq-len 256 --windows 40
+suite parity_w8a8.py --workdir "$WORK/w8a8" --seq-len 256 --windows 40
+suite parity_fp8.py --workdir "$WORK/fp8" --seq-len 256 --windows 40
 
 echo "$P passed, $F failed, 0 skipped"
 [ "$F" -eq 0 ]

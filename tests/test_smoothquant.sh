@@ -1,0 +1,63 @@
+#!/bin/sh
+# test_smoothquant.sh - SmoothQuant across ranks, on the bundled stories260K
+# (recipes/w8a8-smoothquant.json, 16 samples of 64 tokens; seconds):
+#   * the smoothing (activation min/max all-reduced with MPI MIN/MAX, which
+#     is order-free) gives bitwise identical smoothed norm weights in the
+#     checkpoint at -np 1, 2 and 4;
+#   * they differ from the original norm weights (the smoothing is applied)
+#     and the unsmoothed tensors (model.norm, embeddings) are unchanged;
+#   * a SmoothQuant run with --resume after a stop rewrites the smoothed
+#     tensors (same checkpoint as an uninterrupted run's norms).
+# Env: BUILD, MPIRUN, PYTHON. Last line: "N passed, N failed, N skipped".
+BUILD=${BUILD:-build}
+MPIRUN=${MPIRUN:-mpirun --oversubscribe}
+PYTHON=${PYTHON:-python3}
+DS=$BUILD/doneshot
+MODEL=data/stories260K
+. tests/lib.sh # counters, pass/fail/skip, $TMP, the DS check
+
+ARGS="--recipe recipes/w8a8-smoothquant.json --model $MODEL --dataset data/tinystories_sample.txt
+      --num-samples 16 --max-seq-len 64 -q"
+for np in 1 2 4; do
+    timeout -k 10 180 $MPIRUN -np $np "$DS" $ARGS --output "$TMP/np$np" >"$TMP/np$np.log" 2>&1 \
+        || fail "quantize -np $np: $(tail -5 "$TMP/np$np.log")"
+done
+
+# name -> bytes of the tensors matching a suffix, stdlib only
+NORMS='import json, struct, sys
+def tensors(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    h.pop("__metadata__", None)
+    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items()}
+a = tensors(sys.argv[1] + "/model.safetensors")
+names = sorted(k for k in a if k.endswith("layernorm.weight"))
+for p in sys.argv[2:]:
+    b = tensors(p + "/model.safetensors")
+    print(p.split("/")[-1], len(names), sum(a[k] == b[k] for k in names),
+          int(a["model.norm.weight"] == b["model.norm.weight"]),
+          int(a["model.embed_tokens.weight"] == b["model.embed_tokens.weight"]))'
+if [ -f "$TMP/np1/model.safetensors" ]; then
+    out=$($PYTHON -c "$NORMS" "$TMP/np1" "$TMP/np2" "$TMP/np4" "$MODEL")
+    if echo "$out" | grep -q '^np2 10 10 1 1$' && echo "$out" | grep -q '^np4 10 10 1 1$'; then
+        pass "smoothed norm weights bitwise identical at -np 1, 2, 4 (10 norms)"
+    else fail "smoothed norms differ across -np: $out"; fi
+    if echo "$out" | grep -q '^stories260K 10 0 1 1$'; then
+        pass "all 10 smoothed norms differ from the original; model.norm and embeddings unchanged"
+    else fail "smoothing not applied as expected: $out"; fi
+else
+    fail "no -np 1 checkpoint: $(tail -5 "$TMP/np1.log")"
+fi
+
+# resume: stop after layer 2, continue; the smoothed tensors are rewritten
+timeout -k 10 180 "$DS" $ARGS --output "$TMP/res" --stop-after-layer 2 --resume-interval 0 >"$TMP/res1.log" 2>&1
+timeout -k 10 180 "$DS" $ARGS --output "$TMP/res" --resume >"$TMP/res2.log" 2>&1 \
+    || fail "resume run: $(tail -5 "$TMP/res2.log")"
+if [ -f "$TMP/res/model.safetensors" ] &&
+   $PYTHON -c "$NORMS" "$TMP/np1" "$TMP/res" | grep -q '^res 10 10 1 1$'; then
+    pass "a resumed SmoothQuant run writes the same smoothed norms"
+else fail "resumed run: $(tail -n 3 "$TMP/res1.log" "$TMP/res2.log")"; fi
+
+echo "$P passed, $F failed, $S skipped"
+[ "$F" -eq 0 ]
