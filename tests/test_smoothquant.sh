@@ -7,7 +7,9 @@
 #   * they differ from the original norm weights (the smoothing is applied)
 #     and the unsmoothed tensors (model.norm, embeddings) are unchanged;
 #   * a SmoothQuant run with --resume after a stop rewrites the smoothed
-#     tensors (same checkpoint as an uninterrupted run's norms).
+#     tensors (same checkpoint as an uninterrupted run's norms);
+#   * custom mappings other than the architecture's defaults, and an ignore
+#     list, are exit 2; the defaults spelled out (with "$") are accepted.
 # Env: BUILD, MPIRUN, PYTHON. Last line: "N passed, N failed, N skipped".
 BUILD=${BUILD:-build}
 MPIRUN=${MPIRUN:-mpirun --oversubscribe}
@@ -58,6 +60,24 @@ if [ -f "$TMP/res/model.safetensors" ] &&
    $PYTHON -c "$NORMS" "$TMP/np1" "$TMP/res" | grep -q '^res 10 10 1 1$'; then
     pass "a resumed SmoothQuant run writes the same smoothed norms"
 else fail "resumed run: $(tail -n 3 "$TMP/res1.log" "$TMP/res2.log")"; fi
+
+# recipes doneshot cannot run as llm-compressor would: exit 2 before any work
+sq() { # sq NAME SQ-ARGS: a W8A8 recipe with that SmoothQuantModifier
+    printf '{"modifiers": [{"SmoothQuantModifier": %s}, {"GPTQModifier": {"scheme": "W8A8", "ignore": ["lm_head"]}}]}\n' \
+        "$2" >"$TMP/$1.json"
+    "$DS" --recipe "$TMP/$1.json" --model $MODEL --dataset data/tinystories_sample.txt --num-samples 2 \
+        --output "$TMP/$1" -q >"$TMP/$1.log" 2>&1
+}
+sq custom '{"mappings": [[["re:.*q_proj"], "re:.*input_layernorm"]]}'; rc=$?
+if [ $rc -eq 2 ] && grep -q 'SmoothQuantModifier.mappings: doneshot supports the architecture' "$TMP/custom.log"; then
+    pass "custom SmoothQuant mappings: exit 2 naming the supported defaults"
+else fail "custom mappings: rc=$rc $(cat "$TMP/custom.log")"; fi
+sq ign '{"ignore": ["model.layers.0.input_layernorm"]}'; rc=$?
+if [ $rc -eq 2 ] && grep -q 'SmoothQuantModifier.ignore' "$TMP/ign.log"; then pass "SmoothQuant ignore: exit 2"
+else fail "SmoothQuant ignore: rc=$rc $(cat "$TMP/ign.log")"; fi
+sq dflt '{"smoothing_strength": 0.8, "mappings": [[["re:.*q_proj$", "re:.*k_proj$", "re:.*v_proj$"], "re:.*input_layernorm$"], [["re:.*gate_proj", "re:.*up_proj"], "re:.*post_attention_layernorm"]]}'; rc=$?
+if [ $rc -eq 0 ] && [ -f "$TMP/dflt/model.safetensors" ]; then pass "the default mappings written out are accepted"
+else fail "default mappings: rc=$rc $(cat "$TMP/dflt.log")"; fi
 
 echo "$P passed, $F failed, $S skipped"
 [ "$F" -eq 0 ]
