@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Interop: FP8 parity of doneshot with llm-compressor, and transformers loading it.
 
-For each case (scheme x modifier; default FP8 and FP8_DYNAMIC with
-QuantizationModifier and GPTQModifier, FP8_BLOCK with QuantizationModifier)
+For each case (scheme x modifier; default FP8, FP8_DYNAMIC and FP8_BLOCK,
+each with QuantizationModifier and GPTQModifier)
 both tools quantize the bundled stories260K (targets Linear, ignore lm_head)
 from EXACTLY the same calibration token ids (the rows of
 parity_llmcompressor.py: 64 TinyStories documents, 256 tokens, seed 0), then:
@@ -49,7 +49,7 @@ from parity_llmcompressor import FP, calibration_rows  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(HERE))
 FAILS = []
 MODS = {"QM": "QuantizationModifier", "GPTQ": "GPTQModifier"}
-DEFAULT_CASES = "FP8:QM,FP8:GPTQ,FP8_DYNAMIC:QM,FP8_DYNAMIC:GPTQ,FP8_BLOCK:QM"
+DEFAULT_CASES = "FP8:QM,FP8:GPTQ,FP8_DYNAMIC:QM,FP8_DYNAMIC:GPTQ,FP8_BLOCK:QM,FP8_BLOCK:GPTQ"
 
 
 def check(cond, what):
