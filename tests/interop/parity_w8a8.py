@@ -9,7 +9,10 @@ first, 256 tokens at most, seed 0):
   * "sq":    [SmoothQuantModifier(smoothing_strength=0.8),
               GPTQModifier(scheme="W8A8", ignore=["lm_head"])]
              = recipes/w8a8-smoothquant.json;
-  * "plain": [GPTQModifier(scheme="W8A8", ignore=["lm_head"])] = recipes/w8a8.json.
+  * "plain": [GPTQModifier(scheme="W8A8", ignore=["lm_head"])] = recipes/w8a8.json;
+  * "rtn":   [SmoothQuantModifier(smoothing_strength=0.8),
+              QuantizationModifier(scheme="W8A8", ignore=["lm_head"])]
+             = tests/interop/w8a8-rtn-smoothquant.json (round-to-nearest).
 llmcompressor.oneshot runs with its default pipeline ("independent": the
 SmoothQuant epoch over all layers, then the GPTQ epoch), on CPU, f32.
 
@@ -53,6 +56,7 @@ N_ROWS, MAX_LEN, SEED = 64, 256, 0
 VARIANTS = {
     "sq": os.path.join(ROOT, "recipes", "w8a8-smoothquant.json"),
     "plain": os.path.join(ROOT, "recipes", "w8a8.json"),
+    "rtn": os.path.join(HERE, "w8a8-rtn-smoothquant.json"),
 }
 FAILS = P.FAILS
 check = P.check
@@ -70,9 +74,13 @@ def run_llmcompressor(rows, variant, out):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(FP, dtype=torch.float32)
     ds = Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]})
-    recipe = [GPTQModifier(scheme="W8A8", targets=["Linear"], ignore=["lm_head"], block_size=128,
-                           dampening_frac=0.01)]
-    if variant == "sq":
+    if variant == "rtn":
+        from llmcompressor.modifiers.quantization import QuantizationModifier
+        recipe = [QuantizationModifier(scheme="W8A8", targets=["Linear"], ignore=["lm_head"])]
+    else:
+        recipe = [GPTQModifier(scheme="W8A8", targets=["Linear"], ignore=["lm_head"], block_size=128,
+                               dampening_frac=0.01)]
+    if variant in ("sq", "rtn"):
         recipe.insert(0, SmoothQuantModifier(smoothing_strength=0.8))
     oneshot(model=model, dataset=ds, recipe=recipe, num_calibration_samples=len(rows), max_seq_length=MAX_LEN,
             output_dir=out, save_compressed=True)
@@ -156,7 +164,7 @@ def main():
     ap.add_argument("--np", type=int, default=1)
     ap.add_argument("--mpirun", default="mpirun --oversubscribe")
     ap.add_argument("--reuse", action="store_true", help="reuse existing checkpoints in --workdir")
-    ap.add_argument("--variants", default="sq,plain")
+    ap.add_argument("--variants", default="sq,plain,rtn")
     ap.add_argument("--verbose", action="store_true")
     a = ap.parse_args()
     a.doneshot = os.path.abspath(a.doneshot)
