@@ -23,6 +23,11 @@
  *      contraction, like the CPU's plain loop); then the lazy update
  *      W[:, i2:] -= Err @ U[i1:i2, i2:] by cublasSgemm (true fp32, no TF32);
  *   7. outputs written at the original column positions (undoing the perm).
+ * gptq_cuda_set_factor_key(k) before a call: steps 2-5 (everything that
+ * depends only on H) are kept under key k, and the next call with the same
+ * key, width, actorder and dampening reuses them (the permutation, dead
+ * columns, U or its RTN fallback) instead of refactoring H: results are
+ * bitwise those of a fresh factorisation.
  * Differences from the CPU twin come only from fp32 summation orders in
  * cuSOLVER / sgemm vs LAPACK / OpenBLAS; codes agree except for rare flips
  * at rounding ties (tests/test_kernels.c reports the flip rate).
@@ -48,10 +53,32 @@ static_assert(GPTQ_MAX_BLOCK <= 4 * 32, "gptq_block_kernel keeps at most 128 blo
 static void *g_ws;
 static size_t g_ws_bytes;
 
+/* ---- one cached factorisation (gptq_cuda_set_factor_key) ----
+ * U of the last keyed solve, with the host tables that depend only on H
+ * (permutation, dead columns, the failure), so that the modules sharing a
+ * Hessian (every MoE expert's gate/up, q/k/v, gate/up) factor it once. */
+static float *g_fac;
+static size_t g_fac_cap;
+static uint64_t g_fac_key, g_next_key;
+static int g_fac_n, g_fac_perm, g_fac_info, g_fac_step;
+static double g_fac_damp;
+static int *g_fac_permv;
+static uint8_t *g_fac_dead;
+
+extern "C" void gptq_cuda_set_factor_key(uint64_t key) { g_next_key = key; }
+
 void gptq_cuda_release(void) {
     if (g_ws) cudaFree(g_ws);
     g_ws = NULL;
     g_ws_bytes = 0;
+    if (g_fac) cudaFree(g_fac);
+    g_fac = NULL;
+    g_fac_cap = 0;
+    g_fac_key = 0;
+    free(g_fac_permv);
+    free(g_fac_dead);
+    g_fac_permv = NULL;
+    g_fac_dead = NULL;
 }
 
 static void *ws_get(size_t n) {
@@ -240,6 +267,8 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
                         ds_dtype_name(model_dtype));
     DS_ASSERT(out > 0 && in > 0);
     cudaStream_t st = DS_STREAM(stream);
+    const uint64_t key = g_next_key;
+    g_next_key = 0; /* one call only */
     int qmin, qmax;
     qs_range(qa->num_bits, &qmin, &qmax);
     const int gs = qa->strategy == QS_GROUP ? qa->group_size : in;
@@ -276,14 +305,21 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     int *d_info = (int *)(ws + off_info);
     float *work = (float *)(ws + off_work);
 
+    /* the cached factor of this H (same key, width, permutation, damping) */
+    const int reuse = key != 0 && g_fac && g_fac_key == key && g_fac_n == in && g_fac_perm == use_perm &&
+                      g_fac_damp == dampening_frac;
     /* host tables from the original diagonal */
     float *diag = (float *)xmalloc(sizeof(float) * in);
-    CUDA_CHECK(cudaMemcpy2DAsync(diag, sizeof(float), H, sizeof(float) * (in + 1), sizeof(float), in,
-                                 cudaMemcpyDeviceToHost, st));
-    CUDA_CHECK(cudaStreamSynchronize(st));
+    if (!reuse) {
+        CUDA_CHECK(cudaMemcpy2DAsync(diag, sizeof(float), H, sizeof(float) * (in + 1), sizeof(float), in,
+                                     cudaMemcpyDeviceToHost, st));
+        CUDA_CHECK(cudaStreamSynchronize(st));
+    }
     int *perm = (int *)xmalloc(sizeof(int) * in), *gcol = (int *)xmalloc(sizeof(int) * in);
     uint8_t *deadp = (uint8_t *)xmalloc((size_t)in);
-    if (use_perm) { /* torch.argsort(descending=True) tie order, shared with the CPU twin */
+    if (reuse) {
+        memcpy(perm, g_fac_permv, sizeof(int) * in);
+    } else if (use_perm) { /* torch.argsort(descending=True) tie order, shared with the CPU twin */
         int64_t *p64 = (int64_t *)xmalloc(sizeof(int64_t) * in);
         gptq_argsort_desc(diag, in, p64);
         for (int i = 0; i < in; i++) perm[i] = (int)p64[i];
@@ -292,9 +328,12 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
         for (int i = 0; i < in; i++) perm[i] = i;
     }
     double dsum = 0;
+    if (reuse) memcpy(deadp, g_fac_dead, (size_t)in);
     for (int i = 0; i < in; i++) {
-        deadp[i] = diag[perm[i]] == 0.0f;
-        dsum += diag[perm[i]] == 0.0f ? 1.0 : (double)diag[perm[i]]; /* CPU order */
+        if (!reuse) {
+            deadp[i] = diag[perm[i]] == 0.0f;
+            dsum += diag[perm[i]] == 0.0f ? 1.0 : (double)diag[perm[i]]; /* CPU order */
+        }
         if (qa->strategy != QS_GROUP) gcol[i] = 0;
         else gcol[i] = (group_act ? i : perm[i]) / gs;
     }
@@ -332,16 +371,22 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     /* 2. dead columns, damp, permuted Hessian */
     zero_dead_kernel<<<eb, 256, 0, st>>>(Wp, d_dead, out, in);
     CUDA_LAUNCH_CHECK();
-    fix_diag_kernel<<<CEIL_DIV(in, 256), 256, 0, st>>>(H, in, damp);
-    CUDA_LAUNCH_CHECK();
-    if (use_perm) {
-        permute_sym_kernel<<<dim3(CEIL_DIV(in, 256), in), 256, 0, st>>>(Hp, H, d_perm, in);
-        CUDA_LAUNCH_CHECK();
-    }
-    /* 3. U = chol(chol_inverse(chol(H)))^T, fallback U = I */
     int info = 0, step = 0;
     const char *what[3] = {"Cholesky of H", "inverse of H", "Cholesky of H^-1"};
-    for (step = 0; step < 3 && info == 0; step++) {
+    if (reuse) {
+        Hp = g_fac;
+        info = g_fac_info;
+        step = g_fac_step;
+    } else {
+        fix_diag_kernel<<<CEIL_DIV(in, 256), 256, 0, st>>>(H, in, damp);
+        CUDA_LAUNCH_CHECK();
+        if (use_perm) {
+            permute_sym_kernel<<<dim3(CEIL_DIV(in, 256), in), 256, 0, st>>>(Hp, H, d_perm, in);
+            CUDA_LAUNCH_CHECK();
+        }
+    }
+    /* 3. U = chol(chol_inverse(chol(H)))^T, fallback U = I */
+    for (step = 0; !reuse && step < 3 && info == 0; step++) {
         if (step == 1)
             CUSOLVER_CHECK(cusolverDnSpotri(sh, CUBLAS_FILL_MODE_LOWER, in, Hp, in, work, lwork, d_info));
         else
@@ -349,7 +394,7 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
         CUDA_CHECK(cudaMemcpyAsync(&info, d_info, sizeof(int), cudaMemcpyDeviceToHost, st));
         CUDA_CHECK(cudaStreamSynchronize(st));
     }
-    if (info == 0) { /* U must be finite (a NaN/inf Hessian can factor "successfully") */
+    if (info == 0 && !reuse) { /* U must be finite (a NaN/inf Hessian can factor "successfully") */
         CUDA_CHECK(cudaMemcpy2DAsync(diag, sizeof(float), Hp, sizeof(float) * (in + 1), sizeof(float),
                                      in, cudaMemcpyDeviceToHost, st));
         CUDA_CHECK(cudaStreamSynchronize(st));
@@ -360,8 +405,28 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     if (info != 0) {
         ds_warn("gptq (cuda): %s failed (info %d) for a [%d, %d] weight; using round-to-nearest",
                 what[step - 1], info, out, in);
-        identity_kernel<<<(unsigned)CEIL_DIV(n2, (size_t)256), 256, 0, st>>>(Hp, in);
-        CUDA_LAUNCH_CHECK();
+        if (!reuse) {
+            identity_kernel<<<(unsigned)CEIL_DIV(n2, (size_t)256), 256, 0, st>>>(Hp, in);
+            CUDA_LAUNCH_CHECK();
+        }
+    }
+    if (key != 0 && !reuse) { /* keep this factor for the next module with the same Hessian */
+        if (g_fac_cap < n2) {
+            if (g_fac) cudaFree(g_fac);
+            g_fac = (float *)ds_cuda_malloc(n2 * sizeof(float));
+            g_fac_cap = n2;
+        }
+        CUDA_CHECK(cudaMemcpyAsync(g_fac, Hp, n2 * sizeof(float), cudaMemcpyDeviceToDevice, st));
+        g_fac_permv = (int *)xrealloc(g_fac_permv, sizeof(int) * in);
+        g_fac_dead = (uint8_t *)xrealloc(g_fac_dead, (size_t)in);
+        memcpy(g_fac_permv, perm, sizeof(int) * in);
+        memcpy(g_fac_dead, deadp, (size_t)in);
+        g_fac_key = key;
+        g_fac_n = in;
+        g_fac_perm = use_perm;
+        g_fac_damp = dampening_frac;
+        g_fac_info = info;
+        g_fac_step = step;
     }
     /* 4. column sweep, block by block */
     CUDA_CHECK(cudaMemsetAsync(rowloss, 0, sizeof(double) * out, st));

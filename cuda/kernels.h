@@ -142,12 +142,40 @@ typedef struct gptq_cuda_out {
 ds_status gptq_quantize_cuda(const quant_args *a, const float *W, int out, int in, float *H,
                              int block_size, double dampening_frac, ds_dtype model_dtype,
                              gptq_cuda_out *o, void *stream);
+/* The next gptq_quantize_cuda call only: key != 0 names its Hessian; a call
+ * whose key (and width, actorder, dampening) equals the last keyed call's
+ * reuses that factorisation (permutation, dead columns, U; one extra
+ * [in, in] f32 device buffer) instead of refactoring H, with bitwise the same
+ * results. The caller guarantees that equal keys mean equal H. 0: no reuse. */
+void gptq_cuda_set_factor_key(uint64_t key);
 
 /* quant_pack.cu: the twins of quant_pack_rows / quant_pack_cols (bitwise). */
 void quant_pack_rows_cuda(const int8_t *q, int rows, int cols, int bits, int32_t *packed,
                           void *stream);
 void quant_pack_cols_cuda(const int32_t *zp, int rows, int g, int bits, int32_t *packed,
                           void *stream);
+
+/* ---------------- mixture of experts (moe.cu; twins of model.c's route and
+ * moe_forward steps, act = BF16) ---------------- */
+/* Router: logits [T, E] bf16 -> top_e [T, K] expert ids (descending
+ * probability, ties -> lower index) and top_w [T, K] weights (bf16 values in
+ * f32): softmax in f32, renormalised over the K when norm_topk. ws: at least
+ * moe_route_ws_bytes(T, E) bytes of device scratch. */
+size_t moe_route_ws_bytes(int T, int E);
+void moe_route_cuda(int32_t *top_e, float *top_w, const uint16_t *logits, int T, int E, int K, int norm_topk,
+                    void *ws, void *stream);
+/* dst [n, C] = x[rows[i], :] (bf16). */
+void moe_gather_cuda(uint16_t *dst, const uint16_t *x, const int32_t *rows, int n, int C, void *stream);
+/* acc[rows[i], :] = bf16(acc[rows[i], :] + bf16(w[i] * y[yr, :])), yr = rows[i]
+ * (y_by_row: y holds every token's row) or i (y holds the gathered rows);
+ * rows distinct. */
+void moe_scatter_add_cuda(uint16_t *acc, const uint16_t *y, const int32_t *rows, const float *w, int n, int C,
+                          int y_by_row, void *stream);
+/* Qwen2-MoE shared expert: acc[t] = bf16(acc[t] + bf16(g_t * y[t])), g_t =
+ * bf16(sigmoid(bf16(sum_j m[t,j] * wsg[j]))) (f32, sequential sum); gate_ws
+ * [T] f32 device scratch. */
+void moe_shared_gate_add_cuda(uint16_t *acc, const uint16_t *y, const uint16_t *m, const uint16_t *wsg, int T, int C,
+                              float *gate_ws, void *stream);
 
 #ifdef __cplusplus
 }

@@ -30,10 +30,6 @@ int gpu_engine_local_rank(void) {
 }
 
 ds_status gpu_engine_check_model(const model_config *c) {
-    if (c->E > 0)
-        return ds_error(DS_ERR_USAGE, "--device cuda: %s is a mixture-of-experts model; the CUDA engine runs "
-                        "dense decoders (Llama, Mistral, Qwen2, Qwen3)\nhint: use --device cpu for MoE models",
-                        c->arch_name);
     if (c->dtype != DS_DTYPE_BF16)
         return ds_error(DS_ERR_USAGE, "--device cuda: the model's torch_dtype is %s; the CUDA engine computes "
                         "with bfloat16 activations\nhint: use --device cpu, or a bfloat16 checkpoint",
@@ -112,16 +108,33 @@ struct gpu_engine {
     void *attn_ws;
     uint16_t *cos_t, *sin_t;        /* [max_T, HS] */
 
-    /* one layer's weights */
-    int win[LIN_COUNT], wout[LIN_COUNT], has_b[LIN_COUNT];
-    uint16_t *w[LIN_COUNT], *b[LIN_COUNT];
+    /* one layer's weights: nlw slots (a dense layer's LIN_Q..LIN_DOWN, or a
+     * sparse layer's lin[] order: attention, router, experts, shared expert),
+     * each sized for the largest Linear any layer puts there */
+    int nlw;
+    int *win, *wout, *has_b;        /* [nlw] current layer's shapes */
+    size_t *wcap;                   /* [nlw] elements allocated */
+    uint16_t **w, **b;              /* [nlw] */
     uint16_t *in_norm, *post_norm, *q_norm, *k_norm;
     uint16_t *h_stage;              /* pinned host staging of a whole layer */
-    size_t h_off[LIN_COUNT], h_boff[LIN_COUNT], h_norm_off, h_elems;
+    size_t *h_off, *h_boff, h_norm_off, h_elems;
 
-    /* Hessian sums (f64) of the four dense inputs + the f32 per-call scratch */
-    int hn[NCAP];
-    double *Hd[NCAP];
+    /* MoE layer (issue 13): the current layer's structure and transients */
+    int sparse, all_experts, router, expert0, shared0, shared_gate;
+    uint16_t *logits, *xe, *acc;    /* [ct, E], [ct, C], [ct, C] */
+    int32_t *top_e_d, *rows_d;      /* [ct, K] */
+    float *top_w_d, *rw_d, *gate_ws;/* [ct, K], [ct, K], [ct] */
+    void *route_ws;
+    int32_t *top_e_h, *rows_h, *eoff;/* host: [ct, K], [ct, K], [E + 1] */
+    float *top_w_h, *rw_h;
+    int64_t *cnt;                   /* calibration: the caller's counts */
+    uint64_t calib_gen;             /* calibrations so far (names the Hessians of a layer) */
+
+    /* Hessian sums (f64) per captured input (model_num_inputs; allocated on
+     * first use) + the f32 per-call scratch */
+    int nin;
+    int *hn;
+    double **Hd;
     float *Hscratch;
 
     /* GPTQ inputs and outputs, sized for the largest module */
@@ -179,7 +192,10 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
     e->c = *c;
     e->dev = dev;
     e->offload = o->offload_acts;
-    const size_t C = (size_t)c->C, qd = (size_t)c->NH * c->HS, kvd = (size_t)c->NKV * c->HS, F = (size_t)c->F;
+    const size_t C = (size_t)c->C, qd = (size_t)c->NH * c->HS, kvd = (size_t)c->NKV * c->HS;
+    /* the widest MLP input of any layer: dense F, expert IM, shared expert IS */
+    size_t F = 0;
+    for (int l = 0; l < c->L; l++) F = DS_MAX(F, (size_t)(model_layer_sparse(c, l) ? DS_MAX(c->IM, c->IS) : c->F));
 
     /* sequences and token offsets */
     e->nseq = nlocal;
@@ -202,8 +218,11 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
     const int ndev = ds_cuda_device_count(), nloc = comm_local_size();
     const int sharing = DS_MAX(1, (nloc - 1 - dev) / DS_MAX(1, ndev) + 1);
     const size_t budget = o->budget_bytes ? o->budget_bytes : fr / 10 * 9 / (size_t)sharing;
+    int dense_layers = 0;
+    for (int l = 0; l < c->L; l++) dense_layers |= !model_layer_sparse(c, l);
     gpu_plan_dims d = {.C = c->C, .F = c->F, .NH = c->NH, .NKV = c->NKV, .HS = c->HS, .V = c->V,
-                       .n_tokens = (long)e->ntok, .seq_len = e->max_T};
+                       .n_tokens = (long)e->ntok, .seq_len = e->max_T, .E = c->E, .K = c->K, .IM = c->IM,
+                       .IS = c->IS, .dense_layers = dense_layers, .routed = o->moe_routed};
     /* the solver's error block is min(block_size, in, GPTQ_CUDA_MAX_BLOCK) columns wide */
     gpu_plan_opts po = {.offload_acts = o->offload_acts, .budget_bytes = budget, .hessian_f64 = 1,
                         .gptq_block = DS_MIN(o->gptq_block, GPTQ_CUDA_MAX_BLOCK),
@@ -239,6 +258,23 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
     e->o = dalloc(ct * C * 2);
     e->g = dalloc(ct * F * 2);
     e->u = dalloc(ct * F * 2);
+    if (c->E > 0) {
+        const size_t E = (size_t)c->E, K = (size_t)c->K;
+        e->logits = dalloc(ct * E * 2);
+        e->xe = dalloc(ct * C * 2);
+        e->acc = dalloc(ct * C * 2);
+        e->top_e_d = dalloc(ct * K * sizeof(int32_t));
+        e->rows_d = dalloc(ct * K * sizeof(int32_t));
+        e->top_w_d = dalloc(ct * K * sizeof(float));
+        e->rw_d = dalloc(ct * K * sizeof(float));
+        e->gate_ws = dalloc(ct * sizeof(float));
+        e->route_ws = dalloc(moe_route_ws_bytes((int)ct, c->E));
+        e->top_e_h = xmalloc(ct * K * sizeof(int32_t));
+        e->rows_h = xmalloc(ct * K * sizeof(int32_t));
+        e->top_w_h = xmalloc(ct * K * sizeof(float));
+        e->rw_h = xmalloc(ct * K * sizeof(float));
+        e->eoff = xmalloc((E + 1) * sizeof(int32_t));
+    }
     e->attn_ws = dalloc(attention_ws_bytes(e->max_T, c->NH / c->NKV));
     e->cos_t = dalloc((size_t)e->max_T * c->HS * 2);
     e->sin_t = dalloc((size_t)e->max_T * c->HS * 2);
@@ -249,23 +285,42 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
     ds_cuda_free(inv);
 
     /* weights: device buffers and one pinned host staging area for a layer */
-    layer_linear ll[LIN_COUNT];
-    DS_ASSERT(model_layer_linears(c, 0, 1, ll) == LIN_COUNT);
+    const int nlmax = 3 * c->E + 12;
+    layer_linear *ll = xmalloc(sizeof(layer_linear) * (size_t)nlmax);
+    e->nlw = 0;
+    for (int l = 0; l < c->L; l++) e->nlw = DS_MAX(e->nlw, model_layer_linears(c, l, 1, NULL));
+    e->win = xcalloc((size_t)e->nlw, sizeof(int));
+    e->wout = xcalloc((size_t)e->nlw, sizeof(int));
+    e->has_b = xcalloc((size_t)e->nlw, sizeof(int));
+    e->wcap = xcalloc((size_t)e->nlw, sizeof(size_t));
+    size_t *bcap = xcalloc((size_t)e->nlw, sizeof(size_t));
+    e->w = xcalloc((size_t)e->nlw, sizeof(uint16_t *));
+    e->b = xcalloc((size_t)e->nlw, sizeof(uint16_t *));
+    e->h_off = xcalloc((size_t)e->nlw, sizeof(size_t));
+    e->h_boff = xcalloc((size_t)e->nlw, sizeof(size_t));
     size_t h = 0, gmax_w = 0, gmax_ng = 0;
     int gmax_in = 0;
-    for (int k = 0; k < LIN_COUNT; k++) {
-        e->win[k] = ll[k].in;
-        e->wout[k] = ll[k].out;
-        e->w[k] = dalloc((size_t)ll[k].out * ll[k].in * 2);
-        e->b[k] = dalloc((size_t)ll[k].out * 2);
-        e->h_off[k] = h;
-        h += (size_t)ll[k].out * ll[k].in;
-        e->h_boff[k] = h;
-        h += (size_t)ll[k].out;
-        gmax_w = DS_MAX(gmax_w, (size_t)ll[k].out * ll[k].in);
-        gmax_in = DS_MAX(gmax_in, ll[k].in);
-        gmax_ng = DS_MAX(gmax_ng, (size_t)ll[k].out * quant_num_groups(o->qa, ll[k].in));
+    for (int l = 0; l < c->L; l++) {
+        const int n = model_layer_linears(c, l, 1, ll);
+        for (int k = 0; k < n; k++) {
+            e->wcap[k] = DS_MAX(e->wcap[k], (size_t)ll[k].out * ll[k].in);
+            bcap[k] = DS_MAX(bcap[k], (size_t)ll[k].out);
+            if (!ll[k].quantizable) continue;
+            gmax_w = DS_MAX(gmax_w, (size_t)ll[k].out * ll[k].in);
+            gmax_in = DS_MAX(gmax_in, ll[k].in);
+            gmax_ng = DS_MAX(gmax_ng, (size_t)ll[k].out * quant_num_groups(o->qa, ll[k].in));
+        }
     }
+    for (int k = 0; k < e->nlw; k++) {
+        e->w[k] = dalloc(e->wcap[k] * 2);
+        e->b[k] = dalloc(bcap[k] * 2);
+        e->h_off[k] = h;
+        h += e->wcap[k];
+        e->h_boff[k] = h;
+        h += bcap[k];
+    }
+    free(bcap);
+    free(ll);
     e->h_norm_off = h;
     h += 2 * C + 2 * (size_t)c->HS;
     e->h_elems = h;
@@ -275,13 +330,17 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
     e->q_norm = dalloc((size_t)c->HS * 2);
     e->k_norm = dalloc((size_t)c->HS * 2);
 
-    /* Hessians */
-    const int hn[NCAP] = {c->C, (int)qd, c->C, c->F};
+    /* Hessians: allocated by the first calibration that uses them (the
+     * first layer; an MoE run's set depends on the calibration mode) */
+    e->nin = model_num_inputs(c);
+    e->hn = xcalloc((size_t)e->nin, sizeof(int));
+    e->Hd = xcalloc((size_t)e->nin, sizeof(double *));
     int hmax = 0;
-    for (int i = 0; i < NCAP; i++) {
-        e->hn[i] = hn[i];
-        e->Hd[i] = dalloc(sizeof(double) * (size_t)hn[i] * hn[i]);
-        hmax = DS_MAX(hmax, hn[i]);
+    for (int i = 0; i < e->nin; i++) {
+        e->hn[i] = model_input_dim(c, i);
+        /* the widest input any layer can capture (a sparse model's dense F may be unused) */
+        const int possible = i == INP_DOWN ? dense_layers : i == INP_SHARED_DOWN ? c->IS > 0 : 1;
+        if (possible) hmax = DS_MAX(hmax, e->hn[i]);
     }
     e->Hscratch = dalloc(sizeof(float) * (size_t)hmax * hmax);
 
@@ -342,13 +401,21 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
 void gpu_engine_load_layer(gpu_engine *e, const layer_weights *lw) {
     const model_config *c = &e->c;
     double t0 = ds_now();
-    DS_ASSERT(!lw->sparse && lw->nlin == LIN_COUNT);
+    DS_ASSERT(lw->nlin <= e->nlw);
     ds_cuda_sync(e->s_comp); /* the staging area may still feed the last copies */
+    e->sparse = lw->sparse;
+    e->all_experts = lw->all_experts;
+    e->router = lw->router;
+    e->expert0 = lw->expert0;
+    e->shared0 = lw->shared0;
+    e->shared_gate = lw->shared_gate;
     uint16_t *hs = e->h_stage;
-    for (int k = 0; k < LIN_COUNT; k++) {
+    for (int k = 0; k < lw->nlin; k++) {
         const layer_linear *li = &lw->lin[k];
         size_t n = (size_t)li->out * li->in;
-        DS_ASSERT(li->in == e->win[k] && li->out == e->wout[k]);
+        DS_ASSERT(n <= e->wcap[k]);
+        e->win[k] = li->in;
+        e->wout[k] = li->out;
         ds_convert_from_f32(hs + e->h_off[k], li->w, DS_DTYPE_BF16, n);
         ds_cuda_memcpy_h2d(e->w[k], hs + e->h_off[k], n * 2, e->s_comp);
         e->has_b[k] = li->b != NULL;
@@ -374,7 +441,7 @@ void gpu_engine_load_layer(gpu_engine *e, const layer_weights *lw) {
 }
 
 void gpu_engine_set_weight(gpu_engine *e, int lin, const float *w) {
-    DS_ASSERT(lin >= 0 && lin < LIN_COUNT);
+    DS_ASSERT(lin >= 0 && lin < e->nlw);
     double t0 = ds_now();
     ds_cuda_sync(e->s_comp);
     size_t n = (size_t)e->wout[lin] * e->win[lin];
@@ -390,10 +457,84 @@ static void matmul(gpu_engine *e, uint16_t *y, const uint16_t *x, int lin, int T
 
 /* Hessian update of input `inp` from X [T, n], bracketed by events. */
 static void capture(gpu_engine *e, const int *used, int inp, const uint16_t *X, int T) {
-    if (!used || !used[inp]) return;
-    ds_cuda_event_record(e->ev_hess[2 * inp], e->s_comp);
+    if (!used || !used[inp] || T <= 0) return;
+    if (inp < NCAP) ds_cuda_event_record(e->ev_hess[2 * inp], e->s_comp);
     hessian_accum_f64_cuda(e->Hd[inp], X, T, e->hn[inp], e->Hscratch, e->s_comp);
-    ds_cuda_event_record(e->ev_hess[2 * inp + 1], e->s_comp);
+    if (inp < NCAP) ds_cuda_event_record(e->ev_hess[2 * inp + 1], e->s_comp);
+}
+
+/* One SiLU-gated MLP (weights in slots G, G+1, G+2) on X [T, C] -> e->o;
+ * down-input capture id down_id. */
+static void mlp_chunk(gpu_engine *e, int G, const uint16_t *X, int T, const int *used, int down_id) {
+    const size_t F = (size_t)e->wout[G];
+    matmul(e, e->g, X, G, T);
+    matmul(e, e->u, X, G + 1, T);
+    swiglu_forward_cuda(e->g, e->g, e->u, (size_t)T * F, e->s_comp);
+    capture(e, used, down_id, e->g, T);
+    matmul(e, e->o, e->g, G + 2, T);
+}
+
+/* The MoE block of model.c moe_forward on m = e->a [T, C] (sequences
+ * [s0, s1)) -> e->acc: router and top-K on the device, the routing copied
+ * to the host to list each expert's rows (ascending expert, tokens in
+ * order, as the CPU), one upload of all experts' rows and weights; each
+ * expert runs on its gathered rows (routed) or, when calibrating with all
+ * experts, on all T tokens (its down_proj Hessian sees every token) with
+ * only the routed rows added; then the shared expert (Qwen2-MoE). Expert
+ * Hessian counts as the CPU capture: tokens, and the sequences that gave the
+ * expert at least one token. */
+static void moe_chunk(gpu_engine *e, int T, int s0, int s1, const int *used) {
+    const model_config *c = &e->c;
+    const int E = c->E, K = c->K, C = c->C;
+    void *s = e->s_comp;
+    const uint16_t *m = e->a;
+    matmul(e, e->logits, m, e->router, T);
+    moe_route_cuda(e->top_e_d, e->top_w_d, e->logits, T, E, K, c->norm_topk, e->route_ws, s);
+    ds_cuda_memcpy_d2h(e->top_e_h, e->top_e_d, sizeof(int32_t) * (size_t)T * K, s);
+    ds_cuda_memcpy_d2h(e->top_w_h, e->top_w_d, sizeof(float) * (size_t)T * K, s);
+    int n = 0;
+    for (int x = 0; x < E; x++) {
+        e->eoff[x] = n;
+        for (int t = 0; t < T; t++)
+            for (int k = 0; k < K; k++)
+                if (e->top_e_h[(size_t)t * K + k] == x) {
+                    e->rows_h[n] = t;
+                    e->rw_h[n++] = e->top_w_h[(size_t)t * K + k];
+                }
+    }
+    e->eoff[E] = n;
+    ds_cuda_memcpy_h2d(e->rows_d, e->rows_h, sizeof(int32_t) * (size_t)n, s);
+    ds_cuda_memcpy_h2d(e->rw_d, e->rw_h, sizeof(float) * (size_t)n, s);
+    ds_cuda_memset(e->acc, 0, sizeof(uint16_t) * (size_t)T * C, s);
+    const int all = used && e->all_experts;
+    for (int x = 0; x < E; x++) {
+        const int G = e->expert0 + 3 * x, r0 = e->eoff[x], nx = e->eoff[x + 1] - r0;
+        if (all) {
+            mlp_chunk(e, G, m, T, used, INP_EXPERT_DOWN(x));
+            moe_scatter_add_cuda(e->acc, e->o, e->rows_d + r0, e->rw_d + r0, nx, C, 1, s);
+            continue;
+        }
+        if (nx == 0) continue;
+        moe_gather_cuda(e->xe, m, e->rows_d + r0, nx, C, s);
+        if (used && e->cnt) { /* routed calibration: this expert's tokens and sequences */
+            int nseq = 0;
+            for (int q = s0, i = r0; q < s1; q++) {
+                const int lo = (int)(e->off[q] - e->off[s0]), hi = (int)(e->off[q + 1] - e->off[s0]);
+                int got = 0;
+                while (i < r0 + nx && e->rows_h[i] < hi) got |= e->rows_h[i++] >= lo;
+                nseq += got;
+            }
+            for (int id = INP_EXPERT_UP(x); id <= INP_EXPERT_DOWN(x); id++)
+                if (used[id]) { e->cnt[2 * id] += nx; e->cnt[2 * id + 1] += nseq; }
+        }
+        capture(e, used, INP_EXPERT_UP(x), e->xe, nx);
+        mlp_chunk(e, G, e->xe, nx, used, INP_EXPERT_DOWN(x));
+        moe_scatter_add_cuda(e->acc, e->o, e->rows_d + r0, e->rw_d + r0, nx, C, 0, s);
+    }
+    if (e->shared0 >= 0) {
+        mlp_chunk(e, e->shared0, m, T, used, INP_SHARED_DOWN);
+        moe_shared_gate_add_cuda(e->acc, e->o, m, e->w[e->shared_gate], T, C, e->gate_ws, s);
+    }
 }
 
 /* The decoder layer on the chunk's residual stream x [T, C] (sequences
@@ -436,11 +577,12 @@ static void layer_chunk(gpu_engine *e, uint16_t *x, int s0, int s1, const int *u
     residual_forward_cuda(x, e->o, (size_t)T * c->C, s);
     rmsnorm_forward_cuda(e->a, x, e->post_norm, T, c->C, c->eps, s);
     capture(e, used, INP_MLP, e->a, T);
-    matmul(e, e->g, e->a, LIN_GATE, T);
-    matmul(e, e->u, e->a, LIN_UP, T);
-    swiglu_forward_cuda(e->g, e->g, e->u, (size_t)T * c->F, s);
-    capture(e, used, INP_DOWN, e->g, T);
-    matmul(e, e->o, e->g, LIN_DOWN, T);
+    if (e->sparse) {
+        moe_chunk(e, T, s0, s1, used);
+        residual_forward_cuda(x, e->acc, (size_t)T * c->C, s);
+        return;
+    }
+    mlp_chunk(e, LIN_GATE, e->a, T, used, INP_DOWN);
     residual_forward_cuda(x, e->o, (size_t)T * c->C, s);
 }
 
@@ -497,15 +639,21 @@ static double run_pass(gpu_engine *e, const int *used) {
 
 void gpu_engine_calibrate(gpu_engine *e, const int *used, double *const *H_host, int64_t *cnt) {
     double t0 = ds_now();
-    int u[NCAP];
-    for (int inp = 0; inp < NCAP; inp++) {
-        u[inp] = used[inp];
-        if (u[inp]) ds_cuda_memset(e->Hd[inp], 0, sizeof(double) * (size_t)e->hn[inp] * e->hn[inp], e->s_comp);
-    }
-    for (int inp = NCAP; inp < model_num_inputs(&e->c); inp++) DS_ASSERT(!used[inp]);
-    double hs = run_pass(e, u);
-    for (int inp = 0; inp < NCAP; inp++) {
+    const int *u = used;
+    for (int inp = 0; inp < e->nin; inp++) {
         if (!u[inp]) continue;
+        const size_t nb = sizeof(double) * (size_t)e->hn[inp] * e->hn[inp];
+        if (!e->Hd[inp]) e->Hd[inp] = dalloc(nb); /* first use */
+        ds_cuda_memset(e->Hd[inp], 0, nb, e->s_comp);
+    }
+    e->cnt = cnt;
+    e->calib_gen++;
+    double hs = run_pass(e, u);
+    e->cnt = NULL;
+    for (int inp = 0; inp < e->nin; inp++) {
+        /* every token reaches these; a routed expert's inputs were counted per chunk */
+        const int routed = inp >= INP_EXPERT0 && !(e->all_experts && (inp - INP_EXPERT0) % 2);
+        if (!u[inp] || routed) continue;
         cnt[2 * inp] += (int64_t)e->ntok;
         cnt[2 * inp + 1] += (int64_t)e->nseq;
     }
@@ -513,7 +661,7 @@ void gpu_engine_calibrate(gpu_engine *e, const int *used, double *const *H_host,
     e->t.hessian += hs;
     e->t.forward += t1 - t0 - hs;
     if (H_host) {
-        for (int inp = 0; inp < NCAP; inp++)
+        for (int inp = 0; inp < e->nin; inp++)
             if (u[inp] && H_host[inp])
                 ds_cuda_memcpy_d2h(H_host[inp], e->Hd[inp], sizeof(double) * (size_t)e->hn[inp] * e->hn[inp],
                                    e->s_comp);
@@ -528,12 +676,22 @@ ds_status gpu_engine_gptq(gpu_engine *e, const quant_args *a, const layer_linear
     const size_t nn = (size_t)in * in, nw = (size_t)out * in;
     void *s = e->s_comp;
     memset(res, 0, sizeof *res);
-    DS_ASSERT(inp >= 0 && inp < NCAP && e->hn[inp] == in && nseq > 0);
+    DS_ASSERT(inp >= 0 && inp < e->nin && e->hn[inp] == in && nseq > 0);
+    if (!e->Hd[inp]) e->Hd[inp] = dalloc(sizeof(double) * nn); /* another rank calibrated it */
     if (H_host) ds_cuda_memcpy_h2d(e->Hd[inp], H_host, sizeof(double) * nn, s);
     hessian_to_f32_cuda(e->gH, e->Hd[inp], nn, (double)nseq, s);
     hessian_symmetrize_cuda(e->gH, in, s);
     ds_cuda_memcpy_h2d(e->gW, li->w, sizeof(float) * nw, s);
     gptq_cuda_out o = {.wq = e->gWq, .q = e->gQ, .scale = e->gScale, .zp = e->gZp, .g_idx = e->gGidx};
+    /* a Hessian several modules share (q/k/v; gate/up; every expert's gate/up
+     * with all-experts calibration; one expert's gate/up when routed) is
+     * factored once per layer: its key names (calibration, input) */
+    const int shared = inp == INP_ATTN || inp == INP_MLP || (inp >= INP_EXPERT0 && (inp - INP_EXPERT0) % 2 == 0);
+    if (shared) {
+        uint64_t key = e->calib_gen * 0x9E3779B97F4A7C15ull ^ ((uint64_t)inp << 40) ^ (uint64_t)nseq;
+        key ^= key >> 31;
+        gptq_cuda_set_factor_key(key ? key : 1);
+    }
     ds_status st = gptq_quantize_cuda(a, e->gW, out, in, e->gH, block_size, dampening_frac, e->c.dtype, &o, s);
     if (st == DS_OK) {
         const size_t ng = (size_t)quant_num_groups(a, in);
@@ -587,10 +745,14 @@ void gpu_engine_destroy(gpu_engine *e) {
     ds_cuda_sync(NULL);
     void *dev[] = {e->x_dev, e->stage[0], e->stage[1], e->y, e->a, e->q, e->k, e->v, e->ctx, e->o, e->g, e->u,
                    e->attn_ws, e->cos_t, e->sin_t, e->in_norm, e->post_norm, e->q_norm, e->k_norm, e->Hscratch,
-                   e->gW, e->gH, e->gWq, e->gScale, e->gQ, e->gZp, e->gGidx};
+                   e->gW, e->gH, e->gWq, e->gScale, e->gQ, e->gZp, e->gGidx, e->logits, e->xe, e->acc,
+                   e->top_e_d, e->rows_d, e->top_w_d, e->rw_d, e->gate_ws, e->route_ws};
     for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++) ds_cuda_free(dev[i]);
-    for (int k = 0; k < LIN_COUNT; k++) { ds_cuda_free(e->w[k]); ds_cuda_free(e->b[k]); }
-    for (int i = 0; i < NCAP; i++) ds_cuda_free(e->Hd[i]);
+    for (int k = 0; k < e->nlw; k++) { ds_cuda_free(e->w[k]); ds_cuda_free(e->b[k]); }
+    for (int i = 0; i < e->nin; i++) ds_cuda_free(e->Hd[i]);
+    void *host[] = {e->win, e->wout, e->has_b, e->wcap, e->w, e->b, e->h_off, e->h_boff, e->hn, e->Hd,
+                    e->top_e_h, e->rows_h, e->top_w_h, e->rw_h, e->eoff};
+    for (size_t i = 0; i < DS_ARRAY_LEN(host); i++) free(host[i]);
     ds_cuda_free_host(e->x_host);
     ds_cuda_free_host(e->h_stage);
     for (int i = 0; i < 2; i++) { ds_cuda_event_destroy(e->ev_h2d[i]); ds_cuda_event_destroy(e->ev_comp[i]); }

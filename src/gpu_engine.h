@@ -18,9 +18,17 @@
  * Numerics: the same ops and rounding points as the CPU forward (model.c)
  * with bf16 activation storage, so a bf16 model gives the CPU path's values
  * up to GEMM summation order (cuda/kernels.h documents each op's twin).
- * Supported: dense Llama / Mistral / Qwen2 / Qwen3 with torch_dtype bfloat16
- * (gpu_engine_check_model). MoE models and f32/f16 checkpoints run with
- * --device cpu.
+ * Supported: Llama / Mistral / Qwen2 / Qwen3 and the MoE families Mixtral,
+ * Qwen2-MoE (shared expert + sigmoid gate), Qwen3-MoE, with torch_dtype
+ * bfloat16 (gpu_engine_check_model); f32/f16 checkpoints run with
+ * --device cpu. A sparse layer (issue 13): router matmul in bf16, routing
+ * (softmax, top-K, norm_topk) on the device (cuda/moe.cu), the routing copied
+ * to the host once per chunk to list each expert's rows, one upload of all
+ * experts' row lists, then per expert gather -> gate/up/swiglu/down GEMMs ->
+ * weighted scatter-add (all tokens for every expert when calibrating with
+ * moe_calibrate_all_experts); the experts' gate/up share INP_MLP's Hessian
+ * (all experts) and each expert's down_proj (and, routed, up input) has its
+ * own f64 sum, allocated on first use.
  *
  * In a build without CUDA (make CUDA=0) gpu_engine_built() is 0, the device
  * count is 0 and gpu_engine_create returns DS_ERR_USAGE with a hint; the
@@ -46,6 +54,7 @@ typedef struct gpu_engine_opts {
     const quant_args *qa;   /* the recipe's weight scheme (sizes the GPTQ outputs) */
     int gptq_block;         /* GPTQ block size */
     int max_micro_batch;    /* sequences per forward chunk cap (0: planner default) */
+    int moe_routed;         /* MoE calibration with routed tokens only (plans per-expert gate/up Hessians) */
 } gpu_engine_opts;
 
 /* Per-engine timings, seconds, accumulated over the run (device time of the
@@ -62,7 +71,7 @@ int gpu_engine_device_count(void);
  * then SLURM_LOCALID, then MPI's shared-memory split (comm_local_rank). */
 int gpu_engine_local_rank(void);
 /* DS_OK if the engine runs this model; DS_ERR_USAGE naming what is not
- * supported (architecture with experts, dtype other than bfloat16) + hint. */
+ * supported (a dtype other than bfloat16) + hint. */
 ds_status gpu_engine_check_model(const model_config *c);
 
 /* Select the device, plan memory for `nlocal` samples (max length sets the

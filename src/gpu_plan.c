@@ -6,18 +6,33 @@
 
 static const size_t BF16 = 2, F32 = 4, MIB = (size_t)1 << 20;
 
+static int has_dense(const gpu_plan_dims *d) { return d->E <= 0 || d->dense_layers; }
+
+/* the widest MLP input: dense F, expert IM, shared expert IS */
+static size_t mlp_width(const gpu_plan_dims *d) {
+    size_t w = has_dense(d) ? (size_t)d->F : 0;
+    if (d->E > 0) w = DS_MAX(w, (size_t)DS_MAX(d->IM, d->IS));
+    return w;
+}
+
 static size_t layer_weight_params(const gpu_plan_dims *d) {
     size_t C = (size_t)d->C, F = (size_t)d->F, qo = (size_t)d->NH * d->HS, kv = (size_t)d->NKV * d->HS;
-    return C * qo /* q */ + 2 * C * kv /* k, v */ + qo * C /* o */ + 3 * C * F /* gate, up, down */
-           + 2 * C /* norms */;
+    size_t n = C * qo /* q */ + 2 * C * kv /* k, v */ + qo * C /* o */ + 2 * C /* norms */;
+    if (has_dense(d)) n += 3 * C * F; /* gate, up, down */
+    if (d->E > 0) /* router, experts, shared expert + its gate */
+        n += (size_t)d->E * C + 3 * (size_t)d->E * C * d->IM + 3 * C * (size_t)d->IS + (d->IS > 0 ? C : 0);
+    return n;
 }
 
 size_t gpu_plan_forward_bytes(const gpu_plan_dims *d, int mb) {
-    size_t T = (size_t)mb * d->seq_len, C = (size_t)d->C, F = (size_t)d->F;
+    size_t T = (size_t)mb * d->seq_len, C = (size_t)d->C, F = mlp_width(d);
     size_t qo = (size_t)d->NH * d->HS, kv = (size_t)d->NKV * d->HS;
     /* gpu_engine.c's chunk buffers: residual copy, norm out, q, k, v, ctx,
      * attn/mlp out, gate (-> act), up */
     size_t t = T * (3 * C + 2 * qo + 2 * kv + 2 * F) * BF16;
+    if (d->E > 0) /* logits, gathered rows, accumulator (bf16); top-K ids, weights, row
+                   * lists (twice: device and routed copies), softmax scratch, gate */
+        t += T * ((size_t)d->E + 2 * C) * BF16 + T * (size_t)d->K * 4 * 4 + T * (size_t)d->E * F32 + T * F32;
     /* attention workspace for the rep heads of one kv head of one sequence */
     size_t tt = (size_t)d->seq_len * d->seq_len * (size_t)(d->NH / d->NKV);
     size_t a = ((tt * F32 + 255) & ~(size_t)255) + tt * BF16;
@@ -27,11 +42,14 @@ size_t gpu_plan_forward_bytes(const gpu_plan_dims *d, int mb) {
 }
 
 static size_t gptq_bytes(const gpu_plan_dims *d, const gpu_plan_opts *o) {
-    size_t C = (size_t)d->C, F = (size_t)d->F, qo = (size_t)d->NH * d->HS;
-    /* (out, in) of the solves: q (qo, C), o (C, qo), gate/up (F, C), down (C, F) */
-    size_t shapes[4][2] = {{qo, C}, {C, qo}, {F, C}, {C, F}};
+    size_t C = (size_t)d->C, F = has_dense(d) ? (size_t)d->F : 0, qo = (size_t)d->NH * d->HS;
+    size_t IM = d->E > 0 ? (size_t)d->IM : 0, IS = d->E > 0 ? (size_t)d->IS : 0;
+    /* (out, in) of the solves: q (qo, C), o (C, qo), gate/up (F, C), down (C, F),
+     * expert and shared expert gate/up and down */
+    size_t shapes[8][2] = {{qo, C}, {C, qo}, {F, C}, {C, F}, {IM, C}, {C, IM}, {IS, C}, {C, IS}};
     size_t best = 0, bs = (size_t)(o->gptq_block > 0 ? o->gptq_block : 128);
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < 8; i++) {
+        if (shapes[i][0] == 0 || shapes[i][1] == 0) continue;
         size_t out = shapes[i][0], in = shapes[i][1];
         size_t b = out * in * F32 * 2        /* W f32 + working copy */
                    + out * in * (F32 + 1)    /* wq f32 + q int8 */
@@ -42,23 +60,31 @@ static size_t gptq_bytes(const gpu_plan_dims *d, const gpu_plan_opts *o) {
                    + out * (in / 32 + 1) * 12; /* scales, zp, packed words */
         if (b > best) best = b;
     }
-    return best;
+    /* the cached factor of a shared Hessian (q/k/v, gate/up, experts' gate/up:
+     * all C wide; gpu_engine_gptq keys only those) */
+    return best + C * C * F32;
 }
 
 ds_status gpu_plan_make(const gpu_plan_dims *d, const gpu_plan_opts *o, gpu_plan *p) {
     *p = (gpu_plan){0};
-    if (d->C <= 0 || d->F <= 0 || d->NH <= 0 || d->NKV <= 0 || d->HS <= 0 || d->seq_len <= 0 ||
-        d->n_tokens < 0 || d->NH % d->NKV != 0)
+    if (d->C <= 0 || (has_dense(d) && d->F <= 0) || d->NH <= 0 || d->NKV <= 0 || d->HS <= 0 || d->seq_len <= 0 ||
+        d->n_tokens < 0 || d->NH % d->NKV != 0 || (d->E > 0 && (d->K <= 0 || d->K > d->E || d->IM <= 0)))
         return ds_error(DS_ERR_USAGE,
                         "gpu_plan: bad dims C=%d F=%d NH=%d NKV=%d HS=%d T=%d tokens=%ld", d->C, d->F,
                         d->NH, d->NKV, d->HS, d->seq_len, d->n_tokens);
-    const size_t C = (size_t)d->C, F = (size_t)d->F, qo = (size_t)d->NH * d->HS;
+    const size_t C = (size_t)d->C, F = has_dense(d) ? (size_t)d->F : 0, qo = (size_t)d->NH * d->HS;
     const size_t hb = o->hessian_f64 ? 8 : 4;
     p->n_seq = (d->n_tokens + d->seq_len - 1) / d->seq_len;
     p->weights = layer_weight_params(d) * BF16;
     p->acts = o->offload_acts ? 0 : (size_t)d->n_tokens * C * BF16; /* updated in place */
     p->hessians = (2 * C * C + qo * qo + F * F) * hb; /* qkv, gate/up: C; o: qo; down: F */
-    if (o->hessian_f64) p->hessians += F * F * F32;   /* f32 scratch of the f64 accumulate */
+    if (d->E > 0) {
+        const size_t E = (size_t)d->E, IM = (size_t)d->IM, IS = (size_t)d->IS;
+        p->hessians += (E * IM * IM + IS * IS) * hb;  /* expert / shared-expert down_proj inputs */
+        if (d->routed) p->hessians += E * C * C * hb; /* each expert's routed gate/up input */
+    }
+    const size_t wmax = DS_MAX(DS_MAX(C, qo), mlp_width(d));
+    if (o->hessian_f64) p->hessians += wmax * wmax * F32; /* f32 scratch of the f64 accumulate */
     p->gptq = gptq_bytes(d, o);
     p->cublas_ws = 32 * MIB;
     const size_t fixed = p->weights + p->acts + p->hessians + p->cublas_ws;

@@ -4,14 +4,20 @@
  * count, size every device buffer of the layer driver and pick the largest
  * micro-batch (sequences per forward chunk) whose peak fits the budget.
  * Accounting follows docs/model-and-tokenizer.md §5.3:
- *   weights      one layer's linears + norms, bf16
+ *   weights      one layer's linears + norms, bf16; MoE: the union of a
+ *                dense and a sparse layer (router, all experts, shared
+ *                expert and its gate) when the model has both kinds
  *   acts         the residual stream of all local tokens, bf16, updated in
  *                place by the propagation pass (0 when offloaded to pinned
  *                host memory; then two micro-batch staging buffers)
  *   hessians     one per distinct linear input (qkv, o, gate/up, down), f32
- *                or f64 accumulators
+ *                or f64 accumulators; MoE: + every expert's down_proj input
+ *                (IM), the shared expert's (IS), and with routed calibration
+ *                every expert's gate/up input (C); f32 scratch of the widest
  *   transients   per micro-batch: residual copy, norm out, q, k, v, ctx,
- *                attn/mlp out, gate (-> act), up
+ *                attn/mlp out, gate (-> act), up (the widest MLP: F, IM or
+ *                IS); MoE: router logits + softmax scratch, top-K ids and
+ *                weights, row lists, gathered rows, the block's accumulator
  *   attn_ws      scores f32 + P bf16 for the rep query heads of one kv head
  *                (attention_ws_bytes in cuda/kernels.h)
  *   gptq         the largest solve: f32 weight copy + working copy, outputs
@@ -31,6 +37,11 @@
 typedef struct gpu_plan_dims {
     int C, F, NH, NKV, HS; /* hidden, ffn hidden, heads, kv heads, head size */
     int V;                 /* vocab (embedding / lm_head stay on the host: not counted) */
+    /* mixture of experts (all 0 for a dense model): experts, top-K, expert
+     * and shared-expert widths; dense_layers: some layer has a dense MLP
+     * (F counted only then); routed: per-expert gate/up Hessians
+     * (moe_calibrate_all_experts false) */
+    int E, K, IM, IS, dense_layers, routed;
     long n_tokens;         /* calibration tokens on this rank */
     int seq_len;           /* tokens per sequence (T) */
 } gpu_plan_dims;

@@ -19,7 +19,9 @@
 #include "gptq.h"
 #include "kernels.h"
 #include "ops_cpu.h"
+#include "moe_twins.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -219,6 +221,9 @@ void hessian_to_f32_cuda(float *Hf, const double *Hd, size_t n, double divisor, 
 }
 
 /* ---- GPTQ, packing ---- */
+/* The CPU twin memoises the factorisation of a repeated Hessian itself (gptq.h). */
+void gptq_cuda_set_factor_key(uint64_t key) { (void)key; }
+
 ds_status gptq_quantize_cuda(const quant_args *a, const float *W, int out, int in, float *H, int block_size,
                              double dampening_frac, ds_dtype model_dtype, gptq_cuda_out *o, void *stream) {
     (void)stream;
@@ -249,4 +254,31 @@ void quant_pack_cols_cuda(const int32_t *zp, int rows, int g, int bits, int32_t 
     for (size_t i = 0; i < (size_t)rows * g; i++) z[i] = (int8_t)zp[i];
     quant_pack_cols(z, rows, g, bits, packed);
     free(z);
+}
+
+/* ---- mixture of experts: the twins of tests/moe_twins.h ---- */
+size_t moe_route_ws_bytes(int T, int E) { return sizeof(float) * (size_t)T * E; }
+
+void moe_route_cuda(int32_t *top_e, float *top_w, const uint16_t *logits, int T, int E, int K, int norm_topk,
+                    void *ws, void *stream) {
+    (void)stream;
+    memset(ws, 0xFF, moe_route_ws_bytes(T, E)); /* the workspace must be this large */
+    moe_route_twin(top_e, top_w, logits, T, E, K, norm_topk, ws);
+}
+
+void moe_gather_cuda(uint16_t *dst, const uint16_t *x, const int32_t *rows, int n, int C, void *stream) {
+    (void)stream;
+    moe_gather_twin(dst, x, rows, n, C);
+}
+
+void moe_scatter_add_cuda(uint16_t *acc, const uint16_t *y, const int32_t *rows, const float *w, int n, int C,
+                          int y_by_row, void *stream) {
+    (void)stream;
+    moe_scatter_add_twin(acc, y, rows, w, n, C, y_by_row);
+}
+
+void moe_shared_gate_add_cuda(uint16_t *acc, const uint16_t *y, const uint16_t *m, const uint16_t *wsg, int T, int C,
+                              float *gate_ws, void *stream) {
+    (void)stream;
+    moe_shared_gate_add_twin(acc, y, m, wsg, T, C, gate_ws);
 }

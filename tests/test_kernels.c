@@ -19,13 +19,15 @@
 #include "test.h"
 #ifdef DS_CUDA
 #include "kernels.h"
+#include "moe_twins.h"
 #endif
 
 static const char *const TEST_NAMES[] = {
     "convert_bf16", "embed_forward", "rmsnorm_forward", "rope_tables", "rope_forward",
     "matmul_forward", "attention_forward", "swiglu_forward", "residual_forward",
     "hessian_accum", "hessian_accum_f64", "gptq_quantize", "quant_pack_rows", "quant_pack_cols",
-    "hessian_to_f32",
+    "hessian_to_f32", "moe_route", "moe_gather_scatter", "moe_shared_gate_add",
+    "gptq_factor_reuse",
 };
 
 #ifndef DS_CUDA
@@ -484,6 +486,161 @@ static void t_pack_cols(int rows, int g, int bits) {
     free(z8); free(z32); free(want); free(got);
 }
 
+/* One factorisation reused (gptq_cuda_set_factor_key): three weights solved
+ * with the same H under one key give bitwise the results of unkeyed solves
+ * (each of which refactors H), including a dead column; a new key refactors. */
+static void t_gptq_factor_reuse(int out, int in, quant_args qa) {
+    int rows = 2 * in + 5;
+    float *X = rand_bf16((size_t)rows * in, 1.0f, 0.0f);
+    for (int r = 0; r < rows; r++) X[(size_t)r * in + 3] = 0.0f; /* a dead column */
+    double *Hd = hessian_ref(X, rows, in);
+    size_t nn = (size_t)in * in, nw = (size_t)out * in;
+    float *H = xmalloc(nn * 4);
+    for (size_t i = 0; i < nn; i++) H[i] = (float)(Hd[i] / rows);
+    int ng = quant_num_groups(&qa, in);
+    dbuf bW, bH, bwq, bq, bs, bz;
+    float *dW = dbuf_new(&bW, nw * 4), *dH = dbuf_new(&bH, nn * 4);
+    gptq_cuda_out o = {0};
+    o.wq = dbuf_new(&bwq, nw * 4);
+    o.q = dbuf_new(&bq, nw);
+    o.scale = dbuf_new(&bs, (size_t)out * ng * 4);
+    o.zp = dbuf_new(&bz, (size_t)out * ng * 4);
+    float *wq[2][3];
+    double loss[2][3];
+    for (int pass = 0; pass < 2; pass++) { /* 0: unkeyed, 1: one key */
+        for (int k = 0; k < 3; k++) {
+            seed(1000 + (uint64_t)k);
+            float *W = rand_bf16(nw, 0.05f, 0.0f);
+            ds_cuda_memcpy_h2d(dW, W, nw * 4, NULL);
+            ds_cuda_memcpy_h2d(dH, H, nn * 4, NULL); /* H is scratch: fresh every call */
+            if (pass == 1) gptq_cuda_set_factor_key(0xABCDEF);
+            CHECK_EQ_INT(gptq_quantize_cuda(&qa, dW, out, in, dH, 128, 0.01, DS_DTYPE_BF16, &o, NULL), DS_OK);
+            wq[pass][k] = xmalloc(nw * 4);
+            CHECK(dbuf_get(&bwq, wq[pass][k]));
+            loss[pass][k] = o.loss;
+            free(W);
+        }
+    }
+    for (int k = 0; k < 3; k++) {
+        CHECK(memcmp(wq[0][k], wq[1][k], nw * 4) == 0);
+        CHECK(loss[0][k] == loss[1][k]);
+        for (int r = 0; r < out; r++) CHECK(wq[1][k][(size_t)r * in + 3] == 0.0f);
+        free(wq[0][k]);
+        free(wq[1][k]);
+    }
+    /* another Hessian under a new key: not the cached factor */
+    for (size_t i = 0; i < nn; i += (size_t)in + 1) H[i] *= 2.0f;
+    ds_cuda_memcpy_h2d(dH, H, nn * 4, NULL);
+    gptq_cuda_set_factor_key(0xABCDF0);
+    CHECK_EQ_INT(gptq_quantize_cuda(&qa, dW, out, in, dH, 128, 0.01, DS_DTYPE_BF16, &o, NULL), DS_OK);
+    CHECK(o.loss != loss[1][2]);
+    fprintf(stderr, "  gptq factor reuse %dx%d: 3 solves bitwise equal to unkeyed ones\n", out, in);
+    dbuf_free(&bW); dbuf_free(&bH); dbuf_free(&bwq); dbuf_free(&bq); dbuf_free(&bs); dbuf_free(&bz);
+    free(X); free(Hd); free(H);
+}
+
+/* ---- mixture of experts (cuda/moe.cu vs tests/moe_twins.h) ---- */
+
+/* Router: expert ids equal except where the twin's K-th and (K+1)-th
+ * probabilities are within 1e-6 relative (expf ulps may swap a near tie);
+ * weights of matching experts within bf16 rounding. */
+static void t_moe_route(int T, int E, int K, int norm) {
+    float *z = rand_bf16((size_t)T * E, 4.0f, 0.0f);
+    uint16_t *hz = to_bf16(z, (size_t)T * E);
+    int32_t *we = xmalloc(sizeof(int32_t) * (size_t)T * K), *ge = xmalloc(sizeof(int32_t) * (size_t)T * K);
+    float *ww = xmalloc(sizeof(float) * (size_t)T * K), *gw = xmalloc(sizeof(float) * (size_t)T * K);
+    float *ws = xmalloc(sizeof(float) * (size_t)T * E);
+    moe_route_twin(we, ww, hz, T, E, K, norm, ws);
+    dbuf bz, be, bw, bs;
+    uint16_t *dz = dbuf_up(&bz, hz, (size_t)T * E * 2);
+    int32_t *de = dbuf_new(&be, sizeof(int32_t) * (size_t)T * K);
+    float *dw = dbuf_new(&bw, sizeof(float) * (size_t)T * K);
+    void *dws = dbuf_new(&bs, moe_route_ws_bytes(T, E));
+    moe_route_cuda(de, dw, dz, T, E, K, norm, dws, NULL);
+    CHECK(dbuf_get(&be, ge));
+    CHECK(dbuf_get(&bw, gw));
+    int bad = 0, near = 0;
+    for (int t = 0; t < T; t++) {
+        int same = memcmp(we + (size_t)t * K, ge + (size_t)t * K, sizeof(int32_t) * K) == 0;
+        if (same) {
+            for (int k = 0; k < K; k++) {
+                float a = ww[(size_t)t * K + k], b = gw[(size_t)t * K + k];
+                if (!(fabsf(a - b) <= BF16_RTOL * fabsf(a))) bad++;
+            }
+            continue;
+        }
+        /* a swap is allowed only at a near tie of the twin's probabilities */
+        float *p = ws + (size_t)t * E, kth = p[we[(size_t)t * K + K - 1]], next = -1;
+        for (int e = 0; e < E; e++) {
+            int taken = 0;
+            for (int k = 0; k < K; k++) taken |= we[(size_t)t * K + k] == e;
+            if (!taken && p[e] > next) next = p[e];
+        }
+        if (fabsf(kth - next) <= 1e-6f * kth) near++;
+        else bad++;
+    }
+    CHECK_EQ_INT(bad, 0);
+    fprintf(stderr, "  moe_route T=%d E=%d K=%d norm=%d: %d near-tie swaps\n", T, E, K, norm, near);
+    dbuf_free(&bz); dbuf_free(&be); dbuf_free(&bw); dbuf_free(&bs);
+    free(z); free(hz); free(we); free(ge); free(ww); free(gw); free(ws);
+}
+
+/* Gather, then scatter-add (gathered rows and by-row), both exact. */
+static void t_moe_gather_scatter(int T, int C, int n) {
+    float *x = rand_bf16((size_t)T * C, 3.0f, 0.0f), *a = rand_bf16((size_t)T * C, 5.0f, 0.0f);
+    uint16_t *hx = to_bf16(x, (size_t)T * C), *ha = to_bf16(a, (size_t)T * C), *ha2 = to_bf16(a, (size_t)T * C);
+    int32_t *rows = xmalloc(sizeof(int32_t) * (size_t)n);
+    float *w = rand_bf16((size_t)n, 0.5f, 0.5f);
+    for (int i = 0; i < n; i++) rows[i] = (int32_t)(((int64_t)i * 7 + 3) % T); /* distinct for gcd(7, T) = 1 */
+    uint16_t *want = xmalloc((size_t)n * C * 2), *got = xmalloc((size_t)n * C * 2);
+    moe_gather_twin(want, hx, rows, n, C);
+    dbuf bx, br, bg, ba, bw, ba2;
+    uint16_t *dx = dbuf_up(&bx, hx, (size_t)T * C * 2);
+    int32_t *dr = dbuf_up(&br, rows, sizeof(int32_t) * (size_t)n);
+    uint16_t *dg = dbuf_new(&bg, (size_t)n * C * 2);
+    moe_gather_cuda(dg, dx, dr, n, C, NULL);
+    CHECK(dbuf_get(&bg, got));
+    CHECK(memcmp(got, want, (size_t)n * C * 2) == 0);
+    /* acc += w * gathered (row i of y) and acc2 += w * x[rows] (by row): equal */
+    uint16_t *da = dbuf_up(&ba, ha, (size_t)T * C * 2), *da2 = dbuf_up(&ba2, ha2, (size_t)T * C * 2);
+    float *dw = dbuf_up(&bw, w, sizeof(float) * (size_t)n);
+    moe_scatter_add_cuda(da, dg, dr, dw, n, C, 0, NULL);
+    moe_scatter_add_cuda(da2, dx, dr, dw, n, C, 1, NULL);
+    moe_scatter_add_twin(ha, want, rows, w, n, C, 0);
+    uint16_t *ga = xmalloc((size_t)T * C * 2);
+    CHECK(dbuf_get(&ba, ga));
+    CHECK(memcmp(ga, ha, (size_t)T * C * 2) == 0);
+    CHECK(dbuf_get(&ba2, ga));
+    CHECK(memcmp(ga, ha, (size_t)T * C * 2) == 0);
+    dbuf_free(&bx); dbuf_free(&br); dbuf_free(&bg); dbuf_free(&ba); dbuf_free(&bw); dbuf_free(&ba2);
+    free(x); free(a); free(hx); free(ha); free(ha2); free(rows); free(w); free(want); free(got); free(ga);
+}
+
+/* Shared-expert gate: the sequential f32 dot product is exact; expf ulps
+ * can move a bf16 gate by one step. */
+static void t_moe_shared_gate(int T, int C) {
+    float *m = rand_bf16((size_t)T * C, 2.0f, 0.0f), *y = rand_bf16((size_t)T * C, 1.0f, 0.0f),
+          *a = rand_bf16((size_t)T * C, 4.0f, 0.0f), *wsg = rand_bf16((size_t)C, 0.05f, 0.0f);
+    uint16_t *hm = to_bf16(m, (size_t)T * C), *hy = to_bf16(y, (size_t)T * C), *ha = to_bf16(a, (size_t)T * C),
+             *hw = to_bf16(wsg, (size_t)C);
+    float *gws = xmalloc(sizeof(float) * (size_t)T);
+    dbuf bm, by, ba, bw, bg;
+    uint16_t *dm = dbuf_up(&bm, hm, (size_t)T * C * 2), *dy = dbuf_up(&by, hy, (size_t)T * C * 2),
+             *da = dbuf_up(&ba, ha, (size_t)T * C * 2), *dw = dbuf_up(&bw, hw, (size_t)C * 2);
+    float *dg = dbuf_new(&bg, sizeof(float) * (size_t)T);
+    moe_shared_gate_add_cuda(da, dy, dm, dw, T, C, dg, NULL);
+    moe_shared_gate_add_twin(ha, hy, hm, hw, T, C, gws);
+    uint16_t *ga = xmalloc((size_t)T * C * 2);
+    CHECK(dbuf_get(&ba, ga));
+    CHECK(dbuf_get(&bg, gws)); /* guards of the gate scratch */
+    float *got = from_bf16(ga, (size_t)T * C), *want = from_bf16(ha, (size_t)T * C);
+    CHECK_CLOSE(got, want, (size_t)T * C, 1e-6, BF16_RTOL);
+    report("moe_shared_gate_add", got, want, (size_t)T * C);
+    dbuf_free(&bm); dbuf_free(&by); dbuf_free(&ba); dbuf_free(&bw); dbuf_free(&bg);
+    free(m); free(y); free(a); free(wsg); free(hm); free(hy); free(ha); free(hw); free(gws); free(ga); free(got);
+    free(want);
+}
+
 static void run(int idx) {
     seed((uint64_t)idx + 1);
     switch (idx) {
@@ -513,6 +670,16 @@ static void run(int idx) {
              t_pack_rows(4096, 4096, 4); break;
     case 13: t_pack_cols(67, 5, 4); t_pack_cols(1001, 3, 3); t_pack_cols(4096, 32, 4); break;
     case 14: t_to_f32(77, 64); t_to_f32(1031, 3); break;
+    case 15: t_moe_route(300, 8, 2, 1); t_moe_route(257, 60, 4, 0); t_moe_route(4096, 128, 8, 1); break;
+    case 16: t_moe_gather_scatter(100, 64, 37); t_moe_gather_scatter(4096, 2048, 1500); break;
+    case 17: t_moe_shared_gate(33, 64); t_moe_shared_gate(2048, 2048); break;
+    case 18: {
+        quant_args g4s = {.num_bits = 4, .symmetric = 1, .strategy = QS_GROUP, .group_size = 64, .actorder = QA_STATIC};
+        quant_args c8 = {.num_bits = 8, .symmetric = 0, .strategy = QS_CHANNEL, .group_size = -1, .actorder = QA_NONE};
+        t_gptq_factor_reuse(96, 256, g4s);
+        t_gptq_factor_reuse(768, 2048, c8);
+        break;
+    }
     }
 }
 

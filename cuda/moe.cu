@@ -1,0 +1,125 @@
+/*
+ * moe.cu - the mixture-of-experts pieces of a sparse decoder layer (issue
+ * 13), twins of model.c's route / moe_forward steps with act = BF16:
+ *  - moe_route_cuda: softmax in f32 over the bf16 router logits of a token
+ *    (max, exp, sum in expert order), top-K as torch.topk (descending, ties
+ *    to the lower index), renormalised when norm_topk, weights rounded to
+ *    bf16; one thread per token (E is at most a few hundred), so the sums run
+ *    in the CPU's order;
+ *  - moe_gather_cuda: rows of x by index (the routed tokens of one expert);
+ *  - moe_scatter_add_cuda: acc[r] = bf16(acc[r] + bf16(w * y)) for the
+ *    routed rows of one expert (distinct rows: no races);
+ *  - moe_shared_gate_add_cuda: Qwen2-MoE's shared expert,
+ *    acc[t] = bf16(acc[t] + bf16(g_t * y[t])), g_t = bf16(sigmoid(bf16(m_t . w)))
+ *    with the dot product summed sequentially in f32 (one thread per token).
+ * expf is CUDA's accurate expf (<= 2 ulp; the CPU uses glibc's), so a router
+ * probability can differ in the last bit and, rarely, a tie-close top-K
+ * choice; everything else is exact against the twins.
+ */
+#include "cuda_common.cuh"
+
+static __global__ void route_kernel(int32_t *top_e, float *top_w, const uint16_t *logits, int T, int E, int K,
+                                    int norm_topk, float *probs) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= T) return;
+    const uint16_t *z = logits + (size_t)t * E;
+    float *p = probs + (size_t)t * E;
+    float mx = bf16_to_f32_dev(z[0]), sum = 0.0f;
+    for (int e = 1; e < E; e++) {
+        float v = bf16_to_f32_dev(z[e]);
+        mx = v > mx ? v : mx;
+    }
+    for (int e = 0; e < E; e++) {
+        p[e] = expf(__fsub_rn(bf16_to_f32_dev(z[e]), mx));
+        sum = __fadd_rn(sum, p[e]);
+    }
+    for (int e = 0; e < E; e++) p[e] = __fdiv_rn(p[e], sum);
+    int32_t *te = top_e + (size_t)t * K;
+    float *tw = top_w + (size_t)t * K, tsum = 0.0f;
+    for (int k = 0; k < K; k++) {
+        int best = -1;
+        for (int e = 0; e < E; e++) {
+            int taken = 0;
+            for (int j = 0; j < k && !taken; j++) taken = te[j] == e;
+            if (!taken && (best < 0 || p[e] > p[best])) best = e;
+        }
+        te[k] = best;
+        tw[k] = p[best];
+        tsum = __fadd_rn(tsum, p[best]);
+    }
+    for (int k = 0; k < K; k++) tw[k] = round_bf16_dev(norm_topk ? __fdiv_rn(tw[k], tsum) : tw[k]);
+}
+
+extern "C" size_t moe_route_ws_bytes(int T, int E) { return sizeof(float) * (size_t)T * E; }
+
+extern "C" void moe_route_cuda(int32_t *top_e, float *top_w, const uint16_t *logits, int T, int E, int K,
+                               int norm_topk, void *ws, void *stream) {
+    if (T <= 0) return;
+    route_kernel<<<(unsigned)CEIL_DIV(T, 128), 128, 0, DS_STREAM(stream)>>>(top_e, top_w, logits, T, E, K,
+                                                                              norm_topk, (float *)ws);
+    CUDA_LAUNCH_CHECK();
+}
+
+static __global__ void gather_kernel(uint16_t *dst, const uint16_t *x, const int32_t *rows, int n, int C) {
+    size_t total = (size_t)n * C, stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += stride) {
+        size_t r = i / C, j = i % C;
+        dst[i] = x[(size_t)rows[r] * C + j];
+    }
+}
+
+extern "C" void moe_gather_cuda(uint16_t *dst, const uint16_t *x, const int32_t *rows, int n, int C, void *stream) {
+    if (n <= 0) return;
+    size_t blocks = CEIL_DIV((size_t)n * C, (size_t)256);
+    if (blocks > 132 * 64) blocks = 132 * 64;
+    gather_kernel<<<(unsigned)blocks, 256, 0, DS_STREAM(stream)>>>(dst, x, rows, n, C);
+    CUDA_LAUNCH_CHECK();
+}
+
+static __global__ void scatter_kernel(uint16_t *acc, const uint16_t *y, const int32_t *rows, const float *w, int n,
+                                      int C, int y_by_row) {
+    size_t total = (size_t)n * C, stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += stride) {
+        size_t r = i / C, j = i % C;
+        size_t dr = (size_t)rows[r], yr = y_by_row ? dr : r;
+        float p = round_bf16_dev(__fmul_rn(w[r], bf16_to_f32_dev(y[yr * C + j])));
+        acc[dr * C + j] = f32_to_bf16_dev(__fadd_rn(bf16_to_f32_dev(acc[dr * C + j]), p));
+    }
+}
+
+extern "C" void moe_scatter_add_cuda(uint16_t *acc, const uint16_t *y, const int32_t *rows, const float *w, int n,
+                                     int C, int y_by_row, void *stream) {
+    if (n <= 0) return;
+    size_t blocks = CEIL_DIV((size_t)n * C, (size_t)256);
+    if (blocks > 132 * 64) blocks = 132 * 64;
+    scatter_kernel<<<(unsigned)blocks, 256, 0, DS_STREAM(stream)>>>(acc, y, rows, w, n, C, y_by_row);
+    CUDA_LAUNCH_CHECK();
+}
+
+static __global__ void shared_gate_kernel(float *gate, const uint16_t *m, const uint16_t *wsg, int T, int C) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= T) return;
+    const uint16_t *mt = m + (size_t)t * C;
+    float z = 0.0f;
+    for (int j = 0; j < C; j++) z = __fadd_rn(z, __fmul_rn(bf16_to_f32_dev(mt[j]), bf16_to_f32_dev(wsg[j])));
+    gate[t] = round_bf16_dev(__fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-round_bf16_dev(z)))));
+}
+
+static __global__ void gate_add_kernel(uint16_t *acc, const uint16_t *y, const float *gate, int T, int C) {
+    size_t total = (size_t)T * C, stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += stride) {
+        float p = round_bf16_dev(__fmul_rn(gate[i / C], bf16_to_f32_dev(y[i])));
+        acc[i] = f32_to_bf16_dev(__fadd_rn(bf16_to_f32_dev(acc[i]), p));
+    }
+}
+
+extern "C" void moe_shared_gate_add_cuda(uint16_t *acc, const uint16_t *y, const uint16_t *m, const uint16_t *wsg,
+                                         int T, int C, float *gate_ws, void *stream) {
+    if (T <= 0) return;
+    shared_gate_kernel<<<(unsigned)CEIL_DIV(T, 128), 128, 0, DS_STREAM(stream)>>>(gate_ws, m, wsg, T, C);
+    CUDA_LAUNCH_CHECK();
+    size_t blocks = CEIL_DIV((size_t)T * C, (size_t)256);
+    if (blocks > 132 * 64) blocks = 132 * 64;
+    gate_add_kernel<<<(unsigned)blocks, 256, 0, DS_STREAM(stream)>>>(acc, y, gate_ws, T, C);
+    CUDA_LAUNCH_CHECK();
+}
