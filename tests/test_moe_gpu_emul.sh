@@ -10,7 +10,7 @@
 # sigmoid gate, no renormalisation) and Qwen3-MoE (norm_topk_prob) from
 # gen_model; -np 1, 2, 4; moe_calibrate_all_experts true and false
 # (routed: experts without tokens fall back to RTN with the counted warning,
-# the same number on both devices). The emulated engine runs at --micro-batch 1
+# the same number on both devices); --offload-activations. The emulated engine runs at --micro-batch 1
 # so its f64 Hessian sums are split per sequence as the CPU's (at a larger
 # micro-batch a last-bit difference of the f32 Hessian can move a few codes;
 # those runs are checked by their mean GPTQ loss, within 5e-3 relative: the log prints 4 digits).
@@ -75,6 +75,14 @@ for m in mixtral qwen2_moe; do
     cmp -s $o-cpu/model.safetensors $o-cuda/model.safetensors &&
     pass "$m routed, 3 tokens, -np 2: $(rtn $o-cpu.log) RTN fallbacks on both, byte-identical" ||
     fail "$m routed, 3 tokens: RTN warnings $(rtn $o-cpu.log) vs $(rtn $o-cuda.log), or checkpoints differ"
+done
+# --offload-activations (residual stream in pinned host memory, double-buffered staging)
+for m in qwen2_moe qwen3_moe; do
+    o=$TMP/$m-off
+    q $DS cpu 2 $TMP/$m true $o-cpu && q $EMUL cuda 2 $TMP/$m true $o-cuda --micro-batch 1 --offload-activations &&
+    grep -q "activations offloaded" $o-cuda.log && cmp -s $o-cpu/model.safetensors $o-cuda/model.safetensors &&
+    pass "$m --offload-activations, -np 2: emulated cuda == cpu (byte-identical)" ||
+    fail "$m --offload-activations, -np 2: emulated cuda differs from cpu (or did not offload)"
 done
 # the planned micro-batch (several sequences per Hessian update): the same mean GPTQ loss
 NS=12 LEN=48
