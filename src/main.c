@@ -217,10 +217,12 @@ static ds_status load_calibration(const char *path, const char *model_dir, const
  * activation quantization and QuantizationModifier are CPU-only in v1. */
 static const char *cuda_scheme_why(const recipe *r) {
     if (r->quantizer != RQ_GPTQ) return "the CUDA engine runs GPTQModifier only (this recipe: QuantizationModifier)";
-    if (r->w.type != QT_INT || r->in.num_bits ||
+    /* W8A8 (int weights, dynamic activations): activations are quantized only
+     * where the checkpoint is used, so its GPTQ pass is int weight-only */
+    if (r->w.type != QT_INT || (r->in.num_bits && r->w.act != QACT_DYNAMIC) ||
         (r->w.strategy != QS_TENSOR && r->w.strategy != QS_CHANNEL && r->w.strategy != QS_GROUP))
-        return "the CUDA engine runs int weight-only schemes (W4A16, W8A16, ...); this recipe's scheme "
-               "(float weights or quantized activations) runs on the CPU";
+        return "the CUDA engine runs int weight-only schemes and W8A8 (W4A16, W8A16, W8A8, ...); this "
+               "recipe's scheme (float weights or stored activation scales) runs on the CPU";
     return NULL;
 }
 
