@@ -1,10 +1,16 @@
 #!/bin/sh
 # CPU benchmark of the main job (issue: performance evidence, docs/BENCHMARKS.md).
 # Generates a synthetic ~100M-parameter Llama (bench/gen_model.c), random
-# calibration token ids, runs doneshot at -np 1 and -np 2, and prints per-stage
-# times, peak RSS per rank, and the calibration GEMM throughput against the
-# OpenBLAS sgemm peak measured in the same run.
+# calibration token ids, runs doneshot at -np 1 and -np 2 and llm-compressor's
+# oneshot (bench/bench_llmcompressor.py: same model, same ids, same GPTQ
+# recipe, torch on all cores) and prints per-stage times, peak RSS per rank,
+# the calibration GEMM throughput against the OpenBLAS sgemm peak measured in
+# the same run, and a comparison table: total time, speed-up over
+# llm-compressor, and the job's flops per second as % of the machine's sgemm
+# peak end to end.
 # usage: sh bench/bench_cpu.sh [samples] [seq_len] [layers]
+# env: LLMC_PYTHON (default ~/.cache/doneshot/venv/bin/python; SKIP_LLMC=1
+#      leaves the llm-compressor column out), LLMC_THREADS (default: online CPUs)
 set -eu
 S=${1:-64}; T=${2:-512}; L=${3:-16}
 BUILD=${BUILD:-build}
@@ -31,10 +37,24 @@ for np in 1 2; do
     $MPIRUN -np $np "$BUILD/doneshot" --recipe recipes/w4a16.json --model "$W/model" --dataset "$W/calib.jsonl" \
         --num-samples "$S" --max-seq-len "$T" --output "$W/out$np" --overwrite --summary "$W/np$np.json" -q
 done
+NCPU=$(getconf _NPROCESSORS_ONLN)
+LLMC_PYTHON=${LLMC_PYTHON:-$HOME/.cache/doneshot/venv/bin/python}
+rm -f "$W/llmc.json"
+if [ -z "${SKIP_LLMC:-}" ] && [ -z "${SKIP_RUN:-}" ]; then
+    if [ -x "$LLMC_PYTHON" ]; then
+        OMP_NUM_THREADS=${LLMC_THREADS:-$NCPU} "$LLMC_PYTHON" bench/bench_llmcompressor.py --model "$W/model" \
+            --dataset "$W/calib.jsonl" --recipe recipes/w4a16.json --threads "${LLMC_THREADS:-$NCPU}" \
+            --out "$W/out-llmc" >"$W/llmc.log" 2>&1 && tail -1 "$W/llmc.log" >"$W/llmc.json" ||
+            { echo "llm-compressor run failed (see $W/llmc.log)"; rm -f "$W/llmc.json"; }
+    else
+        echo "no $LLMC_PYTHON: llm-compressor column left out (set LLMC_PYTHON)"
+    fi
+fi
 P1=$("$W/bench_sgemm" "$T" "$F" "$C" 1); P2=$("$W/bench_sgemm" "$T" "$F" "$C" 2)
-python3 - "$W" "$S" "$T" "$L" "$P1" "$P2" <<'PY'
-import json, sys
+python3 - "$W" "$S" "$T" "$L" "$P1" "$P2" "$NCPU" <<'PY'
+import json, os, sys
 W, S, T, L, p1, p2 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
+ncpu = int(sys.argv[7])
 cfg = json.load(open(W + "/model/config.json"))
 C, F, NH, NKV = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
 HS = C // NH
@@ -56,4 +76,25 @@ for np, r in runs.items():
     rss = "/".join(f"{x/2**20:.0f}" for x in r["peak_rss_bytes"])
     print(f"| {np} | {r['total_time_s']:.2f} | {st['forward']:.2f} | {st['hessian']:.2f} | {st['reduce']:.2f} | {st['gptq']:.2f} | {st['broadcast']:.2f} | {st['propagate']:.2f} | {st['save']:.2f} | {rss} | {fl:.1f} | {100*fl/peak:.0f} | {hf:.1f} |")
 print(f"speed-up -np 2 vs -np 1: {runs[1]['total_time_s'] / runs[2]['total_time_s']:.2f}x")
+# End to end: the job's arithmetic (both passes' Linear GEMMs, attention
+# QK^T and PV over the full T x T square as computed, the Hessian syrk;
+# GPTQ's solves left out) per second of total time, against the sgemm peak of
+# the whole machine (2-thread peak at -np 1 and for torch; np x 1-thread at -np 2).
+attn_flop = 2 * 2.0 * T * T * HS * NH * S * L                       # per pass
+job_flop = 2 * (gemm_flop + attn_flop) + hess_flop
+lc = json.load(open(W + "/llmc.json")) if os.path.exists(W + "/llmc.json") else None
+cols = ([("llm-compressor (torch %s thr)" % lc["threads"], lc["oneshot_s"], p2)] if lc else []) + \
+       [(f"doneshot -np {np}", r["total_time_s"], p2 if np == 1 else np * p1) for np, r in runs.items()]
+print(f"\njob arithmetic {job_flop / 1e12:.2f} TFLOP (GEMMs of both passes, attention, Hessians; GPTQ not counted)")
+print("| | " + " | ".join(c[0] for c in cols) + " |")
+print("|---" * (len(cols) + 1) + "|")
+print("| total s | " + " | ".join(f"{c[1]:.1f}" for c in cols) + " |")
+if lc:
+    print("| speed-up vs llm-compressor | " + " | ".join(f"{lc['oneshot_s'] / c[1]:.2f}x" for c in cols) + " |")
+print("| job GFLOP/s | " + " | ".join(f"{job_flop / c[1] / 1e9:.1f}" for c in cols) + " |")
+print("| sgemm peak GFLOP/s | " + " | ".join(f"{c[2]:.1f}" for c in cols) + " |")
+print("| % of sgemm peak end to end | " + " | ".join(f"{100 * job_flop / c[1] / 1e9 / c[2]:.0f} %" for c in cols) + " |")
+if lc:
+    print(f"llm-compressor: oneshot {lc['oneshot_s']:.1f} s (+ model load {lc['load_s']:.1f} s), torch {lc['torch']}, "
+          f"llmcompressor {lc['llmcompressor']}, {lc['samples']} samples / {lc['tokens']} tokens")
 PY

@@ -1,8 +1,10 @@
 /*
  * cpu_engine.c - the CPU instance of the layer engine (engine.h): the
- * residual stream of this rank's samples in f32 (one buffer, samples
- * concatenated), model.c's layer_forward_batch (OpenBLAS GEMMs) over
- * micro-batches of whole samples for the calibration and propagation passes,
+ * residual stream of this rank's samples in the model dtype (one buffer,
+ * samples concatenated; lossless, since every layer output is rounded to that
+ * dtype: bf16/f16 models keep half the bytes of f32), model.c's
+ * layer_forward_batch (OpenBLAS GEMMs) over micro-batches of whole samples
+ * (converted to f32 per micro-batch) for the calibration and propagation passes,
  * Hessian capture with hessian_accum_cpu (f64 sums, one call per sample and
  * input, as before micro-batching) and gptq_quantize for solves.
  *
@@ -32,11 +34,12 @@ typedef struct cpu_engine {
     const model *m;
     const ds_sample *local;
     size_t nlocal, ntok;
-    float *x;                 /* [ntok, C] residual stream, samples concatenated */
+    unsigned char *x;         /* [ntok, C] residual stream in the model dtype, samples concatenated */
+    size_t esz;               /* its element size */
     int *len;                 /* [nlocal] tokens per sample */
     cpu_batch *batch;         /* micro-batches, in sample order */
     size_t nbatch;
-    float *y;                 /* [max rows, C] calibration copy of one micro-batch */
+    float *y;                 /* [max rows, C] f32 activations of one micro-batch */
     float *scratch;           /* [nmax, nmax] for the Hessian update */
     float *Hf;                /* the normalised f32 Hessian of a solve (grown on demand) */
     size_t Hf_cap;
@@ -56,6 +59,14 @@ static ds_status load_layer(engine *e, const layer_weights *lw) {
     return DS_OK;
 }
 
+/* The f32 activations of micro-batch mb into c->y (exact: the stream holds
+ * values of the model dtype). */
+static void load_batch(cpu_engine *c, const cpu_batch *mb) {
+    const model_config *mc = &c->m->cfg;
+    ds_status st = ds_convert_to_f32(c->y, c->x + mb->row0 * mc->C * c->esz, mc->dtype, (size_t)mb->rows * mc->C);
+    DS_ASSERT(st == DS_OK); /* the model dtype is F32, BF16 or F16 (model_open) */
+}
+
 static void capture(void *p, int input_id, const float *X, int T, int n) {
     cpu_engine *c = p;
     if (c->base.act_amax && c->used[input_id] && T > 0) { /* static activation observer (min/max) */
@@ -73,7 +84,6 @@ static void capture(void *p, int input_id, const float *X, int T, int n) {
 
 static ds_status calibrate(engine *e, const int *used, double *const *H_host, int64_t *cnt) {
     cpu_engine *c = (cpu_engine *)e;
-    const int C = c->m->cfg.C;
     DS_ASSERT(H_host);
     c->H = H_host;
     c->cnt = cnt;
@@ -81,7 +91,7 @@ static ds_status calibrate(engine *e, const int *used, double *const *H_host, in
     const double t0 = ds_now(), h0 = c->t.hessian;
     for (size_t b = 0; b < c->nbatch; b++) {
         const cpu_batch *mb = &c->batch[b];
-        memcpy(c->y, c->x + mb->row0 * C, sizeof(float) * (size_t)mb->rows * C);
+        load_batch(c, mb);
         layer_forward_batch(c->m, c->lw, c->y, (int)mb->nseq, c->len + mb->first, &c->ls, capture, c);
     }
     c->t.forward += ds_now() - t0 - (c->t.hessian - h0);
@@ -109,11 +119,12 @@ static void set_weight(engine *e, int lin, const float *w) { (void)e; (void)lin;
 static void propagate(engine *e) {
     cpu_engine *c = (cpu_engine *)e;
     const double t0 = ds_now();
-    const int C = c->m->cfg.C;
+    const model_config *mc = &c->m->cfg;
     for (size_t b = 0; b < c->nbatch; b++) {
         const cpu_batch *mb = &c->batch[b];
-        layer_forward_batch(c->m, c->lw, c->x + mb->row0 * C, (int)mb->nseq, c->len + mb->first, &c->ls, NULL,
-                            NULL);
+        load_batch(c, mb);
+        layer_forward_batch(c->m, c->lw, c->y, (int)mb->nseq, c->len + mb->first, &c->ls, NULL, NULL);
+        ds_convert_from_f32(c->x + mb->row0 * mc->C * c->esz, c->y, mc->dtype, (size_t)mb->rows * mc->C);
     }
     c->t.propagate += ds_now() - t0;
 }
@@ -121,14 +132,13 @@ static void propagate(engine *e) {
 static void get_residual(engine *e, void *buf) {
     cpu_engine *c = (cpu_engine *)e;
     const model_config *mc = &c->m->cfg;
-    ds_convert_from_f32(buf, c->x, mc->dtype, c->ntok * mc->C);
+    memcpy(buf, c->x, c->ntok * mc->C * c->esz);
 }
 
 static void set_residual(engine *e, const void *buf) {
     cpu_engine *c = (cpu_engine *)e;
     const model_config *mc = &c->m->cfg;
-    ds_status st = ds_convert_to_f32(c->x, buf, mc->dtype, c->ntok * mc->C);
-    DS_ASSERT(st == DS_OK); /* the model dtype is F32, BF16 or F16 */
+    memcpy(c->x, buf, c->ntok * mc->C * c->esz);
 }
 
 static engine_times times(const engine *e) { return ((const cpu_engine *)e)->t; }
@@ -189,12 +199,15 @@ ds_status cpu_engine_create(const model *m, const ds_sample *local, size_t nloca
         mb->rows += c->len[s];
         rows_used = DS_MAX(rows_used, mb->rows);
     }
-    c->x = xmalloc(sizeof(float) * (c->ntok ? c->ntok : 1) * mc->C);
-    ds_status st = DS_OK;
-    for (size_t s = 0, row = 0; s < nlocal && st == DS_OK; row += (size_t)c->len[s], s++)
-        st = model_embed(m, local[s].ids, local[s].n, c->x + row * mc->C);
-    for (int inp = 0; inp < model_num_inputs(mc); inp++) nmax = DS_MAX(nmax, model_input_dim(mc, inp));
+    c->esz = ds_dtype_size(mc->dtype);
+    c->x = xmalloc(c->esz * (c->ntok ? c->ntok : 1) * mc->C);
     c->y = xmalloc(sizeof(float) * (size_t)rows_used * mc->C);
+    ds_status st = DS_OK;
+    for (size_t s = 0, row = 0; s < nlocal && st == DS_OK; row += (size_t)c->len[s], s++) {
+        st = model_embed(m, local[s].ids, local[s].n, c->y);
+        if (st == DS_OK) ds_convert_from_f32(c->x + row * mc->C * c->esz, c->y, mc->dtype, (size_t)local[s].n * mc->C);
+    }
+    for (int inp = 0; inp < model_num_inputs(mc); inp++) nmax = DS_MAX(nmax, model_input_dim(mc, inp));
     c->scratch = xmalloc(sizeof(float) * (size_t)nmax * nmax);
     layer_scratch_init_batch(&c->ls, mc, rows_used, max_T);
     if (st) {

@@ -72,10 +72,11 @@ struct engine {
 };
 
 /* The CPU engine: embeds the nlocal samples (model_embed) and keeps the
- * residual stream as f32 [ntok, C] (samples concatenated); calibration runs
- * layer_forward_batch over micro-batches of samples
- * with Hessian capture (hessian_accum_cpu), gptq runs gptq_quantize on
- * (float)(H / nseq). DS_ERR_INPUT: a token id out of range. */
+ * residual stream [ntok, C] in the model dtype (samples concatenated; the
+ * values are exact in it); calibration runs layer_forward_batch over
+ * micro-batches of samples with Hessian capture (hessian_accum_cpu), gptq
+ * runs gptq_quantize on (float)(H / nseq). DS_ERR_INPUT: a token id out of
+ * range. */
 ds_status cpu_engine_create(const model *m, const ds_sample *local, size_t nlocal, engine **out);
 
 #endif

@@ -18,8 +18,9 @@
  *    Hessian sums within 1e-4 of their largest entry);
  *  - with 1 and 2 host/BLAS threads (the -np 2 and -np 1 settings on 2 cores);
  *  - the CPU engine over more than one micro-batch (12 samples, over 4096
- *    tokens, the wide model): calibrate's Hessian sums and counts and
- *    propagate's residual stream, bit for bit.
+ *    tokens, the wide model in f32 and bf16): calibrate's Hessian sums and
+ *    counts and propagate's residual stream (kept in the model dtype by the
+ *    engine, in f32 by the reference), bit for bit.
  * Needs BUILD/gen_model (BUILD default "build").
  */
 #include "engine.h"
@@ -186,8 +187,11 @@ static void check_layer(const char *what, const char *dir, int l, int all_expert
 
 /* The CPU engine (micro-batches of up to 4096 tokens) vs per-sequence
  * layer_forward over two layers: Hessian sums, counts, residual stream. */
-static void check_engine(const char *dir) {
-    TEST("cpu engine, 12 samples (over 4096 tokens: 2 micro-batches), 2 layers: calibrate + propagate == per-sequence") {
+static void check_engine(const char *what, const char *dir) {
+    char name[256];
+    snprintf(name, sizeof name, "cpu engine, %s, 12 samples (over 4096 tokens: 2 micro-batches), 2 layers: "
+             "calibrate + propagate == per-sequence (bitwise)", what);
+    TEST(name) {
         set_threads(2);
         model m;
         if (model_open(dir, &m) != DS_OK) { CHECK(!"model_open"); break; }
@@ -203,7 +207,10 @@ static void check_engine(const char *dir) {
             maxT = smp[i].n > maxT ? smp[i].n : maxT;
         }
         CHECK(N > 4096);
-        float *ref = malloc(sizeof(float) * (size_t)N * c->C), *got = malloc(sizeof(float) * (size_t)N * c->C);
+        /* the engine keeps the stream in the model dtype, the reference in f32 */
+        const size_t esz = ds_dtype_size(c->dtype);
+        float *ref = malloc(sizeof(float) * (size_t)N * c->C);
+        unsigned char *got = malloc(esz * N * c->C), *want = malloc(esz * N * c->C);
         float *y = malloc(sizeof(float) * (size_t)maxT * c->C);
         for (int i = 0, r = 0; i < NS; r += smp[i].n, i++)
             CHECK(model_embed(&m, smp[i].ids, smp[i].n, ref + (size_t)r * c->C) == DS_OK);
@@ -230,8 +237,9 @@ static void check_engine(const char *dir) {
             CHECK(e->ops->calibrate(e, used, hb.H, hb.cnt) == DS_OK);
             e->ops->propagate(e);
             e->ops->get_residual(e, got);
+            ds_convert_from_f32(want, ref, c->dtype, (size_t)N * c->C);
             CHECK(hcap_same(&hr, &hb, 0));
-            CHECK(memcmp(got, ref, sizeof(float) * (size_t)N * c->C) == 0);
+            CHECK(memcmp(got, want, esz * N * c->C) == 0);
             hcap_free(&hr);
             hcap_free(&hb);
             layer_free(&lw);
@@ -239,7 +247,7 @@ static void check_engine(const char *dir) {
         if (e) e->ops->destroy(e);
         layer_scratch_free(&s1);
         for (int i = 0; i < NS; i++) free(smp[i].ids);
-        free(used), free(ref), free(got), free(y);
+        free(used), free(ref), free(got), free(want), free(y);
         model_close(&m);
     }
     set_threads(1);
@@ -257,15 +265,19 @@ int main(void) {
     snprintf(g_gen, sizeof g_gen, "%s/gen_model", build);
     snprintf(g_tmp, sizeof g_tmp, "/tmp/doneshot-batch-XXXXXX");
     if (!mkdtemp(g_tmp)) { perror("mkdtemp"); return 1; }
-    char wide[300], qwen3[300], moe[300];
+    char wide[300], wide16[300], qwen3[300], moe[300];
     snprintf(wide, sizeof wide, "%s/llama384", g_tmp);
+    snprintf(wide16, sizeof wide16, "%s/llama384-bf16", g_tmp);
     snprintf(qwen3, sizeof qwen3, "%s/qwen3", g_tmp);
     snprintf(moe, sizeof moe, "%s/qwen2moe", g_tmp);
-    int have_wide = 0, have_qwen3 = 0, have_moe = 0;
-    TEST("gen_model: Llama f32 (hidden 384), Qwen3 bf16 and Qwen2-MoE bf16 variants") {
+    int have_wide = 0, have_wide16 = 0, have_qwen3 = 0, have_moe = 0;
+    TEST("gen_model: Llama f32 and bf16 (hidden 384), Qwen3 bf16 and Qwen2-MoE bf16 variants") {
         have_wide = gen(wide, "--arch llama --dtype f32 --hidden 384 --intermediate 512 --layers 2 --heads 6 "
                               "--kv-heads 6 --head-dim 64") == 0;
+        have_wide16 = gen(wide16, "--arch llama --dtype bf16 --hidden 384 --intermediate 512 --layers 2 --heads 6 "
+                                  "--kv-heads 6 --head-dim 64") == 0;
         CHECK(have_wide);
+        CHECK(have_wide16);
         have_qwen3 = gen(qwen3, "--arch qwen3 --dtype bf16 --hidden 64 --intermediate 96 --layers 1 --heads 4 "
                                 "--kv-heads 2 --head-dim 16") == 0;
         have_moe = gen(moe, "--arch qwen2_moe --dtype bf16 --hidden 64 --intermediate 96 --layers 1 --heads 4 "
@@ -276,8 +288,9 @@ int main(void) {
     }
     if (have_wide) {
         check_layer("llama f32 hidden 384", wide, 1, 1, 1);
-        check_engine(wide);
+        check_engine("llama f32 hidden 384", wide);
     }
+    if (have_wide16) check_engine("llama bf16 hidden 384 (bf16 residual stream)", wide16);
     check_layer("stories260K (llama f32)", "data/stories260K", 0, 1, 0);
     check_layer("stories260K (llama f32)", "data/stories260K", 3, 1, 0);
     if (have_qwen3) check_layer("qwen3 bf16", qwen3, 0, 1, 0);
