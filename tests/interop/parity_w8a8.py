@@ -32,6 +32,10 @@ some activations to the neighbouring int8 step. Measured on this model: 1e-7
 relative noise on the Linear inputs of transformers' own forward moves its
 ppl by 7e-5, 3e-7 by 1.2e-3. The fake-quant itself is bit-exact against
 compressed-tensors (tests/test_w8a8.c).
+With --fixtures DIR (tests/fixtures.py output): the Qwen2 variant (q/k/v
+biases) smoothed by doneshot (W8A8 + SmoothQuant 0.8) and by llm-compressor
+(SmoothQuantModifier 0.8 alone: the norms do not depend on the quantizer) on
+the first 16 rows: every smoothed norm within 1e-6 relative.
 Prints "ok"/"FAIL" lines and "RESULT {...}"; exit 1 if a target is missed.
 
 Usage: parity_w8a8.py --doneshot build/doneshot [--workdir DIR]
@@ -134,6 +138,35 @@ def compare(a, variant, A, B):
     return agree, worst_scale, worst_norm
 
 
+def qwen2_norms(a, work, rows):
+    """SmoothQuant norms on the Qwen2 fixture: doneshot vs llm-compressor."""
+    import torch
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+    model = os.path.join(a.fixtures, "models", "variants", "qwen2")
+    rows = rows[:16]
+    calib = os.path.join(work, "calib16.jsonl")
+    with open(calib, "w") as f:
+        for r in rows:
+            f.write(json.dumps({"input_ids": r}) + "\n")
+    ds_q, lc_q = os.path.join(work, "doneshot-qwen2-sq"), os.path.join(work, "llmcompressor-qwen2-sq")
+    P.run([a.doneshot, "--recipe", VARIANTS["sq"], "--model", model, "--dataset", calib, "--num-samples",
+           str(len(rows)), "--max-seq-len", str(MAX_LEN), "--output", ds_q, "--overwrite", "-q"])
+    m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    data = Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]})
+    oneshot(model=m, dataset=data, recipe=[SmoothQuantModifier(smoothing_strength=0.8)],
+            num_calibration_samples=len(rows), max_seq_length=MAX_LEN, output_dir=lc_q)
+    A, B = load_file(os.path.join(ds_q, "model.safetensors")), load_file(os.path.join(lc_q, "model.safetensors"))
+    norms = sorted(k for k in B if k.endswith("layernorm.weight"))
+    worst = max(float(((A[k].double() - B[k].double()).abs() / B[k].double().abs()).max()) for k in norms)
+    check(len(norms) == 10 and worst <= 1e-6, "qwen2 fixture (q/k/v bias): %d smoothed norms within %.2e relative of "
+          "llm-compressor's (target <= 1e-6)" % (len(norms), worst))
+    return worst
+
+
 def transformers_ppl(a, q, text):
     """ppl of checkpoint q through transformers + compressed-tensors on
     `doneshot tokenize`'s ids, the GPTQ protocol of check_transformers.py."""
@@ -165,6 +198,7 @@ def main():
     ap.add_argument("--mpirun", default="mpirun --oversubscribe")
     ap.add_argument("--reuse", action="store_true", help="reuse existing checkpoints in --workdir")
     ap.add_argument("--variants", default="sq,plain,rtn")
+    ap.add_argument("--fixtures", default=None, help="tests/fixtures.py output: also the Qwen2 SmoothQuant check")
     ap.add_argument("--verbose", action="store_true")
     a = ap.parse_args()
     a.doneshot = os.path.abspath(a.doneshot)
@@ -210,6 +244,8 @@ def main():
         result[variant] = {"code_agreement": agree, "max_scale_rel_diff": ws, "max_norm_rel_diff": wn,
                            "ppl_doneshot": e_ds["ppl"], "ppl_llmcompressor": e_lc["ppl"], "ppl_rel_diff": rel,
                            "ppl_transformers": hf, "transformers_rel_diff": rel_hf}
+    if a.fixtures:
+        result["qwen2_sq_norm_rel_diff"] = qwen2_norms(a, work, rows)
     print("RESULT " + json.dumps(result))
     return 1 if FAILS else 0
 

@@ -83,7 +83,7 @@ suite check_transformers.py --workdir "$WORK/transformers" --seq-len 256 --windo
 suite check_moe.py --workdir "$WORK/moe" --seq-len 256 --windows 10 --np 2 \
     --model "$FIX/models/variants/mixtral-4x-top2"
 suite parity_llmcompressor.py --workdir "$WORK/parity" --seq-len 256 --windows 40
-suite parity_w8a8.py --workdir "$WORK/w8a8" --seq-len 256 --windows 40
+suite parity_w8a8.py --workdir "$WORK/w8a8" --seq-len 256 --windows 40 --fixtures "$FIX"
 suite parity_fp8.py --workdir "$WORK/fp8" --seq-len 256 --windows 40
 
 echo "$P passed, $F failed, 0 skipped"
