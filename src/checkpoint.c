@@ -439,11 +439,20 @@ ds_status ckpt_write_module(ckpt_writer *c, const char *module, const int8_t *q,
 
 ds_status ckpt_write_module_act(ckpt_writer *c, const char *module, const int8_t *q, const float *scale,
                                 const int *zp, const int *g_idx, int out, int in, const float *act_scale) {
+    return ckpt_write_module_gs(c, module, q, scale, zp, g_idx, out, in, act_scale, NULL);
+}
+
+ds_status ckpt_write_module_gs(ckpt_writer *c, const char *module, const int8_t *q, const float *scale,
+                               const int *zp, const int *g_idx, int out, int in, const float *act_scale,
+                               const float *global_scale) {
     const quant_args *a = &c->r->w;
-    if (a->act == QACT_INPUT_SCALE && !act_scale)
-        return ds_error(DS_ERR_RUNTIME, "%s: the scheme stores an input_scale and none was calibrated", module);
+    if ((a->act == QACT_INPUT_SCALE || a->act == QACT_INPUT_GLOBAL_SCALE) && !act_scale)
+        return ds_error(DS_ERR_RUNTIME, "%s: the scheme stores an input_%sscale and none was calibrated", module,
+                        a->act == QACT_INPUT_GLOBAL_SCALE ? "global_" : "");
+    if (a->strategy == QS_TENSOR_GROUP && !global_scale)
+        return ds_error(DS_ERR_RUNTIME, "%s: the scheme stores a weight_global_scale and none was computed", module);
     const scheme_module sm = {.q = q, .scale = scale, .zp = zp, .g_idx = g_idx, .out = out, .in = in,
-                              .dtype = c->m->cfg.dtype, .act_scale = act_scale};
+                              .dtype = c->m->cfg.dtype, .act_scale = act_scale, .global_scale = global_scale};
     scheme_tensor_spec spec[SCHEME_MAX_TENSORS];
     int n = scheme_tensors(a, sm.dtype, out, in, spec);
     char name[600];

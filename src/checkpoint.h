@@ -71,6 +71,13 @@ ds_status ckpt_write_module(ckpt_writer *w, const char *module, const int8_t *q,
  * (quant_args.act == QACT_INPUT_SCALE); NULL otherwise). */
 ds_status ckpt_write_module_act(ckpt_writer *w, const char *module, const int8_t *q, const float *scale,
                                 const int *zp, const int *g_idx, int out, int in, const float *act_scale);
+/* The same with NVFP4's weight_global_scale too (global_scale: one value, the
+ * nvfp4-pack-quantized format's "<module>.weight_global_scale"; scale then
+ * holds the effective scales weight_scale / global_scale; NULL for other
+ * formats). act_scale is the input_global_scale for QACT_INPUT_GLOBAL_SCALE. */
+ds_status ckpt_write_module_gs(ckpt_writer *w, const char *module, const int8_t *q, const float *scale,
+                               const int *zp, const int *g_idx, int out, int in, const float *act_scale,
+                               const float *global_scale);
 /* Write unquantized tensor `name` (a planned model tensor, e.g. a smoothed
  * norm weight) from f32 values data [n], converted to its dtype in the model.
  * A quantized Linear's "<module>.weight" is skipped (DS_OK: the module's

@@ -9,6 +9,7 @@
 #include "scheme.h"
 #include "ops_cpu.h"
 #include "quant.h"
+#include "qscalar.h"
 
 #include <cJSON.h>
 #include <math.h>
@@ -992,7 +993,14 @@ static ds_status load_packed(const model *m, const char *module, int out, int in
     const size_t srow = st_numel(sct) == 1 ? 0 : (size_t)ng; /* tensor strategy: one scale for all rows */
     float *scale;
     snprintf(name, sizeof name, "%s.weight_scale", module);
-    if ((st = load_f32(m, name, 0, &scale))) return st;
+    if (sct && sct->dtype == DS_DTYPE_F8_E4M3) { /* nvfp4-pack-quantized: float8_e4m3fn group scales */
+        const size_t ns = (size_t)st_numel(sct);
+        const unsigned char *b = sct->data;
+        scale = xmalloc(sizeof(float) * (ns ? ns : 1));
+        for (size_t k = 0; k < ns; k++) scale[k] = qs_fp8_e4m3_value(b[k]);
+    } else if ((st = load_f32(m, name, 0, &scale))) {
+        return st;
+    }
     float *d = xmalloc(sizeof(float) * (size_t)out * in);
     scheme_dequantize(a, m->cfg.dtype, out, in, stored, scale, srow, d);
     for (int o = 0; o < out && st == DS_OK; o++) {
@@ -1058,9 +1066,10 @@ ds_status layer_load(const model *m, int l, layer_weights *lw) {
             const quant_args *in = st ? NULL : &m->qact[qa - m->qargs];
             if (in && in->num_bits) { /* eval's activation fake quant (scheme_act_fake) */
                 li->act = in;
-                if (qa->act == QACT_INPUT_SCALE) {
+                if (qa->act == QACT_INPUT_SCALE || qa->act == QACT_INPUT_GLOBAL_SCALE) {
                     float *s1 = NULL;
-                    snprintf(name, sizeof name, "%s.input_scale", li->name);
+                    snprintf(name, sizeof name, qa->act == QACT_INPUT_SCALE ? "%s.input_scale" : "%s.input_global_scale",
+                             li->name);
                     if (!(st = load_f32(m, name, 1, &s1))) li->act_scale = s1[0];
                     free(s1);
                 }
@@ -1196,7 +1205,7 @@ static void lin_forward(float *y, const float *x, const layer_linear *L, int T, 
     }
     float *xq = xmalloc(sizeof(float) * (size_t)DS_MAX(T, 1) * (size_t)in);
     memcpy(xq, x, sizeof(float) * (size_t)T * (size_t)in);
-    scheme_act_fake(L->act, L->act->dynamic ? NULL : &L->act_scale, xq, T, in, act);
+    scheme_act_fake(L->act, L->act->dynamic == QD_DYNAMIC ? NULL : &L->act_scale, xq, T, in, act);
     matmul_forward_cpu(y, xq, L->w, L->b, T, in, out, act);
     free(xq);
 }

@@ -100,7 +100,8 @@ typedef struct layer_linear {
     float *b;               /* [out] owned, or NULL */
     /* a quantized checkpoint's input activation quantization (eval's forward
      * fake-quantizes the input as compressed-tensors does: scheme_act_fake):
-     * act NULL = none; act_scale: the module's input_scale (static args) */
+     * act NULL = none; act_scale: the module's input_scale (static args) or
+     * input_global_scale (NVFP4, dynamic "local") */
     const quant_args *act;
     float act_scale;
 } layer_linear;

@@ -33,6 +33,14 @@ ds_status pipeline_validate(const model *m, const recipe *r) {
             const layer_linear *li = &ll[k];
             if (!li->quantizable || !ckpt_module_quantized(r, li->name)) continue;
             nq++;
+            if (r->w.strategy == QS_TENSOR_GROUP && li->in % r->w.group_size != 0) { /* nvfp4: packs groups of 16 */
+                st = ds_error(DS_ERR_USAGE,
+                              "tensor_group quantization (NVFP4) needs in_features divisible by group_size %d; "
+                              "%s has %d\n"
+                              "hint: add it to the modifier's \"ignore\" list (e.g. \"re:.*down_proj\"), as "
+                              "llm-compressor requires", r->w.group_size, li->name, li->in);
+                break;
+            }
             if (r->w.strategy == QS_GROUP && !r->bypass_divisibility && li->in % r->w.group_size != 0) {
                 st = ds_error(DS_ERR_USAGE,
                               "group_size %d does not divide in_features %d of %s\n"
@@ -156,6 +164,8 @@ typedef struct run {
     double **H;                /* [nin]: host Hessian sums, NULL where unused or not owned */
     int64_t *cnt;              /* [2 nin]: tokens, sequences per input */
     float *amax;               /* [nin]: static activation observer (max |X|, all ranks), or NULL */
+    float *wgs;                /* [maxlin]: NVFP4 weight global scale per module of u->mods (fused q/k/v,
+                                * gate/up share one), or NULL when the weights are not tensor_group */
 } run;
 
 /* Layer l to resume after, from the partial run of this job: *start = the
@@ -321,6 +331,45 @@ static void modules_assign(run *u, const layer_weights *lw) {
     }
 }
 
+/* NVFP4 (tensor_group) weight global scales of the layer's quantized modules
+ * from their ORIGINAL weights: llm-compressor's fuse_weight_observers links
+ * the observers of the modules named in FUSED_LAYER_NAMES under one parent
+ * (gate_proj/up_proj, q_proj/k_proj/v_proj, q_a_proj/kv_a_proj_with_mqa,
+ * w1/w3), whose global scale is generate_gparam of the group's absmax
+ * (qs_nvfp4_global_scale); other modules use their own absmax. Not collective
+ * (every rank holds the layer's weights). */
+static void nvfp4_global_scales(run *u, const layer_weights *lw) {
+    static const char *const fused[][3] = {{"gate_proj", "up_proj", NULL}, {"q_proj", "k_proj", "v_proj"},
+                                           {"q_a_proj", "kv_a_proj_with_mqa", NULL}, {"w1", "w3", NULL}};
+    if (u->r->w.strategy != QS_TENSOR_GROUP) return;
+    if (!u->wgs) u->wgs = xmalloc(sizeof(float) * (size_t)u->maxlin);
+    float *am = xmalloc(sizeof(float) * (size_t)(u->nm ? u->nm : 1));
+    int *grp = xmalloc(sizeof(int) * (size_t)(u->nm ? u->nm : 1));
+    for (int i = 0; i < u->nm; i++) {
+        const layer_linear *li = &lw->lin[u->mods[i]];
+        am[i] = qs_absmax(li->w, (size_t)li->out * li->in);
+        const char *dot = strrchr(li->name, '.');
+        const char *leaf = dot ? dot + 1 : li->name;
+        grp[i] = -1;
+        for (int g = 0; g < (int)DS_ARRAY_LEN(fused) && grp[i] < 0; g++)
+            for (int k = 0; k < 3 && fused[g][k]; k++)
+                if (!strcmp(leaf, fused[g][k])) grp[i] = g;
+    }
+    for (int i = 0; i < u->nm; i++) {
+        const char *ni = lw->lin[u->mods[i]].name, *di = strrchr(ni, '.');
+        float m = am[i];
+        for (int j = 0; j < u->nm && grp[i] >= 0; j++) {
+            const char *nj = lw->lin[u->mods[j]].name, *dj = strrchr(nj, '.');
+            if (grp[j] == grp[i] && di && dj && di - ni == dj - nj && !strncmp(ni, nj, (size_t)(di - ni)) &&
+                am[j] > m)
+                m = am[j];
+        }
+        u->wgs[i] = qs_nvfp4_global_scale(m, (int)u->m->cfg.dtype);
+    }
+    free(am);
+    free(grp);
+}
+
 /* Calibration pass (outputs discarded: propagate_error=True), then each
  * Hessian reduced to the rank(s) that solve modules using it. Host sums:
  * every used input with the CPU engine; with a device engine only to carry
@@ -333,7 +382,7 @@ static ds_status calibrate_and_reduce(run *u, const layer_weights *lw, stage_tim
         u->H[inp] = u->used[inp] && host_H ? xcalloc((size_t)n * n, sizeof(double)) : NULL;
     }
     memset(u->cnt, 0, sizeof(int64_t) * 2 * (size_t)u->nin);
-    const int static_act = u->r->w.act == QACT_INPUT_SCALE;
+    const int static_act = u->r->w.act == QACT_INPUT_SCALE || u->r->w.act == QACT_INPUT_GLOBAL_SCALE;
     if (u->r->quantizer == RQ_QUANTIZATION && !static_act) { /* round-to-nearest, nothing to observe */
         for (int inp = 0; inp < u->nin; inp++) { free(u->H[inp]); u->H[inp] = NULL; }
         return DS_OK;
@@ -396,13 +445,15 @@ static ds_status solve_owned(run *u, layer_weights *lw, packed_result *prs, stag
         const double t = ds_now();
         gptq_result res;
         ds_status gs;
+        quant_args qm = *qa; /* NVFP4: this module's (fused) weight global scale */
+        if (u->wgs) qm.global_scale = u->wgs[i];
         if (u->r->quantizer == RQ_QUANTIZATION) { /* QuantizationModifier: the observer's qparams, RTN */
-            gs = rtn_quantize(qa, li->w, li->out, li->in, c->dtype, &res);
+            gs = rtn_quantize(&qm, li->w, li->out, li->in, c->dtype, &res);
         } else if (ntok == 0) {
-            gs = rtn_quantize(qa, li->w, li->out, li->in, c->dtype, &res);
+            gs = rtn_quantize(&qm, li->w, li->out, li->in, c->dtype, &res);
             res.rtn_fallback = 2;
         } else { /* u->H: the reduced sum, or NULL (one rank, device engine: on the device) */
-            gs = u->eng->ops->gptq(u->eng, qa, li, u->H[li->input_id], nseq, u->r->block_size,
+            gs = u->eng->ops->gptq(u->eng, &qm, li, u->H[li->input_id], nseq, u->r->block_size,
                                    u->r->dampening_frac, &res);
         }
         if (gs) {
@@ -475,7 +526,9 @@ static ds_status exchange_results(run *u, layer_weights *lw, packed_result *prs,
         if (u->rank == 0 && st == DS_OK) {
             t = ds_now();
             int8_t *q = xmalloc((size_t)li->out * li->in);
-            scheme_codes_from_weight(qa, wq, pr.scale, zp, gi, li->out, li->in, c->dtype, q);
+            /* the compressor quantizes the module's weight: GPTQ's fake-quantized one, or with
+             * QuantizationModifier the original (fp4: a small negative weight gives code 8, -0) */
+            scheme_codes_from_weight(qa, keep ? li->w : wq, pr.scale, zp, gi, li->out, li->in, c->dtype, q);
             float act_scale = 0.0f;
             if (qa->act == QACT_INPUT_SCALE) { /* calculate_qparams(min, max) of the observer, in the model dtype */
                 int qmin, qmax, z;
@@ -483,8 +536,12 @@ static ds_status exchange_results(run *u, layer_weights *lw, packed_result *prs,
                 const float am = u->amax[li->input_id];
                 qs_qparams(1, -am, am, (int)c->dtype, qmin, qmax, &act_scale, &z);
             }
-            st = ckpt_write_module_act(u->ck, li->name, q, pr.scale, zp, gi, li->out, li->in,
-                                       qa->act == QACT_INPUT_SCALE ? &act_scale : NULL);
+            if (qa->act == QACT_INPUT_GLOBAL_SCALE) /* NVFP4: generate_gparam of the observer's absmax */
+                act_scale = qs_nvfp4_global_scale(u->amax[li->input_id], (int)c->dtype);
+            st = ckpt_write_module_gs(u->ck, li->name, q, pr.scale, zp, gi, li->out, li->in,
+                                      qa->act == QACT_INPUT_SCALE || qa->act == QACT_INPUT_GLOBAL_SCALE ? &act_scale
+                                                                                                         : NULL,
+                                      u->wgs ? &u->wgs[i] : NULL);
             free(q);
             lt->save += ds_now() - t;
         }
@@ -503,6 +560,7 @@ static ds_status layer_run(run *u, int l, stage_times *lt, double *loss) {
     lt->load = ds_now() - t;
     if (st) return st;
     modules_assign(u, &lw);
+    nvfp4_global_scales(u, &lw); /* from the original weights, before any is replaced */
     if (!(st = calibrate_and_reduce(u, &lw, lt))) {
         packed_result *prs = xcalloc((size_t)(u->nm ? u->nm : 1), sizeof(packed_result));
         if (!(st = solve_owned(u, &lw, prs, lt))) {
@@ -616,7 +674,7 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
     if (u.ck) ckpt_abort(u.ck, u.saved);
     sq_plan_free(&u.sq);
     stats->total_s = ds_now() - u.t_start;
-    free(u.mods); free(u.owner); free(u.cost); free(u.used); free(u.H); free(u.cnt); free(u.amax);
+    free(u.mods); free(u.owner); free(u.cost); free(u.used); free(u.H); free(u.cnt); free(u.amax); free(u.wgs);
     free(u.pdir);
     free(u.rdir);
     return st;

@@ -13,32 +13,23 @@
  * gptq/helpers.py (column_scale_window: eff = scale / global_scale).
  * Goldens: tests/gen_nvfp4_golden.py -> tests/golden/nvfp4/ (tests/test_nvfp4.c).
  */
+/* qscalar.h first, outside the guard: it includes this file part-way, after
+ * qs_round_to and the float8_e4m3fn cast this file uses, before its code-kind
+ * dispatch that uses this file. */
+#include "qscalar.h"
+
 #ifndef DS_QFP4_H
 #define DS_QFP4_H
 
-#include "qscalar.h"
-
 #define QS_FP4_MAX 6.0f    /* FP4_E2M1_DATA.max */
-#define QS_FP8_MAX 448.0f  /* FP8_E4M3_DATA.max */
+#define QS_FP8_MAX QS_FP8_E4M3_MAX /* FP8_E4M3_DATA.max */
 #define QS_NVFP4_GROUP 16
 
 /* x rounded to float8_e4m3fn and back (calculate_qparams' scale_dtype
  * rounding: clamp to [-448, 448], then torch's round-to-nearest-even cast,
- * subnormals on the 2^-9 grid below 2^-6). NaN passes through. */
-QS_FN float qs_fp8_e4m3_round(float x) {
-    if (isnan(x)) return x;
-    if (x > QS_FP8_MAX) x = QS_FP8_MAX;
-    if (x < -QS_FP8_MAX) x = -QS_FP8_MAX;
-    float a = fabsf(x);
-    if (a == 0.0f) return x;
-    int e;
-    (void)frexpf(a, &e);             /* a = m * 2^e, m in [0.5, 1) */
-    int el = e - 1;                  /* floor(log2 a) */
-    if (el < -6) el = -6;            /* subnormal: quantum 2^-9 */
-    float quantum = ldexpf(1.0f, el - 3);
-    float r = QS_MUL(QS_RINT(QS_DIV(a, quantum)), quantum); /* power-of-2 scaling: exact */
-    return copysignf(r, x);
-}
+ * subnormals on the 2^-9 grid below 2^-6): qscalar.h's qs_fp8_e4m3_bits.
+ * NaN passes through. */
+QS_FN float qs_fp8_e4m3_round(float x) { return qs_fp8_e4m3_value(qs_fp8_e4m3_bits(x)); }
 
 /* CT cast_to_fp4 of a value already clamped to [-6, 6]: the nearest of
  * {0, .5, 1, 1.5, 2, 3, 4, 6}, ties to the even code (0.25 -> 0, 0.75 -> 1,
@@ -89,12 +80,14 @@ QS_FN float qs_dtype_tiny(int dt) { return dt == DS_DTYPE_F16 ? 0x1p-14f : 0x1p-
 
 /* generate_gparam of a tensor (or fused group of tensors) whose absolute
  * maximum is absmax, a value of dt (the observed dtype): clamp(absmax,
- * min=tiny(dt)), 448*6 / it computed in dt (one f32 division rounded to dt),
+ * min=tiny(dt)), then 448*6 / it as torch computes a Python scalar divided by
+ * a tensor (Tensor.__rtruediv__ = reciprocal() * scalar, each op rounded to
+ * dt: NOT the correctly rounded quotient, 1 ulp off for some values),
  * NaN/inf -> 1.0, as f32. An all-zero weight gets 1.0 (2688/tiny overflows). */
 QS_FN float qs_nvfp4_global_scale(float absmax, int dt) {
     float m = absmax;
     if (!isnan(m) && m < qs_dtype_tiny(dt)) m = qs_dtype_tiny(dt);
-    float g = qs_round_to(QS_DIV(QS_MUL(QS_FP8_MAX, QS_FP4_MAX), m), dt);
+    float g = qs_round_to(QS_MUL(qs_round_to(QS_DIV(1.0f, m), dt), QS_MUL(QS_FP8_MAX, QS_FP4_MAX)), dt);
     if (isnan(g) || isinf(g)) g = 1.0f;
     return g;
 }

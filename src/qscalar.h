@@ -158,10 +158,14 @@ QS_FN float qs_fp8_e4m3_value(unsigned b) {
     return (b & 0x80u) ? -v : v;
 }
 
+/* fp4 e2m1 and NVFP4's scales (src/qfp4.h; it includes this file first) */
+#include "qfp4.h"
+
 /* ---- the code kinds (quant_kind_t of src/quant.h: 0 int, 1 fp8, 2 fp4) ----
  * One entry per scheme kind; the int kind is the functions above, unchanged.
- * A code is an int: the integer q (QS_KIND_INT) or the bit pattern (fp8:
- * 0..255). The nvfp4 scheme adds QS_KIND_FP4 here. */
+ * A code is an int: the integer q (QS_KIND_INT), the bit pattern (fp8:
+ * 0..255) or the 4-bit e2m1 code (fp4: 0..15, bit 3 the sign). For fp4 the
+ * scale is NVFP4's effective scale weight_scale / global_scale (f32). */
 #define QS_KIND_INT 0
 #define QS_KIND_FP8 1
 #define QS_KIND_FP4 2
@@ -169,19 +173,24 @@ QS_FN float qs_fp8_e4m3_value(unsigned b) {
 /* The value a code stands for (before zp and scale). */
 QS_FN float qs_code_value(int kind, int q) {
     if (kind == QS_KIND_FP8) return qs_fp8_e4m3_value((unsigned)q & 0xffu);
+    if (kind == QS_KIND_FP4) return qs_fp4_value(q);
     return (float)q;
 }
 
 /* Round the clamped t to a code of kind. */
 QS_FN int qs_round_code(int kind, float t) {
     if (kind == QS_KIND_FP8) return (int)qs_fp8_e4m3_bits(t);
+    if (kind == QS_KIND_FP4) return qs_fp4_code(qs_fp4_round(t));
     return isnan(t) ? 0 : (int)QS_RINT(t);
 }
 
 /* qs_fake for any kind: t = x/scale (+ zp) in f32, clamp to [qmin, qmax],
- * code = round_code(t); *deq = round_to(dt, (value(code) - zp) * scale). */
+ * code = round_code(t); *deq = round_to(dt, (value(code) - zp) * scale).
+ * fp4: *deq = value(code) * scale in f32, not rounded to dt (llm-compressor's
+ * effective scale is f32: qs_nvfp4_fake). */
 QS_FN int qs_fake_k(int kind, float x, float scale, int zp, int qmin, int qmax, int dt, float *deq) {
     if (kind == QS_KIND_INT) return qs_fake(x, scale, zp, qmin, qmax, dt, deq);
+    if (kind == QS_KIND_FP4) return qs_fp4_code(qs_nvfp4_fake(x, scale, deq));
     float t = QS_DIV(x, scale);
     if (zp != 0) t = QS_ADD(t, (float)zp);
     if (t < (float)qmin) t = (float)qmin;
@@ -191,9 +200,11 @@ QS_FN int qs_fake_k(int kind, float x, float scale, int zp, int qmin, int qmax, 
     return q;
 }
 
-/* qs_code_from_deq for any kind (x/scale and + zp rounded to dt). */
+/* qs_code_from_deq for any kind (x/scale and + zp rounded to dt; fp4: x/scale
+ * in f32, qs_nvfp4_code_from_deq). */
 QS_FN int qs_code_from_deq_k(int kind, float x, float scale, int zp, int qmin, int qmax, int dt) {
     if (kind == QS_KIND_INT) return qs_code_from_deq(x, scale, zp, qmin, qmax, dt);
+    if (kind == QS_KIND_FP4) return qs_nvfp4_code_from_deq(x, scale);
     float t = qs_round_to(QS_DIV(x, scale), dt);
     if (zp != 0) t = qs_round_to(QS_ADD(t, (float)zp), dt);
     if (t < (float)qmin) t = (float)qmin;

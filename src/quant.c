@@ -68,6 +68,13 @@ void quant_minmax_qparams(const quant_args *a, const float *W, int out, int in,
                           ds_dtype scale_dtype, float *scale, int *zp) {
     int qmin, qmax;
     quant_range(a, &qmin, &qmax);
+    if (a->strategy == QS_TENSOR_GROUP) { /* NVFP4: effective scales weight_scale / global_scale (qfp4.h) */
+        const float gs = a->global_scale > 0.0f ? a->global_scale
+                                                : qs_nvfp4_global_scale(qs_absmax(W, (size_t)out * in), (int)scale_dtype);
+        qs_nvfp4_qparams(W, out, in, (int)scale_dtype, gs, scale);
+        if (zp) memset(zp, 0, sizeof(int) * (size_t)out * (size_t)quant_num_groups(a, in));
+        return;
+    }
     if (a->strategy == QS_TENSOR) {
         float mn = 0.0f, mx = 0.0f;
         for (size_t i = 0; i < (size_t)out * (size_t)in; i++) {

@@ -49,6 +49,9 @@ typedef struct quant_args {
     int scale_dtype_set;    /* 1: scales are rounded to scale_dtype (NVFP4: F8_E4M3); 0: the observed dtype */
     ds_dtype scale_dtype;
     quant_act_store act;    /* weight args only: input-activation tensors the module stores */
+    float global_scale;     /* QS_TENSOR_GROUP (NVFP4) weights: this module's weight_global_scale, set per
+                             * module by the pipeline (shared by a fused q/k/v or gate/up group); 0: from
+                             * the module's own absmax (qs_nvfp4_global_scale, src/qfp4.h) */
 } quant_args;
 
 /* The code kind of args a (QK_INT for type int; QK_FP8 / QK_FP4 for float 8 / 4 bits). */
@@ -74,7 +77,10 @@ int quant_num_groups(const quant_args *a, int in);
  * computes it in the observed weight's dtype). Zero scales -> dtype eps.
  * W must hold values exactly representable in scale_dtype (the original
  * weights). scale, zp: [out, ngroups] (zp may be NULL when symmetric; for
- * QS_TENSOR ngroups = 1 and every row gets the same value). */
+ * QS_TENSOR ngroups = 1 and every row gets the same value). QS_TENSOR_GROUP
+ * (NVFP4): scale = the effective scale weight_scale / global_scale (f32;
+ * global_scale = a->global_scale, or from W's absmax when 0), zp = 0
+ * (qs_nvfp4_qparams, src/qfp4.h). */
 void quant_minmax_qparams(const quant_args *a, const float *W, int out, int in,
                           ds_dtype scale_dtype, float *scale, int *zp);
 

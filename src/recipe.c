@@ -1029,7 +1029,8 @@ static char *build_applied(const recipe *r) {
     cJSON_AddStringToObject(w, "type", scheme_type_name(r->w.type));
     cJSON_AddBoolToObject(w, "symmetric", r->w.symmetric);
     cJSON_AddStringToObject(w, "strategy", strategy_name(r->w.strategy));
-    if (r->w.strategy == QS_GROUP) cJSON_AddNumberToObject(w, "group_size", r->w.group_size);
+    if (r->w.strategy == QS_GROUP || r->w.strategy == QS_TENSOR_GROUP)
+        cJSON_AddNumberToObject(w, "group_size", r->w.group_size);
     else if (r->priv && r->priv->group_size_m1) cJSON_AddNumberToObject(w, "group_size", -1);
     else cJSON_AddNullToObject(w, "group_size");
     add_actorder(w, r->w.actorder);

@@ -272,6 +272,59 @@ static const ct_tensor int_quantized[] = {
     {"weight_zero_point", DS_DTYPE_I8, shape_scale, asym, "no zero point (symmetric)", enc_zp8, NULL, 0},
 };
 
+/* ---- nvfp4-pack-quantized (compressed-tensors compressors/nvfp4: NVFP4A16, NVFP4) ----
+ *   weight_packed        U8 [out, in/2]        always (4-bit e2m1 codes, element 2k low nibble)
+ *   weight_scale         F8_E4M3 [out, in/16]  always (scale = eff * global_scale, exact)
+ *   weight_global_scale  F32 [1]               always (448*6/absmax, fused q/k/v and gate/up)
+ *   input_global_scale   F32 [1]               iff NVFP4 (static_minmax input observer)
+ * In memory the scale [out, in/16] is the effective scale weight_scale / weight_global_scale
+ * (what the fake quant divides by); src/qfp4.h has the math. */
+
+static int shape_fp4_packed(const quant_args *a, int out, int in, int64_t *s) {
+    (void)a;
+    s[0] = out;
+    s[1] = in / 2;
+    return 2;
+}
+static int shape_nvscale(const quant_args *a, int out, int in, int64_t *s) {
+    s[0] = out;
+    s[1] = quant_num_groups(a, in);
+    return 2;
+}
+static int has_input_global_scale(const quant_args *a) { return a->act == QACT_INPUT_GLOBAL_SCALE; }
+
+static void enc_fp4_packed(const quant_args *a, const scheme_module *m, void *dst) {
+    (void)a;
+    unsigned char *d = dst;
+    const size_t n = (size_t)m->out * m->in;
+    for (size_t k = 0; k + 1 < n; k += 2) d[k / 2] = (unsigned char)((m->q[k] & 15) | ((m->q[k + 1] & 15) << 4));
+}
+static void enc_nvscale(const quant_args *a, const scheme_module *m, void *dst) {
+    DS_ASSERT(m->global_scale);
+    unsigned char *d = dst;
+    const size_t n = (size_t)m->out * quant_num_groups(a, m->in);
+    for (size_t k = 0; k < n; k++) /* weight_scale = fp8(eff * gs): exact (fp8 has 4 significant bits) */
+        d[k] = (unsigned char)qs_fp8_e4m3_bits(QS_MUL(m->scale[k], *m->global_scale));
+}
+static void enc_wgs(const quant_args *a, const scheme_module *m, void *dst) {
+    (void)a;
+    DS_ASSERT(m->global_scale);
+    memcpy(dst, m->global_scale, sizeof(float));
+}
+static void enc_igs(const quant_args *a, const scheme_module *m, void *dst) {
+    (void)a;
+    DS_ASSERT(m->act_scale);
+    memcpy(dst, m->act_scale, sizeof(float));
+}
+
+static const ct_tensor nvfp4_pack_quantized[] = {
+    {"weight_packed", DS_DTYPE_U8, shape_fp4_packed, NULL, NULL, enc_fp4_packed, NULL, 0},
+    {"weight_scale", DS_DTYPE_F8_E4M3, shape_nvscale, NULL, NULL, enc_nvscale, NULL, 0},
+    {"weight_global_scale", DS_DTYPE_F32, shape_one, NULL, NULL, enc_wgs, NULL, 0},
+    {"input_global_scale", DS_DTYPE_F32, shape_one, has_input_global_scale,
+     "no input_global_scale (input activations are not NVFP4)", enc_igs, NULL, 0},
+};
+
 /* Dequantizers: W [out, in] from the stored tensors (entry order) and the
  * weight_scale as f32 (srow: its row stride, 0 = one scale). */
 typedef void (*dequant_fn)(const quant_args *a, ds_dtype dt, int out, int in, const st_tensor *const *stored,
@@ -282,6 +335,8 @@ static void dequant_fp8(const quant_args *a, ds_dtype dt, int out, int in, const
                         const float *scale, size_t srow, float *w);
 static void dequant_int8(const quant_args *a, ds_dtype dt, int out, int in, const st_tensor *const *stored,
                          const float *scale, size_t srow, float *w);
+static void dequant_nvfp4(const quant_args *a, ds_dtype dt, int out, int in, const st_tensor *const *stored,
+                          const float *scale, size_t srow, float *w);
 
 /* One compressed-tensors format: its name, the args it takes, its tensor
  * table and its dequantizer. A new format is a new row here. */
@@ -312,11 +367,18 @@ static int int_act_weights(const quant_args *a) {
            (a->strategy == QS_TENSOR || a->strategy == QS_CHANNEL || a->strategy == QS_GROUP);
 }
 
+/* CT NVFP4PackedCompressor.can_compress: float, 4 bits, group_size 16 (strategy tensor_group). */
+static int nvfp4_weights(const quant_args *a) {
+    return a->type == QT_FLOAT && a->num_bits == 4 && a->group_size == 16 && a->strategy == QS_TENSOR_GROUP &&
+           a->symmetric;
+}
+
 static const ct_format formats[] = {
     {"pack-quantized", int_weights, pack_quantized, (int)DS_ARRAY_LEN(pack_quantized), dequant_packed},
     {"float-quantized", fp8_weights, float_quantized, (int)DS_ARRAY_LEN(float_quantized), dequant_fp8},
     {"int-quantized", int_act_weights, int_quantized, (int)DS_ARRAY_LEN(int_quantized), dequant_int8},
-    /* "nvfp4-pack-quantized": the nvfp4 scheme */
+    {"nvfp4-pack-quantized", nvfp4_weights, nvfp4_pack_quantized, (int)DS_ARRAY_LEN(nvfp4_pack_quantized),
+     dequant_nvfp4},
 };
 
 static const ct_format *format_of(const quant_args *a) {
@@ -398,6 +460,18 @@ static int act_int8_dynamic_token(const quant_args *in) {
            in->dynamic == QD_DYNAMIC;
 }
 
+/* NVFP4 input activations: fp4 tensor_group 16, dynamic "local" (per-token
+ * group scales from the current values, the static input_global_scale). */
+static int act_nvfp4_local(const quant_args *in) {
+    return in->type == QT_FLOAT && in->num_bits == 4 && in->symmetric && in->strategy == QS_TENSOR_GROUP &&
+           in->group_size == QS_NVFP4_GROUP && in->dynamic == QD_LOCAL;
+}
+/* input_scale: the module's input_global_scale (NULL: 1, never used by a loaded checkpoint). */
+static void act_fake_nvfp4(const quant_args *in, const float *input_scale, float *X, int rows, int n, ds_dtype dt) {
+    (void)in;
+    qs_nvfp4_act_qdq(X, (size_t)rows, n, input_scale ? *input_scale : 1.0f, (int)dt);
+}
+
 /* One supported input-activation scheme: its description, the args it
  * takes, what it needs calibrated (observer), and its fake quant in the
  * forward. A new activation scheme is a new row. */
@@ -412,7 +486,7 @@ static const ct_act acts[] = {
     {"float 8 dynamic token (FP8_DYNAMIC)", act_fp8_dynamic_token, act_fake_minmax},
     {"float 8 dynamic group (FP8_BLOCK)", act_fp8_dynamic_group, act_fake_minmax},
     {"int 8 dynamic token (W8A8)", act_int8_dynamic_token, act_fake_minmax},
-    /* NVFP4: float 4 tensor_group "local" (the nvfp4 scheme adds its row) */
+    {"float 4 tensor_group 16 local (NVFP4)", act_nvfp4_local, act_fake_nvfp4},
 };
 
 static const ct_act *act_of(const quant_args *in) {
@@ -540,6 +614,22 @@ void scheme_dequantize(const quant_args *a, ds_dtype dt, int out, int in, const 
     const ct_format *f = format_of(a);
     DS_ASSERT(f);
     f->dequantize(a, dt, out, in, stored, scale, srow, w);
+}
+
+/* nvfp4-pack-quantized: W[o, i] = round_dt(round_bf16(fp4(code) * (scale[o, i/16] / global_scale)))
+ * (compressed-tensors' decompress dequantizes to bf16 whatever the model dtype). */
+static void dequant_nvfp4(const quant_args *a, ds_dtype dt, int out, int in, const st_tensor *const *stored,
+                          const float *scale, size_t srow, float *w) {
+    const ct_format *f = format_of(a);
+    const unsigned char *p = stored[entry_of(f, "weight_packed")]->data;
+    float gs;
+    memcpy(&gs, stored[entry_of(f, "weight_global_scale")]->data, sizeof gs);
+    for (int o = 0; o < out; o++)
+        for (int i = 0; i < in; i++) {
+            const size_t e = (size_t)o * in + i;
+            const int c = (p[e / 2] >> (4 * (e & 1))) & 15;
+            w[e] = qs_nvfp4_dequant(c, qs_nvfp4_eff(scale[(size_t)o * srow + i / QS_NVFP4_GROUP], gs), (int)dt);
+        }
 }
 
 /* float-quantized: W[o, i] = round_dt(fp8(q) * scale[o / b0 (block) or o, g(i)]). */

@@ -19,6 +19,11 @@
  *   weight_scale  model dtype: tensor [1], channel [out, 1], group [out, g],
  *                 block [ceil(out/b0), ceil(in/b1)] always
  *   input_scale   model dtype [1]                   iff a->act == QACT_INPUT_SCALE
+ * "nvfp4-pack-quantized" (type float, 4 bits, tensor_group 16: NVFP4A16, NVFP4):
+ *   weight_packed        U8 [out, in/2]                 always (e2m1 codes, element 2k low nibble)
+ *   weight_scale         F8_E4M3 [out, in/16]           always
+ *   weight_global_scale  F32 [1]                        always
+ *   input_global_scale   F32 [1]                        iff a->act == QACT_INPUT_GLOBAL_SCALE
  * Adding a format: a ct_tensor table + a ct_format row (accepts, table,
  * dequantizer) in src/scheme.c; its code kind in src/qscalar.h (qs_*_k).
  * Source: compressed-tensors compressors/pack_quantized, float_quantized
@@ -49,7 +54,10 @@ typedef struct scheme_module {
     const int *zp, *g_idx;
     int out, in;
     ds_dtype dtype;      /* the model dtype (scales are stored in it) */
-    const float *act_scale; /* QACT_INPUT_SCALE: the module's input_scale (1 value); else NULL */
+    const float *act_scale; /* QACT_INPUT_SCALE: the module's input_scale (1 value); QACT_INPUT_GLOBAL_SCALE:
+                             * its input_global_scale (NVFP4); else NULL */
+    const float *global_scale; /* nvfp4-pack-quantized: the weight_global_scale (1 value; scale holds
+                                * the effective scales weight_scale / global_scale); else NULL */
 } scheme_module;
 
 /* compressed-tensors format name of a's scheme ("pack-quantized",

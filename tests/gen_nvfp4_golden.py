@@ -7,6 +7,8 @@ torch 2.14.0 (CPU), safetensors 0.8.0.
     ~/.cache/doneshot/venv/bin/python tests/gen_nvfp4_golden.py [outdir]
 
 cast.safetensors
+  gp_x_<dtype> / gp_y_<dtype>: absmax values (model dtype) and their
+  generate_gparam (F32), for f32, bf16, f16;
   fp4_x (F32 [n]): ties, bucket edges, +-0, saturation, random;
   fp4_y: round_to_quantized_type_args(x, NVFP4 weights args) (clamp +-6 then
   cast_to_fp4); fp4_packed (U8 [1, n/2]): pack_fp4_to_uint8(fp4_y);
@@ -31,6 +33,13 @@ act_<dtype>.safetensors - NVFP4 input activations ("local" dynamic):
   the calibration data so some fp8 group scales saturate at 448, with a zero
   group); y: forward_quantize(module, x, "input", args) (per-group-16 scales
   from x with the static gs, QDQ, back to the model dtype).
+gptq_<name>.safetensors - llm-compressor's quantize_weight with NVFP4 weights
+  (tensor_group 16, the observer's scale and global_scale) on a layer of
+  tests/gen_gptq_golden.py's make_layer: W (model dtype [out, in]), Hu (F32,
+  upper triangle of the normalized Hessian, row by row), gs (F32 [1]), scale
+  (F32 [out, in/16]), wq (model dtype: the GPTQ weight), packed (U8: the
+  compressor's codes of wq), loss (F64 [1]); metadata actorder, dtype,
+  block_size, dampening_frac.
 """
 import os
 import sys
@@ -42,7 +51,8 @@ from compressed_tensors.quantization import QuantizationScheme, QuantizationStat
 from compressed_tensors.quantization.lifecycle.forward import fake_quantize, forward_quantize
 from compressed_tensors.quantization.quant_args import round_to_quantized_type_args, round_to_quantized_type_dtype
 from compressed_tensors.quantization.quant_scheme import NVFP4
-from compressed_tensors.quantization.utils import calculate_range
+from compressed_tensors.quantization.utils import calculate_range, generate_gparam
+from llmcompressor.modifiers.gptq.gptq_quantize import quantize_weight
 from llmcompressor.observers import Observer
 from llmcompressor.observers.fusion import FusionHandler
 from safetensors.torch import save_file
@@ -74,8 +84,16 @@ def cast_case():
     xf8 = torch.cat([xf8, torch.exp(torch.rand(512, generator=g) * 20 - 12),
                      torch.rand(64, generator=g) * 2 ** -6])
     yf8 = round_to_quantized_type_dtype(xf8.clone(), torch.float8_e4m3fn)
-    save_file({"fp4_x": x, "fp4_y": y.contiguous(), "fp4_packed": packed.contiguous(),
-               "fp4_unpacked": unpacked.contiguous(), "fp8_x": xf8, "fp8_y": yf8}, os.path.join(OUT, "cast.safetensors"))
+    t = {"fp4_x": x, "fp4_y": y.contiguous(), "fp4_packed": packed.contiguous(),
+         "fp4_unpacked": unpacked.contiguous(), "fp8_x": xf8, "fp8_y": yf8}
+    # generate_gparam over many absmax values (Tensor.__rtruediv__ is reciprocal * scalar: 1 ulp off the
+    # correctly rounded quotient for some), each dtype; +zero / tiny / NaN
+    am = torch.cat([torch.exp(torch.rand(2000, generator=g) * 16 - 10), torch.tensor([0.0, 1e-30, 1.0, 448.0])])
+    for n, dt in DTYPES.items():
+        a = am.to(dt)
+        t[f"gp_x_{n}"] = a
+        t[f"gp_y_{n}"] = torch.cat([generate_gparam(-v.reshape(1), v.reshape(1)) for v in a])
+    save_file(t, os.path.join(OUT, "cast.safetensors"))
 
 
 def make_weight(out, inp, dtype, seed):
@@ -150,6 +168,33 @@ def act_case(name, dtype):
               os.path.join(OUT, f"act_{name}.safetensors"), metadata={"dtype": name})
 
 
+def gptq_case(name, out, inp, dtype, actorder, seed, block=128, damp=0.01):
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from gen_gptq_golden import make_layer
+    lin, H = make_layer(out, inp, dtype, seed, dead=(3,))
+    qargs = WARGS.model_copy(update={"actorder": actorder})
+    obs = Observer.load_from_registry("memoryless_minmax", base_name="weight", args=qargs)
+    obs(lin.weight)
+    qp = obs.get_qparams()
+    scale, gs = qp["scale"], qp["global_scale"]
+    W = lin.weight.detach().to(torch.float32).clone()
+    wq, losses, rtn = quantize_weight(
+        weights=W.unsqueeze(0).clone(), hessians=H.unsqueeze(0).clone(), scale=scale.unsqueeze(0),
+        zero_point=qp["zero_point"].unsqueeze(0), global_scale=gs.unsqueeze(0), quant_args=qargs,
+        blocksize=block, percdamp=damp)
+    wq = wq[0].to(dtype)
+    scheme = QuantizationScheme(targets=["Linear"], weights=qargs)
+    comp = NVFP4PackedCompressor.compress({"weight": wq, "weight_scale": scale.to(dtype),
+                                           "weight_global_scale": gs}, scheme)
+    t = {"W": lin.weight.detach().contiguous(), "Hu": H[torch.triu_indices(inp, inp).unbind()].contiguous(),
+         "gs": gs.float(), "scale": scale.float().contiguous(), "wq": wq.contiguous(),
+         "packed": comp["weight_packed"].contiguous(), "loss": losses.to(torch.float64).reshape(1)}
+    meta = {"actorder": actorder or "none", "dtype": str(dtype).replace("torch.", ""), "block_size": str(block),
+            "dampening_frac": repr(damp)}
+    save_file(t, os.path.join(OUT, f"gptq_{name}.safetensors"), metadata=meta)
+    print(name, "loss", float(losses[0]), "rtn", bool(rtn[0]))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     torch.manual_seed(0)
@@ -158,6 +203,8 @@ def main():
         weight_case(n, dt)
         act_case(n, dt)
     fused_case()
+    gptq_case("f32_static", 48, 96, torch.float32, "static", 5)
+    gptq_case("bf16_none_block32", 32, 64, torch.bfloat16, None, 6, block=32)
     print("wrote", OUT)
 
 

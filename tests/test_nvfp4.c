@@ -86,6 +86,26 @@ static void test_cast(void) {
         CHECK(qs_fp8_e4m3_round(1e6f) == 448.0f && qs_fp8_e4m3_round(0x1p-10f) == 0.0f);
         CHECK(qs_fp8_e4m3_round(0x1p-10f * 3) == 0x1p-8f);
     }
+    TEST("global_scale_generate_gparam_rdiv_all_dtypes") {
+        const char *dn[3] = {"f32", "bf16", "f16"};
+        const ds_dtype dd[3] = {DS_DTYPE_F32, DS_DTYPE_BF16, DS_DTYPE_F16};
+        for (int k = 0; k < 3; k++) {
+            char nx[16], ny[16];
+            size_t m = 0;
+            snprintf(nx, sizeof nx, "gp_x_%s", dn[k]);
+            snprintf(ny, sizeof ny, "gp_y_%s", dn[k]);
+            float *ax = gold_f32(&g, nx, &m), *ay = gold_f32(&g, ny, NULL);
+            int bad = 0;
+            for (size_t i = 0; ax && ay && i < m; i++)
+                if (!bits_eq(qs_nvfp4_global_scale(ax[i], (int)dd[k]), ay[i])) {
+                    if (bad++ < 3) fprintf(stderr, "  %s absmax=%.9g got %.9g want %.9g\n", dn[k], ax[i],
+                                           qs_nvfp4_global_scale(ax[i], (int)dd[k]), ay[i]);
+                }
+            CHECK(ax && ay && m > 2000);
+            CHECK_EQ_INT(bad, 0);
+            free(ax); free(ay);
+        }
+    }
     free(x); free(y); free(un); free(xf); free(yf);
     gold_close(&g);
 }

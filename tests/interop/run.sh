@@ -85,6 +85,7 @@ suite check_moe.py --workdir "$WORK/moe" --seq-len 256 --windows 10 --np 2 \
 suite parity_llmcompressor.py --workdir "$WORK/parity" --seq-len 256 --windows 40
 suite parity_w8a8.py --workdir "$WORK/w8a8" --seq-len 256 --windows 40 --fixtures "$FIX"
 suite parity_fp8.py --workdir "$WORK/fp8" --seq-len 256 --windows 40
+suite parity_nvfp4.py --workdir "$WORK/nvfp4" --seq-len 256 --windows 40 --rtn
 
 echo "$P passed, $F failed, 0 skipped"
 [ "$F" -eq 0 ]
