@@ -5,8 +5,10 @@
  * codes, the float8_e4m3fn rounding (subnormals, ties, 448), the global and
  * group scales of a weight (zero group, subnormal scales) in f32/bf16/f16,
  * fake quant, the compressor's packed codes and decompress, the fused q/k/v
- * global scale, and the "local" dynamic activation QDQ (saturated scales).
+ * global scale, the "local" dynamic activation QDQ (saturated scales), and
+ * gptq_quantize with NVFP4 weights (f32 actorder static, bf16 block 32).
  */
+#include "gptq.h"
 #include "qfp4.h"
 #include "test.h"
 
@@ -265,6 +267,52 @@ static void test_act(const char *name) {
     gold_close(&g);
 }
 
+/* GPTQ with NVFP4 weights (the fp4 code kind through gptq_quantize) vs
+ * llm-compressor's quantize_weight with the observer's scale and global scale. */
+static void test_gptq(const char *name) {
+    char path[256], tn[80], v[64];
+    snprintf(path, sizeof path, GOLD_DIR "gptq_%s.safetensors", name);
+    gold g;
+    if (gold_open(path, &g)) { TEST("gptq_golden_opens") CHECK(0); return; }
+    gold_meta(&g, "dtype", v, sizeof v);
+    const ds_dtype dt = !strcmp(v, "bfloat16") ? DS_DTYPE_BF16 : !strcmp(v, "float16") ? DS_DTYPE_F16 : DS_DTYPE_F32;
+    quant_args a = {.num_bits = 4, .symmetric = 1, .strategy = QS_TENSOR_GROUP, .group_size = 16,
+                    .type = QT_FLOAT, .scale_dtype_set = 1, .scale_dtype = DS_DTYPE_F8_E4M3};
+    a.actorder = !strcmp(gold_meta(&g, "actorder", v, sizeof v), "static") ? QA_STATIC : QA_NONE;
+    const int block = atoi(gold_meta(&g, "block_size", v, sizeof v));
+    const double damp = atof(gold_meta(&g, "dampening_frac", v, sizeof v));
+    int64_t sh[4];
+    gold_shape(&g, "W", sh);
+    const int out = (int)sh[0], in = (int)sh[1], ng = in / 16;
+    size_t nHu = 0;
+    float *W = gold_f32(&g, "W", NULL), *Hu = gold_f32(&g, "Hu", &nHu), *gsv = gold_f32(&g, "gs", NULL);
+    float *scale = gold_f32(&g, "scale", NULL), *wq = gold_f32(&g, "wq", NULL);
+    const unsigned char *pk = gold_raw(&g, "packed", DS_DTYPE_U8, NULL);
+    float *H = xmalloc(sizeof(float) * (size_t)in * in);
+    for (int i = 0, k = 0; i < in; i++)
+        for (int j = i; j < in; j++) H[(size_t)i * in + j] = H[(size_t)j * in + i] = Hu[k++];
+    gptq_result res;
+    snprintf(tn, sizeof tn, "gptq_nvfp4_%s_scales_weights_codes", name);
+    TEST(tn) {
+        CHECK(nHu == (size_t)in * (in + 1) / 2);
+        CHECK_EQ_INT(gptq_quantize(&a, W, out, in, H, block, damp, dt, &res), DS_OK);
+        int bad_s = 0, bad_w = 0, bad_c = 0;
+        for (int k = 0; k < out * ng; k++) bad_s += !bits_eq(res.scale[k], qs_nvfp4_eff(scale[k], gsv[0]));
+        for (size_t e = 0; e < (size_t)out * in; e++) {
+            const float w = qs_round_to(res.wq[e], (int)dt);
+            bad_w += !bits_eq(w, wq[e]) && !(w == 0 && wq[e] == 0);
+            const float eff = res.scale[(e / in) * ng + (e % in) / 16];
+            bad_c += qs_nvfp4_code_from_deq(w, eff) != ((pk[e / 2] >> (4 * (e & 1))) & 15);
+        }
+        CHECK_EQ_INT(bad_s, 0);
+        CHECK_EQ_INT(bad_w, 0);
+        CHECK_EQ_INT(bad_c, 0);
+        gptq_result_free(&res);
+    }
+    free(W); free(Hu); free(gsv); free(scale); free(wq); free(H);
+    gold_close(&g);
+}
+
 int main(void) {
     test_cast();
     test_weight("f32");
@@ -274,6 +322,8 @@ int main(void) {
     test_act("f32");
     test_act("bf16");
     test_act("f16");
+    test_gptq("f32_static");
+    test_gptq("bf16_none_block32");
     TEST("global_scale_all_zero_is_one") {
         CHECK(qs_nvfp4_global_scale(0.0f, DS_DTYPE_F32) == 1.0f);
         CHECK(qs_nvfp4_global_scale(0.0f, DS_DTYPE_F16) == 1.0f);
