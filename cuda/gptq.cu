@@ -2,7 +2,11 @@
  * gptq.cu - GPTQ on the GPU; twin of gptq_quantize (src/gptq.h), same
  * numerics as llm-compressor's quantize_weight:
  *   1. qparams (min-max, model-dtype scales) from the ORIGINAL weight, all
- *      groups up front (actorder=group: from the permuted weight);
+ *      groups up front (actorder=group: from the permuted weight); int
+ *      (tensor/channel/group) and fp8 e4m3 (also block: one scale per
+ *      [block[0], block[1]] tile, stored in each of its rows) through the
+ *      code-kind functions of qscalar.h (qs_fake_k: fp8 scale = absmax/448);
+ *      NVFP4 (fp4, fused global scale) is refused (CPU only);
  *   2. actorder: perm = torch.argsort(diag H, descending) with torch's tie
  *      order (gptq_argsort_desc, shared with the CPU twin, host side); each column keeps its original group's scale
  *      (static) - the kernels see a per-column group table `gcol`;
@@ -101,13 +105,40 @@ static __global__ void minmax_kernel(const float *W, int out, int in, int gsz, i
     if (wid >= (size_t)out * ng) return;
     int r = (int)(wid / ng), g = (int)(wid % ng);
     const float *p = W + (size_t)r * in + (size_t)g * gsz;
+    const int len = in - g * gsz < gsz ? in - g * gsz : gsz; /* a partial last group */
     float a = INFINITY, b = -INFINITY;
-    for (int j = lane; j < gsz; j += 32) { a = fminf(a, p[j]); b = fmaxf(b, p[j]); }
+    for (int j = lane; j < len; j += 32) { a = fminf(a, p[j]); b = fmaxf(b, p[j]); }
     for (int o = 16; o > 0; o >>= 1) {
         a = fminf(a, __shfl_xor_sync(0xffffffffu, a, o));
         b = fmaxf(b, __shfl_xor_sync(0xffffffffu, b, o));
     }
     if (lane == 0) { mn[wid] = a; mx[wid] = b; }
+}
+
+/* QS_BLOCK: one warp per (row tile of br rows, column block g of bc columns):
+ * the tile's min and max, written to each of its rows' entry [r, g] (the
+ * in-memory scale layout [out, ng] of quant_minmax_qparams). */
+static __global__ void block_minmax_kernel(const float *W, int out, int in, int br, int bc, int ng, float *mn,
+                                           float *mx) {
+    size_t wid = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    const int nrt = (out + br - 1) / br;
+    if (wid >= (size_t)nrt * ng) return;
+    const int t = (int)(wid / ng), g = (int)(wid % ng);
+    const int r0 = t * br, r1 = r0 + br < out ? r0 + br : out;
+    const int c0 = g * bc, c1 = c0 + bc < in ? c0 + bc : in, w = c1 - c0;
+    float a = INFINITY, b = -INFINITY;
+    for (int k = lane; k < (r1 - r0) * w; k += 32) {
+        const float v = W[(size_t)(r0 + k / w) * in + c0 + k % w];
+        a = fminf(a, v);
+        b = fmaxf(b, v);
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        a = fminf(a, __shfl_xor_sync(0xffffffffu, a, o));
+        b = fmaxf(b, __shfl_xor_sync(0xffffffffu, b, o));
+    }
+    if (lane == 0)
+        for (int r = r0; r < r1; r++) { mn[(size_t)r * ng + g] = a; mx[(size_t)r * ng + g] = b; }
 }
 
 /* QS_TENSOR: one block folds the per-row values into entry 0. */
@@ -191,6 +222,7 @@ struct sweep_args {
     int8_t *q;            /* [out, in] original order */
     double *rowloss;      /* [out] */
     int out, in, ng, qmin, qmax, dt, i1, nb;
+    int kind;             /* QS_KIND_INT / QS_KIND_FP8 (qscalar.h) */
 };
 
 static __global__ void __launch_bounds__(GPTQ_WARPS * 32)
@@ -224,7 +256,10 @@ gptq_block_kernel(sweep_args a) {
             const float sc = a.scale[(size_t)r * a.ng + g];
             const int z = a.zp[(size_t)r * a.ng + g];
             float deq;
-            const float qf = (float)qs_fake(wc, sc, z, a.qmin, a.qmax, a.dt, &deq); /* as quant_fake */
+            /* as gptq.c: quant_fake_k; a float kind's stored code is the one the
+             * compressor recomputes from the saved weight (quant_code_from_deq_k) */
+            float qf = (float)qs_fake_k(a.kind, wc, sc, z, a.qmin, a.qmax, a.dt, &deq);
+            if (a.kind != QS_KIND_INT) qf = (float)qs_code_from_deq_k(a.kind, deq, sc, z, a.qmin, a.qmax, a.dt);
             const float d = Us[c * nb + c];
             const float diff = __fsub_rn(wc, deq);
             const float err = __fdiv_rn(diff, d);
@@ -255,8 +290,19 @@ gptq_block_kernel(sweep_args a) {
 extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, int out, int in,
                                         float *H, int block_size, double dampening_frac,
                                         ds_dtype model_dtype, gptq_cuda_out *o, void *stream) {
+    const int kind = (int)quant_kind(qa);
+    if (kind != QS_KIND_INT && kind != QS_KIND_FP8)
+        return ds_error(DS_ERR_USAGE, "gptq (cuda): fp4 (NVFP4) weights are not supported on the GPU\n"
+                        "hint: use --device cpu");
     if (qa->num_bits < 2 || qa->num_bits > 8)
         return ds_error(DS_ERR_USAGE, "gptq (cuda): num_bits %d, expected 2..8", qa->num_bits);
+    if (qa->strategy != QS_TENSOR && qa->strategy != QS_CHANNEL && qa->strategy != QS_GROUP &&
+        (qa->strategy != QS_BLOCK || kind != QS_KIND_FP8))
+        return ds_error(DS_ERR_USAGE, "gptq (cuda): weight strategy %d unsupported (int: tensor, channel, group; "
+                        "fp8: also block)", (int)qa->strategy);
+    if (qa->strategy == QS_BLOCK && (qa->block[0] <= 0 || qa->block[1] <= 0))
+        return ds_error(DS_ERR_USAGE, "gptq (cuda): strategy block needs a positive block_structure, got [%d, %d]",
+                        qa->block[0], qa->block[1]);
     if (qa->strategy == QS_GROUP && (qa->group_size <= 0 || in % qa->group_size != 0))
         return ds_error(DS_ERR_USAGE, "gptq (cuda): group_size %d does not divide in_features %d",
                         qa->group_size, in);
@@ -270,9 +316,9 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     const uint64_t key = g_next_key;
     g_next_key = 0; /* one call only */
     int qmin, qmax;
-    qs_range(qa->num_bits, &qmin, &qmax);
+    quant_range(qa, &qmin, &qmax); /* int: qs_range; fp8: [-448, 448] */
     const int gs = qa->strategy == QS_GROUP ? qa->group_size : in;
-    const int ng = qa->strategy == QS_GROUP ? in / gs : 1;
+    const int ng = quant_num_groups(qa, in); /* group: in / gs; block: ceil(in / block[1]) */
     /* as gptq.c: any actorder permutes; "group" re-observes only for QS_GROUP */
     const int use_perm = qa->actorder != QA_NONE;
     const int group_act = qa->actorder == QA_GROUP && qa->strategy == QS_GROUP;
@@ -334,7 +380,8 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
             deadp[i] = diag[perm[i]] == 0.0f;
             dsum += diag[perm[i]] == 0.0f ? 1.0 : (double)diag[perm[i]]; /* CPU order */
         }
-        if (qa->strategy != QS_GROUP) gcol[i] = 0;
+        if (qa->strategy == QS_BLOCK) gcol[i] = perm[i] / qa->block[1]; /* gptq.c col_group */
+        else if (qa->strategy != QS_GROUP) gcol[i] = 0;
         else gcol[i] = (group_act ? i : perm[i]) / gs;
     }
     const float mean = (float)(dsum / in);
@@ -357,7 +404,13 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     {
         const float *src = group_act ? Wp : W;
         size_t nw = (size_t)out * ng;
-        minmax_kernel<<<(unsigned)CEIL_DIV(nw * 32, (size_t)256), 256, 0, st>>>(src, out, in, gs, ng, mn, mx);
+        if (qa->strategy == QS_BLOCK) {
+            const size_t nt = (size_t)CEIL_DIV(out, qa->block[0]) * ng;
+            block_minmax_kernel<<<(unsigned)CEIL_DIV(nt * 32, (size_t)256), 256, 0, st>>>(
+                src, out, in, qa->block[0], qa->block[1], ng, mn, mx);
+        } else {
+            minmax_kernel<<<(unsigned)CEIL_DIV(nw * 32, (size_t)256), 256, 0, st>>>(src, out, in, gs, ng, mn, mx);
+        }
         CUDA_LAUNCH_CHECK();
         int tensor = qa->strategy == QS_TENSOR;
         if (tensor) {
@@ -437,7 +490,7 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     for (int i1 = 0; i1 < in; i1 += BS) {
         const int nb = in - i1 < BS ? in - i1 : BS, i2 = i1 + nb;
         sweep_args sa = {Wp, Hp, Err, BS, o->scale, o->zp, d_gcol, use_perm ? d_perm : NULL,
-                         o->wq, o->q, rowloss, out, in, ng, qmin, qmax, (int)model_dtype, i1, nb};
+                         o->wq, o->q, rowloss, out, in, ng, qmin, qmax, (int)model_dtype, i1, nb, kind};
         gptq_block_kernel<<<CEIL_DIV(out, GPTQ_ROWS_PER_CTA), GPTQ_WARPS * 32, nb * nb * sizeof(float), st>>>(sa);
         CUDA_LAUNCH_CHECK();
         if (i2 < in && !o->rtn_fallback) /* Wp[:, i2:] -= Err[:, :nb] @ U[i1:i2, i2:]  (column-major view, see matmul.cu) */

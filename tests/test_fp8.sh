@@ -9,8 +9,11 @@
 #    input_scale, eval;
 #  - stop after layer 2 + --resume == the uninterrupted run (the codes live in
 #    "<module>.weight" here);
-#  - --device cuda refuses the scheme (exit 2), an unsupported preset is exit 2
-#    listing the supported ones.
+#  - GPTQModifier FP8_DYNAMIC and FP8_BLOCK on the emulated CUDA engine
+#    (doneshot-emul, CPU twins) on the bf16 fixture: the checkpoint is byte-
+#    identical to --device cpu's, at -np 1 and 2 (FP8_BLOCK: -np 1);
+#  - --device cuda refuses FP8 (static input_scale) and QuantizationModifier
+#    (exit 2), an unsupported preset is exit 2 listing the supported ones.
 # Last line: "N passed, N failed, N skipped".
 BUILD=${BUILD:-build}
 MPIRUN=${MPIRUN:-mpirun --oversubscribe}
@@ -77,6 +80,7 @@ out=$("$DS" eval --model $TMP/f1 --dataset $D --seq-len 64 --max-windows 4 --jso
 echo "$out" | grep -q '"quantized": true' && pass "doneshot eval reads the FP8 checkpoint" || fail "eval FP8: $out"
 
 recipe $TMP/dyn.json GPTQModifier FP8_DYNAMIC
+recipe $TMP/gfp8.json GPTQModifier FP8
 q 2 $TMP/dyn.json $TMP/d2 && pass "FP8_DYNAMIC GPTQModifier at -np 2" || fail "FP8_DYNAMIC GPTQ: $(tail -2 $TMP/d2.log)"
 lay=$(st_py layout $TMP/d2)
 case "$lay" in "f8=35 scales=F32[172, 1],F32[32, 1],F32[64, 1] input_scales=0 positive=0")
@@ -84,11 +88,28 @@ case "$lay" in "f8=35 scales=F32[172, 1],F32[32, 1],F32[64, 1] input_scales=0 po
 out=$("$DS" eval --model $TMP/d2 --dataset $D --seq-len 64 --max-windows 4 --json -q 2>&1)
 echo "$out" | grep -q '"quantized": true' && pass "doneshot eval reads the FP8_DYNAMIC checkpoint" || fail "eval FP8_DYNAMIC: $out"
 
-"$DS" --recipe $TMP/dyn.json --model $M --dataset $D --output $TMP/cu2 --overwrite --device cuda -q >$TMP/cu2.log 2>&1; rc=$?
-[ $rc -eq 2 ] && grep -q "the CUDA engine runs int weight-only schemes" $TMP/cu2.log \
-    && pass "--device cuda refuses GPTQ FP8_DYNAMIC (exit 2)" || fail "--device cuda with GPTQ FP8_DYNAMIC: exit $rc $(cat $TMP/cu2.log)"
+# the CUDA engine (emulated: doneshot-emul runs the launchers' CPU twins) on
+# the bf16 fixture (the CUDA engine computes in bf16) == the CPU engine
+EM=$BUILD/doneshot-emul
+FIXM=${DS_FIXTURES:-$BUILD/fixtures}/models/stories260K-bf16
+if [ -x "$EM" ] && [ -d "$FIXM" ]; then
+    recipe $TMP/blk.json GPTQModifier FP8_BLOCK
+    for c in dyn:1 dyn:2 blk:1; do
+        r=${c%:*}; np=${c#*:}
+        for dev in cpu cuda; do
+            DS_EMUL_DEVICES=1 timeout -k 10 300 $MPIRUN -np "$np" "$EM" --recipe $TMP/$r.json --model "$FIXM" \
+                --dataset $D --num-samples 8 --max-seq-len 64 --output $TMP/e$r$dev$np --overwrite --device $dev -q \
+                >$TMP/e$r$dev$np.log 2>&1 || echo "exit $?" >>$TMP/e$r$dev$np.log
+        done
+        if cmp -s $TMP/e${r}cpu$np/model.safetensors $TMP/e${r}cuda$np/model.safetensors; then
+            pass "GPTQ $r on the (emulated) CUDA engine at -np $np == --device cpu (byte-identical checkpoint)"
+        else fail "emulated CUDA vs CPU, GPTQ $r -np $np: $(tail -n 2 $TMP/e${r}cuda$np.log $TMP/e${r}cpu$np.log)"; fi
+    done
+else skip "no $EM or $FIXM (make; tests/fixtures.py)"; fi
+"$DS" --recipe $TMP/gfp8.json --model $M --dataset $D --output $TMP/cu2 --overwrite --device cuda -q >$TMP/cu2.log 2>&1; rc=$?
+[ $rc -eq 2 ] && grep -q "does not calibrate static activation scales" $TMP/cu2.log \
+    && pass "--device cuda refuses GPTQ FP8 (static input_scale; exit 2)" || fail "--device cuda with GPTQ FP8: exit $rc $(cat $TMP/cu2.log)"
 
-recipe $TMP/gfp8.json GPTQModifier FP8
 q 1 $TMP/gfp8.json $TMP/ref || fail "FP8 GPTQ reference run"
 q 1 $TMP/gfp8.json $TMP/res --resume-interval 0 --stop-after-layer 2; rc=$?
 [ $rc -eq 1 ] && [ -f $TMP/res.partial/resume/progress.bin ] && pass "FP8 GPTQ stopped after layer 2" \

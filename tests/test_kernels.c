@@ -27,7 +27,7 @@ static const char *const TEST_NAMES[] = {
     "matmul_forward", "attention_forward", "swiglu_forward", "residual_forward",
     "hessian_accum", "hessian_accum_f64", "gptq_quantize", "quant_pack_rows", "quant_pack_cols",
     "hessian_to_f32", "moe_route", "moe_gather_scatter", "moe_shared_gate_add",
-    "gptq_factor_reuse",
+    "gptq_factor_reuse", "gptq_quantize_fp8",
 };
 
 #ifndef DS_CUDA
@@ -678,6 +678,22 @@ static void run(int idx) {
         quant_args c8 = {.num_bits = 8, .symmetric = 0, .strategy = QS_CHANNEL, .group_size = -1, .actorder = QA_NONE};
         t_gptq_factor_reuse(96, 256, g4s);
         t_gptq_factor_reuse(768, 2048, c8);
+        break;
+    }
+    case 19: { /* fp8 e4m3 weights (FP8 / FP8_DYNAMIC / FP8_BLOCK): scale = absmax / 448, codes = bit patterns */
+        quant_args fc = {.num_bits = 8, .type = QT_FLOAT, .symmetric = 1, .strategy = QS_CHANNEL, .group_size = -1,
+                         .actorder = QA_NONE}; /* FP8_DYNAMIC */
+        quant_args ft = {.num_bits = 8, .type = QT_FLOAT, .symmetric = 1, .strategy = QS_TENSOR, .group_size = -1,
+                         .actorder = QA_STATIC};
+        quant_args fb = {.num_bits = 8, .type = QT_FLOAT, .symmetric = 1, .strategy = QS_BLOCK, .group_size = -1,
+                         .block = {128, 128}, .actorder = QA_NONE}; /* FP8_BLOCK; partial tiles at 200 x 300 */
+        quant_args fg = {.num_bits = 8, .type = QT_FLOAT, .symmetric = 1, .strategy = QS_GROUP, .group_size = 64,
+                         .actorder = QA_STATIC};
+        t_gptq(45, 200, fc, -1);
+        t_gptq(33, 160, ft, 7);
+        t_gptq(200, 300, fb, 11);
+        t_gptq(67, 256, fg, -1);
+        t_gptq(512, 1024, fb, -1);
         break;
     }
     }
