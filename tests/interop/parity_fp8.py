@@ -37,41 +37,17 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from check_transformers import hf_ppl, load_quiet, wikitext_lf  # noqa: E402
-from parity_llmcompressor import FP, calibration_rows  # noqa: E402
+from parity_llmcompressor import FAILS, FP, calibration_rows, check, ds_eval, run  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(HERE))
-FAILS = []
 MODS = {"QM": "QuantizationModifier", "GPTQ": "GPTQModifier"}
 DEFAULT_CASES = "FP8:QM,FP8:GPTQ,FP8_DYNAMIC:QM,FP8_DYNAMIC:GPTQ,FP8_BLOCK:QM,FP8_BLOCK:GPTQ"
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        FAILS.append(what)
-
-
-def run(cmd):
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.stderr.write(r.stdout + r.stderr)
-        raise SystemExit("command failed (%d): %s" % (r.returncode, " ".join(cmd)))
-    return r.stdout
-
-
-def ds_eval(a, model, text):
-    cmd = (shlex.split(a.mpirun) + ["-np", str(a.np)]) if a.np > 1 else []
-    cmd += [a.doneshot, "eval", "--model", model, "--dataset", text, "--seq-len", str(a.seq_len), "--json", "-q"]
-    if a.windows > 0:
-        cmd += ["--max-windows", str(a.windows)]
-    return json.loads(run(cmd).strip().splitlines()[-1])
 
 
 def run_doneshot(a, scheme, mod, rows, calib, out, work):

@@ -39,31 +39,15 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from parity_llmcompressor import FP, ROOT, calibration_rows  # noqa: E402
+from parity_llmcompressor import FAILS, FP, ROOT, calibration_rows, check, ds_eval, run  # noqa: E402
 
-FAILS = []
 IGNORE = ["lm_head", "re:.*down_proj"]
 N_ROWS, MAX_LEN, SEED = 64, 256, 0
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        FAILS.append(what)
-
-
-def run(cmd):
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.stderr.write(r.stdout + r.stderr)
-        raise SystemExit("command failed (%d): %s" % (r.returncode, " ".join(cmd)))
-    return r.stdout
 
 
 def modifier_json(scheme, rtn):
@@ -158,14 +142,6 @@ def qconfig(d):
     qc = json.load(open(os.path.join(d, "config.json")))["quantization_config"]
     return {k: qc.get(k) for k in ("format", "quant_method", "quantization_status", "config_groups")} | {
         "ignore": sorted(qc.get("ignore") or [])}
-
-
-def ds_eval(a, model, text):
-    cmd = (shlex.split(a.mpirun) + ["-np", str(a.np)]) if a.np > 1 else []
-    cmd += [a.doneshot, "eval", "--model", model, "--dataset", text, "--seq-len", str(a.seq_len), "--json", "-q"]
-    if a.windows > 0:
-        cmd += ["--max-windows", str(a.windows)]
-    return json.loads(run(cmd).strip().splitlines()[-1])
 
 
 def hf_ppl_nvfp4(a, d, text, act_quant):
