@@ -6,7 +6,9 @@
  *      (tensor/channel/group) and fp8 e4m3 (also block: one scale per
  *      [block[0], block[1]] tile, stored in each of its rows) through the
  *      code-kind functions of qscalar.h (qs_fake_k: fp8 scale = absmax/448);
- *      NVFP4 (fp4, fused global scale) is refused (CPU only);
+ *      NVFP4 (fp4 tensor_group, groups of 16): the effective scales
+ *      weight_scale / global_scale (qa->global_scale: the fused one) are
+ *      computed on the host by the CPU twin's quant_minmax_qparams;
  *   2. actorder: perm = torch.argsort(diag H, descending) with torch's tie
  *      order (gptq_argsort_desc, shared with the CPU twin, host side); each column keeps its original group's scale
  *      (static) - the kernels see a per-column group table `gcol`;
@@ -291,13 +293,15 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
                                         float *H, int block_size, double dampening_frac,
                                         ds_dtype model_dtype, gptq_cuda_out *o, void *stream) {
     const int kind = (int)quant_kind(qa);
-    if (kind != QS_KIND_INT && kind != QS_KIND_FP8)
-        return ds_error(DS_ERR_USAGE, "gptq (cuda): fp4 (NVFP4) weights are not supported on the GPU\n"
-                        "hint: use --device cpu");
+    if (kind == QS_KIND_FP4 && (qa->strategy != QS_TENSOR_GROUP || qa->group_size != QS_NVFP4_GROUP ||
+                                in % QS_NVFP4_GROUP != 0 || qa->actorder == QA_GROUP))
+        return ds_error(DS_ERR_USAGE, "gptq (cuda): fp4 weights need NVFP4's tensor_group strategy with groups "
+                        "of %d dividing in_features %d (got strategy %d, group_size %d)", QS_NVFP4_GROUP, in,
+                        (int)qa->strategy, qa->group_size);
     if (qa->num_bits < 2 || qa->num_bits > 8)
         return ds_error(DS_ERR_USAGE, "gptq (cuda): num_bits %d, expected 2..8", qa->num_bits);
     if (qa->strategy != QS_TENSOR && qa->strategy != QS_CHANNEL && qa->strategy != QS_GROUP &&
-        (qa->strategy != QS_BLOCK || kind != QS_KIND_FP8))
+        (qa->strategy != QS_BLOCK || kind != QS_KIND_FP8) && (qa->strategy != QS_TENSOR_GROUP || kind != QS_KIND_FP4))
         return ds_error(DS_ERR_USAGE, "gptq (cuda): weight strategy %d unsupported (int: tensor, channel, group; "
                         "fp8: also block)", (int)qa->strategy);
     if (qa->strategy == QS_BLOCK && (qa->block[0] <= 0 || qa->block[1] <= 0))
@@ -381,6 +385,7 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
             dsum += diag[perm[i]] == 0.0f ? 1.0 : (double)diag[perm[i]]; /* CPU order */
         }
         if (qa->strategy == QS_BLOCK) gcol[i] = perm[i] / qa->block[1]; /* gptq.c col_group */
+        else if (qa->strategy == QS_TENSOR_GROUP) gcol[i] = perm[i] / qa->group_size;
         else if (qa->strategy != QS_GROUP) gcol[i] = 0;
         else gcol[i] = (group_act ? i : perm[i]) / gs;
     }
@@ -401,7 +406,20 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     const unsigned eb = (unsigned)CEIL_DIV(ow, (size_t)256);
     permute_cols_kernel<<<eb, 256, 0, st>>>(Wp, W, use_perm ? d_perm : NULL, out, in);
     CUDA_LAUNCH_CHECK();
-    {
+    if (qa->strategy == QS_TENSOR_GROUP) {
+        /* NVFP4: the effective scales weight_scale / global_scale (the fused
+         * global scale qa->global_scale, or this weight's own) on the host,
+         * by the CPU twin's own function (quant_minmax_qparams, qfp4.h) */
+        float *Wh = (float *)xmalloc(sizeof(float) * ow), *sh_ = (float *)xmalloc(sizeof(float) * (size_t)out * ng);
+        CUDA_CHECK(cudaMemcpyAsync(Wh, W, sizeof(float) * ow, cudaMemcpyDeviceToHost, st));
+        CUDA_CHECK(cudaStreamSynchronize(st));
+        quant_minmax_qparams(qa, Wh, out, in, model_dtype, sh_, NULL);
+        CUDA_CHECK(cudaMemcpyAsync(o->scale, sh_, sizeof(float) * (size_t)out * ng, cudaMemcpyHostToDevice, st));
+        CUDA_CHECK(cudaMemsetAsync(o->zp, 0, sizeof(int32_t) * (size_t)out * ng, st));
+        CUDA_CHECK(cudaStreamSynchronize(st));
+        free(Wh);
+        free(sh_);
+    } else {
         const float *src = group_act ? Wp : W;
         size_t nw = (size_t)out * ng;
         if (qa->strategy == QS_BLOCK) {

@@ -213,27 +213,24 @@ static ds_status load_calibration(const char *path, const char *model_dir, const
  * "auto" picks cuda only when it works on every rank, so all ranks run the
  * same engine. */
 /* NULL when the CUDA engine runs recipe r's scheme, else why not: it runs
- * GPTQModifier with int weights (tensor/channel/group) or fp8 e4m3 weights
- * (tensor/channel/group/block) whose activations are none or dynamic
- * (W4A16, W8A16, W8A8, FP8_DYNAMIC, FP8_BLOCK); NVFP4 weights (fused
- * global scale), static activation observers (FP8's input_scale, NVFP4's
- * input_global_scale: the GPU forward captures no max|x|) and
+ * GPTQModifier with int weights (tensor/channel/group), fp8 e4m3 weights
+ * (tensor/channel/group/block) or NVFP4 weights (fp4 tensor_group) whose
+ * activations are none or dynamic (W4A16, W8A16, W8A8, FP8_DYNAMIC,
+ * FP8_BLOCK, NVFP4A16); static activation observers (FP8's input_scale,
+ * NVFP4's input_global_scale: the GPU forward captures no max|x|) and
  * QuantizationModifier are CPU-only. */
 static const char *cuda_scheme_why(const recipe *r) {
     if (r->quantizer != RQ_GPTQ) return "the CUDA engine runs GPTQModifier only (this recipe: QuantizationModifier)";
     const quant_kind_t k = quant_kind(&r->w);
-    if (k == QK_FP4)
-        return "the CUDA engine does not run NVFP4 weights (fp4 with a global scale); supported there: int "
-               "weight-only, W8A8, FP8_DYNAMIC, FP8_BLOCK";
     if (r->w.act == QACT_INPUT_SCALE || r->w.act == QACT_INPUT_GLOBAL_SCALE)
         return "the CUDA engine does not calibrate static activation scales (input_scale / input_global_scale: "
-               "FP8, NVFP4); supported there: int weight-only, W8A8, FP8_DYNAMIC, FP8_BLOCK";
+               "FP8, NVFP4); supported there: int weight-only, W8A8, FP8_DYNAMIC, FP8_BLOCK, NVFP4A16";
     /* dynamic activations (W8A8, FP8_DYNAMIC, FP8_BLOCK) are quantized only
      * where the checkpoint is used, so the GPTQ pass is weight-only */
-    if ((r->in.num_bits && r->w.act != QACT_DYNAMIC) ||
+    if ((r->in.num_bits && r->w.act != QACT_DYNAMIC) || (k == QK_FP4 && r->w.strategy != QS_TENSOR_GROUP) ||
         (r->w.strategy != QS_TENSOR && r->w.strategy != QS_CHANNEL && r->w.strategy != QS_GROUP &&
-         !(k == QK_FP8 && r->w.strategy == QS_BLOCK)))
-        return "the CUDA engine runs int weight-only schemes, W8A8, FP8_DYNAMIC and FP8_BLOCK; this "
+         !(k == QK_FP8 && r->w.strategy == QS_BLOCK) && !(k == QK_FP4 && r->w.strategy == QS_TENSOR_GROUP)))
+        return "the CUDA engine runs int weight-only schemes, W8A8, FP8_DYNAMIC, FP8_BLOCK and NVFP4A16; this "
                "recipe's scheme (its weight strategy or activations) runs on the CPU";
     return NULL;
 }

@@ -11,7 +11,8 @@
 #    "<module>.weight" here);
 #  - GPTQModifier FP8_DYNAMIC and FP8_BLOCK on the emulated CUDA engine
 #    (doneshot-emul, CPU twins) on the bf16 fixture: the checkpoint is byte-
-#    identical to --device cpu's, at -np 1 and 2 (FP8_BLOCK: -np 1);
+#    identical to --device cpu's, at -np 1 and 2 (FP8_BLOCK: -np 1); the same
+#    for NVFP4A16 (down_proj ignored: 172 columns) at -np 1 and 2;
 #  - --device cuda refuses FP8 (static input_scale) and QuantizationModifier
 #    (exit 2), an unsupported preset is exit 2 listing the supported ones.
 # Last line: "N passed, N failed, N skipped".
@@ -94,7 +95,8 @@ EM=$BUILD/doneshot-emul
 FIXM=${DS_FIXTURES:-$BUILD/fixtures}/models/stories260K-bf16
 if [ -x "$EM" ] && [ -d "$FIXM" ]; then
     recipe $TMP/blk.json GPTQModifier FP8_BLOCK
-    for c in dyn:1 dyn:2 blk:1; do
+    printf '{"modifiers": [{"GPTQModifier": {"scheme": "NVFP4A16", "targets": ["Linear"], "ignore": ["lm_head", "re:.*down_proj"]}}]}\n' >$TMP/nv.json
+    for c in dyn:1 dyn:2 blk:1 nv:1 nv:2; do
         r=${c%:*}; np=${c#*:}
         for dev in cpu cuda; do
             DS_EMUL_DEVICES=1 timeout -k 10 300 $MPIRUN -np "$np" "$EM" --recipe $TMP/$r.json --model "$FIXM" \

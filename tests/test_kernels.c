@@ -27,7 +27,7 @@ static const char *const TEST_NAMES[] = {
     "matmul_forward", "attention_forward", "swiglu_forward", "residual_forward",
     "hessian_accum", "hessian_accum_f64", "gptq_quantize", "quant_pack_rows", "quant_pack_cols",
     "hessian_to_f32", "moe_route", "moe_gather_scatter", "moe_shared_gate_add",
-    "gptq_factor_reuse", "gptq_quantize_fp8",
+    "gptq_factor_reuse", "gptq_quantize_fp8", "gptq_quantize_nvfp4",
 };
 
 #ifndef DS_CUDA
@@ -694,6 +694,17 @@ static void run(int idx) {
         t_gptq(200, 300, fb, 11);
         t_gptq(67, 256, fg, -1);
         t_gptq(512, 1024, fb, -1);
+        break;
+    }
+    case 20: { /* NVFP4A16: fp4 e2m1 in groups of 16, effective scales weight_scale / global_scale */
+        quant_args n4 = {.num_bits = 4, .type = QT_FLOAT, .symmetric = 1, .strategy = QS_TENSOR_GROUP,
+                         .group_size = 16, .actorder = QA_NONE}; /* the weight's own global scale */
+        quant_args n4f = n4;
+        n4f.actorder = QA_STATIC;
+        n4f.global_scale = 300.0f; /* a fused (q/k/v) global scale */
+        t_gptq(45, 208, n4, -1);
+        t_gptq(67, 256, n4f, 9);
+        t_gptq(512, 1024, n4, -1);
         break;
     }
     }
