@@ -74,3 +74,29 @@ extern "C" void hessian_to_f32_cuda(float *Hf, const double *Hd, size_t n, doubl
     to_f32_kernel<<<(unsigned)blocks, 256, 0, DS_STREAM(stream)>>>(Hf, Hd, n, divisor);
     CUDA_LAUNCH_CHECK();
 }
+
+/* Static activation observer: per thread the max of |x| as bf16 bit patterns
+ * (sign cleared; for non-negative non-NaN values the integer order is the
+ * float order), a warp max, one atomicMax per warp on the f32 bit pattern
+ * (bf16 bits << 16: the same float). NaN (|bits| > 0x7F80) is skipped, as
+ * fabsf(NaN) > m is false in act_absmax_cpu; Inf counts. */
+static __global__ void act_absmax_kernel(unsigned int *amax, const uint16_t *X, size_t n) {
+    unsigned int m = 0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const unsigned int a = X[i] & 0x7FFFu;
+        if (a <= 0x7F80u && a > m) m = a;
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        const unsigned int v = __shfl_down_sync(0xFFFFFFFFu, m, o);
+        m = v > m ? v : m;
+    }
+    if ((threadIdx.x & 31) == 0 && m) atomicMax(amax, m << 16);
+}
+
+extern "C" void act_absmax_cuda(float *amax, const uint16_t *X, size_t n, void *stream) {
+    if (!n) return;
+    size_t blocks = CEIL_DIV(n, (size_t)256);
+    if (blocks > 1024) blocks = 1024;
+    act_absmax_kernel<<<(unsigned)blocks, 256, 0, DS_STREAM(stream)>>>((unsigned int *)amax, X, n);
+    CUDA_LAUNCH_CHECK();
+}

@@ -117,6 +117,11 @@ void hessian_symmetrize_cuda(float *H, int n, void *stream);
  * sequences), the twin of hessian_to_f32_cpu before its mirroring: call
  * hessian_symmetrize_cuda after it to get the CPU twin's matrix. */
 void hessian_to_f32_cuda(float *Hf, const double *Hd, size_t n, double divisor, void *stream);
+/* Static activation observer (static_minmax): *amax (one f32, >= 0, not
+ * NaN) := max(*amax, max_i |X[i]|) over X [n] bf16 (NaN skipped), combined
+ * with atomicMax, so calls over any split of the rows (micro-batches, chunks)
+ * give the bit-identical value of act_absmax_cpu (ops_cpu.h). */
+void act_absmax_cuda(float *amax, const uint16_t *X, size_t n, void *stream);
 
 /* ---------------- GPTQ (gptq.cu) ---------------- */
 /* Outputs of gptq_quantize_cuda, DEVICE arrays allocated by the caller:

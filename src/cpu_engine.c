@@ -69,11 +69,8 @@ static void load_batch(cpu_engine *c, const cpu_batch *mb) {
 
 static void capture(void *p, int input_id, const float *X, int T, int n) {
     cpu_engine *c = p;
-    if (c->base.act_amax && c->used[input_id] && T > 0) { /* static activation observer (min/max) */
-        float m = c->base.act_amax[input_id];
-        for (size_t i = 0; i < (size_t)T * (size_t)n; i++) m = fabsf(X[i]) > m ? fabsf(X[i]) : m;
-        c->base.act_amax[input_id] = m;
-    }
+    if (c->base.act_amax && c->used[input_id] && T > 0) /* static activation observer (min/max) */
+        c->base.act_amax[input_id] = act_absmax_cpu(c->base.act_amax[input_id], X, (size_t)T * (size_t)n);
     if (!c->used[input_id] || !c->H[input_id] || T <= 0) return;
     double t0 = ds_now();
     hessian_accum_cpu(c->H[input_id], X, T, n, c->scratch);

@@ -40,7 +40,9 @@ typedef struct engine_ops {
      * entries): capture that input. cnt[2*inp] += tokens, cnt[2*inp+1] +=
      * sequences. H_host: NULL (device_hessians only: keep the sums on the
      * device) or H_host[inp] [n, n] f64 zeroed by the caller for every used
-     * input, which receives the local sum (upper triangle at least). */
+     * input, which receives the local sum (upper triangle at least); a NULL
+     * H_host[inp] for a used input: no Hessian for it, only the activation
+     * observer (QuantizationModifier). */
     ds_status (*calibrate)(engine *e, const int *used, double *const *H_host, int64_t *cnt);
     /* GPTQ of Linear li of the current layer (li->w its f32 weight) with the
      * Hessian sum H_host [in, in] (NULL: the device's, see above) of nseq
@@ -67,7 +69,7 @@ struct engine {
     const engine_ops *ops;
     /* [model_num_inputs] or NULL: calibrate also keeps, per used input,
      * max |X| over the captured rows (the static_minmax activation observer
-     * of static input scales, e.g. FP8). CPU engine only. */
+     * of static input scales, e.g. FP8; act_absmax_cpu / act_absmax_cuda). */
     float *act_amax;
 };
 

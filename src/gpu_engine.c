@@ -56,8 +56,8 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
 #define UNREACHABLE DS_DIE(1, "CUDA engine call in a build without CUDA")
 const char *gpu_engine_describe(const gpu_engine *e) { (void)e; return "none"; }
 void gpu_engine_load_layer(gpu_engine *e, const layer_weights *lw) { (void)e; (void)lw; UNREACHABLE; }
-void gpu_engine_calibrate(gpu_engine *e, const int *used, double *const *H_host, int64_t *cnt) {
-    (void)e; (void)used; (void)H_host; (void)cnt; UNREACHABLE;
+void gpu_engine_calibrate(gpu_engine *e, const int *used, double *const *H_host, int64_t *cnt, float *act_amax) {
+    (void)e; (void)used; (void)H_host; (void)cnt; (void)act_amax; UNREACHABLE;
 }
 ds_status gpu_engine_gptq(gpu_engine *e, const quant_args *a, const layer_linear *li, const double *H_host,
                           int64_t nseq, int block_size, double dampening_frac, gptq_result *res) {
@@ -136,6 +136,11 @@ struct gpu_engine {
     int *hn;
     double **Hd;
     float *Hscratch;
+    int *want_h;                    /* [nin] this calibration sums input inp's Hessian */
+    /* static activation observer: max |X| per input over one calibration
+     * (act_absmax_cuda), f32 [nin] on the device; observe: this calibration's on */
+    float *amax_d;
+    int observe;
 
     /* GPTQ inputs and outputs, sized for the largest module */
     float *gW, *gH, *gWq, *gScale;
@@ -343,6 +348,8 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
         if (possible) hmax = DS_MAX(hmax, e->hn[i]);
     }
     e->Hscratch = dalloc(sizeof(float) * (size_t)hmax * hmax);
+    e->want_h = xcalloc((size_t)e->nin, sizeof(int));
+    e->amax_d = dalloc(sizeof(float) * (size_t)e->nin);
 
     /* GPTQ */
     e->gW = dalloc(sizeof(float) * gmax_w);
@@ -455,9 +462,12 @@ static void matmul(gpu_engine *e, uint16_t *y, const uint16_t *x, int lin, int T
                         e->s_comp);
 }
 
-/* Hessian update of input `inp` from X [T, n], bracketed by events. */
+/* Capture of input `inp` from X [T, n]: the activation observer's max |X|
+ * (when on), then the Hessian update (when wanted), bracketed by events. */
 static void capture(gpu_engine *e, const int *used, int inp, const uint16_t *X, int T) {
     if (!used || !used[inp] || T <= 0) return;
+    if (e->observe) act_absmax_cuda(e->amax_d + inp, X, (size_t)T * (size_t)e->hn[inp], e->s_comp);
+    if (!e->want_h[inp]) return;
     if (inp < NCAP) ds_cuda_event_record(e->ev_hess[2 * inp], e->s_comp);
     hessian_accum_f64_cuda(e->Hd[inp], X, T, e->hn[inp], e->Hscratch, e->s_comp);
     if (inp < NCAP) ds_cuda_event_record(e->ev_hess[2 * inp + 1], e->s_comp);
@@ -525,7 +535,7 @@ static void moe_chunk(gpu_engine *e, int T, int s0, int s1, const int *used) {
                 nseq += got;
             }
             for (int id = INP_EXPERT_UP(x); id <= INP_EXPERT_DOWN(x); id++)
-                if (used[id]) { e->cnt[2 * id] += nx; e->cnt[2 * id + 1] += nseq; }
+                if (used[id] && e->want_h[id]) { e->cnt[2 * id] += nx; e->cnt[2 * id + 1] += nseq; }
         }
         capture(e, used, INP_EXPERT_UP(x), e->xe, nx);
         mlp_chunk(e, G, e->xe, nx, used, INP_EXPERT_DOWN(x));
@@ -630,30 +640,42 @@ static double run_pass(gpu_engine *e, const int *used) {
         }
         if (used) /* the chunk's Hessian updates (synchronizes on the chunk) */
             for (int inp = 0; inp < NCAP; inp++)
-                if (used[inp] && nt > 0) hess_ms += ds_cuda_event_ms(e->ev_hess[2 * inp], e->ev_hess[2 * inp + 1]);
+                if (used[inp] && e->want_h[inp] && nt > 0) hess_ms += ds_cuda_event_ms(e->ev_hess[2 * inp], e->ev_hess[2 * inp + 1]);
     }
     ds_cuda_sync(e->s_comp);
     ds_cuda_sync(e->s_copy);
     return hess_ms / 1e3;
 }
 
-void gpu_engine_calibrate(gpu_engine *e, const int *used, double *const *H_host, int64_t *cnt) {
+void gpu_engine_calibrate(gpu_engine *e, const int *used, double *const *H_host, int64_t *cnt, float *act_amax) {
     double t0 = ds_now();
     const int *u = used;
     for (int inp = 0; inp < e->nin; inp++) {
-        if (!u[inp]) continue;
+        /* H_host given with a NULL entry for a used input: the observer only (QuantizationModifier) */
+        e->want_h[inp] = u[inp] && !(H_host && !H_host[inp]);
+        if (!e->want_h[inp]) continue;
         const size_t nb = sizeof(double) * (size_t)e->hn[inp] * e->hn[inp];
         if (!e->Hd[inp]) e->Hd[inp] = dalloc(nb); /* first use */
         ds_cuda_memset(e->Hd[inp], 0, nb, e->s_comp);
     }
+    e->observe = act_amax != NULL;
+    if (e->observe) ds_cuda_memset(e->amax_d, 0, sizeof(float) * (size_t)e->nin, e->s_comp);
     e->cnt = cnt;
     e->calib_gen++;
     double hs = run_pass(e, u);
     e->cnt = NULL;
+    if (e->observe) { /* one copy per calibration; max with the caller's values */
+        float *m = xmalloc(sizeof(float) * (size_t)e->nin);
+        ds_cuda_memcpy_d2h(m, e->amax_d, sizeof(float) * (size_t)e->nin, e->s_comp);
+        for (int inp = 0; inp < e->nin; inp++)
+            if (u[inp] && m[inp] > act_amax[inp]) act_amax[inp] = m[inp];
+        free(m);
+        e->observe = 0;
+    }
     for (int inp = 0; inp < e->nin; inp++) {
         /* every token reaches these; a routed expert's inputs were counted per chunk */
         const int routed = inp >= INP_EXPERT0 && !(e->all_experts && (inp - INP_EXPERT0) % 2);
-        if (!u[inp] || routed) continue;
+        if (!e->want_h[inp] || routed) continue;
         cnt[2 * inp] += (int64_t)e->ntok;
         cnt[2 * inp + 1] += (int64_t)e->nseq;
     }
@@ -746,11 +768,11 @@ void gpu_engine_destroy(gpu_engine *e) {
     void *dev[] = {e->x_dev, e->stage[0], e->stage[1], e->y, e->a, e->q, e->k, e->v, e->ctx, e->o, e->g, e->u,
                    e->attn_ws, e->cos_t, e->sin_t, e->in_norm, e->post_norm, e->q_norm, e->k_norm, e->Hscratch,
                    e->gW, e->gH, e->gWq, e->gScale, e->gQ, e->gZp, e->gGidx, e->logits, e->xe, e->acc,
-                   e->top_e_d, e->rows_d, e->top_w_d, e->rw_d, e->gate_ws, e->route_ws};
+                   e->top_e_d, e->rows_d, e->top_w_d, e->rw_d, e->gate_ws, e->route_ws, e->amax_d};
     for (size_t i = 0; i < DS_ARRAY_LEN(dev); i++) ds_cuda_free(dev[i]);
     for (int k = 0; k < e->nlw; k++) { ds_cuda_free(e->w[k]); ds_cuda_free(e->b[k]); }
     for (int i = 0; i < e->nin; i++) ds_cuda_free(e->Hd[i]);
-    void *host[] = {e->win, e->wout, e->has_b, e->wcap, e->w, e->b, e->h_off, e->h_boff, e->hn, e->Hd,
+    void *host[] = {e->win, e->wout, e->has_b, e->wcap, e->w, e->b, e->h_off, e->h_boff, e->hn, e->Hd, e->want_h,
                     e->top_e_h, e->rows_h, e->top_w_h, e->rw_h, e->eoff};
     for (size_t i = 0; i < DS_ARRAY_LEN(host); i++) free(host[i]);
     ds_cuda_free_host(e->x_host);
@@ -783,7 +805,7 @@ static ds_status ga_load_layer(engine *e, const layer_weights *lw) {
     return DS_OK;
 }
 static ds_status ga_calibrate(engine *e, const int *used, double *const *H_host, int64_t *cnt) {
-    gpu_engine_calibrate(G(e), used, H_host, cnt);
+    gpu_engine_calibrate(G(e), used, H_host, cnt, e->act_amax);
     return DS_OK;
 }
 static ds_status ga_gptq(engine *e, const quant_args *a, const layer_linear *li, const double *H_host, int64_t nseq,

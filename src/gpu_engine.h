@@ -91,8 +91,13 @@ void gpu_engine_load_layer(gpu_engine *e, const layer_weights *lw);
  * discarded). used[inp] (INP_* ids, model_num_inputs entries): capture that
  * input. cnt[2*inp] += tokens, cnt[2*inp+1] += sequences, as the CPU capture.
  * H_host: NULL keeps the sums on the device only (one rank: no reduction);
- * else H_host[inp] [n, n] f64 receives the full local sum of each used input. */
-void gpu_engine_calibrate(gpu_engine *e, const int *used, double *const *H_host, int64_t *cnt);
+ * else H_host[inp] [n, n] f64 receives the full local sum of each used input,
+ * and a NULL H_host[inp] of a used input sums no Hessian (nor counts) for it
+ * (QuantizationModifier: the activation observer only). act_amax: NULL, or
+ * [model_num_inputs] f32 where each used input's entry := max(entry, max |X|
+ * over its captured rows) (act_absmax_cuda per capture, one copy at the end:
+ * the CPU engine's value bit for bit, given the same activations). */
+void gpu_engine_calibrate(gpu_engine *e, const int *used, double *const *H_host, int64_t *cnt, float *act_amax);
 
 /* GPTQ of Linear li of the loaded layer (li->w: its f32 weight) with the
  * Hessian sum of li->input_id: H_host [in, in] f64 (the reduced sum; only its

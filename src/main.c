@@ -213,25 +213,24 @@ static ds_status load_calibration(const char *path, const char *model_dir, const
  * "auto" picks cuda only when it works on every rank, so all ranks run the
  * same engine. */
 /* NULL when the CUDA engine runs recipe r's scheme, else why not: it runs
- * GPTQModifier with int weights (tensor/channel/group), fp8 e4m3 weights
- * (tensor/channel/group/block) or NVFP4 weights (fp4 tensor_group) whose
- * activations are none or dynamic (W4A16, W8A16, W8A8, FP8_DYNAMIC,
- * FP8_BLOCK, NVFP4A16); static activation observers (FP8's input_scale,
- * NVFP4's input_global_scale: the GPU forward captures no max|x|) and
- * QuantizationModifier are CPU-only. */
+ * QuantizationModifier with any scheme, and GPTQModifier with int weights
+ * (tensor/channel/group), fp8 e4m3 weights (tensor/channel/group/block) or
+ * NVFP4 weights (fp4 tensor_group), activations none, dynamic or static
+ * (W4A16, W8A16, W8A8, FP8, FP8_DYNAMIC, FP8_BLOCK, NVFP4A16, NVFP4; the
+ * static observers' max |x| comes from act_absmax_cuda). */
 static const char *cuda_scheme_why(const recipe *r) {
-    if (r->quantizer != RQ_GPTQ) return "the CUDA engine runs GPTQModifier only (this recipe: QuantizationModifier)";
+    /* QuantizationModifier: round-to-nearest on the host; the engine runs the
+     * forward and the static activation observer (act_absmax_cuda): any scheme */
+    if (r->quantizer != RQ_GPTQ) return NULL;
     const quant_kind_t k = quant_kind(&r->w);
-    if (r->w.act == QACT_INPUT_SCALE || r->w.act == QACT_INPUT_GLOBAL_SCALE)
-        return "the CUDA engine does not calibrate static activation scales (input_scale / input_global_scale: "
-               "FP8, NVFP4); supported there: int weight-only, W8A8, FP8_DYNAMIC, FP8_BLOCK, NVFP4A16";
-    /* dynamic activations (W8A8, FP8_DYNAMIC, FP8_BLOCK) are quantized only
-     * where the checkpoint is used, so the GPTQ pass is weight-only */
-    if ((r->in.num_bits && r->w.act != QACT_DYNAMIC) || (k == QK_FP4 && r->w.strategy != QS_TENSOR_GROUP) ||
+    /* activations: dynamic ones (W8A8, FP8_DYNAMIC, FP8_BLOCK) are quantized
+     * only where the checkpoint is used, so the GPTQ pass is weight-only; static
+     * ones (FP8 input_scale, NVFP4 input_global_scale) are observed on the device */
+    if ((k == QK_FP4 && r->w.strategy != QS_TENSOR_GROUP) ||
         (r->w.strategy != QS_TENSOR && r->w.strategy != QS_CHANNEL && r->w.strategy != QS_GROUP &&
          !(k == QK_FP8 && r->w.strategy == QS_BLOCK) && !(k == QK_FP4 && r->w.strategy == QS_TENSOR_GROUP)))
-        return "the CUDA engine runs int weight-only schemes, W8A8, FP8_DYNAMIC, FP8_BLOCK and NVFP4A16; this "
-               "recipe's scheme (its weight strategy or activations) runs on the CPU";
+        return "the CUDA engine's GPTQ runs int weight-only schemes, W8A8, FP8, FP8_DYNAMIC, FP8_BLOCK, NVFP4A16 "
+               "and NVFP4; this recipe's weight strategy runs on the CPU";
     return NULL;
 }
 

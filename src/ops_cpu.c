@@ -198,6 +198,11 @@ void hessian_mirror_cpu(double *H, int n) {
         for (int j = i + 1; j < n; j++) H[(size_t)j * n + i] = H[(size_t)i * n + j];
 }
 
+float act_absmax_cpu(float m, const float *X, size_t n) {
+    for (size_t i = 0; i < n; i++) m = fabsf(X[i]) > m ? fabsf(X[i]) : m;
+    return m;
+}
+
 void hessian_to_f32_cpu(float *Hf, const double *H, int n, double nseq) {
     for (int a = 0; a < n; a++)
         for (int b = a; b < n; b++)

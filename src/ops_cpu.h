@@ -58,5 +58,10 @@ void hessian_mirror_cpu(double *H, int n);
  * nseq) for j >= i (only H's upper triangle is read), as llm-compressor's
  * running mean H = sum / num_samples (reference-llm-compressor.md §1.4). */
 void hessian_to_f32_cpu(float *Hf, const double *H, int n, double nseq);
+/* The static activation observer (static_minmax, symmetric: max |X|) over
+ * X [n] f32: returns max(m, max_i |X[i]|), NaN entries ignored (m >= 0, not
+ * NaN). Twin of act_absmax_cuda; max is order-independent, so any split of
+ * the rows (micro-batches, ranks, threads) gives the same value. */
+float act_absmax_cpu(float m, const float *X, size_t n);
 
 #endif

@@ -395,7 +395,9 @@ static ds_status calibrate_and_reduce(run *u, const layer_weights *lw, stage_tim
         for (int inp = 0; inp < u->nin; inp++) { free(u->H[inp]); u->H[inp] = NULL; }
     u->eng->act_amax = static_act ? u->amax : NULL;
     const engine_times t0 = u->eng->ops->times(u->eng);
-    ds_status st = comm_sync_status(u->eng->ops->calibrate(u->eng, u->used, host_H ? u->H : NULL, u->cnt));
+    /* QuantizationModifier passes u->H (all NULL) even to a device engine: no Hessians */
+    const int pass_H = host_H || u->r->quantizer == RQ_QUANTIZATION;
+    ds_status st = comm_sync_status(u->eng->ops->calibrate(u->eng, u->used, pass_H ? u->H : NULL, u->cnt));
     u->eng->act_amax = NULL;
     /* static_minmax over every rank's tokens: the max of the ranks' max |X| */
     for (int inp = 0; static_act && !st && inp < u->nin; inp++)

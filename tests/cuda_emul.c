@@ -220,6 +220,13 @@ void hessian_to_f32_cuda(float *Hf, const double *Hd, size_t n, double divisor, 
     for (size_t i = 0; i < n; i++) Hf[i] = (float)(Hd[i] / divisor);
 }
 
+void act_absmax_cuda(float *amax, const uint16_t *X, size_t n, void *stream) {
+    (void)stream;
+    float *Xf = unpack(X, n);
+    *amax = act_absmax_cpu(*amax, Xf, n);
+    free(Xf);
+}
+
 /* ---- GPTQ, packing ---- */
 /* The CPU twin memoises the factorisation of a repeated Hessian itself (gptq.h). */
 void gptq_cuda_set_factor_key(uint64_t key) { (void)key; }

@@ -27,7 +27,7 @@ static const char *const TEST_NAMES[] = {
     "matmul_forward", "attention_forward", "swiglu_forward", "residual_forward",
     "hessian_accum", "hessian_accum_f64", "gptq_quantize", "quant_pack_rows", "quant_pack_cols",
     "hessian_to_f32", "moe_route", "moe_gather_scatter", "moe_shared_gate_add",
-    "gptq_factor_reuse", "gptq_quantize_fp8", "gptq_quantize_nvfp4",
+    "gptq_factor_reuse", "gptq_quantize_fp8", "gptq_quantize_nvfp4", "act_absmax",
 };
 
 #ifndef DS_CUDA
@@ -376,6 +376,37 @@ static void t_hessian(int rows, int n, int f64) {
     free(X); free(Hd); free(want); free(got); free(hx);
 }
 
+/* The static activation observer: act_absmax_cuda over X [rows, n] bf16 in
+ * three calls (a split of the rows, as chunks) == act_absmax_cpu over all of
+ * it, bit for bit (max is order-independent). The largest |x| is a negative
+ * value (the sign must be dropped); nan_at >= 0 puts a NaN there (skipped by
+ * both) and -Inf two entries after it when inf (counted by both). */
+static void t_act_absmax(int rows, int n, int nan_at, int inf) {
+    const size_t N = (size_t)rows * n;
+    float *X = rand_bf16(N, 3.0f, 0.0f);
+    X[N / 2] = bf16_to_f32(f32_to_bf16(-7.25f));
+    if (nan_at >= 0) X[nan_at] = NAN;
+    if (nan_at >= 0 && inf) X[nan_at + 2] = -INFINITY;
+    uint16_t *hx = to_bf16(X, N);
+    const float start = 0.5f; /* a previous call's value */
+    const float want = act_absmax_cpu(start, X, N);
+    dbuf bx, bm;
+    uint16_t *dx = dbuf_up(&bx, hx, N * 2);
+    float *dm = dbuf_up(&bm, &start, sizeof(float));
+    const int r1 = rows / 3, r2 = rows - rows / 4;
+    act_absmax_cuda(dm, dx, (size_t)r1 * n, NULL);
+    act_absmax_cuda(dm, dx + (size_t)r1 * n, (size_t)(r2 - r1) * n, NULL);
+    act_absmax_cuda(dm, dx + (size_t)r2 * n, (size_t)(rows - r2) * n, NULL);
+    act_absmax_cuda(dm, dx, 0, NULL); /* empty: no change */
+    float got = -1;
+    CHECK(dbuf_get(&bm, &got));
+    CHECK(memcmp(&got, &want, sizeof got) == 0);
+    CHECK(inf ? isinf(want) : want == 7.25f);
+    fprintf(stderr, "  %-28s n=%-9zu got %g want %g\n", "act_absmax", N, (double)got, (double)want);
+    dbuf_free(&bx); dbuf_free(&bm);
+    free(X); free(hx);
+}
+
 /* GPTQ: same inputs to gptq_quantize and gptq_quantize_cuda. */
 static void t_gptq(int out, int in, quant_args qa, int dead_col) {
     int rows = 2 * in + 17;
@@ -707,6 +738,7 @@ static void run(int idx) {
         t_gptq(512, 1024, n4, -1);
         break;
     }
+    case 21: t_act_absmax(301, 131, 17, 0); t_act_absmax(37, 64, 5, 1); t_act_absmax(4096, 4096, -1, 0); break;
     }
 }
 
