@@ -26,7 +26,8 @@ parity_llmcompressor.py: 64 TinyStories documents, 256 tokens, seed 0), then:
     this model, where the weight-only forward agrees to ~1e-7). Not for
     FP8_BLOCK on this model: its dynamic activation groups of 128 do not
     divide the 64-wide hidden size, which compressed-tensors' forward cannot
-    reshape (doneshot takes the partial group).
+    reshape (doneshot takes the partial group); check_fp8_block.py checks
+    FP8_BLOCK through transformers on a 128-wide model instead.
 
 Prints "ok"/"FAIL" lines and "RESULT {...}"; exit 1 if a target is missed.
 Usage: parity_fp8.py --doneshot build/doneshot [--workdir DIR] [--seq-len 256]

@@ -15,6 +15,8 @@
 #                             (codes, scales, smoothed norms, ppl; transformers load);
 #   parity_fp8.py             FP8 / FP8_DYNAMIC / FP8_BLOCK (QuantizationModifier, GPTQModifier)
 #                             vs llmcompressor.oneshot (fp8 bytes, scales, ppl; transformers load).
+#   check_fp8_block.py        FP8_BLOCK through transformers on a 128-wide random Llama
+#                             (gen_model): load, bitwise weights, ppl == `doneshot eval`.
 # Creates (or reuses) the venv with the versions pinned in
 # tests/interop/requirements.txt. Env: BUILD (default build), MPIRUN,
 # DS_FIXTURES (default BUILD/fixtures),
@@ -85,6 +87,7 @@ suite check_moe.py --workdir "$WORK/moe" --seq-len 256 --windows 10 --np 2 \
 suite parity_llmcompressor.py --workdir "$WORK/parity" --seq-len 256 --windows 40
 suite parity_w8a8.py --workdir "$WORK/w8a8" --seq-len 256 --windows 40 --fixtures "$FIX"
 suite parity_fp8.py --workdir "$WORK/fp8" --seq-len 256 --windows 40
+suite check_fp8_block.py --workdir "$WORK/fp8_block" --seq-len 128 --windows 16
 suite parity_nvfp4.py --workdir "$WORK/nvfp4" --seq-len 256 --windows 40 --rtn
 
 echo "$P passed, $F failed, 0 skipped"
