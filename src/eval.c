@@ -71,7 +71,7 @@ static void eval_usage(FILE *f) {
             "  --dataset FILE        UTF-8 text file, read whole (e.g. WikiText-2 test joined with \"\\n\\n\")\n"
             "  --seq-len T           tokens per window (default 2048, capped by max_position_embeddings)\n"
             "  --max-windows K       evaluate only the first K windows (default: all)\n"
-            "  --threads K           BLAS threads per rank (default: cores / ranks on the node)\n"
+            "  --threads K           compute threads per rank (default: cores / ranks on the node)\n"
             "  --json                print the result as one JSON object\n"
             "  --dump-weights FILE   write the decoder Linear weights as doneshot uses them\n"
             "                        (dequantized) to FILE as F32 safetensors (for tests)\n"
@@ -305,7 +305,7 @@ int cmd_eval(int argc, char **argv) {
     if ((st = comm_sync_report(st))) goto done;
     int threads = c.threads > 0 ? (int)c.threads
                                 : DS_MAX(1, (int)sysconf(_SC_NPROCESSORS_ONLN) / comm_local_size());
-    openblas_set_num_threads(threads);
+    openblas_set_num_threads(1); /* the host threads split the GEMMs (ops_cpu.c): no BLAS worker spins beside them */
     ds_set_threads(threads);
 
     if (c.dump) {

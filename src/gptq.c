@@ -441,6 +441,79 @@ static const hfactor *hfactor_get(float *H, int n, int use_perm, double dampenin
     return &s->f;
 }
 
+/* Output rows per GPTQ work item: the block loop runs per chunk of rows. */
+#define GPTQ_ROWS 256
+
+typedef struct gptq_block_job {
+    int n, out, ng, bs, qmin, qmax, rtn;
+    quant_kind_t kind;
+    ds_dtype model_dtype;
+    const float *U;    /* [n, n] upper Cholesky factor of Hinv (unused if rtn) */
+    const int *gcol;   /* [n] group of permuted column j */
+    const float *sc;   /* [out, ng] scales */
+    const int *zz;     /* [out, ng] zero points */
+    float *Wt;         /* [n, out] permuted, transposed working weight */
+    double *closs;     /* [chunks] sum of err^2 per chunk */
+} gptq_block_job;
+
+/* Step 6 on output rows [r0, r0 + w) of Wt (chunk c): per block [i1, i2), per
+ * column i: q = fake_quant(w) with the column's group scale; err = (w - q) /
+ * U_ii; W1[:, i:] -= err * U[i, i:] (product rounded, then the subtraction:
+ * no FMA); after the block, W[:, i2:] -= Err1 @ U[i1:i2, i2:] (sgemm; its
+ * K = i2 - i1 <= 128 is one OpenBLAS block, so each element is the same dot
+ * product for any row split). */
+static void gptq_block_rows(const gptq_block_job *j, int c) {
+    const int n = j->n, out = j->out, ng = j->ng, bs = j->bs;
+    const int r0 = c * GPTQ_ROWS, w = DS_MIN(GPTQ_ROWS, out - r0);
+    float *Err1 = xmalloc((size_t)bs * w * sizeof(float));
+    float *Ub = xmalloc((size_t)bs * bs * sizeof(float));
+    const float *U = j->U;
+    double loss = 0;
+    for (int i1 = 0; i1 < n; i1 += bs) {
+        const int i2 = DS_MIN(i1 + bs, n), count = i2 - i1;
+        /* U[i1:i2, i1:i2] (upper part), or I */
+        for (int i = 0; i < count; i++)
+            for (int k = 0; k < count; k++)
+                Ub[(size_t)i * bs + k] = j->rtn ? (i == k ? 1.0f : 0.0f)
+                                                : (k >= i ? U[(size_t)(i1 + i) * n + (i1 + k)] : 0.0f);
+        for (int i = 0; i < count; i++) {
+            float *wv = j->Wt + (size_t)(i1 + i) * out + r0;
+            float *err = Err1 + (size_t)i * w;
+            const float d = Ub[(size_t)i * bs + i];
+            const int g = j->gcol[i1 + i];
+            for (int r = 0; r < w; r++) {
+                size_t k = (size_t)(r0 + r) * ng + g;
+                float dq;
+                (void)quant_fake_k(j->kind, wv[r], j->sc[k], j->zz[k], j->qmin, j->qmax, j->model_dtype, &dq);
+                float e = (wv[r] - dq) / d;
+                err[r] = e;
+                loss += (double)e * e;
+                wv[r] = dq; /* Q1[:, i] */
+            }
+            if (j->rtn) continue;
+            for (int k = i + 1; k < count; k++) {
+                const float h = Ub[(size_t)i * bs + k];
+                float *wk = j->Wt + (size_t)(i1 + k) * out + r0;
+                for (int r = 0; r < w; r++) {
+                    float p = err[r] * h;
+                    wk[r] = wk[r] - p;
+                }
+            }
+        }
+        /* W[:, i2:] -= Err1 @ U[i1:i2, i2:]  <=>  Wt[i2:, :] -= U[i1:i2, i2:]^T @ Err1 */
+        if (i2 < n && !j->rtn)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n - i2, w, count, -1.0f, U + (size_t)i1 * n + i2, n,
+                        Err1, w, 1.0f, j->Wt + (size_t)i2 * out + r0, out);
+    }
+    j->closs[c] = loss;
+    free(Ub);
+    free(Err1);
+}
+
+static void gptq_block_chunks(void *p, size_t lo, size_t hi) {
+    for (size_t c = lo; c < hi; c++) gptq_block_rows(p, (int)c);
+}
+
 ds_status gptq_quantize(const quant_args *a, const float *W, int out, int in, float *H,
                         int block_size, double dampening_frac, ds_dtype model_dtype,
                         gptq_result *res) {
@@ -504,59 +577,27 @@ ds_status gptq_quantize(const quant_args *a, const float *W, int out, int in, fl
         else
             ds_warn("gptq: Hessian has NaN/inf entries; using round-to-nearest for this module");
     }
-    const float *U = fac->U;
 
-    /* 6. block loop. llm-compressor: for i1 in range(0, n, blocksize):
-     * i2 = min(i1 + blocksize, n); a block wider than the weight is one
-     * block, so the buffers follow min(block_size, n). */
+    /* 6. block loop, over chunks of GPTQ_ROWS output rows (columns of Wt) in
+     * parallel: every row's updates are independent (U is shared), so the
+     * result does not depend on the thread count; each chunk's squared
+     * errors are summed in f64 and the chunks added in order. */
     const int bs = DS_MIN(block_size, n);
-    float *Err1 = xmalloc((size_t)bs * out * sizeof(float));
-    float *Ub = xmalloc((size_t)bs * bs * sizeof(float));
-    const float *sc = res->scale;
-    const int *zz = res->zp;
+    const int nch = (out + GPTQ_ROWS - 1) / GPTQ_ROWS;
+    double *closs = xcalloc((size_t)nch, sizeof(double));
+    gptq_block_job job = {.n = n, .out = out, .ng = ng, .bs = bs, .kind = kind, .qmin = qmin, .qmax = qmax,
+                          .model_dtype = model_dtype, .rtn = res->rtn_fallback, .U = fac->U, .gcol = gcol,
+                          .sc = res->scale, .zz = res->zp, .Wt = Wt, .closs = closs};
+    ds_parallel_for((size_t)nch, 1, gptq_block_chunks, &job);
     double loss = 0;
-    for (int i1 = 0; i1 < n; i1 += bs) {
-        int i2 = DS_MIN(i1 + bs, n), count = i2 - i1;
-        /* U[i1:i2, i1:i2] (upper part), or I */
-        for (int i = 0; i < count; i++)
-            for (int j = 0; j < count; j++)
-                Ub[(size_t)i * bs + j] = res->rtn_fallback ? (i == j ? 1.0f : 0.0f)
-                                         : (j >= i ? U[(size_t)(i1 + i) * n + (i1 + j)] : 0.0f);
-        for (int i = 0; i < count; i++) {
-            float *w = Wt + (size_t)(i1 + i) * out;
-            float *err = Err1 + (size_t)i * out;
-            const float d = Ub[(size_t)i * bs + i];
-            const int g = gcol[i1 + i];
-            double lsum = 0;
-            for (int r = 0; r < out; r++) {
-                size_t k = (size_t)r * ng + g;
-                float dq;
-                (void)quant_fake_k(kind, w[r], sc[k], zz[k], qmin, qmax, model_dtype, &dq);
-                float e = (w[r] - dq) / d;
-                err[r] = e;
-                lsum += (double)e * e;
-                w[r] = dq; /* Q1[:, i] */
-            }
-            loss += lsum;
-            if (res->rtn_fallback) continue;
-            for (int j = i + 1; j < count; j++) {
-                const float h = Ub[(size_t)i * bs + j];
-                float *wj = Wt + (size_t)(i1 + j) * out;
-                for (int r = 0; r < out; r++) {
-                    float p = err[r] * h;
-                    wj[r] = wj[r] - p;
-                }
-            }
-        }
-        /* W[:, i2:] -= Err1 @ U[i1:i2, i2:]  <=>  Wt[i2:, :] -= U[i1:i2, i2:]^T @ Err1 */
-        if (i2 < n && !res->rtn_fallback)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n - i2, out, count, -1.0f,
-                        U + (size_t)i1 * n + i2, n, Err1, out, 1.0f, Wt + (size_t)i2 * out, out);
-    }
+    for (int c = 0; c < nch; c++) loss += closs[c];
+    free(closs);
     res->loss = loss / 2;
 
     /* 7. undo the permutation, back to [out, in]; the stored code is the one
      * the compressor recomputes from the saved model-dtype weight. */
+    const float *sc = res->scale;
+    const int *zz = res->zp;
     for (int j = 0; j < n; j++) {
         const float *w = Wt + (size_t)j * out;
         int64_t c = perm[j];
@@ -568,8 +609,6 @@ ds_status gptq_quantize(const quant_args *a, const float *W, int out, int in, fl
             res->q[(size_t)r * in + c] = (int8_t)qc;
         }
     }
-    free(Ub);
-    free(Err1);
     free(gcol);
     free(Wt);
     hfactor_free(&own);

@@ -71,7 +71,7 @@ static void usage(FILE *f) {
             "  --resume-interval S   save a resume point every S seconds at a layer boundary\n"
             "                        (default 600; 0: after every layer)\n"
             "  --stop-after-layer K  testing aid: stop (exit 1) after the resume point of layer K\n"
-            "  --threads K           BLAS threads per rank (default: cores / ranks on the node)\n"
+            "  --threads K           compute threads per rank (default: cores / ranks on the node)\n"
             "  --overwrite           replace an existing output checkpoint\n"
             "  --summary FILE        write a machine-readable JSON run summary\n"
             "  -q, --quiet           only warnings and errors\n"
@@ -340,7 +340,7 @@ static int cmd_quantize(int argc, char **argv) {
 
     int threads = c.threads > 0 ? (int)c.threads
                                 : DS_MAX(1, (int)sysconf(_SC_NPROCESSORS_ONLN) / comm_local_size());
-    openblas_set_num_threads(threads);
+    openblas_set_num_threads(1); /* the host threads split the GEMMs (ops_cpu.c): no BLAS worker spins beside them */
     ds_set_threads(threads);
 
     size_t first = 0, count = 0;

@@ -12,14 +12,36 @@
 #include <stdlib.h>
 #include <string.h>
 
+typedef struct mm_job {
+    float *y;
+    const float *x, *w, *b;
+    int in, out;
+    ds_dtype act;
+} mm_job;
+
+/* Rows [lo, hi) of y: one 1-thread sgemm, the bias, the rounding. */
+static void mm_rows(void *p, size_t lo, size_t hi) {
+    const mm_job *j = p;
+    const int in = j->in, out = j->out;
+    float *y = j->y + lo * out;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), out, in, 1.0f, j->x + lo * in, in, j->w,
+                in, 0.0f, y, out);
+    if (j->b)
+        for (size_t t = 0; t < hi - lo; t++)
+            for (int o = 0; o < out; o++) y[t * out + o] += j->b[o];
+    ds_round_array(y, (hi - lo) * out, j->act);
+}
+
+/* The rows are split over the host threads (BLAS itself runs one thread:
+ * main.c), each range one sgemm: every output element is the same dot product
+ * whatever the split (OpenBLAS blocks K alike for any M; tests/test_batch.c). */
 void matmul_forward_cpu(float *y, const float *x, const float *w, const float *b, int T, int in,
                         int out, ds_dtype act) {
-    if (T == 0) return;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
-    if (b)
-        for (int t = 0; t < T; t++)
-            for (int o = 0; o < out; o++) y[(size_t)t * out + o] += b[o];
-    ds_round_array(y, (size_t)T * out, act);
+    if (T <= 0) return;
+    mm_job j = {y, x, w, b, in, out, act};
+    /* at least ~4 MFLOP per range */
+    size_t min_rows = DS_MAX((size_t)16, ((size_t)2 << 20) / ((size_t)in * out + 1));
+    ds_parallel_for((size_t)T, min_rows, mm_rows, &j);
 }
 
 typedef struct rms_job {
@@ -135,10 +157,7 @@ void attention_forward_cpu(float *out, const float *q, const float *k, const flo
     /* With host threads, heads run in parallel on 1-thread sgemm (the softmax
      * is the larger part at HS = 64-128, and it is scalar); each head's
      * arithmetic is the same either way. */
-    const int blas = openblas_get_num_threads();
-    if (ds_threads() > 1 && NH > 1) openblas_set_num_threads(1);
     ds_parallel_for((size_t)NH, 1, att_heads, &j);
-    if (ds_threads() > 1 && NH > 1) openblas_set_num_threads(blas);
 }
 
 typedef struct ew_job {
@@ -171,26 +190,47 @@ void residual_forward_cpu(float *x, const float *y, size_t n, ds_dtype act) {
     ds_parallel_for(n, (size_t)1 << 18, residual_range, &j);
 }
 
+/* Hessian tiles: the upper triangle of H [n, n] in HT x HT tiles (a, b),
+ * b >= a, numbered row-major; each job computes its tiles' X^T X in f32 (a
+ * diagonal tile with ssyrk, the others with sgemm) into its place in the
+ * [n, n] scratch and adds twice that into H in f64. The tiling depends on n
+ * alone, so the sums do not depend on the thread count. */
+#define HT 256
+
 typedef struct hacc_job {
     double *H;
-    const float *s;
-    int n;
+    const float *X;
+    float *scratch; /* [n, n] */
+    int rows, n, nt;
 } hacc_job;
 
-static void hacc_rows(void *p, size_t lo, size_t hi) {
+static void hacc_tiles(void *p, size_t lo, size_t hi) {
     const hacc_job *j = p;
-    for (size_t i = lo; i < hi; i++) {
-        const float *s = j->s + i * j->n;
-        double *hr = j->H + i * j->n;
-        for (size_t c = i; c < (size_t)j->n; c++) hr[c] += 2.0 * (double)s[c];
-    }
+    const int n = j->n, nt = j->nt;
+    size_t k = 0;
+    for (int a = 0; a < nt; a++)
+        for (int b = a; b < nt; b++, k++) {
+            if (k < lo || k >= hi) continue;
+            const int r0 = a * HT, c0 = b * HT, nr = DS_MIN(HT, n - r0), nc = DS_MIN(HT, n - c0);
+            float *S = j->scratch + (size_t)r0 * n + c0;
+            if (a == b)
+                cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, nr, j->rows, 1.0f, j->X + r0, n, 0.0f, S, n);
+            else
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nr, nc, j->rows, 1.0f, j->X + r0, n, j->X + c0,
+                            n, 0.0f, S, n);
+            for (int i = 0; i < nr; i++) {
+                double *hr = j->H + (size_t)(r0 + i) * n + c0;
+                const float *sr = S + (size_t)i * n;
+                for (int c = a == b ? i : 0; c < nc; c++) hr[c] += 2.0 * (double)sr[c];
+            }
+        }
 }
 
 void hessian_accum_cpu(double *H, const float *X, int rows, int n, float *scratch) {
     if (rows == 0) return;
-    cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, n, rows, 1.0f, X, n, 0.0f, scratch, n);
-    hacc_job j = {H, scratch, n};
-    ds_parallel_for((size_t)n, 64, hacc_rows, &j);
+    const int nt = (n + HT - 1) / HT;
+    hacc_job j = {H, X, scratch, rows, n, nt};
+    ds_parallel_for((size_t)nt * (nt + 1) / 2, 1, hacc_tiles, &j);
 }
 
 void hessian_mirror_cpu(double *H, int n) {
