@@ -18,11 +18,17 @@
  *  - unsupported setups are usage errors (exit 2) with a message: f32 model,
  *    f32 MoE model, no device, memory budget too small; --device auto falls back
  *    to the CPU.
+ *  - the static activation scales (GPTQ FP8 input_scale, QuantizationModifier
+ *    NVFP4 input_global_scale) of the emulated engine equal the CPU ones
+ *    (more in tests/test_actobs_gpu_emul.sh; here: the comparison the real-GPU
+ *    test below uses).
  * With a GPU (build/doneshot built with CUDA and a device visible): the real
  * engine's checkpoint against the CPU one (>= 99 % codes: cuBLAS sums in
- * another order); else that test is reported skipped, never passed, and
- * failed with DS_REQUIRE_GPU=1. `test_gpu_engine real-gpu` runs only that test
- * (make test-gpu).
+ * another order), and its static activation scales within 2 % of the CPU's
+ * (max |x| of activations computed in another summation order: an ulp of a
+ * bf16 activation, then the scale's own rounding); else those tests are
+ * reported skipped, never passed, and failed with DS_REQUIRE_GPU=1.
+ * `test_gpu_engine real-gpu` runs only them (make test-gpu).
  * Needs BUILD/doneshot, BUILD/doneshot-emul, BUILD/gen_model, mpirun, python3
  * (tests/fixtures.py).
  */
@@ -229,6 +235,92 @@ static void test_auto(void) {
     }
 }
 
+/* Quantize the bf16 model with `bin` on np ranks into g_tmp/tag with the
+ * recipe {modifier: {scheme, targets Linear, ignore lm_head and down_proj
+ * (172 columns: no NVFP4 group of 16)}} on 16 samples of 128 tokens; extra
+ * args appended. Exit code. */
+static int quant_scheme(const char *bin, int np, const char *tag, const char *modifier, const char *scheme,
+                        const char *extra) {
+    char rp[512], cmd[4096];
+    snprintf(rp, sizeof rp, "%s/%s.recipe.json", g_tmp, tag);
+    FILE *f = fopen(rp, "w");
+    if (!f) return -1;
+    fprintf(f, "{\"dataset\": \"data/tinystories_sample.txt\", \"num_calibration_samples\": 16, "
+               "\"max_seq_length\": 128, \"modifiers\": [{\"%s\": {\"scheme\": \"%s\", \"targets\": "
+               "[\"Linear\"], \"ignore\": [\"lm_head\", \"re:.*down_proj\"]}}]}\n", modifier, scheme);
+    fclose(f);
+    snprintf(cmd, sizeof cmd, "%s -np %d %s --recipe %s --model %s --output %s/%s --overwrite %s >%s/%s.log 2>&1",
+             g_mpirun, np, bin, rp, g_model, g_tmp, tag, extra, g_tmp, tag);
+    int rc = run(cmd);
+    if (rc) fprintf(stderr, "  %s: exit %d (log %s/%s.log)\n", tag, rc, g_tmp, tag);
+    return rc;
+}
+
+/* Largest relative difference of the static activation scales (every
+ * *.input_scale and *.input_global_scale) of g_tmp/a and g_tmp/b; -1 when
+ * the two sets differ, there is none, or a scale is not positive and finite. */
+static double act_scale_rel(const char *a, const char *b) {
+    char pa[512], pb[512];
+    snprintf(pa, sizeof pa, "%s/%s", g_tmp, a);
+    snprintf(pb, sizeof pb, "%s/%s", g_tmp, b);
+    st_model *ma = NULL, *mb = NULL;
+    if (st_open_dir(pa, &ma) || st_open_dir(pb, &mb)) { st_close(ma); return -1; }
+    double worst = 0;
+    int n = 0, ok = st_count(ma) == st_count(mb);
+    for (size_t i = 0; ok && i < st_count(ma); i++) {
+        const st_tensor *x = st_get(ma, i), *y = st_find(mb, x->name);
+        if (!ckpt_ends_with(x->name, ".input_scale") && !ckpt_ends_with(x->name, ".input_global_scale")) continue;
+        float u = 0, v = 0;
+        ok = y && st_numel(x) == 1 && st_numel(y) == 1 && st_to_f32(x, &u) == DS_OK && st_to_f32(y, &v) == DS_OK &&
+             u > 0 && v > 0 && isfinite(u) && isfinite(v);
+        if (ok) worst = DS_MAX(worst, fabs((double)u - v) / v);
+        n++;
+    }
+    st_close(ma);
+    st_close(mb);
+    printf("  %s vs %s: %d static activation scales, max rel diff %.2e%s\n", a, b, n, worst, ok ? "" : " (invalid)");
+    return ok && n > 0 ? worst : -1;
+}
+
+/* g_tmp/a and g_tmp/b hold byte-identical model.safetensors. */
+static int identical_bytes(const char *a, const char *b) {
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "cmp -s %s/%s/model.safetensors %s/%s/model.safetensors", g_tmp, a, g_tmp, b);
+    return run(cmd) == 0;
+}
+
+static void test_emul_act_scales(void) {
+    TEST("emulated cuda == cpu: static activation scales (GPTQ FP8, QuantizationModifier NVFP4)") {
+        CHECK_EQ_INT(quant_scheme(g_bin, 1, "fp8cpu", "GPTQModifier", "FP8", "--device cpu"), 0);
+        CHECK_EQ_INT(quant_scheme(g_emul, 2, "fp8emul", "GPTQModifier", "FP8", "--device cuda"), 0);
+        CHECK(log_has("fp8emul", "host emulator"));
+        CHECK(act_scale_rel("fp8cpu", "fp8emul") == 0.0);
+        CHECK(identical_bytes("fp8cpu", "fp8emul"));
+        CHECK_EQ_INT(quant_scheme(g_bin, 1, "nv4cpu", "QuantizationModifier", "NVFP4", "--device cpu"), 0);
+        CHECK_EQ_INT(quant_scheme(g_emul, 1, "nv4emul", "QuantizationModifier", "NVFP4", "--device cuda"), 0);
+        CHECK(act_scale_rel("nv4cpu", "nv4emul") == 0.0);
+        CHECK(identical_bytes("nv4cpu", "nv4emul"));
+    }
+}
+
+static void test_real_gpu_act_scales(void) {
+    TEST("real GPU: static activation scales on cuda within 2 % of cpu (GPTQ FP8, QuantizationModifier NVFP4)") {
+        int rc = quant_scheme(g_bin, 1, "fp8gpu", "GPTQModifier", "FP8", "--device cuda");
+        if (rc == 2 && (log_has("fp8gpu", "no CUDA device") || log_has("fp8gpu", "built without CUDA"))) {
+            SKIP_NO_GPU(log_has("fp8gpu", "no CUDA device") ? "no CUDA device" : "built without CUDA");
+            break;
+        }
+        CHECK_EQ_INT(rc, 0);
+        CHECK_EQ_INT(quant_scheme(g_bin, 1, "fp8cpu", "GPTQModifier", "FP8", "--device cpu"), 0);
+        double r = act_scale_rel("fp8cpu", "fp8gpu");
+        CHECK(r >= 0 && r <= 2e-2);
+        CHECK_EQ_INT(quant_scheme(g_bin, 2, "nv4gpu", "QuantizationModifier", "NVFP4", "--device cuda"), 0);
+        CHECK_EQ_INT(quant_scheme(g_bin, 1, "nv4cpu", "QuantizationModifier", "NVFP4", "--device cpu"), 0);
+        r = act_scale_rel("nv4cpu", "nv4gpu");
+        CHECK(r >= 0 && r <= 2e-2);
+    }
+}
+
 static void test_real_gpu(void) {
     TEST("real GPU: cuda == cpu on stories260K-bf16 (>= 99 % identical codes)") {
         int rc = quant_m(g_bin, 1, "gpu1", "--device cuda");
@@ -271,8 +363,10 @@ int main(int argc, char **argv) {
         test_emul_asym();
         test_unsupported();
         test_auto();
+        test_emul_act_scales();
     }
     test_real_gpu();
+    test_real_gpu_act_scales();
 
     snprintf(cmd, sizeof cmd, "rm -rf %s", g_tmp);
     if (!t_failed) run(cmd);
