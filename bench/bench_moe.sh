@@ -21,6 +21,10 @@
 #      2048), W4A16, -np 1, every expert calibrated: wall time, per-stage
 #      times with an MoE FLOP model, peak GPU memory, save time. Target
 #      <= 600 s for 48 layers on one H100 (llm-compressor: 14,207 s).
+#   The experts run in batched groups (docs/BENCHMARKS-moe.md); the log's
+#   device line names the group size, DONESHOT_MOE_GROUP_ROWS=1 gives the
+#   smallest groups (one expert per group when calibrating all experts) for
+#   an A/B against the default.
 #   TIMEOUT (default 540 s) bounds step 2; SKIP_PARITY=1 / SKIP_E2E=1;
 #   MOE_SHAPE replaces the gen_model shape options (a dry run of the script
 #   with a tiny model and BUILD/doneshot the emulated engine).

@@ -75,6 +75,21 @@ void embed_forward_cuda(uint16_t *out, const uint16_t *table, const int32_t *ids
 void matmul_forward_cuda(uint16_t *y, const uint16_t *x, const uint16_t *w, const uint16_t *b,
                          int T, int in, int out, void *stream);
 
+/* matmul.cu: n bias-free Linear problems of one shape as one batched
+ * launch (the MoE experts of a group): y_i [T_i, out] = bf16(x_i [T_i, in]
+ * W_i [out, in]^T), fp32 accumulation, each output element the GEMM of
+ * matmul_forward_cuda (the CPU twin computes every problem exactly as
+ * matmul_forward_cpu on its own rows). ptr_h: HOST array [3n] of device
+ * pointers {W_0..W_n-1, x_0..x_n-1, y_0..y_n-1} (x_i may repeat: the
+ * experts' shared input, stride 0); ptr_d: a DEVICE copy of the same array,
+ * uploaded by the caller stream-ordered before this call; T: host [n], each
+ * >= 1. All T_i equal: one cublasGemmBatchedEx; otherwise one
+ * cublasGemmGroupedBatchedEx (cuBLAS >= 12.5, one group per problem), or a
+ * loop of cublasGemmEx on an older cuBLAS or where it answers
+ * NOT_SUPPORTED. */
+void matmul_batched_forward_cuda(const void *const *ptr_h, void *const *ptr_d, const int *T, int n, int in,
+                                 int out, void *stream);
+
 /* rmsnorm.cu: as rmsnorm_forward_cpu (f32 statistics, two bf16 roundings). y may alias x. */
 void rmsnorm_forward_cuda(uint16_t *y, const uint16_t *x, const uint16_t *w, int T, int C,
                           float eps, void *stream);
@@ -176,6 +191,12 @@ void moe_gather_cuda(uint16_t *dst, const uint16_t *x, const int32_t *rows, int 
  * rows distinct. */
 void moe_scatter_add_cuda(uint16_t *acc, const uint16_t *y, const int32_t *rows, const float *w, int n, int C,
                           int y_by_row, void *stream);
+/* The index-add of several experts at once (the rows tok[0..n) distinct):
+ * acc[tok[i], :] = bf16(acc + bf16(w[p] * y[src[p], :])) for p = start[i]
+ * .. start[i+1]-1 in that order (ascending expert: moe_forward's order).
+ * start [n+1] holds absolute indices into src / w. */
+void moe_combine_cuda(uint16_t *acc, const uint16_t *y, const int32_t *tok, const int32_t *start,
+                      const int32_t *src, const float *w, int n, int C, void *stream);
 /* Qwen2-MoE shared expert: acc[t] = bf16(acc[t] + bf16(g_t * y[t])), g_t =
  * bf16(sigmoid(bf16(sum_j m[t,j] * wsg[j]))) (f32, sequential sum); gate_ws
  * [T] f32 device scratch. */

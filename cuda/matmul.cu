@@ -40,3 +40,57 @@ extern "C" void matmul_forward_cuda(uint16_t *y, const uint16_t *x, const uint16
                               CUDA_R_16BF, in, &beta, y, CUDA_R_16BF, out, CUBLAS_COMPUTE_32F,
                               CUBLAS_GEMM_DEFAULT));
 }
+
+/* The experts of a MoE group: same (in, out), no bias, T_i rows each (see
+ * kernels.h). Same operands and compute type as matmul_forward_cuda; the
+ * pointer arrays (device) are {W..., x..., y...}. */
+extern "C" void matmul_batched_forward_cuda(const void *const *ptr_h, void *const *ptr_d, const int *T, int n,
+                                            int in, int out, void *stream) {
+    DS_ASSERT(n >= 0 && in > 0 && out > 0);
+    if (n == 0) return;
+    int same = 1;
+    for (int i = 0; i < n; i++) {
+        DS_ASSERT(T[i] >= 1);
+        same &= T[i] == T[0];
+    }
+    const float alpha = 1.0f, beta = 0.0f;
+    cublasHandle_t h = ds_cublas_get(stream);
+    const void *const *A = (const void *const *)ptr_d, *const *B = (const void *const *)ptr_d + n;
+    void *const *Cp = ptr_d + 2 * (size_t)n;
+    if (same) {
+        CUBLAS_CHECK(cublasGemmBatchedEx(h, CUBLAS_OP_T, CUBLAS_OP_N, out, T[0], in, &alpha, A, CUDA_R_16BF, in, B,
+                                         CUDA_R_16BF, in, &beta, Cp, CUDA_R_16BF, out, n, CUBLAS_COMPUTE_32F,
+                                         CUBLAS_GEMM_DEFAULT));
+        return;
+    }
+#if defined(CUBLAS_VERSION) && CUBLAS_VERSION >= 120500
+    static int grouped_ok = 1; /* cleared when this cuBLAS refuses the shapes or types */
+    if (grouped_ok) {
+        cublasOperation_t *ta = (cublasOperation_t *)xmalloc(sizeof(cublasOperation_t) * 2 * (size_t)n);
+        int *iv = (int *)xmalloc(sizeof(int) * 7 * (size_t)n);
+        float *sc = (float *)xmalloc(sizeof(float) * 2 * (size_t)n);
+        int *m_a = iv, *n_a = iv + n, *k_a = iv + 2 * n, *lda = iv + 3 * n, *ldb = iv + 4 * n, *ldc = iv + 5 * n,
+            *gs = iv + 6 * n;
+        for (int i = 0; i < n; i++) {
+            ta[i] = CUBLAS_OP_T;
+            ta[n + i] = CUBLAS_OP_N;
+            m_a[i] = out; n_a[i] = T[i]; k_a[i] = in;
+            lda[i] = in; ldb[i] = in; ldc[i] = out;
+            gs[i] = 1;
+            sc[i] = alpha; sc[n + i] = beta;
+        }
+        cublasStatus_t st = cublasGemmGroupedBatchedEx(h, ta, ta + n, m_a, n_a, k_a, sc, A, CUDA_R_16BF, lda, B,
+                                                       CUDA_R_16BF, ldb, sc + n, Cp, CUDA_R_16BF, ldc, n, gs,
+                                                       CUBLAS_COMPUTE_32F);
+        free(ta); free(iv); free(sc);
+        if (st == CUBLAS_STATUS_SUCCESS) return;
+        if (st != CUBLAS_STATUS_NOT_SUPPORTED) CUBLAS_CHECK(st);
+        grouped_ok = 0;
+        ds_debug("cublasGemmGroupedBatchedEx: not supported here; MoE expert GEMMs loop over cublasGemmEx");
+    }
+#endif
+    for (int i = 0; i < n; i++)
+        CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, out, T[i], in, &alpha, ptr_h[i], CUDA_R_16BF, in,
+                                  ptr_h[n + i], CUDA_R_16BF, in, &beta, (void *)ptr_h[2 * n + i], CUDA_R_16BF, out,
+                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}

@@ -121,12 +121,21 @@ struct gpu_engine {
 
     /* MoE layer (issue 13): the current layer's structure and transients */
     int sparse, all_experts, router, expert0, shared0, shared_gate;
-    uint16_t *logits, *xe, *acc;    /* [ct, E], [ct, C], [ct, C] */
-    int32_t *top_e_d, *rows_d;      /* [ct, K] */
-    float *top_w_d, *rw_d, *gate_ws;/* [ct, K], [ct, K], [ct] */
+    uint16_t *logits, *xe, *acc;    /* [ct, E], [R, C], [ct, C] */
+    int32_t *top_e_d, *rows_d;      /* [ct, K]; rows: the routed rows sorted by expert */
+    float *top_w_d, *rw_d, *gate_ws;/* [ct, K], [ct, K] (combine order), [ct] */
     void *route_ws;
     int32_t *top_e_h, *rows_h, *eoff;/* host: [ct, K], [ct, K], [E + 1] */
     float *top_w_h, *rw_h;
+    /* expert groups (moe_chunk): up to moe_rows rows each (xe, g, u, o hold
+     * that many); the group tables of a chunk (GEMM pointer arrays, combine
+     * lists) go up in one copy from ix_h to ix_d */
+    int moe_rows, expert_bias;      /* R; some expert Linear has a bias */
+    unsigned char *ix_h, *ix_d;
+    size_t ix_bytes;
+    int32_t *tpos, *efill, *gdesc;  /* host: [ct, K] sorted positions + [ct, K] choices by
+                                     * expert + [ct] cursors; [E]; [8 E] group descriptors */
+    int *tprob;                     /* host: [3 E] rows of a group's GEMM problems, [3 E] their slots */
     int64_t *cnt;                   /* calibration: the caller's counts */
     uint64_t calib_gen;             /* calibrations so far (names the Hessians of a layer) */
 
@@ -234,6 +243,17 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
                         .actorder = o->qa->actorder != QA_NONE, .max_micro_batch = o->max_micro_batch};
     gpu_plan plan;
     st = gpu_plan_make(&d, &po, &plan);
+    /* MoE expert groups: DONESHOT_MOE_GROUP_ROWS rows (a tuning and test
+     * knob; default: what half of the memory the plan leaves affords) */
+    long group_rows = 0;
+    const char *gr = c->E > 0 ? getenv("DONESHOT_MOE_GROUP_ROWS") : NULL;
+    if (st == DS_OK && gr && *gr) {
+        char *end;
+        group_rows = strtol(gr, &end, 10);
+        if (*end || group_rows < 1 || group_rows > (1L << 30))
+            st = ds_error(DS_ERR_USAGE, "DONESHOT_MOE_GROUP_ROWS=%s: expected a number of rows in [1, 2^30]\n"
+                          "hint: unset it (the default uses the memory the plan leaves)", gr);
+    }
     if (st) {
         free(e->len); free(e->off); free(e);
         return st;
@@ -254,19 +274,36 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
 
     /* transients (one chunk) */
     const size_t ct = e->chunk_tok_max;
+    /* MoE: R rows per expert group (moe_chunk), at least ct (one expert on
+     * every token), at most every routed row (routed) or every expert on
+     * every token (all-experts calibration); xe, o: [R, C], g, u: [R, IM] */
+    size_t R = 0, ixb = 0;
+    if (c->E > 0) {
+        const size_t E = (size_t)c->E, K = (size_t)c->K, IM = (size_t)c->IM;
+        const size_t rmax = ct * (o->moe_routed ? K : DS_MAX(K, E));
+        ixb = 9 * E * sizeof(void *) + sizeof(int32_t) * (3 * ct * K + E + 1);
+        if (group_rows) {
+            R = DS_MIN(rmax, DS_MAX(ct, (size_t)group_rows));
+        } else {
+            const size_t need = plan.peak + ixb, slack = budget > need ? (budget - need) / 2 : 0;
+            R = DS_MIN(rmax, ct + slack / (4 * (C + IM)));
+        }
+        R = DS_MAX(ct, DS_MIN(R, (size_t)1 << 30));
+        e->moe_rows = (int)R;
+    }
     e->y = dalloc(ct * C * 2);
     e->a = dalloc(ct * C * 2);
     e->q = dalloc(ct * qd * 2);
     e->k = dalloc(ct * kvd * 2);
     e->v = dalloc(ct * kvd * 2);
     e->ctx = dalloc(ct * qd * 2);
-    e->o = dalloc(ct * C * 2);
-    e->g = dalloc(ct * F * 2);
-    e->u = dalloc(ct * F * 2);
+    e->o = dalloc(DS_MAX(ct, R) * C * 2);
+    e->g = dalloc(DS_MAX(ct * F, R * (size_t)c->IM) * 2);
+    e->u = dalloc(DS_MAX(ct * F, R * (size_t)c->IM) * 2);
     if (c->E > 0) {
         const size_t E = (size_t)c->E, K = (size_t)c->K;
         e->logits = dalloc(ct * E * 2);
-        e->xe = dalloc(ct * C * 2);
+        e->xe = dalloc(R * C * 2);
         e->acc = dalloc(ct * C * 2);
         e->top_e_d = dalloc(ct * K * sizeof(int32_t));
         e->rows_d = dalloc(ct * K * sizeof(int32_t));
@@ -279,6 +316,13 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
         e->top_w_h = xmalloc(ct * K * sizeof(float));
         e->rw_h = xmalloc(ct * K * sizeof(float));
         e->eoff = xmalloc((E + 1) * sizeof(int32_t));
+        e->ix_bytes = ixb;
+        e->ix_d = dalloc(ixb);
+        e->ix_h = xcalloc(1, ixb);
+        e->tpos = xmalloc(ct * K * sizeof(int32_t) * 2 + ct * sizeof(int32_t)); /* + sorted choices, cursors */
+        e->efill = xmalloc(E * sizeof(int32_t));
+        e->gdesc = xmalloc(8 * E * sizeof(int32_t));
+        e->tprob = xmalloc(6 * E * sizeof(int)); /* rows, then weight slots */
     }
     e->attn_ws = dalloc(attention_ws_bytes(e->max_T, c->NH / c->NKV));
     e->cos_t = dalloc((size_t)e->max_T * c->HS * 2);
@@ -392,11 +436,13 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
     free(tmp);
     e->t.upload += ds_now() - t0;
     sample_mem(e);
+    char moe[64] = "";
+    if (e->moe_rows) snprintf(moe, sizeof moe, " | MoE expert groups of up to %d rows", e->moe_rows);
     snprintf(e->desc, sizeof e->desc,
-             "%s | micro-batch %d (%d chunks) | activations %s | plan peak %.2f of %.2f GiB budget%s",
+             "%s | micro-batch %d (%d chunks) | activations %s | plan peak %.2f of %.2f GiB budget%s%s",
              ds_cuda_device_name(), e->micro_batch, e->nchunks, e->offload ? "offloaded (pinned host)" : "resident",
              (double)plan.peak / (double)(1u << 30), (double)budget / (double)(1u << 30),
-             sharing > 1 ? " (device shared by local ranks)" : "");
+             sharing > 1 ? " (device shared by local ranks)" : "", moe);
     if (st) {
         gpu_engine_destroy(e);
         return st;
@@ -443,6 +489,14 @@ void gpu_engine_load_layer(gpu_engine *e, const layer_weights *lw) {
         ds_cuda_memcpy_h2d(e->q_norm, hn + 2 * C, HS * 2, e->s_comp);
         ds_cuda_memcpy_h2d(e->k_norm, hn + 2 * C + HS, HS * 2, e->s_comp);
     }
+    e->expert_bias = 0;
+    for (int x = 0; lw->sparse && x < c->E; x++) { /* the expert groups batch equal shapes */
+        const int G = lw->expert0 + 3 * x;
+        DS_ASSERT(e->win[G] == c->C && e->win[G + 1] == c->C && e->wout[G + 2] == c->C);
+        DS_ASSERT(e->wout[G] == e->wout[lw->expert0] && e->wout[G + 1] == e->wout[G] && e->win[G + 2] == e->wout[G]);
+        DS_ASSERT((size_t)e->wout[G] <= (size_t)c->IM);
+        e->expert_bias |= e->has_b[G] | e->has_b[G + 1] | e->has_b[G + 2];
+    }
     ds_cuda_sync(e->s_comp);
     e->t.upload += ds_now() - t0;
 }
@@ -484,62 +538,164 @@ static void mlp_chunk(gpu_engine *e, int G, const uint16_t *X, int T, const int 
     matmul(e, e->o, e->g, G + 2, T);
 }
 
+/* The GEMMs of one expert group: n problems as matmul_batched_forward_cuda
+ * (host pointers ph {W, x, y}, their device copy pd, rows tp[i]); with an
+ * expert bias (no supported architecture has one) one matmul per problem,
+ * weight slot lin[i]. */
+static void expert_gemms(gpu_engine *e, void **ph, void **pd, const int *tp, const int *lin, int n, int in, int out) {
+    if (e->expert_bias) {
+        for (int i = 0; i < n; i++) matmul(e, ph[2 * n + i], ph[n + i], lin[i], tp[i]);
+        return;
+    }
+    matmul_batched_forward_cuda((const void *const *)ph, pd, tp, n, in, out, e->s_comp);
+}
+
 /* The MoE block of model.c moe_forward on m = e->a [T, C] (sequences
  * [s0, s1)) -> e->acc: router and top-K on the device, the routing copied
- * to the host to list each expert's rows (ascending expert, tokens in
- * order, as the CPU), one upload of all experts' rows and weights; each
- * expert runs on its gathered rows (routed) or, when calibrating with all
- * experts, on all T tokens (its down_proj Hessian sees every token) with
- * only the routed rows added; then the shared expert (Qwen2-MoE). Expert
- * Hessian counts as the CPU capture: tokens, and the sequences that gave the
- * expert at least one token. */
+ * to the host and sorted by expert once (ascending expert, tokens in order,
+ * as the CPU). The experts run in groups of consecutive experts of at most
+ * e->moe_rows rows: routed, one gather of the group's rows, then its gate
+ * and up projections as one batched GEMM, one SwiGLU, the down projections
+ * as one batched GEMM and one combine kernel (each token's contributions
+ * added in ascending expert order); when calibrating with all experts,
+ * every expert of a group reads all T tokens of m (the same x pointer:
+ * stride 0; its down_proj Hessian sees every token) and only the routed
+ * rows are added. Then the shared expert (Qwen2-MoE). Hessians as before
+ * the grouping: each expert's down_proj input its own, the gate/up input
+ * its own (routed) or INP_MLP (all experts, captured by layer_chunk);
+ * counts as the CPU capture: tokens, and the sequences that gave the
+ * expert at least one token. One upload per chunk: the sorted rows, the
+ * combine weights and the group tables (pointer arrays, combine lists). */
 static void moe_chunk(gpu_engine *e, int T, int s0, int s1, const int *used) {
     const model_config *c = &e->c;
-    const int E = c->E, K = c->K, C = c->C;
+    const int E = c->E, K = c->K, C = c->C, n = T * K;
     void *s = e->s_comp;
     const uint16_t *m = e->a;
     matmul(e, e->logits, m, e->router, T);
     moe_route_cuda(e->top_e_d, e->top_w_d, e->logits, T, E, K, c->norm_topk, e->route_ws, s);
-    ds_cuda_memcpy_d2h(e->top_e_h, e->top_e_d, sizeof(int32_t) * (size_t)T * K, s);
-    ds_cuda_memcpy_d2h(e->top_w_h, e->top_w_d, sizeof(float) * (size_t)T * K, s);
-    int n = 0;
-    for (int x = 0; x < E; x++) {
-        e->eoff[x] = n;
-        for (int t = 0; t < T; t++)
-            for (int k = 0; k < K; k++)
-                if (e->top_e_h[(size_t)t * K + k] == x) {
-                    e->rows_h[n] = t;
-                    e->rw_h[n++] = e->top_w_h[(size_t)t * K + k];
-                }
+    ds_cuda_memcpy_d2h(e->top_e_h, e->top_e_d, sizeof(int32_t) * (size_t)n, s);
+    ds_cuda_memcpy_d2h(e->top_w_h, e->top_w_d, sizeof(float) * (size_t)n, s);
+    const int32_t *te = e->top_e_h;
+    const int all = used && e->all_experts, R = e->moe_rows, IM = e->wout[e->expert0];
+    int32_t *eoff = e->eoff, *rows = e->rows_h, *tpos = e->tpos, *tord = tpos + n, *tcur = tord + n;
+
+    /* counting sort of the n routed (token, expert) pairs by expert */
+    memset(eoff, 0, sizeof(int32_t) * (size_t)(E + 1));
+    for (int i = 0; i < n; i++) eoff[te[i] + 1]++;
+    for (int x = 0; x < E; x++) eoff[x + 1] += eoff[x];
+    memcpy(e->efill, eoff, sizeof(int32_t) * (size_t)E);
+    for (int i = 0; i < n; i++) {
+        const int p = e->efill[te[i]]++;
+        rows[p] = i / K;
+        tpos[i] = p;
     }
-    e->eoff[E] = n;
-    ds_cuda_memcpy_h2d(e->rows_d, e->rows_h, sizeof(int32_t) * (size_t)n, s);
-    ds_cuda_memcpy_h2d(e->rw_d, e->rw_h, sizeof(float) * (size_t)n, s);
-    ds_cuda_memset(e->acc, 0, sizeof(uint16_t) * (size_t)T * C, s);
-    const int all = used && e->all_experts;
-    for (int x = 0; x < E; x++) {
-        const int G = e->expert0 + 3 * x, r0 = e->eoff[x], nx = e->eoff[x + 1] - r0;
-        if (all) {
-            mlp_chunk(e, G, m, T, used, INP_EXPERT_DOWN(x));
-            moe_scatter_add_cuda(e->acc, e->o, e->rows_d + r0, e->rw_d + r0, nx, C, 1, s);
-            continue;
+    /* each token's K choices by ascending expert (insertion sort; K is small) */
+    for (int t = 0; t < T; t++) {
+        int32_t *o = tord + (size_t)t * K;
+        for (int k = 0; k < K; k++) {
+            int j = k;
+            while (j > 0 && te[(size_t)t * K + o[j - 1]] > te[(size_t)t * K + k]) { o[j] = o[j - 1]; j--; }
+            o[j] = k;
         }
-        if (nx == 0) continue;
-        moe_gather_cuda(e->xe, m, e->rows_d + r0, nx, C, s);
-        if (used && e->cnt) { /* routed calibration: this expert's tokens and sequences */
-            int nseq = 0;
-            for (int q = s0, i = r0; q < s1; q++) {
-                const int lo = (int)(e->off[q] - e->off[s0]), hi = (int)(e->off[q + 1] - e->off[s0]);
-                int got = 0;
-                while (i < r0 + nx && e->rows_h[i] < hi) got |= e->rows_h[i++] >= lo;
-                nseq += got;
+        tcur[t] = 0;
+    }
+
+    /* groups of consecutive experts (at least one each) of at most R rows,
+     * and their tables: pointer arrays (gate/up: W, x, y of 2 np problems;
+     * down: W, x, y of np), combine lists (tokens, starts, source rows of
+     * the group's output, weights in rw_h) */
+    void **ptr = (void **)e->ix_h, **ptr_d = (void **)e->ix_d;
+    const size_t pbytes = 9 * (size_t)E * sizeof(void *);
+    int32_t *src = (int32_t *)(e->ix_h + pbytes), *tok = src + n, *start = tok + n;
+    const int32_t *src_d = (const int32_t *)(e->ix_d + pbytes), *tok_d = src_d + n, *start_d = tok_d + n;
+    int ng = 0, pc = 0, ntok = 0, nst = 0, nsrc = 0;
+    for (int x = 0; x < E;) {
+        const int x0 = x;
+        int rws = 0, np = 0;
+        while (x < E) {
+            const int r = all ? T : eoff[x + 1] - eoff[x];
+            if (x > x0 && rws + r > R) break;
+            rws += r;
+            np += r > 0;
+            x++;
+        }
+        int32_t *gd = e->gdesc + 8 * ng++;
+        gd[0] = x0; gd[1] = x; gd[2] = rws; gd[3] = np; gd[4] = pc; gd[5] = ntok; gd[6] = nst;
+        void **pg = ptr + pc;
+        for (int y = x0, j = 0; y < x; y++) {
+            const int r = all ? T : eoff[y + 1] - eoff[y], G = e->expert0 + 3 * y;
+            if (!r) continue;
+            const size_t off = all ? (size_t)(y - x0) * T : (size_t)(eoff[y] - eoff[x0]);
+            void *xin = all ? (void *)m : (void *)(e->xe + off * C);
+            pg[j] = e->w[G];
+            pg[np + j] = e->w[G + 1];
+            pg[2 * np + j] = pg[3 * np + j] = xin;
+            pg[4 * np + j] = e->g + off * IM;
+            pg[5 * np + j] = e->u + off * IM;
+            pg[6 * np + j] = e->w[G + 2];
+            pg[7 * np + j] = e->g + off * IM;
+            pg[8 * np + j] = e->o + off * C;
+            j++;
+        }
+        pc += 9 * np;
+        for (int t = 0; t < T; t++) {
+            int q = tcur[t];
+            if (q >= K || te[(size_t)t * K + tord[(size_t)t * K + q]] >= x) continue;
+            tok[ntok++] = t;
+            start[nst++] = nsrc;
+            for (; q < K; q++) {
+                const int i = t * K + tord[(size_t)t * K + q], y = te[i];
+                if (y >= x) break;
+                src[nsrc] = all ? (y - x0) * T + t : tpos[i] - eoff[x0];
+                e->rw_h[nsrc++] = e->top_w_h[i];
             }
-            for (int id = INP_EXPERT_UP(x); id <= INP_EXPERT_DOWN(x); id++)
-                if (used[id] && e->want_h[id]) { e->cnt[2 * id] += nx; e->cnt[2 * id + 1] += nseq; }
+            tcur[t] = q;
         }
-        capture(e, used, INP_EXPERT_UP(x), e->xe, nx);
-        mlp_chunk(e, G, e->xe, nx, used, INP_EXPERT_DOWN(x));
-        moe_scatter_add_cuda(e->acc, e->o, e->rows_d + r0, e->rw_d + r0, nx, C, 0, s);
+        start[nst++] = nsrc;
+        gd[7] = ntok - gd[5];
+    }
+    const size_t ixn = pbytes + sizeof(int32_t) * (2 * (size_t)n + (size_t)nst);
+    DS_ASSERT(nsrc == n && pc <= 9 * E && ixn <= e->ix_bytes);
+    ds_cuda_memcpy_h2d(e->rows_d, rows, sizeof(int32_t) * (size_t)n, s);
+    ds_cuda_memcpy_h2d(e->rw_d, e->rw_h, sizeof(float) * (size_t)n, s);
+    ds_cuda_memcpy_h2d(e->ix_d, e->ix_h, ixn, s);
+    ds_cuda_memset(e->acc, 0, sizeof(uint16_t) * (size_t)T * C, s);
+
+    for (int gi = 0; gi < ng; gi++) {
+        const int32_t *gd = e->gdesc + 8 * gi;
+        const int x0 = gd[0], x1 = gd[1], rws = gd[2], np = gd[3], p0 = gd[4];
+        if (np == 0) continue; /* routed: no token chose these experts */
+        if (!all) moe_gather_cuda(e->xe, m, e->rows_d + eoff[x0], rws, C, s);
+        int *tp = e->tprob, *lin = e->tprob + 3 * E;
+        for (int y = x0, j = 0; y < x1; y++) {
+            const int r0 = eoff[y], nx = eoff[y + 1] - r0, r = all ? T : nx, G = e->expert0 + 3 * y;
+            if (!r) continue;
+            tp[j] = tp[np + j] = tp[2 * np + j] = r;
+            lin[j] = G; lin[np + j] = G + 1; lin[2 * np + j] = G + 2;
+            j++;
+            if (all) continue;
+            if (used && e->cnt) { /* routed calibration: this expert's tokens and sequences */
+                int nseq = 0;
+                for (int q = s0, i = r0; q < s1; q++) {
+                    const int lo = (int)(e->off[q] - e->off[s0]), hi = (int)(e->off[q + 1] - e->off[s0]);
+                    int got = 0;
+                    while (i < r0 + nx && rows[i] < hi) got |= rows[i++] >= lo;
+                    nseq += got;
+                }
+                for (int id = INP_EXPERT_UP(y); id <= INP_EXPERT_DOWN(y); id++)
+                    if (used[id] && e->want_h[id]) { e->cnt[2 * id] += nx; e->cnt[2 * id + 1] += nseq; }
+            }
+            capture(e, used, INP_EXPERT_UP(y), e->xe + (size_t)(r0 - eoff[x0]) * C, nx);
+        }
+        expert_gemms(e, ptr + p0, ptr_d + p0, tp, lin, 2 * np, C, IM);
+        swiglu_forward_cuda(e->g, e->g, e->u, (size_t)rws * IM, s);
+        for (int y = x0; y < x1; y++) {
+            const int r = all ? T : eoff[y + 1] - eoff[y];
+            const size_t off = all ? (size_t)(y - x0) * T : (size_t)(eoff[y] - eoff[x0]);
+            if (r) capture(e, used, INP_EXPERT_DOWN(y), e->g + off * IM, r);
+        }
+        expert_gemms(e, ptr + p0 + 6 * np, ptr_d + p0 + 6 * np, tp + 2 * np, lin + 2 * np, np, IM, C);
+        moe_combine_cuda(e->acc, e->o, tok_d + gd[5], start_d + gd[6], src_d, e->rw_d, gd[7], C, s);
     }
     if (e->shared0 >= 0) {
         mlp_chunk(e, e->shared0, m, T, used, INP_SHARED_DOWN);
@@ -784,6 +940,8 @@ void gpu_engine_destroy(gpu_engine *e) {
     free(e->len);
     free(e->off);
     free(e->chunk0);
+    ds_cuda_free(e->ix_d);
+    free(e->ix_h); free(e->tpos); free(e->efill); free(e->gdesc); free(e->tprob);
     free(e);
     ds_cuda_shutdown();
 }

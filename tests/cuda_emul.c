@@ -121,6 +121,18 @@ void matmul_forward_cuda(uint16_t *y, const uint16_t *x, const uint16_t *w, cons
     free(xf); free(wf); free(bf); free(yf);
 }
 
+/* Every problem as matmul_forward_cuda's twin on its own rows; the pointers
+ * are read from the "device" copy, so a table the engine did not upload
+ * poisons the result. */
+void matmul_batched_forward_cuda(const void *const *ptr_h, void *const *ptr_d, const int *T, int n, int in, int out,
+                                 void *stream) {
+    for (int i = 0; i < n; i++) {
+        DS_ASSERT(T[i] >= 1 && ptr_d[i] == ptr_h[i] && ptr_d[n + i] == ptr_h[n + i] &&
+                  ptr_d[2 * n + i] == ptr_h[2 * n + i]);
+        matmul_forward_cuda(ptr_d[2 * n + i], ptr_d[n + i], ptr_d[i], NULL, T[i], in, out, stream);
+    }
+}
+
 void rmsnorm_forward_cuda(uint16_t *y, const uint16_t *x, const uint16_t *w, int T, int C, float eps, void *stream) {
     (void)stream;
     float *xf = unpack(x, (size_t)T * C), *wf = unpack(w, C);
@@ -282,6 +294,12 @@ void moe_scatter_add_cuda(uint16_t *acc, const uint16_t *y, const int32_t *rows,
                           int y_by_row, void *stream) {
     (void)stream;
     moe_scatter_add_twin(acc, y, rows, w, n, C, y_by_row);
+}
+
+void moe_combine_cuda(uint16_t *acc, const uint16_t *y, const int32_t *tok, const int32_t *start, const int32_t *src,
+                      const float *w, int n, int C, void *stream) {
+    (void)stream;
+    moe_combine_twin(acc, y, tok, start, src, w, n, C);
 }
 
 void moe_shared_gate_add_cuda(uint16_t *acc, const uint16_t *y, const uint16_t *m, const uint16_t *wsg, int T, int C,

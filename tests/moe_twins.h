@@ -61,6 +61,23 @@ static void moe_scatter_add_twin(uint16_t *acc, const uint16_t *y, const int32_t
     }
 }
 
+/* model.c moe_forward's index-add for several experts at once: for each of
+ * the n distinct rows tok[i], its contributions p = start[i] .. start[i+1]-1
+ * in that order (ascending expert, as the CPU's expert loop adds them):
+ * a = bf16(a + bf16(w[p] * y[src[p], :])). */
+static void moe_combine_twin(uint16_t *acc, const uint16_t *y, const int32_t *tok, const int32_t *start,
+                             const int32_t *src, const float *w, int n, int C) {
+    const ds_dtype act = DS_DTYPE_BF16;
+    for (int i = 0; i < n; i++) {
+        uint16_t *a = acc + (size_t)tok[i] * C;
+        for (int p = start[i]; p < start[i + 1]; p++) {
+            const uint16_t *yr = y + (size_t)src[p] * C;
+            for (int j = 0; j < C; j++)
+                a[j] = f32_to_bf16(ds_round_to(bf16_to_f32(a[j]) + ds_round_to(w[p] * bf16_to_f32(yr[j]), act), act));
+        }
+    }
+}
+
 /* model.c moe_forward's shared expert: g = bf16(sigmoid(bf16(m . wsg))),
  * a = bf16(a + bf16(g * y)); gate_ws [T] receives g. */
 static void moe_shared_gate_add_twin(uint16_t *acc, const uint16_t *y, const uint16_t *m, const uint16_t *wsg, int T,

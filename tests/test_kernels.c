@@ -28,6 +28,7 @@ static const char *const TEST_NAMES[] = {
     "hessian_accum", "hessian_accum_f64", "gptq_quantize", "quant_pack_rows", "quant_pack_cols",
     "hessian_to_f32", "moe_route", "moe_gather_scatter", "moe_shared_gate_add",
     "gptq_factor_reuse", "gptq_quantize_fp8", "gptq_quantize_nvfp4", "act_absmax",
+    "matmul_batched", "moe_combine", /* run() dispatches these two by name */
 };
 
 #ifndef DS_CUDA
@@ -672,8 +673,136 @@ static void t_moe_shared_gate(int T, int C) {
     free(want);
 }
 
+/* Batched expert GEMMs (matmul_batched_forward_cuda): n problems y_i =
+ * x_i W_i^T with rows T[i] against the CPU twin (as t_matmul) and against
+ * matmul_forward_cuda on the same problem; shared: every problem reads the
+ * same x (the all-experts calibration, stride 0; T all equal). */
+static void t_matmul_batched(int n, const int *T, int in, int out, int shared) {
+    size_t nx = 0, ny = 0, nw = (size_t)n * out * in;
+    size_t *xo = xmalloc(sizeof(size_t) * (size_t)n), *yo = xmalloc(sizeof(size_t) * (size_t)n);
+    for (int i = 0; i < n; i++) {
+        xo[i] = shared ? 0 : nx;
+        nx = shared ? (size_t)T[0] * in : nx + (size_t)T[i] * in;
+        yo[i] = ny;
+        ny += (size_t)T[i] * out;
+    }
+    float *x = rand_bf16(nx, 1.0f, 0.0f), *w = rand_bf16(nw, 0.05f, 0.0f), *want = xmalloc(ny * 4);
+    for (int i = 0; i < n; i++)
+        matmul_forward_cpu(want + yo[i], x + xo[i], w + (size_t)i * out * in, NULL, T[i], in, out, DS_DTYPE_BF16);
+    uint16_t *hx = to_bf16(x, nx), *hw = to_bf16(w, nw), *hy = xmalloc(ny * 2), *hr = xmalloc(ny * 2);
+    dbuf bx, bw, by, br, bp;
+    uint16_t *dx = dbuf_up(&bx, hx, nx * 2), *dw = dbuf_up(&bw, hw, nw * 2), *dy = dbuf_new(&by, ny * 2);
+    uint16_t *dr = dbuf_new(&br, ny * 2);
+    void **ph = xmalloc(sizeof(void *) * 3 * (size_t)n);
+    for (int i = 0; i < n; i++) {
+        ph[i] = dw + (size_t)i * out * in;
+        ph[n + i] = dx + xo[i];
+        ph[2 * n + i] = dy + yo[i];
+        matmul_forward_cuda(dr + yo[i], dx + xo[i], dw + (size_t)i * out * in, NULL, T[i], in, out, NULL);
+    }
+    void **pd = dbuf_up(&bp, ph, sizeof(void *) * 3 * (size_t)n);
+    matmul_batched_forward_cuda((const void *const *)ph, pd, T, n, in, out, NULL);
+    CHECK(dbuf_get(&by, hy));
+    CHECK(dbuf_get(&br, hr));
+    float *got = from_bf16(hy, ny), *ref = from_bf16(hr, ny);
+    CHECK_CLOSE(got, want, ny, 1e-3, BF16_RTOL);
+    CHECK(nmse(got, want, ny) < 1e-4);
+    CHECK_CLOSE(got, ref, ny, 1e-3, BF16_RTOL); /* cuBLAS may pick another kernel for the batch */
+    size_t same = 0;
+    for (size_t i = 0; i < ny; i++) same += hy[i] == hr[i];
+    fprintf(stderr, "  matmul_batched n=%d %s: %zu of %zu outputs bitwise those of matmul_forward_cuda\n", n,
+            shared ? "shared x" : "own x", same, ny);
+    report("matmul_batched", got, want, ny);
+    dbuf_free(&bx); dbuf_free(&bw); dbuf_free(&by); dbuf_free(&br); dbuf_free(&bp);
+    free(xo); free(yo); free(x); free(w); free(want); free(hx); free(hw); free(hy); free(hr); free(ph); free(got);
+    free(ref);
+}
+
+/* The expert-group combine: T tokens each routed to K distinct of E experts,
+ * expert outputs y [E, T, C] (row e*T + t); moe_combine_cuda over two
+ * groups ([0, E/2), [E/2, E)) must equal the per-expert index-add
+ * (moe_scatter_add_twin for e = 0..E-1) bit for bit, and so must the twin. */
+static void t_moe_combine(int T, int C, int E, int K) {
+    const size_t ny = (size_t)E * T * C;
+    float *y = rand_bf16(ny, 3.0f, 0.0f), *a = rand_bf16((size_t)T * C, 5.0f, 0.0f);
+    uint16_t *hy = to_bf16(y, ny), *ha = to_bf16(a, (size_t)T * C), *hb = to_bf16(a, (size_t)T * C);
+    int32_t *te = xmalloc(sizeof(int32_t) * (size_t)T * K);
+    float *tw = rand_bf16((size_t)T * K, 0.5f, 0.5f);
+    for (int t = 0; t < T; t++)
+        for (int k = 0; k < K; k++) {
+            int e, dup;
+            do {
+                e = (int)((urand() + 1.0f) * 0.5f * E) % E;
+                dup = 0;
+                for (int j = 0; j < k; j++) dup |= te[(size_t)t * K + j] == e;
+            } while (dup);
+            te[(size_t)t * K + k] = e;
+        }
+    /* reference: expert by expert, its rows in token order */
+    int32_t *rows = xmalloc(sizeof(int32_t) * (size_t)T);
+    float *rw = xmalloc(sizeof(float) * (size_t)T);
+    for (int e = 0; e < E; e++) {
+        int nr = 0;
+        for (int t = 0; t < T; t++)
+            for (int k = 0; k < K; k++)
+                if (te[(size_t)t * K + k] == e) { rows[nr] = t; rw[nr++] = tw[(size_t)t * K + k]; }
+        moe_scatter_add_twin(ha, hy + (size_t)e * T * C, rows, rw, nr, C, 1);
+    }
+    /* the combine lists of two groups */
+    int32_t *tok = xmalloc(sizeof(int32_t) * 2 * (size_t)T), *start = xmalloc(sizeof(int32_t) * (2 * (size_t)T + 2));
+    int32_t *src = xmalloc(sizeof(int32_t) * (size_t)T * K);
+    float *cw = xmalloc(sizeof(float) * (size_t)T * K);
+    int ntok = 0, nst = 0, nsrc = 0, g0[3] = {0, 0, 0};
+    const int bound[3] = {0, E / 2, E};
+    for (int g = 0; g < 2; g++) {
+        g0[g] = ntok;
+        for (int t = 0; t < T; t++) {
+            int any = 0;
+            for (int e = bound[g]; e < bound[g + 1]; e++)
+                for (int k = 0; k < K; k++)
+                    if (te[(size_t)t * K + k] == e) {
+                        if (!any) { tok[ntok++] = t; start[nst++] = nsrc; any = 1; }
+                        src[nsrc] = e * T + t;
+                        cw[nsrc++] = tw[(size_t)t * K + k];
+                    }
+        }
+        start[nst++] = nsrc;
+    }
+    g0[2] = ntok;
+    uint16_t *tw2 = to_bf16(a, (size_t)T * C);
+    moe_combine_twin(tw2, hy, tok, start, src, cw, g0[1], C);
+    moe_combine_twin(tw2, hy, tok + g0[1], start + g0[1] + 1, src, cw, g0[2] - g0[1], C);
+    CHECK(memcmp(tw2, ha, (size_t)T * C * 2) == 0);
+    dbuf by, bb, bt, bs, bsr, bw;
+    uint16_t *dy = dbuf_up(&by, hy, ny * 2), *db = dbuf_up(&bb, hb, (size_t)T * C * 2);
+    int32_t *dt = dbuf_up(&bt, tok, sizeof(int32_t) * (size_t)ntok);
+    int32_t *ds = dbuf_up(&bs, start, sizeof(int32_t) * (size_t)nst);
+    int32_t *dsr = dbuf_up(&bsr, src, sizeof(int32_t) * (size_t)nsrc);
+    float *dw = dbuf_up(&bw, cw, sizeof(float) * (size_t)nsrc);
+    moe_combine_cuda(db, dy, dt, ds, dsr, dw, g0[1], C, NULL);
+    moe_combine_cuda(db, dy, dt + g0[1], ds + g0[1] + 1, dsr, dw, g0[2] - g0[1], C, NULL);
+    CHECK(dbuf_get(&bb, hb));
+    CHECK(memcmp(hb, ha, (size_t)T * C * 2) == 0);
+    fprintf(stderr, "  moe_combine T=%d C=%d E=%d K=%d: %d token entries in 2 groups\n", T, C, E, K, ntok);
+    dbuf_free(&by); dbuf_free(&bb); dbuf_free(&bt); dbuf_free(&bs); dbuf_free(&bsr); dbuf_free(&bw);
+    free(y); free(a); free(hy); free(ha); free(hb); free(te); free(tw); free(rows); free(rw); free(tok); free(start);
+    free(src); free(cw); free(tw2);
+}
+
 static void run(int idx) {
     seed((uint64_t)idx + 1);
+    if (!strcmp(TEST_NAMES[idx], "matmul_batched")) {
+        const int t4[4] = {64, 64, 64, 64}, tv[5] = {1, 37, 200, 3, 64}, tb[8] = {512, 512, 512, 512, 512, 512, 512, 512};
+        t_matmul_batched(4, t4, 96, 48, 1);  /* all-experts calibration: one x, cublasGemmBatchedEx */
+        t_matmul_batched(5, tv, 129, 75, 0); /* routed: own rows, grouped (or looped) */
+        t_matmul_batched(8, tb, 2048, 768, 1);
+        return;
+    }
+    if (!strcmp(TEST_NAMES[idx], "moe_combine")) {
+        t_moe_combine(100, 64, 8, 2);
+        t_moe_combine(1024, 2048, 16, 4);
+        return;
+    }
     switch (idx) {
     case 0: t_convert(); break;
     case 1: t_embed(1000, 100, 77); t_embed(5003, 4096, 64); break;

@@ -10,7 +10,10 @@
 # sigmoid gate, no renormalisation) and Qwen3-MoE (norm_topk_prob) from
 # gen_model; -np 1, 2, 4; moe_calibrate_all_experts true and false
 # (routed: experts without tokens fall back to RTN with the counted warning,
-# the same number on both devices); --offload-activations. The emulated engine runs at --micro-batch 1
+# the same number on both devices); --offload-activations; the experts in
+# groups (one batched GEMM per projection and group, one combine per group) of
+# the default size (all of a chunk's experts here) and of one chunk's rows
+# (DONESHOT_MOE_GROUP_ROWS=1: several groups per chunk). The emulated engine runs at --micro-batch 1
 # so its f64 Hessian sums are split per sequence as the CPU's (at a larger
 # micro-batch a last-bit difference of the f32 Hessian can move a few codes;
 # those runs are checked by their mean GPTQ loss, within 5e-3 relative: the log prints 4 digits).
@@ -66,6 +69,23 @@ for m in mixtral_fixture mixtral qwen2_moe qwen3_moe; do
         done
     done
 done
+# expert groups: DONESHOT_MOE_GROUP_ROWS=1 -> groups of one chunk's rows (48 tokens at
+# --micro-batch 1): all-experts calibration 1 expert per group, routed ~2 groups per chunk
+# (group tables, gather/combine offsets); the default above packed more rows per group
+export DONESHOT_MOE_GROUP_ROWS=1
+for m in mixtral qwen2_moe qwen3_moe; do
+    for all in true false; do
+        o=$TMP/$m-$all-grp
+        def=$(sed -n 's/.*MoE expert groups of up to \([0-9]*\) rows.*/\1/p' $TMP/$m-$all-2-cuda.log | head -1)
+        q $DS cpu 2 $TMP/$m $all $o-cpu && q $EMUL cuda 2 $TMP/$m $all $o-cuda --micro-batch 1 &&
+        grep -q "MoE expert groups of up to 48 rows" $o-cuda.log && [ "${def:-0}" -gt 48 ] &&
+        cmp -s $o-cpu/model.safetensors $o-cuda/model.safetensors &&
+        pass "$m all-experts=$all -np 2, expert groups of 48 rows (default $def): emulated cuda == cpu" ||
+        fail "$m all-experts=$all -np 2, expert groups of 48 rows (default ${def:-?}): differs from cpu, or group size"
+        rm -rf $o-cpu $o-cuda
+    done
+done
+unset DONESHOT_MOE_GROUP_ROWS
 # routed calibration on 3 tokens: experts without a token fall back to RTN, counted the same way
 NS=1 LEN=3
 for m in mixtral qwen2_moe; do
