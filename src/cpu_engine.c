@@ -89,7 +89,7 @@ static ds_status calibrate(engine *e, const int *used, double *const *H_host, in
     for (size_t b = 0; b < c->nbatch; b++) {
         const cpu_batch *mb = &c->batch[b];
         load_batch(c, mb);
-        layer_forward_batch(c->m, c->lw, c->y, (int)mb->nseq, c->len + mb->first, &c->ls, capture, c);
+        layer_calibrate_batch(c->m, c->lw, c->y, (int)mb->nseq, c->len + mb->first, &c->ls, capture, c);
     }
     c->t.forward += ds_now() - t0 - (c->t.hessian - h0);
     c->H = NULL;

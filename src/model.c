@@ -1193,7 +1193,8 @@ static void capture_seqs(capture_fn cap, void *cap_ctx, int id, const float *X, 
 
 /* One SiLU-gated MLP (dense, expert or shared expert) on X [rows, C] -> s->o
  * [rows, C], rows = sum T[i] of nseq sequences; down-input capture id
- * down_id, per sequence (none if cap is NULL). */
+ * down_id, per sequence (none if cap is NULL); need_out 0: stop after that
+ * capture (s->o is not written). */
 /* y = Linear L (x) over T rows: matmul_forward_cpu, after the input
  * activation fake quant of a quantized checkpoint's module (L->act: FP8,
  * W8A8, ...; scheme_act_fake on a copy of x, as compressed-tensors'
@@ -1211,7 +1212,7 @@ static void lin_forward(float *y, const float *x, const layer_linear *L, int T, 
 }
 
 static void mlp_forward(const model_config *c, const layer_linear *G, const float *X, int nseq, const int *T,
-                        layer_scratch *s, capture_fn cap, void *cap_ctx, int down_id) {
+                        layer_scratch *s, capture_fn cap, void *cap_ctx, int down_id, int need_out) {
     const ds_dtype act = c->dtype;
     const int F = G[0].out;
     int rows = 0;
@@ -1220,7 +1221,7 @@ static void mlp_forward(const model_config *c, const layer_linear *G, const floa
     lin_forward(s->u, X, &G[1], rows, c->C, F, act);
     swiglu_forward_cpu(s->g, s->g, s->u, (size_t)rows * F, act);
     capture_seqs(cap, cap_ctx, down_id, s->g, nseq, T, F);
-    lin_forward(s->o, s->g, &G[2], rows, F, c->C, act);
+    if (need_out) lin_forward(s->o, s->g, &G[2], rows, F, c->C, act);
 }
 
 /* MoE block on m [T, C] (one sequence); output into s->acc (model-dtype values).
@@ -1228,9 +1229,10 @@ static void mlp_forward(const model_config *c, const layer_linear *G, const floa
  * routing weight (rounded) and index-added into the dtype accumulator, as
  * transformers' index_add_. With capture and all-experts calibration, every
  * expert runs on all T tokens (its down_proj Hessian sees every token) while
- * only the routed rows enter the output. */
+ * only the routed rows enter the output. need_out 0: captures only (no
+ * down_proj, s->acc not written). */
 static void moe_forward(const model *mdl, const layer_weights *lw, const float *m, int T, layer_scratch *s,
-                        capture_fn cap, void *cap_ctx) {
+                        capture_fn cap, void *cap_ctx, int need_out) {
     const model_config *c = &mdl->cfg;
     const ds_dtype act = c->dtype;
     const int C = c->C, K = c->K;
@@ -1247,7 +1249,8 @@ static void moe_forward(const model *mdl, const layer_weights *lw, const float *
                     s->rw[n++] = s->topw[(size_t)t * K + k];
                 }
         if (all) {
-            mlp_forward(c, G, m, 1, &T, s, cap, cap_ctx, INP_EXPERT_DOWN(e));
+            mlp_forward(c, G, m, 1, &T, s, cap, cap_ctx, INP_EXPERT_DOWN(e), need_out);
+            if (!need_out) continue;
             for (int i = 0; i < n; i++) {
                 float *a = s->acc + (size_t)s->rows[i] * C;
                 const float *y = s->o + (size_t)s->rows[i] * C;
@@ -1258,7 +1261,8 @@ static void moe_forward(const model *mdl, const layer_weights *lw, const float *
         if (n == 0) continue;
         for (int i = 0; i < n; i++) memcpy(s->xe + (size_t)i * C, m + (size_t)s->rows[i] * C, sizeof(float) * C);
         if (cap) cap(cap_ctx, INP_EXPERT_UP(e), s->xe, n, C);
-        mlp_forward(c, G, s->xe, 1, &n, s, cap, cap_ctx, INP_EXPERT_DOWN(e));
+        mlp_forward(c, G, s->xe, 1, &n, s, cap, cap_ctx, INP_EXPERT_DOWN(e), need_out);
+        if (!need_out) continue;
         for (int i = 0; i < n; i++) {
             float *a = s->acc + (size_t)s->rows[i] * C;
             const float *y = s->o + (size_t)i * C;
@@ -1266,7 +1270,8 @@ static void moe_forward(const model *mdl, const layer_weights *lw, const float *
         }
     }
     if (lw->shared0 >= 0) { /* Qwen2-MoE: + sigmoid(m . w_sg) * SharedMLP(m) */
-        mlp_forward(c, &lw->lin[lw->shared0], m, 1, &T, s, cap, cap_ctx, INP_SHARED_DOWN);
+        mlp_forward(c, &lw->lin[lw->shared0], m, 1, &T, s, cap, cap_ctx, INP_SHARED_DOWN, need_out);
+        if (!need_out) return;
         const float *wsg = lw->lin[lw->shared_gate].w;
         for (int t = 0; t < T; t++) {
             const float *mt = m + (size_t)t * C;
@@ -1285,8 +1290,10 @@ void layer_forward(const model *m, const layer_weights *lw, float *x, int T, lay
     layer_forward_batch(m, lw, x, 1, &T, s, cap, cap_ctx);
 }
 
-void layer_forward_batch(const model *m, const layer_weights *lw, float *x, int nseq, const int *T,
-                         layer_scratch *s, capture_fn cap, void *cap_ctx) {
+/* layer_forward_batch; need_out 0 stops after the last capture (the MLP's
+ * or experts' down_proj input): x is then left half-updated. */
+static void layer_run(const model *m, const layer_weights *lw, float *x, int nseq, const int *T, layer_scratch *s,
+                      capture_fn cap, void *cap_ctx, int need_out) {
     const model_config *c = &m->cfg;
     const ds_dtype act = c->dtype;
     const int C = c->C, qd = c->NH * c->HS, kvd = c->NKV * c->HS;
@@ -1328,13 +1335,23 @@ void layer_forward_batch(const model *m, const layer_weights *lw, float *x, int 
     if (lw->sparse) {
         for (int i = 0, r = 0; i < nseq; r += T[i], i++) {
             if (T[i] == 0) continue;
-            moe_forward(m, lw, s->a + (size_t)r * C, T[i], s, cap, cap_ctx);
-            residual_forward_cpu(x + (size_t)r * C, s->acc, (size_t)T[i] * C, act);
+            moe_forward(m, lw, s->a + (size_t)r * C, T[i], s, cap, cap_ctx, need_out);
+            if (need_out) residual_forward_cpu(x + (size_t)r * C, s->acc, (size_t)T[i] * C, act);
         }
     } else {
-        mlp_forward(c, &L[LIN_GATE], s->a, nseq, T, s, cap, cap_ctx, INP_DOWN);
-        residual_forward_cpu(x, s->o, (size_t)N * C, act);
+        mlp_forward(c, &L[LIN_GATE], s->a, nseq, T, s, cap, cap_ctx, INP_DOWN, need_out);
+        if (need_out) residual_forward_cpu(x, s->o, (size_t)N * C, act);
     }
+}
+
+void layer_forward_batch(const model *m, const layer_weights *lw, float *x, int nseq, const int *T,
+                         layer_scratch *s, capture_fn cap, void *cap_ctx) {
+    layer_run(m, lw, x, nseq, T, s, cap, cap_ctx, 1);
+}
+
+void layer_calibrate_batch(const model *m, const layer_weights *lw, float *x, int nseq, const int *T,
+                           layer_scratch *s, capture_fn cap, void *cap_ctx) {
+    layer_run(m, lw, x, nseq, T, s, cap, cap_ctx, 0);
 }
 
 ds_status model_embed(const model *m, const int32_t *ids, int T, float *x) {

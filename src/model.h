@@ -174,6 +174,13 @@ void layer_forward(const model *m, const layer_weights *lw, float *x, int T, lay
  * tests/test_batch.c checks it bit for bit); cap sees one sequence per call. */
 void layer_forward_batch(const model *m, const layer_weights *lw, float *x, int nseq, const int *T,
                          layer_scratch *s, capture_fn cap, void *cap_ctx);
+/* The calibration pass of layer_forward_batch: the same captures, in the
+ * same order and with the same values, but it stops after the last one (the
+ * down_proj inputs): the layer output, which calibration discards, is not
+ * computed (the down_proj GEMMs, a quarter of a Llama layer's Linear
+ * FLOPs, are skipped) and x is left half-updated (scratch). */
+void layer_calibrate_batch(const model *m, const layer_weights *lw, float *x, int nseq, const int *T,
+                           layer_scratch *s, capture_fn cap, void *cap_ctx);
 
 /* Embedding rows for ids[T] into x [T, C] (values in the model dtype). */
 ds_status model_embed(const model *m, const int32_t *ids, int T, float *x);
