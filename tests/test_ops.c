@@ -4,6 +4,7 @@
  * §2), plus the module-to-rank assignment against the worked example of
  * ../shared/docs/reference-llm-compressor.md §2.3.
  */
+#include "gptq.h"
 #include "ops_cpu.h"
 #include "pipeline.h"
 #include "test.h"
@@ -196,8 +197,61 @@ static void test_pipeline_assign(void) {
     }
 }
 
+/* The host threads split rows, tiles and output rows, never a sum: the
+ * results at 1 and 3 threads are bit for bit the same (README
+ * "Determinism"). Shapes past every split: 640 > the 256 Hessian tile, 600
+ * output rows > GPTQ's 256-row chunk, 700 GEMM rows. */
+static void test_thread_count_invariance(void) {
+    TEST("matmul, Hessian tiles and GPTQ give the same bits at 1 and 3 threads") {
+        const int T = 700, n = 640, out = 600;
+        float *x = rnd((size_t)T * n, 1), *w = rnd((size_t)out * n, 0.05);
+        ds_round_array(w, (size_t)out * n, DS_DTYPE_BF16); /* a bf16 model's weight */
+        float *y1 = malloc(sizeof(float) * T * out), *y3 = malloc(sizeof(float) * T * out);
+        float *scr = malloc(sizeof(float) * n * n);
+        double *H1 = calloc((size_t)n * n, sizeof(double)), *H3 = calloc((size_t)n * n, sizeof(double));
+        ds_set_threads(1);
+        matmul_forward_cpu(y1, x, w, NULL, T, n, out, DS_DTYPE_BF16);
+        hessian_accum_cpu(H1, x, 512, n, scr);
+        hessian_accum_cpu(H1, x + (size_t)512 * n, T - 512, n, scr);
+        ds_set_threads(3);
+        matmul_forward_cpu(y3, x, w, NULL, T, n, out, DS_DTYPE_BF16);
+        hessian_accum_cpu(H3, x, 512, n, scr);
+        hessian_accum_cpu(H3, x + (size_t)512 * n, T - 512, n, scr);
+        CHECK(memcmp(y1, y3, sizeof(float) * T * out) == 0);
+        size_t hbad = 0;
+        for (int i = 0; i < n; i++)
+            for (int j = i; j < n; j++) hbad += H1[(size_t)i * n + j] != H3[(size_t)i * n + j];
+        CHECK_EQ_INT(hbad, 0);
+        /* GPTQ W4 group 128, act-order static, on that Hessian */
+        float *Hf = malloc(sizeof(float) * n * n);
+        hessian_to_f32_cpu(Hf, H1, n, 2);
+        quant_args a = {.num_bits = 4, .symmetric = 1, .strategy = QS_GROUP, .group_size = 128,
+                        .actorder = QA_STATIC};
+        gptq_result r1, r3;
+        memset(&r1, 0, sizeof r1);
+        memset(&r3, 0, sizeof r3);
+        float *Hc = malloc(sizeof(float) * n * n);
+        memcpy(Hc, Hf, sizeof(float) * n * n);
+        ds_set_threads(1);
+        gptq_factor_cache_clear();
+        CHECK(gptq_quantize(&a, w, out, n, Hc, 128, 0.01, DS_DTYPE_BF16, &r1) == DS_OK);
+        memcpy(Hc, Hf, sizeof(float) * n * n);
+        ds_set_threads(3);
+        gptq_factor_cache_clear();
+        CHECK(gptq_quantize(&a, w, out, n, Hc, 128, 0.01, DS_DTYPE_BF16, &r3) == DS_OK);
+        CHECK(memcmp(r1.q, r3.q, (size_t)out * n) == 0);
+        CHECK(memcmp(r1.wq, r3.wq, sizeof(float) * out * n) == 0);
+        CHECK(r1.loss == r3.loss && r1.loss > 0);
+        ds_set_threads(1);
+        gptq_result_free(&r1);
+        gptq_result_free(&r3);
+        free(x); free(w); free(y1); free(y3); free(scr); free(H1); free(H3); free(Hf); free(Hc);
+    }
+}
+
 int main(void) {
     test_parallel_for();
+    test_thread_count_invariance();
     test_matmul();
     test_rmsnorm();
     test_rope();
