@@ -3,6 +3,7 @@
  */
 #include "pipeline.h"
 #include "checkpoint.h"
+#include "ckpt_async.h"
 #include "comm.h"
 #include "engine.h"
 #include "gpu_engine.h"
@@ -153,6 +154,7 @@ typedef struct run {
     size_t state_bytes;        /* this rank's residual stream in the model dtype */
     engine *eng;
     ckpt_writer *ck;           /* rank 0 */
+    ckpt_async *wr;            /* rank 0: the writer thread that writes ck's module tensors (ckpt_async.h) */
     int saved;                 /* a resume point is on disk: keep the partial dir on failure */
     double t_start, last_state;
     layer_prefetch pf;
@@ -263,6 +265,7 @@ static ds_status engine_start(run *u, int start) {
  * checkpoint shards durable and then records the layer (resume.h). A failure
  * is a warning: the run goes on, only without this resume point. */
 static ds_status resume_point(run *u, int l) {
+    /* (the caller drained the writer thread: every tensor of layers <= l is written) */
     unsigned char *buf = xmalloc(u->state_bytes ? u->state_bytes : 1);
     u->rh.layer = l;
     u->eng->ops->get_residual(u->eng, buf);
@@ -481,10 +484,54 @@ static ds_status solve_owned(run *u, layer_weights *lw, packed_result *prs, stag
     return comm_sync_status(st); /* a failed solve stops every rank at this layer */
 }
 
+/* One module's tensors for the checkpoint writer thread (rank 0): derives
+ * the on-disk codes from the weight and writes them (ckpt_write_module_gs).
+ * Owns its data, so the pipeline may go on with the next layer. */
+typedef struct save_job {
+    ckpt_writer *ck;
+    const quant_args *qa;
+    ds_dtype dt;
+    char *name;
+    packed_result pr;  /* scale, zp, g_idx and the fake-quantized weight in the model dtype */
+    float *w;          /* QuantizationModifier: a copy of the original weight f32 [out, in]; NULL: pr.w */
+    int out, in, has_act, has_gs;
+    float act_scale, gs;
+} save_job;
+
+static ds_status save_job_run(void *p) {
+    const save_job *j = p;
+    const size_t n = (size_t)j->out * (size_t)j->in;
+    const int *zp = j->qa->symmetric ? NULL : j->pr.zp;
+    const int *gi = j->qa->actorder == QA_GROUP ? j->pr.g_idx : NULL;
+    float *w = j->w;
+    if (!w) { /* the weight every rank installed: the same conversion */
+        w = xmalloc(sizeof(float) * n);
+        ds_convert_to_f32(w, j->pr.w, j->dt, n);
+    }
+    int8_t *q = xmalloc(n ? n : 1);
+    /* the compressor quantizes the module's weight: GPTQ's fake-quantized one, or with
+     * QuantizationModifier the original (fp4: a small negative weight gives code 8, -0) */
+    scheme_codes_from_weight(j->qa, w, j->pr.scale, zp, gi, j->out, j->in, j->dt, q);
+    if (w != j->w) free(w);
+    const ds_status st = ckpt_write_module_gs(j->ck, j->name, q, j->pr.scale, zp, gi, j->out, j->in,
+                                              j->has_act ? &j->act_scale : NULL, j->has_gs ? &j->gs : NULL);
+    free(q);
+    return st;
+}
+
+static void save_job_free(void *p) {
+    save_job *j = p;
+    free(j->name);
+    free(j->w);
+    free(j->pr.buf);
+    free(j);
+}
+
 /* Each result is broadcast from its owner, in model order; every rank
- * installs the weight, records the module; rank 0 derives the on-disk codes
- * and writes the module's tensors. Returns rank 0's write status (not
- * combined: the caller does at the layer boundary). */
+ * installs the weight, records the module; rank 0 hands the module to the
+ * checkpoint writer thread (save_job). Returns rank 0's write status so far
+ * (not combined: the caller does at the layer boundary); lt->save is the
+ * time spent waiting for the writer (bounded queue). */
 static ds_status exchange_results(run *u, layer_weights *lw, packed_result *prs, stage_times *lt, double *loss) {
     const model_config *c = &u->m->cfg;
     const quant_args *qa = &u->r->w;
@@ -497,8 +544,6 @@ static ds_status exchange_results(run *u, layer_weights *lw, packed_result *prs,
         double t = ds_now();
         comm_bcast(pr.buf, pr.size, u->owner[i]);
         lt->bcast += ds_now() - t;
-        const int *zp = qa->symmetric ? NULL : pr.zp;
-        const int *gi = qa->actorder == QA_GROUP ? pr.g_idx : NULL;
         /* QuantizationModifier: llm-compressor keeps the original weights (and
          * no activation quantization) for the rest of the calibration, so the
          * propagation does too; GPTQ propagates its fake-quantized weights. */
@@ -527,29 +572,36 @@ static ds_status exchange_results(run *u, layer_weights *lw, packed_result *prs,
         *loss += pr.meta[0];
         if (u->rank == 0 && st == DS_OK) {
             t = ds_now();
-            int8_t *q = xmalloc((size_t)li->out * li->in);
-            /* the compressor quantizes the module's weight: GPTQ's fake-quantized one, or with
-             * QuantizationModifier the original (fp4: a small negative weight gives code 8, -0) */
-            scheme_codes_from_weight(qa, keep ? li->w : wq, pr.scale, zp, gi, li->out, li->in, c->dtype, q);
-            float act_scale = 0.0f;
+            save_job *j = xcalloc(1, sizeof *j);
+            *j = (save_job){.ck = u->ck, .qa = qa, .dt = c->dtype, .name = xstrdup(li->name), .pr = pr,
+                            .out = li->out, .in = li->in};
+            if (keep) { /* li->w is freed with the layer */
+                j->w = xmalloc(sizeof(float) * (size_t)li->out * li->in);
+                memcpy(j->w, li->w, sizeof(float) * (size_t)li->out * li->in);
+            }
             if (qa->act == QACT_INPUT_SCALE) { /* calculate_qparams(min, max) of the observer, in the model dtype */
                 int qmin, qmax, z;
                 quant_range(&u->r->in, &qmin, &qmax);
                 const float am = u->amax[li->input_id];
-                qs_qparams(1, -am, am, (int)c->dtype, qmin, qmax, &act_scale, &z);
+                qs_qparams(1, -am, am, (int)c->dtype, qmin, qmax, &j->act_scale, &z);
             }
             if (qa->act == QACT_INPUT_GLOBAL_SCALE) /* NVFP4: generate_gparam of the observer's absmax */
-                act_scale = qs_nvfp4_global_scale(u->amax[li->input_id], (int)c->dtype);
-            st = ckpt_write_module_gs(u->ck, li->name, q, pr.scale, zp, gi, li->out, li->in,
-                                      qa->act == QACT_INPUT_SCALE || qa->act == QACT_INPUT_GLOBAL_SCALE ? &act_scale
-                                                                                                         : NULL,
-                                      u->wgs ? &u->wgs[i] : NULL);
-            free(q);
+                j->act_scale = qs_nvfp4_global_scale(u->amax[li->input_id], (int)c->dtype);
+            j->has_act = qa->act == QACT_INPUT_SCALE || qa->act == QACT_INPUT_GLOBAL_SCALE;
+            j->has_gs = u->wgs != NULL;
+            j->gs = u->wgs ? u->wgs[i] : 0.0f;
+            pr.buf = NULL; /* the job owns it now */
+            st = ckpt_async_submit(u->wr, (ckpt_job){save_job_run, save_job_free, j});
             lt->save += ds_now() - t;
         }
         if (keep) free(wq);
         free(pr.buf);
         prs[i].buf = NULL;
+    }
+    if (u->rank == 0 && st == DS_OK) { /* at most the writer's depth of layers queued: memory stays bounded */
+        const double t = ds_now();
+        st = ckpt_async_end_layer(u->wr);
+        lt->save += ds_now() - t;
     }
     return st;
 }
@@ -597,6 +649,13 @@ static ds_status layer_boundary(run *u, int l) {
     if (l + 1 >= c->L || !(sig || comm_allreduce_max_f64(ds_now() - u->last_state) >= u->o->resume_interval))
         return DS_OK;
     const double t = ds_now();
+    /* the resume point claims layers <= l: the writer thread must have written them (a write error
+     * there stops the job here, as the synchronous write did) */
+    ds_status st = comm_sync_status(u->rank == 0 ? ckpt_async_drain(u->wr) : DS_OK);
+    if (st) {
+        u->stats->t.save += ds_now() - t;
+        return st;
+    }
     resume_point(u, l);
     u->last_state = ds_now();
     u->stats->t.save += u->last_state - t;
@@ -615,6 +674,12 @@ static ds_status output_finish(run *u) {
     const double t = ds_now();
     ds_status st = DS_OK;
     if (u->rank == 0) {
+        st = ckpt_async_drain(u->wr); /* the last layers' tensors */
+        u->stats->save_busy_s = ckpt_async_busy_s(u->wr);
+        ckpt_async_stop(u->wr);
+        u->wr = NULL;
+    }
+    if (u->rank == 0 && !st) {
         st = ckpt_finish(u->ck, &u->stats->bytes_written, &u->stats->nshards);
         if (st == DS_OK) u->ck = NULL; /* freed by ckpt_finish; on failure ckpt_abort cleans up */
     }
@@ -649,6 +714,7 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
     ds_status st = resume_open(&u, &start);
     if (!st) st = output_claim(&u, start);
     if (!st) st = smoothing_epoch(&u);
+    if (!st && u.rank == 0) u.wr = ckpt_async_start(1); /* after the smoothing epoch's writes */
     if (!st) st = engine_start(&u, start);
     u.last_state = ds_now();
     for (int l = start; l < c->L && !st; l++) {
@@ -673,6 +739,10 @@ ds_status pipeline_quantize(const model *m, const recipe *r, const ds_sample *lo
         stats->device_peak_bytes = (size_t)comm_allreduce_max_f64(peak);
     }
     if (u.eng) u.eng->ops->destroy(u.eng);
+    if (u.wr) { /* stopped early: drop what is queued; the writer must be gone before ckpt_abort */
+        stats->save_busy_s = ckpt_async_busy_s(u.wr);
+        ckpt_async_stop(u.wr);
+    }
     if (u.ck) ckpt_abort(u.ck, u.saved);
     sq_plan_free(&u.sq);
     stats->total_s = ds_now() - u.t_start;

@@ -32,6 +32,8 @@ typedef struct run_stats {
     int nshards;
     char device[512];           /* "cpu" or the CUDA engine's description */
     size_t device_peak_bytes;   /* CUDA: peak device memory in use (max over ranks) */
+    double save_busy_s;         /* rank 0: seconds the checkpoint writer thread worked (t.save counts
+                                 * only the pipeline's waits for it; ckpt_async.h) */
 } run_stats;
 
 /* Free s->mods (s itself is the caller's). */
