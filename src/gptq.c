@@ -529,6 +529,38 @@ static void gptq_block_chunks(void *p, size_t lo, size_t hi) {
     for (size_t c = lo; c < hi; c++) gptq_block_rows(p, (int)c);
 }
 
+typedef struct gptq_unperm_job {
+    int n, out, ng, qmin, qmax;
+    quant_kind_t kind;
+    ds_dtype model_dtype;
+    const int64_t *perm;
+    const int *gcol;
+    const float *sc, *Wt;
+    const int *zz;
+    gptq_result *res;
+} gptq_unperm_job;
+
+/* Step 7 for output rows [lo, hi), 64 at a time: each Wt row segment is read
+ * contiguously and the row's scattered writes stay in cache. */
+static void gptq_unperm_rows(void *p, size_t lo, size_t hi) {
+    const gptq_unperm_job *j = p;
+    const int n = j->n, out = j->out, ng = j->ng;
+    for (size_t r0 = lo; r0 < hi; r0 += 64) {
+        const size_t r1 = DS_MIN(hi, r0 + 64);
+        for (int c = 0; c < n; c++) {
+            const float *w = j->Wt + (size_t)c * out;
+            const int64_t col = j->perm[c];
+            const int g = j->gcol[c];
+            for (size_t r = r0; r < r1; r++) {
+                size_t k = r * ng + g;
+                int qc = quant_code_from_deq_k(j->kind, w[r], j->sc[k], j->zz[k], j->qmin, j->qmax, j->model_dtype);
+                j->res->wq[r * n + col] = w[r];
+                j->res->q[r * n + col] = (int8_t)qc;
+            }
+        }
+    }
+}
+
 ds_status gptq_quantize(const quant_args *a, const float *W, int out, int in, float *H,
                         int block_size, double dampening_frac, ds_dtype model_dtype,
                         gptq_result *res) {
@@ -611,19 +643,10 @@ ds_status gptq_quantize(const quant_args *a, const float *W, int out, int in, fl
 
     /* 7. undo the permutation, back to [out, in]; the stored code is the one
      * the compressor recomputes from the saved model-dtype weight. */
-    const float *sc = res->scale;
-    const int *zz = res->zp;
-    for (int j = 0; j < n; j++) {
-        const float *w = Wt + (size_t)j * out;
-        int64_t c = perm[j];
-        const int g = gcol[j];
-        for (int r = 0; r < out; r++) {
-            size_t k = (size_t)r * ng + g;
-            int qc = quant_code_from_deq_k(kind, w[r], sc[k], zz[k], qmin, qmax, model_dtype);
-            res->wq[(size_t)r * in + c] = w[r];
-            res->q[(size_t)r * in + c] = (int8_t)qc;
-        }
-    }
+    gptq_unperm_job uj = {.n = n, .out = out, .ng = ng, .qmin = qmin, .qmax = qmax, .kind = kind,
+                          .model_dtype = model_dtype, .perm = perm, .gcol = gcol, .sc = res->scale,
+                          .zz = res->zp, .Wt = Wt, .res = res};
+    ds_parallel_for((size_t)out, 64, gptq_unperm_rows, &uj);
     free(gcol);
     free(Wt);
     hfactor_free(&own);

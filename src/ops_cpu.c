@@ -243,8 +243,26 @@ float act_absmax_cpu(float m, const float *X, size_t n) {
     return m;
 }
 
+typedef struct h2f_job {
+    float *Hf;
+    const double *H;
+    int n;
+    double nseq;
+} h2f_job;
+
+/* Rows [lo, hi) of Hf from H's upper triangle (rows i >= j read H[j][i]):
+ * every element is written by exactly one row. */
+static void h2f_rows(void *p, size_t lo, size_t hi) {
+    const h2f_job *j = p;
+    const size_t n = (size_t)j->n;
+    for (size_t a = lo; a < hi; a++) {
+        float *hr = j->Hf + a * n;
+        for (size_t b = 0; b < a; b++) hr[b] = (float)(j->H[b * n + a] / j->nseq);
+        for (size_t b = a; b < n; b++) hr[b] = (float)(j->H[a * n + b] / j->nseq);
+    }
+}
+
 void hessian_to_f32_cpu(float *Hf, const double *H, int n, double nseq) {
-    for (int a = 0; a < n; a++)
-        for (int b = a; b < n; b++)
-            Hf[(size_t)a * n + b] = Hf[(size_t)b * n + a] = (float)(H[(size_t)a * n + b] / nseq);
+    h2f_job j = {Hf, H, n, nseq};
+    ds_parallel_for((size_t)n, 64, h2f_rows, &j);
 }
