@@ -16,6 +16,7 @@
 #include "gpu_engine.h"
 #include "pipeline.h"
 #include "recipe.h"
+#include "scheme.h"
 #include "summary.h"
 #include "tokenizer.h"
 
@@ -348,13 +349,16 @@ static int cmd_quantize(int argc, char **argv) {
     st = load_calibration(dataset, model_dir, &r, max_seq, num_samples, (uint64_t)seed, &data, &first, &count);
     if ((st = comm_sync_report(st))) goto done;
 
-    char gs[32] = "";
+    /* the scheme as recipes name it: the preset (W4A16, FP8, ...) or, for
+     * config_groups, weights type/bits/strategy and the activations' bits */
+    char gs[32] = "", sch[96];
     if (r.w.strategy == QS_GROUP) snprintf(gs, sizeof gs, " %d", r.w.group_size);
-    ds_info("doneshot %s | model %s (%s, %d layers, %s) | scheme W%dA16 %s %s%s | ranks %d | threads/rank %d",
-            DS_VERSION, model_dir, m.cfg.arch_name, m.cfg.L, ds_dtype_torch_name(m.cfg.dtype), r.w.num_bits,
-            r.w.symmetric ? "sym" : "asym",
-            r.w.strategy == QS_GROUP ? "group" : r.w.strategy == QS_CHANNEL ? "channel" : "tensor", gs,
-            comm_size(), threads);
+    snprintf(sch, sizeof sch, "%s%s (weights %s%d %s %s%s%s)", r.quantizer == RQ_QUANTIZATION ? "RTN " : "",
+             r.scheme_name ? r.scheme_name : "config_groups", scheme_type_name(r.w.type), r.w.num_bits,
+             r.w.symmetric ? "sym" : "asym", scheme_strategy_name(r.w.strategy), gs,
+             r.in.num_bits ? ", activations quantized" : "");
+    ds_info("doneshot %s | model %s (%s, %d layers, %s) | scheme %s | ranks %d | threads/rank %d", DS_VERSION,
+            model_dir, m.cfg.arch_name, m.cfg.L, ds_dtype_torch_name(m.cfg.dtype), sch, comm_size(), threads);
     ds_info("calibration: %s | %zu samples (max %ld tokens each, seed %ld) | rank 0 holds %zu | data %.2fs",
             dataset, data.n, max_seq, seed, count, ds_now() - t_data);
 
