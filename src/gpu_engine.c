@@ -529,13 +529,14 @@ static void capture(gpu_engine *e, const int *used, int inp, const uint16_t *X, 
 
 /* One SiLU-gated MLP (weights in slots G, G+1, G+2) on X [T, C] -> e->o;
  * down-input capture id down_id. */
-static void mlp_chunk(gpu_engine *e, int G, const uint16_t *X, int T, const int *used, int down_id) {
+/* need_out 0: stop after the down_proj input's capture (e->o not written). */
+static void mlp_chunk(gpu_engine *e, int G, const uint16_t *X, int T, const int *used, int down_id, int need_out) {
     const size_t F = (size_t)e->wout[G];
     matmul(e, e->g, X, G, T);
     matmul(e, e->u, X, G + 1, T);
     swiglu_forward_cuda(e->g, e->g, e->u, (size_t)T * F, e->s_comp);
     capture(e, used, down_id, e->g, T);
-    matmul(e, e->o, e->g, G + 2, T);
+    if (need_out) matmul(e, e->o, e->g, G + 2, T);
 }
 
 /* The GEMMs of one expert group: n problems as matmul_batched_forward_cuda
@@ -698,7 +699,7 @@ static void moe_chunk(gpu_engine *e, int T, int s0, int s1, const int *used) {
         moe_combine_cuda(e->acc, e->o, tok_d + gd[5], start_d + gd[6], src_d, e->rw_d, gd[7], C, s);
     }
     if (e->shared0 >= 0) {
-        mlp_chunk(e, e->shared0, m, T, used, INP_SHARED_DOWN);
+        mlp_chunk(e, e->shared0, m, T, used, INP_SHARED_DOWN, 1);
         moe_shared_gate_add_cuda(e->acc, e->o, m, e->w[e->shared_gate], T, C, e->gate_ws, s);
     }
 }
@@ -743,13 +744,16 @@ static void layer_chunk(gpu_engine *e, uint16_t *x, int s0, int s1, const int *u
     residual_forward_cuda(x, e->o, (size_t)T * c->C, s);
     rmsnorm_forward_cuda(e->a, x, e->post_norm, T, c->C, c->eps, s);
     capture(e, used, INP_MLP, e->a, T);
+    /* calibrating (used): the layer output is discarded (run_pass works on
+     * a copy), so the dense down_proj GEMM and the last residual add are
+     * skipped, as model.c layer_calibrate_batch does */
     if (e->sparse) {
         moe_chunk(e, T, s0, s1, used);
-        residual_forward_cuda(x, e->acc, (size_t)T * c->C, s);
+        if (!used) residual_forward_cuda(x, e->acc, (size_t)T * c->C, s);
         return;
     }
-    mlp_chunk(e, LIN_GATE, e->a, T, used, INP_DOWN);
-    residual_forward_cuda(x, e->o, (size_t)T * c->C, s);
+    mlp_chunk(e, LIN_GATE, e->a, T, used, INP_DOWN, !used);
+    if (!used) residual_forward_cuda(x, e->o, (size_t)T * c->C, s);
 }
 
 /* Offload: copy chunk ci of the pinned residual stream into staging buffer
