@@ -14,8 +14,9 @@
 #     the usual case now;
 #   * --threads 1 vs --threads 3 at -np 1: byte-identical (the host threads
 #     split GEMM rows, Hessian tiles and GPTQ output rows, never a sum), on a
-#     model wide enough to split all three (hidden 384 > the 256 Hessian
-#     tile, intermediate 640 > the 256-row GPTQ chunk).
+#     model wide enough to split all three (intermediate 640: the down_proj
+#     input's Hessian is tiled from 512 columns on; 384 and 640 output rows
+#     > the 256-row GPTQ chunk).
 # Env: BUILD, MPIRUN, PYTHON. Last line: "N passed, N failed, N skipped".
 BUILD=${BUILD:-build}
 MPIRUN=${MPIRUN:-mpirun --oversubscribe}
