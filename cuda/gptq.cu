@@ -258,10 +258,12 @@ gptq_block_kernel(sweep_args a) {
             const float sc = a.scale[(size_t)r * a.ng + g];
             const int z = a.zp[(size_t)r * a.ng + g];
             float deq;
-            /* as gptq.c: quant_fake_k; a float kind's stored code is the one the
-             * compressor recomputes from the saved weight (quant_code_from_deq_k) */
-            float qf = (float)qs_fake_k(a.kind, wc, sc, z, a.qmin, a.qmax, a.dt, &deq);
-            if (a.kind != QS_KIND_INT) qf = (float)qs_code_from_deq_k(a.kind, deq, sc, z, a.qmin, a.qmax, a.dt);
+            /* as gptq.c: quant_fake_k decides; the stored code is the one the compressor
+             * recomputes from the saved weight (quant_code_from_deq_k), for every kind: with
+             * int8 and a bf16 model, deq/scale rounded to bf16 (0.5 apart above 64) can land
+             * on a tie and give the decision code -1 (about 4 % of int8 codes) */
+            (void)qs_fake_k(a.kind, wc, sc, z, a.qmin, a.qmax, a.dt, &deq);
+            const float qf = (float)qs_code_from_deq_k(a.kind, deq, sc, z, a.qmin, a.qmax, a.dt);
             const float d = Us[c * nb + c];
             const float diff = __fsub_rn(wc, deq);
             const float err = __fdiv_rn(diff, d);

@@ -18,6 +18,7 @@
 #include "quant.h"
 #include "test.h"
 #ifdef DS_CUDA
+#include <lapacke.h>
 #include "kernels.h"
 #include "moe_twins.h"
 #endif
@@ -149,6 +150,51 @@ static void t_embed(int V, int C, int T) {
     free(tab); free(ids); free(got); free(want);
 }
 
+/* rmsnorm_forward_kernel's arithmetic replayed on the host (cuda/rmsnorm.cu,
+ * RMS_THREADS 256): thread t sums x[c]^2 for c = t, t+256, ... (fma; v*v is
+ * exact for bf16 v), each warp reduces with the xor butterfly v += shfl_xor(v,
+ * o), o = 16..1, and keeps lane 0's value; warp 0 reduces the 8 partials (the
+ * other lanes 0) the same way; rinv = 1/sqrtf(s/C + eps) (IEEE division and
+ * sqrt: no fast math); y = bf16(w * bf16(x * rinv)). Bit-exact twin of the
+ * kernel, so the device output must equal it. */
+#define RMS_REF_THREADS 256
+static float warp_sum_ref(float v[32]) {
+    float t[32];
+    for (int o = 16; o > 0; o >>= 1) {
+        for (int l = 0; l < 32; l++) t[l] = v[l] + v[l ^ o];
+        memcpy(v, t, sizeof t);
+    }
+    return v[0];
+}
+static void rmsnorm_kernel_order_ref(uint16_t *y, const uint16_t *x, const uint16_t *w, int T, int C, float eps) {
+    float ss[RMS_REF_THREADS], part[32];
+    for (int row = 0; row < T; row++) {
+        const uint16_t *xr = x + (size_t)row * C;
+        for (int t = 0; t < RMS_REF_THREADS; t++) {
+            float acc = 0.0f;
+            for (int c = t; c < C; c += RMS_REF_THREADS) {
+                float v = bf16_to_f32(xr[c]);
+                acc = fmaf(v, v, acc);
+            }
+            ss[t] = acc;
+        }
+        memset(part, 0, sizeof part);
+        for (int wi = 0; wi < RMS_REF_THREADS / 32; wi++) part[wi] = warp_sum_ref(ss + 32 * wi);
+        const float s = warp_sum_ref(part);
+        const float r = 1.0f / sqrtf(s / (float)C + eps);
+        for (int c = 0; c < C; c++) {
+            float n = bf16_to_f32(f32_to_bf16(bf16_to_f32(xr[c]) * r));
+            y[(size_t)row * C + c] = f32_to_bf16(bf16_to_f32(w[c]) * n);
+        }
+    }
+}
+
+/* Distance in bf16 ulps (steps of the ordered bit patterns; +0 == -0). */
+static int bf16_ulps(uint16_t a, uint16_t b) {
+    int ka = a & 0x8000 ? -(int)(a & 0x7fff) : (int)a, kb = b & 0x8000 ? -(int)(b & 0x7fff) : (int)b;
+    return abs(ka - kb);
+}
+
 static void t_rmsnorm(int T, int C) {
     size_t n = (size_t)T * C;
     float *x = rand_bf16(n, 3.0f, 0.1f), *w = rand_bf16((size_t)C, 0.5f, 1.0f);
@@ -161,8 +207,34 @@ static void t_rmsnorm(int T, int C) {
     rmsnorm_forward_cuda(dy, dx, dw, T, C, 1e-5f, NULL);
     CHECK(dbuf_get(&by, hy));
     float *got = from_bf16(hy, n);
-    CHECK_CLOSE(got, want, n, 1e-6, BF16_RTOL);
+    /* 1. bitwise the kernel's own order (rmsnorm_kernel_order_ref) */
+    uint16_t *kref = xmalloc(n * 2);
+    rmsnorm_kernel_order_ref(kref, hx, hw, T, C, 1e-5f);
+    size_t kbad = 0;
+    for (size_t i = 0; i < n; i++) kbad += hy[i] != kref[i];
+    CHECK_EQ_INT(kbad, 0);
+    /* 2. the serial CPU twin (the CPU engine's order) within 2 bf16 ulps: the
+     * two sums of squares differ by a few f32 ulps, so r may differ by one;
+     * that can move bf16(x*r) by one ulp where x*r lies at a rounding midpoint,
+     * and y = bf16(w * n) with w in [0.5, 1.5] turns one ulp of n into up to
+     * 2 ulps of y (w*n in the binade below n: w * ulp(n) = 2w ulp(y) before
+     * rounding). An H100 showed 2 ulps on one element. */
+    int worst = 0, kworst = 0;
+    size_t differ = 0, kdiffer = 0;
+    for (size_t i = 0; i < n; i++) {
+        const uint16_t s = f32_to_bf16(want[i]);
+        int u = bf16_ulps(hy[i], s), ku = bf16_ulps(kref[i], s);
+        differ += u != 0;
+        kdiffer += ku != 0;
+        if (u > worst) worst = u;
+        if (ku > kworst) kworst = ku;
+    }
+    CHECK(worst <= 2);
+    CHECK(kworst <= 2); /* the two host orders alone (no device involved) */
+    fprintf(stderr, "  rmsnorm %dx%d: %zu of %zu differ from the serial twin, by <= %d bf16 ulps (kernel order on "
+            "the host: %zu, <= %d)\n", T, C, differ, n, worst, kdiffer, kworst);
     report("rmsnorm", got, want, n);
+    free(kref);
     /* in place (y aliases x) */
     rmsnorm_forward_cuda(dx, dx, dw, T, C, 1e-5f, NULL);
     CHECK(dbuf_get(&bx, hy));
@@ -408,7 +480,71 @@ static void t_act_absmax(int rows, int n, int nan_at, int inf) {
     free(X); free(hx);
 }
 
-/* GPTQ: same inputs to gptq_quantize and gptq_quantize_cuda. */
+/* The CPU twin's steps 2-5 (src/gptq.c hfactor_compute, the same LAPACK
+ * calls on the same f32 H): processing order perm [n], dead columns [n], U
+ * [n, n] row-major upper factor of the damped inverse. Returns LAPACK's info. */
+static int gptq_factor_ref(const float *H, int n, int use_perm, double frac, int64_t *perm, unsigned char *dead,
+                           float *U) {
+    float *d = xmalloc(sizeof(float) * (size_t)n);
+    for (int i = 0; i < n; i++) d[i] = H[(size_t)i * n + i];
+    if (use_perm) gptq_argsort_desc(d, n, perm);
+    else for (int i = 0; i < n; i++) perm[i] = i;
+    free(d);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < n; j++) U[(size_t)i * n + j] = H[(size_t)perm[i] * n + perm[j]];
+    double dsum = 0;
+    for (int i = 0; i < n; i++) {
+        float *hii = &U[(size_t)i * n + i];
+        dead[i] = *hii == 0.0f;
+        if (dead[i]) *hii = 1.0f;
+        dsum += *hii;
+    }
+    const float damp = (float)frac * (float)(dsum / n);
+    for (int i = 0; i < n; i++) U[(size_t)i * n + i] += damp;
+    lapack_int info = LAPACKE_spotrf_work(LAPACK_COL_MAJOR, 'L', n, U, n);
+    if (!info) info = LAPACKE_spotri_work(LAPACK_COL_MAJOR, 'L', n, U, n);
+    if (!info) info = LAPACKE_spotrf_work(LAPACK_COL_MAJOR, 'L', n, U, n);
+    return (int)info;
+}
+
+/* Row r of the CPU twin's column sweep replayed in f64 from its own
+ * dequantized values wq_ref, up to processing position `upto`: returns the
+ * value the fake quant rounds there, t = w / scale + zp (code units). */
+static double gptq_replay_t(const quant_args *qa, const float *W, int in, int r, const int64_t *perm,
+                            const unsigned char *dead, const float *U, const float *wq_ref, const float *scale,
+                            const int *zp, int ng, int upto, double *w) {
+    for (int j = 0; j < in; j++) w[j] = dead[j] ? 0.0 : W[(size_t)r * in + perm[j]];
+    for (int c = 0; c < upto; c++) {
+        const double err = (w[c] - wq_ref[(size_t)r * in + perm[c]]) / U[(size_t)c * in + c];
+        for (int j = c + 1; j < in; j++) w[j] -= err * U[(size_t)c * in + j];
+    }
+    const int g = qa->strategy == QS_GROUP ? (int)(perm[upto] / qa->group_size) : 0;
+    return w[upto] / scale[(size_t)r * ng + g] + zp[(size_t)r * ng + g];
+}
+
+/* Tie tolerance (code units) of the first GPU/CPU decision flip in a row:
+ * the two sweeps see the same value up to f32 summation-order noise (cuSOLVER
+ * and cuBLAS vs LAPACK and OpenBLAS, about 1e-3 code units for int8), so a
+ * flip is only legitimate where that value is at a rounding tie k + 0.5.
+ * Later flips in the row follow from the first (the error feedback moves the
+ * remaining columns) and are not ties. With the CPU twin as the "device"
+ * and H moved by +-30..300 f32 ulps (far more noise than the H100 showed: no
+ * int8 decision flip at all), the first flips were within 0.027 of a tie. */
+#define GPTQ_TIE_TOL 0.05
+/* Relative bound on |loss_gpu - loss_cpu| without decision flips: the CPU
+ * twin with its H moved by +-2 f32 ulps gives <= 1.2e-5 on these shapes; the
+ * H100 printed identical losses (6 digits) for the int8 case. Each decision
+ * flip adds its share (flips / codes): a tie flip moves the rest of its row
+ * (error feedback), and one tie flip in the int8 45x200 case (13 decisions
+ * moved) changed the loss by 2.0e-4 relative in that emulation. */
+#define GPTQ_LOSS_RTOL 1e-4
+
+/* GPTQ: same inputs to gptq_quantize and gptq_quantize_cuda. The criterion:
+ * scales and zero points identical, loss within GPTQ_LOSS_RTOL, codes equal
+ * except after a rounding tie (int kinds: the first differing dequantized
+ * value of each row, in processing order, is within GPTQ_TIE_TOL of a tie
+ * in the CPU twin's replayed sweep), codes and dequantized values consistent.
+ * The stored code is the compressor's (quant_code_from_deq_k) on both. */
 static void t_gptq(int out, int in, quant_args qa, int dead_col) {
     int rows = 2 * in + 17;
     float *X = rand_bf16((size_t)rows * in, 1.0f, 0.0f);
@@ -451,8 +587,9 @@ static void t_gptq(int out, int in, quant_args qa, int dead_col) {
     for (size_t i = 0; i < (size_t)out * ng; i++) zbad += zp[i] != ref.zp[i];
     CHECK_EQ_INT(zbad, 0);
     CHECK_EQ_INT(o.rtn_fallback, ref.rtn_fallback);
-    size_t flips = 0, bigflips = 0;
+    size_t flips = 0, bigflips = 0, dflips = 0; /* codes; dequantized values (the GPTQ decisions) */
     for (size_t i = 0; i < nw; i++) {
+        dflips += wq[i] != ref.wq[i];
         if (q[i] != ref.q[i]) flips++;
         if (abs((int)q[i] - (int)ref.q[i]) > 1) bigflips++;
     }
@@ -460,14 +597,72 @@ static void t_gptq(int out, int in, quant_args qa, int dead_col) {
     fprintf(stderr, "  gptq %dx%d bits=%d strategy=%d actorder=%d: flip rate %.4f%% (%zu/%zu, %zu by >1), "
             "loss gpu %.6g cpu %.6g\n", out, in, qa.num_bits, (int)qa.strategy, (int)qa.actorder,
             100 * rate, flips, nw, bigflips, o.loss, ref.loss);
+    fprintf(stderr, "  gptq decision flips %.4f%% (%zu)\n", 100.0 * dflips / nw, dflips);
     CHECK(rate <= 0.01);
+    CHECK(dflips <= nw / 100);
     CHECK(bigflips <= nw / 1000);
-    CHECK(fabs(o.loss - ref.loss) <= 0.02 * fabs(ref.loss) + 1e-9);
+    const double lrel = fabs(o.loss - ref.loss) / (fabs(ref.loss) + 1e-30);
+    const double lbound = GPTQ_LOSS_RTOL + (double)dflips / nw;
+    fprintf(stderr, "  gptq loss relative difference %.3e (bound %.3e)\n", lrel, lbound);
+    CHECK(lrel <= lbound || fabs(o.loss - ref.loss) <= 1e-12);
+    if (quant_kind(&qa) == QK_INT && qa.actorder != QA_GROUP) { /* each row's first decision flip: a tie */
+        int64_t *perm = xmalloc(sizeof(int64_t) * (size_t)in);
+        unsigned char *dead = xmalloc((size_t)in);
+        float *U = xmalloc(nn * 4);
+        double *wrow = xmalloc(sizeof(double) * (size_t)in);
+        CHECK_EQ_INT(gptq_factor_ref(H, in, qa.actorder != QA_NONE, 0.01, perm, dead, U), 0);
+        int rows_flipped = 0, not_tie = 0;
+        double worst = 0.0;
+        for (int r = 0; r < out; r++) {
+            int first = -1;
+            for (int j = 0; j < in && first < 0; j++)
+                if (wq[(size_t)r * in + perm[j]] != ref.wq[(size_t)r * in + perm[j]]) first = j;
+            if (first < 0) continue;
+            rows_flipped++;
+            const double t = gptq_replay_t(&qa, W, in, r, perm, dead, U, ref.wq, ref.scale, ref.zp, ng, first, wrow);
+            const double dist = fabs(t - floor(t) - 0.5);
+            if (dist > worst) worst = dist;
+            if (dist > GPTQ_TIE_TOL) {
+                if (not_tie++ < 3)
+                    fprintf(stderr, "  row %d: first flip at column %lld, t = %.6f is not a tie\n", r,
+                            (long long)perm[first], t);
+            }
+        }
+        fprintf(stderr, "  gptq rows with a flip %d of %d; their first flip: worst distance from a tie %.2e "
+                "(tolerance %.0e)\n", rows_flipped, out, worst, GPTQ_TIE_TOL);
+        CHECK_EQ_INT(not_tie, 0);
+        free(perm); free(dead); free(U); free(wrow);
+    }
+    /* consistent outputs: each stored code is the compressor's code of its own dequantized value */
+    size_t cbad = 0, gbad = 0;
+    int qlo, qhi;
+    quant_range(&qa, &qlo, &qhi);
+    for (size_t i = 0; i < nw; i++) {
+        const size_t r = i / (size_t)in;
+        const int col = (int)(i % (size_t)in);
+        const int g = qa.actorder == QA_GROUP ? gi[col] : qa.strategy == QS_GROUP || qa.strategy == QS_TENSOR_GROUP
+                                                                  ? col / qa.group_size
+                                                                  : qa.strategy == QS_BLOCK ? col / qa.block[1] : 0;
+        const size_t k = r * (size_t)ng + (size_t)g;
+        cbad += (int8_t)quant_code_from_deq_k(quant_kind(&qa), wq[i], sc[k], zp[k], qlo, qhi,
+                                      DS_DTYPE_BF16) != q[i];
+        if (quant_kind(&qa) == QK_INT) { /* wq on the grid: bf16((k - zp) * scale) for a code k in range */
+            const long k0 = lround((double)wq[i] / sc[k]) + zp[k];
+            int on = 0;
+            for (long kk = k0 - 1; kk <= k0 + 1 && !on; kk++)
+                on = kk >= qlo && kk <= qhi && quant_dequant_k(QK_INT, (int)kk, zp[k], sc[k], DS_DTYPE_BF16) == wq[i];
+            gbad += !on;
+        }
+    }
+    CHECK_EQ_INT(cbad, 0);
+    CHECK_EQ_INT(gbad, 0);
     if (dead_col >= 0) /* dead column: W[:, i] = 0 -> dequantized 0 */
         for (int r = 0; r < out; r++) CHECK(wq[(size_t)r * in + dead_col] == 0.0f);
-    /* dequantized values agree wherever the codes agree (same scale, same zp) */
+    /* float kinds: dequantized values agree wherever the codes agree (same scale, same zp). Not for
+     * int: there two neighbouring decisions k, k+1 can store the same code (int8 above 64, see
+     * cuda/gptq.cu), so the decision flips are judged on wq above (first flip of a row: a tie) */
     size_t wbad = 0;
-    for (size_t i = 0; i < nw; i++) wbad += q[i] == ref.q[i] && wq[i] != ref.wq[i];
+    for (size_t i = 0; quant_kind(&qa) != QK_INT && i < nw; i++) wbad += q[i] == ref.q[i] && wq[i] != ref.wq[i];
     CHECK_EQ_INT(wbad, 0);
     dbuf_free(&bW); dbuf_free(&bH); dbuf_free(&bwq); dbuf_free(&bq); dbuf_free(&bs); dbuf_free(&bz);
     dbuf_free(&bg);
