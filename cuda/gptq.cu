@@ -261,7 +261,8 @@ gptq_block_kernel(sweep_args a) {
             /* as gptq.c: quant_fake_k decides; the stored code is the one the compressor
              * recomputes from the saved weight (quant_code_from_deq_k), for every kind: with
              * int8 and a bf16 model, deq/scale rounded to bf16 (0.5 apart above 64) can land
-             * on a tie and give the decision code -1 (about 4 % of int8 codes) */
+             * on a tie k +- 0.5 and round (half to even) to a neighbour of the decision code k
+             * (about 4 % of int8 codes) */
             (void)qs_fake_k(a.kind, wc, sc, z, a.qmin, a.qmax, a.dt, &deq);
             const float qf = (float)qs_code_from_deq_k(a.kind, deq, sc, z, a.qmin, a.qmax, a.dt);
             const float d = Us[c * nb + c];
