@@ -9,6 +9,8 @@
 #      then the seed table (bench/stage_table.py: per-stage time, TFLOP/s vs
 #      the GEMM peak of step 2, peak GPU memory, save time); with OFFLOAD=1
 #      also with --offload-activations --gpu-memory 8GB (the <= 8 GB target);
+#      FP8=1 (default): also GPTQ FP8 (recipes/fp8-gptq.json: fp8 weights, per-tensor
+#      scales, static input_scale) end to end, with its stage table;
 #   4. NP2=1 (default): the same job on 2 ranks sharing the GPU, and
 #      build/ckpt_diff checks both checkpoints agree (>= 99.9 % int codes).
 # Usage: sh bench/bench_gpu.sh [WORKDIR]   (default /tmp/doneshot-bench; needs
@@ -71,6 +73,16 @@ awk -v s="$START" -v e="$END" 'BEGIN { printf "end-to-end wall time: %.1f s (tar
 PEAK=$(sed -n 's/.*GEMM 8192^3: .* ms, \([0-9.]*\) TFLOP\/s.*/\1/p' "$WORK/bench_gpu.txt" | head -n 1)
 python3 bench/stage_table.py "$WORK/summary.json" "$WORK/model" "$PEAK" "$SEQ_LEN" | tee -a "$WORK/e2e.txt"
 
+if [ "${FP8:-1}" = 1 ]; then
+    # issue 14: FP8 end to end (GPTQ with fp8 e4m3 weights, per-tensor scale, and the
+    # static per-tensor input_scale observed in the GPU forward)
+    echo "== doneshot FP8 (GPTQModifier, recipes/fp8-gptq.json), -np 1, --device cuda"
+    run_np 1 "$BUILD/doneshot" --recipe recipes/fp8-gptq.json --model "$WORK/model" \
+        --dataset "$WORK/tokens.jsonl" --device cuda --output "$WORK/out_fp8" --overwrite \
+        --summary "$WORK/summary_fp8.json" 2>&1 | tail -n 4 | tee -a "$WORK/e2e.txt"
+    python3 bench/stage_table.py "$WORK/summary_fp8.json" "$WORK/model" "$PEAK" "$SEQ_LEN" | tee -a "$WORK/e2e.txt"
+    rm -rf "$WORK/out_fp8" # 8 GB: the lent machine's disk also holds the model and two W4A16 outputs
+fi
 if [ "${OFFLOAD:-1}" = 1 ]; then
     echo "== doneshot W4A16, -np 1, --offload-activations --gpu-memory 8GB"
     run_np 1 "$BUILD/doneshot" --recipe recipes/w4a16.json --model "$WORK/model" \
