@@ -7,7 +7,10 @@ bf16 8192^3 line). Stdlib only.
 FLOP model per layer (N calibration tokens, T tokens per sequence, P the
 layer's Linear parameters, C hidden, F MLP width, Q = heads*head_dim):
   forward, propagate  2*N*P + 2*N*T*Q      (projections + causal attention)
-  hessian             2*N*(2*C^2 + Q^2 + F^2)   (2 X^T X as full GEMMs)
+  hessian             2*N*(2*U(C) + U(Q) + U(F))   (2 X^T X, upper triangle:
+                      U(n) = sum over tile rows r0 = 0, 1024, .. of
+                      min(1024, n-r0) * (n-r0), the products the GPU engine's
+                      GEMMs compute (cuda/hessian.cu); n^2/2 + ~512 n)
   gptq                sum over modules of 2*out*in^2 + in^3 (the pipeline's
                       solve-cost model: lazy updates + Cholesky/inverse)
 Usage: stage_table.py SUMMARY.json MODEL_DIR [PEAK_TFLOPS] [SEQ_LEN]
@@ -15,6 +18,13 @@ Usage: stage_table.py SUMMARY.json MODEL_DIR [PEAK_TFLOPS] [SEQ_LEN]
 import json
 import os
 import sys
+
+
+def upper_products(n, tile=1024):
+    """Products of hessian_accum_f64_cuda's tile-row GEMMs for an n-wide input
+    (DS_HESS_TILE = 1024 in cuda/kernels.h): the upper triangle plus the
+    diagonal tiles' lower halves."""
+    return sum(min(tile, n - r0) * (n - r0) for r0 in range(0, n, tile))
 
 
 def main():
@@ -34,7 +44,7 @@ def main():
     flops = {
         "forward": fwd,
         "propagate": fwd,
-        "hessian": L * 2.0 * N * (2 * C * C + Q * Q + F * F),
+        "hessian": L * 2.0 * N * (2 * upper_products(C) + upper_products(Q) + upper_products(F)),
         "gptq": sum(2.0 * m["out_features"] * m["in_features"] ** 2 + m["in_features"] ** 3
                     for m in s["modules"]),
     }

@@ -7,10 +7,28 @@
  * bf16 x bf16 products are exact in f32, so with CUBLAS_COMPUTE_32F this
  * computes the same products as the CPU's f32 ssyrk on upcast values; only
  * the summation order differs. alpha = 2 is an exact scaling.
- * Symmetry: the GEMM computes both triangles (2x the FLOPs of a SYRK; cuBLAS
- * has no bf16 SYRK) and tiles may sum (i,j) and (j,i) in different orders,
- * so H can be asymmetric by a rounding: hessian_symmetrize_cuda copies the
- * upper triangle down when it matters (the GPTQ solve reads one triangle).
+ *
+ * f64 sums (hessian_accum_f64_cuda, the engine's path): only the upper
+ * triangle j >= i, as hessian_accum_cpu. cuBLAS has no bf16 SYRK, so the
+ * triangle is covered by tile rows of DS_HESS_TILE (1024) rows: tile row a
+ * (rows r0 = a*1024 .. r0+b, b = min(1024, n - r0)) is one GemmEx
+ *   S[b, w] = 2 X[:, r0:r0+b]^T X[:, r0:n]   (w = n - r0; OP_N, OP_T,
+ *   m=w, n=b, k=rows, A=B=X+r0 (ld n), C=S (ldc w): S row-major [b][w])
+ * into the f32 scratch (one tile row: min(n,1024) x n floats), then a kernel
+ * adds S's upper part (j >= i) into H in f64. Products: sum_a b*w =
+ * n^2/2 + about n*1024/2 instead of n^2 (n <= 1024: one GEMM, all n^2);
+ * the diagonal tiles' lower halves are computed but never added, so H's
+ * strict lower triangle keeps what it held (the engine zeroes H: 0).
+ * Readers take the upper triangle only: hessian_to_f32_cuda mirrors it into
+ * the f32 GPTQ input; the host copies for an MPI reduction are summed whole
+ * (the lower zeros stay zeros) and come back through hessian_to_f32_cuda.
+ * The tile rows run one after another on the stream (the scratch is reused);
+ * short last rows use fewer SMs than one big GEMM would: unmeasured.
+ *
+ * f32 sums (hessian_accum_cuda, bench and twin tests): one full GEMM, both
+ * triangles; tiles may sum (i,j) and (j,i) in different orders, so H can be
+ * asymmetric by a rounding: hessian_symmetrize_cuda copies the upper
+ * triangle down when it matters.
  */
 #include "cuda_common.cuh"
 
@@ -24,10 +42,15 @@ extern "C" void hessian_accum_cuda(float *H, const uint16_t *X, int rows, int n,
                               CUBLAS_GEMM_DEFAULT));
 }
 
-static __global__ void add_f32_to_f64_kernel(double *H, const float *S, size_t n) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
-        H[i] += (double)S[i];
+/* H[(r0+i)*n + r0+j] += S[i*w + j] for the tile row's upper part j >= i
+ * (i < b, j < w). Grid (x: column blocks, y: rows i); coalesced in j. */
+static __global__ void add_upper_f32_to_f64_kernel(double *H, const float *S, int r0, int b, int w, int n) {
+    for (int i = blockIdx.y; i < b; i += gridDim.y) {
+        double *hr = H + (size_t)(r0 + i) * n + r0;
+        const float *sr = S + (size_t)i * w;
+        for (int j = i + blockIdx.x * blockDim.x + threadIdx.x; j < w; j += gridDim.x * blockDim.x)
+            hr[j] += (double)sr[j];
+    }
 }
 
 extern "C" void hessian_accum_f64_cuda(double *H, const uint16_t *X, int rows, int n, float *scratch,
@@ -36,14 +59,15 @@ extern "C" void hessian_accum_f64_cuda(double *H, const uint16_t *X, int rows, i
     if (rows == 0) return;
     const float alpha = 2.0f, beta = 0.0f;
     cublasHandle_t h = ds_cublas_get(stream);
-    CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_T, n, n, rows, &alpha, X, CUDA_R_16BF, n, X,
-                              CUDA_R_16BF, n, &beta, scratch, CUDA_R_32F, n, CUBLAS_COMPUTE_32F,
-                              CUBLAS_GEMM_DEFAULT));
-    size_t nn = (size_t)n * n;
-    size_t blocks = CEIL_DIV(nn, (size_t)256);
-    if (blocks > 8192) blocks = 8192;
-    add_f32_to_f64_kernel<<<(unsigned)blocks, 256, 0, DS_STREAM(stream)>>>(H, scratch, nn);
-    CUDA_LAUNCH_CHECK();
+    for (int r0 = 0; r0 < n; r0 += DS_HESS_TILE) {
+        const int b = DS_MIN(DS_HESS_TILE, n - r0), w = n - r0;
+        CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_T, w, b, rows, &alpha, X + r0, CUDA_R_16BF, n,
+                                  X + r0, CUDA_R_16BF, n, &beta, scratch, CUDA_R_32F, w, CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT));
+        dim3 grid((unsigned)DS_MIN(CEIL_DIV(w, 256), 8), (unsigned)b);
+        add_upper_f32_to_f64_kernel<<<grid, 256, 0, DS_STREAM(stream)>>>(H, scratch, r0, b, w, n);
+        CUDA_LAUNCH_CHECK();
+    }
 }
 
 /* 32x32 tiles of the strict lower triangle: H[j][i] = H[i][j] for i < j. */
@@ -61,17 +85,35 @@ extern "C" void hessian_symmetrize_cuda(float *H, int n, void *stream) {
     CUDA_LAUNCH_CHECK();
 }
 
-static __global__ void to_f32_kernel(float *Hf, const double *Hd, size_t n, double divisor) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
-         i += (size_t)gridDim.x * blockDim.x)
-        Hf[i] = (float)__ddiv_rn(Hd[i], divisor);
+/* 32x32 tiles (by, bx), bx >= by, of H's upper triangle: each element j >= i
+ * is converted once, written at (i, j) and, through a shared-memory
+ * transpose, at (j, i) for j > i; the lower triangle of Hd is never read.
+ * Block 32 x 8. */
+static __global__ void to_f32_mirror_kernel(float *Hf, const double *Hd, int n, double divisor) {
+    __shared__ float t[32][33];
+    const int by = blockIdx.y, bx = blockIdx.x, tx = threadIdx.x;
+    if (bx < by) return;
+    for (int r = threadIdx.y; r < 32; r += 8) {
+        const int i = by * 32 + r, j = bx * 32 + tx;
+        float v = 0.0f;
+        if (i < n && j < n && j >= i) {
+            v = (float)__ddiv_rn(Hd[(size_t)i * n + j], divisor);
+            Hf[(size_t)i * n + j] = v;
+        }
+        t[r][tx] = v;
+    }
+    __syncthreads();
+    for (int r = threadIdx.y; r < 32; r += 8) {
+        const int j = bx * 32 + r, i = by * 32 + tx; /* Hf[j][i] = H[i][j] = t[tx][r] */
+        if (i < n && j < n && j > i) Hf[(size_t)j * n + i] = t[tx][r];
+    }
 }
 
-extern "C" void hessian_to_f32_cuda(float *Hf, const double *Hd, size_t n, double divisor, void *stream) {
+extern "C" void hessian_to_f32_cuda(float *Hf, const double *Hd, int n, double divisor, void *stream) {
+    DS_ASSERT(n >= 0);
     if (!n) return;
-    size_t blocks = CEIL_DIV(n, (size_t)256);
-    if (blocks > 8192) blocks = 8192;
-    to_f32_kernel<<<(unsigned)blocks, 256, 0, DS_STREAM(stream)>>>(Hf, Hd, n, divisor);
+    dim3 grid(CEIL_DIV(n, 32), CEIL_DIV(n, 32)), block(32, 8);
+    to_f32_mirror_kernel<<<grid, block, 0, DS_STREAM(stream)>>>(Hf, Hd, n, divisor);
     CUDA_LAUNCH_CHECK();
 }
 

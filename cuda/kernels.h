@@ -122,16 +122,26 @@ void residual_forward_cuda(uint16_t *x, const uint16_t *y, size_t n, void *strea
  * summation order may leave H[i][j] and H[j][i] a rounding apart: call
  * hessian_symmetrize_cuda before a solve if exact symmetry matters). */
 void hessian_accum_cuda(float *H, const uint16_t *X, int rows, int n, void *stream);
-/* The twin of hessian_accum_cpu: scratch[n,n] f32 = 2 X^T X for this call, then
- * H (f64) += scratch, so sums over calls are independent of the row split. */
+/* Tile-row height of hessian_accum_f64_cuda's upper-triangle GEMMs. */
+#define DS_HESS_TILE 1024
+/* f32 elements of hessian_accum_f64_cuda's scratch for inputs up to n wide:
+ * one tile row, min(n, DS_HESS_TILE) x n. */
+static inline size_t hessian_scratch_floats(int n) {
+    return (size_t)(n < DS_HESS_TILE ? n : DS_HESS_TILE) * (size_t)n;
+}
+/* The twin of hessian_accum_cpu: H[n,n] f64 += 2 X^T X for X [rows, n] bf16,
+ * the upper triangle j >= i only (the strict lower one is left as it was):
+ * per tile row of DS_HESS_TILE rows, scratch (hessian_scratch_floats(n) f32)
+ * = 2 X_a^T X[:, a..n] of this call (GemmEx, f32), then added in f64, so
+ * sums over calls are independent of the row split. */
 void hessian_accum_f64_cuda(double *H, const uint16_t *X, int rows, int n, float *scratch,
                             void *stream);
 /* Copy the upper triangle (row-major i<j) onto the lower. */
 void hessian_symmetrize_cuda(float *H, int n, void *stream);
-/* Hf[i] = (float)(Hd[i] / divisor) (divisor = number of calibration
- * sequences), the twin of hessian_to_f32_cpu before its mirroring: call
- * hessian_symmetrize_cuda after it to get the CPU twin's matrix. */
-void hessian_to_f32_cuda(float *Hf, const double *Hd, size_t n, double divisor, void *stream);
+/* Hf[i][j] = Hf[j][i] = (float)(Hd[i][j] / divisor) for j >= i, Hd and Hf
+ * [n, n] (divisor = number of calibration sequences): only Hd's upper
+ * triangle is read; bit-identical to hessian_to_f32_cpu. */
+void hessian_to_f32_cuda(float *Hf, const double *Hd, int n, double divisor, void *stream);
 /* Static activation observer (static_minmax): *amax (one f32, >= 0, not
  * NaN) := max(*amax, max_i |X[i]|) over X [n] bf16 (NaN skipped), combined
  * with atomicMax, so calls over any split of the rows (micro-batches, chunks)

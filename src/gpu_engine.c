@@ -391,7 +391,7 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
         const int possible = i == INP_DOWN ? dense_layers : i == INP_SHARED_DOWN ? c->IS > 0 : 1;
         if (possible) hmax = DS_MAX(hmax, e->hn[i]);
     }
-    e->Hscratch = dalloc(sizeof(float) * (size_t)hmax * hmax);
+    e->Hscratch = dalloc(sizeof(float) * hessian_scratch_floats(hmax)); /* one tile row */
     e->want_h = xcalloc((size_t)e->nin, sizeof(int));
     e->amax_d = dalloc(sizeof(float) * (size_t)e->nin);
 
@@ -861,8 +861,7 @@ ds_status gpu_engine_gptq(gpu_engine *e, const quant_args *a, const layer_linear
     DS_ASSERT(inp >= 0 && inp < e->nin && e->hn[inp] == in && nseq > 0);
     if (!e->Hd[inp]) e->Hd[inp] = dalloc(sizeof(double) * nn); /* another rank calibrated it */
     if (H_host) ds_cuda_memcpy_h2d(e->Hd[inp], H_host, sizeof(double) * nn, s);
-    hessian_to_f32_cuda(e->gH, e->Hd[inp], nn, (double)nseq, s);
-    hessian_symmetrize_cuda(e->gH, in, s);
+    hessian_to_f32_cuda(e->gH, e->Hd[inp], in, (double)nseq, s); /* reads the upper triangle, mirrors */
     ds_cuda_memcpy_h2d(e->gW, li->w, sizeof(float) * nw, s);
     gptq_cuda_out o = {.wq = e->gWq, .q = e->gQ, .scale = e->gScale, .zp = e->gZp, .g_idx = e->gGidx};
     /* a Hessian several modules share (q/k/v; gate/up; every expert's gate/up

@@ -5,7 +5,8 @@
  * the four per-rank compute steps of one decoder layer:
  *   load       the layer's weights -> device (bf16), once per layer
  *   calibrate  forward over this rank's samples in micro-batches, capturing
- *              Hessian sums 2·XᵀX (f64 on the device, hessian_accum_f64_cuda)
+ *              Hessian sums 2·XᵀX (f64 on the device, upper triangle only,
+ *              hessian_accum_f64_cuda)
  *   gptq       an owner's solve on the device (gptq_quantize_cuda)
  *   propagate  forward with the quantized weights, updating the residual
  *              stream in place (device-resident, or streamed from pinned host

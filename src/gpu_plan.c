@@ -3,6 +3,7 @@
  * (see gpu_plan.h for what is counted).
  */
 #include "gpu_plan.h"
+#include "kernels.h" /* hessian_scratch_floats (declarations only: no CUDA needed) */
 
 static const size_t BF16 = 2, F32 = 4, MIB = (size_t)1 << 20;
 
@@ -84,7 +85,8 @@ ds_status gpu_plan_make(const gpu_plan_dims *d, const gpu_plan_opts *o, gpu_plan
         if (d->routed) p->hessians += E * C * C * hb; /* each expert's routed gate/up input */
     }
     const size_t wmax = DS_MAX(DS_MAX(C, qo), mlp_width(d));
-    if (o->hessian_f64) p->hessians += wmax * wmax * F32; /* f32 scratch of the f64 accumulate */
+    if (o->hessian_f64) /* f32 scratch of the f64 accumulate: one tile row of the widest */
+        p->hessians += hessian_scratch_floats((int)wmax) * F32;
     p->gptq = gptq_bytes(d, o);
     p->cublas_ws = 32 * MIB;
     const size_t fixed = p->weights + p->acts + p->hessians + p->cublas_ws;

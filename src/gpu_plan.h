@@ -14,6 +14,8 @@
  *                or f64 accumulators; MoE: + every expert's down_proj input
  *                (IM), the shared expert's (IS), and with routed calibration
  *                every expert's gate/up input (C); f32 scratch of the widest
+ *                input's f64 accumulate: one tile row, min(n, 1024) x n
+ *                (hessian_scratch_floats in cuda/kernels.h)
  *   transients   per micro-batch: residual copy, norm out, q, k, v, ctx,
  *                attn/mlp out, gate (-> act), up (the widest MLP: F, IM or
  *                IS); MoE: router logits + softmax scratch, top-K ids and

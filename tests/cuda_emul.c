@@ -212,13 +212,18 @@ void hessian_accum_cuda(float *H, const uint16_t *X, int rows, int n, void *stre
     free(Hd); free(scratch); free(Xf);
 }
 
-/* As hessian_accum_cpu: the upper triangle only (the real kernel writes both;
- * the engine must read only the upper one, which this makes visible). */
+/* As hessian_accum_cpu and the real kernel: the upper triangle only. The
+ * engine's scratch is the kernel's (hessian_scratch_floats(n), one tile row),
+ * smaller than the CPU's n x n: it is overwritten whole (an undersized
+ * allocation shows up under ASan) and the CPU twin gets its own. */
 void hessian_accum_f64_cuda(double *H, const uint16_t *X, int rows, int n, float *scratch, void *stream) {
     (void)stream;
-    float *Xf = unpack(X, (size_t)rows * n);
-    hessian_accum_cpu(H, Xf, rows, n, scratch);
-    free(Xf);
+    if (rows == 0) return;
+    const size_t ns = hessian_scratch_floats(n);
+    for (size_t i = 0; i < ns; i++) scratch[i] = NAN;
+    float *Xf = unpack(X, (size_t)rows * n), *S = xmalloc(sizeof(float) * (size_t)n * n);
+    hessian_accum_cpu(H, Xf, rows, n, S);
+    free(Xf); free(S);
 }
 
 void hessian_symmetrize_cuda(float *H, int n, void *stream) {
@@ -227,9 +232,9 @@ void hessian_symmetrize_cuda(float *H, int n, void *stream) {
         for (int j = i + 1; j < n; j++) H[(size_t)j * n + i] = H[(size_t)i * n + j];
 }
 
-void hessian_to_f32_cuda(float *Hf, const double *Hd, size_t n, double divisor, void *stream) {
+void hessian_to_f32_cuda(float *Hf, const double *Hd, int n, double divisor, void *stream) {
     (void)stream;
-    for (size_t i = 0; i < n; i++) Hf[i] = (float)(Hd[i] / divisor);
+    hessian_to_f32_cpu(Hf, Hd, n, divisor);
 }
 
 void act_absmax_cuda(float *amax, const uint16_t *X, size_t n, void *stream) {

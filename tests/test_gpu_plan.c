@@ -24,8 +24,9 @@ static void test_llama3_8b_offload(void) {
         CHECK_EQ_INT(p.n_seq, 512);
         /* one layer's weights: 218.1M params bf16 = 436 MB (doc §5.3) */
         CHECK(p.weights > 435000000 && p.weights < 437500000);
-        /* distinct f64 Hessians: 3 x 128 MiB + 1568 MiB, + the f32 scratch of the largest */
-        CHECK_EQ_INT(p.hessians, (3L * 4096 * 4096 + 14336L * 14336) * 8 + 14336L * 14336 * 4);
+        /* distinct f64 Hessians: 3 x 128 MiB + 1568 MiB, + the f32 scratch of the largest:
+         * one tile row of the upper-triangle accumulate, 1024 x 14336 (56 MiB) */
+        CHECK_EQ_INT(p.hessians, (3L * 4096 * 4096 + 14336L * 14336) * 8 + 1024L * 14336 * 4);
         gpu_plan_print(&p, stderr);
     }
 }
@@ -86,6 +87,8 @@ static void test_tiny_and_bad(void) {
         CHECK_EQ_INT(p.n_seq, 4);
         CHECK_EQ_INT(p.micro_batch, 4); /* capped by the sequence count */
         CHECK_EQ_INT(p.acts, 1000L * 64 * 2);
+        /* f64 Hessians C, C, qo, F wide; the scratch of the widest (F = 172 <= one tile row): F x F */
+        CHECK_EQ_INT(p.hessians, (3L * 64 * 64 + 172L * 172) * 8 + 172L * 172 * 4);
         d.NKV = 3;
         CHECK_EQ_INT(gpu_plan_make(&d, &o, &p), DS_ERR_USAGE);
         d.NKV = 2; d.seq_len = 0;

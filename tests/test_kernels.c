@@ -383,23 +383,22 @@ static double *hessian_ref(const float *X, int rows, int n) {
     return H;
 }
 
-/* hessian_to_f32_cuda + hessian_symmetrize_cuda == hessian_to_f32_cpu
- * (bitwise: one IEEE division and one rounding per element). The lower
- * triangle of the device input differs from the upper one, as the f64 sums
- * of two tensor-core triangles may: only the upper may be read. */
+/* hessian_to_f32_cuda == hessian_to_f32_cpu (bitwise: one IEEE division and
+ * one rounding per element, mirrored). The strict lower triangle of the
+ * input is NaN (hessian_accum_f64_cuda does not write it): only the upper
+ * triangle may be read. */
 static void t_to_f32(int n, int nseq) {
     size_t nn = (size_t)n * n;
     double *H = xmalloc(nn * 8);
     for (size_t i = 0; i < nn; i++) H[i] = (double)urand() * 1e3 + (double)urand() * 1e-9;
     for (int i = 0; i < n; i++)
-        for (int j = 0; j < i; j++) H[(size_t)i * n + j] = H[(size_t)j * n + i] * (1 + 1e-12);
+        for (int j = 0; j < i; j++) H[(size_t)i * n + j] = NAN;
     float *want = xmalloc(nn * 4), *got = xmalloc(nn * 4);
     hessian_to_f32_cpu(want, H, n, (double)nseq);
     dbuf bh, bf;
     double *dh = dbuf_up(&bh, H, nn * 8);
     float *df = dbuf_new(&bf, nn * 4);
-    hessian_to_f32_cuda(df, dh, nn, (double)nseq, NULL);
-    hessian_symmetrize_cuda(df, n, NULL);
+    hessian_to_f32_cuda(df, dh, n, (double)nseq, NULL);
     CHECK(dbuf_get(&bf, got));
     report("hessian_to_f32", got, want, nn);
     CHECK(memcmp(got, want, nn * 4) == 0);
@@ -408,8 +407,13 @@ static void t_to_f32(int n, int nseq) {
     free(H); free(want); free(got);
 }
 
+/* f32: hessian_accum_cuda (full GEMM) + symmetrize vs the CPU twin, all of H.
+ * f64: hessian_accum_f64_cuda (upper triangle by tile rows of DS_HESS_TILE)
+ * vs the CPU twin on j >= i; the strict lower triangle holds a sentinel that
+ * must survive, and the scratch is exactly hessian_scratch_floats(n) floats
+ * between guards. */
 static void t_hessian(int rows, int n, int f64) {
-    size_t nn = (size_t)n * n;
+    size_t nn = (size_t)n * n, ncmp = nn;
     float *X = rand_bf16((size_t)rows * n, 1.0f, 0.0f);
     double *Hd = hessian_ref(X, rows, n);
     float *want = xmalloc(nn * 4), *got = xmalloc(nn * 4);
@@ -420,15 +424,28 @@ static void t_hessian(int rows, int n, int f64) {
     /* two calls with a split of the rows: sums must not depend on it */
     int r1 = rows / 3;
     if (f64) {
-        double *dh = dbuf_new(&bh, nn * 8);
-        ds_cuda_memset(dh, 0, nn * 8, NULL);
-        float *scr = dbuf_new(&bs, nn * 4);
+        const double lower = -12345.0;
+        double *g = xcalloc(nn, 8);
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < i; j++) g[(size_t)i * n + j] = lower;
+        double *dh = dbuf_up(&bh, g, nn * 8);
+        const size_t ns = hessian_scratch_floats(n);
+        float *scr = dbuf_new(&bs, ns * 4), *hs = xmalloc(ns * 4);
         hessian_accum_f64_cuda(dh, dx, r1, n, scr, NULL);
         hessian_accum_f64_cuda(dh, dx + (size_t)r1 * n, rows - r1, n, scr, NULL);
-        double *g = xmalloc(nn * 8);
         CHECK(dbuf_get(&bh, g));
-        for (size_t i = 0; i < nn; i++) got[i] = (float)g[i];
-        free(g);
+        CHECK(dbuf_get(&bs, hs)); /* the GEMMs stay inside the scratch */
+        size_t k = 0, lower_bad = 0;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < n; j++) {
+                const size_t e = (size_t)i * n + j;
+                if (j < i) { lower_bad += g[e] != lower; continue; }
+                got[k] = (float)g[e];
+                want[k++] = (float)Hd[e]; /* k <= e: compacts want in place */
+            }
+        CHECK_EQ_INT(lower_bad, 0);
+        ncmp = k;
+        free(g); free(hs);
     } else {
         float *dh = dbuf_new(&bh, nn * 4);
         ds_cuda_memset(dh, 0, nn * 4, NULL);
@@ -443,8 +460,8 @@ static void t_hessian(int rows, int n, int f64) {
         CHECK(sym);
     }
     /* exact products, f32 sums in a different order: error ~ eps * sum |x_i x_j| <= eps * 2 rows */
-    CHECK_CLOSE(got, want, nn, 2e-6 * rows, F32_RTOL);
-    report(f64 ? "hessian f64" : "hessian f32", got, want, nn);
+    CHECK_CLOSE(got, want, ncmp, 2e-6 * rows, F32_RTOL);
+    report(f64 ? "hessian f64 (upper)" : "hessian f32", got, want, ncmp);
     dbuf_free(&bx); dbuf_free(&bh); if (f64) dbuf_free(&bs);
     free(X); free(Hd); free(want); free(got); free(hx);
 }
@@ -1009,7 +1026,9 @@ static void run(int idx) {
     case 7: t_swiglu(1000003, 0); t_swiglu(4099, 1); t_swiglu(2048 * 14336, 0); break;
     case 8: t_residual(1000003); t_residual(2048 * 4096); break;
     case 9: t_hessian(300, 77, 0); t_hessian(2048, 1024, 0); break;
-    case 10: t_hessian(301, 131, 1); t_hessian(4096, 512, 1); break;
+    case 10: /* one GEMM (n <= DS_HESS_TILE), 2 tile rows (the last 7 wide), 3 tile rows */
+        t_hessian(301, 131, 1); t_hessian(4096, 512, 1); t_hessian(700, 1031, 1); t_hessian(1500, 2100, 1);
+        break;
     case 11: {
         quant_args g4 = {.num_bits = 4, .symmetric = 0, .strategy = QS_GROUP, .group_size = 64, .actorder = QA_STATIC}; /* asym int4 g64, actorder static */
         quant_args c8 = {.num_bits = 8, .symmetric = 1, .strategy = QS_CHANNEL, .group_size = -1, .actorder = QA_NONE}; /* sym int8 per channel */
