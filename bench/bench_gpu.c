@@ -96,7 +96,7 @@ int main(int argc, char **argv) {
     uint16_t *q = ds_cuda_malloc(Tm * qo * 2), *k = ds_cuda_malloc(Tm * kv * 2), *v = ds_cuda_malloc(Tm * kv * 2);
     uint16_t *ctx = ds_cuda_malloc(Tm * qo * 2), *y = ds_cuda_malloc(Tm * C * 2);
     uint16_t *g = ds_cuda_malloc(Tm * F * 2), *u = ds_cuda_malloc(Tm * F * 2), *act = ds_cuda_malloc(Tm * F * 2);
-    void *aws = ds_cuda_malloc(attention_ws_bytes(T, NH / NKV));
+    void *aws = ds_cuda_malloc(attention_ws_bytes(T, NH / NKV, HS));
     float *invf = ds_cuda_malloc(sizeof(float) * HS / 2);
     {
         float h[256];
@@ -130,6 +130,21 @@ int main(int argc, char **argv) {
     /* causal attention: useful FLOPs = 2 * 2 * T^2/2 * HS per head-sequence */
     TIME("fwd attention", 2.0 * (double)T * T * HS * NH * mb,
          attention_forward_cuda(ctx, q, k, v, mb, T, NH, NKV, HS, aws, NULL));
+    /* A/B: the batched-GEMM path (DONESHOT_ATTN=gemm), timed apart from the stages */
+    const char *attn_path = attention_fused(HS) ? "fused" : "gemm";
+    double attn_gemm_ms;
+    {
+        const char *prev = getenv("DONESHOT_ATTN");
+        setenv("DONESHOT_ATTN", "gemm", 1);
+        void *gws = ds_cuda_malloc(attention_ws_bytes(T, NH / NKV, HS));
+        attention_forward_cuda(ctx, q, k, v, mb, T, NH, NKV, HS, gws, NULL);
+        begin();
+        for (int r_ = 0; r_ < reps; r_++) attention_forward_cuda(ctx, q, k, v, mb, T, NH, NKV, HS, gws, NULL);
+        attn_gemm_ms = end_ms() / reps * scale;
+        ds_cuda_free(gws);
+        if (prev) setenv("DONESHOT_ATTN", prev, 1);
+        else unsetenv("DONESHOT_ATTN");
+    }
     TIME("fwd o gemm", 2.0 * tok * qo * C, matmul_forward_cuda(y, ctx, wo, NULL, (int)Tm, qo, C, NULL));
     TIME("fwd residual x2", 0, { residual_forward_cuda(x, y, Tm * C, NULL); residual_forward_cuda(x, y, Tm * C, NULL); });
     TIME("fwd gate,up gemm", 2.0 * 2 * tok * C * F, {
@@ -202,6 +217,11 @@ int main(int argc, char **argv) {
         else solve += st[i].ms;
     }
     double layer = 2 * fwd + hes + solve;
+    {
+        const double af = 2.0 * (double)T * T * HS * NH * seqs, tf = af / (attn_gemm_ms * 1e-3) / 1e12;
+        printf("\nfwd attention ran the %s path; A/B DONESHOT_ATTN=gemm: %.2f ms, %.1f TFLOP/s, %.1f%% peak\n",
+               attn_path, attn_gemm_ms, tf, 100 * tf / peak);
+    }
     printf("\nper layer: forward %.1f ms (x2 passes), hessian %.1f ms, gptq+pack %.1f ms -> %.1f ms\n",
            fwd, hes, solve, layer);
     printf("projected %d layers: %.1f s (target <= 75 s end to end on one H100)\n", L, L * layer / 1e3);

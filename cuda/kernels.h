@@ -18,6 +18,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #if defined(__cplusplus) && !defined(_Noreturn)
 #define _Noreturn [[noreturn]] /* common.h is C11 */
@@ -104,10 +106,24 @@ void rope_forward_cuda(uint16_t *x, const uint16_t *cos_t, const uint16_t *sin_t
 
 /* attention.cu: causal GQA attention for B sequences of T tokens each
  * (q [B*T, NH*HS], k,v [B*T, NKV*HS], out [B*T, NH*HS], bf16), as
- * attention_forward_cpu per sequence: f32 scores via batched GemmEx
- * (fp32 accumulate), f32 causal softmax, P rounded to bf16, P@V fp32
- * accumulate, bf16 out. ws: attention_ws_bytes(T, NH/NKV) device bytes. */
-size_t attention_ws_bytes(int T, int rep);
+ * attention_forward_cpu per sequence: f32 scores (fp32 accumulate), f32
+ * causal softmax, P rounded to bf16 after normalising, P@V fp32 accumulate,
+ * bf16 out. Fused kernel (attention_fused(HS): no T x T buffer; k, v 16-byte
+ * aligned) or batched GEMMs. ws: attention_ws_bytes(T, NH/NKV, HS) device
+ * bytes (never NULL on the GEMM path). */
+/* 1: attention_forward_cuda runs the fused kernel (HS 64 or 128, unless the
+ * environment sets DONESHOT_ATTN=gemm); 0: the batched-GEMM path. Inline so
+ * that the planner (src/gpu_plan.c), the emulator and the kernels agree. */
+static inline int attention_fused(int HS) {
+    const char *e = getenv("DONESHOT_ATTN");
+    return (HS == 64 || HS == 128) && !(e && strcmp(e, "gemm") == 0);
+}
+/* Workspace bytes: 256 (fused) or rep*T*T f32 scores + rep*T*T bf16 P. */
+static inline size_t attention_ws_bytes(int T, int rep, int HS) {
+    if (attention_fused(HS)) return 256;
+    size_t tt = (size_t)T * T * rep;
+    return ((tt * sizeof(float) + 255) & ~(size_t)255) + tt * sizeof(uint16_t);
+}
 void attention_forward_cuda(uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v,
                             int B, int T, int NH, int NKV, int HS, void *ws, void *stream);
 

@@ -324,7 +324,7 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
         e->gdesc = xmalloc(8 * E * sizeof(int32_t));
         e->tprob = xmalloc(6 * E * sizeof(int)); /* rows, then weight slots */
     }
-    e->attn_ws = dalloc(attention_ws_bytes(e->max_T, c->NH / c->NKV));
+    e->attn_ws = dalloc(attention_ws_bytes(e->max_T, c->NH / c->NKV, c->HS));
     e->cos_t = dalloc((size_t)e->max_T * c->HS * 2);
     e->sin_t = dalloc((size_t)e->max_T * c->HS * 2);
     float *inv = dalloc(sizeof(float) * (size_t)(c->HS / 2));

@@ -34,9 +34,9 @@ size_t gpu_plan_forward_bytes(const gpu_plan_dims *d, int mb) {
     if (d->E > 0) /* logits, gathered rows, accumulator (bf16); top-K ids, weights, row
                    * lists (twice: device and routed copies), softmax scratch, gate */
         t += T * ((size_t)d->E + 2 * C) * BF16 + T * (size_t)d->K * 4 * 4 + T * (size_t)d->E * F32 + T * F32;
-    /* attention workspace for the rep heads of one kv head of one sequence */
-    size_t tt = (size_t)d->seq_len * d->seq_len * (size_t)(d->NH / d->NKV);
-    size_t a = ((tt * F32 + 255) & ~(size_t)255) + tt * BF16;
+    /* attention workspace: ~0 for the fused kernel, else the rep heads of one
+     * kv head of one sequence (cuda/kernels.h; DONESHOT_ATTN=gemm) */
+    size_t a = attention_ws_bytes(d->seq_len, d->NH / d->NKV, d->HS);
     /* rope tables */
     t += 2 * (size_t)d->seq_len * d->HS * BF16;
     return t + a;
@@ -98,8 +98,7 @@ ds_status gpu_plan_make(const gpu_plan_dims *d, const gpu_plan_opts *o, gpu_plan
         size_t stage = o->offload_acts ? 2 * (size_t)mb * d->seq_len * C * BF16 : 0;
         size_t peak = fixed + stage + fwd + p->gptq;
         if (peak <= o->budget_bytes || mb == 1) {
-            size_t tt = (size_t)d->seq_len * d->seq_len * (size_t)(d->NH / d->NKV);
-            p->attn_ws = ((tt * F32 + 255) & ~(size_t)255) + tt * BF16;
+            p->attn_ws = attention_ws_bytes(d->seq_len, d->NH / d->NKV, d->HS);
             p->transients = fwd - p->attn_ws;
             p->staging = stage;
             p->peak = peak;

@@ -20,8 +20,9 @@
  *                attn/mlp out, gate (-> act), up (the widest MLP: F, IM or
  *                IS); MoE: router logits + softmax scratch, top-K ids and
  *                weights, row lists, gathered rows, the block's accumulator
- *   attn_ws      scores f32 + P bf16 for the rep query heads of one kv head
- *                (attention_ws_bytes in cuda/kernels.h)
+ *   attn_ws      256 bytes for the fused attention kernel (HS 64, 128); else
+ *                scores f32 + P bf16 for the rep query heads of one kv head
+ *                (attention_ws_bytes in cuda/kernels.h, DONESHOT_ATTN=gemm)
  *   gptq         the largest solve: f32 weight copy + working copy, outputs
  *                (wq f32, q int8), Hessian copy (H is consumed; q/k/v and
  *                gate/up share one), permuted copy (actorder), error block,

@@ -163,16 +163,11 @@ void rope_forward_cuda(uint16_t *x, const uint16_t *cos_t, const uint16_t *sin_t
     free(xf); free(c); free(s);
 }
 
-size_t attention_ws_bytes(int T, int rep) { /* as cuda/attention.cu */
-    size_t tt = (size_t)T * T * rep;
-    return ((tt * sizeof(float) + 255) & ~(size_t)255) + tt * sizeof(uint16_t);
-}
-
 void attention_forward_cuda(uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T,
                             int NH, int NKV, int HS, void *ws, void *stream) {
     (void)stream;
     const size_t qs = (size_t)NH * HS, ks = (size_t)NKV * HS;
-    memset(ws, 0xFF, attention_ws_bytes(T, NH / NKV)); /* the workspace must be this large */
+    memset(ws, 0xFF, attention_ws_bytes(T, NH / NKV, HS)); /* the workspace must be this large */
     float *scratch = xmalloc(sizeof(float) * (size_t)T * T), *o = xmalloc(sizeof(float) * (size_t)T * qs);
     for (int b = 0; b < B; b++) {
         float *qf = unpack(q + (size_t)b * T * qs, (size_t)T * qs);

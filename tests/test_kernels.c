@@ -30,6 +30,7 @@ static const char *const TEST_NAMES[] = {
     "hessian_to_f32", "moe_route", "moe_gather_scatter", "moe_shared_gate_add",
     "gptq_factor_reuse", "gptq_quantize_fp8", "gptq_quantize_nvfp4", "act_absmax",
     "matmul_batched", "moe_combine", /* run() dispatches these two by name */
+    "attention_gemm_fallback",        /* and this one */
 };
 
 #ifndef DS_CUDA
@@ -326,8 +327,10 @@ static void t_attention(int B, int T, int NH, int NKV, int HS) {
     dbuf bq, bk, bv, bo, bw;
     uint16_t *dq = dbuf_up(&bq, hq, nq * 2), *dk = dbuf_up(&bk, hk, nk * 2), *dv = dbuf_up(&bv, hv, nk * 2);
     uint16_t *dout = dbuf_new(&bo, nq * 2);
-    void *ws = dbuf_new(&bw, attention_ws_bytes(T, NH / NKV));
+    void *ws = dbuf_new(&bw, attention_ws_bytes(T, NH / NKV, HS));
     attention_forward_cuda(dout, dq, dk, dv, B, T, NH, NKV, HS, ws, NULL);
+    fprintf(stderr, "  attention B=%d T=%d NH=%d NKV=%d HS=%d: %s path\n", B, T, NH, NKV, HS,
+            attention_fused(HS) ? "fused" : "gemm");
     CHECK(dbuf_get(&bo, ho));
     float *got = from_bf16(ho, nq);
     /* P rounded to bf16 on both sides, but exp/sum orders differ: rare 1-ulp P flips */
@@ -339,6 +342,29 @@ static void t_attention(int B, int T, int NH, int NKV, int HS) {
     free(tmp);
     dbuf_free(&bq); dbuf_free(&bk); dbuf_free(&bv); dbuf_free(&bo); dbuf_free(&bw);
     free(q); free(k); free(v); free(want); free(scr); free(hq); free(hk); free(hv); free(ho); free(got);
+}
+
+/* T in {1, 17, 64, 200, 2048} x HS {64, 128} x GQA rep {1, 4} (NKV 2). */
+static void t_attention_sweep(void) {
+    static const int Ts[] = {1, 17, 64, 200, 2048};
+    for (size_t i = 0; i < DS_ARRAY_LEN(Ts); i++)
+        for (int HS = 64; HS <= 128; HS *= 2)
+            for (int rep = 1; rep <= 4; rep *= 4) t_attention(Ts[i] < 2048 ? 2 : 1, Ts[i], 2 * rep, 2, HS);
+}
+
+/* DONESHOT_ATTN=gemm: HS 64/128 take the batched-GEMM path with its rep*T*T
+ * workspace (the A/B and fallback path); unset again: the fused kernel. */
+static void t_attention_gemm_fallback(void) {
+    unsetenv("DONESHOT_ATTN");
+    CHECK(attention_fused(64) && attention_fused(128) && !attention_fused(40));
+    CHECK(attention_ws_bytes(2048, 4, 128) <= 256);
+    setenv("DONESHOT_ATTN", "gemm", 1);
+    CHECK(!attention_fused(64) && !attention_fused(128));
+    CHECK(attention_ws_bytes(2048, 4, 128) == (size_t)2048 * 2048 * 4 * 6); /* 96 MiB */
+    t_attention(2, 200, 8, 2, 64);
+    t_attention(1, 300, 4, 4, 128);
+    unsetenv("DONESHOT_ATTN");
+    CHECK(attention_fused(64));
 }
 
 static void t_swiglu(size_t n, size_t off) {
@@ -1010,6 +1036,10 @@ static void run(int idx) {
         t_matmul_batched(8, tb, 2048, 768, 1);
         return;
     }
+    if (!strcmp(TEST_NAMES[idx], "attention_gemm_fallback")) {
+        t_attention_gemm_fallback();
+        return;
+    }
     if (!strcmp(TEST_NAMES[idx], "moe_combine")) {
         t_moe_combine(100, 64, 8, 2);
         t_moe_combine(1024, 2048, 16, 4);
@@ -1022,7 +1052,10 @@ static void run(int idx) {
     case 3: t_rope_tables(97, 40); t_rope_tables(8192, 128); break;
     case 4: t_rope(33, 5, 40); t_rope(2048, 32, 128); break;
     case 5: t_matmul(37, 200, 75, 1); t_matmul(3, 129, 1, 1); t_matmul(256, 4096, 1024, 0); break;
-    case 6: t_attention(2, 67, 6, 2, 40); t_attention(1, 1, 4, 4, 16); t_attention(1, 512, 32, 8, 128); break;
+    case 6: /* HS 40, 16: the GEMM path; HS 64, 128: the fused kernel (ragged last tiles, GQA rep 1 and 4) */
+        t_attention(2, 67, 6, 2, 40); t_attention(1, 1, 4, 4, 16); t_attention(1, 512, 32, 8, 128);
+        t_attention_sweep();
+        break;
     case 7: t_swiglu(1000003, 0); t_swiglu(4099, 1); t_swiglu(2048 * 14336, 0); break;
     case 8: t_residual(1000003); t_residual(2048 * 4096); break;
     case 9: t_hessian(300, 77, 0); t_hessian(2048, 1024, 0); break;
