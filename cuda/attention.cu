@@ -2,7 +2,8 @@
  * attention.cu - causal GQA attention, twin of attention_forward_cpu (per
  * sequence). Two paths (attention_fused in cuda/kernels.h picks one):
  *
- * Fused (HS 64 or 128, the default): one block of FA_THREADS = 4 warps per
+ * Fused (HS 64 or 128, opt-in with DONESHOT_ATTN=fused until a GPU run has
+ * verified it: it has never run): one block of FA_THREADS = 4 warps per
  * (head h, query tile of FA_BM = 64 rows, sequence); head h reads kv head
  * h / (NH/NKV). No T x T buffer: the workspace is ~0. Per block, two passes
  * over the key tiles 0..qt (FA_BN = 64 keys; causal: none past the diagonal
@@ -21,7 +22,7 @@
  *   ulp apart when e/l sits on a rounding tie, as with the GEMM path).
  *   Cost: 1.5x the useful FLOPs (Q K^T twice), the price of HF's rounding.
  *
- * GEMM (other head sizes, or DONESHOT_ATTN=gemm: the A/B and fallback path):
+ * GEMM (the default, verified on an H100; always for other head sizes):
  * for each sequence and kv head g, the
  * rep = NH/NKV query heads h = g*rep + r sharing it form one strided batch
  * (K/V stride 0: no repeat_kv copies). Column-major views (see matmul.cu):

@@ -106,25 +106,26 @@ static void test_forward_bytes_linear(void) {
     }
 }
 
-/* Fused attention (HS 64/128): no T x T workspace; DONESHOT_ATTN=gemm or
+/* DONESHOT_ATTN=fused (HS 64/128): no T x T workspace; unset, =gemm or
  * another head size: rep*T*T f32 scores + bf16 P (cuda/kernels.h). */
 static void test_attention_ws(void) {
     TEST("attention_ws_fused_vs_gemm") {
         gpu_plan_dims d = llama3_8b();
         gpu_plan_opts o = {.offload_acts = 1, .budget_bytes = 8000000000ULL, .gptq_block = 128};
         gpu_plan p;
-        unsetenv("DONESHOT_ATTN");
+        setenv("DONESHOT_ATTN", "fused", 1);
         CHECK_EQ_INT(gpu_plan_make(&d, &o, &p), DS_OK);
         CHECK(p.attn_ws <= 256);
         const size_t f1 = gpu_plan_forward_bytes(&d, 1);
-        setenv("DONESHOT_ATTN", "gemm", 1);
+        unsetenv("DONESHOT_ATTN"); /* the default: the GEMM path */
         CHECK_EQ_INT(gpu_plan_make(&d, &o, &p), DS_OK);
         CHECK_EQ_INT(p.attn_ws, 2048L * 2048 * 4 * 6); /* rep 4: 64 MiB f32 + 32 MiB bf16 */
         CHECK_EQ_INT(gpu_plan_forward_bytes(&d, 1) - f1, p.attn_ws - 256);
-        unsetenv("DONESHOT_ATTN");
+        setenv("DONESHOT_ATTN", "fused", 1);
         d.HS = 96; /* no fused kernel for this head size */
         CHECK_EQ_INT(gpu_plan_make(&d, &o, &p), DS_OK);
         CHECK_EQ_INT(p.attn_ws, 2048L * 2048 * 4 * 6);
+        unsetenv("DONESHOT_ATTN");
     }
 }
 

@@ -347,24 +347,27 @@ static void t_attention(int B, int T, int NH, int NKV, int HS) {
 /* T in {1, 17, 64, 200, 2048} x HS {64, 128} x GQA rep {1, 4} (NKV 2). */
 static void t_attention_sweep(void) {
     static const int Ts[] = {1, 17, 64, 200, 2048};
+    setenv("DONESHOT_ATTN", "fused", 1); /* the fused kernel is opt-in */
     for (size_t i = 0; i < DS_ARRAY_LEN(Ts); i++)
         for (int HS = 64; HS <= 128; HS *= 2)
             for (int rep = 1; rep <= 4; rep *= 4) t_attention(Ts[i] < 2048 ? 2 : 1, Ts[i], 2 * rep, 2, HS);
+    unsetenv("DONESHOT_ATTN");
 }
 
-/* DONESHOT_ATTN=gemm: HS 64/128 take the batched-GEMM path with its rep*T*T
- * workspace (the A/B and fallback path); unset again: the fused kernel. */
+/* Unset or DONESHOT_ATTN=gemm: HS 64/128 take the batched-GEMM path with its
+ * rep*T*T workspace (the verified default); =fused: the fused kernel. */
 static void t_attention_gemm_fallback(void) {
     unsetenv("DONESHOT_ATTN");
+    CHECK(!attention_fused(64) && !attention_fused(128));
+    CHECK(attention_ws_bytes(2048, 4, 128) == (size_t)2048 * 2048 * 4 * 6); /* 96 MiB */
+    setenv("DONESHOT_ATTN", "fused", 1);
     CHECK(attention_fused(64) && attention_fused(128) && !attention_fused(40));
     CHECK(attention_ws_bytes(2048, 4, 128) <= 256);
     setenv("DONESHOT_ATTN", "gemm", 1);
     CHECK(!attention_fused(64) && !attention_fused(128));
-    CHECK(attention_ws_bytes(2048, 4, 128) == (size_t)2048 * 2048 * 4 * 6); /* 96 MiB */
     t_attention(2, 200, 8, 2, 64);
     t_attention(1, 300, 4, 4, 128);
     unsetenv("DONESHOT_ATTN");
-    CHECK(attention_fused(64));
 }
 
 static void t_swiglu(size_t n, size_t off) {
