@@ -71,7 +71,8 @@ static void eval_usage(FILE *f) {
             "  --dataset FILE        UTF-8 text file, read whole (e.g. WikiText-2 test joined with \"\\n\\n\")\n"
             "  --seq-len T           tokens per window (default 2048, capped by max_position_embeddings)\n"
             "  --max-windows K       evaluate only the first K windows (default: all)\n"
-            "  --threads K           compute threads per rank (default: cores / ranks on the node)\n"
+            "  --threads K           compute threads per rank (default: the CPUs the rank may\n"
+            "                        run on, at most cores / ranks on the node)\n"
             "  --json                print the result as one JSON object\n"
             "  --dump-weights FILE   write the decoder Linear weights as doneshot uses them\n"
             "                        (dequantized) to FILE as F32 safetensors (for tests)\n"
@@ -303,8 +304,12 @@ int cmd_eval(int argc, char **argv) {
     st = model_open_quantized_ok(c.model, &m);
     have_model = st == DS_OK;
     if ((st = comm_sync_report(st))) goto done;
-    int threads = c.threads > 0 ? (int)c.threads
-                                : DS_MAX(1, (int)sysconf(_SC_NPROCESSORS_ONLN) / comm_local_size());
+    int share = 1, threads = c.threads > 0 ? (int)c.threads : ds_default_threads(comm_local_size(), &share);
+    if (c.threads <= 0 && threads < share && comm_rank() == 0)
+        ds_warn("this rank may run on %d CPU(s) (its affinity mask) but the node has %d per rank: %d thread(s) "
+                "per rank, cores left idle\nhint: Open MPI binds each rank to one core when -np <= 2; run "
+                "mpirun --bind-to none (or --map-by slot:PE=%d), or doneshot without mpirun for one rank",
+                threads, share, threads, share);
     openblas_set_num_threads(1); /* the host threads split the GEMMs (ops_cpu.c): no BLAS worker spins beside them */
     ds_set_threads(threads);
 

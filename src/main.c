@@ -72,7 +72,8 @@ static void usage(FILE *f) {
             "  --resume-interval S   save a resume point every S seconds at a layer boundary\n"
             "                        (default 600; 0: after every layer)\n"
             "  --stop-after-layer K  testing aid: stop (exit 1) after the resume point of layer K\n"
-            "  --threads K           compute threads per rank (default: cores / ranks on the node)\n"
+            "  --threads K           compute threads per rank (default: the CPUs the rank may\n"
+            "                        run on, at most cores / ranks on the node)\n"
             "  --overwrite           replace an existing output checkpoint\n"
             "  --summary FILE        write a machine-readable JSON run summary\n"
             "  -q, --quiet           only warnings and errors\n"
@@ -339,8 +340,12 @@ static int cmd_quantize(int argc, char **argv) {
     if ((st = comm_sync_report(st))) goto done;
     if (max_seq > m.cfg.max_pos) max_seq = m.cfg.max_pos;
 
-    int threads = c.threads > 0 ? (int)c.threads
-                                : DS_MAX(1, (int)sysconf(_SC_NPROCESSORS_ONLN) / comm_local_size());
+    int share = 1, threads = c.threads > 0 ? (int)c.threads : ds_default_threads(comm_local_size(), &share);
+    if (c.threads <= 0 && threads < share && comm_rank() == 0)
+        ds_warn("this rank may run on %d CPU(s) (its affinity mask) but the node has %d per rank: %d thread(s) "
+                "per rank, cores left idle\nhint: Open MPI binds each rank to one core when -np <= 2; run "
+                "mpirun --bind-to none (or --map-by slot:PE=%d), or doneshot without mpirun for one rank",
+                threads, share, threads, share);
     openblas_set_num_threads(1); /* the host threads split the GEMMs (ops_cpu.c): no BLAS worker spins beside them */
     ds_set_threads(threads);
 

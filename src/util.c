@@ -8,6 +8,8 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <pthread.h>
+#include <sched.h>
+#include <unistd.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -242,6 +244,16 @@ int ds_stop_signal(void) { return (int)g_stop_sig; }
 static int g_threads = 1;
 void ds_set_threads(int n) { g_threads = n < 1 ? 1 : n > DS_MAX_THREADS ? DS_MAX_THREADS : n; }
 int ds_threads(void) { return g_threads; }
+
+int ds_default_threads(int local_ranks, int *share) {
+    const long online = sysconf(_SC_NPROCESSORS_ONLN);
+    const int fair = (int)DS_MAX(1L, (online > 0 ? online : 1) / DS_MAX(1, local_ranks));
+    int bound = fair;
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) bound = CPU_COUNT(&set);
+    if (share) *share = fair;
+    return DS_MAX(1, DS_MIN(bound, fair));
+}
 
 typedef struct par_job {
     void (*fn)(void *, size_t, size_t);
