@@ -34,9 +34,13 @@ F=$(python3 -c "import json;print(json.load(open('$W/model/config.json'))['inter
 echo "model: $W/model (hidden $C, intermediate $F, $L layers); calibration $S x $T tokens"
 for np in 1 2; do
     [ -n "${SKIP_RUN:-}" ] && break
-    $MPIRUN -np $np "$BUILD/doneshot" --recipe recipes/w4a16.json --model "$W/model" --dataset "$W/calib.jsonl" \
+    # Open MPI binds each rank to one core at -np <= 2: the single rank gets
+    # both cores (its 2 threads) only unbound
+    bind=""; [ $np = 1 ] && bind="--bind-to none"
+    $MPIRUN $bind -np $np "$BUILD/doneshot" --recipe recipes/w4a16.json --model "$W/model" --dataset "$W/calib.jsonl" \
         --num-samples "$S" --max-seq-len "$T" --output "$W/out$np" --overwrite --summary "$W/np$np.json" -q
 done
+[ -n "${SKIP_RUN:-}" ] || [ ! -x "$BUILD/ckpt_diff" ] || "$BUILD/ckpt_diff" "$W/out1" "$W/out2" 0 | tail -n 1
 NCPU=$(getconf _NPROCESSORS_ONLN)
 LLMC_PYTHON=${LLMC_PYTHON:-$HOME/.cache/doneshot/venv/bin/python}
 rm -f "$W/llmc.json"
@@ -65,7 +69,7 @@ hess_flop = (2 * C * C + (NH * HS) ** 2 + F * F) * S * T * L      # syrk: n(n+1)
 runs = {np: json.load(open(f"{W}/np{np}.json")) for np in (1, 2)}
 print(f"sgemm peak (M={T}, N={F}, K={C}): {p1:.1f} GFLOP/s on 1 thread, {p2:.1f} on 2")
 print("GEMM GFLOP/s is per rank: forward+propagate GEMM flops of the rank's tokens / their time;")
-print("peak = sgemm with the rank's BLAS threads (2 threads at -np 1, 1 thread per rank at -np 2).")
+print("peak = sgemm on the rank's cores (2 threads at -np 1, 1 thread per rank at -np 2).")
 print("| ranks | total s | forward s | hessian s | reduce s | gptq s | bcast s | propagate s | save s | peak RSS/rank MB | fwd GEMM GFLOP/s/rank | % of peak | Hessian GFLOP/s/rank |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for np, r in runs.items():
