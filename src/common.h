@@ -120,12 +120,12 @@ void ds_convert_from_f32(void *dst, const float *src, ds_dtype dt, size_t n);
 #define DS_MAX_THREADS 64
 /* Threads ds_parallel_for may use (default 1; main sets --threads). */
 void ds_set_threads(int n);
-/* The default --threads of a rank on a node running local_ranks ranks: the
+/* The compute threads of a rank: requested (--threads) when > 0, else the
  * CPUs its affinity mask allows (mpirun binds each rank to one core when
  * -np <= 2, Slurm to its --cpus-per-task), at most the online CPUs divided
- * by local_ranks, at least 1. *share receives that fair share (online /
- * local_ranks), so a caller can warn when the binding leaves cores idle. */
-int ds_default_threads(int local_ranks, int *share);
+ * by local_ranks (the ranks on this node), at least 1. With warn set, says
+ * (ds_warn, with the mpirun hint) when that default leaves cores idle. */
+int ds_pick_threads(long requested, int local_ranks, int warn);
 int ds_threads(void);
 /* fn(ctx, lo, hi) over [0, n) split into contiguous ranges of at least
  * min_chunk items, one per thread (the caller runs the first); runs inline

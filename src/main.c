@@ -340,12 +340,7 @@ static int cmd_quantize(int argc, char **argv) {
     if ((st = comm_sync_report(st))) goto done;
     if (max_seq > m.cfg.max_pos) max_seq = m.cfg.max_pos;
 
-    int share = 1, threads = c.threads > 0 ? (int)c.threads : ds_default_threads(comm_local_size(), &share);
-    if (c.threads <= 0 && threads < share && comm_rank() == 0)
-        ds_warn("this rank may run on %d CPU(s) (its affinity mask) but the node has %d per rank: %d thread(s) "
-                "per rank, cores left idle\nhint: Open MPI binds each rank to one core when -np <= 2; run "
-                "mpirun --bind-to none (or --map-by slot:PE=%d), or doneshot without mpirun for one rank",
-                threads, share, threads, share);
+    const int threads = ds_pick_threads(c.threads, comm_local_size(), comm_rank() == 0);
     openblas_set_num_threads(1); /* the host threads split the GEMMs (ops_cpu.c): no BLAS worker spins beside them */
     ds_set_threads(threads);
 

@@ -245,14 +245,20 @@ static int g_threads = 1;
 void ds_set_threads(int n) { g_threads = n < 1 ? 1 : n > DS_MAX_THREADS ? DS_MAX_THREADS : n; }
 int ds_threads(void) { return g_threads; }
 
-int ds_default_threads(int local_ranks, int *share) {
+int ds_pick_threads(long requested, int local_ranks, int warn) {
+    if (requested > 0) return (int)DS_MIN(requested, (long)INT_MAX);
     const long online = sysconf(_SC_NPROCESSORS_ONLN);
     const int fair = (int)DS_MAX(1L, (online > 0 ? online : 1) / DS_MAX(1, local_ranks));
     int bound = fair;
     cpu_set_t set;
     if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) bound = CPU_COUNT(&set);
-    if (share) *share = fair;
-    return DS_MAX(1, DS_MIN(bound, fair));
+    const int threads = DS_MAX(1, DS_MIN(bound, fair));
+    if (warn && threads < fair)
+        ds_warn("this rank may run on %d CPU(s) (its affinity mask) but the node has %d per rank: %d thread(s) "
+                "per rank, cores left idle\nhint: Open MPI binds each rank to one core when -np <= 2; run "
+                "mpirun --bind-to none (or --map-by slot:PE=%d), or doneshot without mpirun for one rank",
+                threads, fair, threads, fair);
+    return threads;
 }
 
 typedef struct par_job {
