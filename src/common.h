@@ -124,7 +124,8 @@ void ds_set_threads(int n);
  * CPUs its affinity mask allows (mpirun binds each rank to one core when
  * -np <= 2, Slurm to its --cpus-per-task), at most the online CPUs divided
  * by local_ranks (the ranks on this node), at least 1. With warn set, says
- * (ds_warn, with the mpirun hint) when that default leaves cores idle. */
+ * (ds_info, with the mpirun hint; -q silences it) when that default leaves
+ * cores idle. */
 int ds_pick_threads(long requested, int local_ranks, int warn);
 int ds_threads(void);
 /* fn(ctx, lo, hi) over [0, n) split into contiguous ranges of at least

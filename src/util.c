@@ -254,7 +254,7 @@ int ds_pick_threads(long requested, int local_ranks, int warn) {
     if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) bound = CPU_COUNT(&set);
     const int threads = DS_MAX(1, DS_MIN(bound, fair));
     if (warn && threads < fair)
-        ds_warn("this rank may run on %d CPU(s) (its affinity mask) but the node has %d per rank: %d thread(s) "
+        ds_info("this rank may run on %d CPU(s) (its affinity mask) but the node has %d per rank: %d thread(s) "
                 "per rank, cores left idle\nhint: Open MPI binds each rank to one core when -np <= 2; run "
                 "mpirun --bind-to none (or --map-by slot:PE=%d), or doneshot without mpirun for one rank",
                 threads, fair, threads, fair);
