@@ -217,7 +217,7 @@ FUZZ_TARGETS := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN     := $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/fuzz_%)
 # the library's sources (SRC above) with the MPI-free communicator and no CUDA
 FUZZ_OBJ     := $(patsubst %.c,$(FUZZ_BUILD)/obj/%.o,$(sort $(filter-out src/comm.c src/%_cuda.c,$(SRC)) src/comm_serial.c))
-FUZZ_CFLAGS   = -std=c11 -D_GNU_SOURCE -g -O1 $(WARN) -MMD -MP -Isrc -I/usr/include/cjson -DDS_VERSION='"$(VERSION)"' \
+FUZZ_CFLAGS   = -std=c11 -D_GNU_SOURCE -g -O1 $(WARN) -MMD -MP -Isrc -Icuda -I/usr/include/cjson -DDS_VERSION='"$(VERSION)"' \
                 -fsanitize=$(FUZZ_SAN) -fno-sanitize-recover=all -fno-omit-frame-pointer
 FUZZ_LIBS    := -lcjson -lz -lopenblas -llapacke -lpcre2-8 -lutf8proc -lpthread -lm
 .PHONY: fuzz fuzz-smoke fuzz-ci fuzz-merge
