@@ -127,12 +127,24 @@ void ds_set_threads(int n);
  * (ds_info, with the mpirun hint; -q silences it) when that default leaves
  * cores idle. */
 int ds_pick_threads(long requested, int local_ranks, int warn);
+/* The threads this thread may fan out to: --threads, or its share inside a
+ * ds_parallel_tasks worker, 1 inside a ds_parallel_for worker. */
 int ds_threads(void);
 /* fn(ctx, lo, hi) over [0, n) split into contiguous ranges of at least
  * min_chunk items, one per thread (the caller runs the first); runs inline
  * when one thread suffices. fn must only write what its range owns; results
  * are then independent of the thread count. */
 void ds_parallel_for(size_t n, size_t min_chunk, void (*fn)(void *ctx, size_t lo, size_t hi), void *ctx);
+/* fn(ctx, i) for every task i in [0, n), handed out in index order to
+ * min(ds_threads(), n) workers as each finishes its last (dynamic
+ * scheduling: order the tasks by decreasing cost for a longest-first
+ * schedule); the caller is one of the workers. The threads are shared out:
+ * ds_threads() (so each ds_parallel_for) inside a task sees its worker's
+ * share, at least 1. worker_done (may be NULL) runs once on each worker
+ * thread after its last task (e.g. to free thread-local memos). Tasks must
+ * only write what they own; a ds_parallel_for inside a ds_parallel_for
+ * worker runs inline. */
+void ds_parallel_tasks(size_t n, void (*fn)(void *ctx, size_t i), void (*worker_done)(void *ctx), void *ctx);
 
 /* ---- stop requests (SIGUSR1, SIGTERM) ---- */
 /* Install handlers that only record the signal; the pipeline polls

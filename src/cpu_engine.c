@@ -17,6 +17,7 @@
 #include "ops_cpu.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -41,8 +42,7 @@ typedef struct cpu_engine {
     size_t nbatch;
     float *y;                 /* [max rows, C] f32 activations of one micro-batch */
     float *scratch;           /* [nmax, nmax] for the Hessian update */
-    float *Hf;                /* the normalised f32 Hessian of a solve (grown on demand) */
-    size_t Hf_cap;
+    pthread_mutex_t mu;       /* guards t.gptq (concurrent solves) */
     layer_scratch ls;
     const layer_weights *lw;  /* current layer (borrowed) */
     engine_times t;
@@ -103,11 +103,14 @@ static ds_status solve(engine *e, const quant_args *a, const layer_linear *li, c
     cpu_engine *c = (cpu_engine *)e;
     const double t0 = ds_now();
     DS_ASSERT(H_host);
-    const size_t need = (size_t)li->in * li->in;
-    if (need > c->Hf_cap) c->Hf = xrealloc(c->Hf, sizeof(float) * (c->Hf_cap = need));
-    hessian_to_f32_cpu(c->Hf, H_host, li->in, (double)nseq);
-    ds_status st = gptq_quantize(a, li->w, li->out, li->in, c->Hf, block_size, dampening_frac, c->m->cfg.dtype, res);
+    /* its own scratch: solves may run concurrently (concurrent_gptq) */
+    float *Hf = xmalloc(sizeof(float) * (size_t)li->in * li->in);
+    hessian_to_f32_cpu(Hf, H_host, li->in, (double)nseq);
+    ds_status st = gptq_quantize(a, li->w, li->out, li->in, Hf, block_size, dampening_frac, c->m->cfg.dtype, res);
+    free(Hf);
+    pthread_mutex_lock(&c->mu);
     c->t.gptq += ds_now() - t0;
+    pthread_mutex_unlock(&c->mu);
     return st;
 }
 
@@ -149,13 +152,13 @@ static void destroy(engine *e) {
     free(c->batch);
     free(c->y);
     free(c->scratch);
-    free(c->Hf);
+    pthread_mutex_destroy(&c->mu);
     layer_scratch_free(&c->ls);
     free(c);
 }
 
 static const engine_ops cpu_ops = {
-    .device_hessians = 0, .describe = describe, .load_layer = load_layer, .calibrate = calibrate,
+    .device_hessians = 0, .concurrent_gptq = 1, .describe = describe, .load_layer = load_layer, .calibrate = calibrate,
     .gptq = solve, .set_weight = set_weight, .propagate = propagate, .get_residual = get_residual,
     .set_residual = set_residual, .times = times, .peak_bytes = peak_bytes, .destroy = destroy};
 
@@ -170,6 +173,7 @@ static size_t row_bytes(const model_config *mc) {
 ds_status cpu_engine_create(const model *m, const ds_sample *local, size_t nlocal, engine **out) {
     const model_config *mc = &m->cfg;
     cpu_engine *c = xcalloc(1, sizeof *c);
+    pthread_mutex_init(&c->mu, NULL);
     c->base.ops = &cpu_ops;
     c->m = m;
     c->local = local;

@@ -33,6 +33,9 @@ typedef struct engine_ops {
     /* 1: calibrate keeps the Hessian sums on the device and gptq reads them
      * when given H_host = NULL (one rank, nothing to reduce) */
     int device_hessians;
+    /* 1: gptq may run on several threads at once (each call then uses the
+     * ds_threads() share of its thread); 0: one call at a time */
+    int concurrent_gptq;
     const char *(*describe)(const engine *e);
     /* Make lw (borrowed until the next load) the current layer. */
     ds_status (*load_layer)(engine *e, const layer_weights *lw);

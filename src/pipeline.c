@@ -13,6 +13,7 @@
 #include "scheme.h"
 #include "smoothquant.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -435,53 +436,150 @@ static void hessians_free(run *u) {
     for (int inp = 0; inp < u->nin; inp++) { free(u->H[inp]); u->H[inp] = NULL; }
 }
 
-/* Every rank solves the modules it owns (ranks in parallel) into prs[i]:
- * the fake-quantized weight in the model dtype, scales, zero points, g_idx
- * and loss. An expert no rank routed a token to is quantized
- * round-to-nearest. */
-static ds_status solve_owned(run *u, layer_weights *lw, packed_result *prs, stage_times *lt) {
+/* Module i of the layer (owned by this rank) solved into *pr: the
+ * fake-quantized weight in the model dtype, scales, zero points, g_idx and
+ * loss. An expert no rank routed a token to is quantized round-to-nearest.
+ * On failure, why receives the message (the caller may be another thread). */
+static ds_status solve_one(run *u, layer_weights *lw, int i, packed_result *pr, char *why, size_t why_len) {
     const model_config *c = &u->m->cfg;
     const quant_args *qa = &u->r->w;
-    ds_status st = DS_OK;
-    for (int i = 0; i < u->nm && !st; i++) {
-        if (u->owner[i] != u->rank) continue;
-        layer_linear *li = &lw->lin[u->mods[i]];
-        const int64_t ntok = u->cnt[2 * li->input_id], nseq = u->cnt[2 * li->input_id + 1];
-        const double t = ds_now();
-        gptq_result res;
-        ds_status gs;
-        quant_args qm = *qa; /* NVFP4: this module's (fused) weight global scale */
-        if (u->wgs) qm.global_scale = u->wgs[i];
-        if (u->r->quantizer == RQ_QUANTIZATION) { /* QuantizationModifier: the observer's qparams, RTN */
-            gs = rtn_quantize(&qm, li->w, li->out, li->in, c->dtype, &res);
-        } else if (ntok == 0) {
-            gs = rtn_quantize(&qm, li->w, li->out, li->in, c->dtype, &res);
-            res.rtn_fallback = 2;
-        } else { /* u->H: the reduced sum, or NULL (one rank, device engine: on the device) */
-            gs = u->eng->ops->gptq(u->eng, &qm, li, u->H[li->input_id], nseq, u->r->block_size,
-                                   u->r->dampening_frac, &res);
-        }
-        if (gs) {
-            char why[2048];
-            snprintf(why, sizeof why, "%s", ds_errmsg());
-            st = ds_error(gs, "GPTQ failed on %s: %s", li->name, why);
-            break;
-        }
-        packed_result pr;
-        scheme_result_alloc(&pr, qa, li->out, li->in, c->dtype);
-        size_t ng = (size_t)quant_num_groups(qa, li->in);
-        ds_convert_from_f32(pr.w, res.wq, c->dtype, (size_t)li->out * li->in);
-        memcpy(pr.scale, res.scale, sizeof(float) * li->out * ng);
-        for (size_t e = 0; e < li->out * ng; e++) pr.zp[e] = res.zp ? res.zp[e] : 0;
-        for (int e = 0; e < li->in; e++) pr.g_idx[e] = res.g_idx ? res.g_idx[e] : 0;
-        pr.meta[0] = res.loss;
-        pr.meta[1] = res.rtn_fallback;
-        pr.meta[2] = ds_now() - t;
-        gptq_result_free(&res);
-        lt->gptq += ds_now() - t;
-        prs[i] = pr;
+    layer_linear *li = &lw->lin[u->mods[i]];
+    const int64_t ntok = u->cnt[2 * li->input_id], nseq = u->cnt[2 * li->input_id + 1];
+    const double t = ds_now();
+    gptq_result res;
+    ds_status gs;
+    quant_args qm = *qa; /* NVFP4: this module's (fused) weight global scale */
+    if (u->wgs) qm.global_scale = u->wgs[i];
+    if (u->r->quantizer == RQ_QUANTIZATION) { /* QuantizationModifier: the observer's qparams, RTN */
+        gs = rtn_quantize(&qm, li->w, li->out, li->in, c->dtype, &res);
+    } else if (ntok == 0) {
+        gs = rtn_quantize(&qm, li->w, li->out, li->in, c->dtype, &res);
+        res.rtn_fallback = 2;
+    } else { /* u->H: the reduced sum, or NULL (one rank, device engine: on the device) */
+        gs = u->eng->ops->gptq(u->eng, &qm, li, u->H[li->input_id], nseq, u->r->block_size,
+                               u->r->dampening_frac, &res);
     }
-    return comm_sync_status(st); /* a failed solve stops every rank at this layer */
+    if (gs) {
+        snprintf(why, why_len, "%s", ds_errmsg());
+        return gs;
+    }
+    scheme_result_alloc(pr, qa, li->out, li->in, c->dtype);
+    size_t ng = (size_t)quant_num_groups(qa, li->in);
+    ds_convert_from_f32(pr->w, res.wq, c->dtype, (size_t)li->out * li->in);
+    memcpy(pr->scale, res.scale, sizeof(float) * li->out * ng);
+    for (size_t e = 0; e < li->out * ng; e++) pr->zp[e] = res.zp ? res.zp[e] : 0;
+    for (int e = 0; e < li->in; e++) pr->g_idx[e] = res.g_idx ? res.g_idx[e] : 0;
+    pr->meta[0] = res.loss;
+    pr->meta[1] = res.rtn_fallback;
+    pr->meta[2] = ds_now() - t;
+    gptq_result_free(&res);
+    return DS_OK;
+}
+
+/* Concurrent solves of one rank (engines with concurrent_gptq): a task is a
+ * run of owned modules that share one Hessian, so a worker factors it once
+ * (gptq_quantize's per-thread memo); a group costing more than a worker's
+ * share is split (each part refactors, on another thread). */
+typedef struct solve_task {
+    int first, count; /* into solve_pool.mi */
+    double cost;
+} solve_task;
+
+typedef struct solve_pool {
+    run *u;
+    layer_weights *lw;
+    packed_result *prs;
+    const int *mi;      /* owned module indices (into u->mods), grouped by input */
+    solve_task *task;   /* by decreasing cost */
+    ds_status *st;      /* [u->nm] */
+    char (*why)[512];   /* [u->nm] */
+} solve_pool;
+
+static void solve_task_run(void *p, size_t t) {
+    solve_pool *sp = p;
+    const solve_task *k = &sp->task[t];
+    for (int j = k->first; j < k->first + k->count; j++) {
+        const int i = sp->mi[j];
+        sp->st[i] = solve_one(sp->u, sp->lw, i, &sp->prs[i], sp->why[i], sizeof sp->why[i]);
+        if (sp->st[i]) break;
+    }
+}
+
+static void solve_worker_done(void *p) {
+    (void)p;
+    gptq_factor_cache_clear(); /* the worker's memo (thread-local) */
+}
+
+static int task_cmp(const void *a, const void *b) {
+    const solve_task *x = a, *y = b;
+    if (x->cost != y->cost) return x->cost < y->cost ? 1 : -1;
+    return (x->first > y->first) - (x->first < y->first);
+}
+
+/* The owned modules' solves as tasks over the rank's threads. The results
+ * do not depend on the schedule: every solve is thread-count independent
+ * (gptq_quantize) and a memo hit returns the factor a fresh one would. */
+static void solve_parallel(run *u, layer_weights *lw, packed_result *prs, ds_status *st, char (*why)[512]) {
+    int *mi = xmalloc(sizeof(int) * (size_t)(u->nm ? u->nm : 1));
+    solve_task *task = xmalloc(sizeof(solve_task) * (size_t)(u->nm ? u->nm : 1));
+    int nmi = 0, ntask = 0;
+    double total = 0;
+    for (int i = 0; i < u->nm; i++) /* each module: its loop; each Hessian: one factorisation */
+        if (u->owner[i] == u->rank) total += u->cost[i];
+    const int T = ds_threads();
+    for (int inp = 0; inp < u->nin; inp++) {
+        const int g0 = nmi;
+        double loops = 0;
+        int n = 0;
+        for (int i = 0; i < u->nm; i++) {
+            const layer_linear *li = &lw->lin[u->mods[i]];
+            if (u->owner[i] != u->rank || li->input_id != inp) continue;
+            mi[nmi++] = i;
+            loops += 2.0 * li->out * (double)li->in * li->in;
+            n = li->in;
+        }
+        const int cnt = nmi - g0;
+        if (!cnt) continue;
+        const double factor = (double)n * n * n;
+        /* parts: enough that none exceeds a worker's share of the layer */
+        int parts = (int)ceil((factor + loops) / (total / T));
+        parts = DS_MAX(1, DS_MIN(parts, cnt));
+        for (int p = 0; p < parts; p++) {
+            const int a = g0 + cnt * p / parts, b = g0 + cnt * (p + 1) / parts;
+            task[ntask++] = (solve_task){a, b - a, factor + loops * (b - a) / cnt};
+        }
+    }
+    qsort(task, (size_t)ntask, sizeof *task, task_cmp);
+    solve_pool sp = {.u = u, .lw = lw, .prs = prs, .mi = mi, .task = task, .st = st, .why = why};
+    ds_parallel_tasks((size_t)ntask, solve_task_run, solve_worker_done, &sp);
+    free(task);
+    free(mi);
+}
+
+/* Every rank solves the modules it owns (ranks in parallel; an engine with
+ * concurrent_gptq also solves several at once on the rank's threads) into
+ * prs[i]. lt->gptq: the wall time. */
+static ds_status solve_owned(run *u, layer_weights *lw, packed_result *prs, stage_times *lt) {
+    const double t = ds_now();
+    ds_status *st = xcalloc((size_t)(u->nm ? u->nm : 1), sizeof *st);
+    char(*why)[512] = xcalloc((size_t)(u->nm ? u->nm : 1), sizeof *why);
+    if (u->eng->ops->concurrent_gptq && ds_threads() > 1) {
+        solve_parallel(u, lw, prs, st, why);
+    } else {
+        for (int i = 0; i < u->nm; i++) {
+            if (u->owner[i] != u->rank) continue;
+            if ((st[i] = solve_one(u, lw, i, &prs[i], why[i], sizeof why[i]))) break;
+        }
+    }
+    ds_status s = DS_OK;
+    for (int i = 0; i < u->nm; i++) { /* the first failure in model order (the caller frees prs) */
+        if (u->owner[i] != u->rank) continue;
+        if (st[i] && !s) s = ds_error(st[i], "GPTQ failed on %s: %s", lw->lin[u->mods[i]].name, why[i]);
+    }
+    free(why);
+    free(st);
+    lt->gptq += ds_now() - t;
+    return comm_sync_status(s); /* a failed solve stops every rank at this layer */
 }
 
 /* One module's tensors for the checkpoint writer thread (rank 0): derives

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sched.h>
 #include <unistd.h>
 #include <stdarg.h>
@@ -242,8 +243,12 @@ int ds_stop_signal(void) { return (int)g_stop_sig; }
 /* ---- threads ---- */
 
 static int g_threads = 1;
+/* A thread's own budget for the ds_parallel_for calls it makes (0: g_threads):
+ * 1 in the workers of ds_parallel_for (no nested fan-out), a share of the
+ * threads in the workers of ds_parallel_tasks. */
+static _Thread_local int tl_budget;
 void ds_set_threads(int n) { g_threads = n < 1 ? 1 : n > DS_MAX_THREADS ? DS_MAX_THREADS : n; }
-int ds_threads(void) { return g_threads; }
+int ds_threads(void) { return tl_budget ? tl_budget : g_threads; }
 
 int ds_pick_threads(long requested, int local_ranks, int warn) {
     if (requested > 0) return (int)DS_MIN(requested, (long)INT_MAX);
@@ -269,12 +274,15 @@ typedef struct par_job {
 
 static void *par_run(void *p) {
     par_job *j = p;
+    const int saved = tl_budget;
+    tl_budget = 1; /* a nested ds_parallel_for runs inline */
     j->fn(j->ctx, j->lo, j->hi);
+    tl_budget = saved;
     return NULL;
 }
 
 void ds_parallel_for(size_t n, size_t min_chunk, void (*fn)(void *ctx, size_t lo, size_t hi), void *ctx) {
-    size_t T = (size_t)g_threads, most = n / (min_chunk ? min_chunk : 1);
+    size_t T = (size_t)ds_threads(), most = n / (min_chunk ? min_chunk : 1);
     if (T > most) T = most;
     if (T <= 1) {
         if (n) fn(ctx, 0, n);
@@ -290,6 +298,51 @@ void ds_parallel_for(size_t n, size_t min_chunk, void (*fn)(void *ctx, size_t lo
         if (started[t]) pthread_join(th[t], NULL);
         else par_run(&job[t]); /* no thread: run it here */
     }
+}
+
+typedef struct task_pool {
+    void (*fn)(void *, size_t);
+    void (*worker_done)(void *);
+    void *ctx;
+    size_t n;
+    atomic_size_t next;
+} task_pool;
+
+typedef struct task_worker {
+    task_pool *pool;
+    int budget;
+} task_worker;
+
+static void *task_run(void *p) {
+    task_worker *w = p;
+    task_pool *pool = w->pool;
+    const int saved = tl_budget;
+    tl_budget = w->budget;
+    for (size_t i; (i = atomic_fetch_add(&pool->next, 1)) < pool->n;) pool->fn(pool->ctx, i);
+    if (pool->worker_done) pool->worker_done(pool->ctx);
+    tl_budget = saved;
+    return NULL;
+}
+
+void ds_parallel_tasks(size_t n, void (*fn)(void *ctx, size_t i), void (*worker_done)(void *ctx), void *ctx) {
+    const int T = ds_threads();
+    const int W = (int)DS_MIN((size_t)T, n);
+    task_pool pool = {.fn = fn, .worker_done = worker_done, .ctx = ctx, .n = n};
+    atomic_init(&pool.next, 0);
+    if (W <= 1) {
+        task_worker w = {&pool, T};
+        task_run(&w);
+        return;
+    }
+    pthread_t th[DS_MAX_THREADS];
+    task_worker tw[DS_MAX_THREADS];
+    int started[DS_MAX_THREADS] = {0};
+    for (int w = 0; w < W; w++) tw[w] = (task_worker){&pool, T / W + (w < T % W)};
+    for (int w = 1; w < W; w++) started[w] = pthread_create(&th[w], NULL, task_run, &tw[w]) == 0;
+    task_run(&tw[0]);
+    for (int w = 1; w < W; w++)
+        if (started[w]) pthread_join(th[w], NULL);
+    /* a worker that could not start took no task: the others drained the queue */
 }
 
 /* ---- conversions (split over ds_threads() above 1M elements) ---- */

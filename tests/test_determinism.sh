@@ -16,7 +16,8 @@
 #     split GEMM rows, Hessian tiles and GPTQ output rows, never a sum), on a
 #     model wide enough to split all three (intermediate 640: the down_proj
 #     input's Hessian is tiled from 512 columns on; 384 and 640 output rows
-#     > the 256-row GPTQ chunk).
+#     > the 256-row GPTQ chunk), and on a Qwen2-MoE in both calibration modes
+#     (a rank solves several modules at once on its threads).
 # Env: BUILD, MPIRUN, PYTHON. Last line: "N passed, N failed, N skipped".
 BUILD=${BUILD:-build}
 MPIRUN=${MPIRUN:-mpirun --oversubscribe}
@@ -95,6 +96,23 @@ done
 cmp -s $T/wide-t1/model.safetensors $T/wide-t3/model.safetensors \
     && ok "--threads 1 vs --threads 3: byte-identical checkpoint" \
     || fail "--threads 1 vs --threads 3: checkpoints differ ($($BUILD/ckpt_diff $T/wide-t1 $T/wide-t3 2>&1 | tail -1))"
+
+# MoE: a rank solves several modules at once on its threads (one task per
+# Hessian: q/k/v, o, the experts' shared gate/up, each expert's down_proj);
+# the schedule never changes the result, in both calibration modes
+$BUILD/gen_model --out $T/moe --arch qwen2_moe --hidden 128 --heads 4 --kv-heads 2 --layers 2 --vocab 512 \
+    --experts 8 --experts-per-tok 2 --moe-intermediate 32 --intermediate 96 --shared-intermediate 48 \
+    --dtype bf16 --tokenizer-from data/stories260K --seed 7 --threads 1 >$T/moe.gen.log 2>&1 || fail "gen_model moe"
+for all in true false; do
+    for th in 1 3; do
+        timeout -k 10 180 $BUILD/doneshot --recipe recipes/stories260k-w4a16.json --model $T/moe --threads $th \
+            --num-samples 12 --max-seq-len 48 --moe-calibrate-all-experts $all --output $T/moe-$all-t$th -q \
+            >$T/moe-$all-t$th.log 2>&1 || fail "quantize qwen2_moe --threads $th: $(tail -3 $T/moe-$all-t$th.log)"
+    done
+    cmp -s $T/moe-$all-t1/model.safetensors $T/moe-$all-t3/model.safetensors \
+        && ok "Qwen2-MoE (all experts: $all) --threads 1 vs --threads 3: byte-identical checkpoint" \
+        || fail "Qwen2-MoE (all experts: $all) --threads 1 vs 3: checkpoints differ"
+done
 
 echo "$P passed, $F failed, $S skipped"
 [ "$F" -eq 0 ]

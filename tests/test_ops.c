@@ -9,7 +9,9 @@
 #include "pipeline.h"
 #include "test.h"
 
+#include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 
 static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
 static double urand(void) { /* splitmix64 -> [0, 1) */
@@ -27,6 +29,77 @@ static float *rnd(size_t n, double scale) {
 static void mark_range(void *ctx, size_t lo, size_t hi) {
     unsigned char *seen = ctx;
     for (size_t i = lo; i < hi; i++) seen[i]++;
+}
+
+/* ds_parallel_tasks: every task once, each worker's share of the threads
+ * seen inside its tasks (and 1 inside their ds_parallel_for workers),
+ * worker_done once per worker */
+typedef struct tasks_ctx {
+    pthread_mutex_t mu;
+    int runs[40], share[40], nested_max, done_calls;
+} tasks_ctx;
+
+static void nested_probe(void *p, size_t lo, size_t hi) {
+    tasks_ctx *c = p;
+    (void)lo; (void)hi;
+    pthread_mutex_lock(&c->mu);
+    c->nested_max = DS_MAX(c->nested_max, ds_threads());
+    pthread_mutex_unlock(&c->mu);
+}
+
+static void task_probe(void *p, size_t i) {
+    tasks_ctx *c = p;
+    pthread_mutex_lock(&c->mu);
+    c->runs[i]++;
+    c->share[i] = ds_threads();
+    pthread_mutex_unlock(&c->mu);
+    ds_parallel_for(64, 1, nested_probe, c);
+}
+
+static void task_done(void *p) {
+    tasks_ctx *c = p;
+    pthread_mutex_lock(&c->mu);
+    c->done_calls++;
+    pthread_mutex_unlock(&c->mu);
+}
+
+static void test_parallel_tasks(void) {
+    TEST("ds_parallel_tasks runs every task once on shares of the threads; nesting runs inline") {
+        const int cases[][2] = {{5, 2}, {5, 40}, {1, 7}, {3, 3}, {4, 0}};
+        for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+            const int T = cases[k][0], n = cases[k][1];
+            tasks_ctx c;
+            memset(&c, 0, sizeof c);
+            pthread_mutex_init(&c.mu, NULL);
+            ds_set_threads(T);
+            ds_parallel_tasks((size_t)n, task_probe, task_done, &c);
+            const int W = DS_MIN(T, n);
+            int bad = 0, low = T, high = 0;
+            for (int i = 0; i < n; i++) {
+                bad += c.runs[i] != 1;
+                low = DS_MIN(low, c.share[i]);
+                high = DS_MAX(high, c.share[i]);
+            }
+            CHECK_EQ_INT(bad, 0);
+            CHECK_EQ_INT(c.done_calls, DS_MAX(W, 1));
+            if (n) {
+                CHECK(low >= T / DS_MAX(W, 1) && high <= (T + W - 1) / W); /* T / W, remainder spread */
+                CHECK(c.nested_max <= high); /* a task's ds_parallel_for within its share */
+            }
+            CHECK_EQ_INT(ds_threads(), T); /* the caller's own budget restored */
+            pthread_mutex_destroy(&c.mu);
+        }
+        /* a ds_parallel_for worker sees 1 thread */
+        tasks_ctx c;
+        memset(&c, 0, sizeof c);
+        pthread_mutex_init(&c.mu, NULL);
+        ds_set_threads(4);
+        ds_parallel_for(4, 1, nested_probe, &c);
+        CHECK_EQ_INT(c.nested_max, 1);
+        CHECK_EQ_INT(ds_threads(), 4);
+        pthread_mutex_destroy(&c.mu);
+        ds_set_threads(1);
+    }
 }
 
 static void test_parallel_for(void) {
@@ -251,6 +324,7 @@ static void test_thread_count_invariance(void) {
 
 int main(void) {
     test_parallel_for();
+    test_parallel_tasks();
     test_thread_count_invariance();
     test_matmul();
     test_rmsnorm();
