@@ -121,6 +121,8 @@ typedef struct att_job {
     ds_dtype act;
 } att_job;
 
+#define ATT_ROWS 128
+
 /* Heads [lo, hi) of one sequence; the first range uses the caller's scratch,
  * the others (other threads) their own [T, T]. */
 static void att_heads(void *p, size_t lo, size_t hi) {
@@ -130,9 +132,14 @@ static void att_heads(void *p, size_t lo, size_t hi) {
     float *S = lo == 0 ? j->scratch : xmalloc(sizeof(float) * (size_t)T * T); /* scores, then probabilities */
     for (size_t h = lo; h < hi; h++) {
         const int g = (int)h / rep;
-        /* S = (Q_h K_g^T) * scale; only j <= i is used (causal) */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HS, scale, j->q + h * HS, qs,
-                    j->k + (size_t)g * HS, ks, 0.0f, S, T);
+        /* S = (Q_h K_g^T) * scale; only j <= i is used (causal): row blocks
+         * of ATT_ROWS stop at their last row's column (each element is the
+         * same HS-long dot product either way) */
+        for (int r0 = 0; r0 < T; r0 += ATT_ROWS) {
+            const int r1 = DS_MIN(T, r0 + ATT_ROWS);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, r1, HS, scale, j->q + (size_t)r0 * qs + h * HS,
+                        qs, j->k + (size_t)g * HS, ks, 0.0f, S + (size_t)r0 * T, T);
+        }
         for (int i = 0; i < T; i++) {
             float *si = S + (size_t)i * T, mx = -INFINITY, sum = 0.0f;
             for (int c = 0; c <= i; c++) mx = si[c] > mx ? si[c] : mx;

@@ -191,8 +191,10 @@ static void test_rope(void) {
 }
 
 static void test_attention(void) {
-    TEST("attention_forward_cpu: causal GQA softmax(QK^T/sqrt(HS))V") {
-        int T = 11, NH = 4, NKV = 2, HS = 6;
+    /* T = 300: the score GEMM's 128-row blocks (ATT_ROWS), the last one partial */
+    static const int Ts[] = {11, 300};
+    for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) TEST("attention_forward_cpu: causal GQA softmax(QK^T/sqrt(HS))V") {
+        int T = Ts[ti], NH = 4, NKV = 2, HS = 6;
         float *q = rnd((size_t)T * NH * HS, 1), *k = rnd((size_t)T * NKV * HS, 1), *v = rnd((size_t)T * NKV * HS, 1);
         float *o = malloc(sizeof(float) * T * NH * HS), *scr = malloc(sizeof(float) * T * T);
         double *ref = calloc((size_t)T * NH * HS, sizeof(double));
@@ -200,7 +202,7 @@ static void test_attention(void) {
         for (int h = 0; h < NH; h++) {
             int g = h / (NH / NKV);
             for (int i = 0; i < T; i++) {
-                double s[64], mx = -1e300, sum = 0;
+                double s[512], mx = -1e300, sum = 0;
                 for (int j = 0; j <= i; j++) {
                     s[j] = 0;
                     for (int e = 0; e < HS; e++) s[j] += (double)q[(i * NH + h) * HS + e] * k[(j * NKV + g) * HS + e];
