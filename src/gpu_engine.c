@@ -145,6 +145,7 @@ struct gpu_engine {
     int *hn;
     double **Hd;
     float *Hscratch;
+    int rtn_only;                   /* no Hessians, no solve buffers (QuantizationModifier) */
     int *want_h;                    /* [nin] this calibration sums input inp's Hessian */
     /* static activation observer: max |X| per input over one calibration
      * (act_absmax_cuda), f32 [nin] on the device; observe: this calibration's on */
@@ -240,7 +241,8 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
     /* the solver's error block is min(block_size, in, GPTQ_CUDA_MAX_BLOCK) columns wide */
     gpu_plan_opts po = {.offload_acts = o->offload_acts, .budget_bytes = budget, .hessian_f64 = 1,
                         .gptq_block = DS_MIN(o->gptq_block, GPTQ_CUDA_MAX_BLOCK),
-                        .actorder = o->qa->actorder != QA_NONE, .max_micro_batch = o->max_micro_batch};
+                        .actorder = o->qa->actorder != QA_NONE, .max_micro_batch = o->max_micro_batch,
+                        .rtn_only = o->rtn_only};
     gpu_plan plan;
     st = gpu_plan_make(&d, &po, &plan);
     /* MoE expert groups: DONESHOT_MOE_GROUP_ROWS rows (a tuning and test
@@ -391,11 +393,13 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
         const int possible = i == INP_DOWN ? dense_layers : i == INP_SHARED_DOWN ? c->IS > 0 : 1;
         if (possible) hmax = DS_MAX(hmax, e->hn[i]);
     }
-    e->Hscratch = dalloc(sizeof(float) * hessian_scratch_floats(hmax)); /* one tile row */
+    e->Hscratch = dalloc(o->rtn_only ? 0 : sizeof(float) * hessian_scratch_floats(hmax)); /* one tile row */
     e->want_h = xcalloc((size_t)e->nin, sizeof(int));
     e->amax_d = dalloc(sizeof(float) * (size_t)e->nin);
 
-    /* GPTQ */
+    /* GPTQ (none with rtn_only: QuantizationModifier rounds on the host) */
+    e->rtn_only = o->rtn_only;
+    if (o->rtn_only) gmax_w = gmax_ng = 0, gmax_in = 0;
     e->gW = dalloc(sizeof(float) * gmax_w);
     e->gWq = dalloc(sizeof(float) * gmax_w);
     e->gQ = dalloc(gmax_w);
@@ -858,6 +862,7 @@ ds_status gpu_engine_gptq(gpu_engine *e, const quant_args *a, const layer_linear
     const size_t nn = (size_t)in * in, nw = (size_t)out * in;
     void *s = e->s_comp;
     memset(res, 0, sizeof *res);
+    DS_ASSERT(!e->rtn_only); /* created for QuantizationModifier: the pipeline rounds on the host */
     DS_ASSERT(inp >= 0 && inp < e->nin && e->hn[inp] == in && nseq > 0);
     if (!e->Hd[inp]) e->Hd[inp] = dalloc(sizeof(double) * nn); /* another rank calibrated it */
     if (H_host) ds_cuda_memcpy_h2d(e->Hd[inp], H_host, sizeof(double) * nn, s);

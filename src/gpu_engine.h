@@ -56,6 +56,7 @@ typedef struct gpu_engine_opts {
     int gptq_block;         /* GPTQ block size */
     int max_micro_batch;    /* sequences per forward chunk cap (0: planner default) */
     int moe_routed;         /* MoE calibration with routed tokens only (plans per-expert gate/up Hessians) */
+    int rtn_only;           /* QuantizationModifier: no Hessians and no device solves (gptq is refused) */
 } gpu_engine_opts;
 
 /* Per-engine timings, seconds, accumulated over the run (device time of the

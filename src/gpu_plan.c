@@ -88,6 +88,7 @@ ds_status gpu_plan_make(const gpu_plan_dims *d, const gpu_plan_opts *o, gpu_plan
     if (o->hessian_f64) /* f32 scratch of the f64 accumulate: one tile row of the widest */
         p->hessians += hessian_scratch_floats((int)wmax) * F32;
     p->gptq = gptq_bytes(d, o);
+    if (o->rtn_only) p->hessians = p->gptq = 0; /* only the activation observer runs on the device */
     p->cublas_ws = 32 * MIB;
     const size_t fixed = p->weights + p->acts + p->hessians + p->cublas_ws;
     int maxmb = o->max_micro_batch > 0 ? o->max_micro_batch : 64;

@@ -28,6 +28,7 @@
  *                gate/up share one), permuted copy (actorder), error block,
  *                cuSOLVER workspace (~ n * 128 floats, estimated)
  *   cublas_ws    fixed cuBLAS workspace (32 MiB)
+ * With rtn_only (QuantizationModifier) hessians and gptq are 0.
  * Peak = weights + acts + staging + hessians + cublas_ws
  *        + forward transients + attn_ws + gptq
  * (the engine keeps the forward and GPTQ buffers apart: no aliasing).
@@ -56,6 +57,7 @@ typedef struct gpu_plan_opts {
     int gptq_block;        /* GPTQ block size (128) */
     int actorder;          /* 1: permuted Hessian copy needed */
     int max_micro_batch;   /* upper bound on sequences per chunk (0: 64) */
+    int rtn_only;          /* 1: QuantizationModifier (round-to-nearest on the host): no Hessians, no solves */
 } gpu_plan_opts;
 
 typedef struct gpu_plan {

@@ -232,7 +232,8 @@ static ds_status engine_start(run *u, int start) {
     if (u->o->cuda) {
         gpu_engine_opts go = {.offload_acts = u->o->offload_acts, .budget_bytes = u->o->gpu_budget_bytes,
                               .local_rank = gpu_engine_local_rank(), .qa = &u->r->w, .gptq_block = u->r->block_size,
-                              .max_micro_batch = u->o->max_micro_batch, .moe_routed = u->o->moe_routed_only};
+                              .max_micro_batch = u->o->max_micro_batch, .moe_routed = u->o->moe_routed_only,
+                              .rtn_only = u->r->quantizer == RQ_QUANTIZATION};
         st = gpu_engine_create_engine(u->m, u->local, u->nlocal, &go, &u->eng);
     } else {
         st = cpu_engine_create(u->m, u->local, u->nlocal, &u->eng);

@@ -129,7 +129,28 @@ static void test_attention_ws(void) {
     }
 }
 
+/* QuantizationModifier (rtn_only): no Hessians and no solve buffers, so the
+ * same 8 GB budget affords a larger micro-batch than GPTQ's plan */
+static void test_rtn_only(void) {
+    TEST("rtn_only_plans_no_hessians") {
+        gpu_plan_dims d = llama3_8b();
+        gpu_plan_opts o = {.offload_acts = 1, .budget_bytes = 8000000000ULL, .gptq_block = 128,
+                           .actorder = 1, .hessian_f64 = 1};
+        gpu_plan g, r;
+        CHECK_EQ_INT(gpu_plan_make(&d, &o, &g), DS_OK);
+        o.rtn_only = 1;
+        CHECK_EQ_INT(gpu_plan_make(&d, &o, &r), DS_OK);
+        CHECK_EQ_INT(r.hessians, 0);
+        CHECK_EQ_INT(r.gptq, 0);
+        CHECK(g.hessians > 0 && g.gptq > 0);
+        CHECK_EQ_INT(r.weights, g.weights);
+        CHECK(r.micro_batch > g.micro_batch);
+        CHECK(r.peak <= o.budget_bytes);
+    }
+}
+
 int main(void) {
+    test_rtn_only();
     test_llama3_8b_offload();
     test_llama3_8b_no_offload();
     test_micro_batch_monotone();
