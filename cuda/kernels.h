@@ -66,11 +66,6 @@ void f32_to_bf16_cuda(uint16_t *dst, const float *src, size_t n, void *stream); 
 void bf16_to_f32_cuda(float *dst, const uint16_t *src, size_t n, void *stream);
 
 /* ---------------- forward ops ---------------- */
-/* embed.cu: out[t, :] = table[ids[t], :] (bf16 rows). ids must lie in [0, V):
- * not checked on the device, callers validate token ids on the host. */
-void embed_forward_cuda(uint16_t *out, const uint16_t *table, const int32_t *ids, int T, int C,
-                        void *stream);
-
 /* matmul.cu: y[T,out] = bf16(x[T,in] W[out,in]^T + b) with fp32 accumulation on
  * tensor cores (cublasGemmEx, CUBLAS_COMPUTE_32F); b [out] bf16 or NULL (added
  * in f32 before the single rounding, as matmul_forward_cpu). */
@@ -214,11 +209,6 @@ void moe_route_cuda(int32_t *top_e, float *top_w, const uint16_t *logits, int T,
                     void *ws, void *stream);
 /* dst [n, C] = x[rows[i], :] (bf16). */
 void moe_gather_cuda(uint16_t *dst, const uint16_t *x, const int32_t *rows, int n, int C, void *stream);
-/* acc[rows[i], :] = bf16(acc[rows[i], :] + bf16(w[i] * y[yr, :])), yr = rows[i]
- * (y_by_row: y holds every token's row) or i (y holds the gathered rows);
- * rows distinct. */
-void moe_scatter_add_cuda(uint16_t *acc, const uint16_t *y, const int32_t *rows, const float *w, int n, int C,
-                          int y_by_row, void *stream);
 /* The index-add of several experts at once (the rows tok[0..n) distinct):
  * acc[tok[i], :] = bf16(acc + bf16(w[p] * y[src[p], :])) for p = start[i]
  * .. start[i+1]-1 in that order (ascending expert: moe_forward's order).

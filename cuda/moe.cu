@@ -7,11 +7,10 @@
  *    bf16; one thread per token (E is at most a few hundred), so the sums run
  *    in the CPU's order;
  *  - moe_gather_cuda: rows of x by index (the routed tokens of one expert);
- *  - moe_scatter_add_cuda: acc[r] = bf16(acc[r] + bf16(w * y)) for the
- *    routed rows of one expert (distinct rows: no races);
- *  - moe_combine_cuda: the same index-add for the experts of one group at
- *    once: one thread per (row, column) adds that row's contributions in
- *    ascending expert order (the CPU's order), so no races and no atomics;
+ *  - moe_combine_cuda: acc[r] = bf16(acc[r] + bf16(w * y)) for the routed
+ *    rows of the experts of one group at once: one thread per (row, column)
+ *    adds that row's contributions in ascending expert order (the CPU's
+ *    order), so no races and no atomics;
  *  - moe_shared_gate_add_cuda: Qwen2-MoE's shared expert,
  *    acc[t] = bf16(acc[t] + bf16(g_t * y[t])), g_t = bf16(sigmoid(bf16(m_t . w)))
  *    with the dot product summed sequentially in f32 (one thread per token).
@@ -76,26 +75,6 @@ extern "C" void moe_gather_cuda(uint16_t *dst, const uint16_t *x, const int32_t 
     size_t blocks = CEIL_DIV((size_t)n * C, (size_t)256);
     if (blocks > 132 * 64) blocks = 132 * 64;
     gather_kernel<<<(unsigned)blocks, 256, 0, DS_STREAM(stream)>>>(dst, x, rows, n, C);
-    CUDA_LAUNCH_CHECK();
-}
-
-static __global__ void scatter_kernel(uint16_t *acc, const uint16_t *y, const int32_t *rows, const float *w, int n,
-                                      int C, int y_by_row) {
-    size_t total = (size_t)n * C, stride = (size_t)gridDim.x * blockDim.x;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += stride) {
-        size_t r = i / C, j = i % C;
-        size_t dr = (size_t)rows[r], yr = y_by_row ? dr : r;
-        float p = round_bf16_dev(__fmul_rn(w[r], bf16_to_f32_dev(y[yr * C + j])));
-        acc[dr * C + j] = f32_to_bf16_dev(__fadd_rn(bf16_to_f32_dev(acc[dr * C + j]), p));
-    }
-}
-
-extern "C" void moe_scatter_add_cuda(uint16_t *acc, const uint16_t *y, const int32_t *rows, const float *w, int n,
-                                     int C, int y_by_row, void *stream) {
-    if (n <= 0) return;
-    size_t blocks = CEIL_DIV((size_t)n * C, (size_t)256);
-    if (blocks > 132 * 64) blocks = 132 * 64;
-    scatter_kernel<<<(unsigned)blocks, 256, 0, DS_STREAM(stream)>>>(acc, y, rows, w, n, C, y_by_row);
     CUDA_LAUNCH_CHECK();
 }
 

@@ -106,11 +106,6 @@ void bf16_to_f32_cuda(float *dst, const uint16_t *src, size_t n, void *stream) {
 }
 
 /* ---- forward ops ---- */
-void embed_forward_cuda(uint16_t *out, const uint16_t *table, const int32_t *ids, int T, int C, void *stream) {
-    (void)stream;
-    for (int t = 0; t < T; t++) memcpy(out + (size_t)t * C, table + (size_t)ids[t] * C, sizeof(uint16_t) * C);
-}
-
 void matmul_forward_cuda(uint16_t *y, const uint16_t *x, const uint16_t *w, const uint16_t *b, int T, int in,
                          int out, void *stream) {
     (void)stream;
@@ -288,12 +283,6 @@ void moe_route_cuda(int32_t *top_e, float *top_w, const uint16_t *logits, int T,
 void moe_gather_cuda(uint16_t *dst, const uint16_t *x, const int32_t *rows, int n, int C, void *stream) {
     (void)stream;
     moe_gather_twin(dst, x, rows, n, C);
-}
-
-void moe_scatter_add_cuda(uint16_t *acc, const uint16_t *y, const int32_t *rows, const float *w, int n, int C,
-                          int y_by_row, void *stream) {
-    (void)stream;
-    moe_scatter_add_twin(acc, y, rows, w, n, C, y_by_row);
 }
 
 void moe_combine_cuda(uint16_t *acc, const uint16_t *y, const int32_t *tok, const int32_t *start, const int32_t *src,

@@ -49,18 +49,6 @@ static void moe_gather_twin(uint16_t *dst, const uint16_t *x, const int32_t *row
     for (int i = 0; i < n; i++) memcpy(dst + (size_t)i * C, x + (size_t)rows[i] * C, sizeof(uint16_t) * C);
 }
 
-/* model.c moe_forward's index-add: a = bf16(a + bf16(w * y)). */
-static void moe_scatter_add_twin(uint16_t *acc, const uint16_t *y, const int32_t *rows, const float *w, int n, int C,
-                                 int y_by_row) {
-    const ds_dtype act = DS_DTYPE_BF16;
-    for (int i = 0; i < n; i++) {
-        uint16_t *a = acc + (size_t)rows[i] * C;
-        const uint16_t *yr = y + (size_t)(y_by_row ? rows[i] : i) * C;
-        for (int j = 0; j < C; j++)
-            a[j] = f32_to_bf16(ds_round_to(bf16_to_f32(a[j]) + ds_round_to(w[i] * bf16_to_f32(yr[j]), act), act));
-    }
-}
-
 /* model.c moe_forward's index-add for several experts at once: for each of
  * the n distinct rows tok[i], its contributions p = start[i] .. start[i+1]-1
  * in that order (ascending expert, as the CPU's expert loop adds them):

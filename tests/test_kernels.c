@@ -24,10 +24,10 @@
 #endif
 
 static const char *const TEST_NAMES[] = {
-    "convert_bf16", "embed_forward", "rmsnorm_forward", "rope_tables", "rope_forward",
+    "convert_bf16", "rmsnorm_forward", "rope_tables", "rope_forward",
     "matmul_forward", "attention_forward", "swiglu_forward", "residual_forward",
     "hessian_accum", "hessian_accum_f64", "gptq_quantize", "quant_pack_rows", "quant_pack_cols",
-    "hessian_to_f32", "moe_route", "moe_gather_scatter", "moe_shared_gate_add",
+    "hessian_to_f32", "moe_route", "moe_gather", "moe_shared_gate_add",
     "gptq_factor_reuse", "gptq_quantize_fp8", "gptq_quantize_nvfp4", "act_absmax",
     "matmul_batched", "moe_combine", /* run() dispatches these two by name */
     "attention_gemm_fallback",        /* and this one */
@@ -131,24 +131,6 @@ static void t_convert(void) {
     CHECK(memcmp(back, wb, n * 4) == 0);
     dbuf_free(&bx); dbuf_free(&by); dbuf_free(&bz);
     free(x); free(want); free(got); free(back); free(wb);
-}
-
-static void t_embed(int V, int C, int T) {
-    uint16_t *tab = to_bf16(rand_bf16((size_t)V * C, 1.0f, 0.0f), (size_t)V * C);
-    int32_t *ids = xmalloc(sizeof(int32_t) * T);
-    for (int t = 0; t < T; t++) ids[t] = (int32_t)((urand() + 1.0f) * 0.5f * V) % V;
-    ids[0] = V - 1;
-    uint16_t *got = xmalloc((size_t)T * C * 2), *want = xmalloc((size_t)T * C * 2);
-    for (int t = 0; t < T; t++) memcpy(want + (size_t)t * C, tab + (size_t)ids[t] * C, (size_t)C * 2);
-    dbuf bt, bi, bo;
-    uint16_t *dt = dbuf_up(&bt, tab, (size_t)V * C * 2);
-    int32_t *di = dbuf_up(&bi, ids, sizeof(int32_t) * T);
-    uint16_t *dout = dbuf_new(&bo, (size_t)T * C * 2);
-    embed_forward_cuda(dout, dt, di, T, C, NULL);
-    CHECK(dbuf_get(&bo, got));
-    CHECK(memcmp(got, want, (size_t)T * C * 2) == 0);
-    dbuf_free(&bt); dbuf_free(&bi); dbuf_free(&bo);
-    free(tab); free(ids); free(got); free(want);
 }
 
 /* rmsnorm_forward_kernel's arithmetic replayed on the host (cuda/rmsnorm.cu,
@@ -858,35 +840,23 @@ static void t_moe_route(int T, int E, int K, int norm) {
     free(z); free(hz); free(we); free(ge); free(ww); free(gw); free(ws);
 }
 
-/* Gather, then scatter-add (gathered rows and by-row), both exact. */
-static void t_moe_gather_scatter(int T, int C, int n) {
-    float *x = rand_bf16((size_t)T * C, 3.0f, 0.0f), *a = rand_bf16((size_t)T * C, 5.0f, 0.0f);
-    uint16_t *hx = to_bf16(x, (size_t)T * C), *ha = to_bf16(a, (size_t)T * C), *ha2 = to_bf16(a, (size_t)T * C);
+/* Gather: exact. */
+static void t_moe_gather(int T, int C, int n) {
+    float *x = rand_bf16((size_t)T * C, 3.0f, 0.0f);
+    uint16_t *hx = to_bf16(x, (size_t)T * C);
     int32_t *rows = xmalloc(sizeof(int32_t) * (size_t)n);
-    float *w = rand_bf16((size_t)n, 0.5f, 0.5f);
     for (int i = 0; i < n; i++) rows[i] = (int32_t)(((int64_t)i * 7 + 3) % T); /* distinct for gcd(7, T) = 1 */
     uint16_t *want = xmalloc((size_t)n * C * 2), *got = xmalloc((size_t)n * C * 2);
     moe_gather_twin(want, hx, rows, n, C);
-    dbuf bx, br, bg, ba, bw, ba2;
+    dbuf bx, br, bg;
     uint16_t *dx = dbuf_up(&bx, hx, (size_t)T * C * 2);
     int32_t *dr = dbuf_up(&br, rows, sizeof(int32_t) * (size_t)n);
     uint16_t *dg = dbuf_new(&bg, (size_t)n * C * 2);
     moe_gather_cuda(dg, dx, dr, n, C, NULL);
     CHECK(dbuf_get(&bg, got));
     CHECK(memcmp(got, want, (size_t)n * C * 2) == 0);
-    /* acc += w * gathered (row i of y) and acc2 += w * x[rows] (by row): equal */
-    uint16_t *da = dbuf_up(&ba, ha, (size_t)T * C * 2), *da2 = dbuf_up(&ba2, ha2, (size_t)T * C * 2);
-    float *dw = dbuf_up(&bw, w, sizeof(float) * (size_t)n);
-    moe_scatter_add_cuda(da, dg, dr, dw, n, C, 0, NULL);
-    moe_scatter_add_cuda(da2, dx, dr, dw, n, C, 1, NULL);
-    moe_scatter_add_twin(ha, want, rows, w, n, C, 0);
-    uint16_t *ga = xmalloc((size_t)T * C * 2);
-    CHECK(dbuf_get(&ba, ga));
-    CHECK(memcmp(ga, ha, (size_t)T * C * 2) == 0);
-    CHECK(dbuf_get(&ba2, ga));
-    CHECK(memcmp(ga, ha, (size_t)T * C * 2) == 0);
-    dbuf_free(&bx); dbuf_free(&br); dbuf_free(&bg); dbuf_free(&ba); dbuf_free(&bw); dbuf_free(&ba2);
-    free(x); free(a); free(hx); free(ha); free(ha2); free(rows); free(w); free(want); free(got); free(ga);
+    dbuf_free(&bx); dbuf_free(&br); dbuf_free(&bg);
+    free(x); free(hx); free(rows); free(want); free(got);
 }
 
 /* Shared-expert gate: the sequential f32 dot product is exact; expf ulps
@@ -957,6 +927,19 @@ static void t_matmul_batched(int n, const int *T, int in, int out, int shared) {
     dbuf_free(&bx); dbuf_free(&bw); dbuf_free(&by); dbuf_free(&br); dbuf_free(&bp);
     free(xo); free(yo); free(x); free(w); free(want); free(hx); free(hw); free(hy); free(hr); free(ph); free(got);
     free(ref);
+}
+
+/* model.c moe_forward's index-add, one expert at a time: a = bf16(a + bf16(w * y))
+ * (the reference of moe_combine's several-experts-at-once form). */
+static void moe_scatter_add_twin(uint16_t *acc, const uint16_t *y, const int32_t *rows, const float *w, int n, int C,
+                                 int y_by_row) {
+    const ds_dtype act = DS_DTYPE_BF16;
+    for (int i = 0; i < n; i++) {
+        uint16_t *a = acc + (size_t)rows[i] * C;
+        const uint16_t *yr = y + (size_t)(y_by_row ? rows[i] : i) * C;
+        for (int j = 0; j < C; j++)
+            a[j] = f32_to_bf16(ds_round_to(bf16_to_f32(a[j]) + ds_round_to(w[i] * bf16_to_f32(yr[j]), act), act));
+    }
 }
 
 /* The expert-group combine: T tokens each routed to K distinct of E experts,
@@ -1050,22 +1033,21 @@ static void run(int idx) {
     }
     switch (idx) {
     case 0: t_convert(); break;
-    case 1: t_embed(1000, 100, 77); t_embed(5003, 4096, 64); break;
-    case 2: t_rmsnorm(37, 1000); t_rmsnorm(5, 4096); t_rmsnorm(512, 4096); break;
-    case 3: t_rope_tables(97, 40); t_rope_tables(8192, 128); break;
-    case 4: t_rope(33, 5, 40); t_rope(2048, 32, 128); break;
-    case 5: t_matmul(37, 200, 75, 1); t_matmul(3, 129, 1, 1); t_matmul(256, 4096, 1024, 0); break;
-    case 6: /* HS 40, 16: the GEMM path; HS 64, 128: the fused kernel (ragged last tiles, GQA rep 1 and 4) */
+    case 1: t_rmsnorm(37, 1000); t_rmsnorm(5, 4096); t_rmsnorm(512, 4096); break;
+    case 2: t_rope_tables(97, 40); t_rope_tables(8192, 128); break;
+    case 3: t_rope(33, 5, 40); t_rope(2048, 32, 128); break;
+    case 4: t_matmul(37, 200, 75, 1); t_matmul(3, 129, 1, 1); t_matmul(256, 4096, 1024, 0); break;
+    case 5: /* HS 40, 16: the GEMM path; HS 64, 128: the fused kernel (ragged last tiles, GQA rep 1 and 4) */
         t_attention(2, 67, 6, 2, 40); t_attention(1, 1, 4, 4, 16); t_attention(1, 512, 32, 8, 128);
         t_attention_sweep();
         break;
-    case 7: t_swiglu(1000003, 0); t_swiglu(4099, 1); t_swiglu(2048 * 14336, 0); break;
-    case 8: t_residual(1000003); t_residual(2048 * 4096); break;
-    case 9: t_hessian(300, 77, 0); t_hessian(2048, 1024, 0); break;
-    case 10: /* one GEMM (n <= DS_HESS_TILE), 2 tile rows (the last 7 wide), 3 tile rows */
+    case 6: t_swiglu(1000003, 0); t_swiglu(4099, 1); t_swiglu(2048 * 14336, 0); break;
+    case 7: t_residual(1000003); t_residual(2048 * 4096); break;
+    case 8: t_hessian(300, 77, 0); t_hessian(2048, 1024, 0); break;
+    case 9: /* one GEMM (n <= DS_HESS_TILE), 2 tile rows (the last 7 wide), 3 tile rows */
         t_hessian(301, 131, 1); t_hessian(4096, 512, 1); t_hessian(700, 1031, 1); t_hessian(1500, 2100, 1);
         break;
-    case 11: {
+    case 10: {
         quant_args g4 = {.num_bits = 4, .symmetric = 0, .strategy = QS_GROUP, .group_size = 64, .actorder = QA_STATIC}; /* asym int4 g64, actorder static */
         quant_args c8 = {.num_bits = 8, .symmetric = 1, .strategy = QS_CHANNEL, .group_size = -1, .actorder = QA_NONE}; /* sym int8 per channel */
         quant_args g4s = {.num_bits = 4, .symmetric = 1, .strategy = QS_GROUP, .group_size = 128, .actorder = QA_STATIC}; /* W4A16 */
@@ -1076,21 +1058,21 @@ static void run(int idx) {
         t_gptq(512, 1024, g4s, 77);
         break;
     }
-    case 12: t_pack_rows(13, 301, 4); t_pack_rows(7, 97, 8); t_pack_rows(9, 333, 3);
+    case 11: t_pack_rows(13, 301, 4); t_pack_rows(7, 97, 8); t_pack_rows(9, 333, 3);
              t_pack_rows(4096, 4096, 4); break;
-    case 13: t_pack_cols(67, 5, 4); t_pack_cols(1001, 3, 3); t_pack_cols(4096, 32, 4); break;
-    case 14: t_to_f32(77, 64); t_to_f32(1031, 3); break;
-    case 15: t_moe_route(300, 8, 2, 1); t_moe_route(257, 60, 4, 0); t_moe_route(4096, 128, 8, 1); break;
-    case 16: t_moe_gather_scatter(100, 64, 37); t_moe_gather_scatter(4096, 2048, 1500); break;
-    case 17: t_moe_shared_gate(33, 64); t_moe_shared_gate(2048, 2048); break;
-    case 18: {
+    case 12: t_pack_cols(67, 5, 4); t_pack_cols(1001, 3, 3); t_pack_cols(4096, 32, 4); break;
+    case 13: t_to_f32(77, 64); t_to_f32(1031, 3); break;
+    case 14: t_moe_route(300, 8, 2, 1); t_moe_route(257, 60, 4, 0); t_moe_route(4096, 128, 8, 1); break;
+    case 15: t_moe_gather(100, 64, 37); t_moe_gather(4096, 2048, 1500); break;
+    case 16: t_moe_shared_gate(33, 64); t_moe_shared_gate(2048, 2048); break;
+    case 17: {
         quant_args g4s = {.num_bits = 4, .symmetric = 1, .strategy = QS_GROUP, .group_size = 64, .actorder = QA_STATIC};
         quant_args c8 = {.num_bits = 8, .symmetric = 0, .strategy = QS_CHANNEL, .group_size = -1, .actorder = QA_NONE};
         t_gptq_factor_reuse(96, 256, g4s);
         t_gptq_factor_reuse(768, 2048, c8);
         break;
     }
-    case 19: { /* fp8 e4m3 weights (FP8 / FP8_DYNAMIC / FP8_BLOCK): scale = absmax / 448, codes = bit patterns */
+    case 18: { /* fp8 e4m3 weights (FP8 / FP8_DYNAMIC / FP8_BLOCK): scale = absmax / 448, codes = bit patterns */
         quant_args fc = {.num_bits = 8, .type = QT_FLOAT, .symmetric = 1, .strategy = QS_CHANNEL, .group_size = -1,
                          .actorder = QA_NONE}; /* FP8_DYNAMIC */
         quant_args ft = {.num_bits = 8, .type = QT_FLOAT, .symmetric = 1, .strategy = QS_TENSOR, .group_size = -1,
@@ -1106,7 +1088,7 @@ static void run(int idx) {
         t_gptq(512, 1024, fb, -1);
         break;
     }
-    case 20: { /* NVFP4A16: fp4 e2m1 in groups of 16, effective scales weight_scale / global_scale */
+    case 19: { /* NVFP4A16: fp4 e2m1 in groups of 16, effective scales weight_scale / global_scale */
         quant_args n4 = {.num_bits = 4, .type = QT_FLOAT, .symmetric = 1, .strategy = QS_TENSOR_GROUP,
                          .group_size = 16, .actorder = QA_NONE}; /* the weight's own global scale */
         quant_args n4f = n4;
@@ -1117,7 +1099,7 @@ static void run(int idx) {
         t_gptq(512, 1024, n4, -1);
         break;
     }
-    case 21: t_act_absmax(301, 131, 17, 0); t_act_absmax(37, 64, 5, 1); t_act_absmax(4096, 4096, -1, 0); break;
+    case 20: t_act_absmax(301, 131, 17, 0); t_act_absmax(37, 64, 5, 1); t_act_absmax(4096, 4096, -1, 0); break;
     }
 }
 
