@@ -477,6 +477,9 @@ static ds_status solve_one(run *u, layer_weights *lw, int i, packed_result *pr, 
     return DS_OK;
 }
 
+/* Room for one failed solve's message (ds_errmsg) */
+#define SOLVE_WHY 2048
+
 /* Concurrent solves of one rank (engines with concurrent_gptq): a task is a
  * run of owned modules that share one Hessian, so a worker factors it once
  * (gptq_quantize's per-thread memo); a group costing more than a worker's
@@ -493,7 +496,7 @@ typedef struct solve_pool {
     const int *mi;      /* owned module indices (into u->mods), grouped by input */
     solve_task *task;   /* by decreasing cost */
     ds_status *st;      /* [u->nm] */
-    char (*why)[512];   /* [u->nm] */
+    char (*why)[SOLVE_WHY]; /* [u->nm] */
 } solve_pool;
 
 static void solve_task_run(void *p, size_t t) {
@@ -520,28 +523,25 @@ static int task_cmp(const void *a, const void *b) {
 /* The owned modules' solves as tasks over the rank's threads. The results
  * do not depend on the schedule: every solve is thread-count independent
  * (gptq_quantize) and a memo hit returns the factor a fresh one would. */
-static void solve_parallel(run *u, layer_weights *lw, packed_result *prs, ds_status *st, char (*why)[512]) {
+static void solve_parallel(run *u, layer_weights *lw, packed_result *prs, ds_status *st, char (*why)[SOLVE_WHY]) {
     int *mi = xmalloc(sizeof(int) * (size_t)(u->nm ? u->nm : 1));
     solve_task *task = xmalloc(sizeof(solve_task) * (size_t)(u->nm ? u->nm : 1));
     int nmi = 0, ntask = 0;
     double total = 0;
-    for (int i = 0; i < u->nm; i++) /* each module: its loop; each Hessian: one factorisation */
+    for (int i = 0; i < u->nm; i++) /* u->cost: the module's loop + a factorisation of its Hessian */
         if (u->owner[i] == u->rank) total += u->cost[i];
     const int T = ds_threads();
     for (int inp = 0; inp < u->nin; inp++) {
         const int g0 = nmi;
+        const double n = model_input_dim(&u->m->cfg, inp), factor = n * n * n; /* the in^3 term of u->cost */
         double loops = 0;
-        int n = 0;
         for (int i = 0; i < u->nm; i++) {
-            const layer_linear *li = &lw->lin[u->mods[i]];
-            if (u->owner[i] != u->rank || li->input_id != inp) continue;
+            if (u->owner[i] != u->rank || lw->lin[u->mods[i]].input_id != inp) continue;
             mi[nmi++] = i;
-            loops += 2.0 * li->out * (double)li->in * li->in;
-            n = li->in;
+            loops += u->cost[i] - factor;
         }
         const int cnt = nmi - g0;
         if (!cnt) continue;
-        const double factor = (double)n * n * n;
         /* parts: enough that none exceeds a worker's share of the layer */
         int parts = (int)ceil((factor + loops) / (total / T));
         parts = DS_MAX(1, DS_MIN(parts, cnt));
@@ -563,7 +563,7 @@ static void solve_parallel(run *u, layer_weights *lw, packed_result *prs, ds_sta
 static ds_status solve_owned(run *u, layer_weights *lw, packed_result *prs, stage_times *lt) {
     const double t = ds_now();
     ds_status *st = xcalloc((size_t)(u->nm ? u->nm : 1), sizeof *st);
-    char(*why)[512] = xcalloc((size_t)(u->nm ? u->nm : 1), sizeof *why);
+    char(*why)[SOLVE_WHY] = xcalloc((size_t)(u->nm ? u->nm : 1), sizeof *why);
     if (u->eng->ops->concurrent_gptq && ds_threads() > 1) {
         solve_parallel(u, lw, prs, st, why);
     } else {
