@@ -289,11 +289,9 @@ static ds_status resume_point(run *u, int l) {
  * min/max all-reduced over the ranks), the smoothed unquantized tensors
  * written by rank 0; layer_begin re-applies the scales in the GPTQ pass. */
 static ds_status smoothing_epoch(run *u) {
-    sq_params p;
-    smoothquant_recipe_params(u->r, &p);
-    if (!p.on) return DS_OK;
+    if (!smoothquant_recipe_on(u->r)) return DS_OK;
     const double t = ds_now();
-    ds_status st = smoothquant_calibrate(u->m, &p, u->local, u->nlocal, u->rank == 0 ? u->ck : NULL, &u->sq);
+    ds_status st = smoothquant_calibrate(u->m, u->r, u->local, u->nlocal, u->rank == 0 ? u->ck : NULL, &u->sq);
     u->stats->t.forward += ds_now() - t;
     return st;
 }

@@ -32,11 +32,14 @@
 struct recipe_priv {
     pcre2_code **target_re; /* [ntargets], NULL where the entry is not "re:" */
     pcre2_code **ignore_re; /* [nignore] */
+    /* SmoothQuantModifier: mappings' smooth [nmappings] and balance
+     * [nmappings][nbalance] entries, its ignore list [nignore] */
+    pcre2_code **sq_smooth_re, ***sq_balance_re, **sq_ignore_re;
     pcre2_match_context *mctx; /* RECIPE_RE_MATCH_LIMIT / RECIPE_RE_DEPTH_LIMIT / RECIPE_RE_HEAP_LIMIT_KIB */
     char observer[32], in_observer[32];
     int group_size_m1; /* channel strategy given as "group_size": -1 (serialized as -1, not null) */
     /* where the patterns come from, for match errors */
-    char origin[256], gptq_path[512];
+    char origin[256], gptq_path[512], sq_path[512];
     /* first "re:" match that failed with a PCRE2 error (sticky; see
      * recipe_match_status). Written only by a failing match, which no run gets
      * past pipeline_validate, so the concurrent matching of a valid run never
@@ -896,7 +899,23 @@ static ds_status parse_sq(const pctx *c, const char *path, const cJSON *m, recip
             return err_at(c, path, "unknown key \"%s\" (allowed: " SQ_KEYS ", calibration_function)", k);
         }
     }
-    return DS_OK;
+    /* the patterns, compiled once (matched by recipe_sq_match) */
+    struct recipe_priv *pv = r->priv;
+    pathf(pv->sq_path, sizeof pv->sq_path, "%s", path);
+    pv->sq_smooth_re = xcalloc((size_t)DS_MAX(q->nmappings, 1), sizeof *pv->sq_smooth_re);
+    pv->sq_balance_re = xcalloc((size_t)DS_MAX(q->nmappings, 1), sizeof *pv->sq_balance_re);
+    for (int i = 0; i < q->nmappings; i++) {
+        recipe_sq_mapping *mp = &q->mappings[i];
+        pathf(p, sizeof p, "%s.mappings[%d][0]", path, i);
+        if ((st = compile_entries(c, p, mp->balance, mp->nbalance, &pv->sq_balance_re[i]))) return st;
+        pathf(p, sizeof p, "%s.mappings[%d]", path, i);
+        pcre2_code **one = NULL;
+        if ((st = compile_entries(c, p, &mp->smooth, 1, &one))) return st;
+        pv->sq_smooth_re[i] = one[0];
+        free(one);
+    }
+    join_path(p, sizeof p, path, "ignore");
+    return compile_entries(c, p, q->ignore, q->nignore, &pv->sq_ignore_re);
 }
 
 static ds_status parse_run_key(const pctx *c, const cJSON *it, recipe *r, int *handled) {
@@ -1141,6 +1160,11 @@ void recipe_free(recipe *r) {
     if (r->priv) {
         free_re(r->priv->target_re, r->ntargets);
         free_re(r->priv->ignore_re, r->nignore);
+        for (int i = 0; r->priv->sq_balance_re && i < r->smoothquant.nmappings; i++)
+            free_re(r->priv->sq_balance_re[i], r->smoothquant.mappings[i].nbalance);
+        free(r->priv->sq_balance_re);
+        free_re(r->priv->sq_smooth_re, r->smoothquant.nmappings);
+        free_re(r->priv->sq_ignore_re, r->smoothquant.nignore);
         pcre2_match_context_free(r->priv->mctx);
         free(r->priv->match_msg);
         free(r->priv);
@@ -1161,7 +1185,7 @@ void recipe_free(recipe *r) {
 
 /* 1 match, 0 no match, -1 PCRE2 error (recorded in priv->match_err/msg;
  * `list`, `i`: the entry's place, for the message). */
-static int entry_match(struct recipe_priv *pv, const char *list, int i, const char *e,
+static int entry_match(struct recipe_priv *pv, const char *path, const char *list, int i, const char *e,
                        const pcre2_code *re, const char *name, const char *cls) {
     if (re) {
         pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
@@ -1178,7 +1202,7 @@ static int entry_match(struct recipe_priv *pv, const char *list, int i, const ch
                      "%s: %s.%s[%d]: regex \"%s\" could not be matched against module \"%s\": %s "
                      "(PCRE2 error %d; limits: %d match steps, %d KiB)\n"
                      "hint: simplify the pattern; nested repeats like (.*)* or (a+)+ backtrack exponentially",
-                     pv->origin, pv->gptq_path, list, i, e + 3, name, (const char *)emsg, rc,
+                     pv->origin, path, list, i, e + 3, name, (const char *)emsg, rc,
                      RECIPE_RE_MATCH_LIMIT, RECIPE_RE_HEAP_LIMIT_KIB);
         }
         return -1;
@@ -1192,12 +1216,36 @@ int recipe_module_targeted(const recipe *r, const char *name, const char *cls) {
     if (pv->match_err) return 0; /* a failed match already; the run stops at recipe_match_status */
     int hit = 0;
     for (int i = 0; i < r->ntargets && !hit; i++)
-        hit = entry_match(pv, "targets", i, r->targets[i], pv->target_re ? pv->target_re[i] : NULL, name, cls);
+        hit = entry_match(pv, pv->gptq_path, "targets", i, r->targets[i], pv->target_re ? pv->target_re[i] : NULL, name, cls);
     if (hit != 1) return 0;
     for (int i = 0; i < r->nignore; i++)
-        if (entry_match(pv, "ignore", i, r->ignore[i], pv->ignore_re ? pv->ignore_re[i] : NULL, name, cls))
+        if (entry_match(pv, pv->gptq_path, "ignore", i, r->ignore[i], pv->ignore_re ? pv->ignore_re[i] : NULL, name, cls))
             return 0; /* ignored, or an error: never quantize what an ignore entry could not rule out */
     return 1;
+}
+
+int recipe_sq_match(const recipe *r, int k, int entry, const char *name, const char *cls) {
+    if (!r || !r->priv || !name || !r->smoothquant.present) return 0;
+    struct recipe_priv *pv = r->priv;
+    const recipe_sq_mapping *mp = &r->smoothquant.mappings[k];
+    DS_ASSERT(k >= 0 && k < r->smoothquant.nmappings && entry >= -1 && entry < mp->nbalance);
+    if (pv->match_err) return 0;
+    char list[48];
+    if (entry < 0) {
+        snprintf(list, sizeof list, "mappings[%d]", k);
+        return entry_match(pv, pv->sq_path, list, 1, mp->smooth, pv->sq_smooth_re[k], name, cls) == 1;
+    }
+    snprintf(list, sizeof list, "mappings[%d][0]", k);
+    return entry_match(pv, pv->sq_path, list, entry, mp->balance[entry], pv->sq_balance_re[k][entry], name, cls) == 1;
+}
+
+int recipe_sq_ignored(const recipe *r, const char *name, const char *cls) {
+    if (!r || !r->priv || !name || !r->smoothquant.present) return 0;
+    struct recipe_priv *pv = r->priv;
+    const recipe_smoothquant *q = &r->smoothquant;
+    for (int i = 0; i < q->nignore && !pv->match_err; i++)
+        if (entry_match(pv, pv->sq_path, "ignore", i, q->ignore[i], pv->sq_ignore_re[i], name, cls) == 1) return 1;
+    return 0;
 }
 
 ds_status recipe_match_status(const recipe *r) {

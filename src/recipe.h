@@ -119,6 +119,16 @@ int recipe_parse_size(const char *s, int64_t *out);
  * recorded; matches that succeed or fail cleanly write nothing. */
 int recipe_module_targeted(const recipe *r, const char *name, const char *cls);
 
+/* SmoothQuantModifier matching, with recipe_module_targeted's rules (class
+ * name, exact module name or "re:" anchored at the start; a PCRE2 error is no
+ * match and is recorded for recipe_match_status). recipe_sq_match: 1 if
+ * module `name` of class `cls` matches mapping k's smooth entry (entry -1) or
+ * its balance entry `entry` (0 <= entry < mappings[k].nbalance); k must be a
+ * mapping of r. recipe_sq_ignored: 1 if it matches an entry of the
+ * modifier's ignore list. Both 0 without a SmoothQuantModifier. */
+int recipe_sq_match(const recipe *r, int k, int entry, const char *name, const char *cls);
+int recipe_sq_ignored(const recipe *r, const char *name, const char *cls);
+
 /* DS_OK, or DS_ERR_USAGE naming the recipe, the "re:" entry (key path and
  * pattern), the module name and the PCRE2 error of the first match that
  * failed in recipe_module_targeted. Call after matching every module name of

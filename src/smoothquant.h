@@ -52,15 +52,34 @@ typedef struct sq_params {
 typedef struct sq_plan {
     int L, C, nmap;
     sq_params p;
+    unsigned char *on; /* [L][nmap]: 1 where the recipe smooths mapping k of layer l (else s = 1) */
     float *s;
 } sq_plan;
 
 /* The recipe's SmoothQuantModifier into *p (p->on = 0 when it has none). */
 void smoothquant_recipe_params(const struct recipe *r, sq_params *p);
-/* Before any work: the recipe's SmoothQuantModifier is one doneshot runs
- * for this architecture. DS_ERR_USAGE for custom mappings other than the
- * architecture's defaults (see above; a trailing "$" is accepted) and for a
- * non-empty ignore list. DS_OK without a SmoothQuantModifier. */
+/* The recipe's mappings and ignore list resolved per decoder layer into
+ * on [L][nmap] (1: mapping slot k of layer l is smoothed). Without
+ * "mappings" the architecture's defaults (above) apply. Each recipe mapping
+ * is matched within each decoder layer (compressed-tensors matching, as
+ * recipe_module_targeted): its smooth entry must match one module there, an
+ * input_layernorm or (dense) post_attention_layernorm, or none (the mapping
+ * skips that layer) and must match in some layer; its balance entries must
+ * each match a Linear there, and together exactly the Linears that read the
+ * smooth layer's output (anything else changes the model's function). A
+ * slot named by two mappings is an error. ignore: as llm-compressor's
+ * _resolve_mappings, a mapping is skipped in a layer only when its smooth
+ * layer and all its balance layers are ignored (verbose: a warning once per
+ * mapping where the list names only some of them, and an info line with the
+ * skipped count). Differs from llm-compressor 0.14 where its greedy grouping
+ * (match_modules_set) pairs one layer's smooth layer with other layers'
+ * balance layers (a smooth pattern that matches only some layers): doneshot
+ * keeps each mapping inside its decoder layer. Errors: DS_ERR_USAGE naming
+ * the mapping, the module and the rule. DS_OK (all 0) without a
+ * SmoothQuantModifier. */
+ds_status smoothquant_resolve(const model_config *c, const struct recipe *r, unsigned char *on, int verbose);
+
+/* Before any work: smoothquant_resolve succeeds (its errors). */
 ds_status smoothquant_validate(const model_config *c, const struct recipe *r);
 /* 1 if the recipe smooths (a SmoothQuantModifier). */
 int smoothquant_recipe_on(const struct recipe *r);
@@ -89,14 +108,15 @@ void smoothquant_scales(int n, const float *mn, const float *mx, const float *wm
  * rounded to dt. */
 void smoothquant_apply(const model_config *c, layer_weights *lw, const float *s);
 
-/* Collective (every rank, same order): the SmoothQuant epoch over this
- * rank's nlocal samples on the CPU (model.c's layer_forward), min/max
- * all-reduced over the ranks; plan->s receives every layer's scales. ck
+/* Collective (every rank, same order): the SmoothQuant epoch of recipe r
+ * (smoothquant_resolve's mappings) over this rank's nlocal samples on the
+ * CPU (model.c's layer_forward), min/max all-reduced over the ranks;
+ * plan->s receives every layer's scales (1 for mappings not smoothed). ck
  * (rank 0; NULL elsewhere): every smoothquant_tensor of the model is written
  * to it, smoothed (ckpt_write_tensor), except the quantized Linears (the
  * GPTQ pass writes those). Errors: a layer_load failure (DS_ERR_INPUT), a
  * write failure; the same status on every rank. */
-ds_status smoothquant_calibrate(const model *m, const sq_params *p, const ds_sample *local, size_t nlocal,
+ds_status smoothquant_calibrate(const model *m, const struct recipe *r, const ds_sample *local, size_t nlocal,
                                 struct ckpt_writer *ck, sq_plan *plan);
 
 /* Layer l's scales [nmap][C] (NULL when plan is NULL or off). */

@@ -5,6 +5,7 @@
  * smoothed tensor names.
  */
 #include "golden.h"
+#include "recipe.h"
 #include "smoothquant.h"
 #include "test.h"
 
@@ -104,6 +105,65 @@ int main(void) {
         CHECK(smoothquant_tensor(&moe, "model.layers.0.input_layernorm.weight"));
         CHECK(!smoothquant_tensor(&moe, "model.layers.0.post_attention_layernorm.weight"));
         CHECK(!smoothquant_tensor(&moe, "model.layers.0.mlp.experts.0.up_proj.weight"));
+    }
+
+    TEST("resolve: mappings scoped to a decoder layer; ignore; Qwen3 q_norm/k_norm; Qwen2-MoE shared expert") {
+        model_config d = {.arch_name = "LlamaForCausalLM", .arch = ARCH_LLAMA, .C = 8, .F = 16, .L = 3, .NH = 2,
+                          .NKV = 1, .HS = 4, .dtype = DS_DTYPE_F32};
+        unsigned char on[8];
+        recipe r;
+        /* one layer's norm (exact name), balance by one regex; layer 2's MLP by class name + ignore */
+        const char *one = "{\"modifiers\": [{\"SmoothQuantModifier\": {\"mappings\": ["
+                          "[[\"re:.*[qkv]_proj$\"], \"model.layers.1.input_layernorm\"],"
+                          "[[\"re:.*gate_proj\", \"re:.*up_proj\"], \"re:.*post_attention_layernorm\"]],"
+                          "\"ignore\": [\"re:model\\\\.layers\\\\.2\\\\.(post_attention_layernorm|mlp\\\\..*)$\"]}},"
+                          "{\"GPTQModifier\": {\"scheme\": \"W8A8\"}}]}";
+        CHECK_EQ_INT(recipe_parse(one, "t", &r), DS_OK);
+        memset(on, 9, sizeof on);
+        CHECK_EQ_INT(smoothquant_resolve(&d, &r, on, 0), DS_OK);
+        const unsigned char want[6] = {0, 1, 1, 1, 0, 0}; /* [layer][attention, MLP] */
+        CHECK(!memcmp(on, want, sizeof want));
+        recipe_free(&r);
+        /* Qwen3: "re:.*_norm$" also names q_norm and k_norm: refused */
+        model_config q3 = d;
+        snprintf(q3.arch_name, sizeof q3.arch_name, "Qwen3ForCausalLM");
+        q3.arch = ARCH_QWEN3;
+        q3.qk_norm = 1;
+        const char *qn = "{\"modifiers\": [{\"SmoothQuantModifier\": {\"mappings\": ["
+                         "[[\"re:.*q_proj\", \"re:.*k_proj\", \"re:.*v_proj\"], \"re:.*_norm$\"]]}},"
+                         "{\"GPTQModifier\": {\"scheme\": \"W8A8\"}}]}";
+        CHECK_EQ_INT(recipe_parse(qn, "t", &r), DS_OK);
+        CHECK_EQ_INT(smoothquant_resolve(&q3, &r, on, 0), DS_ERR_USAGE);
+        CHECK(strstr(ds_errmsg(), "self_attn.q_norm") != NULL);
+        recipe_free(&r);
+        /* by class name: Qwen3RMSNorm names every norm of a layer (4 in Qwen3): refused */
+        const char *cn = "{\"modifiers\": [{\"SmoothQuantModifier\": {\"mappings\": ["
+                         "[[\"re:.*q_proj\", \"re:.*k_proj\", \"re:.*v_proj\"], \"Qwen3RMSNorm\"]]}},"
+                         "{\"GPTQModifier\": {\"scheme\": \"W8A8\"}}]}";
+        CHECK_EQ_INT(recipe_parse(cn, "t", &r), DS_OK);
+        CHECK_EQ_INT(smoothquant_resolve(&q3, &r, on, 0), DS_ERR_USAGE);
+        CHECK(strstr(ds_errmsg(), "matches both model.layers.0.input_layernorm") != NULL);
+        recipe_free(&r);
+        /* a "re:" match that fails (PCRE2 match limit) is the error reported, not "matches no module" */
+        const char *bt = "{\"modifiers\": [{\"SmoothQuantModifier\": {\"mappings\": ["
+                         "[[\"re:.*q_proj\", \"re:.*k_proj\", \"re:.*v_proj\"], \"re:(.*.*.*)*\\\\.in_norm$\"]]}},"
+                         "{\"GPTQModifier\": {\"scheme\": \"W8A8\"}}]}";
+        CHECK_EQ_INT(recipe_parse(bt, "t.json", &r), DS_OK);
+        CHECK_EQ_INT(smoothquant_resolve(&d, &r, on, 0), DS_ERR_USAGE);
+        CHECK(strstr(ds_errmsg(), "SmoothQuantModifier.mappings[0][1]: regex") != NULL);
+        CHECK(strstr(ds_errmsg(), "match limit") != NULL);
+        recipe_free(&r);
+        /* defaults on Qwen2-MoE: attention only, every layer */
+        model_config moe = d;
+        snprintf(moe.arch_name, sizeof moe.arch_name, "Qwen2MoeForCausalLM");
+        moe.arch = ARCH_QWEN2_MOE;
+        moe.E = 4; moe.K = 2; moe.IM = 8; moe.IS = 8; moe.sparse_step = 1;
+        const char *df = "{\"modifiers\": [{\"SmoothQuantModifier\": {}}, {\"GPTQModifier\": {\"scheme\": \"W8A8\"}}]}";
+        CHECK_EQ_INT(recipe_parse(df, "t", &r), DS_OK);
+        memset(on, 9, sizeof on);
+        CHECK_EQ_INT(smoothquant_resolve(&moe, &r, on, 0), DS_OK);
+        CHECK(on[0] == 1 && on[1] == 1 && on[2] == 1);
+        recipe_free(&r);
     }
     return TEST_REPORT();
 }

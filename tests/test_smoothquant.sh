@@ -10,8 +10,11 @@
 #     tensors (same checkpoint as an uninterrupted run's norms);
 #   * W8A8 + SmoothQuant on the emulated CUDA engine: the CPU engine's norms
 #     and scales, >= 99.9 % of its codes;
-#   * custom mappings other than the architecture's defaults, and an ignore
-#     list, are exit 2; the defaults spelled out (with "$") are accepted.
+#   * custom mappings: the defaults spelled out give the same checkpoint, an
+#     attention-only mapping leaves the post-attention norms alone, ignore
+#     skips a mapping only when its norm and balance layers are all ignored
+#     (a warning otherwise); mappings that would change the model's function
+#     or that doneshot cannot fold are exit 2 naming the rule.
 # Env: BUILD, MPIRUN, PYTHON. Last line: "N passed, N failed, N skipped".
 BUILD=${BUILD:-build}
 MPIRUN=${MPIRUN:-mpirun --oversubscribe}
@@ -95,23 +98,77 @@ else
     skip "no $BUILD/doneshot-emul or $FIXM (make; tests/fixtures.py)"
 fi
 
-# recipes doneshot cannot run as llm-compressor would: exit 2 before any work
-sq() { # sq NAME SQ-ARGS: a W8A8 recipe with that SmoothQuantModifier
+# custom mappings and ignore (resolved per decoder layer; the parity with
+# llm-compressor is in tests/interop/parity_w8a8.py)
+sq() { # sq NAME SQ-ARGS [MODEL]: the W8A8 run of $ARGS with that SmoothQuantModifier
     printf '{"modifiers": [{"SmoothQuantModifier": %s}, {"GPTQModifier": {"scheme": "W8A8", "ignore": ["lm_head"]}}]}\n' \
         "$2" >"$TMP/$1.json"
-    "$DS" --recipe "$TMP/$1.json" --model $MODEL --dataset data/tinystories_sample.txt --num-samples 2 \
-        --output "$TMP/$1" -q >"$TMP/$1.log" 2>&1
+    timeout -k 10 180 "$DS" --recipe "$TMP/$1.json" --model "${3:-$MODEL}" --dataset data/tinystories_sample.txt \
+        --num-samples 16 --max-seq-len 64 --output "$TMP/$1" >"$TMP/$1.log" 2>&1
 }
-sq custom '{"mappings": [[["re:.*q_proj"], "re:.*input_layernorm"]]}'; rc=$?
-if [ $rc -eq 2 ] && grep -q 'SmoothQuantModifier.mappings: doneshot supports the architecture' "$TMP/custom.log"; then
-    pass "custom SmoothQuant mappings: exit 2 naming the supported defaults"
-else fail "custom mappings: rc=$rc $(cat "$TMP/custom.log")"; fi
-sq ign '{"ignore": ["model.layers.0.input_layernorm"]}'; rc=$?
-if [ $rc -eq 2 ] && grep -q 'SmoothQuantModifier.ignore' "$TMP/ign.log"; then pass "SmoothQuant ignore: exit 2"
-else fail "SmoothQuant ignore: rc=$rc $(cat "$TMP/ign.log")"; fi
-sq dflt '{"smoothing_strength": 0.8, "mappings": [[["re:.*q_proj$", "re:.*k_proj$", "re:.*v_proj$"], "re:.*input_layernorm$"], [["re:.*gate_proj", "re:.*up_proj"], "re:.*post_attention_layernorm"]]}'; rc=$?
-if [ $rc -eq 0 ] && [ -f "$TMP/dflt/model.safetensors" ]; then pass "the default mappings written out are accepted"
-else fail "default mappings: rc=$rc $(cat "$TMP/dflt.log")"; fi
+# which norms of checkpoint $1 equal the original model's ("=") or checkpoint $2's ("s"), else "x"
+NORMCMP=$(cat <<'PY'
+import json, struct, sys
+def tensors(path):
+    b = open(path, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n]); h.pop("__metadata__", None)
+    return {k: b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]] for k, v in h.items()}
+a, o, r = (tensors(p + "/model.safetensors") for p in sys.argv[1:4])
+out = []
+for l in range(5):
+    for n in ("input_layernorm", "post_attention_layernorm"):
+        k = "model.layers.%d.%s.weight" % (l, n)
+        out.append("=" if a[k] == o[k] else "s" if a[k] == r[k] else "x")
+print("".join(out))
+PY
+)
+sq dflt '{"smoothing_strength": 0.8, "mappings": [[["re:.*gate_proj", "re:.*up_proj"], "re:.*post_attention_layernorm"], [["re:.*q_proj$", "re:.*k_proj$", "re:.*v_proj$"], "re:.*input_layernorm$"]]}'; rc=$?
+if [ $rc -eq 0 ] && cmp -s "$TMP/dflt/model.safetensors" "$TMP/np1/model.safetensors"; then
+    pass "the default mappings written out (in the other order) give the default run's checkpoint byte for byte"
+else fail "default mappings spelled out: rc=$rc $(tail -3 "$TMP/dflt.log")"; fi
+# attention only: every post_attention_layernorm unchanged; layer 0's input
+# norm as the default run's (later layers see inputs smoothed differently)
+sq attn '{"smoothing_strength": 0.8, "mappings": [[["re:.*self_attn\\.(q|k|v)_proj$"], "re:.*input_layernorm$"]]}'; rc=$?
+out=$([ $rc -eq 0 ] && $PYTHON -c "$NORMCMP" "$TMP/attn" "$MODEL" "$TMP/np1")
+if echo "$out" | grep -Eq '^s=[sx]=[sx]=[sx]=[sx]=$'; then
+    pass "mappings: attention only (one regex for q/k/v) smooths the 5 input norms and no post-attention norm ($out)"
+else fail "attention-only mapping: rc=$rc '$out' $(tail -3 "$TMP/attn.log")"; fi
+# ignore: layer 0's attention mapping skipped (its norm and q/k/v all
+# ignored); layer 2's norm alone does not skip its mapping (warning)
+sq ign '{"smoothing_strength": 0.8, "ignore": ["re:model\\.layers\\.0\\.(input_layernorm|self_attn\\.[qkv]_proj)$", "model.layers.2.input_layernorm"]}'; rc=$?
+out=$([ $rc -eq 0 ] && $PYTHON -c "$NORMCMP" "$TMP/ign" "$MODEL" "$TMP/np1")
+if echo "$out" | grep -Eq '^=s[sx]{8}$' && grep -q '1 mapping skipped' "$TMP/ign.log" &&
+   grep -q 'warning: .*model.layers.2.input_layernorm is smoothed although the ignore list names' "$TMP/ign.log" &&
+   grep -q '9 mappings in 5 layers smoothed' "$TMP/ign.log"; then
+    pass "ignore: a mapping whose norm and balance layers are all ignored is skipped; a norm alone is smoothed, with a warning ($out)"
+else fail "SmoothQuant ignore: rc=$rc '$out' $(grep -E 'smooth|warn' "$TMP/ign.log")"; fi
+# mappings doneshot refuses: exit 2 before any work, naming the rule
+refuse() { # refuse NAME SQ-ARGS MESSAGE [MODEL]
+    sq "$1" "$2" "$4"; rc=$?
+    if [ $rc -eq 2 ] && grep -q "$3" "$TMP/$1.log" && [ ! -e "$TMP/$1/model.safetensors" ]; then
+        pass "mappings refused ($1): exit 2, '$3'"
+    else fail "mapping $1: rc=$rc $(tail -3 "$TMP/$1.log")"; fi
+}
+refuse missing '{"mappings": [[["re:.*q_proj", "re:.*k_proj"], "re:.*input_layernorm"]]}' \
+    'v_proj also reads the output of model.layers.0.input_layernorm but is not a balance layer'
+refuse extra '{"mappings": [[["re:.*q_proj", "re:.*k_proj", "re:.*v_proj", "re:.*o_proj"], "re:.*input_layernorm"]]}' \
+    'balance layer model.layers.0.self_attn.o_proj does not read the output of model.layers.0.input_layernorm'
+refuse vo '{"mappings": [[["re:.*o_proj"], "re:.*v_proj"]]}' 'smooth layer model.layers.0.self_attn.v_proj is not supported'
+refuse two '{"mappings": [[["re:.*q_proj", "re:.*k_proj", "re:.*v_proj"], "re:.*layernorm"]]}' \
+    'matches both model.layers.0.input_layernorm and model.layers.0.post_attention_layernorm'
+refuse nomatch '{"mappings": [[["re:.*q_proj"], "re:.*attn_norm"]]}' 'matches no module of any decoder layer'
+refuse dup '{"mappings": [[["re:.*q_proj", "re:.*k_proj", "re:.*v_proj"], "re:.*input_layernorm"], [["re:.*[qkv]_proj"], "LlamaRMSNorm"]]}' \
+    'mappings\[1\]: smooth layer "LlamaRMSNorm" matches both'
+refuse dup2 '{"mappings": [[["re:.*q_proj", "re:.*k_proj", "re:.*v_proj"], "re:.*input_layernorm"], [["re:.*[qkv]_proj"], "re:.*input_layernorm$"]]}' \
+    'input_layernorm is the smooth layer of an earlier mapping too'
+refuse badentry '{"mappings": [[["re:.*q_proj", "re:.*k_proj", "re:.*v_proj", "re:.*qkv_proj"], "re:.*input_layernorm"]]}' \
+    'balance entry "re:.\*qkv_proj" matches no Linear of model.layers.0'
+MIX=${DS_FIXTURES:-$BUILD/fixtures}/models/variants/mixtral-4x-top2
+if [ -d "$MIX" ]; then
+    refuse moe '{"mappings": [[["re:.*gate", "re:.*w1", "re:.*w3"], "re:.*post_attention_layernorm"]]}' \
+        'post_attention_layernorm is not supported .*MoE architectures: attention only' "$MIX"
+else skip "no $MIX (tests/fixtures.py)"; fi
 
 echo "$P passed, $F failed, $S skipped"
 [ "$F" -eq 0 ]

@@ -36,6 +36,13 @@ With --fixtures DIR (tests/fixtures.py output): the Qwen2 variant (q/k/v
 biases) smoothed by doneshot (W8A8 + SmoothQuant 0.8) and by llm-compressor
 (SmoothQuantModifier 0.8 alone: the norms do not depend on the quantizer) on
 the first 16 rows: every smoothed norm within 1e-6 relative.
+Custom SmoothQuant mappings and ignore (always): on the first 16 rows,
+SmoothQuantModifier(0.8) with the MLP mapping only, spelled as a user would
+([["re:.*gate_proj", "re:.*up_proj"], "re:.*post_attention_layernorm$"]), and
+an ignore list naming layer 3's norm and both of its balance layers (skips
+that mapping) plus layer 1's norm alone (llm-compressor smooths it anyway):
+the same norms changed as llm-compressor's, each within 1e-6 relative, the
+others bitwise unchanged.
 Prints "ok"/"FAIL" lines and "RESULT {...}"; exit 1 if a target is missed.
 
 Usage: parity_w8a8.py --doneshot build/doneshot [--workdir DIR]
@@ -167,6 +174,57 @@ def qwen2_norms(a, work, rows):
     return worst
 
 
+CUSTOM_SQ = {"smoothing_strength": 0.8,
+             "mappings": [[["re:.*gate_proj", "re:.*up_proj"], "re:.*post_attention_layernorm$"]],
+             "ignore": ["re:model\\.layers\\.3\\.(post_attention_layernorm|mlp\\.(gate|up)_proj)$",
+                        "model.layers.1.post_attention_layernorm"]}
+
+
+def custom_mappings(a, work, rows):
+    """Custom mappings + ignore: doneshot (W8A8 GPTQ after it) vs llm-compressor's
+    SmoothQuantModifier alone (the norms do not depend on the quantizer)."""
+    import torch
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+    rows = rows[:16]
+    calib = os.path.join(work, "calib16.jsonl")
+    with open(calib, "w") as f:
+        for r in rows:
+            f.write(json.dumps({"input_ids": r}) + "\n")
+    recipe = os.path.join(work, "custom-sq.json")
+    with open(recipe, "w") as f:
+        json.dump({"modifiers": [{"SmoothQuantModifier": CUSTOM_SQ},
+                                 {"GPTQModifier": {"scheme": "W8A8", "ignore": ["lm_head"]}}]}, f)
+    ds_q, lc_q = os.path.join(work, "doneshot-custom-sq"), os.path.join(work, "llmcompressor-custom-sq")
+    import subprocess
+    r = subprocess.run([a.doneshot, "--recipe", recipe, "--model", FP, "--dataset", calib, "--num-samples",
+                        str(len(rows)), "--max-seq-len", str(MAX_LEN), "--output", ds_q, "--overwrite"],
+                       capture_output=True, text=True)
+    check(r.returncode == 0 and "1 mapping skipped" in r.stderr and
+          "model.layers.1.post_attention_layernorm is smoothed although the ignore list names" in r.stderr,
+          "custom mappings + ignore: doneshot runs (rc %d), says 1 mapping skipped and warns that layer 1's "
+          "norm alone does not skip its mapping" % r.returncode)
+    m = AutoModelForCausalLM.from_pretrained(FP, dtype=torch.float32)
+    data = Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]})
+    oneshot(model=m, dataset=data, recipe=[SmoothQuantModifier(**CUSTOM_SQ)], num_calibration_samples=len(rows),
+            max_seq_length=MAX_LEN, output_dir=lc_q)
+    A, B = load_file(os.path.join(ds_q, "model.safetensors")), load_file(os.path.join(lc_q, "model.safetensors"))
+    O = load_file(os.path.join(FP, "model.safetensors"))
+    norms = sorted(k for k in B if k.endswith("layernorm.weight"))
+    lc_changed = [k for k in norms if not torch.equal(B[k], O[k])]
+    ds_changed = [k for k in norms if not torch.equal(A[k], O[k])]
+    want = ["model.layers.%d.post_attention_layernorm.weight" % i for i in (0, 1, 2, 4)]
+    worst = max(float(((A[k].double() - B[k].double()).abs() / B[k].double().abs()).max()) for k in norms)
+    check(lc_changed == want and ds_changed == want and worst <= 1e-6,
+          "custom mappings + ignore: %d of %d norms smoothed by doneshot, %d by llm-compressor (want layers "
+          "0, 1, 2, 4's post_attention_layernorm), all within %.2e relative (target <= 1e-6)"
+          % (len(ds_changed), len(norms), len(lc_changed), worst))
+    return worst
+
+
 def transformers_ppl(a, q, text):
     """ppl of checkpoint q through transformers + compressed-tensors on
     `doneshot tokenize`'s ids, the GPTQ protocol of check_transformers.py."""
@@ -246,6 +304,7 @@ def main():
                            "ppl_transformers": hf, "transformers_rel_diff": rel_hf}
     if a.fixtures:
         result["qwen2_sq_norm_rel_diff"] = qwen2_norms(a, work, rows)
+    result["custom_sq_norm_rel_diff"] = custom_mappings(a, work, rows)
     print("RESULT " + json.dumps(result))
     return 1 if FAILS else 0
 
