@@ -22,8 +22,15 @@ Then it compares the two checkpoints: fraction of identical int4 codes
 Prints "ok"/"FAIL" lines, a per-module table with --verbose, and
 "RESULT {...}"; exit 1 if a target is missed.
 
+With --rtn: QuantizationModifier (round to nearest, no calibration) with
+the demo recipe's config_groups, symmetric and asymmetric (symmetric false:
+weight_zero_point), through both tools: every tensor of the two checkpoints
+(packed codes, scales, zero points, shapes, the unquantized tensors) must be
+byte-identical (RTN involves no summation order), and quantization_config
+the same.
+
 Usage: parity_llmcompressor.py --doneshot build/doneshot [--workdir DIR]
-       [--windows 40] [--seq-len 256] [--np 1] [--verbose]
+       [--windows 40] [--seq-len 256] [--np 1] [--verbose] [--rtn]
 """
 import argparse
 import json
@@ -110,6 +117,52 @@ def load_codes(d):
     return out
 
 
+def rtn_parity(a, work, rc, rows, calib, max_len):
+    """QuantizationModifier (RTN) with rc's config_groups, symmetric and
+    asymmetric: doneshot's and llm-compressor's checkpoints byte-identical."""
+    import copy
+
+    import torch
+    from datasets import Dataset
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+    from safetensors.numpy import load_file
+    from transformers import AutoModelForCausalLM
+    g = rc["modifiers"][0]["GPTQModifier"]
+    for sym in (True, False):
+        name = "rtn-%s" % ("sym" if sym else "asym")
+        groups = copy.deepcopy(g["config_groups"])
+        groups["group_0"]["weights"]["symmetric"] = sym
+        groups["group_0"]["weights"].pop("actorder", None)
+        qm = {"ignore": g["ignore"], "config_groups": groups}
+        recipe = os.path.join(work, name + ".json")
+        with open(recipe, "w") as f:
+            json.dump({"modifiers": [{"QuantizationModifier": qm}]}, f)
+        ds_q, lc_q = os.path.join(work, "doneshot-" + name), os.path.join(work, "llmcompressor-" + name)
+        run([a.doneshot, "--recipe", recipe, "--model", FP, "--dataset", calib, "--num-samples", str(len(rows)),
+             "--max-seq-len", str(max_len), "--output", ds_q, "--overwrite", "-q"])
+        model = AutoModelForCausalLM.from_pretrained(FP, dtype=torch.float32)
+        data = Dataset.from_dict({"input_ids": rows[:4], "attention_mask": [[1] * len(r) for r in rows[:4]]})
+        oneshot(model=model, dataset=data, recipe=[QuantizationModifier(**qm)], num_calibration_samples=4,
+                max_seq_length=max_len, output_dir=lc_q, save_compressed=True)
+        A, B = load_file(os.path.join(ds_q, "model.safetensors")), load_file(os.path.join(lc_q, "model.safetensors"))
+        diff = sorted(k for k in B if k not in A or A[k].dtype != B[k].dtype or A[k].shape != B[k].shape
+                      or A[k].tobytes() != B[k].tobytes())
+        extra = sorted(k for k in A if k not in B)
+        zp = sum(1 for k in B if k.endswith("weight_zero_point"))
+        check(not diff and not extra and len(B) > 0 and (zp == 35) == (not sym),
+              "%s: QuantizationModifier checkpoints byte-identical: %d tensors (%d weight_zero_point); differing: "
+              "%s; only in doneshot's: %s" % (name, len(B), zp, diff[:4] or "none", extra[:4] or "none"))
+        qa = json.load(open(os.path.join(ds_q, "config.json")))["quantization_config"]
+        qb = json.load(open(os.path.join(lc_q, "config.json")))["quantization_config"]
+        ga, gb = qa["config_groups"]["group_0"], qb["config_groups"]["group_0"]
+        keys = ("num_bits", "type", "symmetric", "strategy", "group_size", "dynamic", "actorder")
+        same = all(ga["weights"].get(k) == gb["weights"].get(k) for k in keys) and qa["format"] == qb["format"] \
+            and ga.get("input_activations") == gb.get("input_activations") and qa["ignore"] == qb["ignore"]
+        check(same, "%s: quantization_config format %s / %s, weights %s" % (
+            name, qa["format"], qb["format"], {k: ga["weights"].get(k) for k in keys}))
+
+
 def ds_eval(a, model, text):
     cmd = (shlex.split(a.mpirun) + ["-np", str(a.np)]) if a.np > 1 else []
     cmd += [a.doneshot, "eval", "--model", model, "--dataset", text, "--seq-len", str(a.seq_len), "--json", "-q"]
@@ -128,6 +181,7 @@ def main():
     ap.add_argument("--mpirun", default="mpirun --oversubscribe")
     ap.add_argument("--reuse", action="store_true", help="reuse existing checkpoints in --workdir")
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--rtn", action="store_true", help="also the QuantizationModifier (RTN) byte parity")
     a = ap.parse_args()
     a.doneshot = os.path.abspath(a.doneshot)
     work = a.workdir or tempfile.mkdtemp(prefix="ds-parity-")
@@ -177,6 +231,8 @@ def main():
     check(rel <= 5e-3, "ppl on %s (%d windows of %d): fp32 %.4f, doneshot W4A16 %.4f, llm-compressor W4A16 "
           "%.4f (rel diff %.2e; target <= 5e-3)" % (os.path.basename(text), e_ds["windows"], e_ds["seq_len"],
                                                    e_fp["ppl"], e_ds["ppl"], e_lc["ppl"], rel))
+    if a.rtn:
+        rtn_parity(a, work, rc, rows, calib, max_len)
     print("RESULT " + json.dumps({
         "calib_rows": len(rows), "calib_tokens": sum(map(len, rows)), "code_agreement": agree,
         "max_scale_rel_diff": worst_scale, "text": os.path.basename(text), "windows": e_ds["windows"],

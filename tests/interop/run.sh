@@ -10,7 +10,8 @@
 #                             fused experts == doneshot's dequantization,
 #                             perplexity == `doneshot eval`;
 #   parity_llmcompressor.py   GPTQ codes/scales/perplexity vs llmcompressor.oneshot
-#                             on the same calibration token ids;
+#                             on the same calibration token ids; QuantizationModifier
+#                             (RTN) int4 symmetric/asymmetric: byte-identical checkpoints;
 #   parity_w8a8.py            INT8 W8A8 with/without SmoothQuant vs llmcompressor.oneshot
 #                             (codes, scales, smoothed norms, ppl; transformers load);
 #   parity_fp8.py             FP8 / FP8_DYNAMIC / FP8_BLOCK (QuantizationModifier, GPTQModifier)
@@ -84,7 +85,7 @@ suite() { # $1 = script, rest = arguments
 suite check_transformers.py --workdir "$WORK/transformers" --seq-len 256 --windows 40
 suite check_moe.py --workdir "$WORK/moe" --seq-len 256 --windows 10 --np 2 \
     --model "$FIX/models/variants/mixtral-4x-top2"
-suite parity_llmcompressor.py --workdir "$WORK/parity" --seq-len 256 --windows 40
+suite parity_llmcompressor.py --workdir "$WORK/parity" --seq-len 256 --windows 40 --rtn
 suite parity_w8a8.py --workdir "$WORK/w8a8" --seq-len 256 --windows 40 --fixtures "$FIX"
 suite parity_fp8.py --workdir "$WORK/fp8" --seq-len 256 --windows 40
 suite check_fp8_block.py --workdir "$WORK/fp8_block" --seq-len 128 --windows 16
