@@ -717,11 +717,11 @@ static ds_status parse_gptq(const pctx *c, const char *path, const cJSON *m, rec
             pathf(wp, sizeof wp, "%s.input_activations", gp);
             if ((st = parse_args(c, wp, gi, &wi, 1))) goto fail;
             if (!scheme_act_supported(&wi.a)) {
-                st = err_at(c, wp, "this input activation scheme (type %s, num_bits %d, strategy %s, dynamic %s) "
-                            "is not supported by doneshot v1 (supported: %s)", scheme_type_name(wi.a.type),
-                            wi.a.num_bits, strategy_name(wi.a.strategy),
+                st = err_at(c, wp, "this input activation scheme (type %s, num_bits %d, strategy %s, dynamic %s, "
+                            "symmetric %s) is not supported by doneshot v1 (supported: %s)",
+                            scheme_type_name(wi.a.type), wi.a.num_bits, strategy_name(wi.a.strategy),
                             wi.a.dynamic == QD_LOCAL ? "local" : wi.a.dynamic ? "true" : "false",
-                            scheme_act_supported_list());
+                            wi.a.symmetric ? "true" : "false", scheme_act_supported_list());
                 goto fail;
             }
             if (wi.a.dynamic == QD_STATIC && !wi.observer[0]) /* llm-compressor's default for static activations */

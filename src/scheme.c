@@ -248,7 +248,10 @@ static const ct_tensor float_quantized[] = {
  * int8, unpacked, and drops a symmetric zero point) ----
  *   weight             I8 [out, in]                always (the int codes)
  *   weight_scale       model dtype [out, groups]   always (W8A8 channel: [out, 1])
- *   weight_zero_point  I8 [out, groups]            iff asymmetric */
+ *   weight_zero_point  I8 [out, groups]            iff asymmetric
+ *   input_scale        model dtype [1]             iff static int8 tensor activations
+ *                                                  (no input_zero_point: symmetric,
+ *                                                  _remove_symmetric_zp drops it) */
 
 static int shape_int8(const quant_args *a, int out, int in, int64_t *s) {
     (void)a;
@@ -270,6 +273,8 @@ static const ct_tensor int_quantized[] = {
     {"weight", DS_DTYPE_I8, shape_int8, NULL, NULL, enc_int8, NULL, 0},
     {"weight_scale", DT_MODEL, shape_scale, NULL, NULL, enc_scale, check_scale, 0},
     {"weight_zero_point", DS_DTYPE_I8, shape_scale, asym, "no zero point (symmetric)", enc_zp8, NULL, 0},
+    {"input_scale", DT_MODEL, shape_one, has_input_scale, "no input_scale (input activations are not static)",
+     enc_input_scale, check_input_scale, 0},
 };
 
 /* ---- nvfp4-pack-quantized (compressed-tensors compressors/nvfp4: NVFP4A16, NVFP4) ----
@@ -358,11 +363,13 @@ static int fp8_weights(const quant_args *a) {
             a->strategy == QS_BLOCK) && a->act != QACT_INPUT_GLOBAL_SCALE;
 }
 
-/* INT weights with dynamic input activations (W8A8, W4A8, ...): int-quantized
- * (compressed-tensors picks it before pack-quantized whenever the scheme has
- * input_activations and INT weights). Static int activations are not offered. */
+/* INT weights with input activations (W8A8, W4A8, ...; dynamic, or static
+ * per-tensor with an input_scale): int-quantized (compressed-tensors picks it
+ * before pack-quantized whenever the scheme has input_activations and INT
+ * weights). */
 static int int_act_weights(const quant_args *a) {
-    return a->type == QT_INT && a->num_bits >= 1 && a->num_bits <= 8 && a->act == QACT_DYNAMIC &&
+    return a->type == QT_INT && a->num_bits >= 1 && a->num_bits <= 8 &&
+           (a->act == QACT_DYNAMIC || a->act == QACT_INPUT_SCALE) &&
            a->actorder != QA_GROUP && /* no weight_g_idx in the naive compressor */
            (a->strategy == QS_TENSOR || a->strategy == QS_CHANNEL || a->strategy == QS_GROUP);
 }
@@ -459,6 +466,12 @@ static int act_int8_dynamic_token(const quant_args *in) {
     return in->type == QT_INT && in->num_bits == 8 && in->symmetric && in->strategy == QS_TOKEN &&
            in->dynamic == QD_DYNAMIC;
 }
+/* Static int8 per-tensor (symmetric): input_scale = max|x| / 127.5 calibrated
+ * (qs_qparams, bit range 255), x -> round_half_even(clamp(x / s, -128, 127)) * s. */
+static int act_int8_static_tensor(const quant_args *in) {
+    return in->type == QT_INT && in->num_bits == 8 && in->symmetric && in->strategy == QS_TENSOR &&
+           in->dynamic == QD_STATIC;
+}
 
 /* NVFP4 input activations: fp4 tensor_group 16, dynamic "local" (per-token
  * group scales from the current values, the static input_global_scale). */
@@ -486,6 +499,7 @@ static const ct_act acts[] = {
     {"float 8 dynamic token (FP8_DYNAMIC)", act_fp8_dynamic_token, act_fake_minmax},
     {"float 8 dynamic group (FP8_BLOCK)", act_fp8_dynamic_group, act_fake_minmax},
     {"int 8 dynamic token (W8A8)", act_int8_dynamic_token, act_fake_minmax},
+    {"int 8 static tensor, symmetric (W8A8 static)", act_int8_static_tensor, act_fake_minmax},
     {"float 4 tensor_group 16 local (NVFP4)", act_nvfp4_local, act_fake_nvfp4},
 };
 

@@ -73,7 +73,8 @@ int scheme_format_known(const char *name);
  * The input-activation schemes doneshot runs (a table in src/scheme.c):
  * fp8 static per-tensor (FP8: input_scale calibrated), fp8 dynamic per
  * token (FP8_DYNAMIC), fp8 dynamic per group (FP8_BLOCK), int8 dynamic per
- * token (W8A8). */
+ * token (W8A8), int8 static per-tensor symmetric (W8A8 static: input_scale =
+ * max|x| / 127.5 calibrated, stored by int-quantized), NVFP4. */
 
 /* 1 if input activation args `in` are supported. */
 int scheme_act_supported(const quant_args *in);

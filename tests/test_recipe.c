@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "recipe.h"
+#include "scheme.h"
 #include "test.h"
 
 static const char *O = "t.json";
@@ -587,8 +588,8 @@ static void test_wrong_types(void) {
             {"\"config_groups\":{\"group_0\":{\"targets\":[\"Linear\"],\"weights\":[]}}", "group_0.weights: expected an object"},
             {"\"config_groups\":{\"a\":{\"targets\":[\"Linear\"],\"weights\":{}},\"b\":{\"targets\":[\"Linear\"],\"weights\":{}}}",
              "config_groups: expected exactly one config group"},
-            {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{},\"input_activations\":{\"num_bits\":8}}}",
-             "g.input_activations: this input activation scheme (type int, num_bits 8, strategy tensor, dynamic false) is not supported by doneshot v1 (supported: float 8 static tensor (FP8)"},
+            {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{},\"input_activations\":{\"num_bits\":8,\"symmetric\":false}}}",
+             "g.input_activations: this input activation scheme (type int, num_bits 8, strategy tensor, dynamic false, symmetric false) is not supported by doneshot v1 (supported: float 8 static tensor (FP8)"},
             {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{},\"output_activations\":{\"num_bits\":8}}}",
              "g.output_activations: output activation quantization is not supported"},
             {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{\"symmetric\":\"yes\"}}}", "weights.symmetric: expected true or false, got \"yes\""},
@@ -998,6 +999,19 @@ static void test_fp8_presets(void) {
         CHECK(r.in_observer && !strcmp(r.in_observer, "static_minmax"));
         recipe_free(&r);
         free(j);
+        /* config_groups with static int8 per-tensor activations (recipes/w8a8-static.json):
+         * int-quantized, input_scale stored, static_minmax */
+        j = gptq("\"config_groups\":{\"group_0\":{\"targets\":[\"Linear\"],\"weights\":{\"num_bits\":8,"
+                 "\"type\":\"int\",\"strategy\":\"channel\",\"symmetric\":true,\"dynamic\":false},"
+                 "\"input_activations\":{\"num_bits\":8,\"type\":\"int\",\"strategy\":\"tensor\","
+                 "\"symmetric\":true,\"dynamic\":false}}}");
+        CHECK(parse_ok(j, &r));
+        CHECK_EQ_INT(r.w.act, QACT_INPUT_SCALE);
+        CHECK(r.in.type == QT_INT && r.in.strategy == QS_TENSOR && r.in.dynamic == QD_STATIC);
+        CHECK(scheme_format_name(&r.w) && !strcmp(scheme_format_name(&r.w), "int-quantized"));
+        CHECK(r.in_observer && !strcmp(r.in_observer, "static_minmax"));
+        recipe_free(&r);
+        free(j);
         /* config_groups with input_activations; block strategy */
         j = xasprintf("{\"QuantizationModifier\":{\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],"
                       "\"weights\":{\"type\":\"float\",\"strategy\":\"block\",\"block_structure\":[64,32]},"
@@ -1013,7 +1027,7 @@ static void test_fp8_presets(void) {
         /* an activation scheme doneshot does not run */
         CHECK_ERR("{\"QuantizationModifier\":{\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],"
                   "\"weights\":{\"type\":\"float\"},\"input_activations\":{\"type\":\"float\",\"strategy\":\"channel\"}}}}}",
-                  "g.input_activations: this input activation scheme (type float, num_bits 8, strategy channel, dynamic false) is not supported",
+                  "g.input_activations: this input activation scheme (type float, num_bits 8, strategy channel, dynamic false, symmetric true) is not supported",
                   "float 8 dynamic token (FP8_DYNAMIC)");
     }
 }
