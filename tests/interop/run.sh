@@ -14,6 +14,9 @@
 #                             (RTN) int4 symmetric/asymmetric: byte-identical checkpoints;
 #   parity_w8a8.py            INT8 W8A8 with/without SmoothQuant vs llmcompressor.oneshot
 #                             (codes, scales, smoothed norms, ppl; transformers load);
+#   parity_w8a8_static.py     INT8 W8A8 with static per-tensor input_scale (recipes/w8a8-static.json)
+#                             vs llmcompressor.oneshot (codes, weight/input scales, layout,
+#                             quantization_config, -np 2 input_scale, ppl; transformers load);
 #   parity_fp8.py             FP8 / FP8_DYNAMIC / FP8_BLOCK (QuantizationModifier, GPTQModifier)
 #                             vs llmcompressor.oneshot (fp8 bytes, scales, ppl; transformers load).
 #   check_fp8_block.py        FP8_BLOCK through transformers on a 128-wide random Llama
@@ -87,6 +90,7 @@ suite check_moe.py --workdir "$WORK/moe" --seq-len 256 --windows 10 --np 2 \
     --model "$FIX/models/variants/mixtral-4x-top2"
 suite parity_llmcompressor.py --workdir "$WORK/parity" --seq-len 256 --windows 40 --rtn
 suite parity_w8a8.py --workdir "$WORK/w8a8" --seq-len 256 --windows 40 --fixtures "$FIX"
+suite parity_w8a8_static.py --workdir "$WORK/w8a8_static" --seq-len 256 --windows 40
 suite parity_fp8.py --workdir "$WORK/fp8" --seq-len 256 --windows 40
 suite check_fp8_block.py --workdir "$WORK/fp8_block" --seq-len 128 --windows 16
 suite parity_nvfp4.py --workdir "$WORK/nvfp4" --seq-len 256 --windows 40 --rtn
