@@ -175,6 +175,7 @@ ds_status cpu_engine_create(const model *m, const ds_sample *local, size_t nloca
     cpu_engine *c = xcalloc(1, sizeof *c);
     pthread_mutex_init(&c->mu, NULL);
     c->base.ops = &cpu_ops;
+    c->base.resid_dtype = m->cfg.dtype;
     c->m = m;
     c->local = local;
     c->nlocal = nlocal;

@@ -58,7 +58,7 @@ typedef struct engine_ops {
      * already replaced. */
     void (*set_weight)(engine *e, int lin, const float *w);
     void (*propagate)(engine *e);
-    /* The residual stream of all local samples in the model dtype, [ntok, C],
+    /* The residual stream of all local samples in e->resid_dtype, [ntok, C],
      * samples concatenated in order (resume state). */
     void (*get_residual)(engine *e, void *buf);
     void (*set_residual)(engine *e, const void *buf);
@@ -74,6 +74,9 @@ struct engine {
      * max |X| over the captured rows (the static_minmax activation observer
      * of static input scales, e.g. FP8; act_absmax_cpu / act_absmax_cuda). */
     float *act_amax;
+    /* get_residual / set_residual's element type: the model dtype (CPU
+     * engine), bfloat16 (CUDA engine, whatever the model dtype) */
+    ds_dtype resid_dtype;
 };
 
 /* The CPU engine: embeds the nlocal samples (model_embed) and keeps the

@@ -30,9 +30,9 @@ int gpu_engine_local_rank(void) {
 }
 
 ds_status gpu_engine_check_model(const model_config *c) {
-    if (c->dtype != DS_DTYPE_BF16)
-        return ds_error(DS_ERR_USAGE, "--device cuda: the model's torch_dtype is %s; the CUDA engine computes "
-                        "with bfloat16 activations\nhint: use --device cpu, or a bfloat16 checkpoint",
+    if (c->dtype != DS_DTYPE_BF16 && c->dtype != DS_DTYPE_F16 && c->dtype != DS_DTYPE_F32)
+        return ds_error(DS_ERR_USAGE, "--device cuda: the model's torch_dtype is %s; the CUDA engine runs "
+                        "bfloat16, float16 and float32 models\nhint: use --device cpu",
                         ds_dtype_torch_name(c->dtype));
     return DS_OK;
 }
@@ -442,11 +442,14 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
     sample_mem(e);
     char moe[64] = "";
     if (e->moe_rows) snprintf(moe, sizeof moe, " | MoE expert groups of up to %d rows", e->moe_rows);
+    char bf[96] = "";
+    if (c->dtype != DS_DTYPE_BF16)
+        snprintf(bf, sizeof bf, " | %s model, bfloat16 forward", ds_dtype_torch_name(c->dtype));
     snprintf(e->desc, sizeof e->desc,
-             "%s | micro-batch %d (%d chunks) | activations %s | plan peak %.2f of %.2f GiB budget%s%s",
+             "%s | micro-batch %d (%d chunks) | activations %s | plan peak %.2f of %.2f GiB budget%s%s%s",
              ds_cuda_device_name(), e->micro_batch, e->nchunks, e->offload ? "offloaded (pinned host)" : "resident",
              (double)plan.peak / (double)(1u << 30), (double)budget / (double)(1u << 30),
-             sharing > 1 ? " (device shared by local ranks)" : "", moe);
+             sharing > 1 ? " (device shared by local ranks)" : "", moe, bf);
     if (st) {
         gpu_engine_destroy(e);
         return st;
@@ -1010,6 +1013,7 @@ ds_status gpu_engine_create_engine(const model *m, const ds_sample *local, size_
     }
     gpu_adapter *a = xcalloc(1, sizeof *a);
     a->base.ops = &gpu_ops;
+    a->base.resid_dtype = DS_DTYPE_BF16; /* the device's residual stream, whatever the model dtype */
     a->g = g;
     *out = &a->base;
     return DS_OK;

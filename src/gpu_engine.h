@@ -20,9 +20,13 @@
  * with bf16 activation storage, so a bf16 model gives the CPU path's values
  * up to GEMM summation order (cuda/kernels.h documents each op's twin).
  * Supported: Llama / Mistral / Qwen2 / Qwen3 and the MoE families Mixtral,
- * Qwen2-MoE (shared expert + sigmoid gate), Qwen3-MoE, with torch_dtype
- * bfloat16 (gpu_engine_check_model); f32/f16 checkpoints run with
- * --device cpu. A sparse layer (issue 13): router matmul in bf16, routing
+ * Qwen2-MoE (shared expert + sigmoid gate), Qwen3-MoE. torch_dtype
+ * bfloat16 runs as transformers computes it; float16 and float32 models run
+ * the same bfloat16 forward (weights, norms, embeddings and the residual
+ * stream rounded to bfloat16 on upload), while GPTQ quantizes the model's own
+ * f32 weight values with the Hessians of that forward and rounds scales to
+ * the model dtype: the per-module loss is close to --device cpu's (which
+ * computes in the model dtype), not equal. A sparse layer (issue 13): router matmul in bf16, routing
  * (softmax, top-K, norm_topk) on the device (cuda/moe.cu), the routing copied
  * to the host once per chunk to list each expert's rows, one upload of all
  * experts' row lists, then per expert gather -> gate/up/swiglu/down GEMMs ->
@@ -72,8 +76,8 @@ int gpu_engine_device_count(void);
 /* The local rank used for device selection: OMPI_COMM_WORLD_LOCAL_RANK,
  * then SLURM_LOCALID, then MPI's shared-memory split (comm_local_rank). */
 int gpu_engine_local_rank(void);
-/* DS_OK if the engine runs this model; DS_ERR_USAGE naming what is not
- * supported (a dtype other than bfloat16) + hint. */
+/* DS_OK if the engine runs this model (torch_dtype bfloat16, float16 or
+ * float32); DS_ERR_USAGE naming what is not supported + hint. */
 ds_status gpu_engine_check_model(const model_config *c);
 
 /* Select the device, plan memory for `nlocal` samples (max length sets the

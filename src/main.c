@@ -218,8 +218,9 @@ static ds_status load_calibration(const char *path, const char *model_dir, const
  * QuantizationModifier with any scheme, and GPTQModifier with int weights
  * (tensor/channel/group), fp8 e4m3 weights (tensor/channel/group/block) or
  * NVFP4 weights (fp4 tensor_group), activations none, dynamic or static
- * (W4A16, W8A16, W8A8, FP8, FP8_DYNAMIC, FP8_BLOCK, NVFP4A16, NVFP4; the
- * static observers' max |x| comes from act_absmax_cuda). */
+ * (W4A16, W8A16, W8A8, W8A8 with static int8 activations, FP8, FP8_DYNAMIC,
+ * FP8_BLOCK, NVFP4A16, NVFP4; the static observers' max |x| comes from
+ * act_absmax_cuda). */
 static const char *cuda_scheme_why(const recipe *r) {
     /* QuantizationModifier: round-to-nearest on the host; the engine runs the
      * forward and the static activation observer (act_absmax_cuda): any scheme */
@@ -266,7 +267,7 @@ static ds_status select_device(const char *want, const model_config *mc, const r
     if (!gpu_engine_built())
         why = "this doneshot was built without CUDA";
     else if (gpu_engine_check_model(mc) != DS_OK)
-        why = "the CUDA engine runs dense bfloat16 decoders; this model is not one";
+        why = "the CUDA engine does not run this model's dtype";
     else if (gpu_engine_device_count() <= 0)
         why = gpu_engine_why_none();
     int ok = why == NULL;

@@ -245,8 +245,8 @@ static ds_status engine_start(run *u, int start) {
 
     size_t ntok_local = 0;
     for (size_t i = 0; i < u->nlocal; i++) ntok_local += (size_t)u->local[i].n;
-    u->state_bytes = ntok_local * (size_t)c->C * ds_dtype_size(c->dtype);
-    u->rh = (resume_head){.world = u->nranks, .rank = u->rank, .dtype = c->dtype, .job_fp = u->job_fp,
+    u->state_bytes = ntok_local * (size_t)c->C * ds_dtype_size(u->eng->resid_dtype);
+    u->rh = (resume_head){.world = u->nranks, .rank = u->rank, .dtype = u->eng->resid_dtype, .job_fp = u->job_fp,
                           .rank_fp = resume_rank_fingerprint(u->job_fp, u->local, u->nlocal),
                           .nlocal = u->nlocal, .ntok = ntok_local, .C = (uint64_t)c->C};
     if (start > 0) {
