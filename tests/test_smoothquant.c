@@ -72,6 +72,22 @@ static void run_case(const char *name) {
     gold_close(&g);
 }
 
+#define QKV "[\"re:.*q_proj\", \"re:.*k_proj\", \"re:.*v_proj\"]"
+
+/* smoothquant_resolve of a W8A8 recipe whose SmoothQuantModifier has the
+ * JSON members `sq` (on [L][nmap] filled with 9s first); the recipe must parse. */
+static ds_status resolve(const model_config *c, const char *sq, unsigned char *on) {
+    char json[1024];
+    snprintf(json, sizeof json, "{\"modifiers\": [{\"SmoothQuantModifier\": {%s}}, "
+             "{\"GPTQModifier\": {\"scheme\": \"W8A8\"}}]}", sq);
+    recipe r;
+    if (recipe_parse(json, "t.json", &r) != DS_OK) return DS_ERR_RUNTIME; /* not USAGE: a test expecting that fails */
+    memset(on, 9, (size_t)c->L * (size_t)smoothquant_num_mappings(c));
+    const ds_status st = smoothquant_resolve(c, &r, on, 0);
+    recipe_free(&r);
+    return st;
+}
+
 int main(void) {
     (void)g_cases;
     static const char *cases[] = {"f32_a08", "f32_a05", "bf16_a08", "f16_a065", "f32_logeq", "bf16_logeq"};
@@ -111,59 +127,34 @@ int main(void) {
         model_config d = {.arch_name = "LlamaForCausalLM", .arch = ARCH_LLAMA, .C = 8, .F = 16, .L = 3, .NH = 2,
                           .NKV = 1, .HS = 4, .dtype = DS_DTYPE_F32};
         unsigned char on[8];
-        recipe r;
         /* one layer's norm (exact name), balance by one regex; layer 2's MLP by class name + ignore */
-        const char *one = "{\"modifiers\": [{\"SmoothQuantModifier\": {\"mappings\": ["
-                          "[[\"re:.*[qkv]_proj$\"], \"model.layers.1.input_layernorm\"],"
-                          "[[\"re:.*gate_proj\", \"re:.*up_proj\"], \"re:.*post_attention_layernorm\"]],"
-                          "\"ignore\": [\"re:model\\\\.layers\\\\.2\\\\.(post_attention_layernorm|mlp\\\\..*)$\"]}},"
-                          "{\"GPTQModifier\": {\"scheme\": \"W8A8\"}}]}";
-        CHECK_EQ_INT(recipe_parse(one, "t", &r), DS_OK);
-        memset(on, 9, sizeof on);
-        CHECK_EQ_INT(smoothquant_resolve(&d, &r, on, 0), DS_OK);
+        CHECK_EQ_INT(resolve(&d, "\"mappings\": [[[\"re:.*[qkv]_proj$\"], \"model.layers.1.input_layernorm\"],"
+                             "[[\"re:.*gate_proj\", \"re:.*up_proj\"], \"re:.*post_attention_layernorm\"]],"
+                             "\"ignore\": [\"re:model\\\\.layers\\\\.2\\\\.(post_attention_layernorm|mlp\\\\..*)$\"]",
+                             on), DS_OK);
         const unsigned char want[6] = {0, 1, 1, 1, 0, 0}; /* [layer][attention, MLP] */
         CHECK(!memcmp(on, want, sizeof want));
-        recipe_free(&r);
         /* Qwen3: "re:.*_norm$" also names q_norm and k_norm: refused */
         model_config q3 = d;
         snprintf(q3.arch_name, sizeof q3.arch_name, "Qwen3ForCausalLM");
         q3.arch = ARCH_QWEN3;
         q3.qk_norm = 1;
-        const char *qn = "{\"modifiers\": [{\"SmoothQuantModifier\": {\"mappings\": ["
-                         "[[\"re:.*q_proj\", \"re:.*k_proj\", \"re:.*v_proj\"], \"re:.*_norm$\"]]}},"
-                         "{\"GPTQModifier\": {\"scheme\": \"W8A8\"}}]}";
-        CHECK_EQ_INT(recipe_parse(qn, "t", &r), DS_OK);
-        CHECK_EQ_INT(smoothquant_resolve(&q3, &r, on, 0), DS_ERR_USAGE);
+        CHECK_EQ_INT(resolve(&q3, "\"mappings\": [[" QKV ", \"re:.*_norm$\"]]", on), DS_ERR_USAGE);
         CHECK(strstr(ds_errmsg(), "self_attn.q_norm") != NULL);
-        recipe_free(&r);
         /* by class name: Qwen3RMSNorm names every norm of a layer (4 in Qwen3): refused */
-        const char *cn = "{\"modifiers\": [{\"SmoothQuantModifier\": {\"mappings\": ["
-                         "[[\"re:.*q_proj\", \"re:.*k_proj\", \"re:.*v_proj\"], \"Qwen3RMSNorm\"]]}},"
-                         "{\"GPTQModifier\": {\"scheme\": \"W8A8\"}}]}";
-        CHECK_EQ_INT(recipe_parse(cn, "t", &r), DS_OK);
-        CHECK_EQ_INT(smoothquant_resolve(&q3, &r, on, 0), DS_ERR_USAGE);
+        CHECK_EQ_INT(resolve(&q3, "\"mappings\": [[" QKV ", \"Qwen3RMSNorm\"]]", on), DS_ERR_USAGE);
         CHECK(strstr(ds_errmsg(), "matches both model.layers.0.input_layernorm") != NULL);
-        recipe_free(&r);
         /* a "re:" match that fails (PCRE2 match limit) is the error reported, not "matches no module" */
-        const char *bt = "{\"modifiers\": [{\"SmoothQuantModifier\": {\"mappings\": ["
-                         "[[\"re:.*q_proj\", \"re:.*k_proj\", \"re:.*v_proj\"], \"re:(.*.*.*)*\\\\.in_norm$\"]]}},"
-                         "{\"GPTQModifier\": {\"scheme\": \"W8A8\"}}]}";
-        CHECK_EQ_INT(recipe_parse(bt, "t.json", &r), DS_OK);
-        CHECK_EQ_INT(smoothquant_resolve(&d, &r, on, 0), DS_ERR_USAGE);
+        CHECK_EQ_INT(resolve(&d, "\"mappings\": [[" QKV ", \"re:(.*.*.*)*\\\\.in_norm$\"]]", on), DS_ERR_USAGE);
         CHECK(strstr(ds_errmsg(), "SmoothQuantModifier.mappings[0][1]: regex") != NULL);
         CHECK(strstr(ds_errmsg(), "match limit") != NULL);
-        recipe_free(&r);
         /* defaults on Qwen2-MoE: attention only, every layer */
         model_config moe = d;
         snprintf(moe.arch_name, sizeof moe.arch_name, "Qwen2MoeForCausalLM");
         moe.arch = ARCH_QWEN2_MOE;
         moe.E = 4; moe.K = 2; moe.IM = 8; moe.IS = 8; moe.sparse_step = 1;
-        const char *df = "{\"modifiers\": [{\"SmoothQuantModifier\": {}}, {\"GPTQModifier\": {\"scheme\": \"W8A8\"}}]}";
-        CHECK_EQ_INT(recipe_parse(df, "t", &r), DS_OK);
-        memset(on, 9, sizeof on);
-        CHECK_EQ_INT(smoothquant_resolve(&moe, &r, on, 0), DS_OK);
+        CHECK_EQ_INT(resolve(&moe, "", on), DS_OK);
         CHECK(on[0] == 1 && on[1] == 1 && on[2] == 1);
-        recipe_free(&r);
     }
     return TEST_REPORT();
 }
