@@ -5,6 +5,8 @@
 #   2. issue 5's acceptance check on the bf16 demo model: --device cuda and
 #      --device cpu checkpoints agree (>= 99 % identical int codes), resident
 #      and with --offload-activations --micro-batch 3;
+#   2b. the float32 demo model on cuda (bfloat16 forward) vs cpu: summed
+#      GPTQ loss within 2 %;
 #   4. mpirun -np 2 on one GPU through the bundled Open MPI: per-module
 #      GPTQ loss vs -np 1 (summed within 0.5 %) and the times;
 #   3. BENCH=1: bench/bench_gpu.sh with the bundle's binaries at -np 1
@@ -48,6 +50,27 @@ elif [ -d "$M" ]; then
     cat $W/e2e.txt
 else
     echo "skipped: $M not in the bundle"; fails=$((fails + 1))
+fi
+
+echo "== 2b. float32 model on the GPU (bfloat16 forward, issue 13 item 5): data/stories260K cuda vs cpu"
+if [ "${SKIP_DENSE:-0}" = 1 ]; then
+    echo "skipped (SKIP_DENSE=1)"
+else
+    R="--recipe recipes/stories260k-w4a16.json --model data/stories260K --overwrite -q"
+    { timeout 300 "$D/doneshot" $R --device cpu --output $W/f32cpu --summary $W/f32cpu.json &&
+      timeout 300 "$D/doneshot" $R --device cuda --output $W/f32cuda --summary $W/f32cuda.json &&
+      python3 - $W/f32cpu.json $W/f32cuda.json <<'PY'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+la = {m["name"]: m["loss"] for m in a["modules"]}
+lb = {m["name"]: m["loss"] for m in b["modules"]}
+worst = max(abs(la[k] - lb[k]) / max(abs(la[k]), 1e-12) for k in la)
+print(f"device: {b['device']}\ncpu {a['total_time_s']:.2f} s, cuda {b['total_time_s']:.2f} s; summed loss cpu "
+      f"{sum(la.values()):.6g} cuda {sum(lb.values()):.6g}; worst module rel diff {worst:.2e} (emulator: 2.5e-2)")
+sys.exit(0 if abs(sum(la.values()) - sum(lb.values())) <= 2e-2 * sum(la.values()) else 1)
+PY
+    } >$W/f32.txt 2>&1 || fails=$((fails + 1))
+    cat $W/f32.txt
 fi
 
 echo "== 4. mpirun -np 2 on one GPU with the bundled Open MPI (no MPI installed here)"
