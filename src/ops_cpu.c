@@ -9,8 +9,66 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* ---- exp over arrays (see ops_cpu.h) ---- */
+
+typedef float vf8 __attribute__((vector_size(32)));
+typedef int32_t vi8 __attribute__((vector_size(32)));
+
+/* (vector values are never passed by value: a 32-byte vector argument's ABI
+ * depends on AVX being enabled) */
+#define VF8(a) ((vf8){(a), (a), (a), (a), (a), (a), (a), (a)})
+#define VI8(a) ((vi8){(a), (a), (a), (a), (a), (a), (a), (a)})
+/* m ? a : b, lane-wise (m: all ones or zero per lane) */
+#define VSEL(m, a, b) ((vf8)(((vi8)(a) & (m)) | ((vi8)(b) & ~(m))))
+
+/* out[0..8) = exp(in[0..8)): Cephes expf (cephes/single/expf.c) on eight
+ * lanes, ISO C arithmetic (no contraction under -std=c11), so every clone
+ * rounds identically. */
+static inline void exp8(float *out, const float *in) {
+    vf8 x;
+    memcpy(&x, in, sizeof x);
+    const vf8 hi = VF8(88.72283935546875f), lo = VF8(-103.97207708f);
+    vf8 xc = VSEL(x > hi, hi, x);
+    xc = VSEL(xc < lo, lo, xc);
+    /* k = round(x / ln 2) (to nearest even: the 1.5 * 2^23 shift), |k| <= 150 */
+    const vf8 shift = VF8(12582912.0f);
+    const vf8 k = (xc * VF8(1.44269504088896341f) + shift) - shift;
+    vf8 r = xc - k * VF8(0.693359375f);
+    r = r - k * VF8(-2.12194440e-4f);
+    const vf8 z = r * r;
+    vf8 p = VF8(1.9875691500e-4f);
+    p = p * r + VF8(1.3981999507e-3f);
+    p = p * r + VF8(8.3334519073e-3f);
+    p = p * r + VF8(4.1665795894e-2f);
+    p = p * r + VF8(1.6666665459e-1f);
+    p = p * r + VF8(5.0000001201e-1f);
+    p = p * z + r + VF8(1.0f);
+    /* p * 2^k as p * 2^k1 * 2^k2 (k1 = k >> 1, k2 = k - k1, both normal
+     * powers of two): the first product is exact, the second rounds once */
+    const vi8 ki = __builtin_convertvector(k, vi8), k1 = ki >> 1, k2 = ki - k1;
+    const vf8 s1 = (vf8)((k1 + VI8(127)) << 23), s2 = (vf8)((k2 + VI8(127)) << 23);
+    vf8 y = (p * s1) * s2;
+    y = VSEL(x > hi, VF8(INFINITY), y);
+    y = VSEL(x < lo, VF8(0.0f), y);
+    y = VSEL(x != x, x, y); /* NaN in, NaN out */
+    memcpy(out, &y, sizeof y);
+}
+
+__attribute__((target_clones("avx2", "default")))
+void exp_array_cpu(float *y, const float *x, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) exp8(y + i, x + i);
+    if (i < n) { /* the tail zero-padded: the same operations per element */
+        float t[8] = {0};
+        memcpy(t, x + i, sizeof(float) * (n - i));
+        exp8(t, t);
+        memcpy(y + i, t, sizeof(float) * (n - i));
+    }
+}
 
 typedef struct mm_job {
     float *y;
@@ -123,6 +181,26 @@ typedef struct att_job {
 
 #define ATT_ROWS 128
 
+/* Row s of the scores [w]: s[0..n) := round_act(softmax(s[0..n))) in f32
+ * (max, exp, sum, 1/sum, as torch's softmax), s[n..w) := 0 (the causal
+ * zeros the P V block reads). The sum runs over eight fixed lanes, then the
+ * lanes in order, then the tail: the same order for any thread count. */
+static void softmax_row(float *s, int n, int w, ds_dtype act) {
+    float mx = -INFINITY;
+    for (int c = 0; c < n; c++) mx = s[c] > mx ? s[c] : mx;
+    for (int c = 0; c < n; c++) s[c] -= mx;
+    exp_array_cpu(s, s, (size_t)n);
+    float lane[8] = {0}, sum = 0.0f;
+    int c = 0;
+    for (; c + 8 <= n; c += 8)
+        for (int l = 0; l < 8; l++) lane[l] += s[c + l];
+    for (int l = 0; l < 8; l++) sum += lane[l];
+    for (; c < n; c++) sum += s[c];
+    const float inv = 1.0f / sum;
+    for (c = 0; c < n; c++) s[c] = ds_round_to(s[c] * inv, act);
+    for (c = n; c < w; c++) s[c] = 0.0f;
+}
+
 /* Heads [lo, hi) of one sequence; the first range uses the caller's scratch,
  * the others (other threads) their own [T, T]. */
 static void att_heads(void *p, size_t lo, size_t hi) {
@@ -140,17 +218,15 @@ static void att_heads(void *p, size_t lo, size_t hi) {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, r1 - r0, r1, HS, scale, j->q + (size_t)r0 * qs + h * HS,
                         qs, j->k + (size_t)g * HS, ks, 0.0f, S + (size_t)r0 * T, T);
         }
-        for (int i = 0; i < T; i++) {
-            float *si = S + (size_t)i * T, mx = -INFINITY, sum = 0.0f;
-            for (int c = 0; c <= i; c++) mx = si[c] > mx ? si[c] : mx;
-            for (int c = 0; c <= i; c++) { si[c] = expf(si[c] - mx); sum += si[c]; }
-            const float inv = 1.0f / sum;
-            for (int c = 0; c <= i; c++) si[c] = ds_round_to(si[c] * inv, j->act);
-            for (int c = i + 1; c < T; c++) si[c] = 0.0f;
+        for (int i = 0; i < T; i++) softmax_row(S + (size_t)i * T, i + 1, DS_MIN(T, (i / ATT_ROWS + 1) * ATT_ROWS),
+                                                j->act);
+        /* ctx_h = P V_g, written straight into the [T, NH*HS] o_proj input;
+         * the same row blocks, each to its last causal column */
+        for (int r0 = 0; r0 < T; r0 += ATT_ROWS) {
+            const int r1 = DS_MIN(T, r0 + ATT_ROWS);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, HS, r1, 1.0f, S + (size_t)r0 * T, T,
+                        j->v + (size_t)g * HS, ks, 0.0f, j->out + (size_t)r0 * qs + h * HS, qs);
         }
-        /* ctx_h = P V_g, written straight into the [T, NH*HS] o_proj input */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HS, T, 1.0f, S, T, j->v + (size_t)g * HS, ks,
-                    0.0f, j->out + h * HS, qs);
         if (j->act != DS_DTYPE_F32)
             for (int i = 0; i < T; i++) ds_round_array(j->out + (size_t)i * qs + h * HS, (size_t)HS, j->act);
     }
@@ -175,10 +251,16 @@ typedef struct ew_job {
 
 static void swiglu_range(void *p, size_t lo, size_t hi) {
     const ew_job *j = p;
-    for (size_t i = lo; i < hi; i++) {
-        float z = j->a[i];
-        float s = ds_round_to(z / (1.0f + expf(-z)), j->act);
-        j->out[i] = ds_round_to(s * j->b[i], j->act);
+    float e[256];
+    for (size_t i0 = lo; i0 < hi; i0 += 256) {
+        const size_t n = DS_MIN(hi - i0, (size_t)256);
+        for (size_t i = 0; i < n; i++) e[i] = -j->a[i0 + i];
+        exp_array_cpu(e, e, n);
+        for (size_t i = 0; i < n; i++) {
+            const float z = j->a[i0 + i];
+            const float s = ds_round_to(z / (1.0f + e[i]), j->act);
+            j->out[i0 + i] = ds_round_to(s * j->b[i0 + i], j->act);
+        }
     }
 }
 

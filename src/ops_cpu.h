@@ -32,6 +32,16 @@ void rope_tables_cpu(float *cos_t, float *sin_t, const float *inv_freq, int T, i
 void rope_forward_cpu(float *x, const float *cos_t, const float *sin_t, int T, int NH, int HS,
                       ds_dtype act);
 
+/* y[i] = exp(x[i]) for n floats (y may be x), f32, at most 2 ulp from the
+ * correctly rounded value (Cephes expf: Cody-Waite reduction by ln 2, a
+ * degree-6 polynomial, scaling by 2^k in two exact steps so that results
+ * between FLT_MIN and 2^-149 are the rounded subnormals). exp(-inf) = 0,
+ * exp(+inf) and x > 88.7228 = +inf, x < -103.973 = 0, NaN stays NaN. Eight
+ * lanes at a time (GCC vector extensions; an AVX2 clone where the CPU has it,
+ * same IEEE operations, so the same bits on every x86-64); each element's
+ * value does not depend on n or its position. */
+void exp_array_cpu(float *y, const float *x, size_t n);
+
 /* Causal GQA attention: out[T, NH*HS] from q[T, NH*HS], k,v [T, NKV*HS];
  * head h uses kv head h / (NH/NKV); scores f32 scaled by HS^-0.5, f32
  * softmax, P rounded to act, P@V accumulated in f32, output rounded to act.

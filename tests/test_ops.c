@@ -9,6 +9,7 @@
 #include "pipeline.h"
 #include "test.h"
 
+#include <float.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -220,6 +221,59 @@ static void test_attention(void) {
     }
 }
 
+/* ulps between f and the correctly rounded double e (both finite, e >= 0):
+ * |f - e| in units of the float spacing at e (subnormal spacing below FLT_MIN) */
+static double ulps(float f, double e) {
+    const double sp = e < FLT_MIN ? ldexp(1.0, -149) : ldexp(1.0, ilogb(e) - 23);
+    return fabs((double)f - e) / sp;
+}
+
+static void test_exp_array(void) {
+    TEST("exp_array_cpu: <= 2 ulp from exp() over [-104, 89] and random bit patterns; inf, NaN, signed zero") {
+        enum { N = 1 << 21 };
+        float *x = malloc(sizeof(float) * N), *y = malloc(sizeof(float) * N);
+        for (int i = 0; i < N; i++) x[i] = -104.0f + 193.0f * (float)i / (float)N; /* dense sweep */
+        exp_array_cpu(y, x, N);
+        double worst = 0;
+        float at = 0;
+        for (int i = 0; i < N; i++) {
+            const double e = exp((double)x[i]);
+            const double u = e > FLT_MAX ? (isinf(y[i]) ? 0 : 1e9) : ulps(y[i], e);
+            if (!(u <= worst)) { worst = u; at = x[i]; }
+        }
+        printf("  worst %.3f ulp at x = %.9g\n", worst, (double)at);
+        CHECK(worst <= 2.0);
+        /* random finite bit patterns in range, at odd offsets and lengths (the tail path) */
+        uint32_t st = 12345;
+        for (int i = 0; i < N; i++) {
+            st = st * 1664525u + 1013904223u;
+            float v;
+            memcpy(&v, &st, 4);
+            x[i] = isfinite(v) && fabsf(v) < 100.0f ? v : (float)(st >> 8) / 16777216.0f * 190.0f - 100.0f;
+        }
+        exp_array_cpu(y + 3, x + 3, N - 10);
+        worst = 0;
+        for (int i = 3; i < N - 7; i++) {
+            const double e = exp((double)x[i]);
+            const double u = e > FLT_MAX ? (isinf(y[i]) ? 0 : 1e9) : ulps(y[i], e);
+            if (!(u <= worst)) worst = u;
+        }
+        CHECK(worst <= 2.0);
+        /* the same value wherever it sits: element 5 of a 7-long call == the sweep's */
+        float a[7] = {-3, -2, -1, 0, 1, 0.5f, 2}, b[7];
+        exp_array_cpu(b, a, 7);
+        float c;
+        exp_array_cpu(&c, &a[5], 1);
+        CHECK(b[5] == c && b[3] == 1.0f);
+        float sp[8] = {-INFINITY, INFINITY, NAN, -0.0f, 88.73f, -104.0f, -87.5f, 1e-30f}, r[8];
+        exp_array_cpu(r, sp, 8);
+        CHECK(r[0] == 0.0f && isinf(r[1]) && r[1] > 0 && isnan(r[2]) && r[3] == 1.0f && isinf(r[4]) && r[5] == 0.0f);
+        CHECK(r[6] > 0 && r[6] < FLT_MIN && ulps(r[6], exp(-87.5)) <= 1.0); /* a subnormal, rounded */
+        CHECK(r[7] == 1.0f);
+        free(x); free(y);
+    }
+}
+
 static void test_swiglu_residual(void) {
     TEST("swiglu and residual") {
         size_t n = 101;
@@ -331,6 +385,7 @@ int main(void) {
     test_matmul();
     test_rmsnorm();
     test_rope();
+    test_exp_array();
     test_attention();
     test_swiglu_residual();
     test_hessian_accum();
