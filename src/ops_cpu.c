@@ -77,13 +77,38 @@ typedef struct mm_job {
     ds_dtype act;
 } mm_job;
 
-/* Rows [lo, hi) of y: one 1-thread sgemm, the bias, the rounding. */
+/* Rows of the smallest sgemm matmul_forward_cpu issues: more than 2^20
+ * multiply-adds. OpenBLAS (SMALL_MATRIX_OPT, e.g. its SkylakeX kernels)
+ * computes products of at most 100^3 multiply-adds with a small-matrix
+ * kernel whose f32 summation order differs from the blocked kernel's, and
+ * picks it by the row count too (transposed B: rows x out <= 1200), so the
+ * same row could get other bits alone than among many (measured: K 64,
+ * out 8, 48 vs 240 rows). Shorter calls run on zero-padded copies (tiny
+ * models only: at most ~2 MFLOP per call). */
+static size_t mm_min_rows(int in, int out) {
+    /* at least 2: newer OpenBLAS hands a one-row product to gemv (GEMM_GEMV_FORWARD) */
+    return DS_MAX((size_t)2, ((size_t)1 << 20) / ((size_t)in * (size_t)out) + 1);
+}
+
+/* Rows [lo, hi) of y: one 1-thread sgemm (on padded copies when shorter
+ * than mm_min_rows), the bias, the rounding. */
 static void mm_rows(void *p, size_t lo, size_t hi) {
     const mm_job *j = p;
     const int in = j->in, out = j->out;
     float *y = j->y + lo * out;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), out, in, 1.0f, j->x + lo * in, in, j->w,
-                in, 0.0f, y, out);
+    const size_t n = hi - lo, np = mm_min_rows(in, out);
+    if (n >= np) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, out, in, 1.0f, j->x + lo * in, in, j->w, in,
+                    0.0f, y, out);
+    } else {
+        float *xp = xcalloc(np * (size_t)in, sizeof(float)), *yp = xmalloc(sizeof(float) * np * (size_t)out);
+        memcpy(xp, j->x + lo * in, sizeof(float) * n * (size_t)in);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)np, out, in, 1.0f, xp, in, j->w, in, 0.0f, yp,
+                    out);
+        memcpy(y, yp, sizeof(float) * n * (size_t)out);
+        free(xp);
+        free(yp);
+    }
     if (j->b)
         for (size_t t = 0; t < hi - lo; t++)
             for (int o = 0; o < out; o++) y[t * out + o] += j->b[o];
@@ -92,7 +117,8 @@ static void mm_rows(void *p, size_t lo, size_t hi) {
 
 /* The rows are split over the host threads (BLAS itself runs one thread:
  * main.c), each range one sgemm: every output element is the same dot product
- * whatever the split (OpenBLAS blocks K alike for any M; tests/test_batch.c). */
+ * whatever the split or the row count (OpenBLAS's blocked kernel blocks K
+ * alike for any M, and mm_rows keeps every call on it; tests/test_batch.c). */
 void matmul_forward_cpu(float *y, const float *x, const float *w, const float *b, int T, int in,
                         int out, ds_dtype act) {
     if (T <= 0) return;
