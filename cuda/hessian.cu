@@ -53,9 +53,11 @@ static __global__ void add_upper_f32_to_f64_kernel(double *H, const float *S, in
     }
 }
 
-extern "C" void hessian_accum_f64_cuda(double *H, const uint16_t *X, int rows, int n, float *scratch,
-                                       void *stream) {
-    DS_ASSERT(rows >= 0 && n > 0);
+extern "C" void hessian_accum_f64_cuda(double *H, const uint16_t *X, const int *seg, int nseg, int n,
+                                       float *scratch, void *stream) {
+    DS_ASSERT(nseg >= 0 && n > 0);
+    int rows = 0;
+    for (int i = 0; i < nseg; i++) { DS_ASSERT(seg[i] >= 0); rows += seg[i]; }
     if (rows == 0) return;
     const float alpha = 2.0f, beta = 0.0f;
     cublasHandle_t h = ds_cublas_get(stream);

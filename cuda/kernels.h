@@ -143,11 +143,16 @@ static inline size_t hessian_scratch_floats(int n) {
     return (size_t)(n < DS_HESS_TILE ? n : DS_HESS_TILE) * (size_t)n;
 }
 /* The twin of hessian_accum_cpu: H[n,n] f64 += 2 X^T X for X [rows, n] bf16,
- * the upper triangle j >= i only (the strict lower one is left as it was):
- * per tile row of DS_HESS_TILE rows, scratch (hessian_scratch_floats(n) f32)
- * = 2 X_a^T X[:, a..n] of this call (GemmEx, f32), then added in f64, so
- * sums over calls are independent of the row split. */
-void hessian_accum_f64_cuda(double *H, const uint16_t *X, int rows, int n, float *scratch,
+ * rows = seg[0] + ... + seg[nseg-1] (the rows of nseg sequences, in order;
+ * a segment may be empty), the upper triangle j >= i only (the strict lower
+ * one is left as it was). The kernel: per tile row of DS_HESS_TILE rows,
+ * scratch (hessian_scratch_floats(n) f32) = 2 X_a^T X[:, a..n] over all rows
+ * of the call (GemmEx, f32), then added in f64. The CPU twin sums each
+ * segment in f32 and adds it in f64: the CPU engine's order (one
+ * hessian_accum_cpu per sequence), so the emulated engine's Hessians are the
+ * CPU engine's bit for bit whatever its chunking; the kernel's f32 sums may
+ * span sequences (another summation order, as cuBLAS's own). */
+void hessian_accum_f64_cuda(double *H, const uint16_t *X, const int *seg, int nseg, int n, float *scratch,
                             void *stream);
 /* Copy the upper triangle (row-major i<j) onto the lower. */
 void hessian_symmetrize_cuda(float *H, int n, void *stream);

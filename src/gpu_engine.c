@@ -94,6 +94,8 @@ struct gpu_engine {
     size_t *off;                    /* [nseq + 1] */
     int nchunks;
     int *chunk0;                    /* [nchunks + 1] first sequence of each chunk */
+    int cs0, cs1;                   /* the sequences [cs0, cs1) of the chunk layer_chunk is on */
+    int *seg;                       /* [micro_batch] one routed expert's rows per sequence of the chunk */
     size_t chunk_tok_max;
     int max_T, micro_batch;
 
@@ -264,6 +266,7 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
     /* chunks: consecutive sequences, at most micro_batch each */
     e->nchunks = (int)((nlocal + (size_t)e->micro_batch - 1) / (size_t)e->micro_batch);
     e->chunk0 = xmalloc(sizeof(int) * (size_t)(e->nchunks + 1));
+    e->seg = xmalloc(sizeof(int) * (size_t)e->micro_batch);
     e->chunk_tok_max = 1;
     for (int i = 0; i <= e->nchunks; i++) e->chunk0[i] = (int)DS_MIN(nlocal, (size_t)i * e->micro_batch);
     for (int i = 0; i < e->nchunks; i++)
@@ -523,15 +526,25 @@ static void matmul(gpu_engine *e, uint16_t *y, const uint16_t *x, int lin, int T
                         e->s_comp);
 }
 
-/* Capture of input `inp` from X [T, n]: the activation observer's max |X|
- * (when on), then the Hessian update (when wanted), bracketed by events. */
-static void capture(gpu_engine *e, const int *used, int inp, const uint16_t *X, int T) {
+/* Capture of input `inp` from X [T, n], the rows of nseg sequences (seg[i]
+ * rows each, T in all: the Hessian kernel's twin sums each in f32 as the CPU
+ * engine does): the activation observer's max |X| (when on), then the
+ * Hessian update (when wanted), bracketed by events. */
+static void capture_seg(gpu_engine *e, const int *used, int inp, const uint16_t *X, const int *seg, int nseg) {
+    int T = 0;
+    for (int i = 0; i < nseg; i++) T += seg[i];
     if (!used || !used[inp] || T <= 0) return;
     if (e->observe) act_absmax_cuda(e->amax_d + inp, X, (size_t)T * (size_t)e->hn[inp], e->s_comp);
     if (!e->want_h[inp]) return;
     if (inp < NCAP) ds_cuda_event_record(e->ev_hess[2 * inp], e->s_comp);
-    hessian_accum_f64_cuda(e->Hd[inp], X, T, e->hn[inp], e->Hscratch, e->s_comp);
+    hessian_accum_f64_cuda(e->Hd[inp], X, seg, nseg, e->hn[inp], e->Hscratch, e->s_comp);
     if (inp < NCAP) ds_cuda_event_record(e->ev_hess[2 * inp + 1], e->s_comp);
+}
+
+/* capture_seg of X [T, n], all rows of the current chunk's sequences. */
+static void capture(gpu_engine *e, const int *used, int inp, const uint16_t *X, int T) {
+    DS_ASSERT((size_t)T == e->off[e->cs1] - e->off[e->cs0]);
+    capture_seg(e, used, inp, X, e->len + e->cs0, e->cs1 - e->cs0);
 }
 
 /* One SiLU-gated MLP (weights in slots G, G+1, G+2) on X [T, C] -> e->o;
@@ -556,6 +569,21 @@ static void expert_gemms(gpu_engine *e, void **ph, void **pd, const int *tp, con
         return;
     }
     matmul_batched_forward_cuda((const void *const *)ph, pd, tp, n, in, out, e->s_comp);
+}
+
+/* Routed calibration: e->seg[q - s0] = how many of one expert's nx rows
+ * (chunk-relative token indices, ascending) belong to sequence q of the
+ * chunk [s0, s1). Returns the number of sequences that gave it a row. */
+static int expert_segs(gpu_engine *e, const int32_t *rows, int nx, int s0, int s1) {
+    int nseq = 0;
+    for (int q = s0, i = 0; q < s1; q++) {
+        const int hi = (int)(e->off[q + 1] - e->off[s0]), i0 = i;
+        while (i < nx && rows[i] < hi) i++;
+        e->seg[q - s0] = i - i0;
+        nseq += i > i0;
+    }
+    DS_ASSERT(nseq == 0 || nx > 0);
+    return nseq;
 }
 
 /* The MoE block of model.c moe_forward on m = e->a [T, C] (sequences
@@ -682,25 +710,24 @@ static void moe_chunk(gpu_engine *e, int T, int s0, int s1, const int *used) {
             lin[j] = G; lin[np + j] = G + 1; lin[2 * np + j] = G + 2;
             j++;
             if (all) continue;
-            if (used && e->cnt) { /* routed calibration: this expert's tokens and sequences */
-                int nseq = 0;
-                for (int q = s0, i = r0; q < s1; q++) {
-                    const int lo = (int)(e->off[q] - e->off[s0]), hi = (int)(e->off[q + 1] - e->off[s0]);
-                    int got = 0;
-                    while (i < r0 + nx && rows[i] < hi) got |= rows[i++] >= lo;
-                    nseq += got;
-                }
+            const int nseq = expert_segs(e, rows + r0, nx, s0, s1);
+            if (used && e->cnt) /* its tokens and the sequences that gave it one */
                 for (int id = INP_EXPERT_UP(y); id <= INP_EXPERT_DOWN(y); id++)
                     if (used[id] && e->want_h[id]) { e->cnt[2 * id] += nx; e->cnt[2 * id + 1] += nseq; }
-            }
-            capture(e, used, INP_EXPERT_UP(y), e->xe + (size_t)(r0 - eoff[x0]) * C, nx);
+            capture_seg(e, used, INP_EXPERT_UP(y), e->xe + (size_t)(r0 - eoff[x0]) * C, e->seg, s1 - s0);
         }
         expert_gemms(e, ptr + p0, ptr_d + p0, tp, lin, 2 * np, C, IM);
         swiglu_forward_cuda(e->g, e->g, e->u, (size_t)rws * IM, s);
         for (int y = x0; y < x1; y++) {
             const int r = all ? T : eoff[y + 1] - eoff[y];
             const size_t off = all ? (size_t)(y - x0) * T : (size_t)(eoff[y] - eoff[x0]);
-            if (r) capture(e, used, INP_EXPERT_DOWN(y), e->g + off * IM, r);
+            if (!r || !used) continue;
+            if (all) {
+                capture(e, used, INP_EXPERT_DOWN(y), e->g + off * IM, r);
+                continue;
+            }
+            expert_segs(e, rows + eoff[y], r, s0, s1);
+            capture_seg(e, used, INP_EXPERT_DOWN(y), e->g + off * IM, e->seg, s1 - s0);
         }
         expert_gemms(e, ptr + p0 + 6 * np, ptr_d + p0 + 6 * np, tp + 2 * np, lin + 2 * np, np, IM, C);
         moe_combine_cuda(e->acc, e->o, tok_d + gd[5], start_d + gd[6], src_d, e->rw_d, gd[7], C, s);
@@ -720,6 +747,8 @@ static void layer_chunk(gpu_engine *e, uint16_t *x, int s0, int s1, const int *u
     const int qd = c->NH * c->HS, kvd = c->NKV * c->HS;
     void *s = e->s_comp;
     if (T <= 0) return;
+    e->cs0 = s0;
+    e->cs1 = s1;
     rmsnorm_forward_cuda(e->a, x, e->in_norm, T, c->C, c->eps, s);
     capture(e, used, INP_ATTN, e->a, T);
     matmul(e, e->q, e->a, LIN_Q, T);
@@ -951,6 +980,7 @@ void gpu_engine_destroy(gpu_engine *e) {
     free(e->len);
     free(e->off);
     free(e->chunk0);
+    free(e->seg);
     ds_cuda_free(e->ix_d);
     free(e->ix_h); free(e->tpos); free(e->efill); free(e->gdesc); free(e->tprob);
     free(e);

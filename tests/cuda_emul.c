@@ -202,17 +202,22 @@ void hessian_accum_cuda(float *H, const uint16_t *X, int rows, int n, void *stre
     free(Hd); free(scratch); free(Xf);
 }
 
-/* As hessian_accum_cpu and the real kernel: the upper triangle only. The
+/* As hessian_accum_cpu and the real kernel: the upper triangle only, one
+ * hessian_accum_cpu per segment (the CPU engine's per-sequence order). The
  * engine's scratch is the kernel's (hessian_scratch_floats(n), one tile row),
  * smaller than the CPU's n x n: it is overwritten whole (an undersized
  * allocation shows up under ASan) and the CPU twin gets its own. */
-void hessian_accum_f64_cuda(double *H, const uint16_t *X, int rows, int n, float *scratch, void *stream) {
+void hessian_accum_f64_cuda(double *H, const uint16_t *X, const int *seg, int nseg, int n, float *scratch,
+                            void *stream) {
     (void)stream;
+    size_t rows = 0;
+    for (int i = 0; i < nseg; i++) rows += (size_t)seg[i];
     if (rows == 0) return;
     const size_t ns = hessian_scratch_floats(n);
     for (size_t i = 0; i < ns; i++) scratch[i] = NAN;
-    float *Xf = unpack(X, (size_t)rows * n), *S = xmalloc(sizeof(float) * (size_t)n * n);
-    hessian_accum_cpu(H, Xf, rows, n, S);
+    float *Xf = unpack(X, rows * n), *S = xmalloc(sizeof(float) * (size_t)n * n);
+    for (int i = 0, r = 0; i < nseg; r += seg[i++])
+        if (seg[i] > 0) hessian_accum_cpu(H, Xf + (size_t)r * n, seg[i], n, S);
     free(Xf); free(S);
 }
 

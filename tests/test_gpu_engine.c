@@ -15,6 +15,10 @@
  *    by tests/fixtures.py) and a synthetic GQA Qwen3 (q/k norm);
  *  - offloaded and resident activations give identical checkpoints, at the
  *    same micro-batch and at micro-batch 1;
+ *  - int8 channel weights (codes 16x finer than int4, so a last-bit
+ *    difference of a Hessian moves some) at the planned micro-batch and at 5:
+ *    identical to the CPU (the Hessian twin sums each sequence in f32, as the
+ *    CPU engine, whatever the chunking);
  *  - unsupported setups are usage errors (exit 2) with a message: f32 model,
  *    f32 MoE model, no device, memory budget too small; --device auto falls back
  *    to the CPU.
@@ -201,6 +205,38 @@ static void test_emul_asym(void) {
     }
 }
 
+/* Quantize with `bin` on np ranks with recipe `rp` into g_tmp/tag; extra appended. */
+static int quant_r(const char *bin, int np, const char *rp, const char *tag, const char *extra) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "%s -np %d %s --recipe %s --output %s/%s --overwrite %s >%s/%s.log 2>&1", g_mpirun,
+             np, bin, rp, g_tmp, tag, extra, g_tmp, tag);
+    return run(cmd);
+}
+
+static void test_emul_int8(void) {
+    TEST("int8 channel weights (codes 16x finer than int4: a last-bit Hessian difference moves some): "
+         "emulated cuda at the planned micro-batch and at 5 == cpu, -np 1 and 2") {
+        char rp[512];
+        snprintf(rp, sizeof rp, "%s/w8.json", g_tmp);
+        FILE *f = fopen(rp, "w");
+        CHECK(f != NULL);
+        if (!f) break;
+        fprintf(f, "{\"model\": \"%s\", \"dataset\": \"data/tinystories_sample.txt\",\n"
+                " \"num_calibration_samples\": 64, \"max_seq_length\": 256, \"seed\": 0,\n"
+                " \"modifiers\": [{\"GPTQModifier\": {\"ignore\": [\"lm_head\"], \"config_groups\": {\"g\": {\n"
+                "  \"targets\": [\"Linear\"], \"weights\": {\"num_bits\": 8, \"type\": \"int\", \"symmetric\": true,\n"
+                "  \"strategy\": \"channel\", \"actorder\": \"static\"}}}}}]}\n",
+                g_model);
+        fclose(f);
+        CHECK_EQ_INT(quant_r(g_bin, 1, rp, "w8cpu", "--device cpu"), 0);
+        CHECK_EQ_INT(quant_r(g_emul, 1, rp, "w8emul", "--device cuda"), 0);
+        CHECK(!log_has("w8emul", "micro-batch 1 ")); /* several sequences per chunk */
+        CHECK_EQ_INT(quant_r(g_emul, 2, rp, "w8emul5", "--device cuda --micro-batch 5"), 0);
+        CHECK(identical("w8cpu", "w8emul"));
+        CHECK(identical("w8cpu", "w8emul5"));
+    }
+}
+
 static void test_unsupported(void) {
     TEST("unsupported setups are usage errors (exit 2) naming the cause") {
         /* the bundled model is float32: it runs, with the bfloat16 forward
@@ -364,6 +400,7 @@ int main(int argc, char **argv) {
         test_emul_offload();
         test_emul_qwen3();
         test_emul_asym();
+        test_emul_int8();
         test_unsupported();
         test_auto();
         test_emul_act_scales();

@@ -419,8 +419,8 @@ static void t_to_f32(int n, int nseq) {
 }
 
 /* f32: hessian_accum_cuda (full GEMM) + symmetrize vs the CPU twin, all of H.
- * f64: hessian_accum_f64_cuda (upper triangle by tile rows of DS_HESS_TILE)
- * vs the CPU twin on j >= i; the strict lower triangle holds a sentinel that
+ * f64: hessian_accum_f64_cuda (upper triangle by tile rows of DS_HESS_TILE;
+ * the first call's rows in three sequences, one empty) vs the CPU twin on j >= i; the strict lower triangle holds a sentinel that
  * must survive, and the scratch is exactly hessian_scratch_floats(n) floats
  * between guards. */
 static void t_hessian(int rows, int n, int f64) {
@@ -442,8 +442,9 @@ static void t_hessian(int rows, int n, int f64) {
         double *dh = dbuf_up(&bh, g, nn * 8);
         const size_t ns = hessian_scratch_floats(n);
         float *scr = dbuf_new(&bs, ns * 4), *hs = xmalloc(ns * 4);
-        hessian_accum_f64_cuda(dh, dx, r1, n, scr, NULL);
-        hessian_accum_f64_cuda(dh, dx + (size_t)r1 * n, rows - r1, n, scr, NULL);
+        const int seg1[3] = {r1 / 2, 0, r1 - r1 / 2}, seg2[1] = {rows - r1}; /* an empty sequence too */
+        hessian_accum_f64_cuda(dh, dx, seg1, 3, n, scr, NULL);
+        hessian_accum_f64_cuda(dh, dx + (size_t)r1 * n, seg2, 1, n, scr, NULL);
         CHECK(dbuf_get(&bh, g));
         CHECK(dbuf_get(&bs, hs)); /* the GEMMs stay inside the scratch */
         size_t k = 0, lower_bad = 0;
