@@ -5,7 +5,9 @@
  *   forward   the 7 projection GEMMs, attention, elementwise (norms, RoPE,
  *             SwiGLU, residuals) on one micro-batch, scaled to all tokens;
  *   hessian   the 4 distinct Hessian GEMMs (qkv, o, gate/up, down inputs);
- *   gptq      the 7 solves (q, k, v, o, gate, up, down), W4 g128 actorder static;
+ *   gptq      the 7 solves (q, k, v, o, gate, up, down), W4 g128 actorder static
+ *             (then q and down again with DONESHOT_GPTQ_FACTOR=flip: an A/B line
+ *             with both times and losses, not counted in the layer);
  *   pack      int4 packing of the 7 code matrices;
  * and prints achieved TFLOP/s per stage against a cuBLAS bf16 GEMM peak
  * (8192^3) measured in the same run, plus the projected 32-layer total
@@ -179,9 +181,14 @@ int main(int argc, char **argv) {
         float *scl = ds_cuda_malloc((size_t)F * (F / 128) * 4);
         int32_t *zp = ds_cuda_malloc((size_t)F * (F / 128) * 4);
         uint16_t *xr = dev_rand_bf16((size_t)2 * F * F, 1.0f); /* rows = 2F*F/in >= 2*in: full rank */
-        for (int i = 0; i < 7; i++) {
+        double loss[7] = {0}, ms7[7] = {0};
+        /* the 7 solves, then q and down again with DONESHOT_GPTQ_FACTOR=flip
+         * (potrf + trtri instead of potrf + potri + potrf): time and loss */
+        for (int r = 0; r < 9; r++) {
+            const int i = r < 7 ? r : r == 7 ? 0 : 6, flip = r >= 7;
+            if (flip) setenv("DONESHOT_GPTQ_FACTOR", "flip", 1);
             int out = lin[i].out, in = lin[i].in;
-            qc[i] = ds_cuda_malloc((size_t)out * in);
+            if (!flip) qc[i] = ds_cuda_malloc((size_t)out * in);
             ds_cuda_memset(Hsrc, 0, (size_t)in * in * 4, NULL);
             hessian_accum_cuda(Hsrc, xr, (int)((size_t)2 * F * F / in), in, NULL);
             hessian_symmetrize_cuda(Hsrc, in, NULL);
@@ -194,9 +201,17 @@ int main(int argc, char **argv) {
             ds_cuda_sync(NULL);
             double t1 = ds_now();
             if (s != DS_OK) { fprintf(stderr, "gptq: %s\n", ds_errmsg()); return 1; }
+            if (o.rtn_fallback) printf("warning: %s%s fell back to RTN\n", lin[i].name, flip ? " (flip)" : "");
+            if (flip) { /* an A/B line, not a stage of the layer */
+                printf("%s with DONESHOT_GPTQ_FACTOR=flip: %.2f ms (default %.2f ms), loss %.6g vs %.6g (rel %.2e)\n",
+                       lin[i].name, (t1 - t0) * 1e3, ms7[i], o.loss, loss[i], fabs(o.loss - loss[i]) / loss[i]);
+                unsetenv("DONESHOT_GPTQ_FACTOR");
+                continue;
+            }
             /* FLOPs: 3 factorizations ~ (4/3) in^3 + sweep out*in^2 */
             add(lin[i].name, (t1 - t0) * 1e3, 4.0 / 3 * (double)in * in * in + (double)out * in * in);
-            if (o.rtn_fallback) printf("warning: %s fell back to RTN\n", lin[i].name);
+            loss[i] = o.loss;
+            ms7[i] = (t1 - t0) * 1e3;
         }
         int32_t *packed = ds_cuda_malloc((size_t)F * C / 2);
         begin();

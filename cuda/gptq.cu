@@ -205,6 +205,28 @@ static __global__ void permute_sym_kernel(float *Hp, const float *H, const int *
     if (j < n) Hp[(size_t)i * n + j] = H[(size_t)perm[i] * n + perm[j]];
 }
 
+/* a[k] <-> a[n2 - 1 - k]: J H J for a row-major [n, n] H (n2 = n^2). */
+static __global__ void reverse_kernel(float *a, size_t n2) {
+    const size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (k < n2 / 2) {
+        const float t = a[k];
+        a[k] = a[n2 - 1 - k];
+        a[n2 - 1 - k] = t;
+    }
+}
+
+/* Row-major upper triangle: (i, j) <-> (n-1-j, n-1-i) for i + j < n - 1
+ * (the anti-transpose; grid y = rows i, x = columns j). */
+static __global__ void antitranspose_upper_kernel(float *a, int n) {
+    const int i = blockIdx.y, j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= i && i + j < n - 1) {
+        float *p = a + (size_t)i * n + j, *q = a + (size_t)(n - 1 - j) * n + (n - 1 - i);
+        const float t = *p;
+        *p = *q;
+        *q = t;
+    }
+}
+
 static __global__ void identity_kernel(float *U, int n) {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (i < (size_t)n * n) U[i] = (i / n == i % n) ? 1.0f : 0.0f;
@@ -348,6 +370,14 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     CUSOLVER_CHECK(cusolverDnSpotrf_bufferSize(sh, CUBLAS_FILL_MODE_LOWER, in, H, in, &lw1));
     CUSOLVER_CHECK(cusolverDnSpotri_bufferSize(sh, CUBLAS_FILL_MODE_LOWER, in, H, in, &lw2));
     int lwork = lw1 > lw2 ? lw1 : lw2;
+    /* DONESHOT_GPTQ_FACTOR=flip: U by the reversal identity (gptq_hinv_upper's
+     * GPTQ_FACTOR_FLIP: potrf + trtri); else torch's potrf -> potri -> potrf */
+    const int flip = gptq_factor_method_env() == GPTQ_FACTOR_FLIP;
+    size_t tri_dev = 0, tri_host = 0;
+    if (flip)
+        CUSOLVER_CHECK(cusolverDnXtrtri_bufferSize(sh, CUBLAS_FILL_MODE_LOWER, CUBLAS_DIAG_NON_UNIT, in, CUDA_R_32F, H,
+                                                   in, &tri_dev, &tri_host));
+    if (tri_dev > (size_t)lwork * 4) lwork = (int)CEIL_DIV(tri_dev, (size_t)4);
     char *ws = (char *)ws_get(off_work + al((size_t)lwork * 4));
     float *Wp = (float *)(ws + off_Wp), *Err = (float *)(ws + off_Err);
     float *Hp = use_perm ? (float *)(ws + off_Hp) : H;
@@ -447,6 +477,7 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     CUDA_LAUNCH_CHECK();
     int info = 0, step = 0;
     const char *what[3] = {"Cholesky of H", "inverse of H", "Cholesky of H^-1"};
+    const char *what_flip[3] = {"Cholesky of the reversed H", "triangular inverse", "U = J L^-1 J (not finite)"};
     if (reuse) {
         Hp = g_fac;
         info = g_fac_info;
@@ -459,8 +490,28 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
             CUDA_LAUNCH_CHECK();
         }
     }
-    /* 3. U = chol(chol_inverse(chol(H)))^T, fallback U = I */
-    for (step = 0; !reuse && step < 3 && info == 0; step++) {
+    /* 3. U = chol(chol_inverse(chol(H)))^T (flip: J L^-1 J with J H J = L L^T),
+     * fallback U = I */
+    if (flip && !reuse) {
+        void *host_ws = tri_host ? xmalloc(tri_host) : NULL;
+        reverse_kernel<<<(unsigned)CEIL_DIV(n2 / 2 + 1, (size_t)256), 256, 0, st>>>(Hp, n2);
+        CUDA_LAUNCH_CHECK();
+        for (step = 0; step < 2 && info == 0; step++) {
+            if (step == 0)
+                CUSOLVER_CHECK(cusolverDnSpotrf(sh, CUBLAS_FILL_MODE_LOWER, in, Hp, in, work, lwork, d_info));
+            else
+                CUSOLVER_CHECK(cusolverDnXtrtri(sh, CUBLAS_FILL_MODE_LOWER, CUBLAS_DIAG_NON_UNIT, in, CUDA_R_32F, Hp,
+                                                in, work, (size_t)lwork * 4, host_ws, tri_host, d_info));
+            CUDA_CHECK(cudaMemcpyAsync(&info, d_info, sizeof(int), cudaMemcpyDeviceToHost, st));
+            CUDA_CHECK(cudaStreamSynchronize(st));
+        }
+        free(host_ws);
+        if (info == 0) {
+            antitranspose_upper_kernel<<<dim3(CEIL_DIV(in, 256), in), 256, 0, st>>>(Hp, in);
+            CUDA_LAUNCH_CHECK();
+        }
+    }
+    for (step = 0; !flip && !reuse && step < 3 && info == 0; step++) {
         if (step == 1)
             CUSOLVER_CHECK(cusolverDnSpotri(sh, CUBLAS_FILL_MODE_LOWER, in, Hp, in, work, lwork, d_info));
         else
@@ -478,7 +529,7 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     o->rtn_fallback = info != 0;
     if (info != 0) {
         ds_warn("gptq (cuda): %s failed (info %d) for a [%d, %d] weight; using round-to-nearest",
-                what[step - 1], info, out, in);
+                (flip ? what_flip : what)[step - 1], info, out, in);
         if (!reuse) {
             identity_kernel<<<(unsigned)CEIL_DIV(n2, (size_t)256), 256, 0, st>>>(Hp, in);
             CUDA_LAUNCH_CHECK();

@@ -283,6 +283,46 @@ static int factor_hinv(float *H, int n) {
     if (info != 0) return (int)info;
     info = LAPACKE_spotrf_work(LAPACK_COL_MAJOR, 'L', n, H, n);
     if (info != 0) return (int)info;
+    return 0;
+}
+
+/* The same U by the reversal identity: with J the reversal permutation and
+ * J H J = L L^T (L lower), H = (J L J)(J L J)^T with J L J upper, so
+ * H^-1 = V^T V for the upper V = (J L J)^-1 = J L^-1 J, which is therefore
+ * H^-1's upper Cholesky factor (unique with a positive diagonal). In place:
+ * reverse the n^2 array (J H J; H symmetric), spotrf 'L', strtri 'L' (L^-1
+ * in the col-major lower triangle = the row-major upper one), then the
+ * anti-transpose within that triangle (U[i][j] = L^-1[n-1-j][n-1-i]).
+ * n^3/3 + n^3/3 flops against n^3/3 + 2n^3/3 + n^3/3. */
+static int factor_hinv_flip(float *H, int n) {
+    const size_t nn = (size_t)n * n;
+    for (size_t k = 0; k < nn / 2; k++) {
+        const float t = H[k];
+        H[k] = H[nn - 1 - k];
+        H[nn - 1 - k] = t;
+    }
+    lapack_int info = LAPACKE_spotrf_work(LAPACK_COL_MAJOR, 'L', n, H, n);
+    if (info != 0) return (int)info;
+    info = LAPACKE_strtri_work(LAPACK_COL_MAJOR, 'L', 'N', n, H, n);
+    if (info != 0) return (int)info;
+    for (int i = 0; i < n; i++) /* swap (i, j) with (n-1-j, n-1-i), each pair once: i + j < n - 1 */
+        for (int j = i; j < n - 1 - i; j++) {
+            float *a = H + (size_t)i * n + j, *b = H + (size_t)(n - 1 - j) * n + (n - 1 - i);
+            const float t = *a;
+            *a = *b;
+            *b = t;
+        }
+    return 0;
+}
+
+gptq_factor_method gptq_factor_method_env(void) {
+    const char *e = getenv("DONESHOT_GPTQ_FACTOR");
+    return e && strcmp(e, "flip") == 0 ? GPTQ_FACTOR_FLIP : GPTQ_FACTOR_TORCH;
+}
+
+int gptq_hinv_upper(float *H, int n, gptq_factor_method method) {
+    const int info = method == GPTQ_FACTOR_FLIP ? factor_hinv_flip(H, n) : factor_hinv(H, n);
+    if (info != 0) return info;
     /* U must be finite for the updates to mean anything. */
     for (int i = 0; i < n; i++)
         if (!isfinite(H[(size_t)i * n + i])) return -1;
@@ -308,7 +348,8 @@ static void hfactor_free(hfactor *f) {
 }
 
 /* Steps 1-5 on H in place (f->U = H; f owns perm and dead). */
-static void hfactor_compute(float *H, int n, int use_perm, double dampening_frac, hfactor *f) {
+static void hfactor_compute(float *H, int n, int use_perm, double dampening_frac, gptq_factor_method method,
+                            hfactor *f) {
     memset(f, 0, sizeof *f);
     f->n = n;
     f->perm = xmalloc((size_t)n * sizeof(int64_t));
@@ -350,12 +391,12 @@ static void hfactor_compute(float *H, int n, int use_perm, double dampening_frac
     for (int i = 0; i < n; i++) H[(size_t)i * n + i] += damp;
     /* 5. U = chol(chol_inverse(chol(H)), upper) */
     f->finite = finite;
-    f->info = finite ? factor_hinv(H, n) : -1;
+    f->info = finite ? gptq_hinv_upper(H, n, method) : -1;
     f->U = H;
 }
 
 /* A per-thread memo of the last factorisations, keyed by a 128-bit hash of
- * (n, H's f32 bytes, dampening_frac, permuted or not): in all-experts MoE
+ * (n, H's f32 bytes, dampening_frac, permuted or not; and the factor method): in all-experts MoE
  * calibration every expert's gate_proj and up_proj (and a dense layer's
  * q/k/v, gate/up) come with the same Hessian, which is then factored once.
  * The hit returns the very factor a fresh computation would give (same
@@ -366,6 +407,7 @@ static void hfactor_compute(float *H, int n, int use_perm, double dampening_frac
 typedef struct hf_slot {
     uint64_t k0, k1;
     int n, use_perm;
+    gptq_factor_method method;
     double damp;
     uint64_t last_use;
     hfactor f; /* f.U owned */
@@ -404,8 +446,9 @@ void gptq_factor_cache_stats(int64_t *hits, int64_t *misses) {
 /* The factor of H (modified in place as scratch): a memo hit, or computed
  * now (and memoised when small enough). *fc: the factor to use (borrowed). */
 static const hfactor *hfactor_get(float *H, int n, int use_perm, double dampening_frac, hfactor *own) {
+    const gptq_factor_method method = gptq_factor_method_env();
     if (n > HF_CACHE_MAX_N) {
-        hfactor_compute(H, n, use_perm, dampening_frac, own);
+        hfactor_compute(H, n, use_perm, dampening_frac, method, own);
         return own;
     }
     uint64_t k0, k1;
@@ -413,7 +456,8 @@ static const hfactor *hfactor_get(float *H, int n, int use_perm, double dampenin
     g_hf_clock++;
     for (int i = 0; i < HF_CACHE_SLOTS; i++) {
         hf_slot *s = &g_hf[i];
-        if (s->f.U && s->n == n && s->use_perm == use_perm && s->damp == dampening_frac && s->k0 == k0 &&
+        if (s->f.U && s->n == n && s->use_perm == use_perm && s->method == method && s->damp == dampening_frac &&
+            s->k0 == k0 &&
             s->k1 == k1) {
             s->last_use = g_hf_clock;
             g_hf_hits++;
@@ -421,7 +465,7 @@ static const hfactor *hfactor_get(float *H, int n, int use_perm, double dampenin
         }
     }
     g_hf_misses++;
-    hfactor_compute(H, n, use_perm, dampening_frac, own);
+    hfactor_compute(H, n, use_perm, dampening_frac, method, own);
     int v = 0; /* least recently used slot */
     for (int i = 1; i < HF_CACHE_SLOTS; i++)
         if (g_hf[i].last_use < g_hf[v].last_use) v = i;
@@ -432,6 +476,7 @@ static const hfactor *hfactor_get(float *H, int n, int use_perm, double dampenin
     s->k1 = k1;
     s->n = n;
     s->use_perm = use_perm;
+    s->method = method;
     s->damp = dampening_frac;
     s->last_use = g_hf_clock;
     s->f = *own; /* the slot takes perm and dead */

@@ -50,6 +50,22 @@ ds_status gptq_quantize(const quant_args *a, const float *W, int out, int in, fl
 void gptq_factor_cache_clear(void);
 void gptq_factor_cache_stats(int64_t *hits, int64_t *misses);
 
+/* How the upper Cholesky factor U of H^-1 (H^-1 = U^T U) is computed:
+ * TORCH: chol(H) -> cholesky_inverse -> chol(upper), llm-compressor's
+ *   torch.linalg calls (the CPU engine: identical codes to llm-compressor);
+ * FLIP: J H J = L L^T, U = J L^-1 J (J: the reversal; a potrf and a trtri,
+ *   half the flops and no potri): the same matrix up to fp32 rounding. */
+typedef enum { GPTQ_FACTOR_TORCH = 0, GPTQ_FACTOR_FLIP = 1 } gptq_factor_method;
+
+/* DONESHOT_GPTQ_FACTOR=flip: GPTQ_FACTOR_FLIP, else GPTQ_FACTOR_TORCH (the
+ * default: llm-compressor's arithmetic). Read by both solvers. */
+gptq_factor_method gptq_factor_method_env(void);
+
+/* H [n, n] (symmetric, positive definite, f32) -> U in place, row-major
+ * upper triangle (U[i][j] at i*n + j, j >= i; the strict lower triangle is
+ * scratch). Returns 0, the failing LAPACK info, or -1 for a non-finite U. */
+int gptq_hinv_upper(float *H, int n, gptq_factor_method method);
+
 /* Widest block the CUDA solver (cuda/gptq.cu) runs in one pass: a row's
  * block columns live in registers (4 per lane of a warp) and the U block in
  * shared memory. A larger block_size is run as blocks of this width; GPTQ's

@@ -359,8 +359,75 @@ static void bench_one(int out, int in) {
     free(W); free(X); free(H);
 }
 
+/* gptq_hinv_upper: torch's path (potrf, potri, potrf) and the reversal
+ * identity (potrf of J H J, trtri) give the same U within fp32 rounding, and
+ * each U is checked independently: U^T U H = I (in f64) within the
+ * conditioning's reach; U upper with a positive diagonal. */
+static void test_hinv_flip(void) {
+    static const int ns[] = {1, 2, 3, 7, 64, 129, 300};
+    for (size_t k = 0; k < DS_ARRAY_LEN(ns); k++) {
+        const int n = ns[k], N = 3 * n + 5;
+        char name[96];
+        snprintf(name, sizeof name, "hinv_upper_flip_equals_torch_path_n%d", n);
+        TEST(name) {
+            float *W, *X;
+            make_layer(1, n, N, &W, &X);
+            const size_t nn = (size_t)n * n;
+            float *H = xmalloc(nn * 4), *A = xmalloc(nn * 4), *B = xmalloc(nn * 4);
+            cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, n, N, 2.0f / N, X, n, 0.0f, H, n);
+            double dmean = 0;
+            for (int i = 0; i < n; i++) dmean += H[(size_t)i * n + i] / n;
+            for (int i = 0; i < n; i++) {
+                H[(size_t)i * n + i] += 0.01f * (float)dmean;
+                for (int j = 0; j < i; j++) H[(size_t)i * n + j] = H[(size_t)j * n + i];
+            }
+            memcpy(A, H, nn * 4);
+            memcpy(B, H, nn * 4);
+            CHECK_EQ_INT(gptq_hinv_upper(A, n, GPTQ_FACTOR_TORCH), 0);
+            CHECK_EQ_INT(gptq_hinv_upper(B, n, GPTQ_FACTOR_FLIP), 0);
+            double umax = 0, diff = 0;
+            int diag_ok = 1;
+            for (int i = 0; i < n; i++) {
+                diag_ok &= A[(size_t)i * n + i] > 0 && B[(size_t)i * n + i] > 0;
+                for (int j = i; j < n; j++) {
+                    const double a = A[(size_t)i * n + j], b = B[(size_t)i * n + j];
+                    umax = fmax(umax, fabs(a));
+                    diff = fmax(diff, fabs(a - b));
+                }
+            }
+            CHECK(diag_ok);
+            /* U^T U H - I for each U (upper triangles only) */
+            double res[2] = {0, 0};
+            const float *Us[2] = {A, B};
+            double *M = xcalloc(nn, sizeof(double));
+            for (int u = 0; u < 2; u++) {
+                const float *U = Us[u];
+                for (int i = 0; i < n; i++) /* M = U^T U (f64) */
+                    for (int j = 0; j < n; j++) {
+                        double acc = 0;
+                        for (int r = 0; r <= (i < j ? i : j); r++) acc += (double)U[(size_t)r * n + i] * U[(size_t)r * n + j];
+                        M[(size_t)i * n + j] = acc;
+                    }
+                for (int i = 0; i < n; i++)
+                    for (int j = 0; j < n; j++) {
+                        double acc = 0;
+                        for (int r = 0; r < n; r++) acc += M[(size_t)i * n + r] * H[(size_t)r * n + j];
+                        res[u] = fmax(res[u], fabs(acc - (i == j)));
+                    }
+            }
+            printf("  n %d: max |U_flip - U_torch| %.3g (max |U| %.3g); |U^T U H - I| torch %.3g, flip %.3g\n", n,
+                   diff, umax, res[0], res[1]);
+            CHECK(diff <= 1e-4 * umax);
+            CHECK(res[0] <= 1e-3 && res[1] <= 1e-3);
+            CHECK(res[1] <= 4 * res[0] + 1e-5); /* no less accurate than torch's path */
+            free(M); free(H); free(A); free(B); free(W); free(X);
+        }
+    }
+}
+
 int main(void) {
     test_argsort();
+    test_hinv_flip();
     for (size_t i = 0; i < DS_ARRAY_LEN(g_cases); i++) test_golden_case(g_cases[i]);
     test_gptq_beats_rtn();
     test_fallback();

@@ -31,6 +31,7 @@ static const char *const TEST_NAMES[] = {
     "gptq_factor_reuse", "gptq_quantize_fp8", "gptq_quantize_nvfp4", "act_absmax",
     "matmul_batched", "moe_combine", /* run() dispatches these two by name */
     "attention_gemm_fallback",        /* and this one */
+    "gptq_factor_flip",               /* and this one */
 };
 
 #ifndef DS_CUDA
@@ -1025,6 +1026,16 @@ static void run(int idx) {
     }
     if (!strcmp(TEST_NAMES[idx], "attention_gemm_fallback")) {
         t_attention_gemm_fallback();
+        return;
+    }
+    if (!strcmp(TEST_NAMES[idx], "gptq_factor_flip")) { /* DONESHOT_GPTQ_FACTOR=flip: both solvers (the twin flips too) */
+        quant_args c8 = {.num_bits = 8, .symmetric = 1, .strategy = QS_CHANNEL, .group_size = -1, .actorder = QA_NONE};
+        quant_args g4s = {.num_bits = 4, .symmetric = 1, .strategy = QS_GROUP, .group_size = 128, .actorder = QA_STATIC};
+        setenv("DONESHOT_GPTQ_FACTOR", "flip", 1);
+        t_gptq(45, 200, c8, -1);
+        t_gptq(512, 1024, g4s, 77);
+        t_gptq(256, 4096, g4s, -1);
+        unsetenv("DONESHOT_GPTQ_FACTOR");
         return;
     }
     if (!strcmp(TEST_NAMES[idx], "moe_combine")) {
