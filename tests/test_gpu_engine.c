@@ -46,6 +46,7 @@
 #include <unistd.h>
 
 static char g_tmp[256], g_bin[512], g_emul[512], g_gen[512], g_mpirun[512], g_model[1100];
+static char g_nodev[600]; /* the emulator with no device (DS_EMUL_DEVICES=0) */
 
 /* Every job runs under timeout(1): a heap corruption the emulator provokes
  * can leave Open MPI's signal handler deadlocked instead of exiting. */
@@ -55,16 +56,20 @@ static int run(const char *cmd) {
     return test_system(full);
 }
 
-/* Quantize with `bin` on np ranks into g_tmp/tag; extra args appended.
- * Returns the exit code; the log is g_tmp/tag.log. */
-static int quant(const char *bin, int np, const char *tag, const char *extra) {
+/* Quantize with `bin` on np ranks with recipe `rp` into g_tmp/tag; extra
+ * args appended. Returns the exit code; the log is g_tmp/tag.log. */
+static int quant_r(const char *bin, int np, const char *rp, const char *tag, const char *extra) {
     char cmd[4096];
-    snprintf(cmd, sizeof cmd,
-             "%s -np %d %s --recipe recipes/stories260k-w4a16.json --output %s/%s --overwrite %s >%s/%s.log 2>&1",
-             g_mpirun, np, bin, g_tmp, tag, extra, g_tmp, tag);
+    snprintf(cmd, sizeof cmd, "%s -np %d %s --recipe %s --output %s/%s --overwrite %s >%s/%s.log 2>&1", g_mpirun,
+             np, bin, rp, g_tmp, tag, extra, g_tmp, tag);
     int rc = run(cmd);
     if (rc) fprintf(stderr, "  %s: exit %d (log %s/%s.log)\n", tag, rc, g_tmp, tag);
     return rc;
+}
+
+/* quant_r with the bundled model's W4A16 recipe. */
+static int quant(const char *bin, int np, const char *tag, const char *extra) {
+    return quant_r(bin, np, "recipes/stories260k-w4a16.json", tag, extra);
 }
 
 /* quant() of the bf16 model with `args` after --model. */
@@ -162,7 +167,7 @@ static void test_emul_qwen3(void) {
 
 static void test_emul_asym(void) {
     TEST("asymmetric int8 group 4 with actorder=group (zero points, g_idx): emulated cuda == cpu, -np 2") {
-        char rp[512], e[4096];
+        char rp[512];
         snprintf(rp, sizeof rp, "%s/asym.json", g_tmp);
         FILE *f = fopen(rp, "w");
         CHECK(f != NULL);
@@ -173,12 +178,8 @@ static void test_emul_asym(void) {
                 "  \"targets\": [\"Linear\"], \"weights\": {\"num_bits\": 8, \"type\": \"int\", \"symmetric\": false,\n"
                 "  \"strategy\": \"group\", \"group_size\": 4, \"actorder\": \"group\"}}}}}]}\n", g_model);
         fclose(f);
-        snprintf(e, sizeof e, "%s -np 2 %s --recipe %s --device cpu --output %s/acpu >%s/acpu.log 2>&1",
-                 g_mpirun, g_bin, rp, g_tmp, g_tmp);
-        CHECK_EQ_INT(run(e), 0);
-        snprintf(e, sizeof e, "%s -np 2 %s --recipe %s --device cuda --micro-batch 7 --output %s/aemul "
-                 ">%s/aemul.log 2>&1", g_mpirun, g_emul, rp, g_tmp, g_tmp);
-        CHECK_EQ_INT(run(e), 0);
+        CHECK_EQ_INT(quant_r(g_bin, 2, rp, "acpu", "--device cpu"), 0);
+        CHECK_EQ_INT(quant_r(g_emul, 2, rp, "aemul", "--device cuda --micro-batch 7"), 0);
         char pa[600], pb[600];
         snprintf(pa, sizeof pa, "%s/acpu", g_tmp);
         snprintf(pb, sizeof pb, "%s/aemul", g_tmp);
@@ -203,14 +204,6 @@ static void test_emul_asym(void) {
         st_close(a);
         st_close(b);
     }
-}
-
-/* Quantize with `bin` on np ranks with recipe `rp` into g_tmp/tag; extra appended. */
-static int quant_r(const char *bin, int np, const char *rp, const char *tag, const char *extra) {
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "%s -np %d %s --recipe %s --output %s/%s --overwrite %s >%s/%s.log 2>&1", g_mpirun,
-             np, bin, rp, g_tmp, tag, extra, g_tmp, tag);
-    return run(cmd);
 }
 
 static void test_emul_int8(void) {
@@ -245,11 +238,7 @@ static void test_unsupported(void) {
         CHECK(log_has("f32", "float32 model, bfloat16 forward"));
         CHECK_EQ_INT(quant_m(g_emul, 1, "tiny", "--device cuda --gpu-memory 1MB"), 2);
         CHECK(log_has("tiny", "GPU memory plan needs"));
-        char c2[4096];
-        snprintf(c2, sizeof c2, "%s -np 2 -x DS_EMUL_DEVICES=0 %s --model %s --device cuda "
-                 "--recipe recipes/stories260k-w4a16.json --output %s/nodev >%s/nodev.log 2>&1",
-                 g_mpirun, g_emul, g_model, g_tmp, g_tmp);
-        CHECK_EQ_INT(run(c2), 2);
+        CHECK_EQ_INT(quant_m(g_nodev, 2, "nodev", "--device cuda"), 2);
         CHECK(log_has("nodev", "no CUDA device"));
         char nod[600];
         snprintf(nod, sizeof nod, "%s/nodev", g_tmp);
@@ -264,11 +253,7 @@ static void test_auto(void) {
         CHECK_EQ_INT(quant(g_emul, 2, "auto_f32", ""), 0);
         CHECK(log_has("auto_f32", "host emulator"));
         CHECK(log_has("auto_f32", "float32 model, bfloat16 forward"));
-        char c2[4096];
-        snprintf(c2, sizeof c2, "%s -np 2 -x DS_EMUL_DEVICES=0 %s --model %s --device auto "
-                 "--recipe recipes/stories260k-w4a16.json --output %s/autonodev >%s/autonodev.log 2>&1",
-                 g_mpirun, g_emul, g_model, g_tmp, g_tmp);
-        CHECK_EQ_INT(run(c2), 0);
+        CHECK_EQ_INT(quant_m(g_nodev, 2, "autonodev", "--device auto"), 0);
         CHECK(log_has("autonodev", "device auto: cpu"));
         CHECK(!log_has("autonodev", "host emulator"));
     }
@@ -385,6 +370,7 @@ int main(int argc, char **argv) {
     }
     snprintf(g_bin, sizeof g_bin, "%s/doneshot", build);
     snprintf(g_emul, sizeof g_emul, "%s/doneshot-emul", build);
+    snprintf(g_nodev, sizeof g_nodev, "env DS_EMUL_DEVICES=0 %s", g_emul);
     snprintf(g_gen, sizeof g_gen, "%s/gen_model", build);
     snprintf(g_mpirun, sizeof g_mpirun, "%s", mpirun);
     snprintf(g_model, sizeof g_model, "%s", fixture("models/stories260K-bf16"));
