@@ -165,19 +165,26 @@ static void test_emul_qwen3(void) {
     }
 }
 
+/* g_tmp/name: a GPTQ recipe for the bf16 model with run settings `settings`
+ * (JSON members) and one config group of Linear weights `weights` (JSON
+ * members); its path in rp. Returns 0, or -1 when it cannot be written. */
+static int write_recipe(char *rp, size_t n, const char *name, const char *settings, const char *weights) {
+    snprintf(rp, n, "%s/%s", g_tmp, name);
+    FILE *f = fopen(rp, "w");
+    if (!f) return -1;
+    fprintf(f, "{\"model\": \"%s\", \"dataset\": \"data/tinystories_sample.txt\", %s,\n"
+            " \"modifiers\": [{\"GPTQModifier\": {\"ignore\": [\"lm_head\"], \"config_groups\": {\"g\": {\n"
+            "  \"targets\": [\"Linear\"], \"weights\": {%s}}}}}]}\n", g_model, settings, weights);
+    return fclose(f) == 0 ? 0 : -1;
+}
+
 static void test_emul_asym(void) {
     TEST("asymmetric int8 group 4 with actorder=group (zero points, g_idx): emulated cuda == cpu, -np 2") {
         char rp[512];
-        snprintf(rp, sizeof rp, "%s/asym.json", g_tmp);
-        FILE *f = fopen(rp, "w");
-        CHECK(f != NULL);
-        if (!f) break;
-        fprintf(f, "{\"model\": \"%s\", \"dataset\": \"data/tinystories_sample.txt\",\n"
-                " \"num_calibration_samples\": 48, \"max_seq_length\": 200,\n"
-                " \"modifiers\": [{\"GPTQModifier\": {\"ignore\": [\"lm_head\"], \"config_groups\": {\"g\": {\n"
-                "  \"targets\": [\"Linear\"], \"weights\": {\"num_bits\": 8, \"type\": \"int\", \"symmetric\": false,\n"
-                "  \"strategy\": \"group\", \"group_size\": 4, \"actorder\": \"group\"}}}}}]}\n", g_model);
-        fclose(f);
+        CHECK_EQ_INT(write_recipe(rp, sizeof rp, "asym.json",
+                                  "\"num_calibration_samples\": 48, \"max_seq_length\": 200",
+                                  "\"num_bits\": 8, \"type\": \"int\", \"symmetric\": false, \"strategy\": \"group\", "
+                                  "\"group_size\": 4, \"actorder\": \"group\""), 0);
         CHECK_EQ_INT(quant_r(g_bin, 2, rp, "acpu", "--device cpu"), 0);
         CHECK_EQ_INT(quant_r(g_emul, 2, rp, "aemul", "--device cuda --micro-batch 7"), 0);
         char pa[600], pb[600];
@@ -210,17 +217,10 @@ static void test_emul_int8(void) {
     TEST("int8 channel weights (codes 16x finer than int4: a last-bit Hessian difference moves some): "
          "emulated cuda at the planned micro-batch and at 5 == cpu, -np 1 and 2") {
         char rp[512];
-        snprintf(rp, sizeof rp, "%s/w8.json", g_tmp);
-        FILE *f = fopen(rp, "w");
-        CHECK(f != NULL);
-        if (!f) break;
-        fprintf(f, "{\"model\": \"%s\", \"dataset\": \"data/tinystories_sample.txt\",\n"
-                " \"num_calibration_samples\": 64, \"max_seq_length\": 256, \"seed\": 0,\n"
-                " \"modifiers\": [{\"GPTQModifier\": {\"ignore\": [\"lm_head\"], \"config_groups\": {\"g\": {\n"
-                "  \"targets\": [\"Linear\"], \"weights\": {\"num_bits\": 8, \"type\": \"int\", \"symmetric\": true,\n"
-                "  \"strategy\": \"channel\", \"actorder\": \"static\"}}}}}]}\n",
-                g_model);
-        fclose(f);
+        CHECK_EQ_INT(write_recipe(rp, sizeof rp, "w8.json",
+                                  "\"num_calibration_samples\": 64, \"max_seq_length\": 256, \"seed\": 0",
+                                  "\"num_bits\": 8, \"type\": \"int\", \"symmetric\": true, \"strategy\": \"channel\", "
+                                  "\"actorder\": \"static\""), 0);
         CHECK_EQ_INT(quant_r(g_bin, 1, rp, "w8cpu", "--device cpu"), 0);
         CHECK_EQ_INT(quant_r(g_emul, 1, rp, "w8emul", "--device cuda"), 0);
         CHECK(!log_has("w8emul", "micro-batch 1 ")); /* several sequences per chunk */
