@@ -99,7 +99,7 @@ static ds_status calibrate(engine *e, const int *used, double *const *H_host, in
 }
 
 static ds_status solve(engine *e, const quant_args *a, const layer_linear *li, const double *H_host, int64_t nseq,
-                       int block_size, double dampening_frac, gptq_result *res) {
+                       int block_size, double dampening_frac, gptq_result *res, void *wq_model) {
     cpu_engine *c = (cpu_engine *)e;
     const double t0 = ds_now();
     DS_ASSERT(H_host);
@@ -108,13 +108,20 @@ static ds_status solve(engine *e, const quant_args *a, const layer_linear *li, c
     hessian_to_f32_cpu(Hf, H_host, li->in, (double)nseq);
     ds_status st = gptq_quantize(a, li->w, li->out, li->in, Hf, block_size, dampening_frac, c->m->cfg.dtype, res);
     free(Hf);
+    if (st == DS_OK) {
+        ds_convert_from_f32(wq_model, res->wq, c->m->cfg.dtype, (size_t)li->out * li->in);
+        free(res->wq);
+        res->wq = NULL;
+    }
     pthread_mutex_lock(&c->mu);
     c->t.gptq += ds_now() - t0;
     pthread_mutex_unlock(&c->mu);
     return st;
 }
 
-static void set_weight(engine *e, int lin, const float *w) { (void)e; (void)lin; (void)w; }
+static void set_weight(engine *e, int lin, const float *w, const void *w_model) {
+    (void)e; (void)lin; (void)w; (void)w_model;
+}
 
 static void propagate(engine *e) {
     cpu_engine *c = (cpu_engine *)e;

@@ -49,14 +49,17 @@ typedef struct engine_ops {
     ds_status (*calibrate)(engine *e, const int *used, double *const *H_host, int64_t *cnt);
     /* GPTQ of Linear li of the current layer (li->w its f32 weight) with the
      * Hessian sum H_host [in, in] (NULL: the device's, see above) of nseq
-     * sequences, normalised as llm-compressor (H / nseq). res as
-     * gptq_quantize. */
+     * sequences, normalised as llm-compressor (H / nseq). The fake-quantized
+     * weight goes to wq_model [out, in] in the model dtype (the values are
+     * exact in it: the broadcast payload); res as gptq_quantize but res->wq
+     * NULL (no f32 copy crosses to the host). */
     ds_status (*gptq)(engine *e, const quant_args *a, const layer_linear *li, const double *H_host, int64_t nseq,
-                      int block_size, double dampening_frac, gptq_result *res);
-    /* Linear lin of the current layer := w [out, in] f32 (values exact in the
-     * model dtype); the CPU engine reads lw->lin[lin].w, which the caller has
-     * already replaced. */
-    void (*set_weight)(engine *e, int lin, const float *w);
+                      int block_size, double dampening_frac, gptq_result *res, void *wq_model);
+    /* Linear lin of the current layer := the broadcast fake-quantized weight,
+     * w [out, in] f32 and the same values w_model in the model dtype (the
+     * engine reads whichever is cheaper); the CPU engine reads
+     * lw->lin[lin].w, which the caller has already replaced. */
+    void (*set_weight)(engine *e, int lin, const float *w, const void *w_model);
     void (*propagate)(engine *e);
     /* The residual stream of all local samples in e->resid_dtype, [ntok, C],
      * samples concatenated in order (resume state). */

@@ -60,11 +60,14 @@ void gpu_engine_calibrate(gpu_engine *e, const int *used, double *const *H_host,
     (void)e; (void)used; (void)H_host; (void)cnt; (void)act_amax; UNREACHABLE;
 }
 ds_status gpu_engine_gptq(gpu_engine *e, const quant_args *a, const layer_linear *li, const double *H_host,
-                          int64_t nseq, int block_size, double dampening_frac, gptq_result *res) {
+                          int64_t nseq, int block_size, double dampening_frac, gptq_result *res, void *wq_model) {
     (void)e; (void)a; (void)li; (void)H_host; (void)nseq; (void)block_size; (void)dampening_frac; (void)res;
+    (void)wq_model;
     UNREACHABLE;
 }
-void gpu_engine_set_weight(gpu_engine *e, int lin, const float *w) { (void)e; (void)lin; (void)w; UNREACHABLE; }
+void gpu_engine_set_weight(gpu_engine *e, int lin, const float *w, const void *w_model) {
+    (void)e; (void)lin; (void)w; (void)w_model; UNREACHABLE;
+}
 void gpu_engine_propagate(gpu_engine *e) { (void)e; UNREACHABLE; }
 void gpu_engine_get_residual(gpu_engine *e, uint16_t *host) { (void)e; (void)host; UNREACHABLE; }
 void gpu_engine_set_residual(gpu_engine *e, const uint16_t *host) { (void)e; (void)host; UNREACHABLE; }
@@ -95,6 +98,7 @@ struct gpu_engine {
     int nchunks;
     int *chunk0;                    /* [nchunks + 1] first sequence of each chunk */
     int cs0, cs1;                   /* the sequences [cs0, cs1) of the chunk layer_chunk is on */
+    const layer_linear *lin0;       /* the loaded layer's lw->lin (gptq's li -> weight slot) */
     int *seg;                       /* [micro_batch] one routed expert's rows per sequence of the chunk */
     size_t chunk_tok_max;
     int max_T, micro_batch;
@@ -472,6 +476,7 @@ void gpu_engine_load_layer(gpu_engine *e, const layer_weights *lw) {
     e->expert0 = lw->expert0;
     e->shared0 = lw->shared0;
     e->shared_gate = lw->shared_gate;
+    e->lin0 = lw->lin;
     uint16_t *hs = e->h_stage;
     for (int k = 0; k < lw->nlin; k++) {
         const layer_linear *li = &lw->lin[k];
@@ -511,12 +516,13 @@ void gpu_engine_load_layer(gpu_engine *e, const layer_weights *lw) {
     e->t.upload += ds_now() - t0;
 }
 
-void gpu_engine_set_weight(gpu_engine *e, int lin, const float *w) {
+void gpu_engine_set_weight(gpu_engine *e, int lin, const float *w, const void *w_model) {
     DS_ASSERT(lin >= 0 && lin < e->nlw);
     double t0 = ds_now();
     ds_cuda_sync(e->s_comp);
     size_t n = (size_t)e->wout[lin] * e->win[lin];
-    ds_convert_from_f32(e->h_stage + e->h_off[lin], w, DS_DTYPE_BF16, n);
+    if (e->c.dtype == DS_DTYPE_BF16 && w_model) memcpy(e->h_stage + e->h_off[lin], w_model, n * 2);
+    else ds_convert_from_f32(e->h_stage + e->h_off[lin], w, DS_DTYPE_BF16, n);
     ds_cuda_memcpy_h2d(e->w[lin], e->h_stage + e->h_off[lin], n * 2, e->s_comp);
     e->t.upload += ds_now() - t0;
 }
@@ -888,7 +894,7 @@ void gpu_engine_calibrate(gpu_engine *e, const int *used, double *const *H_host,
 }
 
 ds_status gpu_engine_gptq(gpu_engine *e, const quant_args *a, const layer_linear *li, const double *H_host,
-                          int64_t nseq, int block_size, double dampening_frac, gptq_result *res) {
+                          int64_t nseq, int block_size, double dampening_frac, gptq_result *res, void *wq_model) {
     double t0 = ds_now();
     const int in = li->in, out = li->out, inp = li->input_id;
     const size_t nn = (size_t)in * in, nw = (size_t)out * in;
@@ -899,7 +905,12 @@ ds_status gpu_engine_gptq(gpu_engine *e, const quant_args *a, const layer_linear
     if (!e->Hd[inp]) e->Hd[inp] = dalloc(sizeof(double) * nn); /* another rank calibrated it */
     if (H_host) ds_cuda_memcpy_h2d(e->Hd[inp], H_host, sizeof(double) * nn, s);
     hessian_to_f32_cuda(e->gH, e->Hd[inp], in, (double)nseq, s); /* reads the upper triangle, mirrors */
-    ds_cuda_memcpy_h2d(e->gW, li->w, sizeof(float) * nw, s);
+    /* a bf16 model's weight is on the device already (e->w, exact); an f16 /
+     * f32 model's device copy is rounded to bf16: upload the f32 values */
+    const int lin = (int)(li - e->lin0), bf16 = e->c.dtype == DS_DTYPE_BF16;
+    DS_ASSERT(lin >= 0 && lin < e->nlw && e->win[lin] == in && e->wout[lin] == out);
+    if (bf16) bf16_to_f32_cuda(e->gW, e->w[lin], nw, s);
+    else ds_cuda_memcpy_h2d(e->gW, li->w, sizeof(float) * nw, s);
     gptq_cuda_out o = {.wq = e->gWq, .q = e->gQ, .scale = e->gScale, .zp = e->gZp, .g_idx = e->gGidx};
     /* a Hessian several modules share (q/k/v; gate/up; every expert's gate/up
      * with all-experts calibration; one expert's gate/up when routed) is
@@ -913,9 +924,16 @@ ds_status gpu_engine_gptq(gpu_engine *e, const quant_args *a, const layer_linear
     ds_status st = gptq_quantize_cuda(a, e->gW, out, in, e->gH, block_size, dampening_frac, e->c.dtype, &o, s);
     if (st == DS_OK) {
         const size_t ng = (size_t)quant_num_groups(a, in);
-        res->wq = xmalloc(sizeof(float) * nw);
         res->scale = xmalloc(sizeof(float) * (size_t)out * ng);
-        ds_cuda_memcpy_d2h(res->wq, e->gWq, sizeof(float) * nw, s);
+        if (bf16) { /* exact: the values are bf16's; gW (f32, done with) holds the bf16 copy */
+            f32_to_bf16_cuda((uint16_t *)e->gW, e->gWq, nw, s);
+            ds_cuda_memcpy_d2h(wq_model, e->gW, 2 * nw, s);
+        } else {
+            float *wq = xmalloc(sizeof(float) * nw);
+            ds_cuda_memcpy_d2h(wq, e->gWq, sizeof(float) * nw, s);
+            ds_convert_from_f32(wq_model, wq, e->c.dtype, nw);
+            free(wq);
+        }
         ds_cuda_memcpy_d2h(res->scale, e->gScale, sizeof(float) * (size_t)out * ng, s);
         if (!a->symmetric) {
             res->zp = xmalloc(sizeof(int) * (size_t)out * ng);
@@ -1008,10 +1026,12 @@ static ds_status ga_calibrate(engine *e, const int *used, double *const *H_host,
     return DS_OK;
 }
 static ds_status ga_gptq(engine *e, const quant_args *a, const layer_linear *li, const double *H_host, int64_t nseq,
-                         int block_size, double dampening_frac, gptq_result *res) {
-    return gpu_engine_gptq(G(e), a, li, H_host, nseq, block_size, dampening_frac, res);
+                         int block_size, double dampening_frac, gptq_result *res, void *wq_model) {
+    return gpu_engine_gptq(G(e), a, li, H_host, nseq, block_size, dampening_frac, res, wq_model);
 }
-static void ga_set_weight(engine *e, int lin, const float *w) { gpu_engine_set_weight(G(e), lin, w); }
+static void ga_set_weight(engine *e, int lin, const float *w, const void *w_model) {
+    gpu_engine_set_weight(G(e), lin, w, w_model);
+}
 static void ga_propagate(engine *e) { gpu_engine_propagate(G(e)); }
 static void ga_get_residual(engine *e, void *buf) { gpu_engine_get_residual(G(e), buf); }
 static void ga_set_residual(engine *e, const void *buf) { gpu_engine_set_residual(G(e), buf); }

@@ -105,18 +105,22 @@ void gpu_engine_load_layer(gpu_engine *e, const layer_weights *lw);
  * the CPU engine's value bit for bit, given the same activations). */
 void gpu_engine_calibrate(gpu_engine *e, const int *used, double *const *H_host, int64_t *cnt, float *act_amax);
 
-/* GPTQ of Linear li of the loaded layer (li->w: its f32 weight) with the
+/* GPTQ of Linear li of the loaded layer (li->w: its f32 weight; a bf16
+ * model's is read from the device copy, not uploaded again) with the
  * Hessian sum of li->input_id: H_host [in, in] f64 (the reduced sum; only its
  * upper triangle is read) or NULL to use the device-resident sum of the last
  * calibration. Normalized as the CPU path: Hf = (float)(H / nseq), upper
- * triangle mirrored. res as gptq_quantize (res->q = NULL: the pipeline derives
- * codes from wq). Returns gptq_quantize_cuda's status. */
+ * triangle mirrored. The fake-quantized weight goes to wq_model [out, in] in
+ * the model dtype (a bf16 model: converted on the device, half the bytes
+ * copied back); res as gptq_quantize with res->wq = res->q = NULL (the
+ * pipeline derives codes from wq_model). Returns gptq_quantize_cuda's status. */
 ds_status gpu_engine_gptq(gpu_engine *e, const quant_args *a, const layer_linear *li, const double *H_host,
-                          int64_t nseq, int block_size, double dampening_frac, gptq_result *res);
+                          int64_t nseq, int block_size, double dampening_frac, gptq_result *res, void *wq_model);
 
-/* Replace Linear `lin` (LIN_Q..LIN_DOWN) of the loaded layer by w [out, in]
- * (f32 values exact in bf16: the broadcast fake-quantized weight). */
-void gpu_engine_set_weight(gpu_engine *e, int lin, const float *w);
+/* Replace Linear `lin` (LIN_Q..LIN_DOWN) of the loaded layer by the broadcast
+ * fake-quantized weight: w [out, in] f32 and w_model, the same values in the
+ * model dtype (uploaded as is for a bf16 model; else w is converted). */
+void gpu_engine_set_weight(gpu_engine *e, int lin, const float *w, const void *w_model);
 
 /* Propagation pass: the residual stream := layer(residual stream). */
 void gpu_engine_propagate(gpu_engine *e);

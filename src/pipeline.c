@@ -449,22 +449,23 @@ static ds_status solve_one(run *u, layer_weights *lw, int i, packed_result *pr, 
     ds_status gs;
     quant_args qm = *qa; /* NVFP4: this module's (fused) weight global scale */
     if (u->wgs) qm.global_scale = u->wgs[i];
+    scheme_result_alloc(pr, qa, li->out, li->in, c->dtype); /* the caller frees it, also on failure */
     if (u->r->quantizer == RQ_QUANTIZATION) { /* QuantizationModifier: the observer's qparams, RTN */
         gs = rtn_quantize(&qm, li->w, li->out, li->in, c->dtype, &res);
     } else if (ntok == 0) {
         gs = rtn_quantize(&qm, li->w, li->out, li->in, c->dtype, &res);
         res.rtn_fallback = 2;
-    } else { /* u->H: the reduced sum, or NULL (one rank, device engine: on the device) */
+    } else { /* u->H: the reduced sum, or NULL (one rank, device engine: on the device); the
+              * fake-quantized weight straight into the broadcast payload */
         gs = u->eng->ops->gptq(u->eng, &qm, li, u->H[li->input_id], nseq, u->r->block_size,
-                               u->r->dampening_frac, &res);
+                               u->r->dampening_frac, &res, pr->w);
     }
     if (gs) {
         snprintf(why, why_len, "%s", ds_errmsg());
         return gs;
     }
-    scheme_result_alloc(pr, qa, li->out, li->in, c->dtype);
     size_t ng = (size_t)quant_num_groups(qa, li->in);
-    ds_convert_from_f32(pr->w, res.wq, c->dtype, (size_t)li->out * li->in);
+    if (res.wq) ds_convert_from_f32(pr->w, res.wq, c->dtype, (size_t)li->out * li->in); /* the RTN paths */
     memcpy(pr->scale, res.scale, sizeof(float) * li->out * ng);
     for (size_t e = 0; e < li->out * ng; e++) pr->zp[e] = res.zp ? res.zp[e] : 0;
     for (int e = 0; e < li->in; e++) pr->g_idx[e] = res.g_idx ? res.g_idx[e] : 0;
@@ -647,7 +648,7 @@ static ds_status exchange_results(run *u, layer_weights *lw, packed_result *prs,
         const int keep = u->r->quantizer == RQ_QUANTIZATION;
         float *wq = keep ? xmalloc(sizeof(float) * (size_t)li->out * li->in) : li->w;
         ds_convert_to_f32(wq, pr.w, c->dtype, (size_t)li->out * li->in);
-        if (!keep) u->eng->ops->set_weight(u->eng, u->mods[i], li->w);
+        if (!keep) u->eng->ops->set_weight(u->eng, u->mods[i], li->w, pr.w);
         module_record *mr = &stats->mods[stats->nmods++];
         snprintf(mr->name, sizeof mr->name, "%s", li->name);
         mr->owner = u->owner[i];
