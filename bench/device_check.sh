@@ -7,6 +7,9 @@
 #      and with --offload-activations --micro-batch 3;
 #   2b. the float32 demo model on cuda (bfloat16 forward) vs cpu: summed
 #      GPTQ loss within 2 %;
+#   2c. DONESHOT_GPTQ_FACTOR=flip vs the default factorisation on cuda:
+#      >= 99 % identical codes, summed loss within 1e-3 (and bench_gpu's
+#      A/B lines for q and down_proj with BENCH=1);
 #   4. mpirun -np 2 on one GPU through the bundled Open MPI: per-module
 #      GPTQ loss vs -np 1 (summed within 0.5 %) and the times;
 #   3. BENCH=1: bench/bench_gpu.sh with the bundle's binaries at -np 1
@@ -71,6 +74,26 @@ sys.exit(0 if abs(sum(la.values()) - sum(lb.values())) <= 2e-2 * sum(la.values()
 PY
     } >$W/f32.txt 2>&1 || fails=$((fails + 1))
     cat $W/f32.txt
+fi
+
+echo "== 2c. DONESHOT_GPTQ_FACTOR=flip (potrf + trtri) vs the default (potrf, potri, potrf) on cuda, bf16 demo model"
+if [ "${SKIP_DENSE:-0}" = 1 ] || [ ! -d "$M" ]; then
+    echo "skipped"
+else
+    R="--recipe recipes/stories260k-w4a16.json --model $M --overwrite -q --device cuda"
+    { timeout 300 "$D/doneshot" $R --output $W/fdef --summary $W/fdef.json &&
+      DONESHOT_GPTQ_FACTOR=flip timeout 300 "$D/doneshot" $R --output $W/fflip --summary $W/fflip.json &&
+      "$D/ckpt_diff" $W/fdef $W/fflip 0.99 &&
+      python3 - $W/fdef.json $W/fflip.json <<'PY'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+la, lb = sum(m["loss"] for m in a["modules"]), sum(m["loss"] for m in b["modules"])
+print(f"summed loss default {la:.6g} flip {lb:.6g} (rel {abs(la - lb) / la:.2e}; bound 1e-3); gptq stage "
+      f"{a['stage_time_s']['gptq']:.3f} s vs {b['stage_time_s']['gptq']:.3f} s")
+sys.exit(0 if abs(la - lb) <= 1e-3 * la else 1)
+PY
+    } >$W/flip.txt 2>&1 || fails=$((fails + 1))
+    cat $W/flip.txt
 fi
 
 echo "== 4. mpirun -np 2 on one GPU with the bundled Open MPI (no MPI installed here)"
