@@ -581,14 +581,14 @@ static void expert_gemms(gpu_engine *e, void **ph, void **pd, const int *tp, con
  * (chunk-relative token indices, ascending) belong to sequence q of the
  * chunk [s0, s1). Returns the number of sequences that gave it a row. */
 static int expert_segs(gpu_engine *e, const int32_t *rows, int nx, int s0, int s1) {
-    int nseq = 0;
-    for (int q = s0, i = 0; q < s1; q++) {
+    int nseq = 0, i = 0;
+    for (int q = s0; q < s1; q++) {
         const int hi = (int)(e->off[q + 1] - e->off[s0]), i0 = i;
         while (i < nx && rows[i] < hi) i++;
         e->seg[q - s0] = i - i0;
         nseq += i > i0;
     }
-    DS_ASSERT(nseq == 0 || nx > 0);
+    DS_ASSERT(i == nx); /* every row is a token of the chunk */
     return nseq;
 }
 
