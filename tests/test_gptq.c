@@ -425,9 +425,47 @@ static void test_hinv_flip(void) {
     }
 }
 
+/* DONESHOT_GPTQ_FACTOR selects the factorisation of gptq_quantize: "flip"
+ * only (anything else and unset: torch's path); the flip's solve is the
+ * default's up to fp32 rounding (codes, loss), and it is really taken (the
+ * loss moves in its last bits: U differs by ~1e-4 of max|U| at this width). */
+static void test_factor_env(void) {
+    TEST("factor_method_env_selects_flip_in_gptq_quantize") {
+        unsetenv("DONESHOT_GPTQ_FACTOR");
+        CHECK_EQ_INT(gptq_factor_method_env(), GPTQ_FACTOR_TORCH);
+        setenv("DONESHOT_GPTQ_FACTOR", "FLIP", 1);
+        CHECK_EQ_INT(gptq_factor_method_env(), GPTQ_FACTOR_TORCH);
+        const int out = 64, in = 300, N = 700;
+        float *W, *X;
+        make_layer(out, in, N, &W, &X);
+        quant_args a = {.num_bits = 4, .symmetric = 1, .strategy = QS_CHANNEL, .group_size = -1, .actorder = QA_STATIC};
+        gptq_result g[2];
+        for (int f = 0; f < 2; f++) {
+            if (f) setenv("DONESHOT_GPTQ_FACTOR", "flip", 1);
+            else unsetenv("DONESHOT_GPTQ_FACTOR");
+            CHECK_EQ_INT(gptq_factor_method_env(), f ? GPTQ_FACTOR_FLIP : GPTQ_FACTOR_TORCH);
+            float *H = hessian_from(X, N, in);
+            CHECK_EQ_INT(gptq_quantize(&a, W, out, in, H, 128, 0.01, DS_DTYPE_BF16, &g[f]), DS_OK);
+            free(H);
+        }
+        unsetenv("DONESHOT_GPTQ_FACTOR");
+        size_t same = 0;
+        for (size_t i = 0; i < (size_t)out * in; i++) same += g[0].q[i] == g[1].q[i];
+        const double rel = fabs(g[1].loss - g[0].loss) / g[0].loss;
+        printf("  flip vs torch's path: %zu / %d codes identical, loss rel diff %.2e\n", same, out * in, rel);
+        CHECK(same >= (size_t)(0.99 * out * in));
+        CHECK(rel <= 1e-4);
+        CHECK(g[1].loss != g[0].loss);
+        gptq_result_free(&g[0]);
+        gptq_result_free(&g[1]);
+        free(W); free(X);
+    }
+}
+
 int main(void) {
     test_argsort();
     test_hinv_flip();
+    test_factor_env();
     for (size_t i = 0; i < DS_ARRAY_LEN(g_cases); i++) test_golden_case(g_cases[i]);
     test_gptq_beats_rtn();
     test_fallback();
