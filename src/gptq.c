@@ -396,7 +396,8 @@ static void hfactor_compute(float *H, int n, int use_perm, double dampening_frac
 }
 
 /* A per-thread memo of the last factorisations, keyed by a 128-bit hash of
- * (n, H's f32 bytes, dampening_frac, permuted or not; and the factor method): in all-experts MoE
+ * H's f32 bytes, n, dampening_frac, whether columns are permuted and the
+ * factor method: in all-experts MoE
  * calibration every expert's gate_proj and up_proj (and a dense layer's
  * q/k/v, gate/up) come with the same Hessian, which is then factored once.
  * The hit returns the very factor a fresh computation would give (same
@@ -457,8 +458,7 @@ static const hfactor *hfactor_get(float *H, int n, int use_perm, double dampenin
     for (int i = 0; i < HF_CACHE_SLOTS; i++) {
         hf_slot *s = &g_hf[i];
         if (s->f.U && s->n == n && s->use_perm == use_perm && s->method == method && s->damp == dampening_frac &&
-            s->k0 == k0 &&
-            s->k1 == k1) {
+            s->k0 == k0 && s->k1 == k1) {
             s->last_use = g_hf_clock;
             g_hf_hits++;
             return &s->f;

@@ -18,7 +18,6 @@
 #include "quant.h"
 #include "test.h"
 #ifdef DS_CUDA
-#include <lapacke.h>
 #include "kernels.h"
 #include "moe_twins.h"
 #endif
@@ -510,9 +509,10 @@ static void t_act_absmax(int rows, int n, int nan_at, int inf) {
     free(X); free(hx);
 }
 
-/* The CPU twin's steps 2-5 (src/gptq.c hfactor_compute, the same LAPACK
- * calls on the same f32 H): processing order perm [n], dead columns [n], U
- * [n, n] row-major upper factor of the damped inverse. Returns LAPACK's info. */
+/* The CPU twin's steps 2-5 (src/gptq.c hfactor_compute, its factorisation
+ * gptq_hinv_upper with the method DONESHOT_GPTQ_FACTOR selects, on the same
+ * f32 H): processing order perm [n], dead columns [n], U [n, n] row-major
+ * upper factor of the damped inverse. Returns gptq_hinv_upper's info. */
 static int gptq_factor_ref(const float *H, int n, int use_perm, double frac, int64_t *perm, unsigned char *dead,
                            float *U) {
     float *d = xmalloc(sizeof(float) * (size_t)n);
@@ -531,10 +531,7 @@ static int gptq_factor_ref(const float *H, int n, int use_perm, double frac, int
     }
     const float damp = (float)frac * (float)(dsum / n);
     for (int i = 0; i < n; i++) U[(size_t)i * n + i] += damp;
-    lapack_int info = LAPACKE_spotrf_work(LAPACK_COL_MAJOR, 'L', n, U, n);
-    if (!info) info = LAPACKE_spotri_work(LAPACK_COL_MAJOR, 'L', n, U, n);
-    if (!info) info = LAPACKE_spotrf_work(LAPACK_COL_MAJOR, 'L', n, U, n);
-    return (int)info;
+    return gptq_hinv_upper(U, n, gptq_factor_method_env());
 }
 
 /* Row r of the CPU twin's column sweep replayed in f64 from its own
