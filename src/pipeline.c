@@ -717,9 +717,13 @@ static ds_status layer_run(run *u, int l, stage_times *lt, double *loss) {
         packed_result *prs = xcalloc((size_t)(u->nm ? u->nm : 1), sizeof(packed_result));
         if (!(st = solve_owned(u, &lw, prs, lt))) {
             st = exchange_results(u, &lw, prs, lt, loss);
-            t = ds_now();
-            u->eng->ops->propagate(u->eng); /* with the quantized weights */
-            lt->propagate = ds_now() - t;
+            /* with the quantized weights; the last layer's output is never read (no resume point
+             * follows it, nothing computes on the final hidden states) */
+            if (l + 1 < u->m->cfg.L) {
+                t = ds_now();
+                u->eng->ops->propagate(u->eng);
+                lt->propagate = ds_now() - t;
+            }
         }
         for (int i = 0; i < u->nm; i++) free(prs[i].buf);
         free(prs);
