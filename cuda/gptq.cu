@@ -371,8 +371,9 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     CUSOLVER_CHECK(cusolverDnSpotri_bufferSize(sh, CUBLAS_FILL_MODE_LOWER, in, H, in, &lw2));
     int lwork = lw1 > lw2 ? lw1 : lw2;
     /* DONESHOT_GPTQ_FACTOR=flip: U by the reversal identity (gptq_hinv_upper's
-     * GPTQ_FACTOR_FLIP: potrf + trtri); else torch's potrf -> potri -> potrf */
-    const int flip = gptq_factor_method_env() == GPTQ_FACTOR_FLIP;
+     * GPTQ_FACTOR_FLIP: potrf + trtri); else (the default here) torch's
+     * potrf -> potri -> potrf */
+    const int flip = gptq_factor_method_env(GPTQ_FACTOR_CUDA_DEFAULT) == GPTQ_FACTOR_FLIP;
     size_t tri_dev = 0, tri_host = 0;
     if (flip)
         CUSOLVER_CHECK(cusolverDnXtrtri_bufferSize(sh, CUBLAS_FILL_MODE_LOWER, CUBLAS_DIAG_NON_UNIT, in, CUDA_R_32F, H,

@@ -315,9 +315,16 @@ static int factor_hinv_flip(float *H, int n) {
     return 0;
 }
 
-gptq_factor_method gptq_factor_method_env(void) {
+gptq_factor_method gptq_factor_method_env(gptq_factor_method dflt) {
     const char *e = getenv("DONESHOT_GPTQ_FACTOR");
-    return e && strcmp(e, "flip") == 0 ? GPTQ_FACTOR_FLIP : GPTQ_FACTOR_TORCH;
+    if (e && strcmp(e, "flip") == 0) return GPTQ_FACTOR_FLIP;
+    if (e && strcmp(e, "torch") == 0) return GPTQ_FACTOR_TORCH;
+    return dflt;
+}
+
+int gptq_factor_env_valid(void) {
+    const char *e = getenv("DONESHOT_GPTQ_FACTOR");
+    return !e || !*e || strcmp(e, "flip") == 0 || strcmp(e, "torch") == 0;
 }
 
 int gptq_hinv_upper(float *H, int n, gptq_factor_method method) {
@@ -447,7 +454,7 @@ void gptq_factor_cache_stats(int64_t *hits, int64_t *misses) {
 /* The factor of H (modified in place as scratch): a memo hit, or computed
  * now (and memoised when small enough). *fc: the factor to use (borrowed). */
 static const hfactor *hfactor_get(float *H, int n, int use_perm, double dampening_frac, hfactor *own) {
-    const gptq_factor_method method = gptq_factor_method_env();
+    const gptq_factor_method method = gptq_factor_method_env(GPTQ_FACTOR_CPU_DEFAULT);
     if (n > HF_CACHE_MAX_N) {
         hfactor_compute(H, n, use_perm, dampening_frac, method, own);
         return own;

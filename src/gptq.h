@@ -52,14 +52,28 @@ void gptq_factor_cache_stats(int64_t *hits, int64_t *misses);
 
 /* How the upper Cholesky factor U of H^-1 (H^-1 = U^T U) is computed:
  * TORCH: chol(H) -> cholesky_inverse -> chol(upper), llm-compressor's
- *   torch.linalg calls (the CPU engine: identical codes to llm-compressor);
+ *   torch.linalg calls (4/3 n^3 flops);
  * FLIP: J H J = L L^T, U = J L^-1 J (J: the reversal; a potrf and a trtri,
- *   half the flops and no potri): the same matrix up to fp32 rounding. */
+ *   2/3 n^3 flops, no potri): the same matrix up to fp32 rounding. Neither
+ *   gives llm-compressor's bits beyond small models: torch's LAPACK (MKL)
+ *   rounds differently from OpenBLAS's, and on a 100M model both methods
+ *   agree with llm-compressor's int codes equally (93.6 %) at the same summed
+ *   loss (docs/BENCHMARKS.md). */
 typedef enum { GPTQ_FACTOR_TORCH = 0, GPTQ_FACTOR_FLIP = 1 } gptq_factor_method;
 
-/* DONESHOT_GPTQ_FACTOR=flip: GPTQ_FACTOR_FLIP, else GPTQ_FACTOR_TORCH (the
- * default: llm-compressor's arithmetic). Read by both solvers. */
-gptq_factor_method gptq_factor_method_env(void);
+/* The solvers' defaults: the CPU takes the flip; the CUDA solver keeps
+ * torch's sequence until a device run has compared both there. */
+#define GPTQ_FACTOR_CPU_DEFAULT GPTQ_FACTOR_FLIP
+#define GPTQ_FACTOR_CUDA_DEFAULT GPTQ_FACTOR_TORCH
+
+/* DONESHOT_GPTQ_FACTOR: "flip" or "torch" select the method; unset, empty or
+ * anything else: dflt (main.c rejects other values at start-up, exit 2).
+ * gptq_quantize reads it with GPTQ_FACTOR_CPU_DEFAULT, gptq_quantize_cuda
+ * with GPTQ_FACTOR_CUDA_DEFAULT. */
+gptq_factor_method gptq_factor_method_env(gptq_factor_method dflt);
+
+/* 1 when DONESHOT_GPTQ_FACTOR is unset, empty, "flip" or "torch". */
+int gptq_factor_env_valid(void);
 
 /* H [n, n] (symmetric, positive definite, f32) -> U in place, row-major
  * upper triangle (U[i][j] at i*n + j, j >= i; the strict lower triangle is

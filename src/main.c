@@ -14,6 +14,7 @@
 #include "eval.h"
 #include "model.h"
 #include "gpu_engine.h"
+#include "gptq.h"
 #include "pipeline.h"
 #include "recipe.h"
 #include "scheme.h"
@@ -167,6 +168,9 @@ static ds_status parse_cli(int argc, char **argv, cli *c) {
         st = ds_error(DS_ERR_USAGE, "unexpected argument '%s'\nhint: doneshot --help lists the options", argv[optind]);
     if (st == DS_OK && !c->recipe)
         st = ds_error(DS_ERR_USAGE, "--recipe FILE is required\nhint: try --recipe recipes/stories260k-w4a16.json");
+    if (st == DS_OK && !gptq_factor_env_valid())
+        st = ds_error(DS_ERR_USAGE, "DONESHOT_GPTQ_FACTOR=%s: expected flip or torch\nhint: unset it for the "
+                      "default (flip on the CPU, torch on CUDA)", getenv("DONESHOT_GPTQ_FACTOR"));
     return st;
 }
 

@@ -240,7 +240,10 @@ void act_absmax_cuda(float *amax, const uint16_t *X, size_t n, void *stream) {
 }
 
 /* ---- GPTQ, packing ---- */
-/* The CPU twin memoises the factorisation of a repeated Hessian itself (gptq.h). */
+/* The CPU twin memoises the factorisation of a repeated Hessian itself (gptq.h).
+ * It is gptq_quantize, so it factors as the CPU does (GPTQ_FACTOR_CPU_DEFAULT
+ * unless DONESHOT_GPTQ_FACTOR says otherwise): the emulated engine checks the
+ * CUDA engine's orchestration against the CPU engine on the same arithmetic. */
 void gptq_cuda_set_factor_key(uint64_t key) { (void)key; }
 
 ds_status gptq_quantize_cuda(const quant_args *a, const float *W, int out, int in, float *H, int block_size,

@@ -426,35 +426,52 @@ static void test_hinv_flip(void) {
 }
 
 /* DONESHOT_GPTQ_FACTOR selects the factorisation of gptq_quantize: "flip"
- * only (anything else and unset: torch's path); the flip's solve is the
- * default's up to fp32 rounding (codes, loss), and it is really taken (the
- * loss moves in its last bits: U differs by ~1e-4 of max|U| at this width). */
+ * or "torch" (anything else: the caller's default, and flagged invalid);
+ * gptq_quantize's default is the flip (its solve equals an explicit flip's
+ * bit for bit); the flip's solve is torch's path's up to fp32 rounding
+ * (codes, loss), and the two are really different paths (the loss moves in
+ * its last bits: U differs by ~1e-4 of max|U| at this width). */
 static void test_factor_env(void) {
-    TEST("factor_method_env_selects_flip_in_gptq_quantize") {
+    TEST("factor_method_env_selects_the_factorisation_of_gptq_quantize") {
         unsetenv("DONESHOT_GPTQ_FACTOR");
-        CHECK_EQ_INT(gptq_factor_method_env(), GPTQ_FACTOR_TORCH);
-        setenv("DONESHOT_GPTQ_FACTOR", "FLIP", 1);
-        CHECK_EQ_INT(gptq_factor_method_env(), GPTQ_FACTOR_TORCH);
+        CHECK_EQ_INT(gptq_factor_method_env(GPTQ_FACTOR_CPU_DEFAULT), GPTQ_FACTOR_FLIP);
+        CHECK_EQ_INT(gptq_factor_method_env(GPTQ_FACTOR_CUDA_DEFAULT), GPTQ_FACTOR_TORCH);
+        CHECK(gptq_factor_env_valid());
+        setenv("DONESHOT_GPTQ_FACTOR", "FLIP", 1); /* case matters: invalid, the default */
+        CHECK_EQ_INT(gptq_factor_method_env(GPTQ_FACTOR_TORCH), GPTQ_FACTOR_TORCH);
+        CHECK(!gptq_factor_env_valid());
+        setenv("DONESHOT_GPTQ_FACTOR", "", 1);
+        CHECK(gptq_factor_env_valid());
+        setenv("DONESHOT_GPTQ_FACTOR", "torch", 1);
+        CHECK_EQ_INT(gptq_factor_method_env(GPTQ_FACTOR_FLIP), GPTQ_FACTOR_TORCH);
+        CHECK(gptq_factor_env_valid());
         const int out = 64, in = 300, N = 700;
         float *W, *X;
         make_layer(out, in, N, &W, &X);
         quant_args a = {.num_bits = 4, .symmetric = 1, .strategy = QS_CHANNEL, .group_size = -1, .actorder = QA_STATIC};
-        gptq_result g[2];
-        for (int f = 0; f < 2; f++) {
-            if (f) setenv("DONESHOT_GPTQ_FACTOR", "flip", 1);
+        gptq_result g[3]; /* torch, flip, unset */
+        static const char *const env[3] = {"torch", "flip", NULL};
+        for (int f = 0; f < 3; f++) {
+            if (env[f]) setenv("DONESHOT_GPTQ_FACTOR", env[f], 1);
             else unsetenv("DONESHOT_GPTQ_FACTOR");
-            CHECK_EQ_INT(gptq_factor_method_env(), f ? GPTQ_FACTOR_FLIP : GPTQ_FACTOR_TORCH);
+            CHECK_EQ_INT(gptq_factor_method_env(GPTQ_FACTOR_CPU_DEFAULT), f ? GPTQ_FACTOR_FLIP : GPTQ_FACTOR_TORCH);
             float *H = hessian_from(X, N, in);
             CHECK_EQ_INT(gptq_quantize(&a, W, out, in, H, 128, 0.01, DS_DTYPE_BF16, &g[f]), DS_OK);
             free(H);
         }
         unsetenv("DONESHOT_GPTQ_FACTOR");
+        CHECK(memcmp(g[2].q, g[1].q, (size_t)out * in) == 0);
+        CHECK(memcmp(g[2].wq, g[1].wq, sizeof(float) * (size_t)out * in) == 0);
+        CHECK(g[2].loss == g[1].loss);
+        gptq_result_free(&g[2]);
         size_t same = 0;
         for (size_t i = 0; i < (size_t)out * in; i++) same += g[0].q[i] == g[1].q[i];
         const double rel = fabs(g[1].loss - g[0].loss) / g[0].loss;
         printf("  flip vs torch's path: %zu / %d codes identical, loss rel diff %.2e\n", same, out * in, rel);
+        /* one decision flip moves the rest of its row (error feedback): 12
+         * codes and 1.3e-4 on OpenBLAS's Zen kernels, fewer on SkylakeX */
         CHECK(same >= (size_t)(0.99 * out * in));
-        CHECK(rel <= 1e-4);
+        CHECK(rel <= 1e-3);
         CHECK(g[1].loss != g[0].loss);
         gptq_result_free(&g[0]);
         gptq_result_free(&g[1]);

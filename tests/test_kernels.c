@@ -510,7 +510,7 @@ static void t_act_absmax(int rows, int n, int nan_at, int inf) {
 }
 
 /* The CPU twin's steps 2-5 (src/gptq.c hfactor_compute, its factorisation
- * gptq_hinv_upper with the method DONESHOT_GPTQ_FACTOR selects, on the same
+ * gptq_hinv_upper with the method DONESHOT_GPTQ_FACTOR selects (main sets it), on the same
  * f32 H): processing order perm [n], dead columns [n], U [n, n] row-major
  * upper factor of the damped inverse. Returns gptq_hinv_upper's info. */
 static int gptq_factor_ref(const float *H, int n, int use_perm, double frac, int64_t *perm, unsigned char *dead,
@@ -531,7 +531,7 @@ static int gptq_factor_ref(const float *H, int n, int use_perm, double frac, int
     }
     const float damp = (float)frac * (float)(dsum / n);
     for (int i = 0; i < n; i++) U[(size_t)i * n + i] += damp;
-    return gptq_hinv_upper(U, n, gptq_factor_method_env());
+    return gptq_hinv_upper(U, n, gptq_factor_method_env(GPTQ_FACTOR_CUDA_DEFAULT));
 }
 
 /* Row r of the CPU twin's column sweep replayed in f64 from its own
@@ -1032,7 +1032,7 @@ static void run(int idx) {
         t_gptq(45, 200, c8, -1);
         t_gptq(512, 1024, g4s, 77);
         t_gptq(256, 4096, g4s, -1);
-        unsetenv("DONESHOT_GPTQ_FACTOR");
+        setenv("DONESHOT_GPTQ_FACTOR", "torch", 1);
         return;
     }
     if (!strcmp(TEST_NAMES[idx], "moe_combine")) {
@@ -1113,6 +1113,10 @@ static void run(int idx) {
 }
 
 int main(void) {
+    /* t_gptq compares the two solvers on the same arithmetic: torch's
+     * factorisation (the CUDA default; the CPU's is the flip) unless a test
+     * sets flip for both */
+    setenv("DONESHOT_GPTQ_FACTOR", "torch", 1);
     int dev = ds_cuda_device_count() > 0 ? ds_cuda_init(0) : -1;
     if (dev >= 0) fprintf(stderr, "device: %s\n", ds_cuda_device_name());
     for (size_t i = 0; i < DS_ARRAY_LEN(TEST_NAMES); i++) {
