@@ -78,9 +78,9 @@ int main(int argc, char **argv) {
         int n = 8192;
         uint16_t *a = dev_rand_bf16((size_t)n * n, 1), *b = dev_rand_bf16((size_t)n * n, 1);
         uint16_t *c = ds_cuda_malloc((size_t)n * n * 2);
-        matmul_forward_cuda(c, a, b, NULL, n, n, n, NULL); /* warm-up */
+        matmul_forward_cuda(c, a, b, NULL, n, n, n, NULL, 0, NULL); /* warm-up */
         begin();
-        for (int r = 0; r < reps; r++) matmul_forward_cuda(c, a, b, NULL, n, n, n, NULL);
+        for (int r = 0; r < reps; r++) matmul_forward_cuda(c, a, b, NULL, n, n, n, NULL, 0, NULL);
         double ms = end_ms() / reps;
         peak = 2.0 * n * n * (double)n / (ms * 1e-3) / 1e12;
         printf("cuBLAS bf16 GEMM 8192^3: %.3f ms, %.1f TFLOP/s (peak reference)\n", ms, peak);
@@ -121,9 +121,9 @@ int main(int argc, char **argv) {
     TIME("fwd rmsnorm x2", 0, { rmsnorm_forward_cuda(xn, x, wn, (int)Tm, C, 1e-5f, NULL);
                                  rmsnorm_forward_cuda(xn, x, wn, (int)Tm, C, 1e-5f, NULL); });
     TIME("fwd q,k,v gemm", 2.0 * tok * C * (qo + 2 * kv), {
-        matmul_forward_cuda(q, xn, wq, NULL, (int)Tm, C, qo, NULL);
-        matmul_forward_cuda(k, xn, wk, NULL, (int)Tm, C, kv, NULL);
-        matmul_forward_cuda(v, xn, wv, NULL, (int)Tm, C, kv, NULL); });
+        matmul_forward_cuda(q, xn, wq, NULL, (int)Tm, C, qo, NULL, 0, NULL);
+        matmul_forward_cuda(k, xn, wk, NULL, (int)Tm, C, kv, NULL, 0, NULL);
+        matmul_forward_cuda(v, xn, wv, NULL, (int)Tm, C, kv, NULL, 0, NULL); });
     TIME("fwd rope q,k", 0, { /* positions restart at 0 in every sequence */
         for (int b = 0; b < mb; b++) {
             rope_forward_cuda(q + (size_t)b * T * qo, cos_t, sin_t, T, NH, HS, qo, NULL);
@@ -149,13 +149,13 @@ int main(int argc, char **argv) {
         if (prev) setenv("DONESHOT_ATTN", prev, 1);
         else unsetenv("DONESHOT_ATTN");
     }
-    TIME("fwd o gemm", 2.0 * tok * qo * C, matmul_forward_cuda(y, ctx, wo, NULL, (int)Tm, qo, C, NULL));
+    TIME("fwd o gemm", 2.0 * tok * qo * C, matmul_forward_cuda(y, ctx, wo, NULL, (int)Tm, qo, C, NULL, 0, NULL));
     TIME("fwd residual x2", 0, { residual_forward_cuda(x, y, Tm * C, NULL); residual_forward_cuda(x, y, Tm * C, NULL); });
     TIME("fwd gate,up gemm", 2.0 * 2 * tok * C * F, {
-        matmul_forward_cuda(g, xn, wg, NULL, (int)Tm, C, F, NULL);
-        matmul_forward_cuda(u, xn, wu, NULL, (int)Tm, C, F, NULL); });
+        matmul_forward_cuda(g, xn, wg, NULL, (int)Tm, C, F, NULL, 0, NULL);
+        matmul_forward_cuda(u, xn, wu, NULL, (int)Tm, C, F, NULL, 0, NULL); });
     TIME("fwd swiglu", 0, swiglu_forward_cuda(act, g, u, Tm * F, NULL));
-    TIME("fwd down gemm", 2.0 * tok * F * C, matmul_forward_cuda(y, act, wd, NULL, (int)Tm, F, C, NULL));
+    TIME("fwd down gemm", 2.0 * tok * F * C, matmul_forward_cuda(y, act, wd, NULL, (int)Tm, F, C, NULL, 0, NULL));
     const int nfwd = nst;
 
     /* ---- Hessians (one per distinct input) ---- */

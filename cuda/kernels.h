@@ -68,9 +68,12 @@ void bf16_to_f32_cuda(float *dst, const uint16_t *src, size_t n, void *stream);
 /* ---------------- forward ops ---------------- */
 /* matmul.cu: y[T,out] = bf16(x[T,in] W[out,in]^T + b) with fp32 accumulation on
  * tensor cores (cublasGemmEx, CUBLAS_COMPUTE_32F); b [out] bf16 or NULL (added
- * in f32 before the single rounding, as matmul_forward_cpu). */
+ * in f32 before the single rounding, as matmul_forward_cpu). seg: host [nseg],
+ * the rows' sequence lengths (sum T), or NULL for one sequence of T rows:
+ * one GEMM over all rows on the device; the CPU twin computes per sequence
+ * as matmul_seq_forward_cpu does (the CPU engine's call geometry). */
 void matmul_forward_cuda(uint16_t *y, const uint16_t *x, const uint16_t *w, const uint16_t *b,
-                         int T, int in, int out, void *stream);
+                         int T, int in, int out, const int *seg, int nseg, void *stream);
 
 /* matmul.cu: n bias-free Linear problems of one shape as one batched
  * launch (the MoE experts of a group): y_i [T_i, out] = bf16(x_i [T_i, in]
@@ -83,9 +86,10 @@ void matmul_forward_cuda(uint16_t *y, const uint16_t *x, const uint16_t *w, cons
  * >= 1. All T_i equal: one cublasGemmBatchedEx; otherwise one
  * cublasGemmGroupedBatchedEx (cuBLAS >= 12.5, one group per problem), or a
  * loop of cublasGemmEx on an older cuBLAS or where it answers
- * NOT_SUPPORTED. */
+ * NOT_SUPPORTED. seg: host [n, nseg], problem i's rows per sequence (as
+ * matmul_forward_cuda's seg, for the CPU twin), or NULL. */
 void matmul_batched_forward_cuda(const void *const *ptr_h, void *const *ptr_d, const int *T, int n, int in,
-                                 int out, void *stream);
+                                 int out, const int *seg, int nseg, void *stream);
 
 /* rmsnorm.cu: as rmsnorm_forward_cpu (f32 statistics, two bf16 roundings). y may alias x. */
 void rmsnorm_forward_cuda(uint16_t *y, const uint16_t *x, const uint16_t *w, int T, int C,

@@ -100,6 +100,7 @@ struct gpu_engine {
     int cs0, cs1;                   /* the sequences [cs0, cs1) of the chunk layer_chunk is on */
     const layer_linear *lin0;       /* the loaded layer's lw->lin (gptq's li -> weight slot) */
     int *seg;                       /* [micro_batch] one routed expert's rows per sequence of the chunk */
+    int *pseg;                      /* [2 E, micro_batch] an expert group's problems' rows per sequence (twin geometry) */
     size_t chunk_tok_max;
     int max_T, micro_batch;
 
@@ -271,6 +272,7 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
     e->nchunks = (int)((nlocal + (size_t)e->micro_batch - 1) / (size_t)e->micro_batch);
     e->chunk0 = xmalloc(sizeof(int) * (size_t)(e->nchunks + 1));
     e->seg = xmalloc(sizeof(int) * (size_t)e->micro_batch);
+    e->pseg = c->E > 0 ? xmalloc(sizeof(int) * 2 * (size_t)c->E * (size_t)e->micro_batch) : NULL;
     e->chunk_tok_max = 1;
     for (int i = 0; i <= e->nchunks; i++) e->chunk0[i] = (int)DS_MIN(nlocal, (size_t)i * e->micro_batch);
     for (int i = 0; i < e->nchunks; i++)
@@ -527,9 +529,17 @@ void gpu_engine_set_weight(gpu_engine *e, int lin, const float *w, const void *w
     e->t.upload += ds_now() - t0;
 }
 
-static void matmul(gpu_engine *e, uint16_t *y, const uint16_t *x, int lin, int T) {
-    matmul_forward_cuda(y, x, e->w[lin], e->has_b[lin] ? e->b[lin] : NULL, T, e->win[lin], e->wout[lin],
+/* Linear `lin` on X [T, in], the rows of nseg sequences (seg[i] rows each:
+ * the CPU twin's call geometry, as the CPU engine's). */
+static void matmul_seg(gpu_engine *e, uint16_t *y, const uint16_t *x, int lin, int T, const int *seg, int nseg) {
+    matmul_forward_cuda(y, x, e->w[lin], e->has_b[lin] ? e->b[lin] : NULL, T, e->win[lin], e->wout[lin], seg, nseg,
                         e->s_comp);
+}
+
+/* matmul_seg on all rows of the current chunk's sequences. */
+static void matmul(gpu_engine *e, uint16_t *y, const uint16_t *x, int lin, int T) {
+    DS_ASSERT((size_t)T == e->off[e->cs1] - e->off[e->cs0]);
+    matmul_seg(e, y, x, lin, T, e->len + e->cs0, e->cs1 - e->cs0);
 }
 
 /* Capture of input `inp` from X [T, n], the rows of nseg sequences (seg[i]
@@ -566,15 +576,17 @@ static void mlp_chunk(gpu_engine *e, int G, const uint16_t *X, int T, const int 
 }
 
 /* The GEMMs of one expert group: n problems as matmul_batched_forward_cuda
- * (host pointers ph {W, x, y}, their device copy pd, rows tp[i]); with an
- * expert bias (no supported architecture has one) one matmul per problem,
- * weight slot lin[i]. */
-static void expert_gemms(gpu_engine *e, void **ph, void **pd, const int *tp, const int *lin, int n, int in, int out) {
+ * (host pointers ph {W, x, y}, their device copy pd, rows tp[i], rows per
+ * sequence of the chunk seg [n, nseg]); with an expert bias (no supported
+ * architecture has one) one matmul per problem, weight slot lin[i]. */
+static void expert_gemms(gpu_engine *e, void **ph, void **pd, const int *tp, const int *lin, int n, int in, int out,
+                         const int *seg, int nseg) {
     if (e->expert_bias) {
-        for (int i = 0; i < n; i++) matmul(e, ph[2 * n + i], ph[n + i], lin[i], tp[i]);
+        for (int i = 0; i < n; i++)
+            matmul_seg(e, ph[2 * n + i], ph[n + i], lin[i], tp[i], seg + (size_t)i * nseg, nseg);
         return;
     }
-    matmul_batched_forward_cuda((const void *const *)ph, pd, tp, n, in, out, e->s_comp);
+    matmul_batched_forward_cuda((const void *const *)ph, pd, tp, n, in, out, seg, nseg, e->s_comp);
 }
 
 /* Routed calibration: e->seg[q - s0] = how many of one expert's nx rows
@@ -709,20 +721,24 @@ static void moe_chunk(gpu_engine *e, int T, int s0, int s1, const int *used) {
         if (np == 0) continue; /* routed: no token chose these experts */
         if (!all) moe_gather_cuda(e->xe, m, e->rows_d + eoff[x0], rws, C, s);
         int *tp = e->tprob, *lin = e->tprob + 3 * E;
+        const int nsq = s1 - s0;
         for (int y = x0, j = 0; y < x1; y++) {
             const int r0 = eoff[y], nx = eoff[y + 1] - r0, r = all ? T : nx, G = e->expert0 + 3 * y;
             if (!r) continue;
             tp[j] = tp[np + j] = tp[2 * np + j] = r;
             lin[j] = G; lin[np + j] = G + 1; lin[2 * np + j] = G + 2;
+            /* problem j (gate, and down), np + j (up): its rows per sequence */
+            const int nseq = all ? 0 : expert_segs(e, rows + r0, nx, s0, s1);
+            memcpy(e->pseg + (size_t)j * nsq, all ? e->len + s0 : e->seg, sizeof(int) * (size_t)nsq);
+            memcpy(e->pseg + (size_t)(np + j) * nsq, e->pseg + (size_t)j * nsq, sizeof(int) * (size_t)nsq);
             j++;
             if (all) continue;
-            const int nseq = expert_segs(e, rows + r0, nx, s0, s1);
             if (used && e->cnt) /* its tokens and the sequences that gave it one */
                 for (int id = INP_EXPERT_UP(y); id <= INP_EXPERT_DOWN(y); id++)
                     if (used[id] && e->want_h[id]) { e->cnt[2 * id] += nx; e->cnt[2 * id + 1] += nseq; }
             capture_seg(e, used, INP_EXPERT_UP(y), e->xe + (size_t)(r0 - eoff[x0]) * C, e->seg, s1 - s0);
         }
-        expert_gemms(e, ptr + p0, ptr_d + p0, tp, lin, 2 * np, C, IM);
+        expert_gemms(e, ptr + p0, ptr_d + p0, tp, lin, 2 * np, C, IM, e->pseg, nsq);
         swiglu_forward_cuda(e->g, e->g, e->u, (size_t)rws * IM, s);
         for (int y = x0; y < x1; y++) {
             const int r = all ? T : eoff[y + 1] - eoff[y];
@@ -735,7 +751,7 @@ static void moe_chunk(gpu_engine *e, int T, int s0, int s1, const int *used) {
             expert_segs(e, rows + eoff[y], r, s0, s1);
             capture_seg(e, used, INP_EXPERT_DOWN(y), e->g + off * IM, e->seg, s1 - s0);
         }
-        expert_gemms(e, ptr + p0 + 6 * np, ptr_d + p0 + 6 * np, tp + 2 * np, lin + 2 * np, np, IM, C);
+        expert_gemms(e, ptr + p0 + 6 * np, ptr_d + p0 + 6 * np, tp + 2 * np, lin + 2 * np, np, IM, C, e->pseg, nsq);
         moe_combine_cuda(e->acc, e->o, tok_d + gd[5], start_d + gd[6], src_d, e->rw_d, gd[7], C, s);
     }
     if (e->shared0 >= 0) {
@@ -999,6 +1015,7 @@ void gpu_engine_destroy(gpu_engine *e) {
     free(e->off);
     free(e->chunk0);
     free(e->seg);
+    free(e->pseg);
     ds_cuda_free(e->ix_d);
     free(e->ix_h); free(e->tpos); free(e->efill); free(e->gdesc); free(e->tprob);
     free(e);

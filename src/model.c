@@ -1195,19 +1195,23 @@ static void capture_seqs(capture_fn cap, void *cap_ctx, int id, const float *X, 
  * [rows, C], rows = sum T[i] of nseq sequences; down-input capture id
  * down_id, per sequence (none if cap is NULL); need_out 0: stop after that
  * capture (s->o is not written). */
-/* y = Linear L (x) over T rows: matmul_forward_cpu, after the input
- * activation fake quant of a quantized checkpoint's module (L->act: FP8,
- * W8A8, ...; scheme_act_fake on a copy of x, as compressed-tensors'
- * forward_quantize applies it to the module input). */
-static void lin_forward(float *y, const float *x, const layer_linear *L, int T, int in, int out, ds_dtype act) {
+/* y = Linear L (x) over the rows of nseq sequences (T[i] rows each):
+ * matmul_seq_forward_cpu, after the input activation fake quant of a
+ * quantized checkpoint's module (L->act: FP8, W8A8, ...; scheme_act_fake on
+ * a copy of x, as compressed-tensors' forward_quantize applies it to the
+ * module input: per token, or with the static per-tensor scale). */
+static void lin_forward(float *y, const float *x, const layer_linear *L, int nseq, const int *T, int in, int out,
+                        ds_dtype act) {
+    int rows = 0;
+    for (int i = 0; i < nseq; i++) rows += T[i];
     if (!L->act) {
-        matmul_forward_cpu(y, x, L->w, L->b, T, in, out, act);
+        matmul_seq_forward_cpu(y, x, L->w, L->b, T, nseq, in, out, act);
         return;
     }
-    float *xq = xmalloc(sizeof(float) * (size_t)DS_MAX(T, 1) * (size_t)in);
-    memcpy(xq, x, sizeof(float) * (size_t)T * (size_t)in);
-    scheme_act_fake(L->act, L->act->dynamic == QD_DYNAMIC ? NULL : &L->act_scale, xq, T, in, act);
-    matmul_forward_cpu(y, xq, L->w, L->b, T, in, out, act);
+    float *xq = xmalloc(sizeof(float) * (size_t)DS_MAX(rows, 1) * (size_t)in);
+    memcpy(xq, x, sizeof(float) * (size_t)rows * (size_t)in);
+    scheme_act_fake(L->act, L->act->dynamic == QD_DYNAMIC ? NULL : &L->act_scale, xq, rows, in, act);
+    matmul_seq_forward_cpu(y, xq, L->w, L->b, T, nseq, in, out, act);
     free(xq);
 }
 
@@ -1217,11 +1221,11 @@ static void mlp_forward(const model_config *c, const layer_linear *G, const floa
     const int F = G[0].out;
     int rows = 0;
     for (int i = 0; i < nseq; i++) rows += T[i];
-    lin_forward(s->g, X, &G[0], rows, c->C, F, act);
-    lin_forward(s->u, X, &G[1], rows, c->C, F, act);
+    lin_forward(s->g, X, &G[0], nseq, T, c->C, F, act);
+    lin_forward(s->u, X, &G[1], nseq, T, c->C, F, act);
     swiglu_forward_cpu(s->g, s->g, s->u, (size_t)rows * F, act);
     capture_seqs(cap, cap_ctx, down_id, s->g, nseq, T, F);
-    if (need_out) lin_forward(s->o, s->g, &G[2], rows, F, c->C, act);
+    if (need_out) lin_forward(s->o, s->g, &G[2], nseq, T, F, c->C, act);
 }
 
 /* MoE block on m [T, C] (one sequence); output into s->acc (model-dtype values).
@@ -1312,9 +1316,9 @@ static void layer_run(const model *m, const layer_weights *lw, float *x, int nse
     /* attention block: q, k, v over all rows, attention per sequence */
     rmsnorm_forward_cpu(s->a, x, lw->in_norm, N, C, c->eps, act);
     capture_seqs(cap, cap_ctx, INP_ATTN, s->a, nseq, T, C);
-    lin_forward(s->q, s->a, &L[LIN_Q], N, C, qd, act);
-    lin_forward(s->k, s->a, &L[LIN_K], N, C, kvd, act);
-    lin_forward(s->v, s->a, &L[LIN_V], N, C, kvd, act);
+    lin_forward(s->q, s->a, &L[LIN_Q], nseq, T, C, qd, act);
+    lin_forward(s->k, s->a, &L[LIN_K], nseq, T, C, kvd, act);
+    lin_forward(s->v, s->a, &L[LIN_V], nseq, T, C, kvd, act);
     if (c->qk_norm) {
         rmsnorm_forward_cpu(s->q, s->q, lw->q_norm, N * c->NH, c->HS, c->eps, act);
         rmsnorm_forward_cpu(s->k, s->k, lw->k_norm, N * c->NKV, c->HS, c->eps, act);
@@ -1327,7 +1331,7 @@ static void layer_run(const model *m, const layer_weights *lw, float *x, int nse
                               act, s->att);
     }
     capture_seqs(cap, cap_ctx, INP_O, s->ctx, nseq, T, qd);
-    lin_forward(s->o, s->ctx, &L[LIN_O], N, qd, C, act);
+    lin_forward(s->o, s->ctx, &L[LIN_O], nseq, T, qd, C, act);
     residual_forward_cpu(x, s->o, (size_t)N * C, act);
     /* MLP / MoE block */
     rmsnorm_forward_cpu(s->a, x, lw->post_norm, N, C, c->eps, act);

@@ -70,62 +70,78 @@ void exp_array_cpu(float *y, const float *x, size_t n) {
     }
 }
 
+/* The sgemm calls of matmul_seq_forward_cpu: each covers at most MM_ROWS rows
+ * of one sequence (its row chunks split the sequence evenly, counted from its
+ * first row) and one of ceil(out / MM_COLS) even slices of the outputs. */
+#define MM_ROWS 2048
+#define MM_COLS 2048
+
 typedef struct mm_job {
     float *y;
     const float *x, *w, *b;
-    int in, out;
+    const size_t *chunk; /* [2 * nchunk]: first row, rows */
+    int in, out, nslice;
     ds_dtype act;
 } mm_job;
 
-/* Rows of the smallest sgemm matmul_forward_cpu issues: more than 2^20
- * multiply-adds. OpenBLAS (SMALL_MATRIX_OPT, e.g. its SkylakeX kernels)
- * computes products of at most 100^3 multiply-adds with a small-matrix
- * kernel whose f32 summation order differs from the blocked kernel's, and
- * picks it by the row count too (transposed B: rows x out <= 1200), so the
- * same row could get other bits alone than among many (measured: K 64,
- * out 8, 48 vs 240 rows). Shorter calls run on zero-padded copies (tiny
- * models only: at most ~2 MFLOP per call). */
-static size_t mm_min_rows(int in, int out) {
-    /* at least 2: newer OpenBLAS hands a one-row product to gemv (GEMM_GEMV_FORWARD) */
-    return DS_MAX((size_t)2, ((size_t)1 << 20) / ((size_t)in * (size_t)out) + 1);
-}
-
-/* Rows [lo, hi) of y: one 1-thread sgemm (on padded copies when shorter
- * than mm_min_rows), the bias, the rounding. */
-static void mm_rows(void *p, size_t lo, size_t hi) {
+/* Units [lo, hi) (unit u: row chunk u / nslice, output slice u % nslice):
+ * one 1-thread sgemm each, then the bias and the rounding. */
+static void mm_units(void *p, size_t lo, size_t hi) {
     const mm_job *j = p;
     const int in = j->in, out = j->out;
-    float *y = j->y + lo * out;
-    const size_t n = hi - lo, np = mm_min_rows(in, out);
-    if (n >= np) {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, out, in, 1.0f, j->x + lo * in, in, j->w, in,
-                    0.0f, y, out);
-    } else {
-        float *xp = xcalloc(np * (size_t)in, sizeof(float)), *yp = xmalloc(sizeof(float) * np * (size_t)out);
-        memcpy(xp, j->x + lo * in, sizeof(float) * n * (size_t)in);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)np, out, in, 1.0f, xp, in, j->w, in, 0.0f, yp,
-                    out);
-        memcpy(y, yp, sizeof(float) * n * (size_t)out);
-        free(xp);
-        free(yp);
+    for (size_t u = lo; u < hi; u++) {
+        const size_t r0 = j->chunk[2 * (u / (size_t)j->nslice)], n = j->chunk[2 * (u / (size_t)j->nslice) + 1];
+        const int s = (int)(u % (size_t)j->nslice);
+        const int c0 = (int)((int64_t)out * s / j->nslice), nc = (int)((int64_t)out * (s + 1) / j->nslice) - c0;
+        float *y = j->y + r0 * out + c0;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, nc, in, 1.0f, j->x + r0 * in, in,
+                    j->w + (size_t)c0 * in, in, 0.0f, y, out);
+        for (size_t t = 0; t < n; t++) {
+            float *yr = y + t * out;
+            if (j->b)
+                for (int o = 0; o < nc; o++) yr[o] += j->b[c0 + o];
+            ds_round_array(yr, (size_t)nc, j->act);
+        }
     }
-    if (j->b)
-        for (size_t t = 0; t < hi - lo; t++)
-            for (int o = 0; o < out; o++) y[t * out + o] += j->b[o];
-    ds_round_array(y, (hi - lo) * out, j->act);
 }
 
-/* The rows are split over the host threads (BLAS itself runs one thread:
- * main.c), each range one sgemm: every output element is the same dot product
- * whatever the split or the row count (OpenBLAS's blocked kernel blocks K
- * alike for any M, and mm_rows keeps every call on it; tests/test_batch.c). */
+/* Why a fixed call geometry: OpenBLAS's kernels give a row other bits at
+ * another position within a call (measured on its Zen/Haswell sgemm: the
+ * rows of a call's last partial 12-row block, and any row of a call that
+ * starts off that grid; its SkylakeX small-matrix kernel picks itself by
+ * the row count), while one shape gives the same bits at any address. So
+ * every output element comes from the same call shape and position whatever
+ * the thread count, the micro-batch or the other sequences beside it
+ * (tests/test_ops.c, tests/test_batch.c). */
+void matmul_seq_forward_cpu(float *y, const float *x, const float *w, const float *b, const int *seg, int nseg,
+                            int in, int out, ds_dtype act) {
+    size_t nchunk = 0, rows = 0;
+    for (int i = 0; i < nseg; i++) {
+        DS_ASSERT(seg[i] >= 0);
+        nchunk += ((size_t)seg[i] + MM_ROWS - 1) / MM_ROWS;
+        rows += (size_t)seg[i];
+    }
+    if (nchunk == 0) return;
+    size_t *chunk = xmalloc(sizeof(size_t) * 2 * nchunk), k = 0, r0 = 0;
+    for (int i = 0; i < nseg; r0 += (size_t)seg[i], i++) {
+        const size_t n = (size_t)seg[i], nc = (n + MM_ROWS - 1) / MM_ROWS;
+        for (size_t c = 0; c < nc; c++, k++) {
+            chunk[2 * k] = r0 + n * c / nc;
+            chunk[2 * k + 1] = n * (c + 1) / nc - n * c / nc;
+        }
+    }
+    const int nslice = (out + MM_COLS - 1) / MM_COLS;
+    mm_job j = {y, x, w, b, chunk, in, out, nslice, act};
+    const size_t units = nchunk * (size_t)nslice;
+    /* at least ~4 MFLOP per thread */
+    const size_t per_unit = DS_MAX((size_t)1, rows * (size_t)in * (size_t)out / units);
+    ds_parallel_for(units, DS_MAX((size_t)1, ((size_t)2 << 20) / per_unit), mm_units, &j);
+    free(chunk);
+}
+
 void matmul_forward_cpu(float *y, const float *x, const float *w, const float *b, int T, int in,
                         int out, ds_dtype act) {
-    if (T <= 0) return;
-    mm_job j = {y, x, w, b, in, out, act};
-    /* at least ~4 MFLOP per range */
-    size_t min_rows = DS_MAX((size_t)16, ((size_t)2 << 20) / ((size_t)in * out + 1));
-    ds_parallel_for((size_t)T, min_rows, mm_rows, &j);
+    if (T > 0) matmul_seq_forward_cpu(y, x, w, b, &T, 1, in, out, act);
 }
 
 typedef struct rms_job {

@@ -13,9 +13,19 @@
 #include "common.h"
 
 /* y[T,out] = round_act(x[T,in] W[out,in]^T + b[out]) (b may be NULL).
- * f32 accumulation (OpenBLAS sgemm); the bias is added before the rounding. */
+ * f32 accumulation (OpenBLAS sgemm); the bias is added before the rounding.
+ * The T rows are one sequence (matmul_seq_forward_cpu). */
 void matmul_forward_cpu(float *y, const float *x, const float *w, const float *b, int T, int in,
                         int out, ds_dtype act);
+
+/* matmul_forward_cpu on the rows of nseg sequences, concatenated (seg[i] >= 0
+ * rows each; a sequence of 0 rows is skipped). Each row's bits depend only on
+ * its sequence's length and its position in it, never on the other
+ * sequences, the thread count or the split of a micro-batch: every sgemm
+ * covers a fixed piece of one sequence (ops_cpu.c). The rows are split over
+ * the host threads (OpenBLAS runs one thread: main.c). */
+void matmul_seq_forward_cpu(float *y, const float *x, const float *w, const float *b, const int *seg, int nseg,
+                            int in, int out, ds_dtype act);
 
 /* RMSNorm per row (HF LlamaRMSNorm): r = x * rsqrt(mean(x^2) + eps) in f32,
  * r = round_act(r), y = round_act(w * r). x and y may alias. */

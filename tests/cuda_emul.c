@@ -107,11 +107,18 @@ void bf16_to_f32_cuda(float *dst, const uint16_t *src, size_t n, void *stream) {
 
 /* ---- forward ops ---- */
 void matmul_forward_cuda(uint16_t *y, const uint16_t *x, const uint16_t *w, const uint16_t *b, int T, int in,
-                         int out, void *stream) {
+                         int out, const int *seg, int nseg, void *stream) {
     (void)stream;
+    if (!seg) {
+        seg = &T;
+        nseg = 1;
+    }
+    int rows = 0;
+    for (int i = 0; i < nseg; i++) rows += seg[i];
+    DS_ASSERT(rows == T);
     float *xf = unpack(x, (size_t)T * in), *wf = unpack(w, (size_t)out * in), *bf = b ? unpack(b, out) : NULL;
     float *yf = xmalloc(sizeof(float) * (size_t)T * out);
-    matmul_forward_cpu(yf, xf, wf, bf, T, in, out, DS_DTYPE_BF16);
+    matmul_seq_forward_cpu(yf, xf, wf, bf, seg, nseg, in, out, DS_DTYPE_BF16);
     pack(y, yf, (size_t)T * out);
     free(xf); free(wf); free(bf); free(yf);
 }
@@ -120,11 +127,12 @@ void matmul_forward_cuda(uint16_t *y, const uint16_t *x, const uint16_t *w, cons
  * are read from the "device" copy, so a table the engine did not upload
  * poisons the result. */
 void matmul_batched_forward_cuda(const void *const *ptr_h, void *const *ptr_d, const int *T, int n, int in, int out,
-                                 void *stream) {
+                                 const int *seg, int nseg, void *stream) {
     for (int i = 0; i < n; i++) {
         DS_ASSERT(T[i] >= 1 && ptr_d[i] == ptr_h[i] && ptr_d[n + i] == ptr_h[n + i] &&
                   ptr_d[2 * n + i] == ptr_h[2 * n + i]);
-        matmul_forward_cuda(ptr_d[2 * n + i], ptr_d[n + i], ptr_d[i], NULL, T[i], in, out, stream);
+        matmul_forward_cuda(ptr_d[2 * n + i], ptr_d[n + i], ptr_d[i], NULL, T[i], in, out,
+                            seg ? seg + (size_t)i * nseg : NULL, nseg, stream);
     }
 }
 

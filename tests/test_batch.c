@@ -10,10 +10,10 @@
  *    width (gen_model llama f32, hidden 384) and on tiny ones (the bundled
  *    stories260K, Llama f32, hidden 64; gen_model Qwen3 bf16 with q/k norm;
  *    Qwen2-MoE bf16 with a shared expert, all-experts and routed-only
- *    calibration): matmul_forward_cpu keeps every GEMM on OpenBLAS's blocked
- *    kernel, which computes each output row alike for any row count (short
- *    per-sequence GEMMs used to take its small-matrix kernel, whose f32
- *    summation order differs: ~1e-7 relative);
+ *    calibration): matmul_seq_forward_cpu gives each sequence its own
+ *    GEMM calls (OpenBLAS's kernels give a row other bits at another
+ *    position within a call: its Zen kernels off a 12-row grid, its
+ *    SkylakeX small-matrix kernel for short products);
  *  - with 1 and 2 host/BLAS threads (the -np 2 and -np 1 settings on 2 cores);
  *  - the CPU engine over more than one micro-batch (12 samples, over 4096
  *    tokens, the wide model in f32 and bf16): calibrate's Hessian sums and

@@ -286,7 +286,7 @@ static void t_matmul(int T, int in, int out, int bias) {
     dbuf bx, bw, bb = {0}, by;
     uint16_t *dx = dbuf_up(&bx, hx, (size_t)T * in * 2), *dw = dbuf_up(&bw, hw, (size_t)out * in * 2);
     uint16_t *db = b ? dbuf_up(&bb, hb, (size_t)out * 2) : NULL, *dy = dbuf_new(&by, ny * 2);
-    matmul_forward_cuda(dy, dx, dw, db, T, in, out, NULL);
+    matmul_forward_cuda(dy, dx, dw, db, T, in, out, NULL, 0, NULL);
     CHECK(dbuf_get(&by, hy));
     float *got = from_bf16(hy, ny);
     /* f32 summation order differs (tensor cores vs OpenBLAS): a bf16 rounding may flip */
@@ -908,10 +908,10 @@ static void t_matmul_batched(int n, const int *T, int in, int out, int shared) {
         ph[i] = dw + (size_t)i * out * in;
         ph[n + i] = dx + xo[i];
         ph[2 * n + i] = dy + yo[i];
-        matmul_forward_cuda(dr + yo[i], dx + xo[i], dw + (size_t)i * out * in, NULL, T[i], in, out, NULL);
+        matmul_forward_cuda(dr + yo[i], dx + xo[i], dw + (size_t)i * out * in, NULL, T[i], in, out, NULL, 0, NULL);
     }
     void **pd = dbuf_up(&bp, ph, sizeof(void *) * 3 * (size_t)n);
-    matmul_batched_forward_cuda((const void *const *)ph, pd, T, n, in, out, NULL);
+    matmul_batched_forward_cuda((const void *const *)ph, pd, T, n, in, out, NULL, 0, NULL);
     CHECK(dbuf_get(&by, hy));
     CHECK(dbuf_get(&br, hr));
     float *got = from_bf16(hy, ny), *ref = from_bf16(hr, ny);

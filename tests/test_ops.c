@@ -326,6 +326,42 @@ static void test_pipeline_assign(void) {
     }
 }
 
+/* matmul_seq_forward_cpu: a sequence's rows get the same bits alone and
+ * among others (lengths off any kernel grid: 12-row blocks on OpenBLAS's
+ * Zen kernels, where a row's bits depend on its position within a call),
+ * at 1 and 3 threads, and past one call's MM_ROWS (2049 rows, split in two)
+ * and MM_COLS (2100 outputs, two slices). */
+static void test_matmul_seq_invariance(void) {
+    TEST("matmul_seq_forward_cpu: each sequence's rows as computed alone, at any thread count") {
+        const int seg[5] = {37, 2049, 0, 5, 130}, nseg = 5, in = 96, out = 2100;
+        int T = 0;
+        for (int i = 0; i < nseg; i++) T += seg[i];
+        float *x = rnd((size_t)T * in, 1), *w = rnd((size_t)out * in, 0.05), *b = rnd(out, 0.1);
+        float *yb = malloc(sizeof(float) * T * out), *ys = malloc(sizeof(float) * T * out);
+        for (int th = 1; th <= 3; th += 2) {
+            ds_set_threads(th);
+            matmul_seq_forward_cpu(yb, x, w, b, seg, nseg, in, out, DS_DTYPE_BF16);
+            ds_set_threads(4 - th); /* alone, at the other thread count */
+            for (int i = 0, r = 0; i < nseg; r += seg[i], i++)
+                if (seg[i])
+                    matmul_forward_cpu(ys + (size_t)r * out, x + (size_t)r * in, w, b, seg[i], in, out,
+                                       DS_DTYPE_BF16);
+            CHECK(memcmp(yb, ys, sizeof(float) * T * out) == 0);
+        }
+        /* and the values are the product (f64 reference, bf16 rounding) */
+        double worst = 0;
+        for (int t = 0; t < T; t += 97)
+            for (int o = 0; o < out; o += 13) {
+                double ref = b[o];
+                for (int k = 0; k < in; k++) ref += (double)x[(size_t)t * in + k] * w[(size_t)o * in + k];
+                worst = fmax(worst, fabs(yb[(size_t)t * out + o] - ref) / (fabs(ref) + 1e-3));
+            }
+        CHECK(worst < 1.0 / 128);
+        ds_set_threads(1);
+        free(x); free(w); free(b); free(yb); free(ys);
+    }
+}
+
 /* The host threads split rows, tiles and output rows, never a sum: the
  * results at 1 and 3 threads are bit for bit the same (README
  * "Determinism"). Shapes past every split: 640 >= 512 (4 x 4 Hessian tiles), 600
@@ -381,6 +417,7 @@ static void test_thread_count_invariance(void) {
 int main(void) {
     test_parallel_for();
     test_parallel_tasks();
+    test_matmul_seq_invariance();
     test_thread_count_invariance();
     test_matmul();
     test_rmsnorm();
