@@ -97,9 +97,9 @@ print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for np, r in runs.items():
     st = r["stage_time_s"]
     # forward + propagate: the calibration pass skips down_proj (its output is
-    # discarded), the propagation pass runs every Linear; per-rank work is 1/np
-    # of the tokens
-    fl = (gemm_flop * 2 - down_flop) / np / (st["forward"] + st["propagate"]) / 1e9
+    # discarded), the propagation pass runs every Linear of every layer but the
+    # last (whose output nothing reads); per-rank work is 1/np of the tokens
+    fl = (gemm_flop * (2 - 1 / L) - down_flop) / np / (st["forward"] + st["propagate"]) / 1e9
     hf = hess_flop / np / st["hessian"] / 1e9
     peak = p1 if np == 2 else p2
     rss = "/".join(f"{x/2**20:.0f}" for x in r["peak_rss_bytes"])
@@ -116,7 +116,8 @@ cols = ([("llm-compressor (torch %s thr)" % lc["threads"], lc["oneshot_s"], p2)]
        [(f"doneshot -np {np}", r["total_time_s"], p2 if np == 1 else np * p1) for np, r in runs.items()]
 print(f"\njob arithmetic {job_flop / 1e12:.2f} TFLOP (GEMMs of both passes, attention, Hessians; GPTQ not counted;"
       f" the same for every column: doneshot skips the calibration pass's down_proj, {down_flop / 1e12:.2f} TFLOP,"
-      " so its column is job speed, not hardware utilisation)")
+      f" and the last layer's propagation, {gemm_flop / L / 1e12:.2f} TFLOP, so its column is job speed, not"
+      " hardware utilisation)")
 print("| | " + " | ".join(c[0] for c in cols) + " |")
 print("|---" * (len(cols) + 1) + "|")
 print("| total s | " + " | ".join(f"{c[1]:.1f}" for c in cols) + " |")
