@@ -315,16 +315,25 @@ static int factor_hinv_flip(float *H, int n) {
     return 0;
 }
 
-gptq_factor_method gptq_factor_method_env(gptq_factor_method dflt) {
+/* DONESHOT_GPTQ_FACTOR: 1 and *m when it names a method, 0 when unset or
+ * empty, -1 for any other value. */
+static int factor_env(gptq_factor_method *m) {
     const char *e = getenv("DONESHOT_GPTQ_FACTOR");
-    if (e && strcmp(e, "flip") == 0) return GPTQ_FACTOR_FLIP;
-    if (e && strcmp(e, "torch") == 0) return GPTQ_FACTOR_TORCH;
-    return dflt;
+    if (!e || !*e) return 0;
+    if (strcmp(e, "flip") == 0) *m = GPTQ_FACTOR_FLIP;
+    else if (strcmp(e, "torch") == 0) *m = GPTQ_FACTOR_TORCH;
+    else return -1;
+    return 1;
+}
+
+gptq_factor_method gptq_factor_method_env(gptq_factor_method dflt) {
+    gptq_factor_method m;
+    return factor_env(&m) > 0 ? m : dflt;
 }
 
 int gptq_factor_env_valid(void) {
-    const char *e = getenv("DONESHOT_GPTQ_FACTOR");
-    return !e || !*e || strcmp(e, "flip") == 0 || strcmp(e, "torch") == 0;
+    gptq_factor_method m;
+    return factor_env(&m) >= 0;
 }
 
 int gptq_hinv_upper(float *H, int n, gptq_factor_method method) {

@@ -90,7 +90,8 @@ static void mm_units(void *p, size_t lo, size_t hi) {
     const mm_job *j = p;
     const int in = j->in, out = j->out;
     for (size_t u = lo; u < hi; u++) {
-        const size_t r0 = j->chunk[2 * (u / (size_t)j->nslice)], n = j->chunk[2 * (u / (size_t)j->nslice) + 1];
+        const size_t *ch = j->chunk + 2 * (u / (size_t)j->nslice);
+        const size_t r0 = ch[0], n = ch[1];
         const int s = (int)(u % (size_t)j->nslice);
         const int c0 = (int)((int64_t)out * s / j->nslice), nc = (int)((int64_t)out * (s + 1) / j->nslice) - c0;
         float *y = j->y + r0 * out + c0;
