@@ -5,8 +5,8 @@
  * dtype: bf16/f16 models keep half the bytes of f32), model.c's
  * layer_forward_batch (OpenBLAS GEMMs) over micro-batches of whole samples
  * (converted to f32 per micro-batch) for the calibration and propagation passes,
- * Hessian capture with hessian_accum_cpu (f64 sums, one call per sample and
- * input, as before micro-batching) and gptq_quantize for solves.
+ * Hessian capture with hessian_accum_cpu (f64 sums per sample, one call per
+ * micro-batch and input) and gptq_quantize for solves.
  *
  * Micro-batches: consecutive samples with at most CPU_BATCH_ROWS tokens in
  * all and at most CPU_BATCH_BYTES of layer scratch (a longer sample runs
@@ -67,15 +67,18 @@ static void load_batch(cpu_engine *c, const cpu_batch *mb) {
     DS_ASSERT(st == DS_OK); /* the model dtype is F32, BF16 or F16 (model_open) */
 }
 
-static void capture(void *p, int input_id, const float *X, int T, int n) {
+static void capture(void *p, int input_id, const float *X, int nseq, const int *T, int n) {
     cpu_engine *c = p;
-    if (c->base.act_amax && c->used[input_id] && T > 0) /* static activation observer (min/max) */
-        c->base.act_amax[input_id] = act_absmax_cpu(c->base.act_amax[input_id], X, (size_t)T * (size_t)n);
-    if (!c->used[input_id] || !c->H[input_id] || T <= 0) return;
+    size_t rows = 0;
+    int64_t seqs = 0;
+    for (int s = 0; s < nseq; s++) rows += (size_t)T[s], seqs += T[s] > 0;
+    if (c->base.act_amax && c->used[input_id] && rows > 0) /* static activation observer (min/max) */
+        c->base.act_amax[input_id] = act_absmax_cpu(c->base.act_amax[input_id], X, rows * (size_t)n);
+    if (!c->used[input_id] || !c->H[input_id] || rows == 0) return;
     double t0 = ds_now();
-    hessian_accum_cpu(c->H[input_id], X, T, n, c->scratch);
-    c->cnt[2 * input_id] += T;
-    c->cnt[2 * input_id + 1]++;
+    hessian_accum_cpu(c->H[input_id], X, nseq, T, n, c->scratch);
+    c->cnt[2 * input_id] += (int64_t)rows;
+    c->cnt[2 * input_id + 1] += seqs;
     c->t.hessian += ds_now() - t0;
 }
 

@@ -1185,12 +1185,6 @@ static void route(const model_config *c, const layer_linear *R, const float *m, 
 }
 
 /* Capture X [sum T[i], n], the rows of nseq sequences, one sequence per call. */
-static void capture_seqs(capture_fn cap, void *cap_ctx, int id, const float *X, int nseq, const int *T, int n) {
-    if (!cap) return;
-    for (int i = 0; i < nseq; X += (size_t)T[i] * n, i++)
-        if (T[i] > 0) cap(cap_ctx, id, X, T[i], n);
-}
-
 /* One SiLU-gated MLP (dense, expert or shared expert) on X [rows, C] -> s->o
  * [rows, C], rows = sum T[i] of nseq sequences; down-input capture id
  * down_id, per sequence (none if cap is NULL); need_out 0: stop after that
@@ -1224,7 +1218,7 @@ static void mlp_forward(const model_config *c, const layer_linear *G, const floa
     lin_forward(s->g, X, &G[0], nseq, T, c->C, F, act);
     lin_forward(s->u, X, &G[1], nseq, T, c->C, F, act);
     swiglu_forward_cpu(s->g, s->g, s->u, (size_t)rows * F, act);
-    capture_seqs(cap, cap_ctx, down_id, s->g, nseq, T, F);
+    if (cap) cap(cap_ctx, down_id, s->g, nseq, T, F);
     if (need_out) lin_forward(s->o, s->g, &G[2], nseq, T, F, c->C, act);
 }
 
@@ -1264,7 +1258,7 @@ static void moe_forward(const model *mdl, const layer_weights *lw, const float *
         }
         if (n == 0) continue;
         for (int i = 0; i < n; i++) memcpy(s->xe + (size_t)i * C, m + (size_t)s->rows[i] * C, sizeof(float) * C);
-        if (cap) cap(cap_ctx, INP_EXPERT_UP(e), s->xe, n, C);
+        if (cap) cap(cap_ctx, INP_EXPERT_UP(e), s->xe, 1, &n, C);
         mlp_forward(c, G, s->xe, 1, &n, s, cap, cap_ctx, INP_EXPERT_DOWN(e), need_out);
         if (!need_out) continue;
         for (int i = 0; i < n; i++) {
@@ -1315,7 +1309,7 @@ static void layer_run(const model *m, const layer_weights *lw, float *x, int nse
     }
     /* attention block: q, k, v over all rows, attention per sequence */
     rmsnorm_forward_cpu(s->a, x, lw->in_norm, N, C, c->eps, act);
-    capture_seqs(cap, cap_ctx, INP_ATTN, s->a, nseq, T, C);
+    if (cap) cap(cap_ctx, INP_ATTN, s->a, nseq, T, C);
     lin_forward(s->q, s->a, &L[LIN_Q], nseq, T, C, qd, act);
     lin_forward(s->k, s->a, &L[LIN_K], nseq, T, C, kvd, act);
     lin_forward(s->v, s->a, &L[LIN_V], nseq, T, C, kvd, act);
@@ -1330,12 +1324,12 @@ static void layer_run(const model *m, const layer_weights *lw, float *x, int nse
         attention_forward_cpu(s->ctx + (size_t)r * qd, q, k, s->v + (size_t)r * kvd, T[i], c->NH, c->NKV, c->HS,
                               act, s->att);
     }
-    capture_seqs(cap, cap_ctx, INP_O, s->ctx, nseq, T, qd);
+    if (cap) cap(cap_ctx, INP_O, s->ctx, nseq, T, qd);
     lin_forward(s->o, s->ctx, &L[LIN_O], nseq, T, qd, C, act);
     residual_forward_cpu(x, s->o, (size_t)N * C, act);
     /* MLP / MoE block */
     rmsnorm_forward_cpu(s->a, x, lw->post_norm, N, C, c->eps, act);
-    capture_seqs(cap, cap_ctx, INP_MLP, s->a, nseq, T, C);
+    if (cap) cap(cap_ctx, INP_MLP, s->a, nseq, T, C);
     if (lw->sparse) {
         for (int i = 0, r = 0; i < nseq; r += T[i], i++) {
             if (T[i] == 0) continue;

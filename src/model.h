@@ -157,11 +157,12 @@ void layer_scratch_init(layer_scratch *s, const model_config *c, int max_T);
 void layer_scratch_init_batch(layer_scratch *s, const model_config *c, int max_rows, int max_T);
 void layer_scratch_free(layer_scratch *s);
 
-/* Called with each captured Linear input X [T, n] (n = model_input_dim) of
- * one sequence: once per sequence and input, also in a micro-batch; T may be
- * smaller than the sequence (routed tokens of one expert). Hessian sums are
- * therefore the same whatever the micro-batching. */
-typedef void (*capture_fn)(void *ctx, int input_id, const float *X, int T, int n);
+/* Called with each captured Linear input X [sum T[i], n] (n =
+ * model_input_dim): the rows of nseq sequences, concatenated (a micro-batch,
+ * or one sequence; T[i] may be 0, or smaller than the sequence: the routed
+ * tokens of one expert). Hessian sums are kept per sequence, so they are the
+ * same whatever the micro-batching. */
+typedef void (*capture_fn)(void *ctx, int input_id, const float *X, int nseq, const int *T, int n);
 
 /* x [T, C] := decoder layer (x) in place. cap may be NULL. */
 void layer_forward(const model *m, const layer_weights *lw, float *x, int T, layer_scratch *s,

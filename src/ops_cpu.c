@@ -323,13 +323,9 @@ void residual_forward_cpu(float *x, const float *y, size_t n, ds_dtype act) {
 }
 
 /* Hessian tiles: the upper triangle of H [n, n] in B x B tiles (a, b),
- * b >= a, numbered row-major; each job computes its tiles' X^T X in f32 (a
- * diagonal tile with ssyrk, the others with sgemm) into its place in the
- * [n, n] scratch and adds twice that into H in f64. The tiling depends on n
- * alone (so the sums do not depend on the thread count): one tile below 512
- * columns, else 4 to 16 tile rows of a multiple of 64 columns (4 x 4 tiles
- * split evenly over 2 threads; a single-thread 2048-wide update runs ~13 %
- * slower than one ssyrk, and on two threads in about half its time). */
+ * b >= a. The tiling depends on n alone (a row's bits depend on the call
+ * geometry on some BLAS kernels, ops_cpu.h): one tile below 512 columns,
+ * else 4 to 16 tile rows of a multiple of 64 columns. */
 static int hess_tile(int n) {
     if (n < 512) return n;
     const int nt = DS_MIN(16, DS_MAX(4, n / 512));
@@ -339,37 +335,51 @@ static int hess_tile(int n) {
 typedef struct hacc_job {
     double *H;
     const float *X;
+    const int *T;
     float *scratch; /* [n, n] */
-    int rows, n, nt, B;
+    int nseq, n, B;
+    int (*tile)[2]; /* tasks: tile (a, b), off-diagonal (sgemm) tiles first */
 } hacc_job;
 
-static void hacc_tiles(void *p, size_t lo, size_t hi) {
+/* One tile, every sequence in order: its X_s^T X_s in f32 (ssyrk on the
+ * diagonal, sgemm off it) into its place in the scratch, then twice that
+ * added into H in f64. The tile's part of H stays in cache across the
+ * sequences; each element gets the same additions in the same order as one
+ * call per sequence. */
+static void hacc_tile(void *p, size_t k) {
     const hacc_job *j = p;
-    const int n = j->n, nt = j->nt, HT = j->B;
-    size_t k = 0;
-    for (int a = 0; a < nt; a++)
-        for (int b = a; b < nt; b++, k++) {
-            if (k < lo || k >= hi) continue;
-            const int r0 = a * HT, c0 = b * HT, nr = DS_MIN(HT, n - r0), nc = DS_MIN(HT, n - c0);
-            float *S = j->scratch + (size_t)r0 * n + c0;
-            if (a == b)
-                cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, nr, j->rows, 1.0f, j->X + r0, n, 0.0f, S, n);
-            else
-                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nr, nc, j->rows, 1.0f, j->X + r0, n, j->X + c0,
-                            n, 0.0f, S, n);
-            for (int i = 0; i < nr; i++) {
-                double *hr = j->H + (size_t)(r0 + i) * n + c0;
-                const float *sr = S + (size_t)i * n;
-                for (int c = a == b ? i : 0; c < nc; c++) hr[c] += 2.0 * (double)sr[c];
-            }
+    const int n = j->n, a = j->tile[k][0], b = j->tile[k][1];
+    const int r0 = a * j->B, c0 = b * j->B, nr = DS_MIN(j->B, n - r0), nc = DS_MIN(j->B, n - c0);
+    float *S = j->scratch + (size_t)r0 * n + c0;
+    const float *X = j->X;
+    for (int s = 0; s < j->nseq; X += (size_t)j->T[s] * n, s++) {
+        const int rows = j->T[s];
+        if (rows <= 0) continue;
+        if (a == b)
+            cblas_ssyrk(CblasRowMajor, CblasUpper, CblasTrans, nr, rows, 1.0f, X + r0, n, 0.0f, S, n);
+        else
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nr, nc, rows, 1.0f, X + r0, n, X + c0, n, 0.0f, S, n);
+        for (int i = 0; i < nr; i++) {
+            double *hr = j->H + (size_t)(r0 + i) * n + c0;
+            const float *sr = S + (size_t)i * n;
+            for (int c = a == b ? i : 0; c < nc; c++) hr[c] += 2.0 * (double)sr[c];
         }
+    }
 }
 
-void hessian_accum_cpu(double *H, const float *X, int rows, int n, float *scratch) {
-    if (rows == 0) return;
+void hessian_accum_cpu(double *H, const float *X, int nseq, const int *T, int n, float *scratch) {
+    int any = 0;
+    for (int s = 0; s < nseq; s++) any |= T[s] > 0;
+    if (!any) return;
     const int B = hess_tile(n), nt = (n + B - 1) / B;
-    hacc_job j = {H, X, scratch, rows, n, nt, B};
-    ds_parallel_for((size_t)nt * (nt + 1) / 2, 1, hacc_tiles, &j);
+    int(*tile)[2] = xmalloc(sizeof *tile * (size_t)nt * (size_t)(nt + 1) / 2);
+    size_t k = 0;
+    for (int a = 0; a < nt; a++) /* an sgemm tile costs about twice an ssyrk one */
+        for (int b = a + 1; b < nt; b++) tile[k][0] = a, tile[k++][1] = b;
+    for (int a = 0; a < nt; a++) tile[k][0] = a, tile[k++][1] = a;
+    hacc_job j = {H, X, T, scratch, nseq, n, B, tile};
+    ds_parallel_tasks(k, hacc_tile, NULL, &j);
+    free(tile);
 }
 
 void hessian_mirror_cpu(double *H, int n) {

@@ -66,12 +66,15 @@ void swiglu_forward_cpu(float *out, const float *gate, const float *up, size_t n
 void residual_forward_cpu(float *x, const float *y, size_t n, ds_dtype act);
 
 /* Hessian sum: H[n,n] (f64; only the upper triangle j >= i is accumulated,
- * call hessian_mirror_cpu once before use) += 2 * X^T X for X [rows, n] f32.
- * X^T X is computed in f32 (ssyrk, products of the activation values, exact
- * inputs) per call and added in f64, so sums over many calls are independent
- * of how rows are split across ranks (up to f64 rounding).
+ * call hessian_mirror_cpu once before use) += 2 * X_s^T X_s for each of the
+ * nseq sequences s, in order, whose rows X_s [T[s], n] f32 are concatenated
+ * in X (T[s] may be 0). Each X_s^T X_s is computed in f32 (ssyrk/sgemm tiles
+ * of a geometry fixed by n, products of the activation values, exact inputs)
+ * and added in f64, so the result is the same for any grouping of the
+ * sequences into calls and any thread count, and independent of how they are
+ * split across ranks up to f64 rounding. Tiles run on ds_threads() threads.
  * scratch: n*n floats. */
-void hessian_accum_cpu(double *H, const float *X, int rows, int n, float *scratch);
+void hessian_accum_cpu(double *H, const float *X, int nseq, const int *T, int n, float *scratch);
 /* Copy the upper triangle of H [n,n] into the lower one. */
 void hessian_mirror_cpu(double *H, int n);
 /* The GPTQ input from a Hessian sum: Hf[i][j] = Hf[j][i] = (float)(H[i][j] /

@@ -296,13 +296,15 @@ typedef struct sq_capture {
     float *mn, *mx; /* [nmap][C] */
 } sq_capture;
 
-static void capture(void *p, int input_id, const float *X, int T, int n) {
+static void capture(void *p, int input_id, const float *X, int nseq, const int *T, int n) {
     sq_capture *q = p;
     const int k = input_id == INP_ATTN ? 0 : input_id == INP_MLP ? 1 : -1;
     if (k < 0 || k >= q->nmap) return;
     DS_ASSERT(n == q->C);
     float *mn = q->mn + (size_t)k * n, *mx = q->mx + (size_t)k * n;
-    for (int t = 0; t < T; t++) {
+    int rows = 0;
+    for (int s = 0; s < nseq; s++) rows += T[s];
+    for (int t = 0; t < rows; t++) {
         const float *x = X + (size_t)t * n;
         for (int j = 0; j < n; j++) {
             if (x[j] < mn[j] || isnan(x[j])) mn[j] = x[j];

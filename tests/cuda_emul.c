@@ -204,14 +204,14 @@ void hessian_accum_cuda(float *H, const uint16_t *X, int rows, int n, void *stre
     (void)stream;
     double *Hd = xcalloc((size_t)n * n, sizeof(double));
     float *scratch = xmalloc(sizeof(float) * (size_t)n * n), *Xf = unpack(X, (size_t)rows * n);
-    hessian_accum_cpu(Hd, Xf, rows, n, scratch);
+    hessian_accum_cpu(Hd, Xf, 1, &rows, n, scratch);
     hessian_mirror_cpu(Hd, n);
     for (size_t i = 0; i < (size_t)n * n; i++) H[i] += (float)Hd[i];
     free(Hd); free(scratch); free(Xf);
 }
 
-/* As hessian_accum_cpu and the real kernel: the upper triangle only, one
- * hessian_accum_cpu per segment (the CPU engine's per-sequence order). The
+/* As hessian_accum_cpu and the real kernel: the upper triangle only, the
+ * segments summed one by one (the CPU engine's per-sequence order). The
  * engine's scratch is the kernel's (hessian_scratch_floats(n), one tile row),
  * smaller than the CPU's n x n: it is overwritten whole (an undersized
  * allocation shows up under ASan) and the CPU twin gets its own. */
@@ -224,8 +224,7 @@ void hessian_accum_f64_cuda(double *H, const uint16_t *X, const int *seg, int ns
     const size_t ns = hessian_scratch_floats(n);
     for (size_t i = 0; i < ns; i++) scratch[i] = NAN;
     float *Xf = unpack(X, rows * n), *S = xmalloc(sizeof(float) * (size_t)n * n);
-    for (int i = 0, r = 0; i < nseg; r += seg[i++])
-        if (seg[i] > 0) hessian_accum_cpu(H, Xf + (size_t)r * n, seg[i], n, S);
+    hessian_accum_cpu(H, Xf, nseg, seg, n, S);
     free(Xf); free(S);
 }
 

@@ -34,7 +34,7 @@
 
 static char g_tmp[256], g_gen[512];
 
-/* Hessian capture with the CPU engine's arithmetic (hessian_accum_cpu per call). */
+/* Hessian capture with the CPU engine's arithmetic (hessian_accum_cpu per capture). */
 typedef struct hcap {
     const model_config *c;
     double **H;    /* [num_inputs] -> [n, n] */
@@ -42,11 +42,13 @@ typedef struct hcap {
     float *scr;
 } hcap;
 
-static void cap_fn(void *p, int id, const float *X, int T, int n) {
+static void cap_fn(void *p, int id, const float *X, int nseq, const int *T, int n) {
     hcap *h = p;
-    hessian_accum_cpu(h->H[id], X, T, n, h->scr);
-    h->cnt[2 * id] += T;
-    h->cnt[2 * id + 1]++;
+    hessian_accum_cpu(h->H[id], X, nseq, T, n, h->scr);
+    for (int s = 0; s < nseq; s++) {
+        h->cnt[2 * id] += T[s];
+        h->cnt[2 * id + 1] += T[s] > 0;
+    }
 }
 
 static void hcap_init(hcap *h, const model_config *c) {

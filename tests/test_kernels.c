@@ -387,7 +387,7 @@ static void t_residual(size_t n) {
 static double *hessian_ref(const float *X, int rows, int n) {
     double *H = xcalloc((size_t)n * n, sizeof(double));
     float *scr = xmalloc(sizeof(float) * (size_t)n * n);
-    hessian_accum_cpu(H, X, rows, n, scr);
+    hessian_accum_cpu(H, X, 1, &rows, n, scr);
     for (int i = 0; i < n; i++)
         for (int j = i + 1; j < n; j++) H[(size_t)j * n + i] = H[(size_t)i * n + j];
     free(scr);

@@ -28,7 +28,7 @@ static void sample(int s, float *X) { /* deterministic rows of sample s */
 static void hessian_of(int first, int last, double *H) {
     float X[ROWS * N], scr[N * N];
     memset(H, 0, sizeof(double) * N * N);
-    for (int s = first; s < last; s++) { sample(s, X); hessian_accum_cpu(H, X, ROWS, N, scr); }
+    for (int s = first; s < last; s++) { sample(s, X); const int rows = ROWS; hessian_accum_cpu(H, X, 1, &rows, N, scr); }
 }
 
 static int child(const char *out) {

@@ -296,17 +296,24 @@ static void test_hessian_accum(void) {
         float *X = rnd((size_t)rows * n, 1), *scr = malloc(sizeof(float) * n * n);
         double *H1 = calloc((size_t)n * n, sizeof(double)), *H2 = calloc((size_t)n * n, sizeof(double));
         double *ref = calloc((size_t)n * n, sizeof(double));
-        hessian_accum_cpu(H1, X, rows, n, scr);
+        const int split[2] = {10, rows - 10};
+        hessian_accum_cpu(H1, X, 1, &rows, n, scr);
         hessian_mirror_cpu(H1, n);
-        hessian_accum_cpu(H2, X, 10, n, scr);
-        hessian_accum_cpu(H2, X + 10 * n, rows - 10, n, scr);
+        hessian_accum_cpu(H2, X, 1, &split[0], n, scr);
+        hessian_accum_cpu(H2, X + 10 * n, 1, &split[1], n, scr);
         hessian_mirror_cpu(H2, n);
         for (int r = 0; r < rows; r++)
             for (int i = 0; i < n; i++)
                 for (int j = 0; j < n; j++) ref[i * n + j] += 2.0 * X[r * n + i] * X[r * n + j];
         CHECK_CLOSE(H1, ref, n * n, 1e-5, 1e-5);
         CHECK_CLOSE(H2, ref, n * n, 1e-5, 1e-5);
-        free(X); free(scr); free(H1); free(H2); free(ref);
+        /* the same sequences (and an empty one) in one call: the same bits */
+        const int three[3] = {10, 0, rows - 10};
+        double *H3 = calloc((size_t)n * n, sizeof(double));
+        hessian_accum_cpu(H3, X, 3, three, n, scr);
+        hessian_mirror_cpu(H3, n);
+        CHECK(memcmp(H2, H3, sizeof(double) * n * n) == 0);
+        free(X); free(scr); free(H1); free(H2); free(H3); free(ref);
     }
 }
 
@@ -376,12 +383,12 @@ static void test_thread_count_invariance(void) {
         double *H1 = calloc((size_t)n * n, sizeof(double)), *H3 = calloc((size_t)n * n, sizeof(double));
         ds_set_threads(1);
         matmul_forward_cpu(y1, x, w, NULL, T, n, out, DS_DTYPE_BF16);
-        hessian_accum_cpu(H1, x, 512, n, scr);
-        hessian_accum_cpu(H1, x + (size_t)512 * n, T - 512, n, scr);
+        const int seqs[2] = {512, T - 512};
+        hessian_accum_cpu(H1, x, 1, &seqs[0], n, scr);
+        hessian_accum_cpu(H1, x + (size_t)512 * n, 1, &seqs[1], n, scr);
         ds_set_threads(3);
         matmul_forward_cpu(y3, x, w, NULL, T, n, out, DS_DTYPE_BF16);
-        hessian_accum_cpu(H3, x, 512, n, scr);
-        hessian_accum_cpu(H3, x + (size_t)512 * n, T - 512, n, scr);
+        hessian_accum_cpu(H3, x, 2, seqs, n, scr); /* both sequences in one call */
         CHECK(memcmp(y1, y3, sizeof(float) * T * out) == 0);
         size_t hbad = 0;
         for (int i = 0; i < n; i++)
