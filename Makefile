@@ -52,6 +52,19 @@ ifeq ($(CUDA),1)
             -Xcompiler -Wall,-Wextra,-fPIC -Werror all-warnings -MMD -MP
 endif
 OBJ     := $(SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.o)
+
+# The build's configuration, in $(BUILD)/.config: when a make in the same
+# build folder names another one (make CUDA=0 after a CUDA build), the stamp
+# is rewritten, so every object is rebuilt with the new flags, and a stale
+# libdoneshot-cuda.so is removed (a CPU-only doneshot must not find one).
+CONFIG       := CUDA=$(CUDA) MPI=$(MPI) DEBUG=$(DEBUG) SANITIZE=$(SANITIZE) CUDA_ARCH=$(CUDA_ARCH) \
+                CUDA_HOME=$(CUDA_HOME) PREFIX=$(PREFIX) MPICC=$(MPICC) NVCC=$(NVCC)
+CONFIG_STAMP := $(BUILD)/.config
+ifeq ($(filter clean,$(MAKECMDGOALS)),)
+  ifneq ($(shell cat $(CONFIG_STAMP) 2>/dev/null),$(strip $(CONFIG)))
+    $(shell mkdir -p $(BUILD) && rm -f $(BUILD)/libdoneshot-cuda.so && echo '$(strip $(CONFIG))' >$(CONFIG_STAMP))
+  endif
+endif
 LIB     := $(BUILD)/libdoneshot.a
 TESTS   := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 # doneshot-emul: doneshot whose CUDA engine runs on tests/cuda_emul.c (host
@@ -64,6 +77,7 @@ EMUL_LIBS := $(filter-out -lcudart -lcublas -lcusolver,$(LDLIBS))
 BENCH_BIN := $(BUILD)/gen_model $(BUILD)/ckpt_diff $(if $(filter 1,$(CUDA)),$(BUILD)/bench_gpu,)
 all: $(BUILD)/doneshot $(TESTS) $(BUILD)/doneshot-emul $(BENCH_BIN)
 	@echo "built $(BUILD)/doneshot (CUDA=$(CUDA)). Hint: run 'make test'"
+$(CONFIG_STAMP): ; # written while the Makefile is read (CONFIG above)
 
 # Install the Debian packages once if any header or tool is missing (fresh machine).
 DEPS_STAMP := $(BUILD)/.deps-ok
@@ -75,12 +89,12 @@ $(DEPS_STAMP):
 	if [ -n "$$missing" ]; then echo "installing dependencies (.ci/deps.sh)"; sh .ci/deps.sh; fi
 	@touch $@
 
-$(BUILD)/%.o: %.c | $(DEPS_STAMP)
+$(BUILD)/%.o: %.c $(CONFIG_STAMP) | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	@echo "CC $<"
 	@$(MPICC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/%.o: %.cu | $(DEPS_STAMP)
+$(BUILD)/%.o: %.cu $(CONFIG_STAMP) | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	@echo "NVCC $<"
 	@$(NVCC) $(NVFLAGS) -c $< -o $@
@@ -104,12 +118,12 @@ $(BUILD)/doneshot: $(EXE_OBJ) $(CUDA_SO)
 
 $(BUILD)/src/gpu_loader.o: CFLAGS += -DDS_CUDA_LIBDIR='"$(PREFIX)/lib/doneshot"'
 
-$(BUILD)/lazy/gpu_engine.o: src/gpu_engine.c | $(DEPS_STAMP)
+$(BUILD)/lazy/gpu_engine.o: src/gpu_engine.c $(CONFIG_STAMP) | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	@echo "CC $< (boundary only)"
 	@$(MPICC) $(CFLAGS) -DDS_GPU_LAZY -c $< -o $@
 
-$(BUILD)/pic/gpu_engine.o: src/gpu_engine.c | $(DEPS_STAMP)
+$(BUILD)/pic/gpu_engine.o: src/gpu_engine.c $(CONFIG_STAMP) | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	@echo "CC $< (-fPIC)"
 	@$(MPICC) $(CFLAGS) -fPIC -c $< -o $@
@@ -124,7 +138,7 @@ $(BUILD)/doneshot: $(BUILD)/src/main.o $(LIB)
 	@$(MPICC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 endif
 
-$(BUILD)/emul/gpu_engine.o: src/gpu_engine.c | $(DEPS_STAMP)
+$(BUILD)/emul/gpu_engine.o: src/gpu_engine.c $(CONFIG_STAMP) | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	@echo "CC $< (emulated CUDA)"
 	@$(MPICC) $(CFLAGS) -DDS_CUDA -c $< -o $@
