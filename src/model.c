@@ -1184,11 +1184,6 @@ static void route(const model_config *c, const layer_linear *R, const float *m, 
     }
 }
 
-/* Capture X [sum T[i], n], the rows of nseq sequences, one sequence per call. */
-/* One SiLU-gated MLP (dense, expert or shared expert) on X [rows, C] -> s->o
- * [rows, C], rows = sum T[i] of nseq sequences; down-input capture id
- * down_id, per sequence (none if cap is NULL); need_out 0: stop after that
- * capture (s->o is not written). */
 /* y = Linear L (x) over the rows of nseq sequences (T[i] rows each):
  * matmul_seq_forward_cpu, after the input activation fake quant of a
  * quantized checkpoint's module (L->act: FP8, W8A8, ...; scheme_act_fake on
@@ -1209,6 +1204,10 @@ static void lin_forward(float *y, const float *x, const layer_linear *L, int nse
     free(xq);
 }
 
+/* One SiLU-gated MLP (dense, expert or shared expert) on X [rows, C] -> s->o
+ * [rows, C], rows = sum T[i] of nseq sequences; the down_proj input is
+ * captured as down_id, all nseq sequences in one call (none if cap is NULL);
+ * need_out 0: stop after that capture (s->o is not written). */
 static void mlp_forward(const model_config *c, const layer_linear *G, const float *X, int nseq, const int *T,
                         layer_scratch *s, capture_fn cap, void *cap_ctx, int down_id, int need_out) {
     const ds_dtype act = c->dtype;
