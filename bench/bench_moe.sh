@@ -25,7 +25,8 @@
 #   device line names the group size, DONESHOT_MOE_GROUP_ROWS=1 gives the
 #   smallest groups (one expert per group when calibrating all experts) for
 #   an A/B against the default.
-#   TIMEOUT (default 540 s) bounds step 2; SKIP_PARITY=1 / SKIP_E2E=1;
+#   TIMEOUT (default 540 s) bounds step 2, and DEADLINE (an epoch second;
+#   bench/device_check.sh sets it) ends it 20 s before; SKIP_PARITY=1 / SKIP_E2E=1;
 #   MOE_SHAPE replaces the gen_model shape options (a dry run of the script
 #   with a tiny model and BUILD/doneshot the emulated engine).
 #   Not run in the development session that wrote it (no GPU there).
@@ -73,7 +74,10 @@ PY
         [ -f "$W/m$L/config.json" ] || "$BUILD/gen_model" --out "$W/m$L" $shape --layers "$L" >/dev/null
         [ -f "$W/ids.jsonl" ] || ids "$W/ids.jsonl" "${SEQS:-512}" "${SEQ_LEN:-2048}"
         t0=$(date +%s)
-        timeout "${TIMEOUT:-540}" "$BUILD/doneshot" --recipe recipes/w4a16.json --model "$W/m$L" \
+        tmo=${TIMEOUT:-540}
+        [ -n "${DEADLINE:-}" ] && [ $((DEADLINE - t0 - 20)) -lt "$tmo" ] && tmo=$((DEADLINE - t0 - 20))
+        [ "$tmo" -lt 1 ] && tmo=1
+        timeout "$tmo" "$BUILD/doneshot" --recipe recipes/w4a16.json --model "$W/m$L" \
             --dataset "$W/ids.jsonl" --num-samples "${SEQS:-512}" --max-seq-len "${SEQ_LEN:-2048}" --device cuda \
             --output "$W/out" --overwrite --summary "$W/e2e.json" >"$W/e2e.log" 2>&1 || rc=1
         echo "wall $(( $(date +%s) - t0 )) s"

@@ -4,15 +4,17 @@
 # Builds `make CUDA=1 MPI=0 CUDA_ARCH=90` (one rank, H100/H200) into
 # build/device, gathers the binaries (doneshot with libdoneshot-cuda.so, the
 # CUDA engine it loads from beside itself), the non-CUDA shared libraries they
-# load (cJSON, OpenBLAS, LAPACKE, PCRE2, utf8proc, zlib, gfortran) and the bf16
-# demo model into one archive, build/device-bundle.tgz (~25 MB). It also
+# load (cJSON, OpenBLAS, LAPACKE, PCRE2, utf8proc, zlib, gfortran), the bf16
+# demo model and the Llama-3 tokenizer into one archive,
+# build/device-bundle.tgz (~30 MB). It also
 # carries an MPI build (mpi/doneshot, build/device-mpi) and this machine's
 # Open MPI relocated (ompi/, bench/bundle_openmpi.sh, ~18 MB), so that
 #   OMPI_BUNDLE=$D/ompi; . $D/ompi/env.sh; mpirun -np 2 $D/mpi/doneshot ...
-# runs where no MPI is installed (device_check.sh step 4). Then, on the
+# runs where no MPI is installed (device_check.sh's np2 step). Then, on the
 # GPU machine, with a checkout of the repo beside it:
 #   tar xzf build/device-bundle.tgz -C /tmp && sh bench/device_check.sh /tmp/doneshot-device
-# (BENCH=1 in front of `sh` adds the Llama-3-8B benchmark, ~10 min).
+# (STEPS and BUDGET select the checks and bound the call: see its header and
+# docs/BENCHMARKS-gpu.md).
 set -eu
 B=build/device
 D=build/device-bundle/doneshot-device
@@ -30,9 +32,11 @@ for f in $D/doneshot $D/libdoneshot-cuda.so $D/bench_gpu $D/gen_model $D/ckpt_di
     awk '/=> \// { print $3 }' | sort -u |
     grep -v -E '/(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s)\.so|/ld-linux|/libcu|/libnv|/lib(mpi|open-rte|open-pal|pmix)\.so' |
     while read -r so; do cp -L "$so" $D/lib/; done
-# the bf16 demo model, generated from data/stories260K (tests/fixtures.py)
+# the bf16 demo model, generated from data/stories260K, and the Llama-3
+# tokenizer for bench_gpu.sh's synthetic Llama-3-8B (tests/fixtures.py)
 if python3 tests/fixtures.py build/fixtures >/dev/null; then
     cp -r build/fixtures/models/stories260K-bf16 $D/models/
+    mkdir -p $D/tokenizers && cp -r build/fixtures/tokenizers/llama3 $D/tokenizers/
 else
     echo "warning: tests/fixtures.py failed; device_check.sh will skip the e2e check" >&2
 fi
