@@ -500,9 +500,18 @@ static ds_status skip_row(loader *L, size_t line, const char *why) {
     return DS_OK;
 }
 
+/* A row that needs the tokenizer, and there is none (dataset_opts). */
+static ds_status no_tokenizer(const loader *L, size_t line, const char *what) {
+    return ds_error(DS_ERR_INPUT, "%s:%zu: a %s row, but the model folder%s%s has no tokenizer.json\n"
+                    "hint: copy the model's tokenizer files (tokenizer.json, tokenizer_config.json) into it, or "
+                    "give pre-tokenized rows {\"input_ids\": [...]}", L->path, line, what,
+                    L->o->model_dir ? " " : "", L->o->model_dir ? L->o->model_dir : "");
+}
+
 /* utf8_ok: 1/0 when known, -1 to check s. s may be NULL in PASS_SCAN when
  * min_ids[add_special] > 0 (the row is usable without tokenizing it). */
 static ds_status text_row(loader *L, const char *s, size_t n, int utf8_ok, size_t line, int add_special) {
+    if (!L->tok) return no_tokenizer(L, line, "text");
     if (n == 0) return skip_row(L, line, "empty");
     if (utf8_ok < 0) utf8_ok = utf8_valid(s, n);
     if (!utf8_ok) return skip_row(L, line, "invalid UTF-8");
@@ -568,7 +577,7 @@ static ds_status json_row(loader *L, cJSON *row, size_t line) {
     const cJSON *text = cJSON_GetObjectItemCaseSensitive(row, field);
     if (ids) {
         if (!cJSON_IsArray(ids)) return ds_error(DS_ERR_INPUT, "%s:%zu: 'input_ids' is not an array", L->path, line);
-        int n = cJSON_GetArraySize(ids), k = 0, vs = tokenizer_vocab_size(L->tok);
+        int n = cJSON_GetArraySize(ids), k = 0, vs = L->tok ? tokenizer_vocab_size(L->tok) : L->o->vocab_size;
         if (n == 0) return skip_row(L, line, "empty input_ids");
         int32_t *v = xmalloc((size_t)n * sizeof *v);
         const cJSON *e;
@@ -582,6 +591,7 @@ static ds_status json_row(loader *L, cJSON *row, size_t line) {
         return use_row(L, v, (size_t)n);
     }
     if (msgs) {
+        if (!L->tok) return no_tokenizer(L, line, "chat (messages)");
         char *mj = cJSON_PrintUnformatted(msgs), *r = NULL;
         ds_status st = dataset_render_chat(L->tok, L->o->model_dir, mj, &r);
         free(mj);
@@ -670,9 +680,10 @@ static ds_status loader_start(loader *L, const char *path, const tokenizer *tok,
                               ds_dataset *out, int *jsonl) {
     memset(L, 0, sizeof *L);
     memset(out, 0, sizeof *out);
-    if (!tok) return ds_error(DS_ERR_INPUT, "dataset_load: no tokenizer");
+    if (!tok && o->vocab_size <= 0)
+        return ds_error(DS_ERR_USAGE, "dataset_load: no tokenizer and no vocab_size for pre-tokenized rows");
     *L = (loader){.path = path, .tok = tok, .o = o, .pass = pass, .d = out};
-    for (int a = 0; a < 2; a++) {
+    for (int a = 0; a < 2 && tok; a++) {
         int32_t *ids = NULL;
         if (tokenizer_encode(tok, "", 0, a, &ids, &L->min_ids[a])) L->min_ids[a] = 0; /* unknown: tokenize */
         free(ids);

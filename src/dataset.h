@@ -27,12 +27,16 @@ typedef struct dataset_opts {
     long max_seq_len;         /* truncate each row (tokens); <= 0: no limit */
     int add_special;          /* add BOS etc. as the tokenizer's defaults (HF add_special_tokens) */
     const char *model_dir;    /* for tokenizer_config.json chat template */
+    int vocab_size;           /* token ids must be < this when there is no tokenizer (tok NULL) */
 } dataset_opts;
 
 /* Load and tokenize every row, in file order. The file is streamed (memory:
  * the rows' ids plus the longest row, not the file). DS_ERR_INPUT on
  * unreadable/malformed files (message: path, line number, what was
- * expected) and when no row is usable. */
+ * expected) and when no row is usable. tok may be NULL (a model folder
+ * without tokenizer.json): then only pre-tokenized rows ("input_ids", ids
+ * below o->vocab_size) are accepted, and a text or chat row is DS_ERR_INPUT
+ * naming the missing tokenizer. */
 ds_status dataset_load(const char *path, const tokenizer *tok, const dataset_opts *o, ds_dataset *out);
 void dataset_free(ds_dataset *d);
 

@@ -52,7 +52,7 @@ static void usage(FILE *f) {
             "\n"
             "options (flags override the recipe):\n"
             "  --recipe FILE         JSON recipe (GPTQModifier and run settings); required\n"
-            "  --model DIR           model directory (config.json, safetensors, tokenizer.json)\n"
+            "  --model DIR           model directory (config.json, safetensors, tokenizer.json: for text rows)\n"
             "  --dataset FILE        calibration data: .txt, .jsonl, .jsonl.gz, optionally gzipped\n"
             "  --output DIR          output checkpoint directory (default: <model>-W<bits>A16)\n"
             "  --num-samples N       calibration samples (default 512)\n"
@@ -189,14 +189,24 @@ static char *default_output(const char *model_dir, const recipe *r) {
  * The file is streamed and only this rank's rows are tokenized
  * (dataset_load_slice). data->n = N; only data->rows[*first, *first + *count)
  * hold ids, the other entries are empty. */
-static ds_status load_calibration(const char *path, const char *model_dir, const recipe *r, long max_seq,
-                                  long num_samples, uint64_t seed, ds_dataset *data, size_t *first,
+static ds_status load_calibration(const char *path, const char *model_dir, int vocab, const recipe *r,
+                                  long max_seq, long num_samples, uint64_t seed, ds_dataset *data, size_t *first,
                                   size_t *count) {
     tokenizer *tok = NULL;
-    ds_status st = tokenizer_load(model_dir, &tok);
+    ds_status st = DS_OK;
+    /* no tokenizer.json: pre-tokenized rows still work (ids below the
+     * model's vocab_size; a text row is then an error naming the file), and
+     * the checkpoint gets no tokenizer files */
+    char *tj = ds_path_join(model_dir, "tokenizer.json");
+    const int have_tok = ds_file_exists(tj);
+    free(tj);
+    if (have_tok) st = tokenizer_load(model_dir, &tok);
+    else if (comm_rank() == 0)
+        ds_warn("%s has no tokenizer.json: the calibration rows must be pre-tokenized (input_ids), and the "
+                "checkpoint will have no tokenizer files", model_dir);
     if (st) return st;
     dataset_opts o = {.text_field = r->text_field, .max_seq_len = max_seq, .add_special = 1,
-                      .model_dir = model_dir};
+                      .model_dir = model_dir, .vocab_size = vocab};
     ds_dataset mine = {0};
     dataset_slice_info info;
     st = dataset_load_slice(path, tok, &o, seed, (size_t)num_samples, comm_rank(), comm_size(), &mine, &info);
@@ -351,7 +361,7 @@ static int cmd_quantize(int argc, char **argv) {
 
     size_t first = 0, count = 0;
     double t_data = ds_now();
-    st = load_calibration(dataset, model_dir, &r, max_seq, num_samples, (uint64_t)seed, &data, &first, &count);
+    st = load_calibration(dataset, model_dir, m.cfg.V, &r, max_seq, num_samples, (uint64_t)seed, &data, &first, &count);
     if ((st = comm_sync_report(st))) goto done;
 
     /* the scheme as recipes name it: the preset (W4A16, FP8, ...) or, for

@@ -273,5 +273,48 @@ if [ $rc = 3 ] && grep -q "$L3: element \[5, 7\] is inf" "$TMP/err" && [ ! -e "$
     pass "quantizing a model with an inf weight: exit 3, no checkpoint"
 else fail "quantizing a model with an inf weight: exit $rc: $(head -3 "$TMP/err")"; fi
 
+# ---- a model folder without tokenizer.json ----
+# pre-tokenized rows need no tokenizer: the same ids as text rows give the
+# same checkpoint (ids from `doneshot tokenize`, the run's own tokenizer),
+# without tokenizer files; a text row is exit 3 naming the missing file
+mkdir -p "$TMP/notok" && cp $MODEL/config.json $MODEL/model.safetensors "$TMP/notok/"
+$PYTHON - "$TEXT" "$TMP/rows" <<'PY'
+import json, sys
+docs = [d.strip() for d in open(sys.argv[1], encoding="utf-8").read().split("\n\n") if d.strip()][:8]
+for i, d in enumerate(docs):
+    open(f"{sys.argv[2]}.{i}.txt", "w", encoding="utf-8").write(d)
+with open(sys.argv[2] + ".text.jsonl", "w", encoding="utf-8") as f:
+    for d in docs:
+        f.write(json.dumps({"text": d}) + "\n")
+PY
+: >"$TMP/rows.ids.jsonl"
+for f in "$TMP"/rows.[0-9].txt; do
+    "$DS" tokenize --model $MODEL --input "$f" | awk '{ printf "{\"input_ids\": [%s", $1;
+        for (i = 2; i <= NF; i++) printf ", %s", $i; print "]}" }' >>"$TMP/rows.ids.jsonl"
+done
+Q="--recipe recipes/stories260k-w4a16.json --num-samples 8 --max-seq-len 64 --overwrite -q"
+timeout -k 10 120 "$DS" $Q --model $MODEL --dataset "$TMP/rows.text.jsonl" --output "$TMP/tok_text" 2>"$TMP/err1"
+rc1=$?
+timeout -k 10 120 "$DS" $Q --model "$TMP/notok" --dataset "$TMP/rows.ids.jsonl" --output "$TMP/tok_ids" 2>"$TMP/err2"
+rc2=$?
+if [ $rc1 = 0 ] && [ $rc2 = 0 ] && [ "$(wc -l <"$TMP/rows.ids.jsonl")" = 8 ] &&
+    cmp -s "$TMP/tok_text/model.safetensors" "$TMP/tok_ids/model.safetensors" &&
+    [ ! -e "$TMP/tok_ids/tokenizer.json" ] && grep -q "has no tokenizer.json" "$TMP/err2"; then
+    pass "no tokenizer.json: pre-tokenized rows give the text rows' checkpoint, without tokenizer files"
+else fail "no tokenizer.json, pre-tokenized: exit $rc1 / $rc2: $(head -3 "$TMP/err1" "$TMP/err2")"; fi
+timeout -k 10 120 "$DS" $Q --model "$TMP/notok" --dataset "$TMP/rows.text.jsonl" --output "$TMP/tok_none" \
+    >/dev/null 2>"$TMP/err"
+rc=$?
+if [ $rc = 3 ] && grep -q "rows.text.jsonl:1: a text row, but the model folder .* has no tokenizer.json" "$TMP/err" &&
+    grep -q "^hint: " "$TMP/err" && [ ! -e "$TMP/tok_none/config.json" ]; then
+    pass "no tokenizer.json, text rows: exit 3 naming the file and row, a hint, no checkpoint"
+else fail "no tokenizer.json, text rows: exit $rc: $(head -3 "$TMP/err")"; fi
+echo '{"input_ids": [1, 511, 512]}' >"$TMP/oob.jsonl"
+timeout -k 10 120 "$DS" $Q --model "$TMP/notok" --dataset "$TMP/oob.jsonl" --output "$TMP/tok_oob" >/dev/null 2>"$TMP/err"
+rc=$?
+if [ $rc = 3 ] && grep -q "oob.jsonl:1: input_ids\[2\] is not a token id in \[0, 512)" "$TMP/err"; then
+    pass "no tokenizer.json: ids checked against config.json's vocab_size (512)"
+else fail "no tokenizer.json, id 512: exit $rc: $(head -3 "$TMP/err")"; fi
+
 echo "$P passed, $F failed, $S skipped"
 [ "$F" -eq 0 ]
