@@ -740,16 +740,14 @@ static void moe_chunk(gpu_engine *e, int T, int s0, int s1, const int *used) {
         }
         expert_gemms(e, ptr + p0, ptr_d + p0, tp, lin, 2 * np, C, IM, e->pseg, nsq);
         swiglu_forward_cuda(e->g, e->g, e->u, (size_t)rws * IM, s);
-        for (int y = x0; y < x1; y++) {
+        for (int y = x0, j = 0; y < x1; y++) {
             const int r = all ? T : eoff[y + 1] - eoff[y];
             const size_t off = all ? (size_t)(y - x0) * T : (size_t)(eoff[y] - eoff[x0]);
-            if (!r || !used) continue;
-            if (all) {
-                capture(e, used, INP_EXPERT_DOWN(y), e->g + off * IM, r);
-                continue;
-            }
-            expert_segs(e, rows + eoff[y], r, s0, s1);
-            capture_seg(e, used, INP_EXPERT_DOWN(y), e->g + off * IM, e->seg, s1 - s0);
+            if (!r) continue;
+            const int *seg = e->pseg + (size_t)j++ * nsq; /* problem j's rows per sequence (first loop) */
+            if (!used) continue;
+            if (all) capture(e, used, INP_EXPERT_DOWN(y), e->g + off * IM, r);
+            else capture_seg(e, used, INP_EXPERT_DOWN(y), e->g + off * IM, seg, nsq);
         }
         expert_gemms(e, ptr + p0 + 6 * np, ptr_d + p0 + 6 * np, tp + 2 * np, lin + 2 * np, np, IM, C, e->pseg, nsq);
         moe_combine_cuda(e->acc, e->o, tok_d + gd[5], start_d + gd[6], src_d, e->rw_d, gd[7], C, s);
