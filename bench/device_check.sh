@@ -73,15 +73,16 @@ PY
 }
 
 step_twins() {
-    "$D/test_kernels"
+    "$D/test_kernels" >$W/test_kernels.out 2>&1
+    cat $W/test_kernels.out
     # passes only when every twin test ran and passed (skips mean no device)
-    tail -n 1 $W/twins.txt | grep -q "^[1-9][0-9]* passed, 0 failed, 0 skipped"
+    tail -n 1 $W/test_kernels.out | grep -q "^[1-9][0-9]* passed, 0 failed, 0 skipped"
 }
 step_accept() {
     [ -d "$M" ] || { echo "$M not in the bundle"; return 1; }
     R="--recipe recipes/stories260k-w4a16.json --model $M --overwrite"
     "$D/doneshot" $R --device cpu --output $W/cpu -q &&
-    "$D/doneshot" $R --device cuda --output $W/cuda --summary $W/accept.json 2>&1 | tail -n 6 &&
+    "$D/doneshot" $R --device cuda --output $W/cuda --summary $W/accept.json &&
     "$D/doneshot" $R --device cuda --offload-activations --micro-batch 3 --output $W/off -q &&
     "$D/ckpt_diff" $W/cpu $W/cuda 0.99 && "$D/ckpt_diff" $W/cpu $W/off 0.99
 }
