@@ -75,7 +75,16 @@ EMUL_LIBS := $(filter-out -lcudart -lcublas -lcusolver,$(LDLIBS))
 
 .PHONY: all test test-gpu check asan valgrind install uninstall clean man-lint deps run bench
 BENCH_BIN := $(BUILD)/gen_model $(BUILD)/ckpt_diff $(if $(filter 1,$(CUDA)),$(BUILD)/bench_gpu,)
-all: $(BUILD)/doneshot $(TESTS) $(BUILD)/doneshot-emul $(BENCH_BIN)
+# test_kernels_sim: tests/test_kernels.c with the kernels of the cuda/ files
+# that call no cuBLAS/cuSOLVER running on the CPU simulator of the CUDA
+# execution model (tests/cuda_sim.h), compiled by the host C++ compiler: in
+# every configuration, no CUDA toolkit or GPU needed.
+SIM_CU   := cuda/attention_fused.cu cuda/moe.cu cuda/quant_pack.cu cuda/rmsnorm.cu cuda/rope.cu cuda/swiglu.cu
+SIM_OBJ  := $(SIM_CU:%.cu=$(BUILD)/sim/%.o) $(BUILD)/sim/tests/cuda_sim_rt.o
+SIM_CXXFLAGS = -std=c++17 -D_GNU_SOURCE -g -O2 -Wall -Wextra -Werror -Wshadow -Wno-unknown-pragmas \
+               -ffp-contract=off -fno-strict-aliasing -MMD -MP -DDS_CUDA_SIM -Isrc -Icuda -Itests \
+               $(if $(SANITIZE),-fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all,)
+all: $(BUILD)/doneshot $(TESTS) $(BUILD)/tests/test_kernels_sim $(BUILD)/doneshot-emul $(BENCH_BIN)
 	@echo "built $(BUILD)/doneshot (CUDA=$(CUDA)). Hint: run 'make test'"
 $(CONFIG_STAMP): ; # written while the Makefile is read (CONFIG above)
 
@@ -153,6 +162,25 @@ $(BUILD)/doneshot-emul: $(EMUL_OBJ)
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIB)
 	@echo "LD $@"
 	@$(MPICC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/sim/%.o: %.cu $(CONFIG_STAMP) | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	@echo "CXX $< (CUDA simulator)"
+	@$(CXX) $(SIM_CXXFLAGS) -x c++ -c $< -o $@
+
+$(BUILD)/sim/%.o: %.cc $(CONFIG_STAMP) | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	@echo "CXX $<"
+	@$(CXX) $(SIM_CXXFLAGS) -c $< -o $@
+
+$(BUILD)/sim/tests/test_kernels.o: tests/test_kernels.c $(CONFIG_STAMP) | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	@echo "CC $< (CUDA simulator)"
+	@$(MPICC) $(CFLAGS) -DDS_CUDA -DDS_CUDA_SIM -c $< -o $@
+
+$(BUILD)/tests/test_kernels_sim: $(BUILD)/sim/tests/test_kernels.o $(SIM_OBJ) $(LIB)
+	@echo "LD $@"
+	@$(MPICC) $(LDFLAGS) $^ -o $@ $(filter-out $(CUDA_LIBS),$(LDLIBS)) -lstdc++
 
 $(BUILD)/ckpt_diff: $(BUILD)/bench/ckpt_diff.o $(LIB)
 	@echo "LD $@"

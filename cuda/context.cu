@@ -182,12 +182,12 @@ static unsigned grid_for(size_t n, int threads) {
 
 extern "C" void f32_to_bf16_cuda(uint16_t *dst, const float *src, size_t n, void *stream) {
     if (!n) return;
-    f32_to_bf16_kernel<<<grid_for(n, 256), 256, 0, DS_STREAM(stream)>>>(dst, src, n);
+    DS_LAUNCH(f32_to_bf16_kernel, grid_for(n, 256), 256, 0, stream, dst, src, n);
     CUDA_LAUNCH_CHECK();
 }
 
 extern "C" void bf16_to_f32_cuda(float *dst, const uint16_t *src, size_t n, void *stream) {
     if (!n) return;
-    bf16_to_f32_kernel<<<grid_for(n, 256), 256, 0, DS_STREAM(stream)>>>(dst, src, n);
+    DS_LAUNCH(bf16_to_f32_kernel, grid_for(n, 256), 256, 0, stream, dst, src, n);
     CUDA_LAUNCH_CHECK();
 }

@@ -3,16 +3,25 @@
  * macros that abort through ds_fatal (src/common.h), bf16 <-> f32 device
  * conversions that round exactly like src/common.h's f32_to_bf16 (round to
  * nearest even, NaN -> 0x7FC0), CEIL_DIV, and the shared context accessors
- * (cuBLAS / cuSOLVER handles) implemented in context.cu.
+ * (cuBLAS / cuSOLVER handles) implemented in context.cu, and DS_LAUNCH
+ * (a kernel launch: <<<grid, block, smem, stream>>>).
  * Included only by .cu files; src/ sees cuda/kernels.h.
+ * With -DDS_CUDA_SIM (the .cu files without cuBLAS/cuSOLVER compiled by the
+ * host C++ compiler for tests/test_kernels' simulator build) the CUDA
+ * headers are replaced by tests/cuda_sim.h and DS_LAUNCH runs the kernel on
+ * the simulator.
  */
 #ifndef DS_CUDA_COMMON_CUH
 #define DS_CUDA_COMMON_CUH
 
+#include <stdint.h>
+#ifdef DS_CUDA_SIM
+#include "cuda_sim.h"
+#else
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <cusolverDn.h>
-#include <stdint.h>
+#endif
 
 #ifndef _Noreturn
 #define _Noreturn [[noreturn]] /* common.h is C11 */
@@ -48,9 +57,20 @@ extern "C" {
                      (int)s_, #call);                                                 \
     } while (0)
 
-/* After every <<<>>>: launch errors at once; with -DDS_DEBUG also execution
+/* kernel<<<grid, block, smem, stream>>>(args...) */
+#ifdef DS_CUDA_SIM
+#define DS_LAUNCH(kernel, grid, block, smem, stream, ...) \
+    ((void)(stream), DS_SIM_LAUNCH(kernel, grid, block, smem, __VA_ARGS__))
+#else
+#define DS_LAUNCH(kernel, grid, block, smem, stream, ...) \
+    kernel<<<grid, block, smem, DS_STREAM(stream)>>>(__VA_ARGS__)
+#endif
+
+/* After every launch: launch errors at once; with -DDS_DEBUG also execution
  * errors (synchronize, so the failing kernel is the one named). */
-#ifdef DS_DEBUG
+#ifdef DS_CUDA_SIM
+#define CUDA_LAUNCH_CHECK() ((void)0)
+#elif defined(DS_DEBUG)
 #define CUDA_LAUNCH_CHECK()                                                           \
     do { CUDA_CHECK(cudaGetLastError()); CUDA_CHECK(cudaDeviceSynchronize()); } while (0)
 #else
@@ -59,9 +79,11 @@ extern "C" {
 
 #define DS_STREAM(s) ((cudaStream_t)(s))
 
+#ifndef DS_CUDA_SIM
 /* Context (context.cu): lazily created handles bound to `stream`. */
 cublasHandle_t ds_cublas_get(void *stream);
 cusolverDnHandle_t ds_cusolver_get(void *stream);
+#endif
 
 /* ---- device dtype helpers (bit-identical to src/common.h) ---- */
 __device__ __forceinline__ float bf16_to_f32_dev(uint16_t h) {

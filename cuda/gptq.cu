@@ -438,7 +438,7 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
 
     /* 1. working copy (permuted) and qparams */
     const unsigned eb = (unsigned)CEIL_DIV(ow, (size_t)256);
-    permute_cols_kernel<<<eb, 256, 0, st>>>(Wp, W, use_perm ? d_perm : NULL, out, in);
+    DS_LAUNCH(permute_cols_kernel, eb, 256, 0, st, Wp, W, use_perm ? d_perm : NULL, out, in);
     CUDA_LAUNCH_CHECK();
     if (qa->strategy == QS_TENSOR_GROUP) {
         /* NVFP4: the effective scales weight_scale / global_scale (the fused
@@ -458,23 +458,24 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
         size_t nw = (size_t)out * ng;
         if (qa->strategy == QS_BLOCK) {
             const size_t nt = (size_t)CEIL_DIV(out, qa->block[0]) * ng;
-            block_minmax_kernel<<<(unsigned)CEIL_DIV(nt * 32, (size_t)256), 256, 0, st>>>(
-                src, out, in, qa->block[0], qa->block[1], ng, mn, mx);
+            DS_LAUNCH(block_minmax_kernel, (unsigned)CEIL_DIV(nt * 32, (size_t)256), 256, 0, st,
+                      src, out, in, qa->block[0], qa->block[1], ng, mn, mx);
         } else {
-            minmax_kernel<<<(unsigned)CEIL_DIV(nw * 32, (size_t)256), 256, 0, st>>>(src, out, in, gs, ng, mn, mx);
+            DS_LAUNCH(minmax_kernel, (unsigned)CEIL_DIV(nw * 32, (size_t)256), 256, 0, st,
+                      src, out, in, gs, ng, mn, mx);
         }
         CUDA_LAUNCH_CHECK();
         int tensor = qa->strategy == QS_TENSOR;
         if (tensor) {
-            minmax_fold_kernel<<<1, 256, 0, st>>>(mn, mx, out);
+            DS_LAUNCH(minmax_fold_kernel, 1, 256, 0, st, mn, mx, out);
             CUDA_LAUNCH_CHECK();
         }
-        qparams_kernel<<<(unsigned)CEIL_DIV(nw, (size_t)256), 256, 0, st>>>(
-            mn, mx, nw, tensor, qa->symmetric, qmin, qmax, (int)model_dtype, o->scale, o->zp);
+        DS_LAUNCH(qparams_kernel, (unsigned)CEIL_DIV(nw, (size_t)256), 256, 0, st,
+                  mn, mx, nw, tensor, qa->symmetric, qmin, qmax, (int)model_dtype, o->scale, o->zp);
         CUDA_LAUNCH_CHECK();
     }
     /* 2. dead columns, damp, permuted Hessian */
-    zero_dead_kernel<<<eb, 256, 0, st>>>(Wp, d_dead, out, in);
+    DS_LAUNCH(zero_dead_kernel, eb, 256, 0, st, Wp, d_dead, out, in);
     CUDA_LAUNCH_CHECK();
     int info = 0, step = 0;
     const char *what[3] = {"Cholesky of H", "inverse of H", "Cholesky of H^-1"};
@@ -484,10 +485,10 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
         info = g_fac_info;
         step = g_fac_step;
     } else {
-        fix_diag_kernel<<<CEIL_DIV(in, 256), 256, 0, st>>>(H, in, damp);
+        DS_LAUNCH(fix_diag_kernel, CEIL_DIV(in, 256), 256, 0, st, H, in, damp);
         CUDA_LAUNCH_CHECK();
         if (use_perm) {
-            permute_sym_kernel<<<dim3(CEIL_DIV(in, 256), in), 256, 0, st>>>(Hp, H, d_perm, in);
+            DS_LAUNCH(permute_sym_kernel, dim3(CEIL_DIV(in, 256), in), 256, 0, st, Hp, H, d_perm, in);
             CUDA_LAUNCH_CHECK();
         }
     }
@@ -495,7 +496,7 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
      * fallback U = I */
     if (flip && !reuse) {
         void *host_ws = tri_host ? xmalloc(tri_host) : NULL;
-        reverse_kernel<<<(unsigned)CEIL_DIV(n2 / 2 + 1, (size_t)256), 256, 0, st>>>(Hp, n2);
+        DS_LAUNCH(reverse_kernel, (unsigned)CEIL_DIV(n2 / 2 + 1, (size_t)256), 256, 0, st, Hp, n2);
         CUDA_LAUNCH_CHECK();
         for (step = 0; step < 2 && info == 0; step++) {
             if (step == 0)
@@ -508,7 +509,7 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
         }
         free(host_ws);
         if (info == 0) {
-            antitranspose_upper_kernel<<<dim3(CEIL_DIV(in, 256), in), 256, 0, st>>>(Hp, in);
+            DS_LAUNCH(antitranspose_upper_kernel, dim3(CEIL_DIV(in, 256), in), 256, 0, st, Hp, in);
             CUDA_LAUNCH_CHECK();
         }
     }
@@ -532,7 +533,7 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
         ds_warn("gptq (cuda): %s failed (info %d) for a [%d, %d] weight; using round-to-nearest",
                 (flip ? what_flip : what)[step - 1], info, out, in);
         if (!reuse) {
-            identity_kernel<<<(unsigned)CEIL_DIV(n2, (size_t)256), 256, 0, st>>>(Hp, in);
+            DS_LAUNCH(identity_kernel, (unsigned)CEIL_DIV(n2, (size_t)256), 256, 0, st, Hp, in);
             CUDA_LAUNCH_CHECK();
         }
     }
@@ -564,7 +565,8 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
         const int nb = in - i1 < BS ? in - i1 : BS, i2 = i1 + nb;
         sweep_args sa = {Wp, Hp, Err, BS, o->scale, o->zp, d_gcol, use_perm ? d_perm : NULL,
                          o->wq, o->q, rowloss, out, in, ng, qmin, qmax, (int)model_dtype, i1, nb, kind};
-        gptq_block_kernel<<<CEIL_DIV(out, GPTQ_ROWS_PER_CTA), GPTQ_WARPS * 32, nb * nb * sizeof(float), st>>>(sa);
+        DS_LAUNCH(gptq_block_kernel, CEIL_DIV(out, GPTQ_ROWS_PER_CTA), GPTQ_WARPS * 32, nb * nb * sizeof(float),
+                  st, sa);
         CUDA_LAUNCH_CHECK();
         if (i2 < in && !o->rtn_fallback) /* Wp[:, i2:] -= Err[:, :nb] @ U[i1:i2, i2:]  (column-major view, see matmul.cu) */
             CUBLAS_CHECK(cublasSgemm(bh, CUBLAS_OP_N, CUBLAS_OP_N, in - i2, out, nb, &m1,

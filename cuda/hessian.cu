@@ -67,7 +67,7 @@ extern "C" void hessian_accum_f64_cuda(double *H, const uint16_t *X, const int *
                                   X + r0, CUDA_R_16BF, n, &beta, scratch, CUDA_R_32F, w, CUBLAS_COMPUTE_32F,
                                   CUBLAS_GEMM_DEFAULT));
         dim3 grid((unsigned)DS_MIN(CEIL_DIV(w, 256), 8), (unsigned)b);
-        add_upper_f32_to_f64_kernel<<<grid, 256, 0, DS_STREAM(stream)>>>(H, scratch, r0, b, w, n);
+        DS_LAUNCH(add_upper_f32_to_f64_kernel, grid, 256, 0, stream, H, scratch, r0, b, w, n);
         CUDA_LAUNCH_CHECK();
     }
 }
@@ -83,7 +83,7 @@ static __global__ void symmetrize_kernel(float *H, int n) {
 extern "C" void hessian_symmetrize_cuda(float *H, int n, void *stream) {
     DS_ASSERT(n > 0);
     dim3 grid(CEIL_DIV(n, 32), CEIL_DIV(n, 32)), block(32, 32);
-    symmetrize_kernel<<<grid, block, 0, DS_STREAM(stream)>>>(H, n);
+    DS_LAUNCH(symmetrize_kernel, grid, block, 0, stream, H, n);
     CUDA_LAUNCH_CHECK();
 }
 
@@ -115,7 +115,7 @@ extern "C" void hessian_to_f32_cuda(float *Hf, const double *Hd, int n, double d
     DS_ASSERT(n >= 0);
     if (!n) return;
     dim3 grid(CEIL_DIV(n, 32), CEIL_DIV(n, 32)), block(32, 8);
-    to_f32_mirror_kernel<<<grid, block, 0, DS_STREAM(stream)>>>(Hf, Hd, n, divisor);
+    DS_LAUNCH(to_f32_mirror_kernel, grid, block, 0, stream, Hf, Hd, n, divisor);
     CUDA_LAUNCH_CHECK();
 }
 
@@ -141,6 +141,6 @@ extern "C" void act_absmax_cuda(float *amax, const uint16_t *X, size_t n, void *
     if (!n) return;
     size_t blocks = CEIL_DIV(n, (size_t)256);
     if (blocks > 1024) blocks = 1024;
-    act_absmax_kernel<<<(unsigned)blocks, 256, 0, DS_STREAM(stream)>>>((unsigned int *)amax, X, n);
+    DS_LAUNCH(act_absmax_kernel, (unsigned)blocks, 256, 0, stream, (unsigned int *)amax, X, n);
     CUDA_LAUNCH_CHECK();
 }

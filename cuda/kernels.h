@@ -127,6 +127,11 @@ static inline size_t attention_ws_bytes(int T, int rep, int HS) {
 }
 void attention_forward_cuda(uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v,
                             int B, int T, int NH, int NKV, int HS, void *ws, void *stream);
+/* attention_fused.cu: the fused kernel alone (attention_forward_cuda's fused
+ * path, whatever the environment says): HS 64 or 128, k and v 16-byte
+ * aligned, q and out 4-byte aligned (asserted). */
+void attention_fused_cuda(uint16_t *out, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T,
+                          int NH, int NKV, int HS, void *stream);
 
 /* swiglu.cu: out = bf16(bf16(silu(gate)) * up) and x = bf16(x + y). */
 void swiglu_forward_cuda(uint16_t *out, const uint16_t *gate, const uint16_t *up, size_t n,

@@ -32,7 +32,7 @@ extern "C" void matmul_forward_cuda(uint16_t *y, const uint16_t *x, const uint16
     float beta = 0.0f;
     if (b) {
         size_t n = (size_t)T * out;
-        bias_fill_kernel<<<(unsigned)CEIL_DIV(n, (size_t)256), 256, 0, DS_STREAM(stream)>>>(y, b, T, out);
+        DS_LAUNCH(bias_fill_kernel, (unsigned)CEIL_DIV(n, (size_t)256), 256, 0, stream, y, b, T, out);
         CUDA_LAUNCH_CHECK();
         beta = 1.0f;
     }

@@ -57,8 +57,8 @@ extern "C" size_t moe_route_ws_bytes(int T, int E) { return sizeof(float) * (siz
 extern "C" void moe_route_cuda(int32_t *top_e, float *top_w, const uint16_t *logits, int T, int E, int K,
                                int norm_topk, void *ws, void *stream) {
     if (T <= 0) return;
-    route_kernel<<<(unsigned)CEIL_DIV(T, 128), 128, 0, DS_STREAM(stream)>>>(top_e, top_w, logits, T, E, K,
-                                                                              norm_topk, (float *)ws);
+    DS_LAUNCH(route_kernel, (unsigned)CEIL_DIV(T, 128), 128, 0, stream,
+              top_e, top_w, logits, T, E, K, norm_topk, (float *)ws);
     CUDA_LAUNCH_CHECK();
 }
 
@@ -74,7 +74,7 @@ extern "C" void moe_gather_cuda(uint16_t *dst, const uint16_t *x, const int32_t 
     if (n <= 0) return;
     size_t blocks = CEIL_DIV((size_t)n * C, (size_t)256);
     if (blocks > 132 * 64) blocks = 132 * 64;
-    gather_kernel<<<(unsigned)blocks, 256, 0, DS_STREAM(stream)>>>(dst, x, rows, n, C);
+    DS_LAUNCH(gather_kernel, (unsigned)blocks, 256, 0, stream, dst, x, rows, n, C);
     CUDA_LAUNCH_CHECK();
 }
 
@@ -97,7 +97,7 @@ extern "C" void moe_combine_cuda(uint16_t *acc, const uint16_t *y, const int32_t
     if (n <= 0) return;
     size_t blocks = CEIL_DIV((size_t)n * C, (size_t)256);
     if (blocks > 132 * 64) blocks = 132 * 64;
-    combine_kernel<<<(unsigned)blocks, 256, 0, DS_STREAM(stream)>>>(acc, y, tok, start, src, w, n, C);
+    DS_LAUNCH(combine_kernel, (unsigned)blocks, 256, 0, stream, acc, y, tok, start, src, w, n, C);
     CUDA_LAUNCH_CHECK();
 }
 
@@ -121,10 +121,10 @@ static __global__ void gate_add_kernel(uint16_t *acc, const uint16_t *y, const f
 extern "C" void moe_shared_gate_add_cuda(uint16_t *acc, const uint16_t *y, const uint16_t *m, const uint16_t *wsg,
                                          int T, int C, float *gate_ws, void *stream) {
     if (T <= 0) return;
-    shared_gate_kernel<<<(unsigned)CEIL_DIV(T, 128), 128, 0, DS_STREAM(stream)>>>(gate_ws, m, wsg, T, C);
+    DS_LAUNCH(shared_gate_kernel, (unsigned)CEIL_DIV(T, 128), 128, 0, stream, gate_ws, m, wsg, T, C);
     CUDA_LAUNCH_CHECK();
     size_t blocks = CEIL_DIV((size_t)T * C, (size_t)256);
     if (blocks > 132 * 64) blocks = 132 * 64;
-    gate_add_kernel<<<(unsigned)blocks, 256, 0, DS_STREAM(stream)>>>(acc, y, gate_ws, T, C);
+    DS_LAUNCH(gate_add_kernel, (unsigned)blocks, 256, 0, stream, acc, y, gate_ws, T, C);
     CUDA_LAUNCH_CHECK();
 }

@@ -35,8 +35,8 @@ extern "C" void quant_pack_rows_cuda(const int8_t *q, int rows, int cols, int bi
     int words = qs_packed_words(cols, bits);
     size_t n = (size_t)rows * words;
     if (!n) return;
-    pack_rows_kernel<<<(unsigned)CEIL_DIV(n, (size_t)256), 256, 0, DS_STREAM(stream)>>>(q, rows, cols, bits,
-                                                                                        words, packed);
+    DS_LAUNCH(pack_rows_kernel, (unsigned)CEIL_DIV(n, (size_t)256), 256, 0, stream,
+              q, rows, cols, bits, words, packed);
     CUDA_LAUNCH_CHECK();
 }
 
@@ -46,7 +46,7 @@ extern "C" void quant_pack_cols_cuda(const int32_t *zp, int rows, int g, int bit
     int words = qs_packed_words(rows, bits);
     size_t n = (size_t)words * g;
     if (!n) return;
-    pack_cols_kernel<<<(unsigned)CEIL_DIV(n, (size_t)256), 256, 0, DS_STREAM(stream)>>>(zp, rows, g, bits,
-                                                                                        words, packed);
+    DS_LAUNCH(pack_cols_kernel, (unsigned)CEIL_DIV(n, (size_t)256), 256, 0, stream,
+              zp, rows, g, bits, words, packed);
     CUDA_LAUNCH_CHECK();
 }

@@ -46,6 +46,6 @@ extern "C" void rmsnorm_forward_cuda(uint16_t *y, const uint16_t *x, const uint1
                                      float eps, void *stream) {
     DS_ASSERT(T >= 0 && C > 0);
     if (T == 0) return;
-    rmsnorm_forward_kernel<<<T, RMS_THREADS, 0, DS_STREAM(stream)>>>(y, x, w, C, eps);
+    DS_LAUNCH(rmsnorm_forward_kernel, T, RMS_THREADS, 0, stream, y, x, w, C, eps);
     CUDA_LAUNCH_CHECK();
 }

@@ -25,8 +25,8 @@ extern "C" void rope_tables_cuda(uint16_t *cos_t, uint16_t *sin_t, const float *
     DS_ASSERT(T >= 0 && HS > 0 && HS % 2 == 0);
     size_t n = (size_t)T * (HS / 2);
     if (!n) return;
-    rope_tables_kernel<<<(unsigned)CEIL_DIV(n, (size_t)256), 256, 0, DS_STREAM(stream)>>>(
-        cos_t, sin_t, inv_freq, T, HS);
+    DS_LAUNCH(rope_tables_kernel, (unsigned)CEIL_DIV(n, (size_t)256), 256, 0, stream,
+              cos_t, sin_t, inv_freq, T, HS);
     CUDA_LAUNCH_CHECK();
 }
 
@@ -56,7 +56,7 @@ extern "C" void rope_forward_cuda(uint16_t *x, const uint16_t *cos_t, const uint
     DS_ASSERT(T >= 0 && NH > 0 && HS > 0 && HS % 2 == 0 && ld >= NH * HS);
     size_t n = (size_t)T * NH * (HS / 2);
     if (!n) return;
-    rope_forward_kernel<<<(unsigned)CEIL_DIV(n, (size_t)256), 256, 0, DS_STREAM(stream)>>>(
-        x, cos_t, sin_t, T, NH, HS, ld);
+    DS_LAUNCH(rope_forward_kernel, (unsigned)CEIL_DIV(n, (size_t)256), 256, 0, stream,
+              x, cos_t, sin_t, T, NH, HS, ld);
     CUDA_LAUNCH_CHECK();
 }

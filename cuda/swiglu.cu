@@ -53,7 +53,7 @@ static void ew_launch(uint16_t *out, const uint16_t *a, const uint16_t *b, size_
     size_t work = vec ? CEIL_DIV(n, (size_t)8) : n;
     size_t blocks = CEIL_DIV(work, (size_t)256);
     if (blocks > 132 * 64) blocks = 132 * 64; /* grid-stride beyond ~64 blocks per SM */
-    ew_kernel<OP><<<(unsigned)blocks, 256, 0, DS_STREAM(stream)>>>(out, a, b, n, vec);
+    DS_LAUNCH(ew_kernel<OP>, (unsigned)blocks, 256, 0, stream, out, a, b, n, vec);
     CUDA_LAUNCH_CHECK();
 }
 

@@ -6,6 +6,13 @@
  * passes, sentinel guard regions around every device output.
  * Without a device (or in a build without -DDS_CUDA) every test is reported
  * as skipped, never as passed; as failed with DS_REQUIRE_GPU=1 (make test-gpu).
+ *
+ * Built with -DDS_CUDA_SIM (test_kernels_sim, every configuration): the
+ * kernels of the cuda/ files that call no cuBLAS/cuSOLVER run on the CPU
+ * simulator of tests/cuda_sim.h (their own code: indices, shared memory,
+ * barriers, shuffles, mma/ldmatrix/cp.async) against the same twins, on the
+ * small and odd shapes (the realistic ones, GPU_ONLY, would take minutes);
+ * the tests of the other launchers are not run there (listed, not counted).
  */
 #include <math.h>
 #include <stdint.h>
@@ -40,6 +47,23 @@ int main(void) {
     return TEST_REPORT();
 }
 #else
+#ifdef DS_CUDA_SIM
+/* the tests whose launchers run on the simulator (tests/cuda_sim_rt.cc stubs the rest) */
+static const char *const SIM_TESTS[] = {
+    "rmsnorm_forward", "rope_tables", "rope_forward", "attention_forward", "swiglu_forward", "residual_forward",
+    "quant_pack_rows", "quant_pack_cols", "moe_route", "moe_gather", "moe_shared_gate_add", "moe_combine",
+};
+static const int g_sim = 1;
+void cuda_sim_set_order(int order, unsigned seed); /* tests/cuda_sim_rt.cc */
+enum { SIM_ROUND_ROBIN, SIM_ROUND_ROBIN_REVERSE, SIM_SHUFFLED, SIM_WARP_SERIAL, SIM_WARP_SERIAL_REVERSE };
+#else
+static const int g_sim = 0;
+#endif
+/* a realistic shape: on a GPU only (minutes on the simulator) */
+#define GPU_ONLY(call) \
+    do {               \
+        if (!g_sim) call; \
+    } while (0)
 
 /* ---- deterministic inputs ---- */
 static uint64_t g_rng = 0x9E3779B97F4A7C15ULL;
@@ -332,7 +356,10 @@ static void t_attention_sweep(void) {
     setenv("DONESHOT_ATTN", "fused", 1); /* the fused kernel is opt-in */
     for (size_t i = 0; i < DS_ARRAY_LEN(Ts); i++)
         for (int HS = 64; HS <= 128; HS *= 2)
-            for (int rep = 1; rep <= 4; rep *= 4) t_attention(Ts[i] < 2048 ? 2 : 1, Ts[i], 2 * rep, 2, HS);
+            for (int rep = 1; rep <= 4; rep *= 4) {
+                if (Ts[i] < 2048) t_attention(2, Ts[i], 2 * rep, 2, HS);
+                else GPU_ONLY(t_attention(1, Ts[i], 2 * rep, 2, HS));
+            }
     unsetenv("DONESHOT_ATTN");
 }
 
@@ -1037,21 +1064,22 @@ static void run(int idx) {
     }
     if (!strcmp(TEST_NAMES[idx], "moe_combine")) {
         t_moe_combine(100, 64, 8, 2);
-        t_moe_combine(1024, 2048, 16, 4);
+        GPU_ONLY(t_moe_combine(1024, 2048, 16, 4));
         return;
     }
     switch (idx) {
     case 0: t_convert(); break;
-    case 1: t_rmsnorm(37, 1000); t_rmsnorm(5, 4096); t_rmsnorm(512, 4096); break;
-    case 2: t_rope_tables(97, 40); t_rope_tables(8192, 128); break;
-    case 3: t_rope(33, 5, 40); t_rope(2048, 32, 128); break;
+    case 1: t_rmsnorm(37, 1000); t_rmsnorm(5, 4096); GPU_ONLY(t_rmsnorm(512, 4096)); break;
+    case 2: t_rope_tables(97, 40); GPU_ONLY(t_rope_tables(8192, 128)); break;
+    case 3: t_rope(33, 5, 40); GPU_ONLY(t_rope(2048, 32, 128)); break;
     case 4: t_matmul(37, 200, 75, 1); t_matmul(3, 129, 1, 1); t_matmul(256, 4096, 1024, 0); break;
     case 5: /* HS 40, 16: the GEMM path; HS 64, 128: the fused kernel (ragged last tiles, GQA rep 1 and 4) */
-        t_attention(2, 67, 6, 2, 40); t_attention(1, 1, 4, 4, 16); t_attention(1, 512, 32, 8, 128);
+        GPU_ONLY(t_attention(2, 67, 6, 2, 40)); GPU_ONLY(t_attention(1, 1, 4, 4, 16));
+        GPU_ONLY(t_attention(1, 512, 32, 8, 128));
         t_attention_sweep();
         break;
-    case 6: t_swiglu(1000003, 0); t_swiglu(4099, 1); t_swiglu(2048 * 14336, 0); break;
-    case 7: t_residual(1000003); t_residual(2048 * 4096); break;
+    case 6: t_swiglu(100003, 0); t_swiglu(4099, 1); GPU_ONLY(t_swiglu(1000003, 0)); GPU_ONLY(t_swiglu(2048 * 14336, 0)); break;
+    case 7: t_residual(100003); GPU_ONLY(t_residual(1000003)); GPU_ONLY(t_residual(2048 * 4096)); break;
     case 8: t_hessian(300, 77, 0); t_hessian(2048, 1024, 0); break;
     case 9: /* one GEMM (n <= DS_HESS_TILE), 2 tile rows (the last 7 wide), 3 tile rows */
         t_hessian(301, 131, 1); t_hessian(4096, 512, 1); t_hessian(700, 1031, 1); t_hessian(1500, 2100, 1);
@@ -1068,12 +1096,12 @@ static void run(int idx) {
         break;
     }
     case 11: t_pack_rows(13, 301, 4); t_pack_rows(7, 97, 8); t_pack_rows(9, 333, 3);
-             t_pack_rows(4096, 4096, 4); break;
+             GPU_ONLY(t_pack_rows(4096, 4096, 4)); break;
     case 12: t_pack_cols(67, 5, 4); t_pack_cols(1001, 3, 3); t_pack_cols(4096, 32, 4); break;
     case 13: t_to_f32(77, 64); t_to_f32(1031, 3); break;
     case 14: t_moe_route(300, 8, 2, 1); t_moe_route(257, 60, 4, 0); t_moe_route(4096, 128, 8, 1); break;
-    case 15: t_moe_gather(100, 64, 37); t_moe_gather(4096, 2048, 1500); break;
-    case 16: t_moe_shared_gate(33, 64); t_moe_shared_gate(2048, 2048); break;
+    case 15: t_moe_gather(100, 64, 37); GPU_ONLY(t_moe_gather(4096, 2048, 1500)); break;
+    case 16: t_moe_shared_gate(33, 64); GPU_ONLY(t_moe_shared_gate(2048, 2048)); break;
     case 17: {
         quant_args g4s = {.num_bits = 4, .symmetric = 1, .strategy = QS_GROUP, .group_size = 64, .actorder = QA_STATIC};
         quant_args c8 = {.num_bits = 8, .symmetric = 0, .strategy = QS_CHANNEL, .group_size = -1, .actorder = QA_NONE};
@@ -1112,6 +1140,46 @@ static void run(int idx) {
     }
 }
 
+#ifdef DS_CUDA_SIM
+static int sim_test(const char *name) {
+    for (size_t i = 0; i < DS_ARRAY_LEN(SIM_TESTS); i++)
+        if (!strcmp(SIM_TESTS[i], name)) return 1;
+    return 0;
+}
+
+int main(void) {
+    setenv("DONESHOT_ATTN", "fused", 1); /* attention: the simulator runs the fused kernel only */
+    fprintf(stderr, "device: %s\nnot simulated (cuBLAS/cuSOLVER, real GPU only):", ds_cuda_device_name());
+    for (size_t i = 0; i < DS_ARRAY_LEN(TEST_NAMES); i++)
+        if (!sim_test(TEST_NAMES[i])) fprintf(stderr, " %s", TEST_NAMES[i]);
+    fprintf(stderr, "\n");
+    /* every test with each warp run up to its next barrier before the next
+     * warp starts, first warp first, then last warp first (the fused
+     * attention: a few shapes, below) */
+    for (size_t i = 0; i < DS_ARRAY_LEN(TEST_NAMES); i++)
+        if (sim_test(TEST_NAMES[i]))
+            TEST(TEST_NAMES[i]) { run((int)i); }
+    cuda_sim_set_order(SIM_WARP_SERIAL_REVERSE, 1);
+    fprintf(stderr, "schedule: last warp first\n");
+    for (size_t i = 0; i < DS_ARRAY_LEN(TEST_NAMES); i++)
+        if (sim_test(TEST_NAMES[i]) && strcmp(TEST_NAMES[i], "attention_forward"))
+            TEST(TEST_NAMES[i]) { run((int)i); }
+    /* the fused attention's barriers and cp.async groups under the other
+     * schedules */
+    static const int orders[] = {SIM_WARP_SERIAL_REVERSE, SIM_ROUND_ROBIN, SIM_SHUFFLED};
+    for (size_t i = 0; i < DS_ARRAY_LEN(orders); i++)
+        TEST("attention_forward, other schedules") {
+            fprintf(stderr, "schedule %d\n", orders[i]);
+            setenv("DONESHOT_ATTN", "fused", 1);
+            cuda_sim_set_order(orders[i], 7);
+            seed(100 + i);
+            t_attention(1, 200, 4, 2, 64);
+            t_attention(1, 130, 2, 1, 128);
+        }
+    cuda_sim_set_order(SIM_WARP_SERIAL, 1);
+    return TEST_REPORT();
+}
+#else
 int main(void) {
     /* t_gptq compares the two solvers on the same arithmetic: torch's
      * factorisation (the CUDA default; the CPU's is the flip) unless a test
@@ -1128,4 +1196,5 @@ int main(void) {
     if (dev >= 0) ds_cuda_shutdown();
     return TEST_REPORT();
 }
-#endif
+#endif /* DS_CUDA_SIM */
+#endif /* DS_CUDA */
