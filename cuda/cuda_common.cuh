@@ -6,10 +6,10 @@
  * (cuBLAS / cuSOLVER handles) implemented in context.cu, and DS_LAUNCH
  * (a kernel launch: <<<grid, block, smem, stream>>>).
  * Included only by .cu files; src/ sees cuda/kernels.h.
- * With -DDS_CUDA_SIM (the .cu files without cuBLAS/cuSOLVER compiled by the
- * host C++ compiler for tests/test_kernels' simulator build) the CUDA
- * headers are replaced by tests/cuda_sim.h and DS_LAUNCH runs the kernel on
- * the simulator.
+ * With -DDS_CUDA_SIM (the .cu files compiled by the host C++ compiler for
+ * tests/test_kernels' simulator build) the CUDA headers are replaced by
+ * tests/cuda_sim.h (which also stands in for the runtime, cuBLAS and
+ * cuSOLVER) and DS_LAUNCH runs the kernel on the simulator.
  */
 #ifndef DS_CUDA_COMMON_CUH
 #define DS_CUDA_COMMON_CUH
@@ -79,10 +79,15 @@ extern "C" {
 
 #define DS_STREAM(s) ((cudaStream_t)(s))
 
-#ifndef DS_CUDA_SIM
 /* Context (context.cu): lazily created handles bound to `stream`. */
 cublasHandle_t ds_cublas_get(void *stream);
 cusolverDnHandle_t ds_cusolver_get(void *stream);
+
+/* The kernel's dynamic shared memory (the launch's smem bytes) as type *name */
+#ifdef DS_CUDA_SIM
+#define DS_EXTERN_SHARED(type, name) type *const name = (type *)sim::dyn_smem()
+#else
+#define DS_EXTERN_SHARED(type, name) extern __shared__ type name[]
 #endif
 
 /* ---- device dtype helpers (bit-identical to src/common.h) ---- */

@@ -44,7 +44,6 @@
 extern "C" {
 #include "gptq.h" /* gptq_argsort_desc */
 }
-#include <cuda_fp16.h>
 #include <float.h>
 #include <stdlib.h>
 #include <string.h>
@@ -251,7 +250,7 @@ struct sweep_args {
 
 static __global__ void __launch_bounds__(GPTQ_WARPS * 32)
 gptq_block_kernel(sweep_args a) {
-    extern __shared__ float Us[]; /* [nb][nb] */
+    DS_EXTERN_SHARED(float, Us); /* [nb][nb] */
     const int nb = a.nb, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (int idx = threadIdx.x; idx < nb * nb; idx += blockDim.x) {
         int c = idx / nb, j = idx % nb;

@@ -1,8 +1,8 @@
 /*
  * cuda_sim.h - a CPU simulator of the CUDA execution model, so that the
- * kernels written in this repo (the cuda/ files without cuBLAS/cuSOLVER) run
- * unchanged in `make test` on machines without a GPU (tests/test_kernels.c
- * built as test_kernels_sim: each kernel against its CPU twin).
+ * kernels and launchers of cuda/ run unchanged in `make test` on machines
+ * without a GPU (tests/test_kernels.c built as test_kernels_sim: each
+ * launcher against its CPU twin).
  *
  * Not the emulator (tests/cuda_emul.c replaces every launcher by its CPU
  * twin to run the engine fast); this runs the kernels' own code: grid and
@@ -12,12 +12,15 @@
  * "Matrix fragments for mma.m16n8k16", "ldmatrix", "cp.async").
  *
  * Model: one OS thread; the blocks of a launch run one after another; each
- * CUDA thread of a block is a fiber (ucontext) that runs until it blocks at
+ * CUDA thread of a block is a fiber (an x86-64 stack switch of six
+ * registers, tests/cuda_sim_rt.cc; ucontext under ASan and on other
+ * machines) that runs until it blocks at
  * a barrier or a warp collective; the scheduler resumes the fibers round-
  * robin or warp by warp (sim::set_order; the default runs each warp up to
  * the next barrier before the next warp starts), so a missing barrier shows.
  * - __shared__ is `static`: one copy per kernel, shared by the block's
- *   fibers (blocks are sequential); dynamic shared memory is not supported.
+ *   fibers (blocks are sequential); dynamic shared memory
+ *   (DS_EXTERN_SHARED) is one buffer per launch, NaN-filled per block.
  * - __syncthreads waits for every thread of the block; a thread that exits
  *   while others wait, or lanes of a warp at different collectives, abort
  *   with a message (the kernel would hang or be undefined on a GPU).
@@ -31,8 +34,11 @@
  *   plain IEEE ops, expf the host libm's); mma accumulates the 16 products
  *   and C in double and rounds once (tensor cores' order is unspecified).
  * - atomics are plain read-modify-writes (one OS thread).
- * Races the round-robin order does not expose go unseen; this checks the
- * index math, fragment layouts and synchronisation protocol, not timing.
+ * - the CUDA runtime, cuBLAS and cuSOLVER calls: tests/cuda_sim_api.h
+ *   (reference semantics on host memory).
+ * Races the schedules do not expose go unseen; this checks the index math,
+ * fragment layouts, synchronisation protocol and the library calls'
+ * arguments, not the hardware's arithmetic or timing.
  */
 #ifndef DS_CUDA_SIM_H
 #define DS_CUDA_SIM_H
@@ -43,6 +49,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <ucontext.h>
+
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#define SIM_FAST_SWITCH 1
+/* saves the callee-saved registers, MXCSR and the x87 control word on the
+ * current stack, *save_sp = rsp, then resumes the stack to_sp
+ * (tests/cuda_sim_rt.cc) */
+extern "C" void sim_ctx_switch(void **save_sp, void *to_sp);
+#endif
 
 #include <functional>
 #include <vector>
@@ -65,7 +79,11 @@ struct cp_op {
 };
 
 struct thread {
+#ifdef SIM_FAST_SWITCH
+    void *sp;
+#else
     ucontext_t uc;
+#endif
     char *stack; /* owned by state::stacks */
     dim3 idx;
     int lin;
@@ -97,12 +115,17 @@ struct state {
     std::vector<warp> warps;
     int nthreads = 0, cur = -1, order = WARP_SERIAL;
     unsigned rng = 1;
+#ifdef SIM_FAST_SWITCH
+    void *sched;
+#else
     ucontext_t sched;
+#endif
     int bar_arrived = 0;
     unsigned bar_gen = 0;
     unsigned long events = 0;
     const std::function<void()> *body = nullptr;
     std::vector<char *> stacks; /* one per thread index, kept across launches */
+    std::vector<uint4> dyn;     /* the launch's dynamic shared memory (16-byte aligned) */
     ~state() {
         for (char *p : stacks) free(p);
     }
@@ -121,7 +144,19 @@ inline void set_order(int order, unsigned seed = 1) {
     S.rng = seed ? seed : 1;
 }
 
+#ifdef SIM_FAST_SWITCH
+inline void yield() { sim_ctx_switch(&S.th[(size_t)S.cur].sp, S.sched); }
+inline void resume(int i) {
+    S.cur = i;
+    sim_ctx_switch(&S.sched, S.th[(size_t)i].sp);
+}
+#else
 inline void yield() { swapcontext(&S.th[(size_t)S.cur].uc, &S.sched); }
+inline void resume(int i) {
+    S.cur = i;
+    swapcontext(&S.sched, &S.th[(size_t)i].uc);
+}
+#endif
 
 /* the copies of thread t's first n committed groups land */
 inline void cp_land(thread &t, size_t ngroups) {
@@ -138,6 +173,21 @@ inline void cp_land(thread &t, size_t ngroups) {
 }
 
 void entry();
+#ifdef SIM_FAST_SWITCH
+/* a fresh fiber for t: its stack holds what sim_ctx_switch pops (control
+ * words, r15..r12, rbx, rbp) and returns into entry() */
+inline void fiber_init(thread &t) {
+    uint64_t *sp = (uint64_t *)(void *)(t.stack + STACK_BYTES); /* 16-byte aligned (malloc) */
+    uint32_t mxcsr;
+    uint16_t fpcw;
+    __asm__ volatile("stmxcsr %0\n\tfnstcw %1" : "=m"(mxcsr), "=m"(fpcw));
+    *--sp = 0;                     /* entry's frame: rsp = 8 (mod 16) as after a call */
+    *--sp = (uint64_t)(uintptr_t)&entry;
+    for (int r = 0; r < 6; r++) *--sp = 0; /* rbp, rbx, r12..r15 */
+    *--sp = (uint64_t)mxcsr | ((uint64_t)fpcw << 32);
+    t.sp = sp;
+}
+#else
 /* a fresh fiber for t that runs entry() (out of line: getcontext returns twice) */
 __attribute__((noinline)) inline void fiber_init(thread &t) {
     getcontext(&t.uc);
@@ -146,6 +196,7 @@ __attribute__((noinline)) inline void fiber_init(thread &t) {
     t.uc.uc_link = &S.sched;
     makecontext(&t.uc, entry, 0);
 }
+#endif
 
 inline void entry() {
     (*S.body)();
@@ -154,11 +205,15 @@ inline void entry() {
     cp_land(t, t.commits.size());
     t.done = true;
     S.events++;
+#ifdef SIM_FAST_SWITCH
+    yield(); /* never resumed: done */
+    abort();
+#endif
 }
 
 /* Runs body() as every thread of every block of grid x block. */
 inline void launch(dim3 grid, dim3 block, size_t dyn_smem, const std::function<void()> &body) {
-    if (dyn_smem) die("dynamic shared memory is not simulated");
+    S.dyn.assign(dyn_smem / 16 + 1, uint4{});
     const int n = (int)(block.x * block.y * block.z);
     if (n <= 0 || n > 1024) die("block size out of range (1..1024 threads)");
     S.grid = grid;
@@ -183,6 +238,7 @@ inline void launch(dim3 grid, dim3 block, size_t dyn_smem, const std::function<v
             for (unsigned bx = 0; bx < grid.x; bx++) {
                 S.bidx = dim3(bx, by, bz);
                 S.bar_arrived = 0;
+                memset(S.dyn.data(), 0xFF, S.dyn.size() * sizeof(uint4)); /* uninitialised: NaN */
                 for (warp &w : S.warps) w.arrived = 0;
                 for (thread &t : S.th) {
                     t.done = t.at_bar = false;
@@ -202,8 +258,7 @@ inline void launch(dim3 grid, dim3 block, size_t dyn_smem, const std::function<v
                                 for (int i = 32 * w; i < n && i < 32 * w + 32; i++) {
                                     if (S.th[(size_t)i].done || S.th[(size_t)i].at_bar) continue;
                                     more = 1;
-                                    S.cur = i;
-                                    swapcontext(&S.sched, &S.th[(size_t)i].uc);
+                                    resume(i);
                                 }
                                 if (S.events == ew) more = 0; /* blocked on another warp: the outer check */
                             }
@@ -220,8 +275,7 @@ inline void launch(dim3 grid, dim3 block, size_t dyn_smem, const std::function<v
                             }
                         for (int i : ord) {
                             if (S.th[(size_t)i].done) continue;
-                            S.cur = i;
-                            swapcontext(&S.sched, &S.th[(size_t)i].uc);
+                            resume(i);
                         }
                     }
                     S.cur = -1;
@@ -232,6 +286,8 @@ inline void launch(dim3 grid, dim3 block, size_t dyn_smem, const std::function<v
                 }
             }
 }
+
+inline void *dyn_smem() { return S.dyn.data(); }
 
 inline const dim3 &thread_idx() { return S.th[(size_t)S.cur].idx; }
 
@@ -425,6 +481,9 @@ inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __ddiv_rn(double a, double b) { return a / b; }
 inline unsigned atomicMax(unsigned *p, unsigned v) {
     const unsigned o = *p;
     if (v > o) *p = v;
@@ -435,6 +494,8 @@ inline float atomicAdd(float *p, float v) {
     *p = o + v;
     return o;
 }
+
+#include "cuda_sim_api.h"
 
 /* launch syntax (cuda_common.cuh's DS_LAUNCH) */
 #define DS_SIM_LAUNCH(kernel, grid, block, smem, ...) \

@@ -7,12 +7,12 @@
  * Without a device (or in a build without -DDS_CUDA) every test is reported
  * as skipped, never as passed; as failed with DS_REQUIRE_GPU=1 (make test-gpu).
  *
- * Built with -DDS_CUDA_SIM (test_kernels_sim, every configuration): the
- * kernels of the cuda/ files that call no cuBLAS/cuSOLVER run on the CPU
- * simulator of tests/cuda_sim.h (their own code: indices, shared memory,
- * barriers, shuffles, mma/ldmatrix/cp.async) against the same twins, on the
- * small and odd shapes (the realistic ones, GPU_ONLY, would take minutes);
- * the tests of the other launchers are not run there (listed, not counted).
+ * Built with -DDS_CUDA_SIM (test_kernels_sim, every configuration): every
+ * launcher of cuda/ runs on the CPU simulator of tests/cuda_sim.h (the
+ * kernels' own code: indices, shared memory, barriers, shuffles,
+ * mma/ldmatrix/cp.async; the cuBLAS/cuSOLVER calls on the reference
+ * stand-ins of tests/cuda_sim_api.h) against the same twins, on the small
+ * and odd shapes (the realistic ones, GPU_ONLY, would take minutes).
  */
 #include <math.h>
 #include <stdint.h>
@@ -48,11 +48,6 @@ int main(void) {
 }
 #else
 #ifdef DS_CUDA_SIM
-/* the tests whose launchers run on the simulator (tests/cuda_sim_rt.cc stubs the rest) */
-static const char *const SIM_TESTS[] = {
-    "rmsnorm_forward", "rope_tables", "rope_forward", "attention_forward", "swiglu_forward", "residual_forward",
-    "quant_pack_rows", "quant_pack_cols", "moe_route", "moe_gather", "moe_shared_gate_add", "moe_combine",
-};
 static const int g_sim = 1;
 void cuda_sim_set_order(int order, unsigned seed); /* tests/cuda_sim_rt.cc */
 enum { SIM_ROUND_ROBIN, SIM_ROUND_ROBIN_REVERSE, SIM_SHUFFLED, SIM_WARP_SERIAL, SIM_WARP_SERIAL_REVERSE };
@@ -1045,7 +1040,7 @@ static void run(int idx) {
         const int t4[4] = {64, 64, 64, 64}, tv[5] = {1, 37, 200, 3, 64}, tb[8] = {512, 512, 512, 512, 512, 512, 512, 512};
         t_matmul_batched(4, t4, 96, 48, 1);  /* all-experts calibration: one x, cublasGemmBatchedEx */
         t_matmul_batched(5, tv, 129, 75, 0); /* routed: own rows, grouped (or looped) */
-        t_matmul_batched(8, tb, 2048, 768, 1);
+        GPU_ONLY(t_matmul_batched(8, tb, 2048, 768, 1));
         return;
     }
     if (!strcmp(TEST_NAMES[idx], "attention_gemm_fallback")) {
@@ -1057,8 +1052,8 @@ static void run(int idx) {
         quant_args g4s = {.num_bits = 4, .symmetric = 1, .strategy = QS_GROUP, .group_size = 128, .actorder = QA_STATIC};
         setenv("DONESHOT_GPTQ_FACTOR", "flip", 1);
         t_gptq(45, 200, c8, -1);
-        t_gptq(512, 1024, g4s, 77);
-        t_gptq(256, 4096, g4s, -1);
+        GPU_ONLY(t_gptq(512, 1024, g4s, 77));
+        GPU_ONLY(t_gptq(256, 4096, g4s, -1));
         setenv("DONESHOT_GPTQ_FACTOR", "torch", 1);
         return;
     }
@@ -1072,17 +1067,17 @@ static void run(int idx) {
     case 1: t_rmsnorm(37, 1000); t_rmsnorm(5, 4096); GPU_ONLY(t_rmsnorm(512, 4096)); break;
     case 2: t_rope_tables(97, 40); GPU_ONLY(t_rope_tables(8192, 128)); break;
     case 3: t_rope(33, 5, 40); GPU_ONLY(t_rope(2048, 32, 128)); break;
-    case 4: t_matmul(37, 200, 75, 1); t_matmul(3, 129, 1, 1); t_matmul(256, 4096, 1024, 0); break;
+    case 4: t_matmul(37, 200, 75, 1); t_matmul(3, 129, 1, 1); GPU_ONLY(t_matmul(256, 4096, 1024, 0)); break;
     case 5: /* HS 40, 16: the GEMM path; HS 64, 128: the fused kernel (ragged last tiles, GQA rep 1 and 4) */
-        GPU_ONLY(t_attention(2, 67, 6, 2, 40)); GPU_ONLY(t_attention(1, 1, 4, 4, 16));
-        GPU_ONLY(t_attention(1, 512, 32, 8, 128));
+        t_attention(2, 67, 6, 2, 40); t_attention(1, 1, 4, 4, 16); GPU_ONLY(t_attention(1, 512, 32, 8, 128));
         t_attention_sweep();
         break;
     case 6: t_swiglu(100003, 0); t_swiglu(4099, 1); GPU_ONLY(t_swiglu(1000003, 0)); GPU_ONLY(t_swiglu(2048 * 14336, 0)); break;
     case 7: t_residual(100003); GPU_ONLY(t_residual(1000003)); GPU_ONLY(t_residual(2048 * 4096)); break;
-    case 8: t_hessian(300, 77, 0); t_hessian(2048, 1024, 0); break;
+    case 8: t_hessian(300, 77, 0); GPU_ONLY(t_hessian(2048, 1024, 0)); break;
     case 9: /* one GEMM (n <= DS_HESS_TILE), 2 tile rows (the last 7 wide), 3 tile rows */
-        t_hessian(301, 131, 1); t_hessian(4096, 512, 1); t_hessian(700, 1031, 1); t_hessian(1500, 2100, 1);
+        t_hessian(301, 131, 1); GPU_ONLY(t_hessian(4096, 512, 1)); t_hessian(700, 1031, 1);
+        GPU_ONLY(t_hessian(1500, 2100, 1));
         break;
     case 10: {
         quant_args g4 = {.num_bits = 4, .symmetric = 0, .strategy = QS_GROUP, .group_size = 64, .actorder = QA_STATIC}; /* asym int4 g64, actorder static */
@@ -1092,7 +1087,7 @@ static void run(int idx) {
         t_gptq(67, 256, g4, 5);
         t_gptq(45, 200, c8, -1);
         t_gptq(33, 160, t4, -1);
-        t_gptq(512, 1024, g4s, 77);
+        GPU_ONLY(t_gptq(512, 1024, g4s, 77));
         break;
     }
     case 11: t_pack_rows(13, 301, 4); t_pack_rows(7, 97, 8); t_pack_rows(9, 333, 3);
@@ -1106,7 +1101,7 @@ static void run(int idx) {
         quant_args g4s = {.num_bits = 4, .symmetric = 1, .strategy = QS_GROUP, .group_size = 64, .actorder = QA_STATIC};
         quant_args c8 = {.num_bits = 8, .symmetric = 0, .strategy = QS_CHANNEL, .group_size = -1, .actorder = QA_NONE};
         t_gptq_factor_reuse(96, 256, g4s);
-        t_gptq_factor_reuse(768, 2048, c8);
+        GPU_ONLY(t_gptq_factor_reuse(768, 2048, c8));
         break;
     }
     case 18: { /* fp8 e4m3 weights (FP8 / FP8_DYNAMIC / FP8_BLOCK): scale = absmax / 448, codes = bit patterns */
@@ -1122,7 +1117,7 @@ static void run(int idx) {
         t_gptq(33, 160, ft, 7);
         t_gptq(200, 300, fb, 11);
         t_gptq(67, 256, fg, -1);
-        t_gptq(512, 1024, fb, -1);
+        GPU_ONLY(t_gptq(512, 1024, fb, -1));
         break;
     }
     case 19: { /* NVFP4A16: fp4 e2m1 in groups of 16, effective scales weight_scale / global_scale */
@@ -1133,37 +1128,33 @@ static void run(int idx) {
         n4f.global_scale = 300.0f; /* a fused (q/k/v) global scale */
         t_gptq(45, 208, n4, -1);
         t_gptq(67, 256, n4f, 9);
-        t_gptq(512, 1024, n4, -1);
+        GPU_ONLY(t_gptq(512, 1024, n4, -1));
         break;
     }
-    case 20: t_act_absmax(301, 131, 17, 0); t_act_absmax(37, 64, 5, 1); t_act_absmax(4096, 4096, -1, 0); break;
+    case 20: t_act_absmax(301, 131, 17, 0); t_act_absmax(37, 64, 5, 1); GPU_ONLY(t_act_absmax(4096, 4096, -1, 0)); break;
     }
 }
 
 #ifdef DS_CUDA_SIM
-static int sim_test(const char *name) {
-    for (size_t i = 0; i < DS_ARRAY_LEN(SIM_TESTS); i++)
-        if (!strcmp(SIM_TESTS[i], name)) return 1;
-    return 0;
-}
-
 int main(void) {
-    setenv("DONESHOT_ATTN", "fused", 1); /* attention: the simulator runs the fused kernel only */
-    fprintf(stderr, "device: %s\nnot simulated (cuBLAS/cuSOLVER, real GPU only):", ds_cuda_device_name());
-    for (size_t i = 0; i < DS_ARRAY_LEN(TEST_NAMES); i++)
-        if (!sim_test(TEST_NAMES[i])) fprintf(stderr, " %s", TEST_NAMES[i]);
-    fprintf(stderr, "\n");
+    setenv("DONESHOT_GPTQ_FACTOR", "torch", 1); /* as below */
+    CHECK(ds_cuda_init(0) == 0);
+    fprintf(stderr, "device: %s\n", ds_cuda_device_name());
     /* every test with each warp run up to its next barrier before the next
-     * warp starts, first warp first, then last warp first (the fused
-     * attention: a few shapes, below) */
+     * warp starts, first warp first; then the kernels of this repo (not the
+     * GEMMs and solves, whose stand-ins are sequential) last warp first */
     for (size_t i = 0; i < DS_ARRAY_LEN(TEST_NAMES); i++)
-        if (sim_test(TEST_NAMES[i]))
-            TEST(TEST_NAMES[i]) { run((int)i); }
+        TEST(TEST_NAMES[i]) { run((int)i); }
     cuda_sim_set_order(SIM_WARP_SERIAL_REVERSE, 1);
     fprintf(stderr, "schedule: last warp first\n");
+    static const char *const again[] = {"rmsnorm_forward", "rope_tables", "rope_forward", "swiglu_forward",
+                                        "residual_forward", "quant_pack_rows", "quant_pack_cols", "hessian_to_f32",
+                                        "moe_route", "moe_gather", "moe_shared_gate_add", "act_absmax",
+                                        "moe_combine", "gptq_quantize"};
     for (size_t i = 0; i < DS_ARRAY_LEN(TEST_NAMES); i++)
-        if (sim_test(TEST_NAMES[i]) && strcmp(TEST_NAMES[i], "attention_forward"))
-            TEST(TEST_NAMES[i]) { run((int)i); }
+        for (size_t j = 0; j < DS_ARRAY_LEN(again); j++)
+            if (!strcmp(TEST_NAMES[i], again[j]))
+                TEST(TEST_NAMES[i]) { run((int)i); }
     /* the fused attention's barriers and cp.async groups under the other
      * schedules */
     static const int orders[] = {SIM_WARP_SERIAL_REVERSE, SIM_ROUND_ROBIN, SIM_SHUFFLED};
@@ -1175,8 +1166,10 @@ int main(void) {
             seed(100 + i);
             t_attention(1, 200, 4, 2, 64);
             t_attention(1, 130, 2, 1, 128);
+            unsetenv("DONESHOT_ATTN");
         }
     cuda_sim_set_order(SIM_WARP_SERIAL, 1);
+    ds_cuda_shutdown();
     return TEST_REPORT();
 }
 #else

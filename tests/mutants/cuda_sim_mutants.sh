@@ -1,9 +1,10 @@
 #!/bin/sh
 # cuda_sim_mutants.sh - shows that test_kernels_sim (tests/cuda_sim.h) can
-# fail: each mutant is one deliberate defect in a simulated kernel (a
-# barrier removed, a cp.async wait too late, a fragment lane mapping
-# changed); the simulator build of tests/test_kernels.c is relinked with the
-# mutated file and must FAIL (or abort). Prints "caught" / "MISSED" per
+# fail: each mutant is one deliberate defect in a cuda/ file (a barrier
+# removed, a cp.async wait too late, a fragment lane mapping changed, a
+# cuBLAS leading dimension wrong); the simulator build of
+# tests/test_kernels.c is relinked with the mutated file and must FAIL (or
+# abort). Prints "caught" / "MISSED" per
 # mutant and "N passed, N failed" (passed = caught). Not part of make test
 # (~20 s per mutant). Run from the repository root after `make`:
 #   sh tests/mutants/cuda_sim_mutants.sh [BUILD]
@@ -59,5 +60,14 @@ mutant cuda/rmsnorm.cu "rmsnorm: no barrier before rinv is read" "__syncthreads(
 mutant cuda/moe.cu "moe_gather: row index not mapped" "dst[i] = x[(size_t)rows[r] * C + j];" "dst[i] = x[r * C + j];"
 mutant cuda/moe.cu "moe_combine: contributions added last first" \
     "for (int p = start[r]; p < start[r + 1]; p++) {" "for (int p = start[r + 1] - 1; p >= start[r]; p--) {"
+# the launchers' library calls (tests/cuda_sim_api.h's cuBLAS stand-in)
+mutant cuda/matmul.cu "grouped expert GEMMs: C's leading dimension" \
+    "lda[i] = in; ldb[i] = in; ldc[i] = out;" "lda[i] = in; ldb[i] = in; ldc[i] = in;"
+mutant cuda/hessian.cu "f64 Hessian: the tile row's column offset dropped" \
+    "CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_T, w, b, rows, &alpha, X + r0, CUDA_R_16BF, n," \
+    "CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_N, CUBLAS_OP_T, w, b, rows, &alpha, X, CUDA_R_16BF, n,"
+mutant cuda/gptq.cu "GPTQ lazy update: the trailing block's leading dimension" \
+    "Hp + (size_t)i1 * in + i2, in, Err, BS, &p1, Wp + i2, in));" \
+    "Hp + (size_t)i1 * in + i2, in, Err, BS, &p1, Wp + i2, in - i2));"
 echo "$P passed, $F failed"
 [ "$F" -eq 0 ]
