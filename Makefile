@@ -84,7 +84,12 @@ SIM_OBJ  := $(SIM_CU:%.cu=$(BUILD)/sim/%.o) $(BUILD)/sim/tests/cuda_sim_rt.o
 SIM_CXXFLAGS = -std=c++17 -D_GNU_SOURCE -g -O2 -Wall -Wextra -Werror -Wshadow -Wno-unknown-pragmas \
                -ffp-contract=off -fno-strict-aliasing -MMD -MP -DDS_CUDA_SIM -Isrc -Icuda -Itests \
                $(if $(SANITIZE),-fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all,)
-all: $(BUILD)/doneshot $(TESTS) $(BUILD)/tests/test_kernels_sim $(BUILD)/doneshot-emul $(BENCH_BIN)
+# doneshot-sim: doneshot whose CUDA engine (src/gpu_engine.c) drives those
+# simulated kernels: the real engine end to end on the CPU, slowly (tests only).
+SIM_EXE_OBJ := $(BUILD)/src/main.o $(filter-out $(BUILD)/src/gpu_engine.o $(BUILD)/cuda/%,$(OBJ)) \
+               $(BUILD)/emul/gpu_engine.o $(SIM_OBJ)
+all: $(BUILD)/doneshot $(TESTS) $(BUILD)/tests/test_kernels_sim $(BUILD)/doneshot-emul $(BUILD)/doneshot-sim \
+     $(BENCH_BIN)
 	@echo "built $(BUILD)/doneshot (CUDA=$(CUDA)). Hint: run 'make test'"
 $(CONFIG_STAMP): ; # written while the Makefile is read (CONFIG above)
 
@@ -181,6 +186,10 @@ $(BUILD)/sim/tests/test_kernels.o: tests/test_kernels.c $(CONFIG_STAMP) | $(DEPS
 $(BUILD)/tests/test_kernels_sim: $(BUILD)/sim/tests/test_kernels.o $(SIM_OBJ) $(LIB)
 	@echo "LD $@"
 	@$(MPICC) $(LDFLAGS) $^ -o $@ $(filter-out $(CUDA_LIBS),$(LDLIBS)) -lstdc++
+
+$(BUILD)/doneshot-sim: $(SIM_EXE_OBJ)
+	@echo "LD $@"
+	@$(MPICC) $(LDFLAGS) $^ -o $@ $(EMUL_LIBS) -lstdc++
 
 $(BUILD)/ckpt_diff: $(BUILD)/bench/ckpt_diff.o $(LIB)
 	@echo "LD $@"

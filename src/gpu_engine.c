@@ -455,8 +455,10 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
     if (c->dtype != DS_DTYPE_BF16)
         snprintf(bf, sizeof bf, " | %s model, bfloat16 forward", ds_dtype_torch_name(c->dtype));
     snprintf(e->desc, sizeof e->desc,
-             "%s | micro-batch %d (%d chunks) | activations %s | plan peak %.2f of %.2f GiB budget%s%s%s",
+             "%s | micro-batch %d (%d chunks) | activations %s | attention %s | plan peak %.2f of %.2f GiB "
+             "budget%s%s%s",
              ds_cuda_device_name(), e->micro_batch, e->nchunks, e->offload ? "offloaded (pinned host)" : "resident",
+             attention_fused(c->HS) ? "fused kernel" : "batched GEMM",
              (double)plan.peak / (double)(1u << 30), (double)budget / (double)(1u << 30),
              sharing > 1 ? " (device shared by local ranks)" : "", moe, bf);
     if (st) {

@@ -59,6 +59,7 @@ extern "C" void sim_ctx_switch(void **save_sp, void *to_sp);
 #endif
 
 #include <functional>
+#include <mutex>
 #include <vector>
 
 struct __attribute__((aligned(16))) uint4 {
@@ -213,6 +214,8 @@ inline void entry() {
 
 /* Runs body() as every thread of every block of grid x block. */
 inline void launch(dim3 grid, dim3 block, size_t dyn_smem, const std::function<void()> &body) {
+    static std::mutex one_at_a_time; /* the engine's host threads share the one simulated device */
+    const std::lock_guard<std::mutex> lock(one_at_a_time);
     S.dyn.assign(dyn_smem / 16 + 1, uint4{});
     const int n = (int)(block.x * block.y * block.z);
     if (n <= 0 || n > 1024) die("block size out of range (1..1024 threads)");
