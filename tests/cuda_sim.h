@@ -13,8 +13,8 @@
  *
  * Model: one OS thread; the blocks of a launch run one after another; each
  * CUDA thread of a block is a fiber (an x86-64 stack switch of six
- * registers, tests/cuda_sim_rt.cc; ucontext under ASan and on other
- * machines) that runs until it blocks at
+ * registers, tests/cuda_sim_rt.cc, announced to ASan in a sanitized build;
+ * ucontext on other machines) that runs until it blocks at
  * a barrier or a warp collective; the scheduler resumes the fibers round-
  * robin or warp by warp (sim::set_order; the default runs each warp up to
  * the next barrier before the next warp starts), so a missing barrier shows.
@@ -50,8 +50,17 @@
 #include <string.h>
 #include <ucontext.h>
 
-#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
+#if defined(__x86_64__)
 #define SIM_FAST_SWITCH 1
+#ifdef __SANITIZE_ADDRESS__ /* ASan is told of every stack switch (its swapcontext path re-clears a stack each time) */
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define SIM_ASAN_START(save, bottom, size) __sanitizer_start_switch_fiber(save, bottom, size)
+#define SIM_ASAN_FINISH(save, bottom, size) __sanitizer_finish_switch_fiber(save, bottom, size)
+#else
+#define SIM_ASAN_START(save, bottom, size) ((void)0)
+#define SIM_ASAN_FINISH(save, bottom, size) ((void)0)
+#endif
 /* saves the callee-saved registers, MXCSR and the x87 control word on the
  * current stack, *save_sp = rsp, then resumes the stack to_sp
  * (tests/cuda_sim_rt.cc) */
@@ -118,6 +127,9 @@ struct state {
     unsigned rng = 1;
 #ifdef SIM_FAST_SWITCH
     void *sched;
+    const void *sched_bottom = nullptr; /* the scheduler's stack, for ASan */
+    size_t sched_size = 0;
+    void *sched_fake = nullptr, *fiber_fake = nullptr;
 #else
     ucontext_t sched;
 #endif
@@ -146,10 +158,16 @@ inline void set_order(int order, unsigned seed = 1) {
 }
 
 #ifdef SIM_FAST_SWITCH
-inline void yield() { sim_ctx_switch(&S.th[(size_t)S.cur].sp, S.sched); }
+inline void yield() {
+    SIM_ASAN_START(&S.fiber_fake, S.sched_bottom, S.sched_size);
+    sim_ctx_switch(&S.th[(size_t)S.cur].sp, S.sched);
+    SIM_ASAN_FINISH(S.fiber_fake, nullptr, nullptr);
+}
 inline void resume(int i) {
     S.cur = i;
+    SIM_ASAN_START(&S.sched_fake, S.th[(size_t)i].stack, STACK_BYTES);
     sim_ctx_switch(&S.sched, S.th[(size_t)i].sp);
+    SIM_ASAN_FINISH(S.sched_fake, nullptr, nullptr);
 }
 #else
 inline void yield() { swapcontext(&S.th[(size_t)S.cur].uc, &S.sched); }
@@ -178,6 +196,9 @@ void entry();
 /* a fresh fiber for t: its stack holds what sim_ctx_switch pops (control
  * words, r15..r12, rbx, rbp) and returns into entry() */
 inline void fiber_init(thread &t) {
+#ifdef __SANITIZE_ADDRESS__ /* the frames a finished fiber left poisoned (the kernels use a few KiB) */
+    __asan_unpoison_memory_region(t.stack + STACK_BYTES - (64 << 10), 64 << 10);
+#endif
     uint64_t *sp = (uint64_t *)(void *)(t.stack + STACK_BYTES); /* 16-byte aligned (malloc) */
     uint32_t mxcsr;
     uint16_t fpcw;
@@ -200,6 +221,9 @@ __attribute__((noinline)) inline void fiber_init(thread &t) {
 #endif
 
 inline void entry() {
+#ifdef SIM_FAST_SWITCH
+    SIM_ASAN_FINISH(nullptr, &S.sched_bottom, &S.sched_size); /* first run: learn the scheduler's stack */
+#endif
     (*S.body)();
     thread &t = S.th[(size_t)S.cur];
     t.commits.push_back(t.ops.size()); /* what is still in flight lands (the hardware finishes it) */
@@ -207,7 +231,8 @@ inline void entry() {
     t.done = true;
     S.events++;
 #ifdef SIM_FAST_SWITCH
-    yield(); /* never resumed: done */
+    SIM_ASAN_START(nullptr, S.sched_bottom, S.sched_size); /* this fiber's stack is done */
+    sim_ctx_switch(&t.sp, S.sched);                        /* never resumed */
     abort();
 #endif
 }
