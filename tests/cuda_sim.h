@@ -91,6 +91,7 @@ struct cp_op {
 struct thread {
 #ifdef SIM_FAST_SWITCH
     void *sp;
+    void *fake; /* ASan's fake stack of this fiber while it is switched out */
 #else
     ucontext_t uc;
 #endif
@@ -129,7 +130,7 @@ struct state {
     void *sched;
     const void *sched_bottom = nullptr; /* the scheduler's stack, for ASan */
     size_t sched_size = 0;
-    void *sched_fake = nullptr, *fiber_fake = nullptr;
+    void *sched_fake = nullptr; /* ASan's fake stack of the scheduler while a fiber runs */
 #else
     ucontext_t sched;
 #endif
@@ -159,9 +160,10 @@ inline void set_order(int order, unsigned seed = 1) {
 
 #ifdef SIM_FAST_SWITCH
 inline void yield() {
-    SIM_ASAN_START(&S.fiber_fake, S.sched_bottom, S.sched_size);
-    sim_ctx_switch(&S.th[(size_t)S.cur].sp, S.sched);
-    SIM_ASAN_FINISH(S.fiber_fake, nullptr, nullptr);
+    thread &t = S.th[(size_t)S.cur];
+    SIM_ASAN_START(&t.fake, S.sched_bottom, S.sched_size);
+    sim_ctx_switch(&t.sp, S.sched);
+    SIM_ASAN_FINISH(t.fake, nullptr, nullptr);
 }
 inline void resume(int i) {
     S.cur = i;
