@@ -71,6 +71,13 @@ extern "C" void sim_ctx_switch(void **save_sp, void *to_sp);
 #include <mutex>
 #include <vector>
 
+#ifndef _Noreturn
+#define _Noreturn [[noreturn]] /* common.h is C11 */
+#endif
+extern "C" {
+#include "common.h" /* bf16_to_f32, f32_to_bf16 */
+}
+
 struct __attribute__((aligned(16))) uint4 {
     unsigned x, y, z, w;
 };
@@ -376,13 +383,6 @@ template <class T> inline T shfl(int kind, unsigned mask, T v, int p, int width)
     return a.out;
 }
 
-inline float bf16f(uint32_t h) {
-    const uint32_t u = (h & 0xffffu) << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
 /* mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 d, a, b, d. Fragments
  * (PTX ISA, g = lane >> 2, t = lane & 3; a register's low 16 bits hold the
  * element of lower index): A 16x16: a[0] = (row g, cols 2t, 2t+1), a[1] =
@@ -402,12 +402,12 @@ inline void mma_m16n8k16_bf16(float d[4], const uint32_t a[4], uint32_t b0, uint
             const mma_arg *x = (const mma_arg *)args[l];
             const int g = l >> 2, t = l & 3;
             for (int e = 0; e < 2; e++) {
-                A[g][2 * t + e] = bf16f(x->a[0] >> (16 * e));
-                A[g + 8][2 * t + e] = bf16f(x->a[1] >> (16 * e));
-                A[g][2 * t + 8 + e] = bf16f(x->a[2] >> (16 * e));
-                A[g + 8][2 * t + 8 + e] = bf16f(x->a[3] >> (16 * e));
-                B[2 * t + e][g] = bf16f(x->b0 >> (16 * e));
-                B[2 * t + 8 + e][g] = bf16f(x->b1 >> (16 * e));
+                A[g][2 * t + e] = bf16_to_f32((uint16_t)(x->a[0] >> (16 * e)));
+                A[g + 8][2 * t + e] = bf16_to_f32((uint16_t)(x->a[1] >> (16 * e)));
+                A[g][2 * t + 8 + e] = bf16_to_f32((uint16_t)(x->a[2] >> (16 * e)));
+                A[g + 8][2 * t + 8 + e] = bf16_to_f32((uint16_t)(x->a[3] >> (16 * e)));
+                B[2 * t + e][g] = bf16_to_f32((uint16_t)(x->b0 >> (16 * e)));
+                B[2 * t + 8 + e][g] = bf16_to_f32((uint16_t)(x->b1 >> (16 * e)));
                 C[g][2 * t + e] = x->d[e];
                 C[g + 8][2 * t + e] = x->d[2 + e];
             }

@@ -8,8 +8,8 @@
  *   GemmGroupedBatchedEx, Sgemm): column-major C[m,n] = alpha op(A)[m,k]
  *   op(B)[k,n] + beta C (C not read when beta == 0), A(i,l) at A[i + l*lda]
  *   (op N) or A[l + i*lda] (op T); leading dimensions checked as cuBLAS does
- *   (CUBLAS_STATUS_INVALID_VALUE); products summed in double, rounded once
- *   to C's type (f32, or bf16 round-to-nearest-even);
+ *   (CUBLAS_STATUS_INVALID_VALUE); products summed in double, rounded to f32
+ *   and, for a bf16 C, to bf16 by common.h's f32_to_bf16 (nearest even);
  *   potrf / potri / trtri: LAPACK's spotrf / spotri / strtri (column-major,
  *   the same uplo, devInfo as LAPACK's info).
  * Not the hardware's arithmetic: results are compared with the CPU twins'
@@ -86,7 +86,9 @@ inline cudaError_t cudaMemcpy2DAsync(void *d, size_t dpitch, const void *s, size
     for (size_t r = 0; r < height; r++) memmove((char *)d + r * dpitch, (const char *)s + r * spitch, width);
     return cudaSuccess;
 }
-inline cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind k) { return cudaMemcpyAsync(d, s, n, k); }
+inline cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind k) {
+    return cudaMemcpyAsync(d, s, n, k);
+}
 inline cudaError_t cudaMemsetAsync(void *p, int v, size_t n, cudaStream_t = 0) {
     if (n) memset(p, v, n);
     return cudaSuccess;
@@ -152,22 +154,11 @@ inline const char *cublasGetStatusString(cublasStatus_t s) {
 
 namespace sim {
 inline double blas_ld(const void *p, cudaDataType t, size_t i) {
-    if (t == CUDA_R_32F) return ((const float *)p)[i];
-    const uint32_t u = (uint32_t)((const uint16_t *)p)[i] << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
+    return t == CUDA_R_32F ? ((const float *)p)[i] : bf16_to_f32(((const uint16_t *)p)[i]);
 }
 inline void blas_st(void *p, cudaDataType t, size_t i, double v) {
-    const float f = (float)v;
-    if (t == CUDA_R_32F) {
-        ((float *)p)[i] = f;
-        return;
-    }
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    ((uint16_t *)p)[i] = (u & 0x7fffffffu) > 0x7f800000u ? (uint16_t)0x7fc0
-                                                          : (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    if (t == CUDA_R_32F) ((float *)p)[i] = (float)v;
+    else ((uint16_t *)p)[i] = f32_to_bf16((float)v);
 }
 /* one GEMM, cuBLAS's column-major definition */
 inline cublasStatus_t gemm(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha, const void *A,
@@ -182,7 +173,8 @@ inline cublasStatus_t gemm(cublasOperation_t ta, cublasOperation_t tb, int m, in
         for (int l = 0; l < k; l++)
             a[(size_t)i * k + l] = blas_ld(A, at, ta == CUBLAS_OP_N ? i + (size_t)l * lda : l + (size_t)i * lda);
     for (int j = 0; j < n; j++) {
-        for (int l = 0; l < k; l++) b[(size_t)l] = blas_ld(B, bt, tb == CUBLAS_OP_N ? l + (size_t)j * ldb : j + (size_t)l * ldb);
+        for (int l = 0; l < k; l++)
+            b[(size_t)l] = blas_ld(B, bt, tb == CUBLAS_OP_N ? l + (size_t)j * ldb : j + (size_t)l * ldb);
         for (int i = 0; i < m; i++) {
             double s = 0;
             const double *ar = &a[(size_t)i * k];
