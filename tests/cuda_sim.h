@@ -16,8 +16,9 @@
  * registers, tests/cuda_sim_rt.cc, announced to ASan in a sanitized build;
  * ucontext on other machines) that runs until it blocks at
  * a barrier or a warp collective; the scheduler resumes the fibers round-
- * robin or warp by warp (sim::set_order; the default runs each warp up to
- * the next barrier before the next warp starts), so a missing barrier shows.
+ * robin or warp by warp (tests/cuda_sim_order.h, sim::set_order; the
+ * default runs each warp up to the next barrier before the next warp
+ * starts), so a missing barrier shows.
  * - __shared__ is `static`: one copy per kernel, shared by the block's
  *   fibers (blocks are sequential); dynamic shared memory
  *   (DS_EXTERN_SHARED) is one buffer per launch, NaN-filled per block.
@@ -77,6 +78,7 @@ extern "C" void sim_ctx_switch(void **save_sp, void *to_sp);
 extern "C" {
 #include "common.h" /* bf16_to_f32, f32_to_bf16 */
 }
+#include "cuda_sim_order.h"
 
 struct __attribute__((aligned(16))) uint4 {
     unsigned x, y, z, w;
@@ -117,21 +119,11 @@ struct warp {
     void *arg[32];
 };
 
-/* The schedule of a block's threads (the default is WARP_SERIAL):
- * ROUND_ROBIN: each round resumes every thread once, in index order (the
- * warps advance in lockstep); ROUND_ROBIN_REVERSE: the same, last thread
- * first; SHUFFLED: a fresh pseudo-random order each round (seed);
- * WARP_SERIAL: warp 0 runs until all its threads wait at __syncthreads (or
- * are done), then warp 1, ... (the widest skew between warps: a read of
- * shared memory another warp has not yet written, or a write into a buffer
- * another warp still reads, meets the cp.async poison or stale data);
- * WARP_SERIAL_REVERSE: the last warp first. */
-enum order { ROUND_ROBIN, ROUND_ROBIN_REVERSE, SHUFFLED, WARP_SERIAL, WARP_SERIAL_REVERSE };
 struct state {
     dim3 grid, block, bidx;
     std::vector<thread> th;
     std::vector<warp> warps;
-    int nthreads = 0, cur = -1, order = WARP_SERIAL;
+    int nthreads = 0, cur = -1, order = CUDA_SIM_WARP_SERIAL;
     unsigned rng = 1;
 #ifdef SIM_FAST_SWITCH
     void *sched;
@@ -285,10 +277,10 @@ inline void launch(dim3 grid, dim3 block, size_t dyn_smem, const std::function<v
                 }
                 for (int alive = n; alive;) {
                     const unsigned long ev = S.events;
-                    if (S.order >= WARP_SERIAL) {
+                    if (S.order >= CUDA_SIM_WARP_SERIAL) {
                         const int nw = (n + 31) / 32;
                         for (int k = 0; k < nw; k++) {
-                            const int w = S.order == WARP_SERIAL ? k : nw - 1 - k;
+                            const int w = S.order == CUDA_SIM_WARP_SERIAL ? k : nw - 1 - k;
                             for (int more = 1; more;) { /* until its threads wait at the barrier or are done */
                                 const unsigned long ew = S.events;
                                 more = 0;
@@ -301,8 +293,9 @@ inline void launch(dim3 grid, dim3 block, size_t dyn_smem, const std::function<v
                             }
                         }
                     } else {
-                        for (int i = 0; i < n; i++) ord[(size_t)i] = S.order == ROUND_ROBIN_REVERSE ? n - 1 - i : i;
-                        if (S.order == SHUFFLED)
+                        const int rev = S.order == CUDA_SIM_ROUND_ROBIN_REVERSE;
+                        for (int i = 0; i < n; i++) ord[(size_t)i] = rev ? n - 1 - i : i;
+                        if (S.order == CUDA_SIM_SHUFFLED)
                             for (int i = n - 1; i > 0; i--) {
                                 S.rng = S.rng * 1103515245u + 12345u;
                                 const int j = (int)((S.rng >> 8) % (unsigned)(i + 1));

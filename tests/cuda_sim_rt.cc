@@ -4,8 +4,7 @@
  */
 #include "cuda_sim.h"
 
-/* the block schedule of the launches after this call (sim::order) */
-extern "C" void cuda_sim_set_order(int order, unsigned seed) { sim::set_order(order, seed); }
+void cuda_sim_set_order(int order, unsigned seed) { sim::set_order(order, seed); }
 
 #ifdef SIM_FAST_SWITCH
 /* sim_ctx_switch(void **save_sp, void *to_sp), System V x86-64: rdi, rsi */

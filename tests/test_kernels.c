@@ -48,9 +48,8 @@ int main(void) {
 }
 #else
 #ifdef DS_CUDA_SIM
+#include "cuda_sim_order.h"
 static const int g_sim = 1;
-void cuda_sim_set_order(int order, unsigned seed); /* tests/cuda_sim_rt.cc */
-enum { SIM_ROUND_ROBIN, SIM_ROUND_ROBIN_REVERSE, SIM_SHUFFLED, SIM_WARP_SERIAL, SIM_WARP_SERIAL_REVERSE };
 #else
 static const int g_sim = 0;
 #endif
@@ -1148,7 +1147,7 @@ int main(void) {
      * GEMMs and solves, whose stand-ins are sequential) last warp first */
     for (size_t i = 0; i < DS_ARRAY_LEN(TEST_NAMES); i++)
         TEST(TEST_NAMES[i]) { run((int)i); }
-    cuda_sim_set_order(SIM_WARP_SERIAL_REVERSE, 1);
+    cuda_sim_set_order(CUDA_SIM_WARP_SERIAL_REVERSE, 1);
     fprintf(stderr, "schedule: last warp first\n");
     static const char *const again[] = {"rmsnorm_forward", "rope_tables", "rope_forward", "swiglu_forward",
                                         "residual_forward", "quant_pack_rows", "quant_pack_cols", "hessian_to_f32",
@@ -1160,7 +1159,7 @@ int main(void) {
                 TEST(TEST_NAMES[i]) { run((int)i); }
     /* the fused attention's barriers and cp.async groups under the other
      * schedules */
-    static const int orders[] = {SIM_WARP_SERIAL_REVERSE, SIM_ROUND_ROBIN, SIM_SHUFFLED};
+    static const int orders[] = {CUDA_SIM_WARP_SERIAL_REVERSE, CUDA_SIM_ROUND_ROBIN, CUDA_SIM_SHUFFLED};
     for (size_t i = 0; i < DS_ARRAY_LEN(orders); i++)
         TEST("attention_forward, other schedules") {
             fprintf(stderr, "schedule %d\n", orders[i]);
@@ -1171,7 +1170,7 @@ int main(void) {
             t_attention(1, 130, 2, 1, 128);
             unsetenv("DONESHOT_ATTN");
         }
-    cuda_sim_set_order(SIM_WARP_SERIAL, 1);
+    cuda_sim_set_order(CUDA_SIM_WARP_SERIAL, 1);
     ds_cuda_shutdown();
     return TEST_REPORT();
 }
