@@ -46,14 +46,12 @@ run() {
     timeout -k 10 300 $MPIRUN -np $n $b --recipe $r --model $mo --device $d --dataset data/tinystories_sample.txt \
         --num-samples 6 --max-seq-len 48 --output $out --overwrite --summary $out.json "$@" >$out.log 2>&1
 }
-# check NAME MODEL RECIPE TOL [extra args for both]: cpu at -np 1 vs the simulated engine
+# check NAME MODEL RECIPE TOL [extra args for both]: cpu at -np 1 vs the simulated engine at -np NP (1)
 check() {
     name=$1 mo=$2 r=$3 tol=$4; shift 4
     o=$TMP/$(echo "$name" | tr -c 'a-zA-Z0-9\n' '_')
     if ! run $DS cpu 1 $mo $r $o-cpu "$@"; then fail "$name: cpu run"; tail -5 $o-cpu.log; return; fi
-    np=1
-    case "$name" in *"-np 2"*) np=2;; esac
-    if ! run $SIM cuda $np $mo $r $o-sim "$@"; then fail "$name: simulated cuda run"; tail -5 $o-sim.log; return; fi
+    if ! run $SIM cuda ${NP:-1} $mo $r $o-sim "$@"; then fail "$name: simulated cuda run"; tail -5 $o-sim.log; return; fi
     grep -q "device: CUDA simulator" $o-sim.log || { fail "$name: the run did not use the simulated CUDA engine"; return; }
     att="batched GEMM"
     [ "${DONESHOT_ATTN:-}" = fused ] && att="fused kernel"
@@ -109,7 +107,7 @@ PY
 }
 
 check "stories260K-bf16 W4A16" $BF16 $W4 0.01
-check "stories260K-bf16 W4A16 -np 2" $BF16 $W4 0.01
+NP=2 check "stories260K-bf16 W4A16 -np 2" $BF16 $W4 0.01
 check "stories260K-bf16 W4A16 --offload-activations" $BF16 $W4 0.01 --offload-activations
 check "stories260K f32 model (bf16 forward on the GPU) W4A16" data/stories260K $W4 0.02
 check "stories260K-bf16 FP8 (fp8 GPTQ, static input scales)" $BF16 $TMP/fp8.json 0.01
