@@ -575,8 +575,12 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     CUDA_CHECK(cudaMemcpyAsync(hl, rowloss, sizeof(double) * out, cudaMemcpyDeviceToHost, st));
     CUDA_CHECK(cudaStreamSynchronize(st));
     double loss = 0;
-    for (int r = 0; r < out; r++) loss += hl[r];
-    o->loss = loss / 2;
+    for (int r = 0; r < out; r++) {
+        hl[r] /= 2; /* exact: the sum of halves is the half of the sum */
+        loss += hl[r];
+    }
+    o->loss = loss;
+    if (o->row_loss) memcpy(o->row_loss, hl, sizeof(double) * out);
     free(hl); free(diag); free(perm); free(gcol); free(deadp);
     return DS_OK;
 }

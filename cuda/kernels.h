@@ -187,8 +187,11 @@ typedef struct gptq_cuda_out {
     float *scale;
     int32_t *zp;
     int32_t *g_idx;
-    double loss;      /* host: sum (w-q)^2/d^2 / 2 */
+    double loss;      /* host: sum (w-q)^2/d^2 / 2, the sum of the rows' shares in row order */
     int rtn_fallback; /* host: 1 when Cholesky failed and U = I was used */
+    double *row_loss; /* HOST [out] or NULL: each row's share of loss (gptq_result.row_loss's
+                         order), so a solve of several modules' concatenated rows gives each
+                         module's loss as its own solve would */
 } gptq_cuda_out;
 /* Same numerics as gptq_quantize (src/gptq.h): W [out,in] f32 device (not
  * modified), H [in,in] f32 device (normalized Hessian, used as scratch:

@@ -216,6 +216,17 @@ static void result_alloc(gptq_result *res, const quant_args *a, int out, int in)
     res->q = xmalloc((size_t)out * in);
     res->scale = xmalloc((size_t)out * ng * sizeof(float));
     res->zp = xcalloc((size_t)out * ng, sizeof(int));
+    res->row_loss = xcalloc((size_t)out, sizeof(double));
+}
+
+/* row_loss[r] := row_loss[r] / 2 (exact); returns their sum in row order. */
+static double sum_row_loss(double *row_loss, int out) {
+    double loss = 0;
+    for (int r = 0; r < out; r++) {
+        row_loss[r] /= 2;
+        loss += row_loss[r];
+    }
+    return loss;
 }
 
 void gptq_result_free(gptq_result *res) {
@@ -225,6 +236,7 @@ void gptq_result_free(gptq_result *res) {
     free(res->scale);
     free(res->zp);
     free(res->g_idx);
+    free(res->row_loss);
     memset(res, 0, sizeof(*res));
 }
 
@@ -252,7 +264,6 @@ ds_status rtn_quantize(const quant_args *a, const float *W, int out, int in, ds_
     int qmin, qmax;
     quant_range(a, &qmin, &qmax);
     quant_minmax_qparams(a, W, out, in, model_dtype, res->scale, a->symmetric ? NULL : res->zp);
-    double loss = 0;
     for (int r = 0; r < out; r++)
         for (int c = 0; c < in; c++) {
             size_t k = (size_t)r * in + c;
@@ -264,9 +275,9 @@ ds_status rtn_quantize(const quant_args *a, const float *W, int out, int in, ds_
             res->q[k] = (int8_t)q;
             res->wq[k] = dq;
             float e = W[k] - dq;
-            loss += (double)e * e;
+            res->row_loss[r] += (double)e * e;
         }
-    res->loss = loss / 2;
+    res->loss = sum_row_loss(res->row_loss, out);
     return DS_OK;
 }
 
@@ -541,7 +552,7 @@ typedef struct gptq_block_job {
     const float *sc;   /* [out, ng] scales */
     const int *zz;     /* [out, ng] zero points */
     float *Wt;         /* [n, out] permuted, transposed working weight */
-    double *closs;     /* [chunks] sum of err^2 per chunk */
+    double *row_loss;  /* [out] sum of err^2 per row (per block, then the blocks in order) */
 } gptq_block_job;
 
 /* Step 6 on output rows [r0, r0 + w) of Wt (chunk c): per block [i1, i2), per
@@ -555,9 +566,10 @@ static void gptq_block_rows(const gptq_block_job *j, int c) {
     const int r0 = c * GPTQ_ROWS, w = DS_MIN(GPTQ_ROWS, out - r0);
     float *Err1 = xmalloc((size_t)bs * w * sizeof(float));
     float *Ub = xmalloc((size_t)bs * bs * sizeof(float));
+    double *bl = xmalloc(sizeof(double) * (size_t)w); /* this block's err^2 per row */
     const float *U = j->U;
-    double loss = 0;
     for (int i1 = 0; i1 < n; i1 += bs) {
+        memset(bl, 0, sizeof(double) * (size_t)w);
         const int i2 = DS_MIN(i1 + bs, n), count = i2 - i1;
         /* U[i1:i2, i1:i2] (upper part), or I */
         for (int i = 0; i < count; i++)
@@ -575,7 +587,7 @@ static void gptq_block_rows(const gptq_block_job *j, int c) {
                 (void)quant_fake_k(j->kind, wv[r], j->sc[k], j->zz[k], j->qmin, j->qmax, j->model_dtype, &dq);
                 float e = (wv[r] - dq) / d;
                 err[r] = e;
-                loss += (double)e * e;
+                bl[r] += (double)e * e;
                 wv[r] = dq; /* Q1[:, i] */
             }
             if (j->rtn) continue;
@@ -586,8 +598,9 @@ static void gptq_block_rows(const gptq_block_job *j, int c) {
         if (i2 < n && !j->rtn)
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n - i2, w, count, -1.0f, U + (size_t)i1 * n + i2, n,
                         Err1, w, 1.0f, j->Wt + (size_t)i2 * out + r0, out);
+        for (int r = 0; r < w; r++) j->row_loss[r0 + r] += bl[r];
     }
-    j->closs[c] = loss;
+    free(bl);
     free(Ub);
     free(Err1);
 }
@@ -694,19 +707,16 @@ ds_status gptq_quantize(const quant_args *a, const float *W, int out, int in, fl
 
     /* 6. block loop, over chunks of GPTQ_ROWS output rows (columns of Wt) in
      * parallel: every row's updates are independent (U is shared), so the
-     * result does not depend on the thread count; each chunk's squared
-     * errors are summed in f64 and the chunks added in order. */
+     * result does not depend on the thread count; each row's squared
+     * errors are summed in f64 (per block, then the blocks in order: the
+     * CUDA kernel's order) and the rows added in order. */
     const int bs = DS_MIN(block_size, n);
     const int nch = (out + GPTQ_ROWS - 1) / GPTQ_ROWS;
-    double *closs = xcalloc((size_t)nch, sizeof(double));
     gptq_block_job job = {.n = n, .out = out, .ng = ng, .bs = bs, .kind = kind, .qmin = qmin, .qmax = qmax,
                           .model_dtype = model_dtype, .rtn = res->rtn_fallback, .U = fac->U, .gcol = gcol,
-                          .sc = res->scale, .zz = res->zp, .Wt = Wt, .closs = closs};
+                          .sc = res->scale, .zz = res->zp, .Wt = Wt, .row_loss = res->row_loss};
     ds_parallel_for((size_t)nch, 1, gptq_block_chunks, &job);
-    double loss = 0;
-    for (int c = 0; c < nch; c++) loss += closs[c];
-    free(closs);
-    res->loss = loss / 2;
+    res->loss = sum_row_loss(res->row_loss, out);
 
     /* 7. undo the permutation, back to [out, in]; the stored code is the one
      * the compressor recomputes from the saved model-dtype weight. */

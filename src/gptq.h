@@ -23,7 +23,11 @@ typedef struct gptq_result {
     float *scale;     /* [out, ngroups] (model-dtype values) */
     int *zp;          /* [out, ngroups] (0 when symmetric) */
     int *g_idx;       /* [in] group of each column (actorder=group only; else NULL) */
-    double loss;      /* sum of (w-q)^2/d^2 / 2, for logging */
+    double loss;      /* sum of (w-q)^2/d^2 / 2, for logging: the sum of row_loss in row order */
+    double *row_loss; /* [out] each row's share of loss: per lazy-update block the row's squared
+                         errors summed in column order, the blocks' sums added in order, halved
+                         (gptq_quantize_cuda's order, so that the loss of a solve over several
+                         modules' concatenated rows splits into theirs bit for bit) */
     int rtn_fallback; /* 1 if Cholesky failed and RTN was used */
 } gptq_result;
 

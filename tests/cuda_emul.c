@@ -268,6 +268,7 @@ ds_status gptq_quantize_cuda(const quant_args *a, const float *W, int out, int i
         for (int i = 0; i < in; i++) o->g_idx[i] = r.g_idx ? r.g_idx[i] : i / (a->group_size > 0 ? a->group_size : in);
     o->loss = r.loss;
     o->rtn_fallback = r.rtn_fallback;
+    if (o->row_loss) memcpy(o->row_loss, r.row_loss, sizeof(double) * (size_t)out);
     gptq_result_free(&r);
     return DS_OK;
 }
