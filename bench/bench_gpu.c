@@ -194,7 +194,7 @@ int main(int argc, char **argv) {
             hessian_symmetrize_cuda(Hsrc, in, NULL);
             bf16_to_f32_cuda(W, wg, (size_t)out * in, NULL); /* out*in == F*C or less */
             ds_cuda_memcpy_d2d(Hw, Hsrc, (size_t)in * in * 4, NULL);
-            gptq_cuda_out o = {wqo, qc[i], scl, zp, NULL, 0, 0};
+            gptq_cuda_out o = {.wq = wqo, .q = qc[i], .scale = scl, .zp = zp};
             ds_cuda_sync(NULL);
             double t0 = ds_now();
             ds_status s = gptq_quantize_cuda(&qa, W, out, in, Hw, 128, 0.01, DS_DTYPE_BF16, &o, NULL);
@@ -212,6 +212,36 @@ int main(int argc, char **argv) {
             add(lin[i].name, (t1 - t0) * 1e3, 4.0 / 3 * (double)in * in * in + (double)out * in * in);
             loss[i] = o.loss;
             ms7[i] = (t1 - t0) * 1e3;
+        }
+        /* q, k, v as one solve of their concatenated rows (the engine's
+         * grouped solve, engine_ops.gptq_group) against three solves that
+         * share one factorisation (gptq_cuda_set_factor_key: the engine's
+         * way before): an A/B line, timing only (the weights are wg's first
+         * rows, the Hessian C wide as above) */
+        {
+            const int R = qo + 2 * kv, outs[3] = {qo, kv, kv};
+            int8_t *qg = ds_cuda_malloc((size_t)R * C);
+            double ab[2] = {0, 0};
+            ds_cuda_memset(Hsrc, 0, (size_t)C * C * 4, NULL);
+            hessian_accum_cuda(Hsrc, xr, (int)((size_t)2 * F * F / C), C, NULL);
+            hessian_symmetrize_cuda(Hsrc, C, NULL);
+            for (int grp = 0; grp < 2; grp++)
+                for (int m = 0; m < (grp ? 1 : 3); m++) {
+                    const int out = grp ? R : outs[m];
+                    bf16_to_f32_cuda(W, wg, (size_t)out * C, NULL);
+                    ds_cuda_memcpy_d2d(Hw, Hsrc, (size_t)C * C * 4, NULL);
+                    gptq_cuda_out o = {.wq = wqo, .q = qg, .scale = scl, .zp = zp};
+                    ds_cuda_sync(NULL);
+                    double t0 = ds_now();
+                    gptq_cuda_set_factor_key(0x5EED0000u + (uint64_t)grp);
+                    ds_status s = gptq_quantize_cuda(&qa, W, out, C, Hw, 128, 0.01, DS_DTYPE_BF16, &o, NULL);
+                    ds_cuda_sync(NULL);
+                    ab[grp] += (ds_now() - t0) * 1e3;
+                    if (s != DS_OK) { fprintf(stderr, "gptq q+k+v: %s\n", ds_errmsg()); return 1; }
+                }
+            printf("gptq q+k+v as one solve of %d rows: %.2f ms; apart, one factorisation: %.2f ms (%.2fx)\n", R,
+                   ab[1], ab[0], ab[0] / ab[1]);
+            ds_cuda_free(qg);
         }
         int32_t *packed = ds_cuda_malloc((size_t)F * C / 2);
         begin();

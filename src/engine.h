@@ -9,7 +9,8 @@
  *               load; lw->lin[k].w stays the pipeline's f32 copy)
  *   calibrate   forward over this rank's samples, outputs discarded,
  *               capturing Hessian sums 2·XᵀX (f64) of the used inputs
- *   gptq        an owner's solve of one Linear
+ *   gptq        an owner's solve of one Linear (gptq_group: of several
+ *               that share a Hessian, in one solve)
  *   set_weight  install the broadcast fake-quantized weight
  *   propagate   forward with the quantized weights, updating the residual
  *               stream (layer l+1's input) in place
@@ -55,6 +56,20 @@ typedef struct engine_ops {
      * NULL (no f32 copy crosses to the host). */
     ds_status (*gptq)(engine *e, const quant_args *a, const layer_linear *li, const double *H_host, int64_t nseq,
                       int block_size, double dampening_frac, gptq_result *res, void *wq_model);
+    /* Optional (NULL: the pipeline calls gptq once per module). The n >= 1
+     * Linears lis[k] of the current layer that read one input (equal
+     * input_id, hence one Hessian H_host, as gptq's) solved together, as
+     * one GPTQ over their rows concatenated in the given order (GPTQ treats
+     * rows independently given H; the engine may split the rows into
+     * several solves that share one factorisation). res[k] and wq_model[k]
+     * as gptq's for lis[k], res[k].loss its rows' share. The caller groups
+     * only schemes whose quantization parameters are per row (strategy
+     * channel or group; block with every out a multiple of the block's
+     * rows) and equal for every module. Results equal n gptq calls up to
+     * the fp32 summation order of the lazy update's GEMM. */
+    ds_status (*gptq_group)(engine *e, const quant_args *a, const layer_linear *const *lis, int n,
+                            const double *H_host, int64_t nseq, int block_size, double dampening_frac,
+                            gptq_result *res, void *const *wq_model);
     /* Linear lin of the current layer := the broadcast fake-quantized weight,
      * w [out, in] f32 and the same values w_model in the model dtype (the
      * engine reads whichever is cheaper); the CPU engine reads

@@ -8,6 +8,8 @@
 #include "comm.h"
 #include "gpu_plan.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -65,6 +67,13 @@ ds_status gpu_engine_gptq(gpu_engine *e, const quant_args *a, const layer_linear
     (void)wq_model;
     UNREACHABLE;
 }
+ds_status gpu_engine_gptq_group(gpu_engine *e, const quant_args *a, const layer_linear *const *lis, int n,
+                                const double *H_host, int64_t nseq, int block_size, double dampening_frac,
+                                gptq_result *res, void *const *wq_model) {
+    (void)e; (void)a; (void)lis; (void)n; (void)H_host; (void)nseq; (void)block_size; (void)dampening_frac;
+    (void)res; (void)wq_model;
+    UNREACHABLE;
+}
 void gpu_engine_set_weight(gpu_engine *e, int lin, const float *w, const void *w_model) {
     (void)e; (void)lin; (void)w; (void)w_model; UNREACHABLE;
 }
@@ -78,6 +87,21 @@ void gpu_engine_destroy(gpu_engine *e) { (void)e; }
 #else /* DS_CUDA */
 
 #include "kernels.h"
+
+/* *v := the number in environment variable name when it is set and not
+ * empty, in [lo, 2^30]; else *v unchanged. DS_ERR_USAGE names it. */
+static ds_status env_rows(const char *name, long lo, const char *dflt, long *v) {
+    const char *s = getenv(name);
+    if (!s || !*s) return DS_OK;
+    char *end;
+    errno = 0;
+    const long n = strtol(s, &end, 10);
+    if (*end || errno || n < lo || n > (1L << 30))
+        return ds_error(DS_ERR_USAGE, "%s=%s: expected a number of rows in [%ld, 2^30]\nhint: unset it (%s)", name,
+                        s, lo, dflt);
+    *v = n;
+    return DS_OK;
+}
 
 /* Dense-layer Hessian inputs (model.h INP_*). */
 enum { NCAP = INP_DOWN + 1 };
@@ -159,7 +183,10 @@ struct gpu_engine {
     float *amax_d;
     int observe;
 
-    /* GPTQ inputs and outputs, sized for the largest module */
+    /* GPTQ inputs and outputs, sized for the largest module or grouped
+     * solve: gcap_w weight elements, gcap_ng scales */
+    size_t gcap_w, gcap_ng;
+    long group_rows_max;            /* DONESHOT_GPTQ_GROUP_ROWS (default: no limit but the buffers) */
     float *gW, *gH, *gWq, *gScale;
     int8_t *gQ;
     int32_t *gZp, *gGidx;
@@ -249,20 +276,20 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
     gpu_plan_opts po = {.offload_acts = o->offload_acts, .budget_bytes = budget, .hessian_f64 = 1,
                         .gptq_block = DS_MIN(o->gptq_block, GPTQ_CUDA_MAX_BLOCK),
                         .actorder = o->qa->actorder != QA_NONE, .max_micro_batch = o->max_micro_batch,
-                        .rtn_only = o->rtn_only};
+                        .rtn_only = o->rtn_only, .gptq_group = 1};
     gpu_plan plan;
     st = gpu_plan_make(&d, &po, &plan);
     /* MoE expert groups: DONESHOT_MOE_GROUP_ROWS rows (a tuning and test
-     * knob; default: what half of the memory the plan leaves affords) */
+     * knob; default: what half of the memory the plan leaves affords);
+     * grouped GPTQ solves: DONESHOT_GPTQ_GROUP_ROWS rows at most (0: one
+     * solve per module; default: what the buffers hold) */
     long group_rows = 0;
-    const char *gr = c->E > 0 ? getenv("DONESHOT_MOE_GROUP_ROWS") : NULL;
-    if (st == DS_OK && gr && *gr) {
-        char *end;
-        group_rows = strtol(gr, &end, 10);
-        if (*end || group_rows < 1 || group_rows > (1L << 30))
-            st = ds_error(DS_ERR_USAGE, "DONESHOT_MOE_GROUP_ROWS=%s: expected a number of rows in [1, 2^30]\n"
-                          "hint: unset it (the default uses the memory the plan leaves)", gr);
-    }
+    e->group_rows_max = INT_MAX;
+    if (st == DS_OK && c->E > 0)
+        st = env_rows("DONESHOT_MOE_GROUP_ROWS", 1, "the default uses the memory the plan leaves", &group_rows);
+    if (st == DS_OK)
+        st = env_rows("DONESHOT_GPTQ_GROUP_ROWS", 0, "the default groups what the GPTQ buffers hold",
+                      &e->group_rows_max);
     if (st) {
         free(e->len); free(e->off); free(e);
         return st;
@@ -408,7 +435,12 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
 
     /* GPTQ (none with rtn_only: QuantizationModifier rounds on the host) */
     e->rtn_only = o->rtn_only;
+    /* a grouped solve of the plan's rows, all C wide (engine_ops.gptq_group) */
+    gmax_w = DS_MAX(gmax_w, (size_t)plan.gptq_group_rows * C);
+    gmax_ng = DS_MAX(gmax_ng, (size_t)plan.gptq_group_rows * quant_num_groups(o->qa, (int)C));
     if (o->rtn_only) gmax_w = gmax_ng = 0, gmax_in = 0;
+    e->gcap_w = gmax_w;
+    e->gcap_ng = gmax_ng;
     e->gW = dalloc(sizeof(float) * gmax_w);
     e->gWq = dalloc(sizeof(float) * gmax_w);
     e->gQ = dalloc(gmax_w);
@@ -909,62 +941,112 @@ void gpu_engine_calibrate(gpu_engine *e, const int *used, double *const *H_host,
     }
 }
 
-ds_status gpu_engine_gptq(gpu_engine *e, const quant_args *a, const layer_linear *li, const double *H_host,
-                          int64_t nseq, int block_size, double dampening_frac, gptq_result *res, void *wq_model) {
-    double t0 = ds_now();
-    const int in = li->in, out = li->out, inp = li->input_id;
-    const size_t nn = (size_t)in * in, nw = (size_t)out * in;
+/* The solve of lis[0..n) (one input, rows concatenated: R rows, capacity
+ * checked by the caller) into res[k] / wq_model[k]; gH holds the
+ * normalised Hessian (consumed). */
+static ds_status gptq_solve(gpu_engine *e, const quant_args *a, const layer_linear *const *lis, int n, int R,
+                            int block_size, double dampening_frac, gptq_result *res, void *const *wq_model) {
+    const int in = lis[0]->in, bf16 = e->c.dtype == DS_DTYPE_BF16;
+    const size_t ng = (size_t)quant_num_groups(a, in), nw = (size_t)R * in;
     void *s = e->s_comp;
-    memset(res, 0, sizeof *res);
+    /* the weights, row blocks of gW: a bf16 model's from its device copy
+     * (exact); an f16 / f32 model's device copy is rounded to bf16, so its
+     * f32 values are uploaded */
+    size_t r0 = 0;
+    for (int k = 0; k < n; k++) {
+        const layer_linear *li = lis[k];
+        const int lin = (int)(li - e->lin0);
+        DS_ASSERT(lin >= 0 && lin < e->nlw && e->win[lin] == in && e->wout[lin] == li->out);
+        const size_t mw = (size_t)li->out * in;
+        if (bf16) bf16_to_f32_cuda(e->gW + r0 * in, e->w[lin], mw, s);
+        else ds_cuda_memcpy_h2d(e->gW + r0 * in, li->w, sizeof(float) * mw, s);
+        r0 += (size_t)li->out;
+    }
+    double *row_loss = xmalloc(sizeof(double) * (size_t)R);
+    gptq_cuda_out o = {.wq = e->gWq, .q = e->gQ, .scale = e->gScale, .zp = e->gZp, .g_idx = e->gGidx,
+                       .row_loss = row_loss};
+    ds_status st = gptq_quantize_cuda(a, e->gW, R, in, e->gH, block_size, dampening_frac, e->c.dtype, &o, s);
+    if (st == DS_OK) {
+        /* a bf16 model: the values are bf16's; gW (f32, done with) holds the bf16 copy */
+        if (bf16) f32_to_bf16_cuda((uint16_t *)e->gW, e->gWq, nw, s);
+        r0 = 0;
+        for (int k = 0; k < n; k++) {
+            const int out = lis[k]->out;
+            const size_t mw = (size_t)out * in, mg = (size_t)out * ng;
+            if (bf16) {
+                ds_cuda_memcpy_d2h(wq_model[k], (uint16_t *)e->gW + r0 * in, 2 * mw, s);
+            } else {
+                float *wq = xmalloc(sizeof(float) * mw);
+                ds_cuda_memcpy_d2h(wq, e->gWq + r0 * in, sizeof(float) * mw, s);
+                ds_convert_from_f32(wq_model[k], wq, e->c.dtype, mw);
+                free(wq);
+            }
+            gptq_result *rk = &res[k];
+            rk->scale = xmalloc(sizeof(float) * mg);
+            ds_cuda_memcpy_d2h(rk->scale, e->gScale + r0 * ng, sizeof(float) * mg, s);
+            if (!a->symmetric) {
+                rk->zp = xmalloc(sizeof(int) * mg);
+                ds_cuda_memcpy_d2h(rk->zp, e->gZp + r0 * ng, sizeof(int32_t) * mg, s);
+            }
+            if (a->actorder == QA_GROUP) { /* depends on H only: the same for every module */
+                rk->g_idx = xmalloc(sizeof(int) * (size_t)in);
+                ds_cuda_memcpy_d2h(rk->g_idx, e->gGidx, sizeof(int32_t) * (size_t)in, s);
+            }
+            double loss = 0; /* this module's rows in order: its own solve's sum */
+            for (int r = 0; r < out; r++) loss += row_loss[r0 + (size_t)r];
+            rk->loss = loss;
+            rk->rtn_fallback = o.rtn_fallback;
+            r0 += (size_t)out;
+        }
+    }
+    free(row_loss);
+    return st;
+}
+
+ds_status gpu_engine_gptq_group(gpu_engine *e, const quant_args *a, const layer_linear *const *lis, int n,
+                                const double *H_host, int64_t nseq, int block_size, double dampening_frac,
+                                gptq_result *res, void *const *wq_model) {
+    double t0 = ds_now();
+    DS_ASSERT(n >= 1);
+    const int in = lis[0]->in, inp = lis[0]->input_id;
+    const size_t nn = (size_t)in * in, ng = (size_t)quant_num_groups(a, in);
+    void *s = e->s_comp;
+    for (int k = 0; k < n; k++) memset(&res[k], 0, sizeof res[k]);
     DS_ASSERT(!e->rtn_only); /* created for QuantizationModifier: the pipeline rounds on the host */
     DS_ASSERT(inp >= 0 && inp < e->nin && e->hn[inp] == in && nseq > 0);
+    for (int k = 0; k < n; k++) DS_ASSERT(lis[k]->input_id == inp && lis[k]->in == in);
     if (!e->Hd[inp]) e->Hd[inp] = dalloc(sizeof(double) * nn); /* another rank calibrated it */
     if (H_host) ds_cuda_memcpy_h2d(e->Hd[inp], H_host, sizeof(double) * nn, s);
-    hessian_to_f32_cuda(e->gH, e->Hd[inp], in, (double)nseq, s); /* reads the upper triangle, mirrors */
-    /* a bf16 model's weight is on the device already (e->w, exact); an f16 /
-     * f32 model's device copy is rounded to bf16: upload the f32 values */
-    const int lin = (int)(li - e->lin0), bf16 = e->c.dtype == DS_DTYPE_BF16;
-    DS_ASSERT(lin >= 0 && lin < e->nlw && e->win[lin] == in && e->wout[lin] == out);
-    if (bf16) bf16_to_f32_cuda(e->gW, e->w[lin], nw, s);
-    else ds_cuda_memcpy_h2d(e->gW, li->w, sizeof(float) * nw, s);
-    gptq_cuda_out o = {.wq = e->gWq, .q = e->gQ, .scale = e->gScale, .zp = e->gZp, .g_idx = e->gGidx};
     /* a Hessian several modules share (q/k/v; gate/up; every expert's gate/up
      * with all-experts calibration; one expert's gate/up when routed) is
      * factored once per layer: its key names (calibration, input) */
     const int shared = inp == INP_ATTN || inp == INP_MLP || (inp >= INP_EXPERT0 && (inp - INP_EXPERT0) % 2 == 0);
-    if (shared) {
-        uint64_t key = e->calib_gen * 0x9E3779B97F4A7C15ull ^ ((uint64_t)inp << 40) ^ (uint64_t)nseq;
-        key ^= key >> 31;
-        gptq_cuda_set_factor_key(key ? key : 1);
+    uint64_t key = e->calib_gen * 0x9E3779B97F4A7C15ull ^ ((uint64_t)inp << 40) ^ (uint64_t)nseq;
+    key ^= key >> 31;
+    ds_status st = DS_OK;
+    /* consecutive modules as one solve while their rows fit the buffers */
+    for (int k0 = 0; k0 < n && st == DS_OK;) {
+        int k1 = k0 + 1, R = lis[k0]->out;
+        while (k1 < n && R + lis[k1]->out <= e->group_rows_max && (size_t)(R + lis[k1]->out) * in <= e->gcap_w &&
+               (size_t)(R + lis[k1]->out) * ng <= e->gcap_ng)
+            R += lis[k1++]->out;
+        if (n > 1) ds_debug("gptq: %s .. %s (%d modules, %d rows) in one solve", lis[k0]->name, lis[k1 - 1]->name,
+                            k1 - k0, R);
+        hessian_to_f32_cuda(e->gH, e->Hd[inp], in, (double)nseq, s); /* reads the upper triangle, mirrors */
+        if (shared || k1 < n || k0 > 0) gptq_cuda_set_factor_key(key ? key : 1);
+        st = gptq_solve(e, a, lis + k0, k1 - k0, R, block_size, dampening_frac, res + k0, wq_model + k0);
+        k0 = k1;
     }
-    ds_status st = gptq_quantize_cuda(a, e->gW, out, in, e->gH, block_size, dampening_frac, e->c.dtype, &o, s);
-    if (st == DS_OK) {
-        const size_t ng = (size_t)quant_num_groups(a, in);
-        res->scale = xmalloc(sizeof(float) * (size_t)out * ng);
-        if (bf16) { /* exact: the values are bf16's; gW (f32, done with) holds the bf16 copy */
-            f32_to_bf16_cuda((uint16_t *)e->gW, e->gWq, nw, s);
-            ds_cuda_memcpy_d2h(wq_model, e->gW, 2 * nw, s);
-        } else {
-            float *wq = xmalloc(sizeof(float) * nw);
-            ds_cuda_memcpy_d2h(wq, e->gWq, sizeof(float) * nw, s);
-            ds_convert_from_f32(wq_model, wq, e->c.dtype, nw);
-            free(wq);
-        }
-        ds_cuda_memcpy_d2h(res->scale, e->gScale, sizeof(float) * (size_t)out * ng, s);
-        if (!a->symmetric) {
-            res->zp = xmalloc(sizeof(int) * (size_t)out * ng);
-            ds_cuda_memcpy_d2h(res->zp, e->gZp, sizeof(int32_t) * (size_t)out * ng, s);
-        }
-        if (a->actorder == QA_GROUP) {
-            res->g_idx = xmalloc(sizeof(int) * (size_t)in);
-            ds_cuda_memcpy_d2h(res->g_idx, e->gGidx, sizeof(int32_t) * (size_t)in, s);
-        }
-        res->loss = o.loss;
-        res->rtn_fallback = o.rtn_fallback;
-    }
+    if (st != DS_OK)
+        for (int k = 0; k < n; k++) gptq_result_free(&res[k]);
     sample_mem(e);
     e->t.gptq += ds_now() - t0;
     return st;
+}
+
+ds_status gpu_engine_gptq(gpu_engine *e, const quant_args *a, const layer_linear *li, const double *H_host,
+                          int64_t nseq, int block_size, double dampening_frac, gptq_result *res, void *wq_model) {
+    return gpu_engine_gptq_group(e, a, &li, 1, H_host, nseq, block_size, dampening_frac, res, &wq_model);
 }
 
 void gpu_engine_propagate(gpu_engine *e) {
@@ -1046,6 +1128,11 @@ static ds_status ga_gptq(engine *e, const quant_args *a, const layer_linear *li,
                          int block_size, double dampening_frac, gptq_result *res, void *wq_model) {
     return gpu_engine_gptq(G(e), a, li, H_host, nseq, block_size, dampening_frac, res, wq_model);
 }
+static ds_status ga_gptq_group(engine *e, const quant_args *a, const layer_linear *const *lis, int n,
+                               const double *H_host, int64_t nseq, int block_size, double dampening_frac,
+                               gptq_result *res, void *const *wq_model) {
+    return gpu_engine_gptq_group(G(e), a, lis, n, H_host, nseq, block_size, dampening_frac, res, wq_model);
+}
 static void ga_set_weight(engine *e, int lin, const float *w, const void *w_model) {
     gpu_engine_set_weight(G(e), lin, w, w_model);
 }
@@ -1066,7 +1153,7 @@ static void ga_destroy(engine *e) {
 
 static const engine_ops gpu_ops = {
     .device_hessians = 1, .describe = ga_describe, .load_layer = ga_load_layer, .calibrate = ga_calibrate,
-    .gptq = ga_gptq, .set_weight = ga_set_weight, .propagate = ga_propagate, .get_residual = ga_get_residual,
+    .gptq = ga_gptq, .gptq_group = ga_gptq_group, .set_weight = ga_set_weight, .propagate = ga_propagate, .get_residual = ga_get_residual,
     .set_residual = ga_set_residual, .times = ga_times, .peak_bytes = ga_peak_bytes, .destroy = ga_destroy};
 
 ds_status gpu_engine_create_engine(const model *m, const ds_sample *local, size_t nlocal, const gpu_engine_opts *o,

@@ -117,6 +117,19 @@ void gpu_engine_calibrate(gpu_engine *e, const int *used, double *const *H_host,
 ds_status gpu_engine_gptq(gpu_engine *e, const quant_args *a, const layer_linear *li, const double *H_host,
                           int64_t nseq, int block_size, double dampening_frac, gptq_result *res, void *wq_model);
 
+/* engine_ops.gptq_group: the n Linears lis[k] of the loaded layer that read
+ * one input, as gpu_engine_gptq each, solved as one GPTQ over their rows
+ * concatenated in order (gW, gWq, ... hold the group; consecutive modules
+ * share a solve while their rows fit the buffers, sized for the plan's
+ * gptq_group_rows, and the solves of one group share one factorisation).
+ * res[k].loss is its rows' share of the solve's loss, summed in its row
+ * order: the loss of its own solve. Same arguments and status as
+ * gpu_engine_gptq (n = 1 is gpu_engine_gptq); on failure every res[k] is
+ * freed. */
+ds_status gpu_engine_gptq_group(gpu_engine *e, const quant_args *a, const layer_linear *const *lis, int n,
+                                const double *H_host, int64_t nseq, int block_size, double dampening_frac,
+                                gptq_result *res, void *const *wq_model);
+
 /* Replace Linear `lin` (LIN_Q..LIN_DOWN) of the loaded layer by the broadcast
  * fake-quantized weight: w [out, in] f32 and w_model, the same values in the
  * model dtype (uploaded as is for a bf16 model; else w is converted). */

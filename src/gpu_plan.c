@@ -42,31 +42,70 @@ size_t gpu_plan_forward_bytes(const gpu_plan_dims *d, int mb) {
     return t + a;
 }
 
-static size_t gptq_bytes(const gpu_plan_dims *d, const gpu_plan_opts *o) {
+/* The rows of the largest set of modules that share one Hessian (all C
+ * wide): q/k/v; gate/up; with all-experts calibration every expert's
+ * gate/up and the shared expert's, else one expert's or the shared
+ * expert's; at most GPU_PLAN_GROUP_ROWS_MAX. */
+static size_t group_rows(const gpu_plan_dims *d) {
+    const size_t qo = (size_t)d->NH * d->HS, kv = (size_t)d->NKV * d->HS;
+    size_t r = qo + 2 * kv;
+    if (has_dense(d)) r = DS_MAX(r, 2 * (size_t)d->F);
+    if (d->E > 0) {
+        const size_t IM = (size_t)d->IM, IS = (size_t)d->IS;
+        r = DS_MAX(r, d->routed ? 2 * DS_MAX(IM, IS) : 2 * ((size_t)d->E * IM + IS));
+    }
+    return DS_MIN(r, (size_t)GPU_PLAN_GROUP_ROWS_MAX);
+}
+
+/* The engine's GPTQ buffers are each sized for their largest use (gW, gWq
+ * f32 and gQ int8 for the most weight elements, gH for the widest input,
+ * scales / zero points for the most groups: gpu_engine.c), the solver's
+ * workspace for its largest call (cuda/gptq.cu: working copy, error block,
+ * permuted Hessian with actorder, row losses, min/max per group, cuSOLVER's
+ * workspace, estimated as in x 128 floats), plus the cached factor of a
+ * shared Hessian (q/k/v, gate/up, the experts' gate/up: all C wide). Groups:
+ * in / 32 + 1 per row bounds every group size the CUDA solver runs. */
+static size_t gptq_bytes(const gpu_plan_dims *d, const gpu_plan_opts *o, size_t grows) {
     size_t C = (size_t)d->C, F = has_dense(d) ? (size_t)d->F : 0, qo = (size_t)d->NH * d->HS;
     size_t IM = d->E > 0 ? (size_t)d->IM : 0, IS = d->E > 0 ? (size_t)d->IS : 0;
     /* (out, in) of the solves: q (qo, C), o (C, qo), gate/up (F, C), down (C, F),
-     * expert and shared expert gate/up and down */
-    size_t shapes[8][2] = {{qo, C}, {C, qo}, {F, C}, {C, F}, {IM, C}, {C, IM}, {IS, C}, {C, IS}};
-    size_t best = 0, bs = (size_t)(o->gptq_block > 0 ? o->gptq_block : 128);
-    for (int i = 0; i < 8; i++) {
+     * expert and shared expert gate/up and down, a grouped solve (grows, C) */
+    size_t shapes[9][2] = {{qo, C}, {C, qo}, {F, C}, {C, F}, {IM, C}, {C, IM}, {IS, C}, {C, IS}, {grows, C}};
+    size_t max_w = 0, max_in = 0, max_ng = 0, ws = 0, bs = (size_t)(o->gptq_block > 0 ? o->gptq_block : 128);
+    for (int i = 0; i < 9; i++) {
         if (shapes[i][0] == 0 || shapes[i][1] == 0) continue;
-        size_t out = shapes[i][0], in = shapes[i][1];
-        size_t b = out * in * F32 * 2        /* W f32 + working copy */
-                   + out * in * (F32 + 1)    /* wq f32 + q int8 */
-                   + in * in * F32           /* H copy (shared Hessian consumed by the solve) */
-                   + (o->actorder ? in * in * F32 : 0)
-                   + out * bs * F32          /* error block */
-                   + in * 128 * F32          /* cuSOLVER workspace (estimate) */
-                   + out * (in / 32 + 1) * 12; /* scales, zp, packed words */
-        if (b > best) best = b;
+        const size_t out = shapes[i][0], in = shapes[i][1], ng = out * (in / 32 + 1);
+        max_w = DS_MAX(max_w, out * in);
+        max_in = DS_MAX(max_in, in);
+        max_ng = DS_MAX(max_ng, ng);
+        ws = DS_MAX(ws, out * in * F32                        /* working copy */
+                            + out * bs * F32                  /* error block */
+                            + (o->actorder ? in * in * F32 : 0) /* permuted Hessian */
+                            + out * 8 + ng * 2 * F32          /* row losses, min / max */
+                            + in * (12 + 128 * F32));         /* tables, cuSOLVER workspace */
     }
-    /* the cached factor of a shared Hessian (q/k/v, gate/up, experts' gate/up:
-     * all C wide; gpu_engine_gptq keys only those) */
-    return best + C * C * F32;
+    const size_t engine = max_w * (2 * F32 + 1)  /* gW, gWq, gQ */
+                          + max_in * max_in * F32 /* gH: the Hessian, consumed by the solve */
+                          + max_ng * 2 * F32 + max_in * F32; /* scales, zero points, g_idx */
+    return engine + ws + C * C * F32;
 }
 
+static ds_status plan_make(const gpu_plan_dims *d, const gpu_plan_opts *o, size_t grows, gpu_plan *p);
+
 ds_status gpu_plan_make(const gpu_plan_dims *d, const gpu_plan_opts *o, gpu_plan *p) {
+    ds_status st = plan_make(d, o, 0, p);
+    if (st != DS_OK || !o->gptq_group || o->rtn_only) return st; /* a grouped plan needs more */
+    /* the grouped solves' room, unless it would cost micro-batch size */
+    gpu_plan g;
+    const size_t grows = group_rows(d);
+    if (plan_make(d, o, grows, &g) == DS_OK && g.micro_batch >= p->micro_batch) {
+        g.gptq_group_rows = (int)grows;
+        *p = g;
+    }
+    return DS_OK;
+}
+
+static ds_status plan_make(const gpu_plan_dims *d, const gpu_plan_opts *o, size_t grows, gpu_plan *p) {
     *p = (gpu_plan){0};
     if (d->C <= 0 || (has_dense(d) && d->F <= 0) || d->NH <= 0 || d->NKV <= 0 || d->HS <= 0 || d->seq_len <= 0 ||
         d->n_tokens < 0 || d->NH % d->NKV != 0 || (d->E > 0 && (d->K <= 0 || d->K > d->E || d->IM <= 0)))
@@ -87,7 +126,7 @@ ds_status gpu_plan_make(const gpu_plan_dims *d, const gpu_plan_opts *o, gpu_plan
     const size_t wmax = DS_MAX(DS_MAX(C, qo), mlp_width(d));
     if (o->hessian_f64) /* f32 scratch of the f64 accumulate: one tile row of the widest */
         p->hessians += hessian_scratch_floats((int)wmax) * F32;
-    p->gptq = gptq_bytes(d, o);
+    p->gptq = gptq_bytes(d, o, grows);
     if (o->rtn_only) p->hessians = p->gptq = 0; /* only the activation observer runs on the device */
     p->cublas_ws = 32 * MIB;
     const size_t fixed = p->weights + p->acts + p->hessians + p->cublas_ws;
@@ -120,8 +159,8 @@ void gpu_plan_print(const gpu_plan *p, FILE *f) {
     fprintf(f, "gpu plan: micro-batch %d of %ld sequences, peak %.1f MiB\n", p->micro_batch, p->n_seq,
             (double)p->peak / m);
     fprintf(f, "  weights %.1f  acts %.1f  staging %.1f  hessians %.1f  transients %.1f  "
-               "attn_ws %.1f  gptq %.1f  cublas_ws %.1f (MiB)\n",
+               "attn_ws %.1f  gptq %.1f  cublas_ws %.1f (MiB), grouped GPTQ solves of <= %d rows\n",
             (double)p->weights / m, (double)p->acts / m, (double)p->staging / m,
             (double)p->hessians / m, (double)p->transients / m, (double)p->attn_ws / m,
-            (double)p->gptq / m, (double)p->cublas_ws / m);
+            (double)p->gptq / m, (double)p->cublas_ws / m, p->gptq_group_rows);
 }

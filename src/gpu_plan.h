@@ -26,7 +26,10 @@
  *   gptq         the largest solve: f32 weight copy + working copy, outputs
  *                (wq f32, q int8), Hessian copy (H is consumed; q/k/v and
  *                gate/up share one), permuted copy (actorder), error block,
- *                cuSOLVER workspace (~ n * 128 floats, estimated)
+ *                cuSOLVER workspace (~ n * 128 floats, estimated); with
+ *                gptq_group, the largest of these and a grouped solve of
+ *                gptq_group_rows rows of width C (the modules sharing a
+ *                Hessian: q/k/v, gate/up, the experts' gate/up)
  *   cublas_ws    fixed cuBLAS workspace (32 MiB)
  * With rtn_only (QuantizationModifier) hessians and gptq are 0.
  * Peak = weights + acts + staging + hessians + cublas_ws
@@ -58,13 +61,21 @@ typedef struct gpu_plan_opts {
     int actorder;          /* 1: permuted Hessian copy needed */
     int max_micro_batch;   /* upper bound on sequences per chunk (0: 64) */
     int rtn_only;          /* 1: QuantizationModifier (round-to-nearest on the host): no Hessians, no solves */
+    int gptq_group;        /* 1: room for grouped solves (engine_ops.gptq_group) where it costs no
+                            * micro-batch size */
 } gpu_plan_opts;
+
+/* Rows of one grouped GPTQ solve at most: 1024 sweep blocks of 16 rows, a few
+ * waves on an H100's 132 SMs, so more rows would only cost memory. */
+#define GPU_PLAN_GROUP_ROWS_MAX 16384
 
 typedef struct gpu_plan {
     size_t weights, acts, staging, hessians, transients, attn_ws, gptq, cublas_ws;
     size_t peak;           /* bytes at the chosen micro-batch */
     int micro_batch;       /* sequences per forward chunk (>= 1 when it fits) */
     long n_seq;            /* ceil(n_tokens / seq_len) */
+    int gptq_group_rows;   /* rows (of width C) one grouped solve may take; 0: none planned (the
+                            * groups then fit in the largest module's buffers) */
 } gpu_plan;
 
 /* Fill *p. DS_OK when a micro-batch >= 1 fits the budget; DS_ERR_USAGE with a

@@ -435,6 +435,23 @@ static void hessians_free(run *u) {
     for (int inp = 0; inp < u->nin; inp++) { free(u->H[inp]); u->H[inp] = NULL; }
 }
 
+/* res (freed here) into the broadcast payload pr: the fake-quantized
+ * weight (the RTN paths' f32 wq converted; GPTQ wrote it there), scales,
+ * zero points, g_idx, and meta = loss, RTN fallback, seconds. */
+static void result_to_payload(const run *u, const layer_linear *li, gptq_result *res, packed_result *pr,
+                              double seconds) {
+    const model_config *c = &u->m->cfg;
+    const size_t ng = (size_t)quant_num_groups(&u->r->w, li->in);
+    if (res->wq) ds_convert_from_f32(pr->w, res->wq, c->dtype, (size_t)li->out * li->in); /* the RTN paths */
+    memcpy(pr->scale, res->scale, sizeof(float) * li->out * ng);
+    for (size_t e = 0; e < li->out * ng; e++) pr->zp[e] = res->zp ? res->zp[e] : 0;
+    for (int e = 0; e < li->in; e++) pr->g_idx[e] = res->g_idx ? res->g_idx[e] : 0;
+    pr->meta[0] = res->loss;
+    pr->meta[1] = res->rtn_fallback;
+    pr->meta[2] = seconds;
+    gptq_result_free(res);
+}
+
 /* Module i of the layer (owned by this rank) solved into *pr: the
  * fake-quantized weight in the model dtype, scales, zero points, g_idx and
  * loss. An expert no rank routed a token to is quantized round-to-nearest.
@@ -464,16 +481,50 @@ static ds_status solve_one(run *u, layer_weights *lw, int i, packed_result *pr, 
         snprintf(why, why_len, "%s", ds_errmsg());
         return gs;
     }
-    size_t ng = (size_t)quant_num_groups(qa, li->in);
-    if (res.wq) ds_convert_from_f32(pr->w, res.wq, c->dtype, (size_t)li->out * li->in); /* the RTN paths */
-    memcpy(pr->scale, res.scale, sizeof(float) * li->out * ng);
-    for (size_t e = 0; e < li->out * ng; e++) pr->zp[e] = res.zp ? res.zp[e] : 0;
-    for (int e = 0; e < li->in; e++) pr->g_idx[e] = res.g_idx ? res.g_idx[e] : 0;
-    pr->meta[0] = res.loss;
-    pr->meta[1] = res.rtn_fallback;
-    pr->meta[2] = ds_now() - t;
-    gptq_result_free(&res);
+    result_to_payload(u, li, &res, pr, ds_now() - t);
     return DS_OK;
+}
+
+/* Module i can join a grouped solve (engine_ops.gptq_group): GPTQ with
+ * calibration tokens, quantization parameters per row (channel, group; block
+ * when its tiles do not straddle modules) and no per-module global scale. */
+static int groupable(const run *u, const layer_linear *li) {
+    const quant_args *qa = &u->r->w;
+    if (!u->eng->ops->gptq_group || u->r->quantizer == RQ_QUANTIZATION || u->wgs) return 0;
+    if (u->cnt[2 * li->input_id] == 0) return 0;
+    return qa->strategy == QS_CHANNEL || qa->strategy == QS_GROUP ||
+           (qa->strategy == QS_BLOCK && qa->block[0] > 0 && li->out % qa->block[0] == 0);
+}
+
+/* The n owned modules mi[0..n) (indices into u->mods, one input) as one
+ * engine_ops.gptq_group call; each one's time is the call's share by rows. */
+static ds_status solve_group(run *u, layer_weights *lw, const int *mi, int n, packed_result *prs, char *why,
+                             size_t why_len) {
+    const model_config *c = &u->m->cfg;
+    const layer_linear **lis = xmalloc(sizeof *lis * (size_t)n);
+    void **wq = xmalloc(sizeof *wq * (size_t)n);
+    gptq_result *res = xcalloc((size_t)n, sizeof *res);
+    int64_t rows = 0;
+    for (int k = 0; k < n; k++) {
+        lis[k] = &lw->lin[u->mods[mi[k]]];
+        scheme_result_alloc(&prs[mi[k]], &u->r->w, lis[k]->out, lis[k]->in, c->dtype); /* the caller frees */
+        wq[k] = prs[mi[k]].w;
+        rows += lis[k]->out;
+    }
+    const int inp = lis[0]->input_id;
+    ds_debug("gptq: %s .. %s (%d modules, %lld rows) to the engine as one group", lis[0]->name, lis[n - 1]->name,
+             n, (long long)rows);
+    const double t = ds_now();
+    ds_status gs = u->eng->ops->gptq_group(u->eng, &u->r->w, lis, n, u->H[inp], u->cnt[2 * inp + 1],
+                                           u->r->block_size, u->r->dampening_frac, res, wq);
+    const double dt = ds_now() - t;
+    if (gs) snprintf(why, why_len, "%s", ds_errmsg());
+    else
+        for (int k = 0; k < n; k++) result_to_payload(u, lis[k], &res[k], &prs[mi[k]], dt * lis[k]->out / rows);
+    free(res);
+    free(wq);
+    free(lis);
+    return gs;
 }
 
 /* Room for one failed solve's message (ds_errmsg) */
@@ -566,10 +617,29 @@ static ds_status solve_owned(run *u, layer_weights *lw, packed_result *prs, stag
     if (u->eng->ops->concurrent_gptq && ds_threads() > 1) {
         solve_parallel(u, lw, prs, st, why);
     } else {
+        /* in model order; a groupable module takes every later owned one of
+         * its input along (q with k and v, gate with up, the experts' gate/up) */
+        int *mi = xmalloc(sizeof(int) * (size_t)(u->nm ? u->nm : 1));
+        char *done = xcalloc((size_t)(u->nm ? u->nm : 1), 1);
         for (int i = 0; i < u->nm; i++) {
-            if (u->owner[i] != u->rank) continue;
-            if ((st[i] = solve_one(u, lw, i, &prs[i], why[i], sizeof why[i]))) break;
+            if (u->owner[i] != u->rank || done[i]) continue;
+            const layer_linear *li = &lw->lin[u->mods[i]];
+            int n = 0;
+            if (groupable(u, li))
+                for (int j = i; j < u->nm; j++) {
+                    const layer_linear *lj = &lw->lin[u->mods[j]];
+                    if (u->owner[j] == u->rank && !done[j] && lj->input_id == li->input_id && groupable(u, lj))
+                        mi[n++] = j;
+                }
+            if (n > 1) {
+                for (int k = 0; k < n; k++) done[mi[k]] = 1;
+                if ((st[i] = solve_group(u, lw, mi, n, prs, why[i], sizeof why[i]))) break;
+            } else if ((st[i] = solve_one(u, lw, i, &prs[i], why[i], sizeof why[i]))) {
+                break;
+            }
         }
+        free(done);
+        free(mi);
     }
     ds_status s = DS_OK;
     for (int i = 0; i < u->nm; i++) { /* the first failure in model order (the caller frees prs) */

@@ -149,7 +149,55 @@ static void test_rtn_only(void) {
     }
 }
 
+/* Grouped GPTQ solves: planned rows = the largest set of modules sharing a
+ * Hessian (capped), never at the cost of micro-batch size, and the gptq
+ * term grows by exactly the grouped solve's buffers when it is the largest. */
+static void test_gptq_group(void) {
+    TEST("gptq_group_rows") {
+        gpu_plan_dims d = llama3_8b();
+        gpu_plan_opts o = {.budget_bytes = (size_t)80 << 30, .gptq_block = 128, .actorder = 1, .hessian_f64 = 1};
+        gpu_plan p0, p1;
+        CHECK_EQ_INT(gpu_plan_make(&d, &o, &p0), DS_OK);
+        CHECK_EQ_INT(p0.gptq_group_rows, 0);
+        o.gptq_group = 1;
+        CHECK_EQ_INT(gpu_plan_make(&d, &o, &p1), DS_OK);
+        /* gate + up = 28672 rows, capped */
+        CHECK_EQ_INT(p1.gptq_group_rows, GPU_PLAN_GROUP_ROWS_MAX);
+        CHECK_EQ_INT(p1.micro_batch, p0.micro_batch);
+        /* 16384 x 4096 elements replace gate's and down's 14336 x 4096 as the most: 2048 more
+         * rows of gW, gWq, gQ (9 bytes an element) and of scales / zero points (129 groups a row
+         * bound, 8 bytes); the solver's workspace stays down_proj's (its 14336^2 permuted Hessian) */
+        CHECK_EQ_INT(p1.gptq - p0.gptq, 2048L * (4096 * 9 + (4096 / 32 + 1) * 8));
+        /* 8 GB with offload: granted only where the micro-batch stays */
+        o.offload_acts = 1;
+        o.budget_bytes = 8000000000ULL;
+        for (int g = 0; g < 2; g++) {
+            o.gptq_group = g;
+            CHECK_EQ_INT(gpu_plan_make(&d, &o, g ? &p1 : &p0), DS_OK);
+        }
+        CHECK_EQ_INT(p1.micro_batch, p0.micro_batch);
+        CHECK(p1.peak <= o.budget_bytes);
+        fprintf(stderr, "offload 8 GB: micro-batch %d, grouped rows %d\n", p1.micro_batch, p1.gptq_group_rows);
+        /* Qwen3-30B-A3B: all-experts calibration, 2 x 128 x 768 expert rows share one Hessian
+         * (capped); routed: q/k/v (4096 + 2 x 512) is the largest set */
+        gpu_plan_dims q = {.C = 2048, .NH = 32, .NKV = 4, .HS = 128, .V = 151936, .E = 128, .K = 8, .IM = 768,
+                           .n_tokens = 512L * 2048, .seq_len = 2048};
+        o = (gpu_plan_opts){.budget_bytes = (size_t)80 << 30, .gptq_block = 128, .hessian_f64 = 1,
+                            .gptq_group = 1};
+        CHECK_EQ_INT(gpu_plan_make(&q, &o, &p1), DS_OK);
+        CHECK_EQ_INT(p1.gptq_group_rows, GPU_PLAN_GROUP_ROWS_MAX);
+        q.routed = 1;
+        CHECK_EQ_INT(gpu_plan_make(&q, &o, &p1), DS_OK);
+        CHECK_EQ_INT(p1.gptq_group_rows, 4096 + 2 * 512);
+        /* QuantizationModifier: no solves, no group */
+        o.rtn_only = 1;
+        CHECK_EQ_INT(gpu_plan_make(&q, &o, &p1), DS_OK);
+        CHECK_EQ_INT(p1.gptq_group_rows, 0);
+    }
+}
+
 int main(void) {
+    test_gptq_group();
     test_rtn_only();
     test_llama3_8b_offload();
     test_llama3_8b_no_offload();
