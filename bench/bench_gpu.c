@@ -213,6 +213,26 @@ int main(int argc, char **argv) {
             loss[i] = o.loss;
             ms7[i] = (t1 - t0) * 1e3;
         }
+        /* where a solve's time goes (DONESHOT_GPTQ_PROFILE: one line each on
+         * stderr): q and k (the same width, 4x the rows), gate, down */
+        setenv("DONESHOT_GPTQ_PROFILE", "1", 1);
+        for (int m = 0; m < 7; m++) {
+            if (m != 0 && m != 1 && m != 4 && m != 6) continue;
+            const int out = lin[m].out, in = lin[m].in;
+            ds_cuda_memset(Hsrc, 0, (size_t)in * in * 4, NULL);
+            hessian_accum_cuda(Hsrc, xr, (int)((size_t)2 * F * F / in), in, NULL);
+            hessian_symmetrize_cuda(Hsrc, in, NULL);
+            bf16_to_f32_cuda(W, wg, (size_t)out * in, NULL);
+            ds_cuda_memcpy_d2d(Hw, Hsrc, (size_t)in * in * 4, NULL);
+            gptq_cuda_out o = {.wq = wqo, .q = qc[m], .scale = scl, .zp = zp};
+            ds_cuda_sync(NULL);
+            fflush(stdout);
+            if (gptq_quantize_cuda(&qa, W, out, in, Hw, 128, 0.01, DS_DTYPE_BF16, &o, NULL) != DS_OK) {
+                fprintf(stderr, "gptq %s (profiled): %s\n", lin[m].name, ds_errmsg());
+                return 1;
+            }
+        }
+        unsetenv("DONESHOT_GPTQ_PROFILE");
         /* q, k, v as one solve of their concatenated rows (the engine's
          * grouped solve, engine_ops.gptq_group) against three solves that
          * share one factorisation (gptq_cuda_set_factor_key: the engine's

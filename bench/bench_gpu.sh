@@ -68,7 +68,7 @@ fi
 
 if [ "${SKIP_MICRO:-0}" != 1 ]; then
     echo "== per-layer micro-benchmark"
-    timeout "$(tmo)" "$BUILD/bench_gpu" --seqs "$SEQS" --seq-len "$SEQ_LEN" --reps "${MICRO_REPS:-3}" |
+    timeout "$(tmo)" "$BUILD/bench_gpu" --seqs "$SEQS" --seq-len "$SEQ_LEN" --reps "${MICRO_REPS:-3}" 2>&1 |
         tee "$WORK/bench_gpu.txt"
 fi
 

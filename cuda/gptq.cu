@@ -226,6 +226,13 @@ static __global__ void antitranspose_upper_kernel(float *a, int n) {
     }
 }
 
+/* d[i] = A[i][i] (row-major [n, n]): one contiguous copy instead of a 2-D
+ * memcpy of n 4-byte rows. */
+static __global__ void diag_kernel(float *d, const float *A, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) d[i] = A[(size_t)i * n + i];
+}
+
 static __global__ void identity_kernel(float *U, int n) {
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     if (i < (size_t)n * n) U[i] = (i / n == i % n) ? 1.0f : 0.0f;
@@ -312,6 +319,27 @@ gptq_block_kernel(sweep_args a) {
     }
 }
 
+/* ---- DONESHOT_GPTQ_PROFILE=1: where a call's time goes ----
+ * The call synchronises after each phase and each launch of the block loop
+ * and prints one line to stderr: host wall time of preparation (tables,
+ * copies, qparams, permutation), factorisation (with its checks and the
+ * cache copy), sweep kernels, lazy-update GEMMs and the finish. A device-run
+ * diagnostic (the syncs add a launch latency per kernel); the results are
+ * the same. */
+enum { PROF_PREP, PROF_FACTOR, PROF_SWEEP, PROF_UPDATE, PROF_FINISH, PROF_N };
+typedef struct gptq_prof {
+    int on;
+    double t, ms[PROF_N];
+} gptq_prof;
+
+static void prof_mark(gptq_prof *p, int phase, cudaStream_t st) {
+    if (!p->on) return;
+    CUDA_CHECK(cudaStreamSynchronize(st));
+    const double now = ds_now();
+    p->ms[phase] += (now - p->t) * 1e3;
+    p->t = now;
+}
+
 /* ---- host side ---- */
 extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, int out, int in,
                                         float *H, int block_size, double dampening_frac,
@@ -341,6 +369,8 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
                         ds_dtype_name(model_dtype));
     DS_ASSERT(out > 0 && in > 0);
     cudaStream_t st = DS_STREAM(stream);
+    const char *pe = getenv("DONESHOT_GPTQ_PROFILE");
+    gptq_prof prof = {.on = pe && strcmp(pe, "1") == 0, .t = ds_now(), .ms = {0}};
     const uint64_t key = g_next_key;
     g_next_key = 0; /* one call only */
     int qmin, qmax;
@@ -362,8 +392,8 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     size_t off_loss = off_Hp + (use_perm ? al(n2 * 4) : 0);
     size_t off_mn = off_loss + al((size_t)out * 8), off_mx = off_mn + al((size_t)out * ng * 4);
     size_t off_perm = off_mx + al((size_t)out * ng * 4), off_gcol = off_perm + al((size_t)in * 4);
-    size_t off_dead = off_gcol + al((size_t)in * 4), off_info = off_dead + al((size_t)in);
-    size_t off_work = off_info + 256;
+    size_t off_dead = off_gcol + al((size_t)in * 4), off_diag = off_dead + al((size_t)in);
+    size_t off_info = off_diag + al((size_t)in * 4), off_work = off_info + 256;
     cusolverDnHandle_t sh = ds_cusolver_get(stream);
     int lw1 = 0, lw2 = 0;
     CUSOLVER_CHECK(cusolverDnSpotrf_bufferSize(sh, CUBLAS_FILL_MODE_LOWER, in, H, in, &lw1));
@@ -385,6 +415,7 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     float *mn = (float *)(ws + off_mn), *mx = (float *)(ws + off_mx);
     int *d_perm = (int *)(ws + off_perm), *d_gcol = (int *)(ws + off_gcol);
     uint8_t *d_dead = (uint8_t *)(ws + off_dead);
+    float *d_diag = (float *)(ws + off_diag);
     int *d_info = (int *)(ws + off_info);
     float *work = (float *)(ws + off_work);
 
@@ -394,8 +425,9 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     /* host tables from the original diagonal */
     float *diag = (float *)xmalloc(sizeof(float) * in);
     if (!reuse) {
-        CUDA_CHECK(cudaMemcpy2DAsync(diag, sizeof(float), H, sizeof(float) * (in + 1), sizeof(float), in,
-                                     cudaMemcpyDeviceToHost, st));
+        DS_LAUNCH(diag_kernel, CEIL_DIV(in, 256), 256, 0, st, d_diag, H, in);
+        CUDA_LAUNCH_CHECK();
+        CUDA_CHECK(cudaMemcpyAsync(diag, d_diag, sizeof(float) * in, cudaMemcpyDeviceToHost, st));
         CUDA_CHECK(cudaStreamSynchronize(st));
     }
     int *perm = (int *)xmalloc(sizeof(int) * in), *gcol = (int *)xmalloc(sizeof(int) * in);
@@ -491,6 +523,7 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
             CUDA_LAUNCH_CHECK();
         }
     }
+    prof_mark(&prof, PROF_PREP, st);
     /* 3. U = chol(chol_inverse(chol(H)))^T (flip: J L^-1 J with J H J = L L^T),
      * fallback U = I */
     if (flip && !reuse) {
@@ -521,8 +554,9 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
         CUDA_CHECK(cudaStreamSynchronize(st));
     }
     if (info == 0 && !reuse) { /* U must be finite (a NaN/inf Hessian can factor "successfully") */
-        CUDA_CHECK(cudaMemcpy2DAsync(diag, sizeof(float), Hp, sizeof(float) * (in + 1), sizeof(float),
-                                     in, cudaMemcpyDeviceToHost, st));
+        DS_LAUNCH(diag_kernel, CEIL_DIV(in, 256), 256, 0, st, d_diag, Hp, in);
+        CUDA_LAUNCH_CHECK();
+        CUDA_CHECK(cudaMemcpyAsync(diag, d_diag, sizeof(float) * in, cudaMemcpyDeviceToHost, st));
         CUDA_CHECK(cudaStreamSynchronize(st));
         for (int i = 0; i < in && info == 0; i++)
             if (!isfinite(diag[i])) info = -1, step = 3;
@@ -556,6 +590,7 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     }
     /* 4. column sweep, block by block */
     CUDA_CHECK(cudaMemsetAsync(rowloss, 0, sizeof(double) * out, st));
+    prof_mark(&prof, PROF_FACTOR, st);
     const int smem = BS * BS * (int)sizeof(float);
     CUDA_CHECK(cudaFuncSetAttribute(gptq_block_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     cublasHandle_t bh = ds_cublas_get(stream);
@@ -567,9 +602,11 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
         DS_LAUNCH(gptq_block_kernel, CEIL_DIV(out, GPTQ_ROWS_PER_CTA), GPTQ_WARPS * 32, nb * nb * sizeof(float),
                   st, sa);
         CUDA_LAUNCH_CHECK();
+        prof_mark(&prof, PROF_SWEEP, st);
         if (i2 < in && !o->rtn_fallback) /* Wp[:, i2:] -= Err[:, :nb] @ U[i1:i2, i2:]  (column-major view, see matmul.cu) */
             CUBLAS_CHECK(cublasSgemm(bh, CUBLAS_OP_N, CUBLAS_OP_N, in - i2, out, nb, &m1,
                                      Hp + (size_t)i1 * in + i2, in, Err, BS, &p1, Wp + i2, in));
+        prof_mark(&prof, PROF_UPDATE, st);
     }
     double *hl = (double *)xmalloc(sizeof(double) * out);
     CUDA_CHECK(cudaMemcpyAsync(hl, rowloss, sizeof(double) * out, cudaMemcpyDeviceToHost, st));
@@ -581,6 +618,12 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     }
     o->loss = loss;
     if (o->row_loss) memcpy(o->row_loss, hl, sizeof(double) * out);
+    prof_mark(&prof, PROF_FINISH, st);
+    if (prof.on)
+        fprintf(stderr, "gptq profile %dx%d%s: prep %.2f ms, factor %.2f ms, sweep %.2f ms (%d launches of %d thread "
+                "blocks), lazy update %.2f ms, finish %.2f ms\n", out, in, reuse ? " (cached factor)" : "",
+                prof.ms[PROF_PREP], prof.ms[PROF_FACTOR], prof.ms[PROF_SWEEP], (int)CEIL_DIV(in, BS),
+                (int)CEIL_DIV(out, GPTQ_ROWS_PER_CTA), prof.ms[PROF_UPDATE], prof.ms[PROF_FINISH]);
     free(hl); free(diag); free(perm); free(gcol); free(deadp);
     return DS_OK;
 }
