@@ -67,6 +67,20 @@ print(f"{len(la)} modules: summed loss cpu {sa:.6g} cuda {sb:.6g} ({100 * (sb - 
 print(f"times: cpu {a['total_time_s']:.1f} s, cuda {b['total_time_s']:.1f} s ({b.get('device', '?')})")
 sys.exit(0 if abs(sb - sa) <= 5e-3 * abs(sa) and over <= len(la) // 100 else 1)
 PY
+        # A/B of the grouped GPTQ solves (every expert's gate/up, q/k/v as few solves) against
+        # one solve per module, on the same cut: the GPTQ stage's time, the summed loss
+        DONESHOT_GPTQ_GROUP_ROWS=0 "$BUILD/doneshot" --recipe recipes/w4a16.json --model "$W/cut" \
+            --dataset "$W/cut.jsonl" --device cuda --num-samples "${CUT_SEQS:-32}" --max-seq-len "${CUT_LEN:-512}" \
+            --output "$W/cut-cuda1" --overwrite --summary "$W/cut-cuda1.json" -q || rc=1
+        python3 - "$W/cut-cuda.json" "$W/cut-cuda1.json" <<'PY' || rc=1
+import json, sys
+g, o = (json.load(open(p)) for p in sys.argv[1:3])
+sg, so = (sum(m["loss"] for m in x["modules"]) for x in (g, o))
+tg, to = g["stage_time_s"]["gptq"], o["stage_time_s"]["gptq"]
+print(f"GPTQ stage: grouped solves {tg:.2f} s, one solve per module {to:.2f} s ({to / max(tg, 1e-9):.2f}x); "
+      f"summed loss {sg:.6g} vs {so:.6g} (rel {abs(sg - so) / so:.2e})")
+sys.exit(0 if abs(sg - so) <= 1e-3 * so else 1)
+PY
     fi
     if [ "${SKIP_E2E:-0}" != 1 ]; then
         L=${MOE_LAYERS:-48}
