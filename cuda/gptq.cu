@@ -22,9 +22,9 @@
  *   6. column sweep per block of min(block_size, in, 128) columns (llm-compressor
  *      clamps the block to the weight's width; wider blocks run as blocks of
  *      128, which GPTQ's lazy update makes exact up to fp32 summation order):
- *      gptq_block_kernel, one warp
- *      per row (a row's 128 block columns live in registers, 4 per lane; the
- *      block of U in shared memory), with the intra-block update
+ *      gptq_block_kernel, one lane per row (each lane quantizes its own
+ *      row's columns in order; the warp's rows and the block of U in
+ *      shared memory), with the intra-block update
  *      w_j -= err * U[c][j] written as __fmul_rn/__fsub_rn (no FMA
  *      contraction, like the CPU's plain loop); then the lazy update
  *      W[:, i2:] -= Err @ U[i1:i2, i2:] by cublasSgemm (true fp32, no TF32);
@@ -48,11 +48,11 @@ extern "C" {
 #include <stdlib.h>
 #include <string.h>
 
-#define GPTQ_MAX_BLOCK GPTQ_CUDA_MAX_BLOCK /* gptq.h; gptq_block_kernel holds 4 columns per lane */
-static_assert(GPTQ_MAX_BLOCK <= 4 * 32, "gptq_block_kernel keeps at most 128 block columns per row");
-#define GPTQ_WARPS 8
-#define GPTQ_ROWS_PER_WARP 2
-#define GPTQ_ROWS_PER_CTA (GPTQ_WARPS * GPTQ_ROWS_PER_WARP)
+#define GPTQ_MAX_BLOCK GPTQ_CUDA_MAX_BLOCK /* gptq.h */
+/* U's block (64 KiB) and one warp's rows (16.1 KiB) fit the 99 KiB that
+ * sm_86 / sm_89 allow a thread block */
+static_assert(GPTQ_MAX_BLOCK <= 128, "gptq_block_kernel's shared memory is sized for blocks of <= 128 columns");
+#define GPTQ_WARPS 4 /* gptq_block_kernel: one row per lane, at most 128 rows per thread block */
 
 /* ---- grow-only workspace ---- */
 static void *g_ws;
@@ -255,68 +255,58 @@ struct sweep_args {
     int kind;             /* QS_KIND_INT / QS_KIND_FP8 (qscalar.h) */
 };
 
+/* One lane per row: each lane walks the block's nb columns of its own row
+ * in order (column c: fake-quantize, err = (w - deq) / U[c][c], then
+ * w_j -= err * U[c][j] for the later columns j, product rounded then the
+ * subtraction, no FMA: the CPU loop's arithmetic, element by element in the
+ * same order). The rows of a warp sit in shared memory (Ws, row stride
+ * nb + 1: lane l's column j is bank (l + j) % 32, conflict-free), the block
+ * of U is shared by the thread block and read as a broadcast. The
+ * quantization of a column is each lane's own (one warp instruction for 32
+ * rows), so the sweep costs about one row's dependent chain, not the
+ * rows' instructions. */
 static __global__ void __launch_bounds__(GPTQ_WARPS * 32)
 gptq_block_kernel(sweep_args a) {
-    DS_EXTERN_SHARED(float, Us); /* [nb][nb] */
-    const int nb = a.nb, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    DS_EXTERN_SHARED(float, smem);
+    const int nb = a.nb, ldw = nb + 1, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float *Us = smem;                                            /* [nb][nb] */
+    float *Ws = smem + (size_t)nb * nb + (size_t)warp * 32 * ldw; /* this warp's [32][nb + 1] */
     for (int idx = threadIdx.x; idx < nb * nb; idx += blockDim.x) {
         int c = idx / nb, j = idx % nb;
         Us[idx] = a.U[(size_t)(a.i1 + c) * a.in + a.i1 + j];
     }
+    const int rw0 = blockIdx.x * blockDim.x + warp * 32; /* the warp's first row; a lane per row */
+    for (int rr = 0; rr < 32 && rw0 + rr < a.out; rr++) /* coalesced: lanes along the row */
+        for (int j = lane; j < nb; j += 32) Ws[rr * ldw + j] = a.Wp[(size_t)(rw0 + rr) * a.in + a.i1 + j];
     __syncthreads();
-    for (int rr = 0; rr < GPTQ_ROWS_PER_WARP; rr++) {
-        const int r = blockIdx.x * GPTQ_ROWS_PER_CTA + rr * GPTQ_WARPS + warp;
-        if (r >= a.out) break; /* warp-uniform */
-        float *wrow = a.Wp + (size_t)r * a.in + a.i1;
-        float w[4], qv[4], dq[4], ev[4];
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            int j = lane + 32 * k;
-            w[k] = j < nb ? wrow[j] : 0.0f;
-            qv[k] = dq[k] = ev[k] = 0.0f;
-        }
-        double loss = 0.0;
-        for (int c = 0; c < nb; c++) {
-            const int owner = c & 31, slot = c >> 5;
-            float mine = 0.0f;
-#pragma unroll
-            for (int k = 0; k < 4; k++) if (k == slot) mine = w[k];
-            const float wc = __shfl_sync(0xffffffffu, mine, owner);
-            const int g = a.gcol[a.i1 + c];
-            const float sc = a.scale[(size_t)r * a.ng + g];
-            const int z = a.zp[(size_t)r * a.ng + g];
-            float deq;
-            /* as gptq.c: quant_fake_k decides; the stored code is the one the compressor
-             * recomputes from the saved weight (quant_code_from_deq_k), for every kind: with
-             * int8 and a bf16 model, deq/scale rounded to bf16 (0.5 apart above 64) can land
-             * on a tie k +- 0.5 and round (half to even) to a neighbour of the decision code k
-             * (about 4 % of int8 codes) */
-            (void)qs_fake_k(a.kind, wc, sc, z, a.qmin, a.qmax, a.dt, &deq);
-            const float qf = (float)qs_code_from_deq_k(a.kind, deq, sc, z, a.qmin, a.qmax, a.dt);
-            const float d = Us[c * nb + c];
-            const float diff = __fsub_rn(wc, deq);
-            const float err = __fdiv_rn(diff, d);
-            loss += (double)err * err;
-#pragma unroll
-            for (int k = 0; k < 4; k++) {
-                const int j = lane + 32 * k;
-                if (j > c && j < nb) w[k] = __fsub_rn(w[k], __fmul_rn(err, Us[c * nb + j]));
-                if (k == slot && lane == owner) { qv[k] = qf; dq[k] = deq; ev[k] = err; }
-            }
-        }
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            const int j = lane + 32 * k;
-            if (j < nb) {
-                const int col = a.i1 + j;
-                const size_t o = (size_t)r * a.in + (a.perm ? a.perm[col] : col);
-                a.q[o] = (int8_t)(int)qv[k];
-                a.wq[o] = dq[k];
-                a.Err[(size_t)r * a.ldE + j] = ev[k];
-            }
-        }
-        if (lane == 0) a.rowloss[r] += loss;
+    const int r = rw0 + lane;
+    if (r >= a.out) return; /* no collective below */
+    float *w = Ws + lane * ldw;
+    double loss = 0.0;
+    for (int c = 0; c < nb; c++) {
+        const int col = a.i1 + c, g = a.gcol[col];
+        const float sc = a.scale[(size_t)r * a.ng + g];
+        const int z = a.zp[(size_t)r * a.ng + g];
+        const float wc = w[c];
+        float deq;
+        /* as gptq.c: quant_fake_k decides; the stored code is the one the compressor
+         * recomputes from the saved weight (quant_code_from_deq_k), for every kind: with
+         * int8 and a bf16 model, deq/scale rounded to bf16 (0.5 apart above 64) can land
+         * on a tie k +- 0.5 and round (half to even) to a neighbour of the decision code k
+         * (about 4 % of int8 codes) */
+        (void)qs_fake_k(a.kind, wc, sc, z, a.qmin, a.qmax, a.dt, &deq);
+        const int code = qs_code_from_deq_k(a.kind, deq, sc, z, a.qmin, a.qmax, a.dt);
+        const float d = Us[c * nb + c];
+        const float err = __fdiv_rn(__fsub_rn(wc, deq), d);
+        loss += (double)err * err;
+        const float *u = Us + c * nb;
+        for (int j = c + 1; j < nb; j++) w[j] = __fsub_rn(w[j], __fmul_rn(err, u[j]));
+        const size_t o = (size_t)r * a.in + (a.perm ? a.perm[col] : col);
+        a.q[o] = (int8_t)code;
+        a.wq[o] = deq;
+        a.Err[(size_t)r * a.ldE + c] = err;
     }
+    a.rowloss[r] += loss;
 }
 
 /* ---- DONESHOT_GPTQ_PROFILE=1: where a call's time goes ----
@@ -591,7 +581,16 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     /* 4. column sweep, block by block */
     CUDA_CHECK(cudaMemsetAsync(rowloss, 0, sizeof(double) * out, st));
     prof_mark(&prof, PROF_FACTOR, st);
-    const int smem = BS * BS * (int)sizeof(float);
+    /* shared memory: the block of U and each warp's 32 rows (stride BS + 1),
+     * 130 KiB for 4 warps at BS = 128; fewer warps (rows) per thread block
+     * where the device allows less (sm_86 / sm_89: 99 KiB, 2 warps) */
+    int dev = 0, optin = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    int nwarps = GPTQ_WARPS;
+    const auto smem_of = [BS](int w) { return (BS * BS + w * 32 * (BS + 1)) * (int)sizeof(float); };
+    while (nwarps > 1 && smem_of(nwarps) > optin) nwarps--;
+    const int smem = smem_of(nwarps), rows_cta = 32 * nwarps;
     CUDA_CHECK(cudaFuncSetAttribute(gptq_block_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     cublasHandle_t bh = ds_cublas_get(stream);
     const float m1 = -1.0f, p1 = 1.0f;
@@ -599,8 +598,7 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
         const int nb = in - i1 < BS ? in - i1 : BS, i2 = i1 + nb;
         sweep_args sa = {Wp, Hp, Err, BS, o->scale, o->zp, d_gcol, use_perm ? d_perm : NULL,
                          o->wq, o->q, rowloss, out, in, ng, qmin, qmax, (int)model_dtype, i1, nb, kind};
-        DS_LAUNCH(gptq_block_kernel, CEIL_DIV(out, GPTQ_ROWS_PER_CTA), GPTQ_WARPS * 32, nb * nb * sizeof(float),
-                  st, sa);
+        DS_LAUNCH(gptq_block_kernel, CEIL_DIV(out, rows_cta), rows_cta, smem_of(nwarps), st, sa);
         CUDA_LAUNCH_CHECK();
         prof_mark(&prof, PROF_SWEEP, st);
         if (i2 < in && !o->rtn_fallback) /* Wp[:, i2:] -= Err[:, :nb] @ U[i1:i2, i2:]  (column-major view, see matmul.cu) */
@@ -623,7 +621,7 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
         fprintf(stderr, "gptq profile %dx%d%s: prep %.2f ms, factor %.2f ms, sweep %.2f ms (%d launches of %d thread "
                 "blocks), lazy update %.2f ms, finish %.2f ms\n", out, in, reuse ? " (cached factor)" : "",
                 prof.ms[PROF_PREP], prof.ms[PROF_FACTOR], prof.ms[PROF_SWEEP], (int)CEIL_DIV(in, BS),
-                (int)CEIL_DIV(out, GPTQ_ROWS_PER_CTA), prof.ms[PROF_UPDATE], prof.ms[PROF_FINISH]);
+                (int)CEIL_DIV(out, rows_cta), prof.ms[PROF_UPDATE], prof.ms[PROF_FINISH]);
     free(hl); free(diag); free(perm); free(gcol); free(deadp);
     return DS_OK;
 }

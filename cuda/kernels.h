@@ -196,7 +196,7 @@ typedef struct gptq_cuda_out {
 /* Same numerics as gptq_quantize (src/gptq.h): W [out,in] f32 device (not
  * modified), H [in,in] f32 device (normalized Hessian, used as scratch:
  * destroyed). fp32 throughout (no TF32), Cholesky / inverse / Cholesky by
- * cuSOLVER, column sweep per block in a kernel (one warp per row, block <= 128
+ * cuSOLVER, column sweep per block in a kernel (one lane per row, block <= 128
  * columns), lazy updates by cublasSgemm. Returns DS_ERR_USAGE for unsupported
  * arguments (message in ds_errmsg()). */
 ds_status gptq_quantize_cuda(const quant_args *a, const float *W, int out, int in, float *H,

@@ -84,9 +84,9 @@ int gptq_factor_env_valid(void);
  * scratch). Returns 0, the failing LAPACK info, or -1 for a non-finite U. */
 int gptq_hinv_upper(float *H, int n, gptq_factor_method method);
 
-/* Widest block the CUDA solver (cuda/gptq.cu) runs in one pass: a row's
- * block columns live in registers (4 per lane of a warp) and the U block in
- * shared memory. A larger block_size is run as blocks of this width; GPTQ's
+/* Widest block the CUDA solver (cuda/gptq.cu) runs in one pass: the U block
+ * and a warp's 32 rows of the block live in shared memory (one lane per
+ * row). A larger block_size is run as blocks of this width; GPTQ's
  * lazy batch update is exact for any width, so only fp32 summation order
  * changes (as between the CPU and GPU solvers anyway). */
 #define GPTQ_CUDA_MAX_BLOCK 128

@@ -238,6 +238,51 @@ inline void entry() {
 #endif
 }
 
+/* Dynamic shared memory per block: 48 KiB unless the kernel opted in to
+ * more with cudaFuncSetAttribute(cudaFuncAttributeMaxDynamicSharedMemorySize),
+ * up to the device's opt-in limit: 227 KiB on sm_90; DS_SIM_SMEM_OPTIN=bytes
+ * simulates a smaller device (101376: sm_86 / sm_89). A launch above its
+ * kernel's limit fails as on the hardware (here: abort with a message). */
+inline size_t smem_optin_limit() {
+    static const size_t v = [] {
+        const char *e = getenv("DS_SIM_SMEM_OPTIN");
+        return e && *e ? (size_t)strtoul(e, nullptr, 10) : (size_t)232448;
+    }();
+    return v;
+}
+struct smem_attr {
+    const void *fn;
+    size_t max;
+};
+inline std::mutex &smem_mutex() {
+    static std::mutex m;
+    return m;
+}
+inline std::vector<smem_attr> &smem_attrs() {
+    static std::vector<smem_attr> v;
+    return v;
+}
+inline void set_smem_max(const void *fn, size_t max) {
+    const std::lock_guard<std::mutex> lock(smem_mutex());
+    for (smem_attr &a : smem_attrs())
+        if (a.fn == fn) { a.max = max; return; }
+    smem_attrs().push_back(smem_attr{fn, max});
+}
+inline void check_smem(const void *fn, size_t smem, const char *name) {
+    size_t max = 49152;
+    {
+        const std::lock_guard<std::mutex> lock(smem_mutex());
+        for (const smem_attr &a : smem_attrs())
+            if (a.fn == fn) max = a.max;
+    }
+    if (smem > max) {
+        fprintf(stderr, "cuda_sim: %s launched with %zu bytes of dynamic shared memory, above its limit of %zu "
+                "(cudaFuncSetAttribute MaxDynamicSharedMemorySize; the device's opt-in limit is %zu)\n",
+                name, smem, max, smem_optin_limit());
+        abort();
+    }
+}
+
 /* Runs body() as every thread of every block of grid x block. */
 inline void launch(dim3 grid, dim3 block, size_t dyn_smem, const std::function<void()> &body) {
     static std::mutex one_at_a_time; /* the engine's host threads share the one simulated device */
@@ -521,7 +566,8 @@ inline float atomicAdd(float *p, float v) {
 #include "cuda_sim_api.h"
 
 /* launch syntax (cuda_common.cuh's DS_LAUNCH) */
-#define DS_SIM_LAUNCH(kernel, grid, block, smem, ...) \
-    sim::launch(dim3(grid), dim3(block), (size_t)(smem), [&] { kernel(__VA_ARGS__); })
+#define DS_SIM_LAUNCH(kernel, grid, block, smem, ...)                                   \
+    (sim::check_smem(reinterpret_cast<const void *>(&kernel), (size_t)(smem), #kernel), \
+     sim::launch(dim3(grid), dim3(block), (size_t)(smem), [&] { kernel(__VA_ARGS__); }))
 
 #endif

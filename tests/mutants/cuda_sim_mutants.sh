@@ -2,7 +2,7 @@
 # cuda_sim_mutants.sh - shows that test_kernels_sim (tests/cuda_sim.h) can
 # fail: each mutant is one deliberate defect in a cuda/ file (a barrier
 # removed, a cp.async wait too late, a fragment lane mapping changed, a
-# cuBLAS leading dimension wrong); the simulator build of
+# cuBLAS leading dimension wrong, the GPTQ sweep's rows); the simulator build of
 # tests/test_kernels.c is relinked with the mutated file and must FAIL (or
 # abort). Prints "caught" / "MISSED" per
 # mutant and "N passed, N failed" (passed = caught). Not part of make test
@@ -69,5 +69,12 @@ mutant cuda/hessian.cu "f64 Hessian: the tile row's column offset dropped" \
 mutant cuda/gptq.cu "GPTQ lazy update: the trailing block's leading dimension" \
     "Hp + (size_t)i1 * in + i2, in, Err, BS, &p1, Wp + i2, in));" \
     "Hp + (size_t)i1 * in + i2, in, Err, BS, &p1, Wp + i2, in - i2));"
+# the GPTQ sweep (one lane per row, the rows in shared memory)
+mutant cuda/gptq.cu "GPTQ sweep: no barrier between loading the rows and sweeping them" "__syncthreads();" "" 3
+mutant cuda/gptq.cu "GPTQ sweep: a lane's row read with the wrong stride" \
+    "float *w = Ws + lane * ldw;" "float *w = Ws + lane * nb;"
+mutant cuda/gptq.cu "GPTQ sweep: the updates reach one column too few" \
+    "for (int j = c + 1; j < nb; j++) w[j] = __fsub_rn(w[j], __fmul_rn(err, u[j]));" \
+    "for (int j = c + 1; j < nb - 1; j++) w[j] = __fsub_rn(w[j], __fmul_rn(err, u[j]));"
 echo "$P passed, $F failed"
 [ "$F" -eq 0 ]
