@@ -65,8 +65,10 @@ typedef struct gpu_plan_opts {
                             * micro-batch size */
 } gpu_plan_opts;
 
-/* Rows of one grouped GPTQ solve at most: 1024 sweep blocks of 16 rows, a few
- * waves on an H100's 132 SMs, so more rows would only cost memory. */
+/* Rows of one grouped GPTQ solve at most: 128 thread blocks of the sweep
+ * kernel (one lane per row, 128 rows and 130 KiB of shared memory per block,
+ * one block per SM), one wave on an H100's 132 SMs; more rows would take a
+ * second wave and memory. */
 #define GPU_PLAN_GROUP_ROWS_MAX 16384
 
 typedef struct gpu_plan {
