@@ -588,6 +588,33 @@ static double gptq_replay_t(const quant_args *qa, const float *W, int in, int r,
  * moved) changed the loss by 2.0e-4 relative in that emulation. */
 #define GPTQ_LOSS_RTOL 1e-4
 
+
+/* Device buffers of gptq_quantize_cuda calls of up to [out, in] with ng
+ * groups a row: W, H and the outputs (o holds their device pointers; g_idx
+ * too when with_gidx). */
+typedef struct gptq_dev {
+    dbuf W, H, wq, q, s, z, g;
+    float *dW, *dH;
+    gptq_cuda_out o;
+} gptq_dev;
+
+static void gptq_dev_new(gptq_dev *d, int out, int in, int ng, int with_gidx) {
+    const size_t nn = (size_t)in * in, nw = (size_t)out * in;
+    memset(d, 0, sizeof *d);
+    d->dW = dbuf_new(&d->W, nw * 4);
+    d->dH = dbuf_new(&d->H, nn * 4);
+    d->o.wq = dbuf_new(&d->wq, nw * 4);
+    d->o.q = dbuf_new(&d->q, nw);
+    d->o.scale = dbuf_new(&d->s, (size_t)out * ng * 4);
+    d->o.zp = dbuf_new(&d->z, (size_t)out * ng * 4);
+    if (with_gidx) d->o.g_idx = dbuf_new(&d->g, (size_t)in * 4);
+}
+
+static void gptq_dev_free(gptq_dev *d) {
+    dbuf_free(&d->W); dbuf_free(&d->H); dbuf_free(&d->wq); dbuf_free(&d->q); dbuf_free(&d->s); dbuf_free(&d->z);
+    if (d->o.g_idx) dbuf_free(&d->g);
+}
+
 /* GPTQ: same inputs to gptq_quantize and gptq_quantize_cuda. The criterion:
  * scales and zero points identical, loss within GPTQ_LOSS_RTOL, codes equal
  * except after a rounding tie (int kinds: the first differing dequantized
@@ -614,21 +641,18 @@ static void t_gptq(int out, int in, quant_args qa, int dead_col) {
     CHECK_EQ_INT(st, DS_OK);
     if (st != DS_OK) { free(X); free(Hd); free(H); free(Hc); free(W); return; }
     int ng = quant_num_groups(&qa, in);
-    dbuf bW, bH, bwq, bq, bs, bz, bg;
-    float *dW = dbuf_up(&bW, W, nw * 4), *dH = dbuf_up(&bH, H, nn * 4);
-    gptq_cuda_out o = {0};
-    o.wq = dbuf_new(&bwq, nw * 4);
-    o.q = dbuf_new(&bq, nw);
-    o.scale = dbuf_new(&bs, (size_t)out * ng * 4);
-    o.zp = dbuf_new(&bz, (size_t)out * ng * 4);
-    o.g_idx = dbuf_new(&bg, (size_t)in * 4);
-    CHECK_EQ_INT(gptq_quantize_cuda(&qa, dW, out, in, dH, 128, 0.01, DS_DTYPE_BF16, &o, NULL), DS_OK);
+    gptq_dev dv;
+    gptq_dev_new(&dv, out, in, ng, 1);
+    gptq_cuda_out o = dv.o;
+    ds_cuda_memcpy_h2d(dv.dW, W, nw * 4, NULL);
+    ds_cuda_memcpy_h2d(dv.dH, H, nn * 4, NULL);
+    CHECK_EQ_INT(gptq_quantize_cuda(&qa, dv.dW, out, in, dv.dH, 128, 0.01, DS_DTYPE_BF16, &o, NULL), DS_OK);
     float *wq = xmalloc(nw * 4), *sc = xmalloc((size_t)out * ng * 4);
     int8_t *q = xmalloc(nw);
     int32_t *zp = xmalloc((size_t)out * ng * 4), *gi = xmalloc((size_t)in * 4);
     float *Wback = xmalloc(nw * 4);
-    CHECK(dbuf_get(&bwq, wq)); CHECK(dbuf_get(&bq, q)); CHECK(dbuf_get(&bs, sc));
-    CHECK(dbuf_get(&bz, zp)); CHECK(dbuf_get(&bg, gi)); CHECK(dbuf_get(&bW, Wback));
+    CHECK(dbuf_get(&dv.wq, wq)); CHECK(dbuf_get(&dv.q, q)); CHECK(dbuf_get(&dv.s, sc));
+    CHECK(dbuf_get(&dv.z, zp)); CHECK(dbuf_get(&dv.g, gi)); CHECK(dbuf_get(&dv.W, Wback));
     CHECK(memcmp(Wback, W, nw * 4) == 0); /* W not modified */
     /* scales and zero-points come from the original weight: identical */
     CHECK(memcmp(sc, ref.scale, (size_t)out * ng * 4) == 0);
@@ -713,8 +737,7 @@ static void t_gptq(int out, int in, quant_args qa, int dead_col) {
     size_t wbad = 0;
     for (size_t i = 0; quant_kind(&qa) != QK_INT && i < nw; i++) wbad += q[i] == ref.q[i] && wq[i] != ref.wq[i];
     CHECK_EQ_INT(wbad, 0);
-    dbuf_free(&bW); dbuf_free(&bH); dbuf_free(&bwq); dbuf_free(&bq); dbuf_free(&bs); dbuf_free(&bz);
-    dbuf_free(&bg);
+    gptq_dev_free(&dv);
     gptq_result_free(&ref);
     free(X); free(Hd); free(H); free(Hc); free(W); free(wq); free(sc); free(q); free(zp); free(gi);
     free(Wback);
@@ -773,14 +796,10 @@ static void t_gptq_factor_reuse(int out, int in, quant_args qa) {
     size_t nn = (size_t)in * in, nw = (size_t)out * in;
     float *H = xmalloc(nn * 4);
     for (size_t i = 0; i < nn; i++) H[i] = (float)(Hd[i] / rows);
-    int ng = quant_num_groups(&qa, in);
-    dbuf bW, bH, bwq, bq, bs, bz;
-    float *dW = dbuf_new(&bW, nw * 4), *dH = dbuf_new(&bH, nn * 4);
-    gptq_cuda_out o = {0};
-    o.wq = dbuf_new(&bwq, nw * 4);
-    o.q = dbuf_new(&bq, nw);
-    o.scale = dbuf_new(&bs, (size_t)out * ng * 4);
-    o.zp = dbuf_new(&bz, (size_t)out * ng * 4);
+    gptq_dev dv;
+    gptq_dev_new(&dv, out, in, quant_num_groups(&qa, in), 0);
+    gptq_cuda_out o = dv.o;
+    float *dW = dv.dW, *dH = dv.dH;
     float *wq[2][3];
     double loss[2][3];
     for (int pass = 0; pass < 2; pass++) { /* 0: unkeyed, 1: one key */
@@ -792,7 +811,7 @@ static void t_gptq_factor_reuse(int out, int in, quant_args qa) {
             if (pass == 1) gptq_cuda_set_factor_key(0xABCDEF);
             CHECK_EQ_INT(gptq_quantize_cuda(&qa, dW, out, in, dH, 128, 0.01, DS_DTYPE_BF16, &o, NULL), DS_OK);
             wq[pass][k] = xmalloc(nw * 4);
-            CHECK(dbuf_get(&bwq, wq[pass][k]));
+            CHECK(dbuf_get(&dv.wq, wq[pass][k]));
             loss[pass][k] = o.loss;
             free(W);
         }
@@ -811,7 +830,7 @@ static void t_gptq_factor_reuse(int out, int in, quant_args qa) {
     CHECK_EQ_INT(gptq_quantize_cuda(&qa, dW, out, in, dH, 128, 0.01, DS_DTYPE_BF16, &o, NULL), DS_OK);
     CHECK(o.loss != loss[1][2]);
     fprintf(stderr, "  gptq factor reuse %dx%d: 3 solves bitwise equal to unkeyed ones\n", out, in);
-    dbuf_free(&bW); dbuf_free(&bH); dbuf_free(&bwq); dbuf_free(&bq); dbuf_free(&bs); dbuf_free(&bz);
+    gptq_dev_free(&dv);
     free(X); free(Hd); free(H);
 }
 
@@ -834,13 +853,10 @@ static void t_gptq_rows_concat(const int outs[3], int in, quant_args qa) {
     for (size_t i = 0; i < nn; i++) H[i] = (float)(Hd[i] / rows);
     const int ng = quant_num_groups(&qa, in);
     float *W = rand_bf16(nw, 0.05f, 0.0f); /* the three weights' rows, concatenated */
-    dbuf bW, bH, bwq, bq, bs, bz;
-    float *dW = dbuf_new(&bW, nw * 4), *dH = dbuf_new(&bH, nn * 4);
-    gptq_cuda_out o = {0};
-    o.wq = dbuf_new(&bwq, nw * 4);
-    o.q = dbuf_new(&bq, nw);
-    o.scale = dbuf_new(&bs, (size_t)R * ng * 4);
-    o.zp = dbuf_new(&bz, (size_t)R * ng * 4);
+    gptq_dev dv;
+    gptq_dev_new(&dv, R, in, ng, 0);
+    gptq_cuda_out o = dv.o;
+    float *dW = dv.dW, *dH = dv.dH;
     float *wq1 = xmalloc(nw * 4), *wqg = xmalloc(nw * 4), *sc1 = xmalloc((size_t)R * ng * 4);
     float *scg = xmalloc((size_t)R * ng * 4);
     int8_t *q1 = xmalloc(nw), *qg = xmalloc(nw);
@@ -864,7 +880,7 @@ static void t_gptq_rows_concat(const int outs[3], int in, quant_args qa) {
     ds_cuda_memcpy_h2d(dW, W, nw * 4, NULL); /* the group in one call */
     ds_cuda_memcpy_h2d(dH, H, nn * 4, NULL);
     CHECK_EQ_INT(gptq_quantize_cuda(&qa, dW, R, in, dH, 128, 0.01, DS_DTYPE_BF16, &o, NULL), DS_OK);
-    CHECK(dbuf_get(&bwq, wqg) && dbuf_get(&bq, qg) && dbuf_get(&bs, scg));
+    CHECK(dbuf_get(&dv.wq, wqg) && dbuf_get(&dv.q, qg) && dbuf_get(&dv.s, scg));
     CHECK(memcmp(sc1, scg, (size_t)R * ng * 4) == 0); /* qparams: per row, from the original weight */
     double sum_all = 0, worst = 0;
     size_t same = 0;
@@ -884,7 +900,7 @@ static void t_gptq_rows_concat(const int outs[3], int in, quant_args qa) {
     CHECK(worst <= 1e-3 && (double)same >= 0.95 * (double)nw);
     fprintf(stderr, "  gptq rows %d+%d+%d x %d in one call: per-module loss rel diff %.2e, %.4f %% codes identical\n",
             outs[0], outs[1], outs[2], in, worst, 100.0 * (double)same / (double)nw);
-    dbuf_free(&bW); dbuf_free(&bH); dbuf_free(&bwq); dbuf_free(&bq); dbuf_free(&bs); dbuf_free(&bz);
+    gptq_dev_free(&dv);
     free(X); free(Hd); free(H); free(W); free(wq1); free(wqg); free(sc1); free(scg); free(q1); free(qg); free(rl);
 }
 
