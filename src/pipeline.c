@@ -716,9 +716,10 @@ static ds_status exchange_results(run *u, layer_weights *lw, packed_result *prs,
          * no activation quantization) for the rest of the calibration, so the
          * propagation does too; GPTQ propagates its fake-quantized weights. */
         const int keep = u->r->quantizer == RQ_QUANTIZATION;
-        float *wq = keep ? xmalloc(sizeof(float) * (size_t)li->out * li->in) : li->w;
-        ds_convert_to_f32(wq, pr.w, c->dtype, (size_t)li->out * li->in);
-        if (!keep) u->eng->ops->set_weight(u->eng, u->mods[i], li->w, pr.w);
+        if (!keep) {
+            ds_convert_to_f32(li->w, pr.w, c->dtype, (size_t)li->out * li->in);
+            u->eng->ops->set_weight(u->eng, u->mods[i], li->w, pr.w);
+        }
         module_record *mr = &stats->mods[stats->nmods++];
         snprintf(mr->name, sizeof mr->name, "%s", li->name);
         mr->owner = u->owner[i];
@@ -762,7 +763,6 @@ static ds_status exchange_results(run *u, layer_weights *lw, packed_result *prs,
             st = ckpt_async_submit(u->wr, (ckpt_job){save_job_run, save_job_free, j});
             lt->save += ds_now() - t;
         }
-        if (keep) free(wq);
         free(pr.buf);
         prs[i].buf = NULL;
     }
