@@ -41,6 +41,17 @@ static uint16_t *dev_rand_bf16(size_t n, float amp) {
     return d;
 }
 
+/* The inputs of one GPTQ solve: Hsrc := X^T X of X = xr's first 2 F^2 / in
+ * rows of width in (full rank), Hw := its copy (a solve consumes it), W :=
+ * wg's first out x in values as f32. */
+static void gptq_inputs(float *Hsrc, float *Hw, float *W, const uint16_t *xr, const uint16_t *wg, int out, int in) {
+    ds_cuda_memset(Hsrc, 0, (size_t)in * in * 4, NULL);
+    hessian_accum_cuda(Hsrc, xr, (int)((size_t)2 * F * F / in), in, NULL);
+    hessian_symmetrize_cuda(Hsrc, in, NULL);
+    bf16_to_f32_cuda(W, wg, (size_t)out * in, NULL); /* out*in == F*C or less */
+    ds_cuda_memcpy_d2d(Hw, Hsrc, (size_t)in * in * 4, NULL);
+}
+
 typedef struct { const char *name; double ms, flop; } stage;
 static stage st[32];
 static int nst;
@@ -189,11 +200,7 @@ int main(int argc, char **argv) {
             if (flip) setenv("DONESHOT_GPTQ_FACTOR", "flip", 1);
             int out = lin[i].out, in = lin[i].in;
             if (!flip) qc[i] = ds_cuda_malloc((size_t)out * in);
-            ds_cuda_memset(Hsrc, 0, (size_t)in * in * 4, NULL);
-            hessian_accum_cuda(Hsrc, xr, (int)((size_t)2 * F * F / in), in, NULL);
-            hessian_symmetrize_cuda(Hsrc, in, NULL);
-            bf16_to_f32_cuda(W, wg, (size_t)out * in, NULL); /* out*in == F*C or less */
-            ds_cuda_memcpy_d2d(Hw, Hsrc, (size_t)in * in * 4, NULL);
+            gptq_inputs(Hsrc, Hw, W, xr, wg, out, in);
             gptq_cuda_out o = {.wq = wqo, .q = qc[i], .scale = scl, .zp = zp};
             ds_cuda_sync(NULL);
             double t0 = ds_now();
@@ -219,11 +226,7 @@ int main(int argc, char **argv) {
         for (int m = 0; m < 7; m++) {
             if (m != 0 && m != 1 && m != 4 && m != 6) continue;
             const int out = lin[m].out, in = lin[m].in;
-            ds_cuda_memset(Hsrc, 0, (size_t)in * in * 4, NULL);
-            hessian_accum_cuda(Hsrc, xr, (int)((size_t)2 * F * F / in), in, NULL);
-            hessian_symmetrize_cuda(Hsrc, in, NULL);
-            bf16_to_f32_cuda(W, wg, (size_t)out * in, NULL);
-            ds_cuda_memcpy_d2d(Hw, Hsrc, (size_t)in * in * 4, NULL);
+            gptq_inputs(Hsrc, Hw, W, xr, wg, out, in);
             gptq_cuda_out o = {.wq = wqo, .q = qc[m], .scale = scl, .zp = zp};
             ds_cuda_sync(NULL);
             fflush(stdout);
@@ -242,14 +245,10 @@ int main(int argc, char **argv) {
             const int R = qo + 2 * kv, outs[3] = {qo, kv, kv};
             int8_t *qg = ds_cuda_malloc((size_t)R * C);
             double ab[2] = {0, 0};
-            ds_cuda_memset(Hsrc, 0, (size_t)C * C * 4, NULL);
-            hessian_accum_cuda(Hsrc, xr, (int)((size_t)2 * F * F / C), C, NULL);
-            hessian_symmetrize_cuda(Hsrc, C, NULL);
             for (int grp = 0; grp < 2; grp++)
                 for (int m = 0; m < (grp ? 1 : 3); m++) {
                     const int out = grp ? R : outs[m];
-                    bf16_to_f32_cuda(W, wg, (size_t)out * C, NULL);
-                    ds_cuda_memcpy_d2d(Hw, Hsrc, (size_t)C * C * 4, NULL);
+                    gptq_inputs(Hsrc, Hw, W, xr, wg, out, C);
                     gptq_cuda_out o = {.wq = wqo, .q = qg, .scale = scl, .zp = zp};
                     ds_cuda_sync(NULL);
                     double t0 = ds_now();

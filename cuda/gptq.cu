@@ -598,7 +598,7 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
         const int nb = in - i1 < BS ? in - i1 : BS, i2 = i1 + nb;
         sweep_args sa = {Wp, Hp, Err, BS, o->scale, o->zp, d_gcol, use_perm ? d_perm : NULL,
                          o->wq, o->q, rowloss, out, in, ng, qmin, qmax, (int)model_dtype, i1, nb, kind};
-        DS_LAUNCH(gptq_block_kernel, CEIL_DIV(out, rows_cta), rows_cta, smem_of(nwarps), st, sa);
+        DS_LAUNCH(gptq_block_kernel, CEIL_DIV(out, rows_cta), rows_cta, smem, st, sa);
         CUDA_LAUNCH_CHECK();
         prof_mark(&prof, PROF_SWEEP, st);
         if (i2 < in && !o->rtn_fallback) /* Wp[:, i2:] -= Err[:, :nb] @ U[i1:i2, i2:]  (column-major view, see matmul.cu) */
@@ -609,12 +609,7 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     double *hl = (double *)xmalloc(sizeof(double) * out);
     CUDA_CHECK(cudaMemcpyAsync(hl, rowloss, sizeof(double) * out, cudaMemcpyDeviceToHost, st));
     CUDA_CHECK(cudaStreamSynchronize(st));
-    double loss = 0;
-    for (int r = 0; r < out; r++) {
-        hl[r] /= 2; /* exact: the sum of halves is the half of the sum */
-        loss += hl[r];
-    }
-    o->loss = loss;
+    o->loss = gptq_halve_row_losses(hl, out);
     if (o->row_loss) memcpy(o->row_loss, hl, sizeof(double) * out);
     prof_mark(&prof, PROF_FINISH, st);
     if (prof.on)

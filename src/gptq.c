@@ -219,8 +219,7 @@ static void result_alloc(gptq_result *res, const quant_args *a, int out, int in)
     res->row_loss = xcalloc((size_t)out, sizeof(double));
 }
 
-/* row_loss[r] := row_loss[r] / 2 (exact); returns their sum in row order. */
-static double sum_row_loss(double *row_loss, int out) {
+double gptq_halve_row_losses(double *row_loss, int out) {
     double loss = 0;
     for (int r = 0; r < out; r++) {
         row_loss[r] /= 2;
@@ -277,7 +276,7 @@ ds_status rtn_quantize(const quant_args *a, const float *W, int out, int in, ds_
             float e = W[k] - dq;
             res->row_loss[r] += (double)e * e;
         }
-    res->loss = sum_row_loss(res->row_loss, out);
+    res->loss = gptq_halve_row_losses(res->row_loss, out);
     return DS_OK;
 }
 
@@ -716,7 +715,7 @@ ds_status gptq_quantize(const quant_args *a, const float *W, int out, int in, fl
                           .model_dtype = model_dtype, .rtn = res->rtn_fallback, .U = fac->U, .gcol = gcol,
                           .sc = res->scale, .zz = res->zp, .Wt = Wt, .row_loss = res->row_loss};
     ds_parallel_for((size_t)nch, 1, gptq_block_chunks, &job);
-    res->loss = sum_row_loss(res->row_loss, out);
+    res->loss = gptq_halve_row_losses(res->row_loss, out);
 
     /* 7. undo the permutation, back to [out, in]; the stored code is the one
      * the compressor recomputes from the saved model-dtype weight. */

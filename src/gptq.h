@@ -84,6 +84,11 @@ int gptq_factor_env_valid(void);
  * scratch). Returns 0, the failing LAPACK info, or -1 for a non-finite U. */
 int gptq_hinv_upper(float *H, int n, gptq_factor_method method);
 
+/* row_loss [out] (each row's sum of squared errors) := its halves (exact);
+ * returns their sum in row order: a solve's loss, in the one order both
+ * solvers use (gptq_quantize, gptq_quantize_cuda). */
+double gptq_halve_row_losses(double *row_loss, int out);
+
 /* Widest block the CUDA solver (cuda/gptq.cu) runs in one pass: the U block
  * and a warp's 32 rows of the block live in shared memory (one lane per
  * row). A larger block_size is run as blocks of this width; GPTQ's

@@ -23,13 +23,16 @@
  *   attn_ws      256 bytes for the fused attention kernel (HS 64, 128); else
  *                scores f32 + P bf16 for the rep query heads of one kv head
  *                (attention_ws_bytes in cuda/kernels.h, DONESHOT_ATTN=gemm)
- *   gptq         the largest solve: f32 weight copy + working copy, outputs
- *                (wq f32, q int8), Hessian copy (H is consumed; q/k/v and
- *                gate/up share one), permuted copy (actorder), error block,
- *                cuSOLVER workspace (~ n * 128 floats, estimated); with
- *                gptq_group, the largest of these and a grouped solve of
- *                gptq_group_rows rows of width C (the modules sharing a
- *                Hessian: q/k/v, gate/up, the experts' gate/up)
+ *   gptq         the engine's solve buffers, each sized for its largest
+ *                use over the layer's shapes (f32 weight copy, wq f32, q
+ *                int8; the Hessian copy, which a solve consumes; scales,
+ *                zero points), the solver's workspace for its largest call
+ *                (working copy, error block, permuted Hessian with
+ *                actorder, cuSOLVER's ~ n * 128 floats, estimated) and the
+ *                cached factor of a shared Hessian; with gptq_group, the
+ *                shapes include a grouped solve of gptq_group_rows rows of
+ *                width C (the modules sharing a Hessian: q/k/v, gate/up,
+ *                the experts' gate/up)
  *   cublas_ws    fixed cuBLAS workspace (32 MiB)
  * With rtn_only (QuantizationModifier) hessians and gptq are 0.
  * Peak = weights + acts + staging + hessians + cublas_ws
