@@ -290,6 +290,9 @@ inline void launch(dim3 grid, dim3 block, size_t dyn_smem, const std::function<v
     S.dyn.assign(dyn_smem / 16 + 1, uint4{});
     const int n = (int)(block.x * block.y * block.z);
     if (n <= 0 || n > 1024) die("block size out of range (1..1024 threads)");
+    if (block.x > 1024 || block.y > 1024 || block.z > 64) die("block dimension out of range (x, y <= 1024, z <= 64)");
+    if (grid.x < 1 || grid.y < 1 || grid.z < 1 || grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535)
+        die("grid dimension out of range (x 1..2^31-1, y and z 1..65535)"); /* cudaErrorInvalidConfiguration */
     S.grid = grid;
     S.block = block;
     S.body = &body;
