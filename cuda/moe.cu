@@ -5,7 +5,8 @@
  *    (max, exp, sum in expert order), top-K as torch.topk (descending, ties
  *    to the lower index), renormalised when norm_topk, weights rounded to
  *    bf16; one thread per token (E is at most a few hundred), so the sums run
- *    in the CPU's order;
+ *    in the CPU's order: moe_route_token (src/moe_route.h), the function the
+ *    CPU forward calls;
  *  - moe_gather_cuda: rows of x by index (the routed tokens of one expert);
  *  - moe_combine_cuda: acc[r] = bf16(acc[r] + bf16(w * y)) for the routed
  *    rows of the experts of one group at once: one thread per (row, column)
@@ -19,6 +20,7 @@
  * choice; everything else is exact against the twins.
  */
 #include "cuda_common.cuh"
+#include "moe_route.h" /* the router math of the CPU forward */
 
 static __global__ void route_kernel(int32_t *top_e, float *top_w, const uint16_t *logits, int T, int E, int K,
                                     int norm_topk, float *probs) {
@@ -26,30 +28,8 @@ static __global__ void route_kernel(int32_t *top_e, float *top_w, const uint16_t
     if (t >= T) return;
     const uint16_t *z = logits + (size_t)t * E;
     float *p = probs + (size_t)t * E;
-    float mx = bf16_to_f32_dev(z[0]), sum = 0.0f;
-    for (int e = 1; e < E; e++) {
-        float v = bf16_to_f32_dev(z[e]);
-        mx = v > mx ? v : mx;
-    }
-    for (int e = 0; e < E; e++) {
-        p[e] = expf(__fsub_rn(bf16_to_f32_dev(z[e]), mx));
-        sum = __fadd_rn(sum, p[e]);
-    }
-    for (int e = 0; e < E; e++) p[e] = __fdiv_rn(p[e], sum);
-    int32_t *te = top_e + (size_t)t * K;
-    float *tw = top_w + (size_t)t * K, tsum = 0.0f;
-    for (int k = 0; k < K; k++) {
-        int best = -1;
-        for (int e = 0; e < E; e++) {
-            int taken = 0;
-            for (int j = 0; j < k && !taken; j++) taken = te[j] == e;
-            if (!taken && (best < 0 || p[e] > p[best])) best = e;
-        }
-        te[k] = best;
-        tw[k] = p[best];
-        tsum = __fadd_rn(tsum, p[best]);
-    }
-    for (int k = 0; k < K; k++) tw[k] = round_bf16_dev(norm_topk ? __fdiv_rn(tw[k], tsum) : tw[k]);
+    for (int e = 0; e < E; e++) p[e] = bf16_to_f32_dev(z[e]);
+    moe_route_token(p, E, K, norm_topk, DS_DTYPE_BF16, top_e + (size_t)t * K, top_w + (size_t)t * K);
 }
 
 extern "C" size_t moe_route_ws_bytes(int T, int E) { return sizeof(float) * (size_t)T * E; }

@@ -9,6 +9,7 @@
 #include "scheme.h"
 #include "ops_cpu.h"
 #include "quant.h"
+#include "moe_route.h"
 #include "qscalar.h"
 
 #include <cJSON.h>
@@ -1162,26 +1163,9 @@ void layer_scratch_free(layer_scratch *s) {
 static void route(const model_config *c, const layer_linear *R, const float *m, int T, layer_scratch *s) {
     const int E = c->E, K = c->K;
     matmul_forward_cpu(s->probs, m, R->w, NULL, T, c->C, E, c->dtype);
-    for (int t = 0; t < T; t++) {
-        float *p = s->probs + (size_t)t * E, mx = p[0], sum = 0;
-        for (int e = 1; e < E; e++) mx = p[e] > mx ? p[e] : mx;
-        for (int e = 0; e < E; e++) { p[e] = expf(p[e] - mx); sum += p[e]; }
-        for (int e = 0; e < E; e++) p[e] /= sum;
-        int *te = s->tope + (size_t)t * K;
-        float *tw = s->topw + (size_t)t * K, tsum = 0;
-        for (int k = 0; k < K; k++) {
-            int best = -1;
-            for (int e = 0; e < E; e++) {
-                int taken = 0;
-                for (int j = 0; j < k && !taken; j++) taken = te[j] == e;
-                if (!taken && (best < 0 || p[e] > p[best])) best = e;
-            }
-            te[k] = best;
-            tw[k] = p[best];
-            tsum += p[best];
-        }
-        for (int k = 0; k < K; k++) tw[k] = ds_round_to(c->norm_topk ? tw[k] / tsum : tw[k], c->dtype);
-    }
+    for (int t = 0; t < T; t++) /* moe_route.h, shared with the CUDA kernel */
+        moe_route_token(s->probs + (size_t)t * E, E, K, c->norm_topk, (int)c->dtype, s->tope + (size_t)t * K,
+                        s->topw + (size_t)t * K);
 }
 
 /* y = Linear L (x) over the rows of nseq sequences (T[i] rows each):

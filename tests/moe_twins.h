@@ -12,6 +12,7 @@
 #define DS_MOE_TWINS_H
 
 #include "common.h"
+#include "moe_route.h"
 
 #include <math.h>
 #include <string.h>
@@ -21,26 +22,9 @@
 static void moe_route_twin(int32_t *top_e, float *top_w, const uint16_t *logits, int T, int E, int K, int norm_topk,
                            float *ws) {
     for (int t = 0; t < T; t++) {
-        float *p = ws + (size_t)t * E, mx, sum = 0;
+        float *p = ws + (size_t)t * E;
         for (int e = 0; e < E; e++) p[e] = bf16_to_f32(logits[(size_t)t * E + e]);
-        mx = p[0];
-        for (int e = 1; e < E; e++) mx = p[e] > mx ? p[e] : mx;
-        for (int e = 0; e < E; e++) { p[e] = expf(p[e] - mx); sum += p[e]; }
-        for (int e = 0; e < E; e++) p[e] /= sum;
-        int32_t *te = top_e + (size_t)t * K;
-        float *tw = top_w + (size_t)t * K, tsum = 0;
-        for (int k = 0; k < K; k++) {
-            int best = -1;
-            for (int e = 0; e < E; e++) {
-                int taken = 0;
-                for (int j = 0; j < k && !taken; j++) taken = te[j] == e;
-                if (!taken && (best < 0 || p[e] > p[best])) best = e;
-            }
-            te[k] = best;
-            tw[k] = p[best];
-            tsum += p[best];
-        }
-        for (int k = 0; k < K; k++) tw[k] = ds_round_to(norm_topk ? tw[k] / tsum : tw[k], DS_DTYPE_BF16);
+        moe_route_token(p, E, K, norm_topk, DS_DTYPE_BF16, top_e + (size_t)t * K, top_w + (size_t)t * K);
     }
 }
 
