@@ -313,13 +313,15 @@ gptq_block_kernel(sweep_args a) {
  * The call synchronises after each phase and each launch of the block loop
  * and prints one line to stderr: host wall time of preparation (tables,
  * copies, qparams, permutation), factorisation (with its checks and the
- * cache copy), sweep kernels, lazy-update GEMMs and the finish. A device-run
+ * cache copy; and each cuSOLVER call of it up to its info check, so the
+ * slow one shows), sweep kernels, lazy-update GEMMs and the finish. A device-run
  * diagnostic (the syncs add a launch latency per kernel); the results are
  * the same. */
 enum { PROF_PREP, PROF_FACTOR, PROF_SWEEP, PROF_UPDATE, PROF_FINISH, PROF_N };
 typedef struct gptq_prof {
     int on;
     double t, ms[PROF_N];
+    double step_ms[3]; /* the factorisation's cuSOLVER calls, each up to its info check */
 } gptq_prof;
 
 static void prof_mark(gptq_prof *p, int phase, cudaStream_t st) {
@@ -360,7 +362,7 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     DS_ASSERT(out > 0 && in > 0);
     cudaStream_t st = DS_STREAM(stream);
     const char *pe = getenv("DONESHOT_GPTQ_PROFILE");
-    gptq_prof prof = {.on = pe && strcmp(pe, "1") == 0, .t = ds_now(), .ms = {0}};
+    gptq_prof prof = {.on = pe && strcmp(pe, "1") == 0, .t = ds_now(), .ms = {0}, .step_ms = {0}};
     const uint64_t key = g_next_key;
     g_next_key = 0; /* one call only */
     int qmin, qmax;
@@ -521,6 +523,7 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
         DS_LAUNCH(reverse_kernel, (unsigned)CEIL_DIV(n2 / 2 + 1, (size_t)256), 256, 0, st, Hp, n2);
         CUDA_LAUNCH_CHECK();
         for (step = 0; step < 2 && info == 0; step++) {
+            const double t0 = ds_now();
             if (step == 0)
                 CUSOLVER_CHECK(cusolverDnSpotrf(sh, CUBLAS_FILL_MODE_LOWER, in, Hp, in, work, lwork, d_info));
             else
@@ -528,6 +531,7 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
                                                 in, work, (size_t)lwork * 4, host_ws, tri_host, d_info));
             CUDA_CHECK(cudaMemcpyAsync(&info, d_info, sizeof(int), cudaMemcpyDeviceToHost, st));
             CUDA_CHECK(cudaStreamSynchronize(st));
+            prof.step_ms[step] = (ds_now() - t0) * 1e3;
         }
         free(host_ws);
         if (info == 0) {
@@ -536,12 +540,14 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
         }
     }
     for (step = 0; !flip && !reuse && step < 3 && info == 0; step++) {
+        const double t0 = ds_now();
         if (step == 1)
             CUSOLVER_CHECK(cusolverDnSpotri(sh, CUBLAS_FILL_MODE_LOWER, in, Hp, in, work, lwork, d_info));
         else
             CUSOLVER_CHECK(cusolverDnSpotrf(sh, CUBLAS_FILL_MODE_LOWER, in, Hp, in, work, lwork, d_info));
         CUDA_CHECK(cudaMemcpyAsync(&info, d_info, sizeof(int), cudaMemcpyDeviceToHost, st));
         CUDA_CHECK(cudaStreamSynchronize(st));
+        prof.step_ms[step] = (ds_now() - t0) * 1e3;
     }
     if (info == 0 && !reuse) { /* U must be finite (a NaN/inf Hessian can factor "successfully") */
         DS_LAUNCH(diag_kernel, CEIL_DIV(in, 256), 256, 0, st, d_diag, Hp, in);
@@ -612,11 +618,18 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     o->loss = gptq_halve_row_losses(hl, out);
     if (o->row_loss) memcpy(o->row_loss, hl, sizeof(double) * out);
     prof_mark(&prof, PROF_FINISH, st);
-    if (prof.on)
-        fprintf(stderr, "gptq profile %dx%d%s: prep %.2f ms, factor %.2f ms, sweep %.2f ms (%d launches of %d thread "
-                "blocks), lazy update %.2f ms, finish %.2f ms\n", out, in, reuse ? " (cached factor)" : "",
-                prof.ms[PROF_PREP], prof.ms[PROF_FACTOR], prof.ms[PROF_SWEEP], (int)CEIL_DIV(in, BS),
+    if (prof.on) {
+        char steps[96] = "";
+        if (!reuse && flip)
+            snprintf(steps, sizeof steps, " (reverse+potrf %.2f, trtri %.2f)", prof.step_ms[0], prof.step_ms[1]);
+        else if (!reuse)
+            snprintf(steps, sizeof steps, " (potrf %.2f, potri %.2f, potrf %.2f)", prof.step_ms[0], prof.step_ms[1],
+                     prof.step_ms[2]);
+        fprintf(stderr, "gptq profile %dx%d%s: prep %.2f ms, factor %.2f ms%s, sweep %.2f ms (%d launches of %d "
+                "thread blocks), lazy update %.2f ms, finish %.2f ms\n", out, in, reuse ? " (cached factor)" : "",
+                prof.ms[PROF_PREP], prof.ms[PROF_FACTOR], steps, prof.ms[PROF_SWEEP], (int)CEIL_DIV(in, BS),
                 (int)CEIL_DIV(out, rows_cta), prof.ms[PROF_UPDATE], prof.ms[PROF_FINISH]);
+    }
     free(hl); free(diag); free(perm); free(gcol); free(deadp);
     return DS_OK;
 }
