@@ -6,8 +6,9 @@
  *             SwiGLU, residuals) on one micro-batch, scaled to all tokens;
  *   hessian   the 4 distinct Hessian GEMMs (qkv, o, gate/up, down inputs);
  *   gptq      the 7 solves (q, k, v, o, gate, up, down), W4 g128 actorder static
- *             (then q and down again with DONESHOT_GPTQ_FACTOR=flip: an A/B line
- *             with both times and losses, not counted in the layer);
+ *             (then q and down again with DONESHOT_GPTQ_FACTOR=flip and
+ *             =potri: A/B lines with both times and losses, not counted in
+ *             the layer);
  *   pack      int4 packing of the 7 code matrices;
  * and prints achieved TFLOP/s per stage against a cuBLAS bf16 GEMM peak
  * (8192^3) measured in the same run, plus the projected 32-layer total
@@ -193,11 +194,15 @@ int main(int argc, char **argv) {
         int32_t *zp = ds_cuda_malloc((size_t)F * (F / 128) * 4);
         uint16_t *xr = dev_rand_bf16((size_t)2 * F * F, 1.0f); /* rows = 2F*F/in >= 2*in: full rank */
         double loss[7] = {0}, ms7[7] = {0};
-        /* the 7 solves, then q and down again with DONESHOT_GPTQ_FACTOR=flip
-         * (potrf + trtri instead of potrf + potri + potrf): time and loss */
-        for (int r = 0; r < 9; r++) {
-            const int i = r < 7 ? r : r == 7 ? 0 : 6, flip = r >= 7;
-            if (flip) setenv("DONESHOT_GPTQ_FACTOR", "flip", 1);
+        /* the 7 solves (the default factorisation: torch's potrf, potrs against
+         * the identity, potrf), then q and down again with
+         * DONESHOT_GPTQ_FACTOR=flip (potrf + trtri) and =potri (potrf, potri,
+         * potrf: the default until 2026-11-28): time and loss */
+        static const char *const alt[2] = {"flip", "potri"};
+        for (int r = 0; r < 11; r++) {
+            const int i = r < 7 ? r : (r - 7) % 2 == 0 ? 0 : 6, flip = r >= 7;
+            const char *method = flip ? alt[(r - 7) / 2] : NULL;
+            if (flip) setenv("DONESHOT_GPTQ_FACTOR", method, 1);
             int out = lin[i].out, in = lin[i].in;
             if (!flip) qc[i] = ds_cuda_malloc((size_t)out * in);
             gptq_inputs(Hsrc, Hw, W, xr, wg, out, in);
@@ -208,14 +213,17 @@ int main(int argc, char **argv) {
             ds_cuda_sync(NULL);
             double t1 = ds_now();
             if (s != DS_OK) { fprintf(stderr, "gptq: %s\n", ds_errmsg()); return 1; }
-            if (o.rtn_fallback) printf("warning: %s%s fell back to RTN\n", lin[i].name, flip ? " (flip)" : "");
+            if (o.rtn_fallback) printf("warning: %s%s%s fell back to RTN\n", lin[i].name, flip ? " " : "",
+                                       flip ? method : "");
             if (flip) { /* an A/B line, not a stage of the layer */
-                printf("%s with DONESHOT_GPTQ_FACTOR=flip: %.2f ms (default %.2f ms), loss %.6g vs %.6g (rel %.2e)\n",
-                       lin[i].name, (t1 - t0) * 1e3, ms7[i], o.loss, loss[i], fabs(o.loss - loss[i]) / loss[i]);
+                printf("%s with DONESHOT_GPTQ_FACTOR=%s: %.2f ms (default %.2f ms), loss %.6g vs %.6g (rel %.2e)\n",
+                       lin[i].name, method, (t1 - t0) * 1e3, ms7[i], o.loss, loss[i],
+                       fabs(o.loss - loss[i]) / loss[i]);
                 unsetenv("DONESHOT_GPTQ_FACTOR");
                 continue;
             }
-            /* FLOPs: 3 factorizations ~ (4/3) in^3 + sweep out*in^2 */
+            /* nominal FLOPs, the same for every factorisation method (so rates
+             * compare across runs): (4/3) in^3 (potrf, potri, potrf) + sweep out*in^2 */
             add(lin[i].name, (t1 - t0) * 1e3, 4.0 / 3 * (double)in * in * in + (double)out * in * in);
             loss[i] = o.loss;
             ms7[i] = (t1 - t0) * 1e3;

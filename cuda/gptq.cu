@@ -14,10 +14,18 @@
  *      (static) - the kernels see a per-column group table `gcol`;
  *   3. dead columns (H_ii == 0): H_ii = 1, W[:, i] = 0;
  *   4. damp = frac * mean(diag H) (after the dead fix) added to the diagonal;
- *   5. U = upper Cholesky of H^-1: cuSOLVER spotrf(L) -> spotri(L) ->
- *      spotrf(L) in place, fp32. H is symmetric, so the column-major lower
- *      factor L read row-major IS U = L^T (U[r][c] = buf[r*n + c], c >= r;
- *      the other triangle holds stale values and is never read);
+ *   5. U = upper Cholesky of H^-1, fp32, by DONESHOT_GPTQ_FACTOR's method
+ *      (src/gptq.h): torch (default): what torch runs on CUDA for
+ *      cholesky -> cholesky_inverse -> cholesky(upper): cuSOLVER spotrf(L),
+ *      spotrs(L) against the identity (torch's CUDA cholesky_inverse is
+ *      potrs-based; the right-hand side is H's own buffer once the permuted
+ *      copy exists, else a workspace matrix), spotrf of that inverse (its
+ *      lower triangle; torch reads the upper, which differs from it only
+ *      by the solves' rounding); potri: spotrf, spotri, spotrf in place;
+ *      flip: spotrf of the reversed H, trtri, anti-transpose. The
+ *      column-major lower factor L2 of H^-1 read row-major IS U = L2^T
+ *      (U[r][c] = buf[r*n + c], c >= r; the other triangle holds stale
+ *      values and is never read);
  *      any failure -> warning, U = I (round-to-nearest, rtn_fallback = 1);
  *   6. column sweep per block of min(block_size, in, 128) columns (llm-compressor
  *      clamps the block to the weight's width; wider blocks run as blocks of
@@ -380,8 +388,14 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     if (BS > GPTQ_MAX_BLOCK) BS = GPTQ_MAX_BLOCK;
 
     /* workspace layout */
+    /* DONESHOT_GPTQ_FACTOR (src/gptq.h): torch's CUDA calls (potrs against
+     * the identity; the default here), the flip (potrf + trtri) or potri */
+    const gptq_factor_method method = gptq_factor_method_env(GPTQ_FACTOR_CUDA_DEFAULT);
+    const int flip = method == GPTQ_FACTOR_FLIP, potrs = method == GPTQ_FACTOR_TORCH;
+    /* potrs' right-hand side: H's buffer once permuted into Hp, else its own */
+    const int own_rhs = potrs && !use_perm;
     size_t off_Wp = 0, off_Err = off_Wp + al(ow * 4), off_Hp = off_Err + al((size_t)out * BS * 4);
-    size_t off_loss = off_Hp + (use_perm ? al(n2 * 4) : 0);
+    size_t off_rhs = off_Hp + (use_perm ? al(n2 * 4) : 0), off_loss = off_rhs + (own_rhs ? al(n2 * 4) : 0);
     size_t off_mn = off_loss + al((size_t)out * 8), off_mx = off_mn + al((size_t)out * ng * 4);
     size_t off_perm = off_mx + al((size_t)out * ng * 4), off_gcol = off_perm + al((size_t)in * 4);
     size_t off_dead = off_gcol + al((size_t)in * 4), off_diag = off_dead + al((size_t)in);
@@ -391,10 +405,6 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     CUSOLVER_CHECK(cusolverDnSpotrf_bufferSize(sh, CUBLAS_FILL_MODE_LOWER, in, H, in, &lw1));
     CUSOLVER_CHECK(cusolverDnSpotri_bufferSize(sh, CUBLAS_FILL_MODE_LOWER, in, H, in, &lw2));
     int lwork = lw1 > lw2 ? lw1 : lw2;
-    /* DONESHOT_GPTQ_FACTOR=flip: U by the reversal identity (gptq_hinv_upper's
-     * GPTQ_FACTOR_FLIP: potrf + trtri); else (the default here) torch's
-     * potrf -> potri -> potrf */
-    const int flip = gptq_factor_method_env(GPTQ_FACTOR_CUDA_DEFAULT) == GPTQ_FACTOR_FLIP;
     size_t tri_dev = 0, tri_host = 0;
     if (flip)
         CUSOLVER_CHECK(cusolverDnXtrtri_bufferSize(sh, CUBLAS_FILL_MODE_LOWER, CUBLAS_DIAG_NON_UNIT, in, CUDA_R_32F, H,
@@ -403,6 +413,7 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     char *ws = (char *)ws_get(off_work + al((size_t)lwork * 4));
     float *Wp = (float *)(ws + off_Wp), *Err = (float *)(ws + off_Err);
     float *Hp = use_perm ? (float *)(ws + off_Hp) : H;
+    float *rhs = own_rhs ? (float *)(ws + off_rhs) : H; /* potrs: B = I, then H^-1, then U */
     double *rowloss = (double *)(ws + off_loss);
     float *mn = (float *)(ws + off_mn), *mx = (float *)(ws + off_mx);
     int *d_perm = (int *)(ws + off_perm), *d_gcol = (int *)(ws + off_gcol);
@@ -501,7 +512,8 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     DS_LAUNCH(zero_dead_kernel, eb, 256, 0, st, Wp, d_dead, out, in);
     CUDA_LAUNCH_CHECK();
     int info = 0, step = 0;
-    const char *what[3] = {"Cholesky of H", "inverse of H", "Cholesky of H^-1"};
+    const char *what[3] = {"Cholesky of H", potrs ? "solve against the identity" : "inverse of H",
+                           "Cholesky of H^-1"};
     const char *what_flip[3] = {"Cholesky of the reversed H", "triangular inverse", "U = J L^-1 J (not finite)"};
     if (reuse) {
         Hp = g_fac;
@@ -541,14 +553,21 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
     }
     for (step = 0; !flip && !reuse && step < 3 && info == 0; step++) {
         const double t0 = ds_now();
-        if (step == 1)
+        if (step == 1 && potrs) { /* rhs := L^-T L^-1 I; potrs' info flags only bad arguments */
+            DS_LAUNCH(identity_kernel, (unsigned)CEIL_DIV(n2, (size_t)256), 256, 0, st, rhs, in);
+            CUDA_LAUNCH_CHECK();
+            CUSOLVER_CHECK(cusolverDnSpotrs(sh, CUBLAS_FILL_MODE_LOWER, in, in, Hp, in, rhs, in, d_info));
+        } else if (step == 1) {
             CUSOLVER_CHECK(cusolverDnSpotri(sh, CUBLAS_FILL_MODE_LOWER, in, Hp, in, work, lwork, d_info));
-        else
-            CUSOLVER_CHECK(cusolverDnSpotrf(sh, CUBLAS_FILL_MODE_LOWER, in, Hp, in, work, lwork, d_info));
+        } else {
+            CUSOLVER_CHECK(cusolverDnSpotrf(sh, CUBLAS_FILL_MODE_LOWER, in, step == 2 && potrs ? rhs : Hp, in, work,
+                                            lwork, d_info));
+        }
         CUDA_CHECK(cudaMemcpyAsync(&info, d_info, sizeof(int), cudaMemcpyDeviceToHost, st));
         CUDA_CHECK(cudaStreamSynchronize(st));
         prof.step_ms[step] = (ds_now() - t0) * 1e3;
     }
+    if (potrs && !reuse) Hp = rhs; /* U lives there (or, after a failure, the fallback's identity) */
     if (info == 0 && !reuse) { /* U must be finite (a NaN/inf Hessian can factor "successfully") */
         DS_LAUNCH(diag_kernel, CEIL_DIV(in, 256), 256, 0, st, d_diag, Hp, in);
         CUDA_LAUNCH_CHECK();
@@ -623,8 +642,8 @@ extern "C" ds_status gptq_quantize_cuda(const quant_args *qa, const float *W, in
         if (!reuse && flip)
             snprintf(steps, sizeof steps, " (reverse+potrf %.2f, trtri %.2f)", prof.step_ms[0], prof.step_ms[1]);
         else if (!reuse)
-            snprintf(steps, sizeof steps, " (potrf %.2f, potri %.2f, potrf %.2f)", prof.step_ms[0], prof.step_ms[1],
-                     prof.step_ms[2]);
+            snprintf(steps, sizeof steps, " (potrf %.2f, %s %.2f, potrf %.2f)", prof.step_ms[0],
+                     potrs ? "identity+potrs" : "potri", prof.step_ms[1], prof.step_ms[2]);
         fprintf(stderr, "gptq profile %dx%d%s: prep %.2f ms, factor %.2f ms%s, sweep %.2f ms (%d launches of %d "
                 "thread blocks), lazy update %.2f ms, finish %.2f ms\n", out, in, reuse ? " (cached factor)" : "",
                 prof.ms[PROF_PREP], prof.ms[PROF_FACTOR], steps, prof.ms[PROF_SWEEP], (int)CEIL_DIV(in, BS),

@@ -332,6 +332,7 @@ static int factor_env(gptq_factor_method *m) {
     if (!e || !*e) return 0;
     if (strcmp(e, "flip") == 0) *m = GPTQ_FACTOR_FLIP;
     else if (strcmp(e, "torch") == 0) *m = GPTQ_FACTOR_TORCH;
+    else if (strcmp(e, "potri") == 0) *m = GPTQ_FACTOR_POTRI;
     else return -1;
     return 1;
 }

@@ -56,32 +56,40 @@ void gptq_factor_cache_stats(int64_t *hits, int64_t *misses);
 
 /* How the upper Cholesky factor U of H^-1 (H^-1 = U^T U) is computed:
  * TORCH: chol(H) -> cholesky_inverse -> chol(upper), llm-compressor's
- *   torch.linalg calls (4/3 n^3 flops);
+ *   torch.linalg calls as torch runs them on the device: on the CPU LAPACK
+ *   potrf, potri, potrf (4/3 n^3 flops); on CUDA (cuda/gptq.cu) potrf, potrs
+ *   against the identity (torch's CUDA cholesky_inverse,
+ *   _cholesky_inverse_cusolver_potrs_based), potrf (8/3 n^3 flops, in
+ *   triangular solves);
  * FLIP: J H J = L L^T, U = J L^-1 J (J: the reversal; a potrf and a trtri,
- *   2/3 n^3 flops, no potri): the same matrix up to fp32 rounding. Neither
- *   gives llm-compressor's bits beyond small models: torch's LAPACK (MKL)
- *   rounds differently from OpenBLAS's, and on a 100M model both methods
- *   agree with llm-compressor's int codes equally (93.6 %) at the same summed
- *   loss (docs/BENCHMARKS.md). */
-typedef enum { GPTQ_FACTOR_TORCH = 0, GPTQ_FACTOR_FLIP = 1 } gptq_factor_method;
+ *   2/3 n^3 flops, no inverse of H): the same matrix up to fp32 rounding;
+ * POTRI: potrf, potri, potrf on both devices (on the CPU the same as TORCH;
+ *   on CUDA the solver's default until 2026-11-28, kept to compare timings).
+ * None gives llm-compressor's bits beyond small models: torch's LAPACK (MKL)
+ * rounds differently from OpenBLAS's, and on a 100M model TORCH and FLIP
+ * agree with llm-compressor's int codes equally (93.6 %) at the same summed
+ * loss (docs/BENCHMARKS.md). */
+typedef enum { GPTQ_FACTOR_TORCH = 0, GPTQ_FACTOR_FLIP = 1, GPTQ_FACTOR_POTRI = 2 } gptq_factor_method;
 
-/* The solvers' defaults: the CPU takes the flip; the CUDA solver keeps
- * torch's sequence until a device run has compared both there. */
+/* The solvers' defaults: the CPU takes the flip (measured faster there); the
+ * CUDA solver torch's own CUDA calls (no potri: issue 12 item 1), until a
+ * device run has timed all three there (bench_gpu's A/B lines). */
 #define GPTQ_FACTOR_CPU_DEFAULT GPTQ_FACTOR_FLIP
 #define GPTQ_FACTOR_CUDA_DEFAULT GPTQ_FACTOR_TORCH
 
-/* DONESHOT_GPTQ_FACTOR: "flip" or "torch" select the method; unset, empty or
- * anything else: dflt (main.c rejects other values at start-up, exit 2).
- * gptq_quantize reads it with GPTQ_FACTOR_CPU_DEFAULT, gptq_quantize_cuda
- * with GPTQ_FACTOR_CUDA_DEFAULT. */
+/* DONESHOT_GPTQ_FACTOR: "torch", "flip" or "potri" select the method; unset,
+ * empty or anything else: dflt (main.c rejects other values at start-up,
+ * exit 2). gptq_quantize reads it with GPTQ_FACTOR_CPU_DEFAULT,
+ * gptq_quantize_cuda with GPTQ_FACTOR_CUDA_DEFAULT. */
 gptq_factor_method gptq_factor_method_env(gptq_factor_method dflt);
 
-/* 1 when DONESHOT_GPTQ_FACTOR is unset, empty, "flip" or "torch". */
+/* 1 when DONESHOT_GPTQ_FACTOR is unset, empty, "torch", "flip" or "potri". */
 int gptq_factor_env_valid(void);
 
 /* H [n, n] (symmetric, positive definite, f32) -> U in place, row-major
  * upper triangle (U[i][j] at i*n + j, j >= i; the strict lower triangle is
- * scratch). Returns 0, the failing LAPACK info, or -1 for a non-finite U. */
+ * scratch), by LAPACK: FLIP, else (TORCH, POTRI) potrf, potri, potrf.
+ * Returns 0, the failing LAPACK info, or -1 for a non-finite U. */
 int gptq_hinv_upper(float *H, int n, gptq_factor_method method);
 
 /* row_loss [out] (each row's sum of squared errors) := its halves (exact);

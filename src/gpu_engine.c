@@ -275,7 +275,9 @@ ds_status gpu_engine_create(const model *m, const ds_sample *local, size_t nloca
     /* the solver's error block is min(block_size, in, GPTQ_CUDA_MAX_BLOCK) columns wide */
     gpu_plan_opts po = {.offload_acts = o->offload_acts, .budget_bytes = budget, .hessian_f64 = 1,
                         .gptq_block = DS_MIN(o->gptq_block, GPTQ_CUDA_MAX_BLOCK),
-                        .actorder = o->qa->actorder != QA_NONE, .max_micro_batch = o->max_micro_batch,
+                        .hessian_copy = o->qa->actorder != QA_NONE ||
+                                        gptq_factor_method_env(GPTQ_FACTOR_CUDA_DEFAULT) == GPTQ_FACTOR_TORCH,
+                        .max_micro_batch = o->max_micro_batch,
                         .rtn_only = o->rtn_only, .gptq_group = 1};
     gpu_plan plan;
     st = gpu_plan_make(&d, &po, &plan);

@@ -61,8 +61,9 @@ static size_t group_rows(const gpu_plan_dims *d) {
  * f32 and gQ int8 for the most weight elements, gH for the widest input,
  * scales / zero points for the most groups: gpu_engine.c), the solver's
  * workspace for its largest call (cuda/gptq.cu: working copy, error block,
- * permuted Hessian with actorder, row losses, min/max per group, cuSOLVER's
- * workspace, estimated as in x 128 floats), plus the cached factor of a
+ * the permuted Hessian or potrs' right-hand side (hessian_copy), row
+ * losses, min/max per group, cuSOLVER's workspace, estimated as in x 128
+ * floats), plus the cached factor of a
  * shared Hessian (q/k/v, gate/up, the experts' gate/up: all C wide). Groups:
  * in / 32 + 1 per row bounds every group size the CUDA solver runs. */
 static size_t gptq_bytes(const gpu_plan_dims *d, const gpu_plan_opts *o, size_t grows) {
@@ -80,7 +81,7 @@ static size_t gptq_bytes(const gpu_plan_dims *d, const gpu_plan_opts *o, size_t 
         max_ng = DS_MAX(max_ng, ng);
         ws = DS_MAX(ws, out * in * F32                        /* working copy */
                             + out * bs * F32                  /* error block */
-                            + (o->actorder ? in * in * F32 : 0) /* permuted Hessian */
+                            + (o->hessian_copy ? in * in * F32 : 0) /* permuted H or potrs' B */
                             + out * 8 + ng * 2 * F32          /* row losses, min / max */
                             + in * (12 + 128 * F32));         /* tables, cuSOLVER workspace */
     }

@@ -27,8 +27,9 @@
  *                use over the layer's shapes (f32 weight copy, wq f32, q
  *                int8; the Hessian copy, which a solve consumes; scales,
  *                zero points), the solver's workspace for its largest call
- *                (working copy, error block, permuted Hessian with
- *                actorder, cuSOLVER's ~ n * 128 floats, estimated) and the
+ *                (working copy, error block, a second Hessian-sized
+ *                matrix with hessian_copy, cuSOLVER's ~ n * 128 floats,
+ *                estimated) and the
  *                cached factor of a shared Hessian; with gptq_group, the
  *                shapes include a grouped solve of gptq_group_rows rows of
  *                width C (the modules sharing a Hessian: q/k/v, gate/up,
@@ -61,7 +62,9 @@ typedef struct gpu_plan_opts {
     size_t budget_bytes;   /* device memory the plan may use */
     int hessian_f64;       /* 1: f64 Hessian accumulators (hessian_accum_f64_cuda) */
     int gptq_block;        /* GPTQ block size (128) */
-    int actorder;          /* 1: permuted Hessian copy needed */
+    int hessian_copy;      /* 1: the solver needs a second [in, in] f32 matrix: the permuted
+                            * Hessian (actorder) or potrs' right-hand side (DONESHOT_GPTQ_FACTOR
+                            * torch, the CUDA default; cuda/gptq.cu) */
     int max_micro_batch;   /* upper bound on sequences per chunk (0: 64) */
     int rtn_only;          /* 1: QuantizationModifier (round-to-nearest on the host): no Hessians, no solves */
     int gptq_group;        /* 1: room for grouped solves (engine_ops.gptq_group) where it costs no

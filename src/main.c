@@ -169,7 +169,7 @@ static ds_status parse_cli(int argc, char **argv, cli *c) {
     if (st == DS_OK && !c->recipe)
         st = ds_error(DS_ERR_USAGE, "--recipe FILE is required\nhint: try --recipe recipes/stories260k-w4a16.json");
     if (st == DS_OK && !gptq_factor_env_valid())
-        st = ds_error(DS_ERR_USAGE, "DONESHOT_GPTQ_FACTOR=%s: expected flip or torch\nhint: unset it for the "
+        st = ds_error(DS_ERR_USAGE, "DONESHOT_GPTQ_FACTOR=%s: expected torch, flip or potri\nhint: unset it for the "
                       "default (flip on the CPU, torch on CUDA)", getenv("DONESHOT_GPTQ_FACTOR"));
     return st;
 }

@@ -10,8 +10,8 @@
  *   (op N) or A[l + i*lda] (op T); leading dimensions checked as cuBLAS does
  *   (CUBLAS_STATUS_INVALID_VALUE); products summed in double, rounded to f32
  *   and, for a bf16 C, to bf16 by common.h's f32_to_bf16 (nearest even);
- *   potrf / potri / trtri: LAPACK's spotrf / spotri / strtri (column-major,
- *   the same uplo, devInfo as LAPACK's info).
+ *   potrf / potri / potrs / trtri: LAPACK's spotrf / spotri / spotrs / strtri
+ *   (column-major, the same uplo, devInfo as LAPACK's info).
  * Not the hardware's arithmetic: results are compared with the CPU twins'
  * tolerances, as on a GPU.
  */
@@ -28,6 +28,7 @@
 extern "C" { /* liblapacke (the project links it); declared here to keep <complex.h> out of C++ */
 int LAPACKE_spotrf_work(int layout, char uplo, int n, float *a, int lda);
 int LAPACKE_spotri_work(int layout, char uplo, int n, float *a, int lda);
+int LAPACKE_spotrs_work(int layout, char uplo, int n, int nrhs, const float *a, int lda, float *b, int ldb);
 int LAPACKE_strtri_work(int layout, char uplo, char diag, int n, float *a, int lda);
 }
 
@@ -296,6 +297,12 @@ inline cusolverStatus_t cusolverDnSpotri(cusolverDnHandle_t, cublasFillMode_t u,
                                          int, int *info) {
     if (lda < (n > 1 ? n : 1)) return CUSOLVER_STATUS_INVALID_VALUE;
     *info = LAPACKE_spotri_work(102, u == CUBLAS_FILL_MODE_LOWER ? 'L' : 'U', n, A, lda);
+    return CUSOLVER_STATUS_SUCCESS;
+}
+inline cusolverStatus_t cusolverDnSpotrs(cusolverDnHandle_t, cublasFillMode_t u, int n, int nrhs, const float *A,
+                                         int lda, float *B, int ldb, int *info) {
+    if (n < 0 || nrhs < 0 || lda < (n > 1 ? n : 1) || ldb < (n > 1 ? n : 1)) return CUSOLVER_STATUS_INVALID_VALUE;
+    *info = LAPACKE_spotrs_work(102, u == CUBLAS_FILL_MODE_LOWER ? 'L' : 'U', n, nrhs, A, lda, B, ldb);
     return CUSOLVER_STATUS_SUCCESS;
 }
 inline cusolverStatus_t cusolverDnXtrtri_bufferSize(cusolverDnHandle_t, cublasFillMode_t, cublasDiagType_t, int64_t n,

@@ -22,9 +22,9 @@ fi
 "$BIN" --no-such-flag >/dev/null 2>&1; [ $? -eq 2 ] && ok || fail "unknown option exits 2"
 "$BIN" >/dev/null 2>&1; [ $? -eq 2 ] && ok || fail "missing --recipe exits 2"
 "$BIN" --recipe recipes/stories260k-w4a16.json --device gpu >/dev/null 2>&1; [ $? -eq 2 ] && ok || fail "--device gpu exits 2"
-# DONESHOT_GPTQ_FACTOR: flip or torch; a typo is refused, naming the variable
+# DONESHOT_GPTQ_FACTOR: torch, flip or potri; a typo is refused, naming the variable
 err=$(DONESHOT_GPTQ_FACTOR=Flip "$BIN" --recipe recipes/stories260k-w4a16.json 2>&1 >/dev/null); rc=$?
-[ $rc -eq 2 ] && echo "$err" | grep -q "DONESHOT_GPTQ_FACTOR=Flip: expected flip or torch" && ok ||
+[ $rc -eq 2 ] && echo "$err" | grep -q "DONESHOT_GPTQ_FACTOR=Flip: expected torch, flip or potri" && ok ||
     fail "DONESHOT_GPTQ_FACTOR=Flip exits 2 naming the variable (rc $rc: $err)"
 # one size parser for the command line and the recipe: "1.5 GB" means the
 # same in both; a fractional byte count or an unknown unit is refused in both

@@ -425,8 +425,9 @@ static void test_hinv_flip(void) {
     }
 }
 
-/* DONESHOT_GPTQ_FACTOR selects the factorisation of gptq_quantize: "flip"
- * or "torch" (anything else: the caller's default, and flagged invalid);
+/* DONESHOT_GPTQ_FACTOR selects the factorisation of gptq_quantize: "flip",
+ * "torch" or "potri" (the same as torch on the CPU); anything else: the
+ * caller's default, and flagged invalid;
  * gptq_quantize's default is the flip (its solve equals an explicit flip's
  * bit for bit); the flip's solve is torch's path's up to fp32 rounding
  * (codes, loss), and the two are really different paths (the loss moves in
@@ -445,16 +446,21 @@ static void test_factor_env(void) {
         setenv("DONESHOT_GPTQ_FACTOR", "torch", 1);
         CHECK_EQ_INT(gptq_factor_method_env(GPTQ_FACTOR_FLIP), GPTQ_FACTOR_TORCH);
         CHECK(gptq_factor_env_valid());
+        setenv("DONESHOT_GPTQ_FACTOR", "potri", 1);
+        CHECK_EQ_INT(gptq_factor_method_env(GPTQ_FACTOR_FLIP), GPTQ_FACTOR_POTRI);
+        CHECK(gptq_factor_env_valid());
         const int out = 64, in = 300, N = 700;
         float *W, *X;
         make_layer(out, in, N, &W, &X);
         quant_args a = {.num_bits = 4, .symmetric = 1, .strategy = QS_CHANNEL, .group_size = -1, .actorder = QA_STATIC};
-        gptq_result g[3]; /* torch, flip, unset */
-        static const char *const env[3] = {"torch", "flip", NULL};
-        for (int f = 0; f < 3; f++) {
+        gptq_result g[4]; /* torch, flip, unset, potri */
+        static const char *const env[4] = {"torch", "flip", NULL, "potri"};
+        static const gptq_factor_method want[4] = {GPTQ_FACTOR_TORCH, GPTQ_FACTOR_FLIP, GPTQ_FACTOR_FLIP,
+                                                   GPTQ_FACTOR_POTRI};
+        for (int f = 0; f < 4; f++) {
             if (env[f]) setenv("DONESHOT_GPTQ_FACTOR", env[f], 1);
             else unsetenv("DONESHOT_GPTQ_FACTOR");
-            CHECK_EQ_INT(gptq_factor_method_env(GPTQ_FACTOR_CPU_DEFAULT), f ? GPTQ_FACTOR_FLIP : GPTQ_FACTOR_TORCH);
+            CHECK_EQ_INT(gptq_factor_method_env(GPTQ_FACTOR_CPU_DEFAULT), want[f]);
             float *H = hessian_from(X, N, in);
             CHECK_EQ_INT(gptq_quantize(&a, W, out, in, H, 128, 0.01, DS_DTYPE_BF16, &g[f]), DS_OK);
             free(H);
@@ -464,6 +470,11 @@ static void test_factor_env(void) {
         CHECK(memcmp(g[2].wq, g[1].wq, sizeof(float) * (size_t)out * in) == 0);
         CHECK(g[2].loss == g[1].loss);
         gptq_result_free(&g[2]);
+        /* on the CPU, potri is torch's own path (LAPACK potri): bit for bit */
+        CHECK(memcmp(g[3].q, g[0].q, (size_t)out * in) == 0);
+        CHECK(memcmp(g[3].wq, g[0].wq, sizeof(float) * (size_t)out * in) == 0);
+        CHECK(g[3].loss == g[0].loss);
+        gptq_result_free(&g[3]);
         size_t same = 0;
         for (size_t i = 0; i < (size_t)out * in; i++) same += g[0].q[i] == g[1].q[i];
         const double rel = fabs(g[1].loss - g[0].loss) / g[0].loss;

@@ -13,7 +13,7 @@ static void test_llama3_8b_offload(void) {
     TEST("llama3_8b_offload_fits_8gb") {
         gpu_plan_dims d = llama3_8b();
         gpu_plan_opts o = {.offload_acts = 1, .budget_bytes = 8000000000ULL, .gptq_block = 128,
-                           .actorder = 1, .hessian_f64 = 1};
+                           .hessian_copy = 1, .hessian_f64 = 1};
         gpu_plan p;
         CHECK_EQ_INT(gpu_plan_make(&d, &o, &p), DS_OK);
         CHECK(p.micro_batch >= 4); /* >= 8K tokens per GEMM */
@@ -135,7 +135,7 @@ static void test_rtn_only(void) {
     TEST("rtn_only_plans_no_hessians") {
         gpu_plan_dims d = llama3_8b();
         gpu_plan_opts o = {.offload_acts = 1, .budget_bytes = 8000000000ULL, .gptq_block = 128,
-                           .actorder = 1, .hessian_f64 = 1};
+                           .hessian_copy = 1, .hessian_f64 = 1};
         gpu_plan g, r;
         CHECK_EQ_INT(gpu_plan_make(&d, &o, &g), DS_OK);
         o.rtn_only = 1;
@@ -155,7 +155,7 @@ static void test_rtn_only(void) {
 static void test_gptq_group(void) {
     TEST("gptq_group_rows") {
         gpu_plan_dims d = llama3_8b();
-        gpu_plan_opts o = {.budget_bytes = (size_t)80 << 30, .gptq_block = 128, .actorder = 1, .hessian_f64 = 1};
+        gpu_plan_opts o = {.budget_bytes = (size_t)80 << 30, .gptq_block = 128, .hessian_copy = 1, .hessian_f64 = 1};
         gpu_plan p0, p1;
         CHECK_EQ_INT(gpu_plan_make(&d, &o, &p0), DS_OK);
         CHECK_EQ_INT(p0.gptq_group_rows, 0);

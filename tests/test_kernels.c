@@ -37,7 +37,7 @@ static const char *const TEST_NAMES[] = {
     "gptq_factor_reuse", "gptq_quantize_fp8", "gptq_quantize_nvfp4", "act_absmax",
     "matmul_batched", "moe_combine", /* run() dispatches these two by name */
     "attention_gemm_fallback",        /* and this one */
-    "gptq_factor_flip",               /* and this one */
+    "gptq_factor_methods",            /* and this one */
     "gptq_rows_concat",               /* and this one */
 };
 
@@ -1136,13 +1136,19 @@ static void run(int idx) {
         t_attention_gemm_fallback();
         return;
     }
-    if (!strcmp(TEST_NAMES[idx], "gptq_factor_flip")) { /* DONESHOT_GPTQ_FACTOR=flip: both solvers (the twin flips too) */
+    if (!strcmp(TEST_NAMES[idx], "gptq_factor_methods")) {
+        /* the other DONESHOT_GPTQ_FACTOR methods, set for both solvers: flip
+         * (the CPU twin flips too) and potri (the twin's torch path is potri) */
         quant_args c8 = {.num_bits = 8, .symmetric = 1, .strategy = QS_CHANNEL, .group_size = -1, .actorder = QA_NONE};
         quant_args g4s = {.num_bits = 4, .symmetric = 1, .strategy = QS_GROUP, .group_size = 128, .actorder = QA_STATIC};
-        setenv("DONESHOT_GPTQ_FACTOR", "flip", 1);
-        t_gptq(45, 200, c8, -1);
-        GPU_ONLY(t_gptq(512, 1024, g4s, 77));
-        GPU_ONLY(t_gptq(256, 4096, g4s, -1));
+        static const char *const methods[2] = {"flip", "potri"};
+        for (int m = 0; m < 2; m++) {
+            setenv("DONESHOT_GPTQ_FACTOR", methods[m], 1);
+            fprintf(stderr, "  DONESHOT_GPTQ_FACTOR=%s\n", methods[m]);
+            t_gptq(45, 200, c8, -1);
+            GPU_ONLY(t_gptq(512, 1024, g4s, 77));
+            GPU_ONLY(t_gptq(256, 4096, g4s, -1));
+        }
         setenv("DONESHOT_GPTQ_FACTOR", "torch", 1);
         return;
     }
@@ -1275,9 +1281,10 @@ int main(void) {
 }
 #else
 int main(void) {
-    /* t_gptq compares the two solvers on the same arithmetic: torch's
-     * factorisation (the CUDA default; the CPU's is the flip) unless a test
-     * sets flip for both */
+    /* t_gptq compares the two solvers with torch's factorisation (the CUDA
+     * default, potrs against the identity; the CPU twin's is LAPACK's potri,
+     * the same matrix up to fp32 rounding; the CPU's default is the flip)
+     * unless a test sets another method for both */
     setenv("DONESHOT_GPTQ_FACTOR", "torch", 1);
     int dev = ds_cuda_device_count() > 0 ? ds_cuda_init(0) : -1;
     if (dev >= 0) fprintf(stderr, "device: %s\n", ds_cuda_device_name());

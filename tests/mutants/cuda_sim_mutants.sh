@@ -2,7 +2,7 @@
 # cuda_sim_mutants.sh - shows that test_kernels_sim (tests/cuda_sim.h) can
 # fail: each mutant is one deliberate defect in a cuda/ file (a barrier
 # removed, a cp.async wait too late, a fragment lane mapping changed, a
-# cuBLAS leading dimension wrong, the GPTQ sweep's rows); the simulator build of
+# cuBLAS leading dimension wrong, the GPTQ sweep's rows, the factorisation); the simulator build of
 # tests/test_kernels.c is relinked with the mutated file and must FAIL (or
 # abort). Prints "caught" / "MISSED" per
 # mutant and "N passed, N failed" (passed = caught). Not part of make test
@@ -76,5 +76,10 @@ mutant cuda/gptq.cu "GPTQ sweep: a lane's row read with the wrong stride" \
 mutant cuda/gptq.cu "GPTQ sweep: the updates reach one column too few" \
     "for (int j = c + 1; j < nb; j++) w[j] = __fsub_rn(w[j], __fmul_rn(err, u[j]));" \
     "for (int j = c + 1; j < nb - 1; j++) w[j] = __fsub_rn(w[j], __fmul_rn(err, u[j]));"
+# the default factorisation (torch's CUDA calls: potrs against the identity)
+mutant cuda/gptq.cu "GPTQ torch factor: U read from the Cholesky factor, not the solved right-hand side" \
+    "if (potrs && !reuse) Hp = rhs; /* U lives there (or, after a failure, the fallback's identity) */" ""
+mutant cuda/gptq.cu "GPTQ torch factor: the right-hand side not set to the identity" \
+    "DS_LAUNCH(identity_kernel, (unsigned)CEIL_DIV(n2, (size_t)256), 256, 0, st, rhs, in);" ""
 echo "$P passed, $F failed"
 [ "$F" -eq 0 ]
