@@ -196,8 +196,28 @@ static void test_gptq_group(void) {
     }
 }
 
+/* hessian_copy (actorder's permuted Hessian, or the right-hand side of the
+ * default CUDA factorisation's potrs): one more [in, in] f32 matrix for the
+ * widest input, down_proj's 14336 (without it the solver's largest
+ * workspace may be gate's, a few MB off down's) */
+static void test_hessian_copy(void) {
+    TEST("hessian_copy_adds_one_widest_hessian") {
+        gpu_plan_dims d = llama3_8b();
+        gpu_plan_opts o = {.budget_bytes = (size_t)80 << 30, .gptq_block = 128, .hessian_f64 = 1};
+        gpu_plan p0, p1;
+        CHECK_EQ_INT(gpu_plan_make(&d, &o, &p0), DS_OK);
+        o.hessian_copy = 1;
+        CHECK_EQ_INT(gpu_plan_make(&d, &o, &p1), DS_OK);
+        const long diff = (long)(p1.gptq - p0.gptq), copy = 14336L * 14336 * 4;
+        fprintf(stderr, "hessian_copy: +%ld bytes (one 14336^2 f32 matrix: %ld)\n", diff, copy);
+        CHECK(diff <= copy && diff >= copy - (8L << 20));
+        CHECK_EQ_INT(p1.peak - p0.peak, p1.gptq - p0.gptq);
+    }
+}
+
 int main(void) {
     test_gptq_group();
+    test_hessian_copy();
     test_rtn_only();
     test_llama3_8b_offload();
     test_llama3_8b_no_offload();
