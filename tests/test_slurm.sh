@@ -77,10 +77,12 @@ wait_grep() {
 }
 # same A B: byte-identical checkpoints (every file)
 same() { [ -f "$1/model.safetensors" ] && diff -r "$1" "$2" >/dev/null; }
-# the README's Slurm job script (the first sh block after "Slurm"), with this
+# the README's Slurm job script (the first sh block after the paragraph that
+# starts "Slurm (`tests/test_slurm.sh`"; a line that merely starts with
+# "Slurm" elsewhere must not move the anchor), with this
 # test's recipe, dataset and binary: readme_job FILE [RECIPE]
 readme_job() {
-    awk '/^Slurm/ {s = 1} s && /^```sh/ {p = 1; next} p && /^```/ {exit} p' README.md |
+    awk '/^Slurm \(`tests\/test_slurm\.sh`/ {s = 1} s && /^```sh/ {p = 1; next} p && /^```/ {exit} p' README.md |
         sed -e "s|recipes/w4a16.json|${2:-recipes/stories260k-w4a16.json}|" \
             -e "s|calib.jsonl|data/tinystories_sample.txt|" -e "s|build/doneshot|$BIN|" >"$1"
     grep -q "^srun .*$BIN" "$1"
