@@ -14,9 +14,9 @@
 #           np2 bench moe: the short checks first); names:
 #     twins   tests/test_kernels: every CUDA kernel vs its CPU twin (passes
 #             only when all ran, none skipped)
-#     accept  bf16 demo model, --device cuda vs --device cpu checkpoints
-#             (>= 99 % identical int codes), resident and with
-#             --offload-activations --micro-batch 3
+#     accept  bf16 demo model, --device cuda vs --device cpu, resident and
+#             with --offload-activations --micro-batch 3: summed per-module
+#             GPTQ loss within 0.5 % and >= 95 % identical int codes
 #     bench   bench/bench_gpu.sh with the bundle's binaries, -np 1: the
 #             per-layer micro-benchmark (cuBLAS peak, fused attention and
 #             factorisation A/B lines), a synthetic Llama-3-8B (16 GB),
@@ -29,8 +29,8 @@
 #     f32     the float32 demo model on cuda (bfloat16 forward) vs cpu:
 #             summed GPTQ loss within 2 %
 #     factor  DONESHOT_GPTQ_FACTOR=flip and =potri vs the default
-#             factorisation (torch's potrs) on cuda: each >= 99 % identical
-#             codes, summed loss within 1e-3
+#             factorisation (torch's potrs) on cuda: each summed loss within
+#             1e-3 and >= 95 % identical codes (both always printed)
 #     np2     mpirun -np 2 on one GPU through the bundled Open MPI: summed
 #             per-module loss vs -np 1 within 0.5 %, both times
 #   BUDGET  wall-clock seconds for the whole script (default 540: a 600 s
@@ -82,10 +82,20 @@ step_twins() {
 step_accept() {
     [ -d "$M" ] || { echo "$M not in the bundle"; return 1; }
     R="--recipe recipes/stories260k-w4a16.json --model $M --overwrite"
-    "$D/doneshot" $R --device cpu --output $W/cpu -q &&
+    "$D/doneshot" $R --device cpu --output $W/cpu -q --summary $W/accept_cpu.json &&
     "$D/doneshot" $R --device cuda --output $W/cuda --summary $W/accept.json &&
-    "$D/doneshot" $R --device cuda --offload-activations --micro-batch 3 --output $W/off -q &&
-    "$D/ckpt_diff" $W/cpu $W/cuda 0.99 && "$D/ckpt_diff" $W/cpu $W/off 0.99
+    "$D/doneshot" $R --device cuda --offload-activations --micro-batch 3 --output $W/off -q \
+        --summary $W/accept_off.json || return 1
+    # issue 12: per-module loss is the acceptance measure across devices (the
+    # codes move with any summation order); both are printed. On the
+    # simulator: 99.28 % codes, summed loss rel 7.6e-5, worst module 7.9e-3
+    rc=0
+    for t in cuda off; do
+        "$D/ckpt_diff" $W/cpu $W/$t 0.95 || rc=1
+    done
+    loss_cmp $W/accept_cpu.json $W/accept.json 5e-3 || rc=1
+    loss_cmp $W/accept_cpu.json $W/accept_off.json 5e-3 || rc=1
+    return $rc
 }
 step_bench() {
     # DEADLINE (exported by run_step): each run ends 20 s before the step's
@@ -110,10 +120,14 @@ step_factor() {
     R="--recipe recipes/stories260k-w4a16.json --model $M --overwrite -q --device cuda"
     "$D/doneshot" $R --output $W/fdef --summary $W/fdef.json || return 1
     rc=0
+    # the gate is the loss; the codes only 95 %: another factorisation is
+    # another rounding of U, which GPTQ's error feedback spreads (on the
+    # simulator potri vs the default: 100 % at 64 x 256 ids, 91.8 % at 8 x 64)
     for m in flip potri; do
         echo "-- DONESHOT_GPTQ_FACTOR=$m vs the default"
-        DONESHOT_GPTQ_FACTOR=$m "$D/doneshot" $R --output $W/f$m --summary $W/f$m.json &&
-            "$D/ckpt_diff" $W/fdef $W/f$m 0.99 && loss_cmp $W/fdef.json $W/f$m.json 1e-3 || rc=1
+        DONESHOT_GPTQ_FACTOR=$m "$D/doneshot" $R --output $W/f$m --summary $W/f$m.json || { rc=1; continue; }
+        "$D/ckpt_diff" $W/fdef $W/f$m 0.95 || rc=1
+        loss_cmp $W/fdef.json $W/f$m.json 1e-3 || rc=1
     done
     return $rc
 }
