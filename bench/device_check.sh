@@ -65,7 +65,8 @@ la = {m["name"]: m["loss"] for m in a["modules"]}
 lb = {m["name"]: m["loss"] for m in b["modules"]}
 worst = max(la, key=lambda k: abs(la[k] - lb[k]) / max(abs(la[k]), 1e-12))
 sa, sb = sum(la.values()), sum(lb.values())
-print(f"{a.get('device', '?')} {a['total_time_s']:.2f} s, {b.get('device', '?')} {b['total_time_s']:.2f} s; "
+dev = lambda s: s.get("device", "?").split(" |")[0]  # the device, not the plan details
+print(f"{dev(a)} {a['total_time_s']:.2f} s, {dev(b)} {b['total_time_s']:.2f} s; "
       f"summed loss {sa:.6g} vs {sb:.6g} (rel {abs(sb - sa) / sa:.2e}, bound {bound:g}); worst module {worst} "
       f"rel {abs(la[worst] - lb[worst]) / max(abs(la[worst]), 1e-12):.2e}; gptq stage "
       f"{a['stage_time_s']['gptq']:.3f} s vs {b['stage_time_s']['gptq']:.3f} s")
