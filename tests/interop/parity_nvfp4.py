@@ -221,10 +221,9 @@ def main():
         # own spread under 8-ulp noise on every Linear input (band); weight-only NVFP4A16 has no such
         # amplification
         tol = max(1e-6, 2 * band)
+        why = " = 2 x transformers' spread under 8-ulp noise on every Linear input" if act and tol > 1e-6 else ""
         check(n == 30 and hrel <= tol, "%s: transformers ppl %.8f vs doneshot eval %.8f (rel diff %.2e; target "
-              "<= %.2e%s; %d modules decompressed)" % (tag, ppl_hf, e_ds["ppl"], hrel, tol,
-                                                     " = 2 x transformers' spread under 8-ulp noise on every Linear input" if act
-                                                     and tol > 1e-6 else "", n))
+              "<= %.2e%s; %d modules decompressed)" % (tag, ppl_hf, e_ds["ppl"], hrel, tol, why, n))
         results[suffix] = dict(r, ppl_doneshot=e_ds["ppl"], ppl_llmcompressor=e_lc["ppl"], ppl_rel_diff=prel,
                                ppl_transformers=ppl_hf, transformers_rel_diff=hrel, transformers_noise_band=band)
     print("RESULT " + json.dumps(results))
