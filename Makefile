@@ -184,6 +184,7 @@ $(BUILD)/sim/tests/test_kernels.o: tests/test_kernels.c $(CONFIG_STAMP) | $(DEPS
 	@$(MPICC) $(CFLAGS) -DDS_CUDA -DDS_CUDA_SIM -c $< -o $@
 
 $(BUILD)/tests/test_kernels_sim: $(BUILD)/sim/tests/test_kernels.o $(SIM_OBJ) $(LIB)
+	@mkdir -p $(dir $@)
 	@echo "LD $@"
 	@$(MPICC) $(LDFLAGS) $^ -o $@ $(filter-out $(CUDA_LIBS),$(LDLIBS)) -lstdc++
 

@@ -94,6 +94,12 @@ void matmul_batched_forward_cuda(const void *const *ptr_h, void *const *ptr_d, c
 /* rmsnorm.cu: as rmsnorm_forward_cpu (f32 statistics, two bf16 roundings). y may alias x. */
 void rmsnorm_forward_cuda(uint16_t *y, const uint16_t *x, const uint16_t *w, int T, int C,
                           float eps, void *stream);
+/* rmsnorm.cu: the residual add fused in front of the norm (one pass over x
+ * saved): x[T, C] = bf16(x + d) in place, then y = rmsnorm(x) with w [C];
+ * bit for bit residual_forward_cuda followed by rmsnorm_forward_cuda (twins:
+ * residual_forward_cpu, then rmsnorm_forward_cpu). y must not alias x or d. */
+void residual_rmsnorm_forward_cuda(uint16_t *y, uint16_t *x, const uint16_t *d, const uint16_t *w, int T, int C,
+                                   float eps, void *stream);
 
 /* rope.cu: cos/sin tables [T, HS] bf16 from inv_freq[HS/2] (f32 device array),
  * as rope_tables_cpu; and the in-place rotate_half on x [T, NH*HS] with row

@@ -833,8 +833,7 @@ static void layer_chunk(gpu_engine *e, uint16_t *x, int s0, int s1, const int *u
     }
     capture(e, used, INP_O, e->ctx, T);
     matmul(e, e->o, e->ctx, LIN_O, T);
-    residual_forward_cuda(x, e->o, (size_t)T * c->C, s);
-    rmsnorm_forward_cuda(e->a, x, e->post_norm, T, c->C, c->eps, s);
+    residual_rmsnorm_forward_cuda(e->a, x, e->o, e->post_norm, T, c->C, c->eps, s); /* x += o; a = norm(x) */
     capture(e, used, INP_MLP, e->a, T);
     /* calibrating (used): the layer output is discarded (run_pass works on
      * a copy), so the dense down_proj GEMM and the last residual add are

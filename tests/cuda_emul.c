@@ -144,6 +144,12 @@ void rmsnorm_forward_cuda(uint16_t *y, const uint16_t *x, const uint16_t *w, int
     free(xf); free(wf);
 }
 
+void residual_rmsnorm_forward_cuda(uint16_t *y, uint16_t *x, const uint16_t *d, const uint16_t *w, int T, int C,
+                                   float eps, void *stream) {
+    residual_forward_cuda(x, d, (size_t)T * C, stream);
+    rmsnorm_forward_cuda(y, x, w, T, C, eps, stream);
+}
+
 void rope_tables_cuda(uint16_t *cos_t, uint16_t *sin_t, const float *inv_freq, int T, int HS, void *stream) {
     (void)stream;
     float *c = xmalloc(sizeof(float) * (size_t)T * HS), *s = xmalloc(sizeof(float) * (size_t)T * HS);

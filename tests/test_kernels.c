@@ -39,6 +39,7 @@ static const char *const TEST_NAMES[] = {
     "attention_gemm_fallback",        /* and this one */
     "gptq_factor_methods",            /* and this one */
     "gptq_rows_concat",               /* and this one */
+    "residual_rmsnorm_forward",       /* and this one */
 };
 
 #ifndef DS_CUDA
@@ -244,6 +245,45 @@ static void t_rmsnorm(int T, int C) {
     CHECK(memcmp(got, got2, n * 4) == 0);
     dbuf_free(&bx); dbuf_free(&bw); dbuf_free(&by);
     free(x); free(w); free(want); free(hx); free(hw); free(hy); free(got); free(got2);
+}
+
+/* The fused residual add + RMSNorm: x = bf16(x + d) must equal
+ * residual_forward_cpu's x exactly (one rounding of an exact f32 sum), y the
+ * two separate launches bit for bit (the same statistic order: also checked
+ * against rmsnorm_kernel_order_ref on the twin's x) and the serial twin
+ * within the 2 bf16 ulps of t_rmsnorm. */
+static void t_residual_rmsnorm(int T, int C) {
+    size_t n = (size_t)T * C;
+    float *x = rand_bf16(n, 3.0f, 0.1f), *d = rand_bf16(n, 1.0f, 0.0f), *w = rand_bf16((size_t)C, 0.5f, 1.0f);
+    uint16_t *hx = to_bf16(x, n), *hd = to_bf16(d, n), *hw = to_bf16(w, (size_t)C);
+    float *want = xmalloc(n * 4);
+    residual_forward_cpu(x, d, n, DS_DTYPE_BF16); /* x is now the twin's new residual stream */
+    rmsnorm_forward_cpu(want, x, w, T, C, 1e-5f, DS_DTYPE_BF16);
+    dbuf bx, bd, bw, by, bx2, by2;
+    uint16_t *dx = dbuf_up(&bx, hx, n * 2), *dd = dbuf_up(&bd, hd, n * 2), *dw = dbuf_up(&bw, hw, (size_t)C * 2);
+    uint16_t *dy = dbuf_new(&by, n * 2), *dx2 = dbuf_up(&bx2, hx, n * 2), *dy2 = dbuf_new(&by2, n * 2);
+    residual_rmsnorm_forward_cuda(dy, dx, dd, dw, T, C, 1e-5f, NULL);
+    residual_forward_cuda(dx2, dd, n, NULL); /* the unfused pair */
+    rmsnorm_forward_cuda(dy2, dx2, dw, T, C, 1e-5f, NULL);
+    uint16_t *gx = xmalloc(n * 2), *gy = xmalloc(n * 2), *gx2 = xmalloc(n * 2), *gy2 = xmalloc(n * 2);
+    CHECK(dbuf_get(&bx, gx) && dbuf_get(&by, gy) && dbuf_get(&bx2, gx2) && dbuf_get(&by2, gy2));
+    uint16_t *tx = to_bf16(x, n), *kref = xmalloc(n * 2);
+    CHECK(memcmp(gx, tx, n * 2) == 0);  /* the residual stream: exact */
+    CHECK(memcmp(gx2, tx, n * 2) == 0);
+    CHECK(memcmp(gy, gy2, n * 2) == 0); /* fused == unfused, bit for bit */
+    rmsnorm_kernel_order_ref(kref, tx, hw, T, C, 1e-5f);
+    CHECK(memcmp(gy, kref, n * 2) == 0);
+    int worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        const int u = bf16_ulps(gy[i], f32_to_bf16(want[i]));
+        if (u > worst) worst = u;
+    }
+    CHECK(worst <= 2);
+    float *got = from_bf16(gy, n);
+    report("residual+rmsnorm", got, want, n);
+    dbuf_free(&bx); dbuf_free(&bd); dbuf_free(&bw); dbuf_free(&by); dbuf_free(&bx2); dbuf_free(&by2);
+    free(x); free(d); free(w); free(hx); free(hd); free(hw); free(want);
+    free(gx); free(gy); free(gx2); free(gy2); free(tx); free(kref); free(got);
 }
 
 static float *inv_freq_for(int HS, double theta) {
@@ -1161,6 +1201,12 @@ static void run(int idx) {
         GPU_ONLY(t_gptq_rows_concat(big, 4096, g4s));
         return;
     }
+    if (!strcmp(TEST_NAMES[idx], "residual_rmsnorm_forward")) {
+        t_residual_rmsnorm(37, 1000);
+        t_residual_rmsnorm(5, 4096);
+        GPU_ONLY(t_residual_rmsnorm(2048, 4096));
+        return;
+    }
     if (!strcmp(TEST_NAMES[idx], "moe_combine")) {
         t_moe_combine(100, 64, 8, 2);
         GPU_ONLY(t_moe_combine(1024, 2048, 16, 4));
@@ -1257,7 +1303,7 @@ int main(void) {
     static const char *const again[] = {"rmsnorm_forward", "rope_tables", "rope_forward", "swiglu_forward",
                                         "residual_forward", "quant_pack_rows", "quant_pack_cols", "hessian_to_f32",
                                         "moe_route", "moe_gather", "moe_shared_gate_add", "act_absmax",
-                                        "moe_combine", "gptq_quantize"};
+                                        "moe_combine", "gptq_quantize", "residual_rmsnorm_forward"};
     for (size_t i = 0; i < DS_ARRAY_LEN(TEST_NAMES); i++)
         for (size_t j = 0; j < DS_ARRAY_LEN(again); j++)
             if (!strcmp(TEST_NAMES[i], again[j]))

@@ -57,6 +57,8 @@ mutant $A "Q fragment: wrong column" "const int c = kk * 16 + 2 * t;" "const int
 mutant $A "causal mask off by one" "s[j][e] = key > row ? -INFINITY : x;" "s[j][e] = key >= row ? -INFINITY : x;"
 mutant cuda/rmsnorm.cu "rmsnorm: no barrier before the warp sums are read" "__syncthreads();" "" 1
 mutant cuda/rmsnorm.cu "rmsnorm: no barrier before rinv is read" "__syncthreads();" "" 2
+mutant cuda/rmsnorm.cu "residual+rmsnorm: statistic of the old x" "v = bf16_to_f32_dev(s);" "(void)s;"
+mutant cuda/rmsnorm.cu "residual+rmsnorm: new x not written back" "xr[c] = s;" ""
 mutant cuda/moe.cu "moe_gather: row index not mapped" "dst[i] = x[(size_t)rows[r] * C + j];" "dst[i] = x[r * C + j];"
 mutant cuda/moe.cu "moe_combine: contributions added last first" \
     "for (int p = start[r]; p < start[r + 1]; p++) {" "for (int p = start[r + 1] - 1; p >= start[r]; p--) {"
