@@ -641,7 +641,10 @@ static int expert_segs(gpu_engine *e, const int32_t *rows, int nx, int s0, int s
 }
 
 /* The MoE block of model.c moe_forward on m = e->a [T, C] (sequences
- * [s0, s1)) -> e->acc: router and top-K on the device, the routing copied
+ * [s0, s1)) -> e->acc (used != NULL, calibrating: no output, as
+ * moe_forward's need_out 0: the down projections, the combine and the
+ * shared expert's down projection and gate are skipped, about a third of
+ * the experts' GEMM FLOPs when every expert sees every token): router and top-K on the device, the routing copied
  * to the host and sorted by expert once (ascending expert, tokens in order,
  * as the CPU). The experts run in groups of consecutive experts of at most
  * e->moe_rows rows: routed, one gather of the group's rows, then its gate
@@ -749,7 +752,7 @@ static void moe_chunk(gpu_engine *e, int T, int s0, int s1, const int *used) {
     ds_cuda_memcpy_h2d(e->rows_d, rows, sizeof(int32_t) * (size_t)n, s);
     ds_cuda_memcpy_h2d(e->rw_d, e->rw_h, sizeof(float) * (size_t)n, s);
     ds_cuda_memcpy_h2d(e->ix_d, e->ix_h, ixn, s);
-    ds_cuda_memset(e->acc, 0, sizeof(uint16_t) * (size_t)T * C, s);
+    if (!used) ds_cuda_memset(e->acc, 0, sizeof(uint16_t) * (size_t)T * C, s);
 
     for (int gi = 0; gi < ng; gi++) {
         const int32_t *gd = e->gdesc + 8 * gi;
@@ -785,12 +788,13 @@ static void moe_chunk(gpu_engine *e, int T, int s0, int s1, const int *used) {
             if (all) capture(e, used, INP_EXPERT_DOWN(y), e->g + off * IM, r);
             else capture_seg(e, used, INP_EXPERT_DOWN(y), e->g + off * IM, seg, nsq);
         }
+        if (used) continue; /* calibrating: the output is discarded (model.c moe_forward need_out 0) */
         expert_gemms(e, ptr + p0 + 6 * np, ptr_d + p0 + 6 * np, tp + 2 * np, lin + 2 * np, np, IM, C, e->pseg, nsq);
         moe_combine_cuda(e->acc, e->o, tok_d + gd[5], start_d + gd[6], src_d, e->rw_d, gd[7], C, s);
     }
     if (e->shared0 >= 0) {
-        mlp_chunk(e, e->shared0, m, T, used, INP_SHARED_DOWN, 1);
-        moe_shared_gate_add_cuda(e->acc, e->o, m, e->w[e->shared_gate], T, C, e->gate_ws, s);
+        mlp_chunk(e, e->shared0, m, T, used, INP_SHARED_DOWN, !used);
+        if (!used) moe_shared_gate_add_cuda(e->acc, e->o, m, e->w[e->shared_gate], T, C, e->gate_ws, s);
     }
 }
 
