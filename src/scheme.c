@@ -357,11 +357,21 @@ static int int_weights(const quant_args *a) {
     return a->type == QT_INT && a->num_bits >= 1 && a->num_bits <= 8 && a->act == QACT_NONE &&
            (a->strategy == QS_TENSOR || a->strategy == QS_CHANNEL || a->strategy == QS_GROUP);
 }
-static int fp8_weights(const quant_args *a) {
+static int fp8_any(const quant_args *a) {
     return a->type == QT_FLOAT && a->num_bits == 8 && a->symmetric &&
            (a->strategy == QS_TENSOR || a->strategy == QS_CHANNEL || a->strategy == QS_GROUP ||
-            a->strategy == QS_BLOCK) && a->act != QACT_INPUT_GLOBAL_SCALE;
+            a->strategy == QS_BLOCK);
 }
+/* CT FloatQuantizationCompressor.can_compress: FLOAT weights *and*
+ * input_activations (FP8, FP8_DYNAMIC, FP8_BLOCK). */
+static int fp8_weights(const quant_args *a) {
+    return fp8_any(a) && (a->act == QACT_DYNAMIC || a->act == QACT_INPUT_SCALE);
+}
+/* fp8 weight-only: no float-quantized (it needs input_activations) and no
+ * pack-quantized (INT only), so compressed-tensors' priority list
+ * (compressors/format.py COMPRESSION_FORMAT_PRIORITY) ends at its fallback,
+ * NaiveQuantizationCompressor: "naive-quantized", the same tensors. */
+static int fp8_weight_only(const quant_args *a) { return fp8_any(a) && a->act == QACT_NONE; }
 
 /* INT weights with input activations (W8A8, W4A8, ...; dynamic, or static
  * per-tensor with an input_scale): int-quantized (compressed-tensors picks it
@@ -374,10 +384,13 @@ static int int_act_weights(const quant_args *a) {
            (a->strategy == QS_TENSOR || a->strategy == QS_CHANNEL || a->strategy == QS_GROUP);
 }
 
-/* CT NVFP4PackedCompressor.can_compress: float, 4 bits, group_size 16 (strategy tensor_group). */
+/* CT NVFP4PackedCompressor.can_compress: float, 4 bits, group_size 16
+ * (strategy tensor_group). A static per-tensor input_scale (fp8 or int8
+ * activations) has no row in the table below, so such a scheme is refused
+ * rather than written without its scale. */
 static int nvfp4_weights(const quant_args *a) {
     return a->type == QT_FLOAT && a->num_bits == 4 && a->group_size == 16 && a->strategy == QS_TENSOR_GROUP &&
-           a->symmetric;
+           a->symmetric && a->act != QACT_INPUT_SCALE;
 }
 
 static const ct_format formats[] = {
@@ -386,6 +399,7 @@ static const ct_format formats[] = {
     {"int-quantized", int_act_weights, int_quantized, (int)DS_ARRAY_LEN(int_quantized), dequant_int8},
     {"nvfp4-pack-quantized", nvfp4_weights, nvfp4_pack_quantized, (int)DS_ARRAY_LEN(nvfp4_pack_quantized),
      dequant_nvfp4},
+    {"naive-quantized", fp8_weight_only, float_quantized, (int)DS_ARRAY_LEN(float_quantized), dequant_fp8},
 };
 
 static const ct_format *format_of(const quant_args *a) {

@@ -595,6 +595,9 @@ static void test_wrong_types(void) {
             {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{\"symmetric\":\"yes\"}}}", "weights.symmetric: expected true or false, got \"yes\""},
             {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{\"type\":\"float\",\"num_bits\":6}}}", "weights.num_bits: type \"float\" needs num_bits 8 (fp8 e4m3) or 4"},
             {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{\"type\":\"float\",\"symmetric\":false}}}", "g.weights: this weight scheme (type float, num_bits 8, strategy tensor) has no checkpoint format in doneshot v1 (supported: pack-quantized, float-quantized"},
+            /* NVFP4 weights with a static per-tensor fp8 input_scale: the nvfp4 format has no input_scale */
+            {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{\"type\":\"float\",\"num_bits\":4,\"strategy\":\"tensor_group\",\"group_size\":16},\"input_activations\":{\"type\":\"float\",\"num_bits\":8}}}",
+             "g.input_activations: this weight scheme (type float, num_bits 4, strategy tensor_group, with these input_activations) has no checkpoint format in doneshot v1"},
             {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{\"type\":\"uint\"}}}", "weights.type: invalid value \"uint\" (allowed: int, float)"},
             {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{\"strategy\":\"token\"}}}", "weights.strategy: strategy \"token\" is not supported"},
             {"\"config_groups\":{\"g\":{\"targets\":[\"Linear\"],\"weights\":{\"strategy\":\"rows\"}}}", "weights.strategy: invalid value \"rows\" (allowed: group, channel, tensor, block, tensor_group)"},

@@ -198,7 +198,13 @@ static void test_suffixes(void) {
         CHECK(!scheme_is_module_tensor("model.layers.3.input_layernorm.weight"));
         quant_args f = {.num_bits = 8, .symmetric = 1, .strategy = QS_CHANNEL, .group_size = -1, .type = QT_FLOAT};
         scheme_tensor_spec spec[SCHEME_MAX_TENSORS];
+        /* weight-only fp8: compressed-tensors' float-quantized needs input_activations
+         * (FloatQuantizationCompressor.can_compress), so it falls back to naive-quantized */
+        CHECK(scheme_format_name(&f) && !strcmp(scheme_format_name(&f), "naive-quantized"));
+        CHECK(scheme_format_known("naive-quantized"));
+        f.act = QACT_DYNAMIC;
         CHECK(scheme_format_name(&f) && !strcmp(scheme_format_name(&f), "float-quantized"));
+        f.act = QACT_NONE;
         CHECK_EQ_INT(scheme_tensors(&f, DS_DTYPE_BF16, 8, 8, spec), 2); /* weight, weight_scale */
         CHECK(!strcmp(spec[0].suffix, "weight") && spec[0].dtype == DS_DTYPE_F8_E4M3);
         CHECK(spec[1].ndim == 2 && spec[1].shape[0] == 8 && spec[1].shape[1] == 1);

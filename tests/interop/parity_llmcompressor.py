@@ -119,21 +119,29 @@ def load_codes(d):
 
 def rtn_parity(a, work, rc, rows, calib, max_len):
     """QuantizationModifier (RTN) with rc's config_groups, symmetric and
-    asymmetric: doneshot's and llm-compressor's checkpoints byte-identical."""
+    asymmetric, and fp8 weight-only (float, 8 bits, per channel, no
+    input_activations: compressed-tensors' fallback format naive-quantized):
+    doneshot's and llm-compressor's checkpoints byte-identical, the same
+    quantization_config format."""
     import copy
 
     import torch
     from datasets import Dataset
     from llmcompressor import oneshot
     from llmcompressor.modifiers.quantization import QuantizationModifier
-    from safetensors.numpy import load_file
+    from safetensors.torch import load_file  # the numpy loader has no float8
     from transformers import AutoModelForCausalLM
+
+    def raw(t):
+        return t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
     g = rc["modifiers"][0]["GPTQModifier"]
-    for sym in (True, False):
-        name = "rtn-%s" % ("sym" if sym else "asym")
+    fp8 = {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "channel"}
+    for name, sym in (("rtn-sym", True), ("rtn-asym", False), ("rtn-fp8-weight-only", True)):
         groups = copy.deepcopy(g["config_groups"])
         groups["group_0"]["weights"]["symmetric"] = sym
         groups["group_0"]["weights"].pop("actorder", None)
+        if "fp8" in name:
+            groups["group_0"]["weights"] = dict(fp8)
         qm = {"ignore": g["ignore"], "config_groups": groups}
         recipe = os.path.join(work, name + ".json")
         with open(recipe, "w") as f:
@@ -147,7 +155,7 @@ def rtn_parity(a, work, rc, rows, calib, max_len):
                 max_seq_length=max_len, output_dir=lc_q, save_compressed=True)
         A, B = load_file(os.path.join(ds_q, "model.safetensors")), load_file(os.path.join(lc_q, "model.safetensors"))
         diff = sorted(k for k in B if k not in A or A[k].dtype != B[k].dtype or A[k].shape != B[k].shape
-                      or A[k].tobytes() != B[k].tobytes())
+                      or raw(A[k]) != raw(B[k]))
         extra = sorted(k for k in A if k not in B)
         zp = sum(1 for k in B if k.endswith("weight_zero_point"))
         check(not diff and not extra and len(B) > 0 and (zp == 35) == (not sym),
