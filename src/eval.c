@@ -1,6 +1,7 @@
 /*
  * eval.c - `doneshot eval`: perplexity of an original or a doneshot
- * (compressed-tensors pack-quantized) checkpoint on a text file, with the
+ * (compressed-tensors: every format src/scheme.c reads, with the activation
+ * fake quant its quantization_config prescribes) checkpoint on a text file, with the
  * protocol of the GPTQ paper / IST-DASLab gptq `llama_eval`
  * (docs/model-and-tokenizer.md §2.7-2.8):
  *
@@ -58,8 +59,8 @@ static void eval_usage(FILE *f) {
     fprintf(f,
             "usage: doneshot eval --model DIR --dataset FILE [options]\n"
             "\n"
-            "Perplexity of a model directory (original, or a doneshot pack-quantized\n"
-            "checkpoint) on a text file, GPTQ-paper protocol: the whole file is tokenized\n"
+            "Perplexity of a model directory (original, or a compressed-tensors checkpoint\n"
+            "of doneshot's or llm-compressor's) on a text file, GPTQ-paper protocol: the whole file is tokenized\n"
             "once (with BOS), cut into non-overlapping windows of T tokens (the partial\n"
             "last window is dropped), each window evaluated from position 0;\n"
             "ppl = exp(mean NLL over the T-1 predicted tokens of every window).\n"

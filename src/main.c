@@ -54,6 +54,8 @@ static void usage(FILE *f) {
             "  --recipe FILE         JSON recipe (GPTQModifier and run settings); required\n"
             "  --model DIR           model directory (config.json, safetensors, tokenizer.json: for text rows)\n"
             "  --dataset FILE        calibration data: .txt, .jsonl, .jsonl.gz, optionally gzipped\n"
+            "                        (not needed by QuantizationModifier with dynamic or no\n"
+            "                        activation quantization, e.g. FP8_DYNAMIC)\n"
             "  --output DIR          output checkpoint directory (default: <model>-W<bits>A16)\n"
             "  --num-samples N       calibration samples (default 512)\n"
             "  --max-seq-len T       tokens per sample (default 2048, capped by max_position_embeddings)\n"
@@ -64,8 +66,9 @@ static void usage(FILE *f) {
             "                        MoE: every expert's Hessian sees all tokens (true, default)\n"
             "                        or only the tokens routed to it (false)\n"
             "  --device auto|cuda|cpu  compute device (default auto: cuda when this build has\n"
-            "                        CUDA, every rank sees a GPU and the model is a dense bf16\n"
-            "                        decoder; else cpu). Rank -> GPU: local rank mod GPUs\n"
+            "                        CUDA, every rank sees a GPU and the CUDA engine runs the\n"
+            "                        model (bf16, f16, f32) and the recipe's scheme; else\n"
+            "                        cpu). Rank -> GPU: local rank mod GPUs\n"
             "  --offload-activations keep calibration activations in pinned host memory (cuda)\n"
             "  --gpu-memory SIZE     device memory budget per rank, e.g. 8GB (default 90%% of free)\n"
             "  --micro-batch N       max sequences per forward chunk on the GPU (default: planned)\n"
@@ -332,8 +335,9 @@ static int cmd_quantize(int argc, char **argv) {
     int64_t max_shard = c.max_shard > 0 ? c.max_shard : r.max_shard_size > 0 ? r.max_shard_size : (int64_t)20e9;
     if (!model_dir)
         st = ds_error(DS_ERR_USAGE, "no model given\nhint: pass --model DIR or set \"model\" in %s", c.recipe);
-    else if (!dataset)
-        st = ds_error(DS_ERR_USAGE, "no calibration dataset given\nhint: pass --dataset FILE or set \"dataset\" in %s", c.recipe);
+    else if (!dataset && recipe_needs_data(&r))
+        st = ds_error(DS_ERR_USAGE, "no calibration dataset given, and this recipe calibrates (GPTQ, SmoothQuant or "
+                      "static activation scales)\nhint: pass --dataset FILE or set \"dataset\" in %s", c.recipe);
     if ((st = comm_sync_report(st))) goto done;
 
     /* the output before anything heavy: never replace what is not ours, fail
@@ -361,7 +365,9 @@ static int cmd_quantize(int argc, char **argv) {
 
     size_t first = 0, count = 0;
     double t_data = ds_now();
-    st = load_calibration(dataset, model_dir, m.cfg.V, &r, max_seq, num_samples, (uint64_t)seed, &data, &first, &count);
+    if (dataset) /* else a recipe that needs no data: no forward pass has anything to feed its modules */
+        st = load_calibration(dataset, model_dir, m.cfg.V, &r, max_seq, num_samples, (uint64_t)seed, &data, &first,
+                              &count);
     if ((st = comm_sync_report(st))) goto done;
 
     /* the scheme as recipes name it: the preset (W4A16, FP8, ...) or, for
@@ -374,8 +380,11 @@ static int cmd_quantize(int argc, char **argv) {
              r.in.num_bits ? ", activations quantized" : "");
     ds_info("doneshot %s | model %s (%s, %d layers, %s) | scheme %s | ranks %d | threads/rank %d", DS_VERSION,
             model_dir, m.cfg.arch_name, m.cfg.L, ds_dtype_torch_name(m.cfg.dtype), sch, comm_size(), threads);
-    ds_info("calibration: %s | %zu samples (max %ld tokens each, seed %ld) | rank 0 holds %zu | data %.2fs",
-            dataset, data.n, max_seq, seed, count, ds_now() - t_data);
+    if (dataset)
+        ds_info("calibration: %s | %zu samples (max %ld tokens each, seed %ld) | rank 0 holds %zu | data %.2fs",
+                dataset, data.n, max_seq, seed, count, ds_now() - t_data);
+    else
+        ds_info("calibration: none (round-to-nearest with dynamic or no activation quantization needs no data)");
 
     run_opts ro = {.out_dir = output, .overwrite = c.overwrite, .max_shard_bytes = (uint64_t)max_shard,
                    .moe_routed_only = !moe_all, .cuda = cuda, .offload_acts = c.offload_acts,

@@ -1239,6 +1239,11 @@ int recipe_sq_match(const recipe *r, int k, int entry, const char *name, const c
     return entry_match(pv, pv->sq_path, list, entry, mp->balance[entry], pv->sq_balance_re[k][entry], name, cls) == 1;
 }
 
+int recipe_needs_data(const recipe *r) {
+    return r->quantizer != RQ_QUANTIZATION || r->smoothquant.present || r->in_observer != NULL ||
+           r->w.act == QACT_INPUT_SCALE || r->w.act == QACT_INPUT_GLOBAL_SCALE;
+}
+
 int recipe_sq_ignored(const recipe *r, const char *name, const char *cls) {
     if (!r || !r->priv || !name || !r->smoothquant.present) return 0;
     struct recipe_priv *pv = r->priv;

@@ -129,6 +129,14 @@ int recipe_module_targeted(const recipe *r, const char *name, const char *cls);
 int recipe_sq_match(const recipe *r, int k, int entry, const char *name, const char *cls);
 int recipe_sq_ignored(const recipe *r, const char *name, const char *cls);
 
+/* 1 if the recipe calibrates on data: GPTQ (Hessians), SmoothQuant
+ * (activation ranges) or static activation scales (input_scale /
+ * input_global_scale observers); 0 for round-to-nearest with weight
+ * observers and dynamic or no activation quantization (FP8_DYNAMIC,
+ * W8A8 and the weight-only schemes under QuantizationModifier), which
+ * llm-compressor's oneshot runs without a dataset. */
+int recipe_needs_data(const recipe *r);
+
 /* DS_OK, or DS_ERR_USAGE naming the recipe, the "re:" entry (key path and
  * pattern), the module name and the PCRE2 error of the first match that
  * failed in recipe_module_targeted. Call after matching every module name of

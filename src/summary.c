@@ -47,7 +47,8 @@ void summary_report(const run_stats *s, const model *m, const recipe *r, const c
         cJSON_AddStringToObject(j, "version", DS_VERSION);
         cJSON_AddStringToObject(j, "model", model_dir);
         cJSON_AddStringToObject(j, "architecture", m->cfg.arch_name);
-        cJSON_AddStringToObject(j, "dataset", dataset);
+        if (dataset) cJSON_AddStringToObject(j, "dataset", dataset);
+        else cJSON_AddNullToObject(j, "dataset"); /* a recipe that needs no data, run without one */
         cJSON_AddStringToObject(j, "output", output);
         cJSON_AddNumberToObject(j, "world_size", R);
         cJSON_AddStringToObject(j, "device", s->device);

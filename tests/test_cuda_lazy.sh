@@ -24,8 +24,9 @@ T=$(mktemp -d /tmp/ds-cuda-lazy.XXXXXX)
 trap 'rm -rf "$T"' EXIT
 R="--recipe recipes/stories260k-w4a16.json --overwrite"
 run() { timeout -k 10 120 "$BIN" "$@"; }
-# --device auto asks for devices only for a model the CUDA engine runs (a
-# dense bf16 decoder): the auto cases below use the bf16 fixture
+# --device auto asks for devices only for a model and scheme the CUDA engine
+# runs (bf16, f16 or f32; src/main.c select_device): the auto cases below use
+# the bf16 fixture
 FIX=${DS_FIXTURES:-${BUILD:-build}/fixtures}
 ${PYTHON:-python3} tests/fixtures.py "$FIX" >/dev/null || { echo "FAIL fixtures"; exit 1; }
 RB="$R --model $FIX/models/stories260K-bf16"

@@ -15,6 +15,9 @@
 #    for NVFP4A16 (down_proj ignored: 172 columns) at -np 1 and 2, GPTQ FP8
 #    (static input_scale) and QuantizationModifier FP8 at -np 2 (more static
 #    observer runs: tests/test_actobs_gpu_emul.sh);
+#  - QuantizationModifier FP8_DYNAMIC (-np 1, 2), W8A8 and NVFP4A16 without
+#    --dataset write the checkpoint a run with data writes; GPTQ without one
+#    is exit 2;
 #  - an unsupported preset is exit 2 listing the supported ones.
 # Last line: "N passed, N failed, N skipped".
 BUILD=${BUILD:-build}
@@ -117,6 +120,31 @@ q 1 $TMP/gfp8.json $TMP/res --resume-interval 0 --stop-after-layer 2; rc=$?
 q 1 $TMP/gfp8.json $TMP/res --resume; rc=$?
 r=$(st_py cmp $TMP/res $TMP/ref)
 [ $rc -eq 0 ] && [ "${r##*identical=}" = 1 ] && pass "FP8 --resume == uninterrupted run" || fail "FP8 resume (exit $rc): $r"
+
+# a recipe that needs no data (round-to-nearest, dynamic activations) runs
+# without --dataset, as llm-compressor's oneshot(model, recipe) does, and
+# writes the checkpoint a run with data writes (RTN never sees activations);
+# a recipe that calibrates still refuses to run without data (exit 2)
+recipe $TMP/FP8_DYNAMIC.json QuantizationModifier FP8_DYNAMIC
+recipe $TMP/W8A8.json QuantizationModifier W8A8
+printf '{"modifiers": [{"QuantizationModifier": {"scheme": "NVFP4A16", "targets": ["Linear"], "ignore": ["lm_head", "re:.*down_proj"]}}]}\n' \
+    >$TMP/NVFP4A16.json
+for c in FP8_DYNAMIC:1 FP8_DYNAMIC:2 W8A8:1 NVFP4A16:1; do
+    s=${c%:*}; np=${c#*:}
+    [ -d $TMP/qd_data$s ] || q 1 $TMP/$s.json $TMP/qd_data$s || fail "$s QuantizationModifier with data"
+    o=$TMP/qd_none$s$np
+    timeout -k 10 300 $MPIRUN -np $np "$DS" --recipe $TMP/$s.json --model $M --output $o --overwrite \
+        --summary $o.json >$o.log 2>&1; rc=$?
+    if [ $rc -eq 0 ] && cmp -s $TMP/qd_data$s/model.safetensors $o/model.safetensors &&
+        cmp -s $TMP/qd_data$s/config.json $o/config.json &&
+        grep -q '"dataset":[[:space:]]*null' $o.json && grep -q "calibration: none" $o.log; then
+        pass "$s QuantizationModifier without --dataset at -np $np == with data (same checkpoint)"
+    else fail "$s without data, -np $np (exit $rc): $(tail -n 3 $o.log)"; fi
+done
+"$DS" --recipe $TMP/dyn.json --model $M --output $TMP/nodata --overwrite -q >$TMP/nodata.log 2>&1; rc=$?
+[ $rc -eq 2 ] && grep -q "no calibration dataset given, and this recipe calibrates" $TMP/nodata.log &&
+    [ ! -e $TMP/nodata ] && pass "GPTQ without --dataset: exit 2 saying why, nothing written" \
+    || fail "GPTQ without data: exit $rc $(cat $TMP/nodata.log)"
 
 recipe $TMP/bad.json QuantizationModifier MXFP8
 "$DS" --recipe $TMP/bad.json --model $M --dataset $D --output $TMP/bad --overwrite -q >$TMP/bad.log 2>&1; rc=$?

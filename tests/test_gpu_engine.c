@@ -19,9 +19,10 @@
  *    difference of a Hessian moves some) at the planned micro-batch and at 5:
  *    identical to the CPU (the Hessian twin sums each sequence in f32, as the
  *    CPU engine, whatever the chunking);
- *  - unsupported setups are usage errors (exit 2) with a message: f32 model,
- *    f32 MoE model, no device, memory budget too small; --device auto falls back
- *    to the CPU.
+ *  - unsupported setups are usage errors (exit 2) with a message: no device
+ *    (nothing written), memory budget too small; an f32 model runs (bfloat16
+ *    forward); --device auto picks the emulated engine for bf16 and f32
+ *    models and falls back to the CPU with no device.
  *  - the static activation scales (GPTQ FP8 input_scale, QuantizationModifier
  *    NVFP4 input_global_scale) of the emulated engine equal the CPU ones
  *    (more in tests/test_actobs_gpu_emul.sh; here: the comparison the real-GPU

@@ -75,7 +75,7 @@ if sys.argv[3] == "bytes":  # fp8 / int8 / packed fp4: the share of identical we
             same += sum(p == q for p, q in zip(x, tb[k][1])); tot += len(x)
     codes = 100.0 * same / tot if tot else 0.0
     # the static activation scales (FP8: max |x| over the calibration tokens / 448; NVFP4: its
-    # global scale; W8A8 static: max / 127): the device's observer
+    # global scale; W8A8 static: max / 127.5): the device's observer
     def scalar(dt, x):
         if dt == "F32": return struct.unpack("<f", x[:4])[0]
         if dt == "F16": return struct.unpack("<e", x[:2])[0]
