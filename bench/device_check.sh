@@ -24,7 +24,7 @@
 #             (issue 12's 75 s target); FP8=1 / OFFLOAD=1 add those runs
 #     moe     bench/bench_moe.sh gpu (issue 13): per-module loss parity cuda
 #             vs cpu on a 2-layer cut of the Qwen3-30B-A3B shape (within
-#             0.5 %; CUT_SEQS x CUT_LEN ids, default 16 x 256), then MOE_LAYERS (default 12) layers of it on 512 x
+#             0.5 % summed, <= 1 % of modules over 0.5 %; CUT_SEQS x CUT_LEN ids, default 16 x 256), then MOE_LAYERS (default 12) layers of it on 512 x
 #             2048 ids under what is left of the step's cap
 #     f32     the float32 demo model on cuda (bfloat16 forward) vs cpu:
 #             summed GPTQ loss within 2 %

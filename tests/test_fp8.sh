@@ -14,7 +14,7 @@
 #    identical to --device cpu's, at -np 1 and 2 (FP8_BLOCK: -np 1); the same
 #    for NVFP4A16 (down_proj ignored: 172 columns) at -np 1 and 2, GPTQ FP8
 #    (static input_scale) and QuantizationModifier FP8 at -np 2 (more static
-#    observer runs: tests/test_actobs_gpu_emul.sh);
+#    observer runs: tests/test_actobs_gpu_emul.sh), and GPTQ W8A8 at -np 1, 2;
 #  - QuantizationModifier FP8_DYNAMIC (-np 1, 2), W8A8 and NVFP4A16 without
 #    --dataset write the checkpoint a run with data writes; GPTQ without one
 #    is exit 2;
@@ -99,8 +99,9 @@ EM=$BUILD/doneshot-emul
 FIXM=${DS_FIXTURES:-$BUILD/fixtures}/models/stories260K-bf16
 if [ -x "$EM" ] && [ -d "$FIXM" ]; then
     recipe $TMP/blk.json GPTQModifier FP8_BLOCK
+    recipe $TMP/w8.json GPTQModifier W8A8 # int8 weights, dynamic int8 activations (no observer)
     printf '{"modifiers": [{"GPTQModifier": {"scheme": "NVFP4A16", "targets": ["Linear"], "ignore": ["lm_head", "re:.*down_proj"]}}]}\n' >$TMP/nv.json
-    for c in dyn:1 dyn:2 blk:1 nv:1 nv:2 gfp8:2 fp8:2; do
+    for c in dyn:1 dyn:2 blk:1 nv:1 nv:2 gfp8:2 fp8:2 w8:1 w8:2; do
         r=${c%:*}; np=${c#*:}
         for dev in cpu cuda; do
             DS_EMUL_DEVICES=1 timeout -k 10 300 $MPIRUN -np "$np" "$EM" --recipe $TMP/$r.json --model "$FIXM" \
