@@ -215,7 +215,41 @@ static void test_hessian_copy(void) {
     }
 }
 
+/* issue 13 item 4: one Qwen3-30B-A3B layer resident at 512 x 2048 tokens
+ * fits an 80 GB H100 (the default budget, 90 % of free: ~71 GiB of a card
+ * with ~79 GiB free after the context), every expert calibrated and routed;
+ * the plan counts the layer's bf16 weights (attention, router, 128 x 3
+ * experts of 768 x 2048: ~1.2 GB) and the 128 down_proj Hessians (768^2
+ * f64 each) beside the shared ones. */
+static void test_qwen3_30b_a3b(void) {
+    TEST("qwen3_30b_a3b_fits_80gb") {
+        gpu_plan_dims q = {.C = 2048, .NH = 32, .NKV = 4, .HS = 128, .V = 151936, .E = 128, .K = 8, .IM = 768,
+                           .n_tokens = 512L * 2048, .seq_len = 2048};
+        gpu_plan_opts o = {.budget_bytes = (size_t)71 << 30, .gptq_block = 128, .hessian_f64 = 1,
+                           .gptq_group = 1, .hessian_copy = 1};
+        const size_t attn = 2048L * 4096 * 2 + 2 * 2048L * 512, router = 128L * 2048,
+                     experts = 128L * 3 * 768 * 2048;
+        const size_t hess = (2 * 2048L * 2048 + 4096L * 4096 + 128L * 768 * 768) * 8;
+        for (int routed = 0; routed < 2; routed++) {
+            gpu_plan p;
+            q.routed = routed;
+            CHECK_EQ_INT(gpu_plan_make(&q, &o, &p), DS_OK);
+            CHECK(p.micro_batch >= 1 && p.peak <= o.budget_bytes);
+            /* weights: the Linear ones exactly (norms: a few KB more) */
+            CHECK(p.weights >= (attn + router + experts) * 2 && p.weights <= (attn + router + experts) * 2 + 65536);
+            /* Hessians: the f64 sums (plus each expert's gate/up input when routed) and one f32 scratch tile row */
+            const size_t want = hess + (routed ? 128L * 2048 * 2048 * 8 : 0);
+            CHECK(p.hessians >= want && p.hessians <= want + 4096L * 4096 * 4);
+            fprintf(stderr, "Qwen3-30B-A3B %s: micro-batch %d, peak %.1f GiB (weights %.2f GB, Hessians %.2f GB) "
+                    "of a %.0f GiB budget\n", routed ? "routed" : "all experts", p.micro_batch,
+                    (double)p.peak / (1 << 30), (double)p.weights / 1e9, (double)p.hessians / 1e9,
+                    (double)o.budget_bytes / (1 << 30));
+        }
+    }
+}
+
 int main(void) {
+    test_qwen3_30b_a3b();
     test_gptq_group();
     test_hessian_copy();
     test_rtn_only();
