@@ -12,15 +12,21 @@ first, 256 tokens at most, seed 0):
   * "plain": [GPTQModifier(scheme="W8A8", ignore=["lm_head"])] = recipes/w8a8.json;
   * "rtn":   [SmoothQuantModifier(smoothing_strength=0.8),
               QuantizationModifier(scheme="W8A8", ignore=["lm_head"])]
-             = tests/interop/w8a8-rtn-smoothquant.json (round-to-nearest).
+             = tests/interop/w8a8-rtn-smoothquant.json (round-to-nearest);
+  * "rtn-plain": [QuantizationModifier(scheme="W8A8", ignore=["lm_head"])]
+             = tests/interop/w8a8-rtn.json, with no calibration data on
+             either side (doneshot without --dataset, oneshot without a
+             dataset: llm-compressor's DataFreePipeline).
 llmcompressor.oneshot runs with its default pipeline ("independent": the
 SmoothQuant epoch over all layers, then the GPTQ epoch), on CPU, f32.
 
 Checks per variant: the same quantized modules; >= 99.9 % identical int8
 codes (`weight`, I8 [out, in]); weight_scale within 1e-6 relative; the
 (smoothed) norm weights within 1e-6 relative; `doneshot eval` ppl of the two
-checkpoints within 0.5 %; quantization_config's format int-quantized with
-the W8A8 input_activations; transformers' from_pretrained of doneshot's
+checkpoints within 0.5 %; the same tensor set (names, dtypes, shapes) and
+quantization_config (format, quant_method, quantization_status,
+config_groups, ignore) as llm-compressor's; format int-quantized with the
+W8A8 input_activations; transformers' from_pretrained of doneshot's
 checkpoint (compressed-tensors applies the dynamic per-token int8 activation
 fake-quant) dequantizes weights bitwise equal to doneshot's (`eval
 --dump-weights`) and gives `doneshot eval`'s ppl within 5e-3 relative.
@@ -68,6 +74,7 @@ VARIANTS = {
     "sq": os.path.join(ROOT, "recipes", "w8a8-smoothquant.json"),
     "plain": os.path.join(ROOT, "recipes", "w8a8.json"),
     "rtn": os.path.join(HERE, "w8a8-rtn-smoothquant.json"),
+    "rtn-plain": os.path.join(HERE, "w8a8-rtn.json"),  # no data on either side
 }
 FAILS = P.FAILS
 check = P.check
@@ -85,7 +92,7 @@ def run_llmcompressor(rows, variant, out):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(FP, dtype=torch.float32)
     ds = Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows]})
-    if variant == "rtn":
+    if variant in ("rtn", "rtn-plain"):
         from llmcompressor.modifiers.quantization import QuantizationModifier
         recipe = [QuantizationModifier(scheme="W8A8", targets=["Linear"], ignore=["lm_head"])]
     else:
@@ -93,8 +100,11 @@ def run_llmcompressor(rows, variant, out):
                                dampening_frac=0.01)]
     if variant in ("sq", "rtn"):
         recipe.insert(0, SmoothQuantModifier(smoothing_strength=0.8))
-    oneshot(model=model, dataset=ds, recipe=recipe, num_calibration_samples=len(rows), max_seq_length=MAX_LEN,
-            output_dir=out, save_compressed=True)
+    if variant == "rtn-plain":  # data-free: llm-compressor's DataFreePipeline
+        oneshot(model=model, recipe=recipe, output_dir=out, save_compressed=True)
+    else:
+        oneshot(model=model, dataset=ds, recipe=recipe, num_calibration_samples=len(rows), max_seq_length=MAX_LEN,
+                output_dir=out, save_compressed=True)
     for f in ("tokenizer.json", "tokenizer_config.json"):  # for `doneshot eval`
         shutil.copy(os.path.join(FP, f), out)
 
@@ -126,6 +136,10 @@ def compare(a, variant, A, B):
             print("  %-40s codes %8.4f%%  max|dq|=%d  scale rel %.2e" % (
                 m, 100.0 * eq / qa.size, int(np.abs(qa.astype(int) - qb).max()), rel))
     check(dtype_ok, "%s: weight I8 [out, in], weight_scale [out, 1] in llm-compressor's dtype" % variant)
+    layout = sorted(A) == sorted(B) and all(A[k].dtype == B[k].dtype and A[k].shape == B[k].shape for k in A)
+    check(layout, "%s: the same %d tensors as llm-compressor's checkpoint, each with its dtype and shape%s" % (
+        variant, len(B), "" if layout else " (only doneshot's: %s; only llm-compressor's: %s)" % (
+            sorted(set(A) - set(B))[:4], sorted(set(B) - set(A))[:4])))
     agree = same / max(total, 1)
     check(agree >= 0.999, "%s: int8 codes identical: %.4f%% (%d of %d; target >= 99.9%%)"
           % (variant, 100 * agree, same, total))
@@ -255,7 +269,7 @@ def main():
     ap.add_argument("--np", type=int, default=1)
     ap.add_argument("--mpirun", default="mpirun --oversubscribe")
     ap.add_argument("--reuse", action="store_true", help="reuse existing checkpoints in --workdir")
-    ap.add_argument("--variants", default="sq,plain,rtn")
+    ap.add_argument("--variants", default="sq,plain,rtn,rtn-plain")
     ap.add_argument("--fixtures", default=None, help="tests/fixtures.py output: also the Qwen2 SmoothQuant check")
     ap.add_argument("--verbose", action="store_true")
     a = ap.parse_args()
@@ -275,9 +289,10 @@ def main():
         ds_q, lc_q = os.path.join(work, "doneshot-" + variant), os.path.join(work, "llmcompressor-" + variant)
         if not (a.reuse and os.path.exists(os.path.join(ds_q, "model.safetensors"))):
             cmd = (shlex.split(a.mpirun) + ["-np", str(a.np)]) if a.np > 1 else []
-            P.run(cmd + [a.doneshot, "--recipe", VARIANTS[variant], "--model", FP, "--dataset", calib,
-                         "--num-samples", str(len(rows)), "--max-seq-len", str(MAX_LEN), "--output", ds_q,
-                         "--overwrite", "-q"])
+            data = [] if variant == "rtn-plain" else ["--dataset", calib, "--num-samples", str(len(rows)),
+                                                      "--max-seq-len", str(MAX_LEN)]
+            P.run(cmd + [a.doneshot, "--recipe", VARIANTS[variant], "--model", FP] + data +
+                  ["--output", ds_q, "--overwrite", "-q"])
         if not (a.reuse and os.path.exists(os.path.join(lc_q, "model.safetensors"))):
             run_llmcompressor(rows, variant, lc_q)
         agree, ws, wn = compare(a, variant, load_tensors(ds_q), load_tensors(lc_q))
@@ -295,6 +310,12 @@ def main():
               ia.get("dynamic") is True and ia.get("strategy") == "token" and ia.get("num_bits") == 8 and
               ia.get("type") == "int" and ia.get("symmetric") is True,
               "%s: quantization_config int-quantized, input_activations int8 dynamic per-token symmetric" % variant)
+        keys = ("format", "quant_method", "quantization_status", "config_groups", "ignore")
+        qlc = json.load(open(os.path.join(lc_q, "config.json")))["quantization_config"]
+        diff = [k for k in keys if qc.get(k) != qlc.get(k)]
+        check(not diff, "%s: quantization_config %s equal to llm-compressor's%s" % (
+            variant, "/".join(keys), "" if not diff else ": differ in %s (%s vs %s)" % (
+                diff, json.dumps(qc.get(diff[0]))[:300], json.dumps(qlc.get(diff[0]))[:300])))
         rel_hf = abs(hf - e_ds["ppl"]) / hf
         check(rel_hf <= 5e-3, "%s: transformers + compressed-tensors ppl %.8f vs doneshot eval %.8f (rel diff "
               "%.2e; target <= 5e-3: dynamic activation rounding, see the docstring)" % (variant, hf, e_ds["ppl"],
