@@ -1240,8 +1240,9 @@ int recipe_sq_match(const recipe *r, int k, int entry, const char *name, const c
 }
 
 int recipe_needs_data(const recipe *r) {
-    return r->quantizer != RQ_QUANTIZATION || r->smoothquant.present || r->in_observer != NULL ||
-           r->w.act == QACT_INPUT_SCALE || r->w.act == QACT_INPUT_GLOBAL_SCALE;
+    /* the static activation test is the pipeline's own (what it observes): w.act */
+    return r->quantizer != RQ_QUANTIZATION || r->smoothquant.present || r->w.act == QACT_INPUT_SCALE ||
+           r->w.act == QACT_INPUT_GLOBAL_SCALE;
 }
 
 int recipe_sq_ignored(const recipe *r, const char *name, const char *cls) {

@@ -146,6 +146,11 @@ done
 [ $rc -eq 2 ] && grep -q "no calibration dataset given, and this recipe calibrates" $TMP/nodata.log &&
     [ ! -e $TMP/nodata ] && pass "GPTQ without --dataset: exit 2 saying why, nothing written" \
     || fail "GPTQ without data: exit $rc $(cat $TMP/nodata.log)"
+recipe $TMP/qfp8.json QuantizationModifier FP8 # static per-tensor input_scale: observed on data
+"$DS" --recipe $TMP/qfp8.json --model $M --output $TMP/nodata2 --overwrite -q >$TMP/nodata2.log 2>&1; rc=$?
+[ $rc -eq 2 ] && grep -q "no calibration dataset given, and this recipe calibrates" $TMP/nodata2.log &&
+    [ ! -e $TMP/nodata2 ] && pass "QuantizationModifier FP8 (static input_scale) without --dataset: exit 2" \
+    || fail "FP8 static without data: exit $rc $(cat $TMP/nodata2.log)"
 
 recipe $TMP/bad.json QuantizationModifier MXFP8
 "$DS" --recipe $TMP/bad.json --model $M --dataset $D --output $TMP/bad --overwrite -q >$TMP/bad.log 2>&1; rc=$?
