@@ -87,6 +87,25 @@ print(f"GPTQ stage: grouped solves {tg:.2f} s, one solve per module {to:.2f} s (
       f"summed loss {sg:.6g} vs {so:.6g} (rel {abs(sg - so) / so:.2e})")
 sys.exit(0 if abs(sg - so) <= 1e-3 * so else 1)
 PY
+        # Where an expert down_proj solve's time goes (each has its own Hessian, so one
+        # solve per expert; issue 13 item 3): DONESHOT_GPTQ_PROFILE=1 times every solve's
+        # phases (it synchronises per phase, so only the split counts). Summed over the
+        # cut's expert down_proj solves ([hidden, moe_intermediate]); the sweep and the
+        # factorisation are what batching the experts' solves would shrink.
+        # shellcheck disable=SC2086 # the shape's words
+        dp=$(set -- $shape; while [ $# -gt 1 ]; do case $1 in --hidden) h=$2 ;; --moe-intermediate) m=$2 ;; esac
+             shift; done; echo "${h}x$m")
+        DONESHOT_GPTQ_PROFILE=1 "$BUILD/doneshot" --recipe recipes/w4a16.json --model "$W/cut" \
+            --dataset "$W/cut.jsonl" --device cuda --num-samples "${CUT_SEQS:-32}" --max-seq-len "${CUT_LEN:-512}" \
+            --output "$W/cut-prof" --overwrite -q 2>"$W/cut-prof.log" || rc=1
+        awk -v dp="$dp" '$1 == "gptq" && $2 == "profile" && $3 == dp":" {
+                n++; for (i = 4; i < NF; i++) if ($(i + 1) == "ms" || $(i + 1) == "ms,") {
+                    t[$(i - 1)] += $i }
+            } END {
+                if (!n) { print "expert down_proj (" dp ") solves: no profile line (hint: see cut-prof.log)"; exit 1 }
+                printf "expert down_proj (%s) solves: %d, per solve: prep %.2f, factor %.2f, sweep %.2f, " \
+                       "lazy update %.2f, finish %.2f ms\n", dp, n, t["prep"] / n, t["factor"] / n, t["sweep"] / n,
+                       t["update"] / n, t["finish"] / n }' "$W/cut-prof.log" || rc=1
     fi
     if [ "${SKIP_E2E:-0}" != 1 ]; then
         L=${MOE_LAYERS:-48}
