@@ -92,9 +92,8 @@ PY
         # phases (it synchronises per phase, so only the split counts). Summed over the
         # cut's expert down_proj solves ([hidden, moe_intermediate]); the sweep and the
         # factorisation are what batching the experts' solves would shrink.
-        # shellcheck disable=SC2086 # the shape's words
-        dp=$(set -- $shape; while [ $# -gt 1 ]; do case $1 in --hidden) h=$2 ;; --moe-intermediate) m=$2 ;; esac
-             shift; done; echo "${h}x$m")
+        dp=$(python3 -c 'import json, sys; c = json.load(open(sys.argv[1]))
+print("%dx%d" % (c["hidden_size"], c["moe_intermediate_size"]))' "$W/cut/config.json")
         DONESHOT_GPTQ_PROFILE=1 "$BUILD/doneshot" --recipe recipes/w4a16.json --model "$W/cut" \
             --dataset "$W/cut.jsonl" --device cuda --num-samples "${CUT_SEQS:-32}" --max-seq-len "${CUT_LEN:-512}" \
             --output "$W/cut-prof" --overwrite -q 2>"$W/cut-prof.log" || rc=1

@@ -646,8 +646,9 @@ static int expert_segs(gpu_engine *e, const int32_t *rows, int nx, int s0, int s
  * shared expert's down projection and gate are skipped, about a third of
  * the experts' GEMM FLOPs when every expert sees every token): router and
  * top-K on the device, the routing copied to the host and sorted by expert
- * once (ascending expert, tokens in order, as the CPU). The experts run in groups of consecutive experts of at most
- * e->moe_rows rows: routed, one gather of the group's rows, then its gate
+ * once (ascending expert, tokens in order, as the CPU). The experts run
+ * in groups of consecutive experts of at most e->moe_rows rows: routed,
+ * one gather of the group's rows, then its gate
  * and up projections as one batched GEMM, one SwiGLU, the down projections
  * as one batched GEMM and one combine kernel (each token's contributions
  * added in ascending expert order); when calibrating with all experts,
